@@ -1,0 +1,564 @@
+"""Taking a snapshot of a file store (restic's archiver, sized for many small files).
+
+Write order (restic's rule), so a killed backup leaves at most unreferenced packs, never a visible broken
+snapshot: packs (each fsynced) -> one index file for the new packs -> manifest body -> manifest header
+(atomic, no-clobber link: the commit point) -> ``backup_metadata.json``.
+
+Hot path: one scan (``scandir`` + ``lstat``), then per file ``openat(O_NOFOLLOW)``, ``fstat``, one
+``read``, ``close``; sha256 of the bytes; objects not yet in the repository are zstd-compressed into an
+in-memory pack that is written once it reaches the pack size. No per-file fsync, no per-object file.
+"""
+
+from __future__ import annotations
+
+import gc
+import hashlib
+import os
+import stat
+import time
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import zstandard
+
+from aml.store.atomic import atomic_write
+
+from ._common import TMP_PREFIX, hostname, iso_z, parse_time
+from ._fs import DirFds, open_root
+from .errors import BackupError, CorruptionError, SnapshotNotFound
+from .index import load_index, write_index
+from .manifest import DirTable, FileTable, Manifest, load_manifest, read_header, write_manifest
+from .pack import Dictionary, PackWriter, train_dictionary
+from .progress import ProgressCallback, Reporter
+from .repository import Repository, as_repository
+from .summary import read_summary, summary_entry, update_summary
+
+NON_AGENT_DIRS = frozenset({"global", "config", "monitoring", "audit", "backup"})
+"""Top-level directories of a Loom store that are not agents (DESIGN.md, Memory stores)."""
+
+_READ_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
+
+__all__ = ["NON_AGENT_DIRS", "SnapshotResult", "create_snapshot", "scan_store"]
+
+
+@dataclass
+class SnapshotResult:
+    """What :func:`create_snapshot` did. Sizes in bytes, durations in seconds, times ISO 8601 UTC.
+
+    Attributes:
+        backup_id: the new snapshot's id.
+        backup_type: ``"full"`` or ``"incremental"`` (an incremental without a usable parent is full).
+        parent_backup_id: snapshot used for change detection, if any.
+        time: backup start time.
+        source_path: absolute store path.
+        repository: absolute repository path.
+        file_count, dir_count, total_size_bytes: what the snapshot contains.
+        files_read, bytes_read: files whose content was read (not skipped as unchanged).
+        files_unchanged: files taken from the parent manifest without reading.
+        objects_added, bytes_added: new objects stored (uncompressed bytes).
+        stored_bytes: bytes of new pack files written.
+        packs_written: number of new pack files.
+        index_id: the new index file, or None if no pack was written.
+        errors: ``[{"path", "reason"}]``: entries not stored (unreadable, symlink, special file).
+        skipped_temp: aml temporary files (``.aml-tmp-*``) skipped.
+        agents: agent directories found.
+        tags, description: as given.
+        duration_seconds: wall time.
+    """
+
+    backup_id: str
+    backup_type: str
+    parent_backup_id: str | None
+    time: str
+    source_path: str
+    repository: str
+    file_count: int
+    dir_count: int
+    total_size_bytes: int
+    files_read: int
+    bytes_read: int
+    files_unchanged: int
+    objects_added: int
+    bytes_added: int
+    stored_bytes: int
+    packs_written: int
+    index_id: str | None
+    errors: list[dict[str, str]] = field(default_factory=list)
+    skipped_temp: int = 0
+    agents: list[str] = field(default_factory=list)
+    tags: list[str] = field(default_factory=list)
+    description: str | None = None
+    duration_seconds: float = 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        """Return a JSON-ready dict."""
+        return asdict(self)
+
+
+@dataclass
+class _Scan:
+    files: list[tuple[str, int, int, int, int]]  # path, size, mtime_ns, mode, inode
+    dirs: list[tuple[str, int, int]]  # path, mode, mtime_ns
+    errors: list[dict[str, str]]
+    skipped_temp: int
+
+
+def scan_store(
+    store_root: str | os.PathLike[str], *, exclude: Iterable[str | os.PathLike[str]] = ()
+) -> tuple[list[tuple[str, int, int, int, int]], list[tuple[str, int, int]], list[dict[str, str]], int]:
+    """Walk a store without following symlinks.
+
+    Args:
+        store_root: the store directory.
+        exclude: directories to leave out (e.g. a repository inside the store).
+
+    Returns:
+        ``(files, dirs, errors, skipped_temp)``: files as ``(path, size, mtime_ns, mode, inode)`` and dirs
+        as ``(path, mode, mtime_ns)``, paths relative and ``/``-separated, both sorted by path; errors as
+        ``{"path", "reason"}`` for symlinks, special files and unreadable directories; the number of
+        ``.aml-tmp-*`` files skipped.
+    """
+    s = _scan(os.path.realpath(os.fspath(store_root)), exclude)
+    return s.files, s.dirs, s.errors, s.skipped_temp
+
+
+def _scan(root: str, exclude: Iterable[str | os.PathLike[str]]) -> _Scan:
+    excluded: set[tuple[int, int]] = set()
+    for ex in exclude:
+        try:
+            st = os.stat(ex)
+            excluded.add((st.st_dev, st.st_ino))
+        except OSError:
+            pass
+    files: list[tuple[str, int, int, int, int]] = []
+    dirs: list[tuple[str, int, int]] = []
+    errors: list[dict[str, str]] = []
+    skipped = 0
+    stack: list[tuple[str, str]] = [("", root)]
+    while stack:
+        rel_dir, abs_dir = stack.pop()
+        try:
+            it = os.scandir(abs_dir)
+        except OSError as exc:
+            errors.append({"path": rel_dir or ".", "reason": f"directory not readable: {exc.strerror or exc}"})
+            continue
+        prefix = rel_dir + "/" if rel_dir else ""
+        with it:
+            for entry in it:
+                name = entry.name
+                if name.startswith(TMP_PREFIX):
+                    skipped += 1
+                    continue
+                rel = prefix + name
+                try:
+                    if entry.is_dir(follow_symlinks=False):
+                        st = entry.stat(follow_symlinks=False)
+                        if (st.st_dev, st.st_ino) in excluded:
+                            continue
+                        dirs.append((rel, st.st_mode & 0o7777, st.st_mtime_ns))
+                        stack.append((rel, entry.path))
+                    elif entry.is_file(follow_symlinks=False):
+                        st = entry.stat(follow_symlinks=False)
+                        files.append((rel, st.st_size, st.st_mtime_ns, st.st_mode & 0o7777, st.st_ino))
+                    elif entry.is_symlink():
+                        errors.append({"path": rel, "reason": "symlink: not followed, not stored"})
+                    else:
+                        errors.append({"path": rel, "reason": "not a regular file or directory: not stored"})
+                except OSError as exc:
+                    errors.append({"path": rel, "reason": f"cannot stat: {exc.strerror or exc}"})
+    files.sort()
+    dirs.sort()
+    return _Scan(files, dirs, errors, skipped)
+
+
+def _find_parent(repo: Repository, parent: str | None, source: str) -> Manifest | None:
+    root = repo.path
+    if parent is not None:
+        try:
+            return load_manifest(root, parent)
+        except SnapshotNotFound as exc:
+            raise SnapshotNotFound(f"parent snapshot {parent!r} not found (legacy backups cannot be parents)") from exc
+    candidates: list[Manifest] = []
+    for backup_id in repo.snapshot_ids():
+        try:
+            m = read_header(root, backup_id)
+        except (CorruptionError, SnapshotNotFound):
+            continue
+        if m.source_path == source:
+            candidates.append(m)
+    for m in sorted(candidates, key=lambda m: (m.time, m.backup_id), reverse=True):
+        try:
+            return load_manifest(root, m.backup_id)
+        except CorruptionError:
+            continue  # a damaged parent only costs re-reading: try an older one
+    return None
+
+
+class _NotRegular(Exception):
+    pass
+
+
+def _read_rest(fd: int, data: bytes, limit: int) -> bytes:
+    """The file was not the size scanned: finish reading it (up to ``limit`` bytes more or less)."""
+    if not stat.S_ISREG(os.fstat(fd).st_mode):  # swapped for a fifo or device since the scan
+        raise _NotRegular
+    parts = [data]
+    got = len(data)
+    while got <= limit:
+        more = os.read(fd, 1 << 20)
+        if not more:
+            break
+        parts.append(more)
+        got += len(more)
+    return b"".join(parts)
+
+
+DICT_SAMPLES = 200
+"""Files sampled (spread over the store) to train a compression dictionary."""
+
+
+def _dictionary(
+    repo: Repository, files: list[tuple[str, int, int, int, int]], reuse: dict[int, int], dirfds: DirFds
+) -> Dictionary | None:
+    """The repository's compression dictionary, trained on a sample of the store on first use."""
+    ddir = repo.path / "dicts"
+    try:
+        names = sorted(n for n in os.listdir(ddir) if n.endswith(".zdict"))
+    except FileNotFoundError:
+        names = []
+    for name in reversed(names):
+        try:
+            found = Dictionary((ddir / name).read_bytes())
+        except (OSError, zstandard.ZstdError):
+            continue
+        if found.sha256 == name[:-6]:
+            return found
+    cands = [i for i, f in enumerate(files) if i not in reuse and 64 <= f[1] <= 128 * 1024]
+    if len(cands) < 64:
+        return None
+    step = max(1, len(cands) // DICT_SAMPLES)
+    samples: list[bytes] = []
+    for i in cands[::step][:DICT_SAMPLES]:
+        rel = files[i][0]
+        dname, _, fname = rel.rpartition("/")
+        try:
+            fd = os.open(fname, _READ_FLAGS, dir_fd=dirfds.get(dname))
+        except (OSError, BackupError):
+            continue
+        try:
+            samples.append(os.read(fd, 128 * 1024))
+        except OSError:
+            pass
+        finally:
+            os.close(fd)
+    d = train_dictionary(samples)
+    if d is not None:
+        ddir.mkdir(exist_ok=True)
+        atomic_write(ddir / f"{d.sha256}.zdict", d.raw, mode=0o444)
+    return d
+
+
+def _taken_names(repo: Repository) -> set[str]:
+    try:
+        names = set(os.listdir(repo.path))
+    except FileNotFoundError:
+        names = set()
+    doc = read_summary(repo.path)
+    if doc:
+        names.update(str(b.get("backup_id")) for b in doc["backups"] if isinstance(b, dict))
+    return names
+
+
+def create_snapshot(
+    store_root: str | os.PathLike[str],
+    repo: Repository | str | os.PathLike[str],
+    *,
+    incremental: bool,
+    parent: str | None = None,
+    tags: Iterable[str] = (),
+    description: str | None = None,
+    progress: ProgressCallback | None = None,
+    lock_wait: float = 0.0,
+    snapshot_time: datetime | None = None,
+) -> SnapshotResult:
+    """Back up a file store into a repository as one complete, deduplicated snapshot.
+
+    Every file below ``store_root`` is recorded (path relative to the root, sha256, size, mtime_ns, mode,
+    inode), and every directory (so empty ones are restored). Symlinks are never followed: they, special
+    files and unreadable files are listed in the manifest's ``errors`` and not stored. aml temporary files
+    (``.aml-tmp-*``) are skipped. A repository located inside the store is excluded.
+
+    Args:
+        store_root: the store directory.
+        repo: the repository (a path is accepted; an uninitialised one is initialised with defaults).
+        incremental: reuse the parent manifest's entry, without reading the file, for every file whose
+            size, mtime_ns and inode are unchanged. Without a usable parent the backup is full.
+        parent: parent backup id (default: the newest aml snapshot of the same source path).
+        tags: labels stored in the manifest.
+        description: free text stored in the manifest.
+        progress: called with :class:`~aml.backup.progress.Progress` events (phase ``"scan"``, then
+            ``"backup"``; at most ten per second plus a final one).
+        lock_wait: seconds to wait for a conflicting exclusive lock (prune) before failing.
+        snapshot_time: record this instant as the snapshot's time (and id) instead of now, like
+            restic's ``backup --time`` (imports, tests); naive values are UTC.
+
+    Returns:
+        A :class:`SnapshotResult`.
+
+    Raises:
+        BackupError: the store is not a directory.
+        SnapshotNotFound: ``parent`` was given and does not exist.
+        LockError: an exclusive lock is held.
+        OSError: repository write failure (the snapshot is then not visible).
+    """
+    t0 = time.monotonic()
+    repo = as_repository(repo).open_or_init()
+    cfg = repo.config
+    root = repo.path
+    source = os.path.abspath(os.fspath(store_root))
+    if not os.path.isdir(source):
+        raise BackupError(f"store {source!r} is not a directory")
+    tags = [str(t) for t in tags]
+    with repo.lock(exclusive=False, operation="backup", wait=lock_wait) as lock:
+        start = datetime.now(UTC) if snapshot_time is None else parse_time(snapshot_time)
+        parent_m = _find_parent(repo, parent, source) if incremental else None
+        backup_type = "incremental" if parent_m is not None else "full"
+        index = load_index(root, strict=False, include_damaged=False)
+
+        scan_rep = Reporter(progress, "scan")
+        scan = _scan(os.path.realpath(source), [root])
+        scan_rep.state.files_done = scan_rep.state.files_total = len(scan.files)
+        scan_rep.state.bytes_done = scan_rep.state.bytes_total = sum(f[1] for f in scan.files)
+        scan_rep.done()
+
+        rep = Reporter(progress, "backup")
+        st_ = rep.state
+        st_.files_total = len(scan.files)
+        st_.bytes_total = scan_rep.state.bytes_total
+
+        objects = index.objects
+        added: set[str] = set()
+        chunk_size = cfg.chunk_size
+        errors = list(scan.errors)
+        bytes_added = 0
+        pmap: dict[str, int] = {}
+        pf: FileTable | None = None
+        if parent_m is not None and parent_m.files is not None:
+            pf = parent_m.files
+            pmap = {p: i for i, p in enumerate(pf.path)}
+        sha256 = hashlib.sha256
+        root_fd = open_root(os.path.realpath(source))
+        dirfds = DirFds(root_fd)
+        files_read = bytes_read = unchanged = 0
+        total_size = 0
+        writer: PackWriter | None = None
+        gc_was_enabled = gc.isenabled()
+        gc.disable()  # the loop allocates ~10 objects per file and frees none: collections only cost time
+        try:
+            # which files must be read (the others are unchanged since the parent)
+            reuse: dict[int, int] = {}
+            if pf is not None:
+                for n, (rel, size, mtime_ns, _mode, ino) in enumerate(scan.files):
+                    j = pmap.get(rel)
+                    if (
+                        j is not None
+                        and pf.size[j] == size
+                        and pf.mtime_ns[j] == mtime_ns
+                        and pf.inode[j] == ino
+                        and all(o in objects for o in pf.objects_of(j))
+                    ):
+                        reuse[n] = j
+            dictionary = _dictionary(repo, scan.files, reuse, dirfds)
+            writer = PackWriter(root, target_size=cfg.pack_size, level=cfg.compression_level, dictionary=dictionary)
+            add = writer.add
+            rows: list[tuple[str, str, int, int, int, int]] = []
+            row = rows.append
+            chunked: dict[int, list[str]] = {}
+            os_open, os_read, os_close = os.open, os.read, os.close
+            last_dir: str | None = None
+            dfd = root_fd
+            for n, (rel, size, mtime_ns, mode, ino) in enumerate(scan.files):
+                j = reuse.get(n)
+                if j is not None and pf is not None:
+                    objs = pf.objects_of(j)
+                    if len(objs) > 1:
+                        chunked[len(rows)] = objs
+                    row((rel, pf.sha256[j], size, mtime_ns, mode, ino))
+                    unchanged += 1
+                    total_size += size
+                    if not n & 255:
+                        st_.files_done = n
+                        st_.files_unchanged = unchanged
+                        rep.tick()
+                    continue
+                dname, _, fname = rel.rpartition("/")
+                try:
+                    if dname != last_dir:
+                        dfd = dirfds.get(dname)
+                        last_dir = dname
+                    fd = os_open(fname, _READ_FLAGS, dir_fd=dfd)
+                except (OSError, BackupError) as exc:
+                    last_dir = None
+                    errors.append({"path": rel, "reason": f"cannot open: {getattr(exc, 'strerror', None) or exc}"})
+                    continue
+                try:
+                    if size <= chunk_size:
+                        data = os_read(fd, size + 1)
+                        if len(data) != size:
+                            data = _read_rest(fd, data, chunk_size)
+                        fsize = len(data)
+                        oid = sha256(data).hexdigest()
+                        if oid not in objects and oid not in added:
+                            add(oid, data)
+                            added.add(oid)
+                            bytes_added += fsize
+                        del data
+                    else:
+                        whole = sha256()
+                        chunk_ids: list[str] = []
+                        fsize = 0
+                        while True:
+                            data = _read_exact(fd, chunk_size)
+                            if not data and chunk_ids:
+                                break
+                            whole.update(data)
+                            cid = sha256(data).hexdigest()
+                            chunk_ids.append(cid)
+                            fsize += len(data)
+                            if cid not in objects and cid not in added:
+                                add(cid, data)
+                                added.add(cid)
+                                bytes_added += len(data)
+                            lock.maybe_refresh()
+                            if len(data) < chunk_size:
+                                break
+                        oid = whole.hexdigest()
+                        if len(chunk_ids) > 1:
+                            chunked[len(rows)] = chunk_ids
+                except OSError as exc:
+                    errors.append({"path": rel, "reason": f"read error: {exc.strerror or exc}"})
+                    continue
+                except _NotRegular:
+                    errors.append({"path": rel, "reason": "no longer a regular file: not stored"})
+                    continue
+                finally:
+                    os_close(fd)
+                # size, mtime and inode as scanned *before* the read: if the file changed meanwhile, the
+                # next incremental sees a newer mtime and reads it again (never the reverse)
+                row((rel, oid, fsize, mtime_ns, mode, ino))
+                files_read += 1
+                bytes_read += fsize
+                total_size += fsize
+                if not n & 127:
+                    st_.files_done = n
+                    st_.bytes_done = bytes_read
+                    st_.files_read = files_read
+                    st_.bytes_read = bytes_read
+                    st_.files_unchanged = unchanged
+                    st_.current = rel
+                    rep.tick()
+                    lock.maybe_refresh()
+            table = FileTable(
+                path=[r[0] for r in rows],
+                sha256=[r[1] for r in rows],
+                size=[r[2] for r in rows],
+                mtime_ns=[r[3] for r in rows],
+                mode=[r[4] for r in rows],
+                inode=[r[5] for r in rows],
+                chunks=chunked,
+            )
+            del rows
+            packs = writer.flush()
+            stored_bytes = writer.bytes_written
+        finally:
+            if gc_was_enabled:
+                gc.enable()
+            if writer is not None:
+                writer.close()
+            dirfds.close()
+            os.close(root_fd)
+        st_.files_done = len(scan.files)
+        st_.bytes_done = total_size
+        st_.files_read, st_.bytes_read, st_.files_unchanged = files_read, bytes_read, unchanged
+        rep.done()
+
+        index_id = write_index(root, packs) if packs else None
+
+        dirs = DirTable([d[0] for d in scan.dirs], [d[1] for d in scan.dirs], [d[2] for d in scan.dirs])
+        agents = sorted(
+            d[0] for d in scan.dirs if "/" not in d[0] and d[0] not in NON_AGENT_DIRS and not d[0].startswith(".")
+        )
+        stats = {
+            "files_read": files_read,
+            "bytes_read": bytes_read,
+            "files_unchanged": unchanged,
+            "objects_added": len(added),
+            "bytes_added": bytes_added,
+            "stored_bytes": stored_bytes,
+            "packs_written": len(packs),
+            "skipped_temp": scan.skipped_temp,
+        }
+        prefix = "incr" if backup_type == "incremental" else "full"
+        m = Manifest(
+            backup_id=f"{prefix}_{start.strftime('%Y%m%d_%H%M%S')}",
+            backup_type=backup_type,
+            time=start,
+            source_path=source,
+            hostname=hostname(),
+            parent_backup_id=parent_m.backup_id if parent_m is not None else None,
+            end_time=datetime.now(UTC),
+            tags=tags,
+            description=description,
+            file_count=len(table),
+            dir_count=len(dirs),
+            total_size_bytes=total_size,
+            agents=agents,
+            errors=errors,
+            stats=stats,
+            files=table,
+            dirs=dirs,
+        )
+        taken = _taken_names(repo)
+        backup_id = write_manifest(root, m, taken=taken.__contains__)
+        update_summary(root, add=[summary_entry(root, m)])
+
+    return SnapshotResult(
+        backup_id=backup_id,
+        backup_type=backup_type,
+        parent_backup_id=m.parent_backup_id,
+        time=iso_z(start),
+        source_path=source,
+        repository=str(root),
+        file_count=len(table),
+        dir_count=len(dirs),
+        total_size_bytes=total_size,
+        files_read=files_read,
+        bytes_read=bytes_read,
+        files_unchanged=unchanged,
+        objects_added=len(added),
+        bytes_added=bytes_added,
+        stored_bytes=stored_bytes,
+        packs_written=len(packs),
+        index_id=index_id,
+        errors=errors,
+        skipped_temp=scan.skipped_temp,
+        agents=agents,
+        tags=tags,
+        description=description,
+        duration_seconds=round(time.monotonic() - t0, 6),
+    )
+
+
+def _read_exact(fd: int, n: int) -> bytes:
+    """Read up to ``n`` bytes, looping over short reads; fewer only at end of file."""
+    parts: list[bytes] = []
+    got = 0
+    while got < n:
+        b = os.read(fd, n - got)
+        if not b:
+            break
+        parts.append(b)
+        got += len(b)
+    return b"".join(parts)

@@ -1,0 +1,281 @@
+"""The six health checks of the seeds (Loom ``scripts/aml/monitoring.py`` ``run_health_check``).
+
+Each check is a pure function of what was measured (a store scan, backup evidence, lookup timings)
+and returns one or more :class:`CheckResult`. Check names are the seeds' keys:
+``directory_structure``, ``memory_within_limits``, ``index_exists``, ``recent_backup``,
+``file_integrity``, ``performance_ok``. Sizes in bytes (thresholds in MiB = 1024² bytes), times in
+seconds unless a name says ``_ms``, instants aware UTC.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+MIB = 1024 * 1024
+"""One MiB in bytes: every threshold given in MB by the seeds is taken as MiB (1024² bytes)."""
+
+NON_AGENT_DIRS = frozenset({"global", "config", "monitoring", "audit", "backup"})
+
+
+class Severity(enum.IntEnum):
+    """Alert severity, ordered. Values and names are the seeds' ``AlertLevel``."""
+
+    INFO = 0
+    WARNING = 1
+    ERROR = 2
+    CRITICAL = 3
+
+    @property
+    def label(self) -> str:
+        """Lower-case name as stored in the catalog and reports (``"warning"``...)."""
+        return self.name.lower()
+
+
+@dataclass(frozen=True)
+class CheckResult:
+    """Outcome of one check, for the store or one agent.
+
+    Attributes:
+        check: check name (one of the seeds' six).
+        passed: ``True`` when the check holds.
+        severity: severity of the failure (``INFO`` when passed).
+        message: one human sentence saying what was found.
+        agent: the agent the result is about, or ``None`` for the whole store.
+        details: JSON-serialisable facts behind the message.
+        duration_s: wall time the check took, seconds.
+    """
+
+    check: str
+    passed: bool
+    severity: Severity
+    message: str
+    agent: str | None = None
+    details: Mapping[str, Any] = field(default_factory=dict)
+    duration_s: float = 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON form: ``{check, agent, passed, severity, message, details, duration_s}``."""
+        return {
+            "check": self.check,
+            "agent": self.agent,
+            "passed": self.passed,
+            "severity": self.severity.label,
+            "message": self.message,
+            "details": dict(self.details),
+            "duration_s": round(self.duration_s, 6),
+        }
+
+
+def _ok(check: str, message: str, agent: str | None = None, **details: Any) -> CheckResult:
+    return CheckResult(check, True, Severity.INFO, message, agent, details)
+
+
+def _fail(check: str, sev: Severity, message: str, agent: str | None = None, **details: Any) -> CheckResult:
+    return CheckResult(check, False, sev, message, agent, details)
+
+
+def check_directory_structure(root: Path) -> CheckResult:
+    """``directory_structure``: the store root is a readable directory with Loom's ``global/``.
+
+    The seeds also require ``config/``; Loom's TypeScript runtime never creates it (only its
+    Python migration does), so every store it writes would be "critical" (DATA.md, Python health).
+    aml reports a missing ``config/`` in the details only. A missing root is critical; a missing
+    ``global/`` is a warning.
+    """
+    name = "directory_structure"
+    if not root.exists():
+        return _fail(name, Severity.CRITICAL, f"store directory {root} does not exist")
+    if not root.is_dir():
+        return _fail(name, Severity.CRITICAL, f"store path {root} is not a directory")
+    missing = [d for d in ("global",) if not (root / d).is_dir()]
+    notes = [] if (root / "config").is_dir() else ["config/ absent (written only by Loom's Python migration)"]
+    if missing:
+        return _fail(name, Severity.WARNING, f"missing directories: {', '.join(missing)}", missing=missing,
+                     notes=notes)
+    return _ok(name, "store layout is complete", notes=notes)
+
+
+def check_memory_within_limits(
+    agent_sizes: Mapping[str, int],
+    total_bytes: int,
+    *,
+    agent_warning_mb: float,
+    agent_critical_mb: float,
+    store_warning_mb: float,
+    store_critical_mb: float,
+) -> list[CheckResult]:
+    """``memory_within_limits``: one result for the store and one per agent.
+
+    Args:
+        agent_sizes: agent name -> bytes on disk.
+        total_bytes: bytes on disk of the whole store.
+        agent_warning_mb, agent_critical_mb, store_warning_mb, store_critical_mb: limits in MiB
+            (seeds: 60/80 per agent, 600/800 per store).
+
+    Returns:
+        ``[store result, agent results...]``; a size at or above a limit fails with that severity.
+    """
+    name = "memory_within_limits"
+
+    def judge(size: int, warn: float, crit: float, agent: str | None, what: str) -> CheckResult:
+        mib = size / MIB
+        details = {"size_bytes": size, "warning_mb": warn, "critical_mb": crit}
+        if mib >= crit:
+            return _fail(name, Severity.CRITICAL, f"{what} uses {mib:.1f} MiB, at or above the "
+                         f"critical limit {crit:g} MiB", agent, **details)
+        if mib >= warn:
+            return _fail(name, Severity.WARNING, f"{what} uses {mib:.1f} MiB, at or above the "
+                         f"warning limit {warn:g} MiB", agent, **details)
+        return _ok(name, f"{what} uses {mib:.2f} MiB (limit {warn:g}/{crit:g} MiB)", agent, **details)
+
+    results = [judge(total_bytes, store_warning_mb, store_critical_mb, None, "store")]
+    for agent in sorted(agent_sizes):
+        results.append(judge(agent_sizes[agent], agent_warning_mb, agent_critical_mb, agent,
+                             f"agent {agent}"))
+    return results
+
+
+@dataclass(frozen=True)
+class IndexEvidence:
+    """What index exists: ``path`` (aml's index or Loom's ``global/index.json``) and its mtime."""
+
+    path: Path | None
+    mtime: datetime | None
+    newest_data_mtime: datetime | None
+
+
+def check_index_exists(index: IndexEvidence, now: datetime, *, max_age_hours: float = 24.0) -> CheckResult:
+    """``index_exists``: an index of the store's records exists and is current.
+
+    Fails (warning) when no index exists, or when it is older than ``max_age_hours`` (seeds: 24 h)
+    and older than the newest document of the store (an old index of unchanged data is current).
+    """
+    name = "index_exists"
+    if index.path is None or index.mtime is None:
+        return _fail(name, Severity.WARNING,
+                     "no record index found (Loom's global/index.json or aml's .aml/index.sqlite)")
+    age_h = (now - index.mtime).total_seconds() / 3600
+    stale = index.newest_data_mtime is not None and index.newest_data_mtime > index.mtime
+    if stale and age_h > max_age_hours:
+        return _fail(name, Severity.WARNING, f"index {index.path.name} is {age_h:.1f} h old and older than "
+                     "the store's data", path=str(index.path), age_hours=round(age_h, 2))
+    return _ok(name, f"index {index.path.name} is current", path=str(index.path), age_hours=round(age_h, 2))
+
+
+@dataclass(frozen=True)
+class BackupEvidence:
+    """One known snapshot: id, time (aware UTC), where it was seen, its verification state.
+
+    ``verify_status`` is ``"ok"``, ``"failed"`` or ``"unverified"``.
+    """
+
+    backup_id: str
+    time: datetime
+    source: str
+    verify_status: str = "unverified"
+
+
+def check_recent_backup(backups: Sequence[BackupEvidence], now: datetime, *, max_age_hours: float) -> CheckResult:
+    """``recent_backup``: a snapshot younger than ``max_age_hours`` exists (seeds: 24 h).
+
+    A snapshot whose verification failed does not count. No snapshot at all is a warning (seeds:
+    "No backups found" is a warning), and so is an old one.
+    """
+    name = "recent_backup"
+    usable = [b for b in backups if b.verify_status != "failed"]
+    failed = [b.backup_id for b in backups if b.verify_status == "failed"]
+    if not usable:
+        msg = "no backups found" if not backups else "every backup failed verification"
+        return _fail(name, Severity.WARNING, msg, failed_verification=failed)
+    latest = max(usable, key=lambda b: b.time)
+    age_h = (now - latest.time).total_seconds() / 3600
+    details: dict[str, Any] = {"latest": latest.backup_id, "age_hours": round(age_h, 2),
+                               "verify_status": latest.verify_status, "failed_verification": failed}
+    if age_h > max_age_hours:
+        return _fail(name, Severity.WARNING, f"latest backup {latest.backup_id} is {age_h:.1f} h old "
+                     f"(limit {max_age_hours:g} h)", **details)
+    return _ok(name, f"latest backup {latest.backup_id} is {age_h:.1f} h old", **details)
+
+
+@dataclass(frozen=True)
+class IntegrityFailure:
+    """A document that failed to parse: relative path, byte offset (or ``None``), reason."""
+
+    path: str
+    offset: int | None
+    reason: str
+
+
+def check_file_integrity(failures: Sequence[IntegrityFailure], documents_read: int) -> CheckResult:
+    """``file_integrity``: every document of the store parses. Fails with severity ``error``.
+
+    The message counts the failures and names each file with its reason.
+    """
+    name = "file_integrity"
+    if not failures:
+        return _ok(name, f"all {documents_read} documents parse", documents=documents_read)
+    listed = "; ".join(
+        f"{f.path}: {f.reason}" + (f" (byte {f.offset})" if f.offset is not None else "") for f in failures[:20]
+    )
+    more = f" and {len(failures) - 20} more" if len(failures) > 20 else ""
+    return _fail(
+        name, Severity.ERROR, f"{len(failures)} of {documents_read} documents do not parse: {listed}{more}",
+        documents=documents_read,
+        failures=[{"path": f.path, "offset": f.offset, "reason": f.reason} for f in failures],
+    )
+
+
+@dataclass(frozen=True)
+class PerformanceEvidence:
+    """Measured record lookups: count, mean and p95 in milliseconds; cache hit rate (0-1) or None."""
+
+    lookups: int
+    avg_ms: float
+    p95_ms: float
+    cache_hit_rate: float | None
+    cache_source: str = "none"
+
+
+def check_performance(
+    perf: PerformanceEvidence,
+    *,
+    query_warning_ms: float,
+    query_critical_ms: float,
+    cache_hit_warning: float,
+    cache_hit_critical: float,
+) -> CheckResult:
+    """``performance_ok``: record lookups are fast and the cache serves enough of them.
+
+    Thresholds (foundation issue; the seeds warn at 100 ms and 50 % hit rate): mean lookup time
+    ``query_warning_ms``/``query_critical_ms`` (50/100 ms); cache hit rate below
+    ``cache_hit_warning``/``cache_hit_critical`` (0.6/0.5). A cache hit rate of ``None`` (no query
+    traffic recorded yet) is not judged, unlike the seeds which report 0 % and warn forever.
+    """
+    name = "performance_ok"
+    details: dict[str, Any] = {"lookups": perf.lookups, "avg_query_time_ms": round(perf.avg_ms, 3),
+                               "p95_query_time_ms": round(perf.p95_ms, 3), "cache_hit_rate": perf.cache_hit_rate,
+                               "cache_source": perf.cache_source}
+    problems: list[tuple[Severity, str]] = []
+    if perf.lookups and perf.avg_ms >= query_critical_ms:
+        problems.append((Severity.CRITICAL, f"record lookups take {perf.avg_ms:.1f} ms (critical ≥ "
+                                            f"{query_critical_ms:g} ms)"))
+    elif perf.lookups and perf.avg_ms >= query_warning_ms:
+        problems.append((Severity.WARNING, f"record lookups take {perf.avg_ms:.1f} ms (warning ≥ "
+                                           f"{query_warning_ms:g} ms)"))
+    rate = perf.cache_hit_rate
+    if rate is not None and rate < cache_hit_critical:
+        problems.append((Severity.CRITICAL, f"cache hit rate {rate:.0%} (critical < {cache_hit_critical:.0%})"))
+    elif rate is not None and rate < cache_hit_warning:
+        problems.append((Severity.WARNING, f"cache hit rate {rate:.0%} (warning < {cache_hit_warning:.0%})"))
+    if problems:
+        worst = max(s for s, _ in problems)
+        return _fail(name, worst, "; ".join(m for _, m in problems), **details)
+    if not perf.lookups:
+        return _ok(name, "no records to look up", **details)
+    hit = "no query traffic recorded" if rate is None else f"cache hit rate {rate:.0%}"
+    return _ok(name, f"record lookups take {perf.avg_ms:.2f} ms on average; {hit}", **details)

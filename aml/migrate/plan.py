@@ -1,0 +1,320 @@
+"""Planning a migration: what every collection file would become, without writing anything.
+
+:func:`build_plan` reads every collection file (:mod:`aml.migrate.files`), moves each item to the
+target (:func:`aml.migrate.chain.migrate_item`) and records, per file: item counts by source
+version, how many items change, which items a downgrade would lose data from, and (within a memory
+budget) the new bytes. ``--dry-run`` prints the plan; :func:`aml.migrate.apply.apply_plan` carries it
+out. Files that cannot be read or hold an item of unknown version are *problems*: listed, never
+written.
+"""
+
+from __future__ import annotations
+
+import os
+from collections import Counter
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any, Final
+
+from aml.migrate.chain import UnknownItemVersion, migrate_item
+from aml.migrate.detect import version_of
+from aml.migrate.files import (
+    SCHEMA_FILE,
+    collection_files,
+    load_collection,
+    read_schema_file,
+    render,
+    sha256,
+)
+from aml.migrate.journal import Journal
+from aml.migrate.steps import KIND_OF_COLLECTION, StepContext
+from aml.migrate.versions import DEFAULT_VERSION, LATEST, check_version
+from aml.store.accessors import ItemVersion
+from aml.store.codec import Encoding
+from aml.store.documents import DocumentError
+from aml.store.filestore import FileStore
+from aml.store.timestamps import now_utc
+
+DEFAULT_KEEP_BYTES: Final = 256 * 1024 * 1024
+"""New file contents up to this total (256 MiB) are kept from planning to writing; beyond it, files
+are migrated a second time when written (same result: the run's bookkeeping instant is fixed)."""
+
+LOSSY_LISTED: Final = 200
+"""At most this many lossy items are listed in a plan's dict form (all are counted)."""
+
+
+@dataclass(slots=True)
+class FilePlan:
+    """The plan for one collection file.
+
+    Attributes:
+        relpath, agent, collection: which file.
+        encoding: its encoding (kept when rewritten).
+        sha256, size_bytes, mtime_ns: the file as planned (to notice a change before writing).
+        items: number of items.
+        versions: items per source version.
+        changed: items that move to another version (the file is rewritten when > 0).
+        lost: items a downgrade loses data from: ``[{"index", "id", "lost": [JSON pointers]}]``.
+        new_bytes: the new content, or ``None`` (unchanged, or over the memory budget).
+    """
+
+    relpath: str
+    agent: str
+    collection: str
+    encoding: Encoding
+    sha256: str
+    size_bytes: int
+    mtime_ns: int
+    items: int
+    versions: dict[str, int]
+    changed: int
+    lost: list[dict[str, Any]] = field(default_factory=list)
+    new_bytes: bytes | None = None
+
+    @property
+    def writes(self) -> bool:
+        """The file is rewritten."""
+        return self.changed > 0
+
+
+@dataclass(slots=True)
+class Plan:
+    """A whole migration, planned.
+
+    Attributes:
+        store_id, root: the store.
+        target: the version to reach.
+        now: the run's bookkeeping instant (aware UTC).
+        force: lossy downgrades allowed.
+        files: one :class:`FilePlan` per readable collection file, sorted by path.
+        problems: files left alone: ``{"path", "relpath", "offset", "code", "reason"}`` (codes of
+            :class:`~aml.store.documents.DocumentError`, plus ``unknown_version`` and
+            ``legacy_conflict``).
+        claimed: ``version`` of ``config/schema_version.json`` (``None`` without one).
+        schema_doc: that file's content (``None`` without one).
+        schema_error: that file exists but cannot be read (it is then never overwritten).
+        journal: an interrupted migration found in the store, or ``None``.
+    """
+
+    store_id: str
+    root: Path
+    target: ItemVersion
+    now: datetime
+    force: bool
+    files: list[FilePlan] = field(default_factory=list)
+    problems: list[dict[str, Any]] = field(default_factory=list)
+    claimed: str | None = None
+    schema_doc: dict[str, Any] | None = None
+    schema_error: dict[str, Any] | None = None
+    journal: Journal | None = None
+
+    @property
+    def writes(self) -> list[FilePlan]:
+        """Files to rewrite."""
+        return [f for f in self.files if f.writes]
+
+    @property
+    def versions(self) -> dict[str, int]:
+        """Items per source version over all files."""
+        total: Counter[str] = Counter()
+        for f in self.files:
+            total.update(f.versions)
+        return dict(sorted(total.items()))
+
+    @property
+    def lossy(self) -> list[dict[str, Any]]:
+        """Every item that would lose data: ``{"path", "index", "id", "lost"}``."""
+        return [{"path": f.relpath, **entry} for f in self.files for entry in f.lost]
+
+    @property
+    def refused(self) -> bool:
+        """A downgrade would lose data and ``force`` is off: nothing may be written."""
+        return not self.force and any(f.lost for f in self.files)
+
+    @property
+    def source_label(self) -> str:
+        """What the store held before: its claimed version when the data agrees, else the data's
+        version (``"mixed"`` when several)."""
+        data = version_of(self.versions)
+        claim = self.claimed or DEFAULT_VERSION
+        if data is None or data == claim:
+            return claim
+        return data
+
+    @property
+    def schema_needs_write(self) -> bool:
+        """``config/schema_version.json`` must be (re)written: files change, a journal is open, or the
+        claim differs from the target. Never when the file exists but cannot be read."""
+        if self.schema_error is not None:
+            return False
+        if self.writes or self.journal is not None:
+            return True
+        if self.claimed is None:
+            return self.target != DEFAULT_VERSION
+        return self.claimed != self.target
+
+    @property
+    def changes_nothing(self) -> bool:
+        """Carrying out the plan would write nothing (already at the target, no journal to finish)."""
+        return not self.writes and not self.schema_needs_write and self.journal is None
+
+    def counts(self) -> dict[str, dict[str, dict[str, Any]]]:
+        """``{agent: {collection: {"items", "changed", "from": {version: n}}}}``."""
+        out: dict[str, dict[str, dict[str, Any]]] = {}
+        for f in self.files:
+            out.setdefault(f.agent, {})[f.collection] = {"items": f.items, "changed": f.changed,
+                                                         "from": f.versions}
+        return out
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready summary: target, counts per agent, files to write, lossy items, problems."""
+        lossy = self.lossy
+        return {
+            "store": self.store_id,
+            "target": self.target,
+            "claimed": self.claimed,
+            "source": self.source_label,
+            "versions": self.versions,
+            "records": sum(f.items for f in self.files),
+            "records_changed": sum(f.changed for f in self.files),
+            "files": len(self.files),
+            "files_to_write": [f.relpath for f in self.writes],
+            "schema_write": self.schema_needs_write,
+            "agents": self.counts(),
+            "lossy_count": len(lossy),
+            "lossy": lossy[:LOSSY_LISTED],
+            "refused": self.refused,
+            "force": self.force,
+            "problems": self.problems,
+            "schema_error": self.schema_error,
+            "journal": self.journal.summary() if self.journal is not None else None,
+        }
+
+
+def plan_file(root: Path, relpath: str, agent: str, collection: str, agents: frozenset[str],
+              target: ItemVersion, ctx: StepContext, *, keep_bytes: bool = True,
+              check_loss: bool = True) -> FilePlan:
+    """Plan one collection file.
+
+    Args:
+        root: store root.
+        relpath, agent, collection: the file (from :func:`aml.migrate.files.collection_files`).
+        agents: the store's agents.
+        target: the version to reach.
+        ctx: the run's context.
+        keep_bytes: keep the new content in the plan.
+        check_loss: check downgraded items for loss.
+
+    Returns:
+        The :class:`FilePlan`.
+
+    Raises:
+        DocumentError: the file cannot be read or parsed; ``code`` is ``unknown_version`` when an
+            item declares a version aml does not know, ``legacy_conflict`` when an item's
+            ``metadata.aml_legacy`` is not aml's.
+    """
+    loaded = load_collection(root, relpath, agents)
+    kind = KIND_OF_COLLECTION[collection]
+    versions: Counter[str] = Counter()
+    new_items: list[Any] = []
+    lost: list[dict[str, Any]] = []
+    changed = 0
+    for index, item in enumerate(loaded.data):
+        try:
+            result = migrate_item(item, kind, target, ctx, check_loss=check_loss)
+        except UnknownItemVersion as exc:
+            raise ItemProblem(loaded.path, index, str(exc), "unknown_version", relpath) from exc
+        except ValueError as exc:  # metadata.aml_legacy that is not aml's
+            raise ItemProblem(loaded.path, index, str(exc), "legacy_conflict", relpath) from exc
+        versions[result.source] += 1
+        new_items.append(result.item)
+        if result.changed:
+            changed += 1
+        if result.lost:
+            lost.append({"index": index, "id": item.get("id"), "lost": result.lost})
+    new_bytes = render(new_items, loaded.style, loaded.encoding) if changed and keep_bytes else None
+    return FilePlan(relpath, agent, collection, loaded.encoding, loaded.sha256, loaded.size_bytes,
+                    loaded.mtime_ns, len(loaded.data), dict(sorted(versions.items())), changed, lost, new_bytes)
+
+
+class ItemProblem(DocumentError):
+    """A readable collection file holding an item aml cannot migrate; the file is left alone.
+
+    Attributes:
+        index: the item's position in the file.
+        problem: ``"unknown_version"`` or ``"legacy_conflict"`` (reported as the problem's code).
+    """
+
+    def __init__(self, path: Path, index: int, reason: str, problem: str, relpath: str) -> None:
+        super().__init__(path, None, f"item {index}: {reason}", relpath=relpath)
+        self.index = index
+        self.problem = problem
+
+
+def problem_of(exc: DocumentError) -> dict[str, Any]:
+    """The report entry of a file left alone: ``DocumentError.as_dict()``, with ``code`` naming an
+    :class:`ItemProblem`'s problem."""
+    entry = exc.as_dict()
+    if isinstance(exc, ItemProblem):
+        entry["code"] = exc.problem
+        entry["item"] = exc.index
+    return entry
+
+
+def build_plan(root: str | os.PathLike[str], target: str | None = None, *, force: bool = False,
+               now: datetime | None = None, keep_bytes_limit: int = DEFAULT_KEEP_BYTES,
+               check_loss: bool = True) -> Plan:
+    """Plan the migration of a store to ``target``. Reads every collection file; writes nothing.
+
+    Args:
+        root: the store directory.
+        target: the version to reach (``None``: :data:`~aml.migrate.versions.LATEST`).
+        force: allow downgrades that lose data (they are still listed).
+        now: the bookkeeping instant (default: the interrupted run's, when resuming to the same
+            target, else the current time).
+        keep_bytes_limit: keep new contents up to this many bytes in total.
+        check_loss: check downgraded items for loss (turning it off also turns off the refusal).
+
+    Returns:
+        The :class:`Plan`.
+
+    Raises:
+        ValueError: unknown target version.
+        FileNotFoundError, NotADirectoryError: ``root`` is not a directory.
+        aml.migrate.journal.JournalError: an unreadable journal is in the way.
+    """
+    wanted = check_version(target) if target is not None else LATEST
+    store = FileStore(root)
+    journal = Journal.load(store.root)
+    if now is None:
+        now = journal.now if journal is not None and journal.target == wanted else now_utc()
+    ctx = StepContext(now)
+    plan = Plan(store.store_id, store.root, wanted, now, force, journal=journal)
+    schema, schema_error = read_schema_file(store.root)
+    plan.schema_doc = schema
+    if schema is not None and isinstance(schema.get("version"), str):
+        plan.claimed = schema["version"]
+    if schema_error is not None:
+        plan.schema_error = schema_error.as_dict()
+        plan.problems.append(problem_of(schema_error))
+    agents = frozenset(store.agents())
+    kept = 0
+    for relpath, agent, collection in collection_files(store):
+        try:
+            fp = plan_file(store.root, relpath, agent, collection, agents, wanted, ctx,
+                           keep_bytes=kept < keep_bytes_limit, check_loss=check_loss)
+        except DocumentError as exc:
+            plan.problems.append(problem_of(exc))
+            continue
+        kept += len(fp.new_bytes or b"")
+        plan.files.append(fp)
+    return plan
+
+
+def schema_sha(root: Path) -> str:
+    """SHA-256 of ``config/schema_version.json`` as it is on disk, ``""`` when absent."""
+    try:
+        return sha256((root / SCHEMA_FILE).read_bytes())
+    except FileNotFoundError:
+        return ""

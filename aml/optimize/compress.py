@@ -1,0 +1,354 @@
+"""Compress cold documents in place, under their own names, readable by the agents that own them.
+
+``optimize compress`` (DESIGN.md, "Compress and optimize"): every JSON document not modified for
+``age_days`` is re-encoded with the chosen codec and written back **under the same name**
+atomically (:func:`aml.store.atomic.atomic_write`: temp file, fsync, rename), with its mtime kept.
+Loom's runtime reads a ``.json`` file by its magic bytes (``FileStorage.read`` checks ``1f 8b`` and
+inflates with pako), so gzip bytes under a ``.json`` name stay readable by the agent; gzip is
+therefore the default codec. zstd (RFC 8878, smaller and faster) is only for stores that aml alone
+reads: Loom's runtime cannot read it. ``--decompress`` turns every compressed document back into
+plain bytes.
+
+What is never touched:
+
+* a document that does not read, decode or parse (reported; see ``optimize gc`` for quarantine). The
+  parse is skipped for a document the current index (``optimize index``) parsed at exactly the same
+  size, mtime and inode: cold files have not changed since, and parsing is most of the cost;
+* files that are not JSON documents (``README.md``, tarballs);
+* Loom's ``backup/`` copies and any list of Loom items outside a live collection (``loom_item_copy``);
+* aml's own files (``.aml*``) and names that already say they are compressed (``*.gz``, ``*.zst``);
+* a file Loom's runtime holds its lock on, or that changed while it was being compressed.
+
+Scope: by default only the documents Loom's runtime reads through its sniffing ``FileStorage``
+(``<agent>/{patterns,solutions,decisions,metrics,context,index}.json`` and ``global/*.json``): the
+root ``config.json``, ``config/schema_version.json`` and ``monitoring/*.json`` are read by plain
+``JSON.parse``/``json.load`` in Loom's code, and Aitor/TinyTroupe files by their own loaders, so
+compressing those would break their readers. ``scope="all"`` compresses every JSON document (for
+stores only aml reads).
+
+The gzip encoder is ``isal.igzip`` (Intel ISA-L), through :func:`aml.store.codec.encode`: on this
+machine it compresses Loom JSON about 7 times faster than zlib at level 6 (``benchmarks/compress.py``
+measures it against ``gzip -6`` and ``zstd -3`` in the same run).
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path, PurePosixPath
+from typing import Any, Final, Literal, get_args
+
+from aml.optimize.files import INDEX_FILE, WRITER_SKIP_TOP, StoreFile, iter_store_files, loom_lock_held, unchanged
+from aml.optimize.index import FORMAT as INDEX_FORMAT
+from aml.optimize.index import connect, read_meta
+from aml.store.atomic import atomic_write, fsync_dir
+from aml.store.codec import Encoding, decode, encode, sniff
+from aml.store.documents import (
+    DEFAULT_MAX_BYTES,
+    DocumentError,
+    DocumentKind,
+    base_name,
+    classify,
+    decode_bytes,
+    load_json,
+    place,
+    read_file_bytes,
+)
+from aml.store.filestore import FileStore
+
+Codec = Literal["gzip", "zstd"]
+"""Codecs ``optimize compress`` writes."""
+CODECS: Final[tuple[Codec, ...]] = get_args(Codec)
+
+Scope = Literal["loom", "all"]
+"""Which documents are compressed: ``loom`` (read by Loom's sniffing runtime) or ``all`` JSON documents."""
+SCOPES: Final[tuple[Scope, ...]] = get_args(Scope)
+
+DEFAULT_AGE_DAYS: Final = 30.0
+"""Files not modified for this many days are cold (the seeds' ``compress_directory(age_days=30)``)."""
+
+LOOM_RUNTIME_KINDS: Final[frozenset[DocumentKind]] = frozenset(
+    {"loom_collection", "loom_archive", "loom_agent_file", "loom_global"}
+)
+"""Document kinds Loom's runtime reads through ``FileStorage.read`` (which sniffs gzip)."""
+
+NEVER_KINDS: Final[frozenset[DocumentKind]] = frozenset({"loom_item_copy", "opaque", "symlink", "special", "unknown"})
+"""Kinds never rewritten in any scope: backup copies and anything that is not a parsed JSON document."""
+
+_COMPRESSED_SUFFIXES: Final = (".gz", ".zst", ".zstd")
+_DAY_S: Final = 86400.0
+
+ProgressCallback = Callable[[int, str], None]
+"""Called after each file with ``(files seen so far, relpath)``."""
+
+
+@dataclass(frozen=True, slots=True)
+class FileChange:
+    """One document rewritten (or, in a dry run, that would be).
+
+    Attributes:
+        relpath: store-relative path.
+        kind: the document's kind.
+        encoding_before, encoding_after: ``plain``/``gzip``/``zstd``.
+        bytes_before, bytes_after: size on disk before and after, bytes.
+        mtime_ns: the mtime the file had and keeps, nanoseconds since the epoch.
+    """
+
+    relpath: str
+    kind: str
+    encoding_before: Encoding
+    encoding_after: Encoding
+    bytes_before: int
+    bytes_after: int
+    mtime_ns: int
+
+
+@dataclass
+class CompressResult:
+    """What one ``optimize compress`` (or ``--decompress``) run did.
+
+    Attributes:
+        store_id: the store.
+        mode: ``compress`` or ``decompress``.
+        codec: target codec (``plain`` when decompressing).
+        age_days: the cold threshold used, days (``None`` when decompressing: age is ignored).
+        scope: ``loom`` or ``all``.
+        dry_run: nothing was written.
+        files_seen: regular files walked (aml's own and ``backup/`` excluded).
+        changed: the documents rewritten (or that would be, in a dry run).
+        skipped: count of files left alone, by reason (``recent``, ``already_gzip``, ``scope``,
+            ``not_json``, ``unparseable``, ``no_gain`` (a plain file that would not shrink), ``locked``,
+            ``changed``, ``backup_copy``, ``compressed_name``, ``already_plain``).
+        errors: every unparseable document (:meth:`DocumentError.as_dict`), left untouched.
+        parsed_by_index: documents whose JSON parse was vouched for by the current index (see
+            ``use_index``) instead of being parsed again.
+        duration_s: wall time, seconds.
+    """
+
+    store_id: str
+    mode: Literal["compress", "decompress"]
+    codec: Encoding
+    age_days: float | None
+    scope: Scope
+    dry_run: bool
+    files_seen: int = 0
+    changed: list[FileChange] = field(default_factory=list)
+    skipped: Counter[str] = field(default_factory=Counter)
+    errors: list[dict[str, Any]] = field(default_factory=list)
+    parsed_by_index: int = 0
+    duration_s: float = 0.0
+
+    @property
+    def bytes_before(self) -> int:
+        """Bytes on disk of the changed documents before, bytes."""
+        return sum(c.bytes_before for c in self.changed)
+
+    @property
+    def bytes_after(self) -> int:
+        """Bytes on disk of the changed documents after, bytes."""
+        return sum(c.bytes_after for c in self.changed)
+
+    @property
+    def ratio(self) -> float | None:
+        """``bytes_after / bytes_before`` of the changed documents (0-1 when compressing), or ``None``."""
+        return self.bytes_after / self.bytes_before if self.bytes_before else None
+
+    def as_dict(self, *, max_files: int = 200) -> dict[str, Any]:
+        """JSON-ready summary; ``files`` lists at most ``max_files`` changes (``files_truncated`` says so)."""
+        return {
+            "store": self.store_id,
+            "mode": self.mode,
+            "codec": self.codec,
+            "age_days": self.age_days,
+            "scope": self.scope,
+            "dry_run": self.dry_run,
+            "files_seen": self.files_seen,
+            "files_changed": len(self.changed),
+            "bytes_before": self.bytes_before,
+            "bytes_after": self.bytes_after,
+            "bytes_saved": self.bytes_before - self.bytes_after,
+            "ratio": None if self.ratio is None else round(self.ratio, 4),
+            "skipped": dict(sorted(self.skipped.items())),
+            "errors": self.errors,
+            "parsed_by_index": self.parsed_by_index,
+            "files": [asdict(c) for c in self.changed[:max_files]],
+            "files_truncated": len(self.changed) > max_files,
+            "duration_s": round(self.duration_s, 6),
+        }
+
+
+def compress_store(
+    root: str | os.PathLike[str],
+    *,
+    codec: Codec = "gzip",
+    level: int | None = None,
+    age_days: float = DEFAULT_AGE_DAYS,
+    decompress: bool = False,
+    scope: Scope = "loom",
+    dry_run: bool = False,
+    now: float | None = None,
+    fsync: bool = True,
+    max_bytes: int = DEFAULT_MAX_BYTES,
+    use_index: bool = True,
+    progress: ProgressCallback | None = None,
+) -> CompressResult:
+    """Compress (or decompress) the cold documents of a file store in place.
+
+    Each document is read once, parsed (a document that does not parse is never written), encoded,
+    checked by decoding the new bytes back to the identical content, and written atomically under
+    its own name with its original mtime (and mode). Running it twice changes nothing the second
+    time (files already in the target codec are skipped by their magic bytes).
+
+    Args:
+        root: the store directory.
+        codec: ``gzip`` (default; readable by Loom's runtime) or ``zstd`` (aml-only stores).
+        level: codec level (gzip: isal 0-3, default 2; zstd: default 3).
+        age_days: only files whose mtime is at least this many days old, days; ignored when
+            decompressing (everything in scope is decompressed).
+        decompress: write plain bytes instead (undo).
+        scope: ``loom`` (default) or ``all`` (see the module docstring).
+        dry_run: decide and measure (the new sizes are computed in memory) but write nothing.
+        now: current time, seconds since the epoch (default: now; tests pin it).
+        fsync: fsync each new file before its rename (turn off only for benchmarks of the codec);
+            directories are fsynced once each at the end.
+        max_bytes: files larger than this on disk are skipped as unreadable, bytes.
+        use_index: skip the JSON parse of a document that the store's index (``optimize index``)
+            parsed without error at exactly its current size, mtime and inode (an atomic rewrite
+            always changes the inode, an edit the mtime). Cold files are by definition unchanged
+            since the last index, so this saves most of the parsing, which dominates the run.
+        progress: called after each file.
+
+    Returns:
+        A :class:`CompressResult`.
+
+    Raises:
+        ValueError: unknown codec or scope.
+        FileNotFoundError, NotADirectoryError: ``root`` is not a directory.
+        OSError: a write failed (files done so far stay done; the failing file is unchanged).
+    """
+    if codec not in CODECS:
+        raise ValueError(f"unknown codec {codec!r}: expected one of {', '.join(CODECS)}")
+    if scope not in SCOPES:
+        raise ValueError(f"unknown scope {scope!r}: expected one of {', '.join(SCOPES)}")
+    started = time.perf_counter()
+    store = FileStore(root)
+    target: Encoding = "plain" if decompress else codec
+    result = CompressResult(store.store_id, "decompress" if decompress else "compress", target,
+                            None if decompress else age_days, scope, dry_run)
+    now_s = time.time() if now is None else now
+    run = _Compressor(result, target, level, decompress, scope, dry_run, int((now_s - age_days * _DAY_S) * 1e9),
+                      frozenset(store.agents()), fsync, max_bytes,
+                      indexed_documents(store.root) if use_index else {})
+    touched_dirs: set[Path] = set()
+    for f in iter_store_files(store.root, skip_top=WRITER_SKIP_TOP):
+        result.files_seen += 1
+        reason = run.process(f)
+        if reason is None:
+            if not dry_run:
+                touched_dirs.add(f.path.parent)
+        else:
+            result.skipped[reason] += 1
+        if progress is not None:
+            progress(result.files_seen, f.relpath)
+    for directory in sorted(touched_dirs):
+        fsync_dir(directory)
+    result.duration_s = time.perf_counter() - started
+    return result
+
+
+def indexed_documents(root: Path) -> dict[str, tuple[int, int, int, str]]:
+    """Documents the store's index parsed without error: ``{relpath: (size, mtime_ns, inode, kind)}``.
+
+    Empty when there is no index, it is of another format, or it cannot be read.
+    """
+    path = root / INDEX_FILE
+    if not path.is_file():
+        return {}
+    try:
+        conn = connect(path, readonly=True)
+        try:
+            if read_meta(conn).get("format") != INDEX_FORMAT:
+                return {}
+            return {r[0]: (r[1], r[2], r[3], r[4]) for r in conn.execute(
+                "SELECT relpath, size_bytes, mtime_ns, ino, kind FROM documents WHERE error IS NULL")}
+        finally:
+            conn.close()
+    except sqlite3.Error:
+        return {}
+
+
+@dataclass
+class _Compressor:
+    """One run's settings; :meth:`process` handles one file."""
+
+    result: CompressResult
+    target: Encoding
+    level: int | None
+    decompress: bool
+    scope: Scope
+    dry_run: bool
+    cutoff_ns: int
+    loom_agents: frozenset[str]
+    fsync: bool
+    max_bytes: int
+    indexed: dict[str, tuple[int, int, int, str]]
+
+    def process(self, f: StoreFile) -> str | None:
+        """Handle one file; returns the skip reason, or ``None`` when it was (or would be) rewritten."""
+        name = PurePosixPath(f.relpath).name
+        if name.endswith(_COMPRESSED_SUFFIXES):
+            return "compressed_name"
+        if not self.decompress and f.mtime_ns > self.cutoff_ns:
+            return "recent"
+        parts = PurePosixPath(f.relpath).parts
+        placement = place(parts, self.loom_agents)
+        if placement.kind is None and not base_name(name).endswith(".json"):
+            return "not_json"
+        head = _head(f.path)
+        target = self.target
+        if head is not None and sniff(head) == target:
+            return f"already_{target}"
+        try:
+            raw, st = read_file_bytes(f.path, max_bytes=self.max_bytes, relpath=f.relpath)
+            decoded, encoding = decode_bytes(raw, f.path, relpath=f.relpath)
+            known = self.indexed.get(f.relpath)
+            if known is not None and known[:3] == (st.st_size, st.st_mtime_ns, st.st_ino):
+                kind: str = known[3]  # parsed by the index at this very size, mtime and inode
+                self.result.parsed_by_index += 1
+            else:
+                data = load_json(decoded, f.path, relpath=f.relpath)
+                kind, _agent = classify(data, parts, placement, f.path)
+        except DocumentError as exc:
+            self.result.errors.append(exc.as_dict())
+            return "unparseable"
+        if encoding == target:  # the file changed between the peek and the read
+            return f"already_{target}"
+        if kind in NEVER_KINDS:
+            return "backup_copy" if kind == "loom_item_copy" else "not_json"
+        if self.scope == "loom" and kind not in LOOM_RUNTIME_KINDS:
+            return "scope"
+        if loom_lock_held(f.path):
+            return "locked"
+        new = encode(decoded, target, level=self.level)
+        if encoding == "plain" and len(new) >= len(raw):
+            return "no_gain"  # tiny files grow when compressed; a transcode honours the requested codec
+        if decode(new)[0] != decoded:  # never write bytes that do not read back to the same content
+            raise RuntimeError(f"{f.relpath}: {target} output does not decode to the original content")
+        if not self.dry_run:
+            if not unchanged(f.path, st):
+                return "changed"
+            atomic_write(f.path, new, mtime_ns=st.st_mtime_ns, fsync=self.fsync, sync_dir=False)
+        self.result.changed.append(FileChange(f.relpath, kind, encoding, target, len(raw), len(new), st.st_mtime_ns))
+        return None
+
+
+def _head(path: Path) -> bytes | None:
+    try:
+        with open(path, "rb") as fh:
+            return fh.read(4)
+    except OSError:
+        return None

@@ -1,0 +1,428 @@
+"""Garbage collection: invalid and duplicate records out of Loom collections; bad documents quarantined.
+
+``optimize gc`` (DESIGN.md, "Compress and optimize"; the seeds' ``GarbageCollector``):
+
+* a record **missing** ``id``, ``agent`` or ``timestamp`` is removed. Missing means absent, ``null``
+  or an empty string; v2.0 items may carry their creation time as ``lifecycle.created_at`` instead
+  of ``timestamp`` (read through :mod:`aml.store.accessors`). A timestamp that is present but does
+  not parse is reported (``bad_timestamp``), not removed;
+* an **exact duplicate** (the same JSON value, key order ignored) of an earlier record in the same
+  collection document is removed; the first copy stays. Duplicates are only looked for within one
+  document of one agent, never across agents (the seeds' collector kept one global set of ids and
+  dropped a record because another agent had one with the same id);
+* records with the same ``id`` but different content are **reported** (``id_conflicts``), not removed;
+* a document that does not read or parse is reported and, with :func:`quarantine_unparseable`,
+  copied to ``<store>/.aml/quarantine/``; it is never rewritten or deleted.
+
+Only live Loom collections (``<agent>/{patterns,solutions,decisions}.json`` and
+``global/archived-decisions.json``) are rewritten; Loom's ``backup/`` copies, sessions and every
+other document are left alone. The engine is split in :func:`plan_gc` (reads only) and
+:func:`apply_gc` (atomic rewrites) so that the caller can take a safety snapshot in between
+(``tasks/compress.py`` does).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path, PurePosixPath
+from typing import Any, Final, Literal
+
+from aml.optimize.files import QUARANTINE_DIR, WRITER_SKIP_TOP, loom_lock_held, unchanged
+from aml.store.atomic import atomic_write
+from aml.store.codec import Encoding, decode, encode
+from aml.store.documents import DocumentError, ErrorCode, decode_bytes, load_json, read_file_bytes
+from aml.store.filestore import FileStore
+from aml.store.quarantine import quarantine
+from aml.store.records import json_pointer
+from aml.store.timestamps import parse_timestamp
+
+GcReason = Literal["missing_id", "missing_agent", "missing_timestamp", "duplicate"]
+"""Why a record is removed."""
+
+GC_KINDS: Final = frozenset({"loom_collection", "loom_archive"})
+"""Document kinds gc rewrites."""
+
+QUARANTINE_CODES: Final[frozenset[ErrorCode]] = frozenset(
+    {"truncated_json", "invalid_json", "not_utf8", "wrong_type", "corrupt_gzip", "corrupt_zstd"}
+)
+"""Failures whose document is copied to quarantine (content that exists but does not parse).
+Symlinks, special files, oversize and unreadable files are reported only."""
+
+
+@dataclass(frozen=True, slots=True)
+class GcRemoval:
+    """One record gc removes.
+
+    Attributes:
+        document: store-relative path of its document.
+        pointer: RFC 6901 pointer of the record in the document as planned (e.g. ``"/12"``).
+        index: its position in the document's list.
+        id: its ``id`` (``None`` when missing).
+        agent: its ``agent`` (``None`` when missing).
+        collection: ``patterns``, ``solutions``, ``decisions`` or ``archived_decisions``.
+        reason: :data:`GcReason`.
+        duplicate_of: for duplicates, the pointer of the copy that stays.
+    """
+
+    document: str
+    pointer: str
+    index: int
+    id: str | None
+    agent: str | None
+    collection: str
+    reason: GcReason
+    duplicate_of: str | None = None
+
+
+@dataclass(frozen=True)
+class GcDocument:
+    """A collection document with records to remove.
+
+    Attributes:
+        relpath: store-relative path.
+        collection: its collection.
+        encoding: its encoding (kept when rewriting).
+        size_bytes, mtime_ns, sha256: the file as planned (apply refuses a file that changed since).
+        items: records in it.
+        removals: what goes.
+    """
+
+    relpath: str
+    collection: str
+    encoding: Encoding
+    size_bytes: int
+    mtime_ns: int
+    sha256: str
+    items: int
+    removals: tuple[GcRemoval, ...]
+
+
+@dataclass
+class GcPlan:
+    """What gc would do; reads only.
+
+    Attributes:
+        store_id: the store.
+        documents: collection documents with at least one removal.
+        unparseable: every document that failed to read or parse (any kind, anywhere in the store).
+        id_conflicts: ``{"document", "id", "pointers"}`` for ids held by different records.
+        bad_timestamps: ``{"document", "pointer", "id", "timestamp"}`` for timestamps that do not parse.
+        documents_checked: collection documents examined.
+        records_checked: records examined.
+    """
+
+    store_id: str
+    documents: list[GcDocument] = field(default_factory=list)
+    unparseable: list[DocumentError] = field(default_factory=list)
+    id_conflicts: list[dict[str, Any]] = field(default_factory=list)
+    bad_timestamps: list[dict[str, Any]] = field(default_factory=list)
+    documents_checked: int = 0
+    records_checked: int = 0
+
+    @property
+    def removals(self) -> list[GcRemoval]:
+        """Every planned removal, in document order."""
+        return [r for d in self.documents for r in d.removals]
+
+    def counts(self) -> dict[str, int]:
+        """Planned removals per reason."""
+        out: dict[str, int] = {}
+        for r in self.removals:
+            out[r.reason] = out.get(r.reason, 0) + 1
+        return dict(sorted(out.items()))
+
+    def as_dict(self, *, max_records: int = 500) -> dict[str, Any]:
+        """JSON-ready plan (``records`` holds at most ``max_records`` removals)."""
+        removals = self.removals
+        return {
+            "store": self.store_id,
+            "documents_checked": self.documents_checked,
+            "records_checked": self.records_checked,
+            "records_to_remove": len(removals),
+            "by_reason": self.counts(),
+            "documents": [{"relpath": d.relpath, "collection": d.collection, "encoding": d.encoding,
+                           "items": d.items, "remove": len(d.removals)} for d in self.documents],
+            "records": [asdict(r) for r in removals[:max_records]],
+            "records_truncated": len(removals) > max_records,
+            "unparseable": [e.as_dict() for e in self.unparseable],
+            "id_conflicts": self.id_conflicts,
+            "bad_timestamps": self.bad_timestamps,
+        }
+
+
+@dataclass
+class GcResult:
+    """What :func:`apply_gc` wrote.
+
+    Attributes:
+        written: ``{"relpath", "removed", "bytes_before", "bytes_after"}`` per rewritten document.
+        removed: the removals actually applied.
+        skipped: ``{"relpath", "reason"}`` for planned documents left alone (``changed`` since the
+            plan, ``locked`` by Loom's runtime, ``unreadable`` now).
+        duration_s: wall time, seconds.
+    """
+
+    written: list[dict[str, Any]] = field(default_factory=list)
+    removed: list[GcRemoval] = field(default_factory=list)
+    skipped: list[dict[str, str]] = field(default_factory=list)
+    duration_s: float = 0.0
+
+    def as_dict(self) -> dict[str, Any]:
+        """JSON-ready summary."""
+        return {"documents_written": len(self.written), "records_removed": len(self.removed),
+                "written": self.written, "skipped": self.skipped, "duration_s": round(self.duration_s, 6)}
+
+
+# --------------------------------------------------------------------------------- rules
+
+
+def _missing(value: Any) -> bool:
+    return value is None or (isinstance(value, str) and not value.strip())
+
+
+def _timestamp_value(item: Mapping[str, Any]) -> Any:
+    value = item.get("timestamp")
+    if _missing(value):
+        lifecycle = item.get("lifecycle")
+        value = lifecycle.get("created_at") if isinstance(lifecycle, Mapping) else None
+    return value
+
+
+def canonical(item: Any) -> str:
+    """The JSON value of ``item`` with sorted keys and no whitespace: equal for exact duplicates."""
+    return json.dumps(item, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=True)
+
+
+def plan_items(
+    items: Sequence[Any], *, document: str, collection: str
+) -> tuple[list[GcRemoval], list[dict[str, Any]], list[dict[str, Any]]]:
+    """Apply gc's rules to the records of one collection document.
+
+    Args:
+        items: the document's list of records.
+        document: its store-relative path (copied into the results).
+        collection: its collection name.
+
+    Returns:
+        ``(removals, id_conflicts, bad_timestamps)``: see :class:`GcPlan`.
+    """
+    removals: list[GcRemoval] = []
+    bad_ts: list[dict[str, Any]] = []
+    first_copy: dict[tuple[Any, str], str] = {}
+    by_id: dict[str, dict[str, str]] = {}
+    for index, item in enumerate(items):
+        pointer = json_pointer(index)
+        if not isinstance(item, Mapping):
+            continue  # a non-object never gets here: such a document fails to parse (wrong_type)
+        rid, agent = item.get("id"), item.get("agent")
+        rid_s = rid if isinstance(rid, str) else None
+        agent_s = agent if isinstance(agent, str) else None
+        reason: GcReason | None = None
+        if _missing(rid):
+            reason = "missing_id"
+        elif _missing(agent):
+            reason = "missing_agent"
+        elif _missing(_timestamp_value(item)):
+            reason = "missing_timestamp"
+        if reason is not None:
+            removals.append(GcRemoval(document, pointer, index, rid_s, agent_s, collection, reason))
+            continue
+        ts = _timestamp_value(item)
+        if parse_timestamp(ts) is None:
+            bad_ts.append({"document": document, "pointer": pointer, "id": rid_s, "timestamp": ts})
+        text = canonical(item)
+        key = (agent, text)  # never across agents: the agent is part of the key
+        kept = first_copy.get(key)
+        if kept is not None:
+            removals.append(GcRemoval(document, pointer, index, rid_s, agent_s, collection, "duplicate", kept))
+            continue
+        first_copy[key] = pointer
+        if rid_s is not None:
+            by_id.setdefault(rid_s, {}).setdefault(text, pointer)
+    conflicts = [{"document": document, "id": rid, "pointers": sorted(copies.values(), key=_pointer_index)}
+                 for rid, copies in by_id.items() if len(copies) > 1]
+    return removals, conflicts, bad_ts
+
+
+def _pointer_index(pointer: str) -> int:
+    return int(pointer.rsplit("/", 1)[-1])
+
+
+# --------------------------------------------------------------------------------- plan
+
+
+def plan_gc(root: str | os.PathLike[str]) -> GcPlan:
+    """Read the whole store and plan gc. Writes nothing.
+
+    Args:
+        root: the store directory.
+
+    Returns:
+        A :class:`GcPlan`.
+
+    Raises:
+        FileNotFoundError, NotADirectoryError: ``root`` is not a directory.
+    """
+    store = FileStore(root)
+    plan = GcPlan(store.store_id)
+    for doc in store.iter_documents():
+        if doc.error is not None:
+            plan.unparseable.append(doc.error)
+            continue
+        top = PurePosixPath(doc.relpath).parts[0]
+        if doc.kind not in GC_KINDS or top in WRITER_SKIP_TOP or not isinstance(doc.data, list):
+            continue
+        collection = doc.collection or "patterns"
+        plan.documents_checked += 1
+        plan.records_checked += len(doc.data)
+        removals, conflicts, bad_ts = plan_items(doc.data, document=doc.relpath, collection=collection)
+        plan.id_conflicts += conflicts
+        plan.bad_timestamps += bad_ts
+        if removals:
+            sha = hashlib.sha256(doc.path.read_bytes()).hexdigest()
+            plan.documents.append(GcDocument(doc.relpath, collection, doc.encoding or "plain", doc.size_bytes,
+                                             doc.mtime_ns, sha, len(doc.data), tuple(removals)))
+    return plan
+
+
+# --------------------------------------------------------------------------------- quarantine
+
+
+def quarantine_unparseable(
+    root: str | os.PathLike[str], plan: GcPlan, quarantine_dir: str | os.PathLike[str] | None = None
+) -> list[dict[str, Any]]:
+    """Copy every unparseable document of ``plan`` to the quarantine folder; originals untouched.
+
+    Args:
+        root: the store directory.
+        plan: from :func:`plan_gc`.
+        quarantine_dir: destination (default ``<store>/.aml/quarantine``, which scans skip).
+
+    Returns:
+        ``{"relpath", "code", "copy"}`` per document copied (``copy`` is store-relative when inside
+        the store) and ``{"relpath", "code", "copy": None, "reason"}`` for entries not copied
+        (symlinks, special, oversize or unreadable files, or a copy that failed).
+    """
+    base = Path(FileStore(root).root)
+    qdir = Path(quarantine_dir) if quarantine_dir is not None else base / QUARANTINE_DIR
+    out: list[dict[str, Any]] = []
+    for error in plan.unparseable:
+        entry: dict[str, Any] = {"relpath": error.relpath or str(error.path), "code": error.code}
+        if error.code not in QUARANTINE_CODES:
+            out.append({**entry, "copy": None, "reason": "not copied: " + error.reason})
+            continue
+        try:
+            copy = quarantine(error, qdir)
+        except (OSError, ValueError) as exc:
+            out.append({**entry, "copy": None, "reason": f"copy failed: {exc}"})
+            continue
+        try:
+            entry["copy"] = copy.relative_to(base).as_posix()
+        except ValueError:
+            entry["copy"] = str(copy)
+        out.append(entry)
+    return out
+
+
+# --------------------------------------------------------------------------------- apply
+
+
+def json_style(decoded: bytes, data: Any) -> dict[str, Any]:
+    """The :func:`json.dumps` arguments that reproduce ``decoded`` from ``data``, as far as they can
+    be found: Loom's runtime writes ``JSON.stringify(x, null, 2)`` (Python ``indent=2``, non-ASCII
+    kept, no trailing newline); Python tools write ``indent=2`` with ASCII escapes.
+
+    Returns:
+        ``{"indent", "separators", "ensure_ascii", "newline"}``; when no candidate reproduces the
+        bytes exactly, the indentation seen on the second line (default 2), non-ASCII kept.
+    """
+    text = decoded.decode("utf-8-sig", errors="replace")
+    newline = text.endswith("\n")
+    body = text.rstrip("\n")
+    candidates: list[dict[str, Any]] = []
+    for ensure_ascii in (False, True):
+        for width, seps in ((2, None), (4, None), ("\t", None), (None, (",", ":")), (None, (", ", ": ")), (1, None)):
+            candidates.append({"indent": width, "separators": seps, "ensure_ascii": ensure_ascii})
+    for cand in candidates:
+        try:
+            if json.dumps(data, **cand) == body:
+                return {**cand, "newline": newline}
+        except (TypeError, ValueError):
+            continue
+    lines = body.split("\n", 2)
+    indent: int | str | None = 2
+    if len(lines) < 2:
+        indent = None
+    else:
+        second = lines[1]
+        lead = second[: len(second) - len(second.lstrip(" \t"))]
+        indent = "\t" if lead.startswith("\t") else (len(lead) or 2)
+    seps = (",", ":") if indent is None else None
+    return {"indent": indent, "separators": seps, "ensure_ascii": False, "newline": newline}
+
+
+def dumps_like(data: Any, style: Mapping[str, Any]) -> bytes:
+    """Serialise ``data`` in a style from :func:`json_style`, as UTF-8 bytes."""
+    text = json.dumps(data, indent=style["indent"], separators=style["separators"],
+                      ensure_ascii=style["ensure_ascii"])
+    return (text + ("\n" if style["newline"] else "")).encode("utf-8")
+
+
+def apply_gc(root: str | os.PathLike[str], plan: GcPlan, *, fsync: bool = True) -> GcResult:
+    """Remove the planned records, one atomic rewrite per document.
+
+    Each document is re-read; if its bytes differ from the plan's (sha256), it is skipped
+    (``changed``): run gc again. A document Loom's runtime holds its lock on is skipped (``locked``).
+    The rest of the document is kept as it was: every other record and field, the JSON style its
+    writer used, and its encoding (gzip stays gzip, readable by Loom's runtime). Applying the same
+    plan twice removes nothing the second time.
+
+    Args:
+        root: the store directory.
+        plan: from :func:`plan_gc` (take the safety snapshot before calling this).
+        fsync: fsync each rewritten file before its rename.
+
+    Returns:
+        A :class:`GcResult`.
+
+    Raises:
+        OSError: a write failed (that document is unchanged; earlier ones stay rewritten).
+    """
+    started = time.perf_counter()
+    base = FileStore(root).root
+    result = GcResult()
+    for gdoc in plan.documents:
+        path = base / gdoc.relpath
+        if loom_lock_held(path):
+            result.skipped.append({"relpath": gdoc.relpath, "reason": "locked"})
+            continue
+        try:
+            raw, st = read_file_bytes(path, relpath=gdoc.relpath)
+            if hashlib.sha256(raw).hexdigest() != gdoc.sha256:
+                result.skipped.append({"relpath": gdoc.relpath, "reason": "changed"})
+                continue
+            decoded, encoding = decode_bytes(raw, path, relpath=gdoc.relpath)
+            data = load_json(decoded, path, relpath=gdoc.relpath)
+        except DocumentError as exc:
+            result.skipped.append({"relpath": gdoc.relpath, "reason": f"unreadable: {exc.reason}"})
+            continue
+        drop = {r.index for r in gdoc.removals}
+        kept = [item for i, item in enumerate(data) if i not in drop]
+        new = encode(dumps_like(kept, json_style(decoded, data)), encoding)
+        if json.loads(decode(new)[0]) != kept:
+            raise RuntimeError(f"{gdoc.relpath}: rewritten document does not read back")
+        if not unchanged(path, st):
+            result.skipped.append({"relpath": gdoc.relpath, "reason": "changed"})
+            continue
+        atomic_write(path, new, fsync=fsync)
+        result.removed.extend(gdoc.removals)
+        result.written.append({"relpath": gdoc.relpath, "removed": len(drop), "bytes_before": len(raw),
+                               "bytes_after": len(new)})
+    result.duration_s = time.perf_counter() - started
+    return result
+

@@ -1,0 +1,467 @@
+"""The record index: a SQLite database of every record of a store, with full-text search.
+
+``optimize index`` writes ``<store>/.aml/index.sqlite`` (and the Bloom filter of record ids,
+``<store>/.aml/index.bloom``, see :mod:`aml.optimize.bloom`). ``aml <store> query`` and the health
+probe read it (:mod:`aml.optimize.query`). Tables:
+
+``records``
+    one row per record view (:class:`aml.store.Record`): ``key`` (``<document>#<pointer>``, unique),
+    ``id``, ``agent``, ``collection``, ``kind``, ``tags`` (JSON list), ``confidence``,
+    ``success_rate`` (ratios 0-1), ``execution_count``, ``value`` (0-1, :mod:`aml.optimize.value`),
+    ``created_at``/``last_used_at`` (ISO 8601 UTC ``Z``), ``recency`` (epoch seconds of the last
+    use, else creation), ``active``, ``version``, ``role``, ``size_bytes`` (compact JSON, bytes) and
+    the location: ``document`` (store-relative path), ``pointer`` (RFC 6901), ``item_index``.
+``records_fts``
+    FTS5 (``porter unicode61``) over each record's text (every string value except ids and
+    timestamps, plus kind, collection and tags); its rowid is ``records.rid``.
+``tags``
+    ``(tag, rid)`` pairs for tag filters.
+``documents``
+    every file of the store as last read: ``relpath``, ``kind``, ``agent``, ``collection``,
+    ``encoding``, ``size_bytes``, ``mtime_ns``, ``ino``, ``record_count``, ``error`` (code).
+``warm``
+    the warm set written by ``optimize warm-cache`` (:mod:`aml.optimize.warm`).
+``meta``
+    ``format``, ``store_id``, ``built_at``, ``records``, ``documents``, ``loom_agents``, ``bloom_sha256``.
+
+Builds are **atomic**: the new index is written to a temporary file in ``.aml/`` and renamed over
+the old one (readers holding the old file keep reading it). They are **incremental**: a build
+starts from a copy of the current index and re-reads only the documents whose size, mtime or inode
+changed (and drops the rows of documents that are gone); ``full=True`` reads everything. Warm-set
+entries of re-read documents are refreshed in the same build. Writers of the index (build,
+warm-cache) are serialised by an ``flock`` on ``.aml/index.lock``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import json
+import os
+import re
+import sqlite3
+import tempfile
+import time
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Final
+
+from aml.optimize.bloom import DEFAULT_FALSE_POSITIVE_RATE, IdBloom
+from aml.optimize.files import AML_DIR, BLOOM_FILE, INDEX_FILE, INDEX_LOCK_FILE, iter_store_files
+from aml.optimize.value import record_value
+from aml.store import accessors as acc
+from aml.store.atomic import TMP_PREFIX, atomic_write, fsync_dir
+from aml.store.documents import Document, read_document
+from aml.store.extract import records_from_document
+from aml.store.filestore import FileStore
+from aml.store.records import Record
+from aml.store.timestamps import now_utc, utc_iso_z
+
+FORMAT: Final = "aml-index/1"
+"""Value of ``meta.format``; an index of another format is rebuilt from scratch."""
+
+TEXT_LIMIT: Final = 32 * 1024
+"""At most this many characters of a record's text are indexed for full-text search."""
+
+SCHEMA: Final = """
+CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE documents (
+    relpath TEXT PRIMARY KEY, kind TEXT NOT NULL, agent TEXT, collection TEXT, encoding TEXT,
+    size_bytes INTEGER NOT NULL, mtime_ns INTEGER NOT NULL, ino INTEGER NOT NULL,
+    record_count INTEGER NOT NULL, error TEXT
+);
+CREATE TABLE records (
+    rid INTEGER PRIMARY KEY,
+    key TEXT NOT NULL UNIQUE,
+    id TEXT NOT NULL, agent TEXT NOT NULL, collection TEXT NOT NULL, kind TEXT NOT NULL,
+    tags TEXT NOT NULL,
+    confidence REAL, success_rate REAL, execution_count INTEGER, value REAL NOT NULL,
+    created_at TEXT, last_used_at TEXT, recency REAL,
+    active INTEGER NOT NULL, version TEXT, role TEXT, size_bytes INTEGER NOT NULL,
+    document TEXT NOT NULL, pointer TEXT NOT NULL, item_index INTEGER NOT NULL
+);
+CREATE INDEX records_id ON records(id);
+CREATE INDEX records_agent ON records(agent, collection);
+CREATE INDEX records_document ON records(document);
+CREATE INDEX records_value ON records(value DESC, recency DESC);
+CREATE TABLE tags (tag TEXT NOT NULL, rid INTEGER NOT NULL, PRIMARY KEY (tag, rid)) WITHOUT ROWID;
+CREATE VIRTUAL TABLE records_fts USING fts5(text, tokenize = 'porter unicode61 remove_diacritics 2');
+CREATE TABLE warm (
+    key TEXT PRIMARY KEY, id TEXT NOT NULL, document TEXT NOT NULL, pointer TEXT NOT NULL,
+    value REAL NOT NULL, item TEXT NOT NULL, size_bytes INTEGER NOT NULL,
+    doc_size INTEGER NOT NULL, doc_mtime_ns INTEGER NOT NULL, doc_ino INTEGER NOT NULL,
+    loaded_at TEXT NOT NULL
+);
+CREATE INDEX warm_document ON warm(document);
+"""
+
+_SKIP_KEY: Final = re.compile(r"^(id|agent|timestamp|created|lastUsed|version|hash)$|(Id|_id|At|_at|Timestamp)$")
+_SKIP_VALUE: Final = re.compile(
+    r"^(\d{4}-\d{2}-\d{2}T[\d:.]+(Z|[+-]\d{2}:?\d{2})?|[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-"
+    r"[0-9a-fA-F]{4}-[0-9a-fA-F]{12})$"
+)
+
+
+class IndexMissingError(FileNotFoundError):
+    """The store has no usable index (run ``aml <store> optimize index``)."""
+
+
+@dataclass
+class IndexResult:
+    """What one build did.
+
+    Attributes:
+        store_id: the store.
+        path: the index file.
+        full: every document was read (no usable previous index, or ``full=True``).
+        records: records in the new index.
+        documents: files in the new index.
+        documents_read: files read in this build (new or changed).
+        documents_reused: files whose rows were kept (size, mtime and inode unchanged).
+        documents_removed: files that disappeared since the previous build.
+        errors: files that failed to read or parse (indexed without records).
+        warm_refreshed, warm_dropped: warm-set entries refreshed from re-read documents, or dropped
+            because their record is gone.
+        bloom_items: ids in the Bloom filter; bloom_bytes: its file size, bytes.
+        index_bytes: size of the index file, bytes.
+        duration_s: wall time, seconds.
+    """
+
+    store_id: str
+    path: str
+    full: bool
+    records: int = 0
+    documents: int = 0
+    documents_read: int = 0
+    documents_reused: int = 0
+    documents_removed: int = 0
+    errors: int = 0
+    warm_refreshed: int = 0
+    warm_dropped: int = 0
+    bloom_items: int = 0
+    bloom_bytes: int = 0
+    index_bytes: int = 0
+    duration_s: float = 0.0
+
+    def as_dict(self) -> dict[str, Any]:
+        """JSON-ready form (every attribute)."""
+        out = dict(self.__dict__)
+        out["duration_s"] = round(self.duration_s, 6)
+        return out
+
+
+# --------------------------------------------------------------------------------- helpers
+
+
+def index_path(root: str | os.PathLike[str]) -> Path:
+    """``<root>/.aml/index.sqlite``."""
+    return Path(root) / INDEX_FILE
+
+
+def bloom_path(root: str | os.PathLike[str]) -> Path:
+    """``<root>/.aml/index.bloom``."""
+    return Path(root) / BLOOM_FILE
+
+
+def resolve_pointer(data: Any, pointer: str) -> Any:
+    """The value at an RFC 6901 JSON pointer.
+
+    Raises:
+        KeyError: the pointer does not lead to a value.
+    """
+    if pointer == "":
+        return data
+    cur = data
+    for raw in pointer.split("/")[1:]:
+        token = raw.replace("~1", "/").replace("~0", "~")
+        if isinstance(cur, list):
+            try:
+                cur = cur[int(token)]
+            except (ValueError, IndexError) as exc:
+                raise KeyError(pointer) from exc
+        elif isinstance(cur, Mapping):
+            if token not in cur:
+                raise KeyError(pointer)
+            cur = cur[token]
+        else:
+            raise KeyError(pointer)
+    return cur
+
+
+def record_text(record: Record, item: Any, tags: list[str]) -> str:
+    """The text indexed for full-text search: kind, collection, tags, then every string value of the
+    record except ids, agent names, timestamps and UUIDs (depth first), cut at :data:`TEXT_LIMIT`."""
+    parts: list[str] = [record.kind, record.collection.replace(".", " "), *tags]
+    budget = [TEXT_LIMIT]
+
+    def walk(value: Any, key: str | None) -> None:
+        if budget[0] <= 0:
+            return
+        if isinstance(value, str):
+            if (key is None or not _SKIP_KEY.search(key)) and value and not _SKIP_VALUE.match(value):
+                parts.append(value)
+                budget[0] -= len(value) + 1
+        elif isinstance(value, Mapping):
+            for k, v in value.items():
+                if not _SKIP_KEY.search(str(k)):
+                    walk(v, str(k))
+        elif isinstance(value, list):
+            for v in value:
+                walk(v, key)
+
+    walk(item, None)
+    return " ".join(parts)[:TEXT_LIMIT]
+
+
+def _iso(value: Any) -> str | None:
+    return utc_iso_z(value) if value is not None else None
+
+
+def connect(path: Path, *, readonly: bool = False) -> sqlite3.Connection:
+    """Open an index database (``readonly`` opens it with ``mode=ro``)."""
+    if readonly:
+        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, check_same_thread=False)
+    else:
+        conn = sqlite3.connect(path, check_same_thread=False)
+    conn.row_factory = sqlite3.Row
+    return conn
+
+
+def read_meta(conn: sqlite3.Connection) -> dict[str, str]:
+    """The ``meta`` table as a dict (empty if the table is missing)."""
+    try:
+        return {row[0]: row[1] for row in conn.execute("SELECT key, value FROM meta")}
+    except sqlite3.DatabaseError:
+        return {}
+
+
+@contextlib.contextmanager
+def writer_lock(root: Path) -> Iterator[None]:
+    """Hold the exclusive ``flock`` that serialises writers of the index (blocks until free)."""
+    directory = root / AML_DIR
+    directory.mkdir(exist_ok=True)
+    fd = os.open(root / INDEX_LOCK_FILE, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
+@contextlib.contextmanager
+def replace_index(root: Path, *, start_from_current: bool) -> Iterator[sqlite3.Connection]:
+    """A writable copy of the index (or an empty one) in a temporary file of ``.aml/``; on success it
+    is synced and renamed over ``.aml/index.sqlite``; on failure it is removed and the index is
+    unchanged. Hold :func:`writer_lock` around it.
+
+    Args:
+        root: the store root.
+        start_from_current: copy the current index first (it must exist and be of :data:`FORMAT`).
+
+    Yields:
+        A connection to the temporary database (the caller fills it; commit happens here).
+    """
+    directory = root / AML_DIR
+    directory.mkdir(exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=TMP_PREFIX, suffix=".sqlite", dir=directory)
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        conn = connect(tmp)
+        try:
+            if start_from_current:
+                src = connect(index_path(root), readonly=True)
+                try:
+                    src.backup(conn)
+                finally:
+                    src.close()
+            else:
+                conn.executescript(SCHEMA)
+            conn.execute("PRAGMA journal_mode=OFF")
+            conn.execute("PRAGMA synchronous=OFF")
+            yield conn
+            conn.commit()
+        finally:
+            conn.close()
+        with open(tmp, "rb+") as fh:
+            os.fsync(fh.fileno())
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, index_path(root))
+        fsync_dir(directory)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+        raise
+
+
+def _current_index_usable(root: Path) -> bool:
+    path = index_path(root)
+    if not path.is_file():
+        return False
+    try:
+        conn = connect(path, readonly=True)
+    except sqlite3.Error:
+        return False
+    try:
+        return read_meta(conn).get("format") == FORMAT
+    finally:
+        conn.close()
+
+
+# --------------------------------------------------------------------------------- build
+
+
+def build_index(
+    root: str | os.PathLike[str],
+    *,
+    full: bool = False,
+    false_positive_rate: float = DEFAULT_FALSE_POSITIVE_RATE,
+) -> IndexResult:
+    """Build (or update) the index and the Bloom filter of a file store. Reads the store only.
+
+    Args:
+        root: the store directory.
+        full: read every document even when the current index could be updated incrementally.
+        false_positive_rate: target false positive rate of the Bloom filter (ratio).
+
+    Returns:
+        An :class:`IndexResult`.
+
+    Raises:
+        FileNotFoundError, NotADirectoryError: ``root`` is not a directory.
+        OSError, sqlite3.Error: writing the index failed (the previous index is unchanged).
+    """
+    started = time.perf_counter()
+    store = FileStore(root)
+    base = store.root
+    if not base.is_dir():
+        raise NotADirectoryError(f"not a directory: {base}")
+    loom_agents = frozenset(store.agents())
+    agents_json = json.dumps(sorted(loom_agents))
+    with writer_lock(base):
+        incremental = not full and _current_index_usable(base)
+        result = IndexResult(store.store_id, str(index_path(base)), full=not incremental)
+        with replace_index(base, start_from_current=incremental) as conn:
+            known: dict[str, tuple[int, int, int]] = {}
+            if incremental:
+                meta = read_meta(conn)
+                if meta.get("loom_agents") != agents_json:  # agent set changed: placements may differ
+                    _clear(conn)
+                    result.full = True
+                else:
+                    known = {r[0]: (r[1], r[2], r[3]) for r in
+                             conn.execute("SELECT relpath, size_bytes, mtime_ns, ino FROM documents")}
+            seen: set[str] = set()
+            for f in iter_store_files(base):
+                seen.add(f.relpath)
+                if known.get(f.relpath) == (f.size, f.mtime_ns, f.ino):
+                    result.documents_reused += 1
+                    continue
+                doc = read_document(f.path, f.relpath, loom_agents=loom_agents)
+                records = records_from_document(store.store_id, doc)
+                refreshed, dropped = _replace_document(conn, doc, records, f.ino)
+                result.documents_read += 1
+                result.warm_refreshed += refreshed
+                result.warm_dropped += dropped
+            for gone in sorted(set(known) - seen):
+                result.warm_dropped += _drop_document(conn, gone)
+                result.documents_removed += 1
+            result.records = conn.execute("SELECT count(*) FROM records").fetchone()[0]
+            result.documents = conn.execute("SELECT count(*) FROM documents").fetchone()[0]
+            result.errors = conn.execute("SELECT count(*) FROM documents WHERE error IS NOT NULL").fetchone()[0]
+            bloom = IdBloom.build((r[0] for r in conn.execute("SELECT DISTINCT id FROM records")),
+                                  false_positive_rate=false_positive_rate)
+            bloom_bytes = bloom.to_bytes()
+            meta_rows = {"format": FORMAT, "store_id": store.store_id, "built_at": utc_iso_z(now_utc()),
+                         "records": str(result.records), "documents": str(result.documents),
+                         "loom_agents": agents_json, "bloom_sha256": _sha256(bloom_bytes)}
+            conn.executemany("INSERT OR REPLACE INTO meta(key, value) VALUES (?, ?)", meta_rows.items())
+            result.bloom_items = bloom.items
+            result.bloom_bytes = len(bloom_bytes)
+            # The filter goes first: a crash before the rename leaves a filter whose checksum the old
+            # index does not name, which readers then ignore (they fall back to the index).
+            atomic_write(bloom_path(base), bloom_bytes)
+        result.index_bytes = index_path(base).stat().st_size
+    result.duration_s = time.perf_counter() - started
+    return result
+
+
+def _sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def _clear(conn: sqlite3.Connection) -> None:
+    for table in ("documents", "records", "tags", "records_fts"):
+        conn.execute(f"DELETE FROM {table}")
+
+
+def _drop_document(conn: sqlite3.Connection, relpath: str) -> int:
+    """Remove a document's rows; returns the warm entries dropped with it."""
+    conn.execute("DELETE FROM records_fts WHERE rowid IN (SELECT rid FROM records WHERE document = ?)", (relpath,))
+    conn.execute("DELETE FROM tags WHERE rid IN (SELECT rid FROM records WHERE document = ?)", (relpath,))
+    conn.execute("DELETE FROM records WHERE document = ?", (relpath,))
+    conn.execute("DELETE FROM documents WHERE relpath = ?", (relpath,))
+    return conn.execute("DELETE FROM warm WHERE document = ?", (relpath,)).rowcount
+
+
+def _replace_document(
+    conn: sqlite3.Connection, doc: Document, records: list[Record], ino: int
+) -> tuple[int, int]:
+    """Replace the rows of one document; refresh its warm entries. Returns ``(refreshed, dropped)``."""
+    warm = [(r["key"], r["id"]) for r in conn.execute("SELECT key, id FROM warm WHERE document = ?", (doc.relpath,))]
+    conn.execute("DELETE FROM records_fts WHERE rowid IN (SELECT rid FROM records WHERE document = ?)",
+                 (doc.relpath,))
+    conn.execute("DELETE FROM tags WHERE rid IN (SELECT rid FROM records WHERE document = ?)", (doc.relpath,))
+    conn.execute("DELETE FROM records WHERE document = ?", (doc.relpath,))
+    conn.execute(
+        "INSERT OR REPLACE INTO documents(relpath, kind, agent, collection, encoding, size_bytes, mtime_ns, ino, "
+        "record_count, error) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        (doc.relpath, doc.kind, doc.agent, doc.collection, doc.encoding, doc.size_bytes, doc.mtime_ns, ino,
+         len(records), doc.error.code if doc.error else None),
+    )
+    by_key: dict[str, tuple[Record, Any]] = {}
+    by_id: dict[str, str] = {}
+    for record in records:
+        try:
+            item = resolve_pointer(doc.data, record.location.pointer)
+        except KeyError:
+            item = None
+        tags = acc.item_tags(item) if isinstance(item, Mapping) else []
+        recency_dt = record.last_used_at or record.created_at
+        key = f"{record.location.document}#{record.location.pointer}"
+        cur = conn.execute(
+            "INSERT INTO records(key, id, agent, collection, kind, tags, confidence, success_rate, execution_count, "
+            "value, created_at, last_used_at, recency, active, version, role, size_bytes, document, pointer, "
+            "item_index) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (key, record.id, record.agent, record.collection, record.kind, json.dumps(tags), record.confidence,
+             record.success_rate, record.execution_count, record_value(record, item), _iso(record.created_at),
+             _iso(record.last_used_at), recency_dt.timestamp() if recency_dt else None, int(record.active),
+             record.version, record.role, record.size_bytes, record.location.document, record.location.pointer,
+             record.location.index),
+        )
+        rid = cur.lastrowid
+        conn.execute("INSERT INTO records_fts(rowid, text) VALUES (?, ?)", (rid, record_text(record, item, tags)))
+        if tags:
+            conn.executemany("INSERT OR IGNORE INTO tags(tag, rid) VALUES (?, ?)", [(t, rid) for t in tags])
+        by_key[key] = (record, item)
+        by_id.setdefault(record.id, key)
+    refreshed = dropped = 0
+    for key, wid in warm:
+        new_key = key if key in by_key and by_key[key][0].id == wid else by_id.get(wid)
+        if new_key is None or doc.error is not None:
+            conn.execute("DELETE FROM warm WHERE key = ?", (key,))
+            dropped += 1
+            continue
+        record, item = by_key[new_key]
+        payload = json.dumps(item, ensure_ascii=False, separators=(",", ":"))
+        conn.execute("DELETE FROM warm WHERE key = ?", (key,))
+        conn.execute(
+            "INSERT OR REPLACE INTO warm(key, id, document, pointer, value, item, size_bytes, doc_size, doc_mtime_ns, "
+            "doc_ino, loaded_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (new_key, record.id, record.location.document, record.location.pointer, record_value(record, item),
+             payload, len(payload.encode("utf-8")), doc.size_bytes, doc.mtime_ns, ino, utc_iso_z(now_utc())),
+        )
+        refreshed += 1
+    return refreshed, dropped

@@ -1,0 +1,53 @@
+"""Prune: remove or archive low-value records, with a plan, a dry run and an undo.
+
+One concern per module:
+
+* :mod:`~aml.prune.config` - :class:`PruneConfig`: every threshold with its source; ``aggressive()``;
+* :mod:`~aml.prune.value` - :func:`value_score`: the value of a Loom record (formula and sources);
+* :mod:`~aml.prune.strategies` - the Loom rules ``time_based``, ``performance_based``, ``space_based``;
+* :mod:`~aml.prune.sessions` - Aitor session rules (``session_based``);
+* :mod:`~aml.prune.tinytroupe` - TinyTroupe episodic-memory rule (``session_based``);
+* :mod:`~aml.prune.plan` - :func:`build_plan`: record, collection, reason, value (the dry run);
+* :mod:`~aml.prune.splice` - editing a list inside a JSON document without re-serialising it;
+* :mod:`~aml.prune.archive` - archived decisions in the backup repository's ``archives/<agent>/``;
+* :mod:`~aml.prune.apply` - :func:`apply_plan`: atomic rewrites, decisions archived first;
+* :mod:`~aml.prune.undo` - :func:`undo_entries`: put back exactly what a run removed.
+
+Pure engine: no Celery, no catalog (``tasks/prune.py`` adds the safety snapshot, the store lock and the
+``prune_actions`` rows). Units: bytes (MiB = 1024² bytes), days of 86,400 s, ratios 0-1, aware UTC.
+"""
+
+from aml.prune.apply import AppliedRecord, ApplyResult, apply_plan
+from aml.prune.archive import ARCHIVE_DIR, archive_file, read_archive
+from aml.prune.config import DEFAULT_STRATEGIES, MIB, STRATEGIES, PruneConfig, Strategy, normalise_strategies
+from aml.prune.plan import DocumentState, PlannedAction, PrunePlan, build_plan
+from aml.prune.splice import SpliceError
+from aml.prune.undo import UndoEntry, UndoResult, undo_entries
+from aml.prune.value import ValueInputs, loom_value, loom_value_inputs, value_score
+
+__all__ = [
+    "ARCHIVE_DIR",
+    "DEFAULT_STRATEGIES",
+    "MIB",
+    "STRATEGIES",
+    "AppliedRecord",
+    "ApplyResult",
+    "DocumentState",
+    "PlannedAction",
+    "PruneConfig",
+    "PrunePlan",
+    "SpliceError",
+    "Strategy",
+    "UndoEntry",
+    "UndoResult",
+    "ValueInputs",
+    "apply_plan",
+    "archive_file",
+    "build_plan",
+    "loom_value",
+    "loom_value_inputs",
+    "normalise_strategies",
+    "read_archive",
+    "undo_entries",
+    "value_score",
+]

@@ -1,0 +1,103 @@
+"""Archived decisions: prune moves decisions into the backup repository's ``archives/<agent>/``.
+
+Layout (DESIGN.md, "The backup repository"; the seeds' ``_archive_items`` writes the same shape)::
+
+    <repository>/archives/<agent>/decisions_<run_id>.json.gz
+
+Each file is gzip-compressed JSON: a list of the archived items exactly as they were (indent 2, UTF-8),
+one file per agent and prune run, so a retried run rewrites its own file and ``prune undo`` knows
+which file to take its items back from. Every write is atomic (temp file, fsync, rename, fsync dir):
+a crash leaves the old archive or the new one. Prune writes the archive *before* it rewrites the
+agent's ``decisions.json``, so an archived decision exists in at least one of the two at every instant.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import re
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any, Final
+
+from aml.store.atomic import atomic_write, fsync_dir
+
+ARCHIVE_DIR: Final = "archives"
+"""Folder of the backup repository that holds archived records."""
+
+_SAFE: Final = re.compile(r"[^A-Za-z0-9._@+-]")
+
+
+def _component(name: str) -> str:
+    """A safe single path component for an agent or run id (no separators, no ``..``)."""
+    cleaned = _SAFE.sub("_", name).lstrip(".") or "_"
+    return cleaned[:200]
+
+
+def archive_file(archive_root: Path, agent: str, run_id: str) -> Path:
+    """Where run ``run_id`` archives ``agent``'s decisions: ``<archive_root>/<agent>/decisions_<run_id>.json.gz``."""
+    return archive_root / _component(agent) / f"decisions_{_component(run_id)}.json.gz"
+
+
+def _canonical(item: Any) -> str:
+    return json.dumps(item, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str)
+
+
+def read_archive(path: Path) -> list[Any]:
+    """The items of an archive file (``[]`` if it does not exist).
+
+    Raises:
+        ValueError: the file exists but is not a gzip JSON list.
+    """
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        return []
+    data = json.loads(gzip.decompress(raw) if raw[:2] == b"\x1f\x8b" else raw)
+    if not isinstance(data, list):
+        raise ValueError(f"{path}: not a JSON list")
+    return data
+
+
+def _write(path: Path, items: list[Any]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    data = json.dumps(items, indent=2, ensure_ascii=False).encode("utf-8")
+    atomic_write(path, gzip.compress(data, compresslevel=6, mtime=0))
+
+
+def add_to_archive(path: Path, items: Iterable[Any]) -> int:
+    """Add items to an archive file (atomically), skipping ones already in it.
+
+    Returns:
+        The number of items added.
+
+    Raises:
+        OSError: the archive cannot be written (then the caller must not remove the items).
+        ValueError: an existing archive file is not a JSON list.
+    """
+    current = read_archive(path)
+    known = {_canonical(x) for x in current}
+    new = [x for x in items if _canonical(x) not in known]
+    if new or not path.exists():
+        _write(path, current + new)
+    return len(new)
+
+
+def remove_from_archive(path: Path, items: Iterable[Any]) -> int:
+    """Remove items (compared as canonical JSON) from an archive file, atomically; the file is
+    deleted when it becomes empty.
+
+    Returns:
+        The number of items removed (0 when the file does not exist).
+    """
+    current = read_archive(path)
+    drop = {_canonical(x) for x in items}
+    kept = [x for x in current if _canonical(x) not in drop]
+    if len(kept) == len(current):
+        return 0
+    if kept:
+        _write(path, kept)
+    else:
+        path.unlink()
+        fsync_dir(path.parent)
+    return len(current) - len(kept)

@@ -1,0 +1,327 @@
+"""The prune plan: what a run would remove or archive, why, and the value of each record. Writes nothing.
+
+:func:`build_plan` reads the store once (:class:`aml.store.FileStore`), builds one
+:class:`~aml.prune.strategies.Candidate` per live Loom record (patterns, solutions, decisions of
+the agent directories; ``global/archived-decisions.json`` is already an archive and is left alone),
+applies the requested strategies in the order of :data:`~aml.prune.config.STRATEGIES`, and returns a
+:class:`PrunePlan`. A record matched by several rules appears once, with the first rule's reason.
+With ``preserve_high_value``, a Loom record whose value is at least the threshold is never planned;
+it is listed in :attr:`PrunePlan.preserved` instead. Documents that fail to parse yield no records
+and are never touched. ``--dry-run`` is exactly this function.
+"""
+
+from __future__ import annotations
+
+import os
+from collections import Counter, defaultdict
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from aml.prune import strategies as strat
+from aml.prune.config import PruneConfig, Strategy, normalise_strategies
+from aml.prune.sessions import session_removals
+from aml.prune.strategies import Action, Candidate
+from aml.prune.tinytroupe import EPISODIC_POINTER, episodic_removals
+from aml.prune.value import loom_value_inputs, outcome_metric_average, pattern_inputs, value_score
+from aml.store import accessors as acc
+from aml.store.extract import records_from_document
+from aml.store.filestore import FileStore
+from aml.store.records import item_size, json_pointer
+from aml.store.timestamps import now_utc, utc_iso_z
+
+LOOM_LIVE = frozenset({"patterns", "solutions", "decisions"})
+
+
+@dataclass(frozen=True, slots=True)
+class PlannedAction:
+    """One record a run will remove or archive.
+
+    Attributes:
+        strategy: the strategy whose rule matched.
+        reason: the rule (``unused_too_long``, ``session_duplicate``...; see :mod:`aml.prune.strategies`,
+            :mod:`aml.prune.sessions`, :mod:`aml.prune.tinytroupe`).
+        action: ``removed`` or ``archived`` (decisions).
+        agent, collection, record_id, kind: as in :class:`aml.store.Record`.
+        document: store-relative path of the document.
+        list_pointer: JSON pointer of the list holding the record (``""`` for a Loom collection).
+        index: position in that list.
+        value: value score 0-1 (Loom records), else ``None``.
+        size_bytes: the record as compact JSON, bytes.
+    """
+
+    strategy: str
+    reason: str
+    action: Action
+    agent: str
+    collection: str
+    record_id: str
+    kind: str
+    document: str
+    list_pointer: str
+    index: int
+    value: float | None
+    size_bytes: int
+
+    @property
+    def pointer(self) -> str:
+        """JSON pointer of the record itself."""
+        return f"{self.list_pointer}/{self.index}"
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready form (value rounded to 6 places)."""
+        return {
+            "strategy": self.strategy, "reason": self.reason, "action": self.action, "agent": self.agent,
+            "collection": self.collection, "record_id": self.record_id, "kind": self.kind,
+            "document": self.document, "pointer": self.pointer, "index": self.index,
+            "value": None if self.value is None else round(self.value, 6), "size_bytes": self.size_bytes,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class DocumentState:
+    """A document as the plan saw it (apply refuses to edit it if it changed since).
+
+    Attributes:
+        size_bytes: ``st_size``.
+        mtime_ns: ``st_mtime_ns``.
+        kind: the document kind (``loom_collection``, ``aitor_session``, ``tinytroupe_spec``).
+    """
+
+    size_bytes: int
+    mtime_ns: int
+    kind: str
+
+
+@dataclass
+class PrunePlan:
+    """What a prune run will do.
+
+    Attributes:
+        store: store id; root: its directory.
+        config: the thresholds used; now: the reference instant (aware UTC).
+        strategies: the strategies applied, in order.
+        agents: the agent filter (``None`` = every agent).
+        actions: the records to remove or archive, by document then list then index.
+        documents: every document an action touches, as seen by the plan.
+        preserved: Loom records a rule matched (or space pruning reached) but kept for their value:
+            ``{"agent", "collection", "record_id", "document", "reason", "value"}``.
+        records_scanned: live records seen (Loom, sessions, TinyTroupe).
+        agent_bytes: bytes on disk per agent before the run.
+        store_bytes: bytes on disk of the whole store before the run.
+        errors: documents that failed to parse (``DocumentError.as_dict()``), left alone.
+    """
+
+    store: str
+    root: Path
+    config: PruneConfig
+    now: datetime
+    strategies: tuple[Strategy, ...]
+    agents: frozenset[str] | None
+    actions: list[PlannedAction] = field(default_factory=list)
+    documents: dict[str, DocumentState] = field(default_factory=dict)
+    preserved: list[dict[str, Any]] = field(default_factory=list)
+    records_scanned: int = 0
+    agent_bytes: dict[str, int] = field(default_factory=dict)
+    store_bytes: int = 0
+    errors: list[dict[str, Any]] = field(default_factory=list)
+
+    def counts(self) -> dict[str, Any]:
+        """``{"total", "removed", "archived", "by_reason": {...}, "by_strategy": {...}, "by_agent": {...}}``."""
+        by_action = Counter(a.action for a in self.actions)
+        return {
+            "total": len(self.actions),
+            "removed": by_action.get("removed", 0),
+            "archived": by_action.get("archived", 0),
+            "by_reason": dict(sorted(Counter(a.reason for a in self.actions).items())),
+            "by_strategy": dict(sorted(Counter(a.strategy for a in self.actions).items())),
+            "by_agent": dict(sorted(Counter(a.agent for a in self.actions).items())),
+        }
+
+    def to_dict(self, *, include_actions: bool = True) -> dict[str, Any]:
+        """JSON-ready form: ``{"store", "now", "strategies", "agents", "config", "counts",
+        "records_scanned", "agent_bytes", "store_bytes", "preserved", "errors", "actions"}``."""
+        out: dict[str, Any] = {
+            "store": self.store,
+            "now": utc_iso_z(self.now),
+            "strategies": list(self.strategies),
+            "agents": sorted(self.agents) if self.agents is not None else None,
+            "config": self.config.to_dict(),
+            "counts": self.counts(),
+            "records_scanned": self.records_scanned,
+            "agent_bytes": dict(sorted(self.agent_bytes.items())),
+            "store_bytes": self.store_bytes,
+            "preserved": self.preserved,
+            "errors": self.errors,
+        }
+        if include_actions:
+            out["actions"] = [a.to_dict() for a in self.actions]
+        return out
+
+
+_KIND = {"patterns": acc.pattern_type, "solutions": acc.error_type, "decisions": acc.decision_type}
+
+
+def _candidate(agent: str, collection: str, document: str, index: int, item: Mapping[str, Any],
+               config: PruneConfig, now: datetime) -> Candidate:
+    """The :class:`Candidate` of one Loom item (id and kind as :class:`aml.store.Record` has them)."""
+    created = acc.item_timestamp(item) or acc.created_at(item)
+    success = confidence = None
+    executions = None
+    if collection == "patterns":
+        # the rules read the fields as stored (a missing one never matches); the value uses defaults
+        success, confidence, executions = acc.success_rate(item), acc.confidence(item), acc.execution_count(item)
+        inputs = pattern_inputs(success, confidence, executions, acc.avg_time_saved_ms(item),
+                                acc.last_used_at(item) or created)
+    else:
+        inputs = loom_value_inputs(collection, item)
+    size = item_size(item)
+    c = Candidate(
+        agent=agent, collection=collection,
+        record_id=acc.item_id(item) or f"{document}#{json_pointer(index)}",
+        kind=_KIND[collection](item) or collection, document=document, index=index,
+        size_bytes=size, cost_bytes=float(size),
+        value=value_score(inputs, now, half_life_days=config.recency_half_life_days),
+        last_used=inputs.last_used if collection == "patterns" else created, created=created,
+        success=success, confidence=confidence, executions=executions,
+    )
+    if collection == "solutions":
+        c.worked = acc.solution_worked(item)
+    elif collection == "decisions" and acc.has_outcome(item):
+        average = outcome_metric_average(item)
+        c.negative = acc.would_repeat(item) is False or (
+            average is not None and average < config.negative_metric_average)
+    return c
+
+
+def build_plan(
+    root: str | os.PathLike[str],
+    config: PruneConfig | None = None,
+    strategies: Iterable[str] | None = None,
+    *,
+    agents: Iterable[str] | None = None,
+) -> PrunePlan:
+    """Plan a prune run. Reads the store; writes nothing.
+
+    Args:
+        root: the store directory.
+        config: thresholds (default :class:`PruneConfig`); ``config.now`` fixes the reference time.
+        strategies: strategy names (default :data:`~aml.prune.config.DEFAULT_STRATEGIES`).
+        agents: only records of these agents (Loom directory, session ``agent_name`` or persona).
+
+    Returns:
+        The :class:`PrunePlan`.
+
+    Raises:
+        ValueError: an unknown strategy.
+        FileNotFoundError, NotADirectoryError: the root is not a directory.
+    """
+    config = config or PruneConfig()
+    chosen = normalise_strategies(strategies)
+    now = config.now or now_utc()
+    only = frozenset(agents) if agents else None
+    store = FileStore(root)
+    plan = PrunePlan(store.store_id, store.root, config, now, chosen, only)
+
+    candidates: list[Candidate] = []
+    session_actions: list[PlannedAction] = []
+    agent_bytes: Counter[str] = Counter()
+    states: dict[str, DocumentState] = {}
+    want_sessions = "session_based" in chosen
+
+    for doc in store.iter_documents():
+        plan.store_bytes += doc.size_bytes
+        if doc.agent is not None:
+            agent_bytes[doc.agent] += doc.size_bytes
+        if doc.error is not None:
+            plan.errors.append(doc.error.as_dict())
+            continue
+        if doc.kind == "loom_collection" and doc.collection in LOOM_LIVE and doc.agent is not None:
+            plan.records_scanned += len(doc.data)
+            states[doc.relpath] = DocumentState(doc.size_bytes, doc.mtime_ns, doc.kind)
+            if only is not None and doc.agent not in only:
+                continue
+            made = [_candidate(doc.agent, doc.collection, doc.relpath, index, item, config, now)
+                    for index, item in enumerate(doc.data)]
+            scale = doc.size_bytes / (sum(c.size_bytes for c in made) or 1)
+            for c in made:
+                c.cost_bytes = c.size_bytes * scale
+            candidates.extend(made)
+        elif doc.kind in ("aitor_session", "tinytroupe_spec"):
+            records = records_from_document(store.store_id, doc)
+            plan.records_scanned += len(records)
+            if not want_sessions:
+                continue
+            by_pointer = {r.location.pointer: r for r in records}
+            if doc.kind == "aitor_session":
+                removals = [(json_pointer(key), i, reason) for key, i, reason in session_removals(doc.data, config)]
+            else:
+                removals = [(EPISODIC_POINTER, i, reason) for i, reason in episodic_removals(doc.data, config)]
+            for list_pointer, index, reason in removals:
+                r = by_pointer[f"{list_pointer}/{index}"]
+                if only is not None and r.agent not in only:
+                    continue
+                session_actions.append(PlannedAction(
+                    "session_based", reason, "removed", r.agent, r.collection, r.id, r.kind, doc.relpath,
+                    list_pointer, index, None, r.size_bytes))
+                states[doc.relpath] = DocumentState(doc.size_bytes, doc.mtime_ns, doc.kind)
+    plan.agent_bytes = dict(agent_bytes)
+
+    taken: dict[int, PlannedAction] = {}
+    preserved_ids: set[int] = set()
+
+    def preserve(c: Candidate, reason: str) -> bool:
+        if config.preserve_high_value and c.value >= config.high_value_threshold:
+            if id(c) not in preserved_ids:
+                preserved_ids.add(id(c))
+                plan.preserved.append({"agent": c.agent, "collection": c.collection, "record_id": c.record_id,
+                                       "document": c.document, "reason": reason, "value": round(c.value, 6)})
+            return True
+        return False
+
+    def take(c: Candidate, strategy: str, reason: str) -> None:
+        taken[id(c)] = PlannedAction(strategy, reason, c.action, c.agent, c.collection, c.record_id, c.kind,
+                                     c.document, "", c.index, c.value, c.size_bytes)
+
+    for strategy in chosen:
+        if strategy in ("time_based", "performance_based"):
+            open_ = [c for c in candidates if id(c) not in taken]
+            matches = (strat.time_based(open_, config, now) if strategy == "time_based"
+                       else strat.performance_based(open_, config))
+            for c, reason in matches:
+                if not preserve(c, reason):
+                    take(c, strategy, reason)
+        elif strategy == "space_based":
+            _plan_space(plan, candidates, taken, preserve, take, only)
+    actions = list(taken.values())
+    if want_sessions:
+        actions.extend(session_actions)
+    actions.sort(key=lambda a: (a.document, a.list_pointer, a.index))
+    plan.actions = actions
+    plan.documents = {a.document: states[a.document] for a in actions}
+    return plan
+
+
+def _plan_space(plan: PrunePlan, candidates: list[Candidate], taken: dict[int, PlannedAction],
+                preserve: Callable[[Candidate, str], bool], take: Callable[[Candidate, str, str], None],
+                only: frozenset[str] | None) -> None:
+    """Space-based pruning: per agent against ``agent_limit_mib``, then the store against ``store_limit_mib``."""
+    config = plan.config
+    by_agent: defaultdict[str, list[Candidate]] = defaultdict(list)
+    for c in candidates:
+        by_agent[c.agent].append(c)
+
+    def run(pool: list[Candidate], size: int, limit: int, reason: str) -> None:
+        projected = size - sum(c.cost_bytes for c in pool if id(c) in taken)
+        ordered = strat.space_order(c for c in pool if id(c) not in taken)
+        for c in strat.space_based(ordered, projected=projected, limit=limit,
+                                   target_ratio=config.space_target_ratio,
+                                   preserved=lambda c: preserve(c, reason)):
+            take(c, "space_based", reason)
+
+    for agent in sorted(plan.agent_bytes):
+        if only is None or agent in only:
+            run(by_agent.get(agent, []), plan.agent_bytes[agent], config.agent_limit_bytes, "memory_limit_exceeded")
+    run(candidates, plan.store_bytes, config.store_limit_bytes, "store_limit_exceeded")

@@ -1,0 +1,332 @@
+"""Editing one list inside a JSON document by splicing its text, so everything else stays byte-identical.
+
+Prune removes items from a list (a Loom collection, an Aitor session's ``conversation_history``, a
+TinyTroupe agent's ``episodic_memory.memory``) and undo puts them back. Neither re-serialises the
+document: the list's elements are located by their character spans in the decoded text, and the
+list region is rebuilt from the exact text of the elements that stay, with the separators the
+writer used. Fields aml does not know, key order, number formatting, escapes and indentation are
+therefore kept as the writer wrote them, and an undo restores the original bytes exactly.
+
+The file's encoding is kept too: gzip files written by zlib or pako are recompressed with zlib at the
+level their header names (Loom's runtime writes pako level 6, which zlib level 6 reproduces byte for
+byte), so that a prune followed by its undo gives back the identical file.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import zlib
+from collections.abc import Sequence
+from dataclasses import dataclass
+from json.decoder import scanstring  # type: ignore[attr-defined]
+from pathlib import Path
+from typing import Any, Final
+
+from aml.store.codec import Encoding, encode
+from aml.store.documents import decode_bytes, read_file_bytes
+
+_DECODER: Final = json.JSONDecoder()
+_WS: Final = re.compile(r"[ \t\n\r]*")
+_BOM: Final = "\ufeff"
+
+
+class SpliceError(ValueError):
+    """The document's text does not have the list the plan or undo expects (or is not JSON)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Layout:
+    """Whitespace and separators of a list as its writer formatted it.
+
+    Attributes:
+        lead: text between ``[`` and the first element (``"\\n  "`` for ``indent=2`` at top level).
+        sep: text between two elements (``",\\n  "``), ``None`` when the list never had two.
+        trail: text between the last element and ``]`` (``"\\n"``).
+    """
+
+    lead: str
+    sep: str | None
+    trail: str
+
+    def to_dict(self) -> dict[str, str | None]:
+        """``{"lead", "sep", "trail"}``."""
+        return {"lead": self.lead, "sep": self.sep, "trail": self.trail}
+
+    @classmethod
+    def from_dict(cls, data: Any) -> Layout | None:
+        """Inverse of :meth:`to_dict`; ``None`` for anything else."""
+        if not isinstance(data, dict):
+            return None
+        lead, sep, trail = data.get("lead"), data.get("sep"), data.get("trail")
+        if isinstance(lead, str) and isinstance(trail, str) and (sep is None or isinstance(sep, str)):
+            return cls(lead, sep, trail)
+        return None
+
+
+@dataclass(slots=True)
+class ListSpan:
+    """Where a JSON array and its elements are in a text.
+
+    Attributes:
+        open: offset of ``[``.
+        close: offset of ``]``.
+        starts, ends: offsets of each element's first character and one past its last.
+        items: each element parsed.
+    """
+
+    open: int
+    close: int
+    starts: list[int]
+    ends: list[int]
+    items: list[Any]
+
+    def __len__(self) -> int:
+        return len(self.starts)
+
+    def element_text(self, text: str, index: int) -> str:
+        """The exact source text of element ``index``."""
+        return text[self.starts[index] : self.ends[index]]
+
+    def sep_after(self, text: str, index: int) -> str | None:
+        """The separator after element ``index`` (``None`` for the last one)."""
+        if index + 1 >= len(self.starts):
+            return None
+        return text[self.ends[index] : self.starts[index + 1]]
+
+    def layout(self, text: str) -> Layout | None:
+        """The list's :class:`Layout` (``sep`` from the first pair, ``None`` for a one-element
+        list); ``None`` for an empty list."""
+        if not self.starts:
+            return None
+        sep = text[self.ends[0] : self.starts[1]] if len(self.starts) > 1 else None
+        return Layout(text[self.open + 1 : self.starts[0]], sep, text[self.ends[-1] : self.close])
+
+
+@dataclass(slots=True)
+class DocumentText:
+    """A document read for editing.
+
+    Attributes:
+        raw: the bytes on disk.
+        encoding: sniffed encoding (kept when writing back).
+        gzip_level: for gzip written by zlib/pako, the level its header names (:func:`gzip_level_of`),
+            else ``None``.
+        text: the decoded UTF-8 text (a leading BOM kept).
+        size: ``st_size`` when read.
+        mtime_ns: ``st_mtime_ns`` when read.
+        mode: permission bits.
+    """
+
+    raw: bytes
+    encoding: Encoding
+    gzip_level: int | None
+    text: str
+    size: int
+    mtime_ns: int
+    mode: int
+
+
+def pointer_tokens(pointer: str) -> list[str]:
+    """Split an RFC 6901 JSON pointer into unescaped tokens (``""`` -> ``[]``).
+
+    Raises:
+        SpliceError: a non-empty pointer that does not start with ``/``.
+    """
+    if pointer == "":
+        return []
+    if not pointer.startswith("/"):
+        raise SpliceError(f"bad JSON pointer {pointer!r}")
+    return [t.replace("~1", "/").replace("~0", "~") for t in pointer[1:].split("/")]
+
+
+def read_text(path: Path) -> DocumentText:
+    """Read, decode and (for gzip) fingerprint a document for editing.
+
+    Raises:
+        aml.store.DocumentError: unreadable, symlink, oversize, or corrupt compression.
+        SpliceError: not UTF-8.
+    """
+    import stat as _stat
+
+    raw, st = read_file_bytes(path)
+    decoded, encoding = decode_bytes(raw, path)
+    try:
+        text = decoded.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise SpliceError(f"{path}: not UTF-8 at byte {exc.start}") from exc
+    level = gzip_level_of(raw) if encoding == "gzip" else None
+    return DocumentText(raw, encoding, level, text, st.st_size, st.st_mtime_ns, _stat.S_IMODE(st.st_mode))
+
+
+def gzip_level_of(raw: bytes) -> int | None:
+    """The zlib level to recompress a gzip file with so that zlib would write the same header.
+
+    zlib (and pako, its port that Loom's runtime uses) writes a 10-byte header with no flags, mtime 0,
+    OS 3 (Unix) and an XFL byte that names the level class: 2 for level 9, 4 for level 1, 0 otherwise.
+    For such a header this returns 9, 1 or 6 (zlib's and pako's default): recompressing with it gives
+    the writer's exact bytes whenever the writer used that level, which is the case for Loom's files,
+    so a prune followed by its undo restores them byte for byte. For any other header (another
+    compressor, a file name or mtime in the header) it returns ``None``: aml's own gzip encoder is used.
+
+    Args:
+        raw: the file's bytes (only the first 10 are looked at).
+    """
+    if len(raw) < 10 or raw[:4] != b"\x1f\x8b\x08\x00" or raw[4:8] != b"\x00\x00\x00\x00" or raw[9] != 3:
+        return None
+    return {2: 9, 4: 1}.get(raw[8], 6)
+
+
+def encode_text(text: str, encoding: Encoding, gzip_level: int | None) -> bytes:
+    """Encode an edited text the way its file was encoded (see :class:`DocumentText`)."""
+    data = text.encode("utf-8")
+    if encoding == "gzip" and gzip_level is not None:
+        return zlib.compress(data, gzip_level, wbits=31)
+    return encode(data, encoding)
+
+
+def _ws(text: str, i: int) -> int:
+    m = _WS.match(text, i)
+    assert m is not None
+    return m.end()
+
+
+def _value_end(text: str, i: int) -> tuple[Any, int]:
+    try:
+        return _DECODER.raw_decode(text, i)
+    except json.JSONDecodeError as exc:
+        raise SpliceError(f"invalid JSON at character {exc.pos}: {exc.msg}") from exc
+
+
+def _member(text: str, i: int, key: str) -> int | None:
+    """Offset of the value of ``key`` in the object at ``i`` (the last one if repeated, as
+    ``json.loads`` keeps), or ``None``."""
+    i = _ws(text, i + 1)
+    found: int | None = None
+    if text[i] == "}":
+        return None
+    while True:
+        if text[i] != '"':
+            raise SpliceError(f"expected a key at character {i}")
+        name, i = scanstring(text, i + 1)
+        i = _ws(text, i)
+        if text[i] != ":":
+            raise SpliceError(f"expected ':' at character {i}")
+        i = _ws(text, i + 1)
+        if name == key:
+            found = i
+        _, end = _value_end(text, i)
+        i = _ws(text, end)
+        if text[i] == ",":
+            i = _ws(text, i + 1)
+            continue
+        if text[i] == "}":
+            return found
+        raise SpliceError(f"expected ',' or '}}' at character {i}")
+
+
+def _array(text: str, i: int) -> ListSpan:
+    span = ListSpan(i, -1, [], [], [])
+    i = _ws(text, i + 1)
+    if text[i] == "]":
+        span.close = i
+        return span
+    while True:
+        item, end = _value_end(text, i)
+        span.starts.append(i)
+        span.ends.append(end)
+        span.items.append(item)
+        i = _ws(text, end)
+        if text[i] == ",":
+            i = _ws(text, i + 1)
+            continue
+        if text[i] == "]":
+            span.close = i
+            return span
+        raise SpliceError(f"expected ',' or ']' at character {i}")
+
+
+def find_list(text: str, pointer: str) -> ListSpan:
+    """Locate the JSON array at ``pointer`` and its elements.
+
+    Args:
+        text: the decoded document (a leading BOM is skipped).
+        pointer: RFC 6901 pointer of the array (``""`` = the whole document); tokens name object
+            members or array indexes.
+
+    Returns:
+        The array's :class:`ListSpan`.
+
+    Raises:
+        SpliceError: the path does not exist, is not an array, or the text is not valid JSON there.
+    """
+    try:
+        i = _ws(text, 1 if text.startswith(_BOM) else 0)
+        for token in pointer_tokens(pointer):
+            if text[i] == "{":
+                found = _member(text, i, token)
+                if found is None:
+                    raise SpliceError(f"no member {token!r} on the path {pointer!r}")
+                i = found
+            elif text[i] == "[" and token.isdigit():
+                span = _array(text, i)
+                index = int(token)
+                if index >= len(span):
+                    raise SpliceError(f"index {index} out of range on the path {pointer!r}")
+                i = span.starts[index]
+            else:
+                raise SpliceError(f"cannot follow {token!r} on the path {pointer!r}")
+        if text[i] != "[":
+            raise SpliceError(f"{pointer or 'the document'} is not a JSON array")
+        return _array(text, i)
+    except IndexError as exc:
+        raise SpliceError("the text ends early") from exc
+
+
+def rebuild(text: str, span: ListSpan, elements: Sequence[tuple[str, str | None]], *,
+            layout: Layout | None = None) -> str:
+    """Replace the array at ``span`` with ``elements``.
+
+    Args:
+        text: the document text the span was found in.
+        span: the array.
+        elements: ``(element text, separator after it or None)`` in order; a ``None`` separator is
+            replaced by the list's usual separator (the first pair's, else ``layout.sep``).
+        layout: the list's layout as recorded earlier, used when the text cannot show it (the list
+            is empty or has one element).
+
+    Returns:
+        The new text. An empty ``elements`` gives ``[]``, as ``JSON.stringify`` and ``json.dumps``
+        write an empty list.
+
+    Raises:
+        SpliceError: elements to write but no way to know the separator.
+    """
+    head, tail = text[: span.open + 1], text[span.close :]
+    if not elements:
+        return head + tail
+    seen = span.layout(text)
+    known = seen if seen is not None else layout
+    lead, trail = (known.lead, known.trail) if known is not None else ("", "")
+    usual = seen.sep if seen is not None and seen.sep is not None else (layout.sep if layout else None)
+    parts = [head, lead]
+    last = len(elements) - 1
+    for n, (element, sep) in enumerate(elements):
+        parts.append(element)
+        if n < last:
+            chosen = sep if sep is not None else usual
+            if chosen is None:
+                raise SpliceError("cannot tell the list's separator; no layout recorded")
+            parts.append(chosen)
+    parts.append(trail)
+    parts.append(tail)
+    return "".join(parts)
+
+
+def element_key(item: Any, element_text: str) -> tuple[str, str]:
+    """How undo recognises an element: ``("id", <id>)`` for an object with a string ``id`` (Loom
+    items, Aitor todos), else ``("sha256", <hex digest of its exact text>)``."""
+    if isinstance(item, dict) and isinstance(item.get("id"), str):
+        return "id", item["id"]
+    return "sha256", hashlib.sha256(element_text.encode("utf-8")).hexdigest()

@@ -1,0 +1,222 @@
+"""Undo of a prune run: put back exactly the records it removed or archived, and nothing else.
+
+Each ``prune_actions`` row holds, in its ``record`` column, the payload written by
+:func:`aml.prune.apply.apply_plan`::
+
+    {
+      "v": 1,
+      "item": <the record as parsed>,
+      "text": <its exact source text in the document>,
+      "list": <JSON pointer of its list ("" for a Loom collection)>,
+      "index": <its position in the list before the run>,
+      "prev": {"id": ...} | {"sha256": ...} | null,   # the element just before it, before the run
+      "next": {"id": ...} | {"sha256": ...} | null,   # the first following element the run kept
+      "layout": {"lead", "sep", "trail"} | null,      # the list's whitespace, for an emptied list
+      "archive": "<agent>/decisions_<run>.json.gz" | null   # under <repository>/archives/
+    }
+
+Elements are recognised by their ``id`` when they have one (Loom items), else by the sha256 of their
+exact text. For each document, in order of original index, a record is put back:
+
+* not at all if it is already there (same id, or same exact text): undo is idempotent;
+* right after its ``prev`` element if that is present (or was itself just put back);
+* else right before its ``next`` element if that is present;
+* else at ``min(index, len)``.
+
+Only the list region changes, spliced as in :mod:`aml.prune.splice`: records other than the restored
+ones, including changes an agent made after the prune, stay exactly as they are now. When nothing
+else changed, the document comes back byte-identical (gzip included). Restored decisions are then
+removed from the run's archive file. Documents that are missing or no longer parse are reported and
+left alone (never rewritten).
+"""
+
+from __future__ import annotations
+
+import json
+from collections import defaultdict
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from aml.prune.archive import remove_from_archive
+from aml.prune.splice import Layout, SpliceError, element_key, encode_text, find_list, read_text, rebuild
+from aml.store.atomic import atomic_write
+from aml.store.documents import DocumentError
+
+
+@dataclass(frozen=True, slots=True)
+class UndoEntry:
+    """One record to put back (a ``prune_actions`` row).
+
+    Attributes:
+        action_id: the row's id (reported back so the caller can mark it undone).
+        document: store-relative path of the document.
+        record_id: the record's id.
+        payload: the row's ``record`` column (see the module docstring).
+    """
+
+    action_id: int
+    document: str
+    record_id: str
+    payload: dict[str, Any]
+
+
+@dataclass
+class UndoResult:
+    """What :func:`undo_entries` did.
+
+    Attributes:
+        restored: action ids whose record was put back.
+        already_present: action ids whose record was already in its document (nothing to do).
+        failed: ``{"action_id", "document", "reason"}`` for records that could not be put back.
+        documents: store-relative paths rewritten.
+        archives_updated: archive files the restored decisions were removed from.
+    """
+
+    restored: list[int] = field(default_factory=list)
+    already_present: list[int] = field(default_factory=list)
+    failed: list[dict[str, Any]] = field(default_factory=list)
+    documents: list[str] = field(default_factory=list)
+    archives_updated: list[str] = field(default_factory=list)
+
+    @property
+    def done(self) -> list[int]:
+        """Action ids that are undone now (restored or already present)."""
+        return self.restored + self.already_present
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready summary."""
+        return {
+            "restored": len(self.restored),
+            "already_present": len(self.already_present),
+            "failed": self.failed,
+            "documents": self.documents,
+            "archives_updated": self.archives_updated,
+        }
+
+
+def _key(anchor: Any) -> tuple[str, str] | None:
+    if isinstance(anchor, dict) and len(anchor) == 1:
+        (kind, value), = anchor.items()
+        if kind in ("id", "sha256") and isinstance(value, str):
+            return kind, value
+    return None
+
+
+def undo_entries(root: Path, entries: Iterable[UndoEntry], *, archive_root: Path | None = None) -> UndoResult:
+    """Put back the records of ``entries`` into the store at ``root`` (see the module docstring).
+
+    Args:
+        root: the store directory.
+        entries: the run's rows not undone yet (any order).
+        archive_root: ``<backup repository>/archives`` (to take restored decisions out of the run's
+            archive file); ``None`` leaves archive files as they are.
+
+    Returns:
+        An :class:`UndoResult`.
+
+    Raises:
+        OSError: a write failed (documents rewritten before stay rewritten; rerunning undo is safe).
+    """
+    result = UndoResult()
+    by_doc: defaultdict[str, list[UndoEntry]] = defaultdict(list)
+    for e in entries:
+        by_doc[e.document].append(e)
+    archived: defaultdict[str, list[Any]] = defaultdict(list)
+    for relpath in sorted(by_doc):
+        try:
+            done = _undo_document(root, relpath, by_doc[relpath], result)
+        except (DocumentError, SpliceError, FileNotFoundError) as exc:
+            reason = "document is missing" if isinstance(exc, FileNotFoundError) else str(exc)
+            if isinstance(exc, DocumentError) and exc.code == "unreadable" and not (root / relpath).exists():
+                reason = "document is missing"
+            for e in by_doc[relpath]:
+                result.failed.append({"action_id": e.action_id, "document": relpath, "reason": reason})
+            continue
+        for e in done:
+            archive = e.payload.get("archive")
+            if isinstance(archive, str) and archive:
+                archived[archive].append(e.payload.get("item"))
+    if archive_root is not None:
+        for archive, items in sorted(archived.items()):
+            path = archive_root / archive
+            if remove_from_archive(path, items):
+                result.archives_updated.append(str(path))
+    return result
+
+
+def _undo_document(root: Path, relpath: str, entries: list[UndoEntry], result: UndoResult) -> list[UndoEntry]:
+    """Restore one document's records; returns the entries restored or already present."""
+    path = root / relpath
+    if not path.exists():
+        raise FileNotFoundError(path)
+    doc = read_text(path)
+    text = doc.text
+    by_list: defaultdict[str, list[UndoEntry]] = defaultdict(list)
+    for e in entries:
+        by_list[str(e.payload.get("list", ""))].append(e)
+    spans = {}
+    for pointer in by_list:
+        spans[pointer] = find_list(text, pointer)
+    done: list[UndoEntry] = []
+    restored: list[int] = []
+    present: list[int] = []
+    new_text = text
+    changed = False
+    for pointer in sorted(by_list, key=lambda p: spans[p].open, reverse=True):
+        span = spans[pointer]
+        texts = [span.element_text(text, i) for i in range(len(span))]
+        keys = [element_key(span.items[i], texts[i]) for i in range(len(span))]
+        position: dict[tuple[str, str], int] = {}
+        for i, k in enumerate(keys):
+            position.setdefault(k, i)
+        present_texts = set(texts)
+        batch_gap: dict[tuple[str, str], int] = {}
+        inserts: defaultdict[int, list[str]] = defaultdict(list)
+        layout: Layout | None = None
+        ordered = sorted(by_list[pointer], key=lambda e: int(e.payload.get("index", 0)))
+        for e in ordered:
+            payload = e.payload
+            item_text = payload.get("text")
+            if not isinstance(item_text, str):
+                result.failed.append({"action_id": e.action_id, "document": relpath, "reason": "no record text"})
+                continue
+            own = element_key(payload.get("item"), item_text)
+            if (own[0] == "id" and own in position) or item_text in present_texts:
+                present.append(e.action_id)
+                done.append(e)
+                continue
+            prev, nxt = _key(payload.get("prev")), _key(payload.get("next"))
+            if prev is not None and prev in position:
+                gap = position[prev] + 1
+            elif prev is not None and prev in batch_gap:
+                gap = batch_gap[prev]
+            elif nxt is not None and nxt in position:
+                gap = position[nxt]
+            else:
+                gap = min(int(payload.get("index", len(span))), len(span))
+            batch_gap[own] = gap
+            inserts[gap].append(item_text)
+            layout = layout or Layout.from_dict(payload.get("layout"))
+            restored.append(e.action_id)
+            done.append(e)
+        if not inserts:
+            continue
+        elements: list[tuple[str, str | None]] = []
+        for i in range(len(span) + 1):
+            elements.extend((t, None) for t in inserts.get(i, ()))
+            if i < len(span):
+                elements.append((texts[i], span.sep_after(text, i)))
+        new_text = rebuild(new_text, span, elements, layout=layout)
+        changed = True
+    if changed:
+        try:
+            json.loads(new_text[1:] if new_text.startswith("\ufeff") else new_text)
+        except ValueError as exc:
+            raise SpliceError(f"{relpath}: restored text does not parse ({exc}); left alone") from exc
+        atomic_write(path, encode_text(new_text, doc.encoding, doc.gzip_level), mode=doc.mode)
+        result.documents.append(relpath)
+    result.restored.extend(restored)
+    result.already_present.extend(present)
+    return done

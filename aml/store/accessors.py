@@ -1,0 +1,551 @@
+"""Version-aware accessors: the only place that knows the origin systems' field names.
+
+Loom items (patterns, solutions, decisions) exist in four schema versions (DESIGN.md, "Schema
+versions"). The TypeScript runtime writes camelCase (``metrics.successRate``,
+``evolution.lastUsed``, ``outcome.wouldRepeat``); v2.0 patterns use snake_case
+(``performance.success_rate``, ``lifecycle.last_used_at``). Loom's Python tools read snake_case
+names that the runtime never writes (``outcome.would_repeat``), so every accessor here accepts
+both spellings. Aitor session exports and TinyTroupe agents have their own small sections below.
+
+Every accessor takes the parsed JSON value, never raises on a malformed item, and returns ``None``
+(or an empty container) when the field is missing or has the wrong type. Timestamps come back as
+aware UTC (see :mod:`aml.store.timestamps`).
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Mapping, Sequence
+from datetime import datetime
+from typing import Any, Final, Literal, get_args
+
+from aml.store.timestamps import parse_timestamp
+
+ItemVersion = Literal["1.0.0", "1.1.0", "1.2.0", "2.0.0"]
+"""Schema version of one Loom item."""
+
+ITEM_VERSIONS: Final[tuple[ItemVersion, ...]] = get_args(ItemVersion)
+
+LOOM_COLLECTIONS: Final = ("patterns", "solutions", "decisions")
+"""Per-agent Loom collection files (``<agent>/<name>.json``)."""
+
+Item = Mapping[str, Any]
+
+
+# --------------------------------------------------------------------------- generic helpers
+
+
+def _get(obj: object, *path: str) -> Any:
+    """Follow ``path`` through nested mappings; ``None`` as soon as a step is missing."""
+    cur: Any = obj
+    for key in path:
+        if type(cur) is not dict and not isinstance(cur, Mapping):  # dict first: the ABC check is slow
+            return None
+        cur = cur.get(key)
+    return cur
+
+
+def _first(obj: object, *paths: tuple[str, ...]) -> Any:
+    """The first non-``None`` value among ``paths``."""
+    for path in paths:
+        value = _get(obj, *path)
+        if value is not None:
+            return value
+    return None
+
+
+def _as_float(value: object) -> float | None:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    result = float(value)
+    return result if math.isfinite(result) else None
+
+
+def _as_int(value: object) -> int | None:
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return None
+
+
+def _as_str(value: object) -> str | None:
+    return value if isinstance(value, str) else None
+
+
+def _as_bool(value: object) -> bool | None:
+    return value if isinstance(value, bool) else None
+
+
+def _as_dicts(value: object) -> list[Any]:
+    return list(value) if isinstance(value, list) else []
+
+
+# --------------------------------------------------------------------------- Loom: any item
+
+
+def detect_item_version(item: Item) -> ItemVersion:
+    """Schema version of one Loom item, per DESIGN.md's table.
+
+    Rules, first match wins: a top-level ``version`` naming a known version (v2.0 writes
+    ``"2.0.0"``; ``metadata.version`` is ignored because v2.0 keeps ``"1.2.0"`` there);
+    ``metadata`` present -> 1.2.0; ``tags`` and ``active`` present -> 1.1.0; else 1.0.0.
+
+    Args:
+        item: one pattern, solution or decision.
+
+    Returns:
+        ``"1.0.0"``, ``"1.1.0"``, ``"1.2.0"`` or ``"2.0.0"``.
+    """
+    version = item.get("version")
+    if isinstance(version, str) and version in ITEM_VERSIONS:
+        return version
+    if isinstance(item.get("metadata"), Mapping):
+        return "1.2.0"
+    if "tags" in item and "active" in item:
+        return "1.1.0"
+    return "1.0.0"
+
+
+def is_loom_item(value: object) -> bool:
+    """True if ``value`` looks like a Loom item: an object with string ``id`` and ``agent``."""
+    return (
+        isinstance(value, Mapping)
+        and isinstance(value.get("id"), str)
+        and isinstance(value.get("agent"), str)
+    )
+
+
+def item_id(item: Item) -> str | None:
+    """``id`` (a UUID string in real data), or ``None``."""
+    return _as_str(item.get("id"))
+
+
+def item_agent(item: Item) -> str | None:
+    """``agent``: the owning agent's name as the item records it, or ``None``."""
+    return _as_str(item.get("agent"))
+
+
+def item_timestamp(item: Item) -> datetime | None:
+    """Top-level ``timestamp`` (creation time of the item) as aware UTC, or ``None``."""
+    return parse_timestamp(item.get("timestamp"))
+
+
+def is_active(item: Item) -> bool:
+    """``active``; items without it (or with a non-boolean) count as active."""
+    return item.get("active") is not False
+
+
+def item_tags(item: Item) -> list[str]:
+    """``tags`` (string entries only); empty when absent (the TS runtime never stores tags)."""
+    return [t for t in _as_dicts(item.get("tags")) if isinstance(t, str)]
+
+
+def last_modified(item: Item) -> datetime | None:
+    """``metadata.last_modified`` (v1.2+, written by the Python migration, naive = UTC)."""
+    return parse_timestamp(_get(item, "metadata", "last_modified"))
+
+
+# --------------------------------------------------------------------------- Loom: patterns
+
+
+def pattern_type(item: Item) -> str | None:
+    """``pattern.type``, e.g. ``"css-layout"``."""
+    return _as_str(_get(item, "pattern", "type"))
+
+
+def success_rate(item: Item) -> float | None:
+    """Success ratio 0-1: ``performance.success_rate`` (v2.0) or ``metrics.successRate`` (v1.x)."""
+    return _as_float(
+        _first(item, ("performance", "success_rate"), ("metrics", "successRate"), ("metrics", "success_rate"))
+    )
+
+
+def execution_count(item: Item) -> int | None:
+    """Times used: ``performance.execution_count`` (v2.0) or ``metrics.executionCount`` (v1.x)."""
+    return _as_int(
+        _first(
+            item,
+            ("performance", "execution_count"),
+            ("metrics", "executionCount"),
+            ("metrics", "execution_count"),
+        )
+    )
+
+
+def avg_time_saved_ms(item: Item) -> float | None:
+    """Milliseconds saved per use: ``performance.avg_time_saved_ms`` / ``metrics.avgTimeSavedMs``."""
+    return _as_float(_first(item, ("performance", "avg_time_saved_ms"), ("metrics", "avgTimeSavedMs")))
+
+
+def error_prevention_count(item: Item) -> int | None:
+    """``performance.error_prevention_count`` / ``metrics.errorPreventionCount`` (always 0 in TS data)."""
+    return _as_int(
+        _first(item, ("performance", "error_prevention_count"), ("metrics", "errorPreventionCount"))
+    )
+
+
+def confidence(item: Item) -> float | None:
+    """Confidence 0-1: ``lifecycle.confidence`` (v2.0) or ``evolution.confidenceScore`` (v1.x)."""
+    return _as_float(
+        _first(
+            item,
+            ("lifecycle", "confidence"),
+            ("evolution", "confidenceScore"),
+            ("evolution", "confidence_score"),
+        )
+    )
+
+
+def refinement_count(item: Item) -> int | None:
+    """``lifecycle.refinement_count`` (v2.0) or ``evolution.refinements`` (v1.x)."""
+    return _as_int(_first(item, ("lifecycle", "refinement_count"), ("evolution", "refinements")))
+
+
+def created_at(item: Item) -> datetime | None:
+    """Creation time: ``lifecycle.created_at`` (v2.0), ``evolution.created`` (v1.x patterns), else
+    the top-level ``timestamp`` (solutions, decisions and malformed patterns)."""
+    for path in (("lifecycle", "created_at"), ("evolution", "created")):
+        parsed = parse_timestamp(_get(item, *path))
+        if parsed is not None:
+            return parsed
+    return item_timestamp(item)
+
+
+def last_used_at(item: Item) -> datetime | None:
+    """Last use of a pattern: ``lifecycle.last_used_at`` (v2.0) or ``evolution.lastUsed`` (v1.x).
+
+    ``None`` when the item records no use time (solutions, decisions): callers choose their own
+    fallback (Loom's pruner falls back to ``timestamp``)."""
+    return parse_timestamp(
+        _first(item, ("lifecycle", "last_used_at"), ("evolution", "lastUsed"), ("evolution", "last_used"))
+    )
+
+
+# --------------------------------------------------------------------------- Loom: solutions
+
+
+def error_type(item: Item) -> str | None:
+    """``problem.errorType`` of a solution, e.g. ``"HydrationError"``."""
+    return _as_str(_first(item, ("problem", "errorType"), ("problem", "error_type")))
+
+
+def solution_worked(item: Item) -> bool | None:
+    """``effectiveness.worked`` of a solution, or ``None`` when not recorded."""
+    return _as_bool(_get(item, "effectiveness", "worked"))
+
+
+def verified_count(item: Item) -> int | None:
+    """``verifiedCount`` of a solution (starts at 1; ``recordVerification`` adds one)."""
+    return _as_int(_first(item, ("verifiedCount",), ("verified_count",)))
+
+
+def time_to_fix_minutes(item: Item) -> float | None:
+    """``effectiveness.timeToFixMinutes`` of a solution."""
+    return _as_float(
+        _first(item, ("effectiveness", "timeToFixMinutes"), ("effectiveness", "time_to_fix_minutes"))
+    )
+
+
+def prevented_recurrence(item: Item) -> int | None:
+    """``effectiveness.preventedRecurrence`` of a solution (``recordVerification`` adds one per success)."""
+    return _as_int(
+        _first(item, ("effectiveness", "preventedRecurrence"), ("effectiveness", "prevented_recurrence"))
+    )
+
+
+# --------------------------------------------------------------------------- Loom: decisions
+
+
+def decision_type(item: Item) -> str | None:
+    """``decision.type``, e.g. ``"state-library"``."""
+    return _as_str(_get(item, "decision", "type"))
+
+
+def has_outcome(item: Item) -> bool:
+    """True if the decision has an ``outcome`` object (about 40 % of real decisions have none)."""
+    return isinstance(item.get("outcome"), Mapping)
+
+
+def would_repeat(item: Item) -> bool | None:
+    """``outcome.wouldRepeat`` (``outcome.would_repeat`` also read), or ``None`` without outcome."""
+    return _as_bool(_first(item, ("outcome", "wouldRepeat"), ("outcome", "would_repeat")))
+
+
+def success_metrics(item: Item) -> dict[str, float]:
+    """Numeric entries of ``outcome.successMetrics`` (or ``success_metrics``), without the nested
+    ``customMetrics`` (see :func:`custom_metrics`). Empty when absent."""
+    metrics = _first(item, ("outcome", "successMetrics"), ("outcome", "success_metrics"))
+    if not isinstance(metrics, Mapping):
+        return {}
+    return {str(k): f for k, v in metrics.items() if (f := _as_float(v)) is not None}
+
+
+def custom_metrics(item: Item) -> dict[str, float]:
+    """Numeric entries of ``outcome.successMetrics.customMetrics``. Empty when absent."""
+    metrics = _first(item, ("outcome", "successMetrics"), ("outcome", "success_metrics"))
+    custom = _first(metrics, ("customMetrics",), ("custom_metrics",))
+    if not isinstance(custom, Mapping):
+        return {}
+    return {str(k): f for k, v in custom.items() if (f := _as_float(v)) is not None}
+
+
+OUTCOME_SCORES: Final = {
+    "development_speed": ("developmentSpeed", "development_speed"),
+    "api_performance": ("apiPerformance", "api_performance"),
+    "client_satisfaction": ("clientSatisfaction", "client_satisfaction"),
+    "maintainability": ("maintainability",),
+}
+"""The named ``successMetrics`` of Loom's ``SuccessMetricsSchema`` (models/Decision.ts): canonical
+name -> spellings read. ``developmentSpeed`` is a multiplier 0-2 (1.0 = baseline); the other three
+are 0-1 scores. ``customMetrics`` are free-form counts with no scale and are not among them."""
+
+
+def outcome_scores(item: Item) -> dict[str, float]:
+    """The named success metrics of a decision's outcome, as stored (camelCase or snake_case).
+
+    Returns:
+        ``{canonical name: value}`` for each of :data:`OUTCOME_SCORES` present as a number; empty
+        without outcome. Values are not rescaled (``development_speed`` stays a 0-2 multiplier).
+    """
+    metrics = _first(item, ("outcome", "successMetrics"), ("outcome", "success_metrics"))
+    out: dict[str, float] = {}
+    for name, spellings in OUTCOME_SCORES.items():
+        value = _as_float(_first(metrics, *((s,) for s in spellings)))
+        if value is not None:
+            out[name] = value
+    return out
+
+
+def reviewed_at(item: Item) -> datetime | None:
+    """``reviewedAt``: when the decision's outcome was recorded (TS ``Z`` form), or ``None``."""
+    return parse_timestamp(_first(item, ("reviewedAt",), ("reviewed_at",)))
+
+
+# --------------------------------------------------------------------------- Loom: store files
+
+
+def schema_file_version(doc: object) -> str | None:
+    """``version`` of ``config/schema_version.json`` (or of root ``config.json``)."""
+    return _as_str(_get(doc, "version"))
+
+
+def is_backup_metadata(doc: object) -> bool:
+    """True for Loom's Python ``backup_metadata.json``: ``{"version", "backups": [...]}``."""
+    return isinstance(doc, Mapping) and isinstance(doc.get("backups"), list) and "version" in doc
+
+
+def is_ts_backup_meta(doc: object) -> bool:
+    """True for the TS BackupManager's ``backup-<ms>-<rand>.meta.json``."""
+    return (
+        isinstance(doc, Mapping)
+        and isinstance(doc.get("id"), str)
+        and doc["id"].startswith("backup-")
+        and "fileCount" in doc
+    )
+
+
+# --------------------------------------------------------------------------- Aitor sessions
+
+SESSION_COLLECTIONS: Final = {
+    "conversation_history": "sessions.messages",
+    "tool_executions": "sessions.tool_executions",
+    "reasoning_trace": "sessions.reasoning_steps",
+}
+"""Aitor export key -> aml collection name. Todos live under ``planning.todos``."""
+
+
+def is_aitor_session(doc: object) -> bool:
+    """True for an Aitor ``export_memory()`` dict: has ``conversation_history`` and one of
+    ``session_id``/``reasoning_trace``/``tool_executions``."""
+    return (
+        isinstance(doc, Mapping)
+        and "conversation_history" in doc
+        and any(k in doc for k in ("session_id", "reasoning_trace", "tool_executions"))
+    )
+
+
+def session_id(doc: Item) -> str | None:
+    """``session_id`` of a session export."""
+    return _as_str(doc.get("session_id"))
+
+
+def session_agent_name(doc: Item) -> str | None:
+    """``agent_name`` of a session export (``None`` if missing or empty)."""
+    return _as_str(doc.get("agent_name")) or None
+
+
+def session_created_at(doc: Item) -> datetime | None:
+    """``created_at`` of a session (naive, no microseconds in real data) as aware UTC."""
+    return parse_timestamp(doc.get("created_at"))
+
+
+def session_last_updated(doc: Item) -> datetime | None:
+    """``last_updated`` of a session as aware UTC."""
+    return parse_timestamp(doc.get("last_updated"))
+
+
+def session_messages(doc: Item) -> list[Any]:
+    """``conversation_history`` entries (``{role, content, timestamp, metadata}``)."""
+    return _as_dicts(doc.get("conversation_history"))
+
+
+def session_tool_executions(doc: Item) -> list[Any]:
+    """``tool_executions`` entries (``{tool_name, params, result, timestamp}``; failures have
+    ``result: null`` and ``error``)."""
+    return _as_dicts(doc.get("tool_executions"))
+
+
+def session_reasoning_steps(doc: Item) -> list[Any]:
+    """``reasoning_trace`` entries (``{step_type, content, timestamp, metadata, ...}``)."""
+    return _as_dicts(doc.get("reasoning_trace"))
+
+
+def session_todos(doc: Item) -> list[Any]:
+    """``planning.todos`` of a PlanningReactAgent export; empty for plain ReactAgents."""
+    return _as_dicts(_get(doc, "planning", "todos"))
+
+
+def entry_timestamp(entry: object) -> datetime | None:
+    """``timestamp`` of a session entry (message, tool execution, reasoning step)."""
+    return parse_timestamp(_get(entry, "timestamp"))
+
+
+def message_role(entry: object) -> str | None:
+    """``role`` of a message: ``user``, ``assistant``, ``system``."""
+    return _as_str(_get(entry, "role"))
+
+
+def tool_name(entry: object) -> str | None:
+    """``tool_name`` of a tool execution or reasoning step."""
+    return _as_str(_get(entry, "tool_name"))
+
+
+def tool_succeeded(entry: object) -> bool | None:
+    """``result.success`` of a tool execution; ``False`` when ``result`` is null with an ``error``."""
+    result = _get(entry, "result")
+    if result is None:
+        return False if _get(entry, "error") is not None else None
+    return _as_bool(_get(result, "success"))
+
+
+def step_type(entry: object) -> str | None:
+    """``step_type`` of a reasoning step (lowercase: ``think``, ``act``, ``observe``, ``final_answer``)."""
+    return _as_str(_get(entry, "step_type"))
+
+
+def todo_id(entry: object) -> str | None:
+    """``id`` of a planning todo."""
+    return _as_str(_get(entry, "id"))
+
+
+def todo_status(entry: object) -> str | None:
+    """``status`` of a planning todo (``completed``, ``pending``, ``failed``...)."""
+    return _as_str(_get(entry, "status"))
+
+
+def todo_times(entry: object) -> tuple[datetime | None, datetime | None]:
+    """``(created_at, updated_at)`` of a planning todo."""
+    return parse_timestamp(_get(entry, "created_at")), parse_timestamp(_get(entry, "updated_at"))
+
+
+# --------------------------------------------------------------------------- TinyTroupe
+
+_CLASS_KEYS: Final = ("type", "json_serializable_class_name")
+
+
+def tt_class(obj: object) -> str | None:
+    """TinyTroupe class name of a serialised object: ``type`` in 0.6 specs,
+    ``json_serializable_class_name`` in the simulation cache."""
+    return _as_str(_first(obj, *((k,) for k in _CLASS_KEYS)))
+
+
+def is_tinytroupe_spec(doc: object) -> bool:
+    """True for a ``TinyPerson.save_specification`` file (class ``TinyPerson`` with a persona or memory)."""
+    return (
+        isinstance(doc, Mapping)
+        and tt_class(doc) == "TinyPerson"
+        and any(k in doc for k in ("persona", "_persona", "episodic_memory"))
+    )
+
+
+def is_tinytroupe_cache(doc: object) -> bool:
+    """True for a simulation cache: a non-empty JSON list of 4-entry lists whose last entry is the
+    simulation state ``{"agents": [...], ...}``."""
+    return (
+        isinstance(doc, list)
+        and bool(doc)
+        and all(
+            isinstance(e, list) and len(e) == 4 and isinstance(e[3], Mapping) and "agents" in e[3]
+            for e in doc
+        )
+    )
+
+
+def persona_name(agent: object) -> str | None:
+    """The agent's name: ``persona.name`` (spec), ``_persona.name`` or ``name`` (cache)."""
+    return _as_str(_first(agent, ("persona", "name"), ("_persona", "name"), ("name",))) or None
+
+
+def episodic_memory(agent: object) -> list[Any]:
+    """Committed episodic memory items: ``episodic_memory.memory``."""
+    return _as_dicts(_get(agent, "episodic_memory", "memory"))
+
+
+def episodic_buffer(agent: object) -> list[Any]:
+    """Uncommitted items of the current episode: ``episodic_memory.episodic_buffer``."""
+    return _as_dicts(_get(agent, "episodic_memory", "episodic_buffer"))
+
+
+def episodic_fixed_prefix_length(agent: object) -> int | None:
+    """``episodic_memory.fixed_prefix_length`` (10 in 0.6 specs, 100 in the cache)."""
+    return _as_int(_get(agent, "episodic_memory", "fixed_prefix_length"))
+
+
+def episodic_lookback_length(agent: object) -> int | None:
+    """``episodic_memory.lookback_length`` (20 in 0.6 specs, 100 in the cache)."""
+    return _as_int(_get(agent, "episodic_memory", "lookback_length"))
+
+
+def semantic_memories(agent: object) -> list[Any]:
+    """``semantic_memory.memories`` (empty in real data: no embeddings offline)."""
+    return _as_dicts(_get(agent, "semantic_memory", "memories"))
+
+
+def memory_item_type(entry: object) -> str | None:
+    """``type`` of an episodic item: ``stimulus`` or ``action``."""
+    return _as_str(_get(entry, "type"))
+
+
+def memory_item_role(entry: object) -> str | None:
+    """``role`` of an episodic item: ``user`` (stimuli) or ``assistant`` (actions)."""
+    return _as_str(_get(entry, "role"))
+
+
+def memory_item_time(entry: object) -> datetime | None:
+    """``simulation_timestamp`` of an episodic item (naive simulated time, or null)."""
+    return parse_timestamp(_get(entry, "simulation_timestamp"))
+
+
+def cache_entry_hash(entry: Sequence[Any]) -> str | None:
+    """Entry 0 of a cache entry: the state hash (``null`` for the first entry)."""
+    return _as_str(entry[0]) if entry else None
+
+
+_CALL_RE: Final = re.compile(r"^\('([^']+)'")
+
+
+def cache_entry_function(entry: Sequence[Any]) -> str | None:
+    """Function name from entry 1 of a cache entry, e.g. ``"define"`` from
+    ``"('define', (TinyPerson(name='Oscar'), 'age', 19), {})"``."""
+    call = _as_str(entry[1]) if len(entry) > 1 else None
+    m = _CALL_RE.match(call or "")
+    return m.group(1) if m else None
+
+
+def cache_entry_agents(entry: Sequence[Any]) -> list[Any]:
+    """Serialised agents in entry 3 (the simulation state) of a cache entry."""
+    return _as_dicts(_get(entry[3], "agents")) if len(entry) > 3 else []

@@ -1,0 +1,181 @@
+"""Turn parsed documents into :class:`~aml.store.records.Record` views.
+
+Only live memory yields records: Loom collections and the archive, Aitor sessions, TinyTroupe
+specs and caches. Copies (``loom_item_copy``: Loom's reset backups and backup folders), config,
+monitoring and opaque files yield none. Field lookups go through :mod:`aml.store.accessors`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any
+
+from aml.store import accessors as acc
+from aml.store.documents import Document
+from aml.store.records import Record, RecordLocation, item_size, json_pointer
+
+
+def records_from_document(store: str, doc: Document) -> list[Record]:
+    """All records of one document.
+
+    Args:
+        store: the store id to put in each record.
+        doc: a document from :func:`aml.store.documents.read_document`.
+
+    Returns:
+        The records in document order; empty for failed documents and kinds without records.
+    """
+    if doc.error is not None or doc.data is None:
+        return []
+    extractor = _EXTRACTORS.get(doc.kind)
+    return list(extractor(store, doc)) if extractor else []
+
+
+def _flag(value: bool | None) -> float | None:
+    return None if value is None else (1.0 if value else 0.0)
+
+
+def _positional_id(doc: Document, pointer: str) -> str:
+    return f"{doc.relpath}#{pointer}"
+
+
+def _loom(store: str, doc: Document) -> Iterator[Record]:
+    collection = doc.collection or "patterns"
+    for index, item in enumerate(doc.data):
+        pointer = json_pointer(index)
+        if collection == "patterns":
+            kind = acc.pattern_type(item)
+            success, conf, count = acc.success_rate(item), acc.confidence(item), acc.execution_count(item)
+            last_used = acc.last_used_at(item)
+        elif collection == "solutions":
+            kind = acc.error_type(item)
+            success, conf, count = _flag(acc.solution_worked(item)), None, acc.verified_count(item)
+            last_used = None
+        else:  # decisions, archived_decisions
+            kind = acc.decision_type(item)
+            success, conf, count = _flag(acc.would_repeat(item)), None, None
+            last_used = acc.reviewed_at(item)
+        agent = doc.agent if doc.agent is not None else (acc.item_agent(item) or "global")
+        yield Record(
+            store=store,
+            agent=agent,
+            collection=collection,
+            id=acc.item_id(item) or _positional_id(doc, pointer),
+            kind=kind or collection,
+            created_at=acc.created_at(item),
+            last_used_at=last_used,
+            success_rate=success,
+            confidence=conf,
+            execution_count=count,
+            importance=None,
+            size_bytes=item_size(item),
+            role=None,
+            location=RecordLocation(doc.relpath, pointer, index),
+            active=acc.is_active(item),
+            version=acc.detect_item_version(item),
+        )
+
+
+def _aitor(store: str, doc: Document) -> Iterator[Record]:
+    data: Mapping[str, Any] = doc.data
+    agent = doc.agent or ""
+    sections: list[tuple[str, str | tuple[str, str], list[Any]]] = [
+        ("sessions.messages", "conversation_history", acc.session_messages(data)),
+        ("sessions.tool_executions", "tool_executions", acc.session_tool_executions(data)),
+        ("sessions.reasoning_steps", "reasoning_trace", acc.session_reasoning_steps(data)),
+        ("sessions.todos", ("planning", "todos"), acc.session_todos(data)),
+    ]
+    for collection, key, entries in sections:
+        tokens = key if isinstance(key, tuple) else (key,)
+        for index, entry in enumerate(entries):
+            pointer = json_pointer(*tokens, index)
+            created, last_used = acc.entry_timestamp(entry), None
+            kind: str | None
+            role: str | None = None
+            success: float | None = None
+            rid: str | None = None
+            if collection == "sessions.messages":
+                kind, role = "message", acc.message_role(entry)
+            elif collection == "sessions.tool_executions":
+                kind, success = acc.tool_name(entry), _flag(acc.tool_succeeded(entry))
+            elif collection == "sessions.reasoning_steps":
+                kind = acc.step_type(entry)
+            else:
+                kind, rid = acc.todo_status(entry), acc.todo_id(entry)
+                created, last_used = acc.todo_times(entry)
+            yield Record(
+                store=store,
+                agent=agent,
+                collection=collection,
+                id=rid or _positional_id(doc, pointer),
+                kind=kind or collection,
+                created_at=created,
+                last_used_at=last_used,
+                success_rate=success,
+                confidence=None,
+                execution_count=None,
+                importance=None,
+                size_bytes=item_size(entry),
+                role=role,
+                location=RecordLocation(doc.relpath, pointer, index),
+            )
+
+
+def _tinytroupe_spec(store: str, doc: Document) -> Iterator[Record]:
+    agent = doc.agent or ""
+    sections = [
+        ("episodic_memory", ("episodic_memory", "memory"), acc.episodic_memory(doc.data)),
+        ("episodic_buffer", ("episodic_memory", "episodic_buffer"), acc.episodic_buffer(doc.data)),
+        ("semantic_memory", ("semantic_memory", "memories"), acc.semantic_memories(doc.data)),
+    ]
+    for collection, tokens, entries in sections:
+        for index, entry in enumerate(entries):
+            pointer = json_pointer(*tokens, index)
+            yield Record(
+                store=store,
+                agent=agent,
+                collection=collection,
+                id=_positional_id(doc, pointer),
+                kind=acc.memory_item_type(entry) or collection,
+                created_at=acc.memory_item_time(entry),
+                last_used_at=None,
+                success_rate=None,
+                confidence=None,
+                execution_count=None,
+                importance=None,
+                size_bytes=item_size(entry),
+                role=acc.memory_item_role(entry),
+                location=RecordLocation(doc.relpath, pointer, index),
+            )
+
+
+def _tinytroupe_cache(store: str, doc: Document) -> Iterator[Record]:
+    for index, entry in enumerate(doc.data):
+        pointer = json_pointer(index)
+        agents = acc.cache_entry_agents(entry)
+        agent = (acc.persona_name(agents[0]) if agents else None) or doc.agent or ""
+        yield Record(
+            store=store,
+            agent=agent,
+            collection="cache_entries",
+            id=acc.cache_entry_hash(entry) or _positional_id(doc, pointer),
+            kind=acc.cache_entry_function(entry) or "cache_entry",
+            created_at=None,
+            last_used_at=None,
+            success_rate=None,
+            confidence=None,
+            execution_count=None,
+            importance=None,
+            size_bytes=item_size(entry),
+            role=None,
+            location=RecordLocation(doc.relpath, pointer, index),
+        )
+
+
+_EXTRACTORS: dict[str, Callable[[str, Document], Iterator[Record]]] = {
+    "loom_collection": _loom,
+    "loom_archive": _loom,
+    "aitor_session": _aitor,
+    "tinytroupe_spec": _tinytroupe_spec,
+    "tinytroupe_cache": _tinytroupe_cache,
+}

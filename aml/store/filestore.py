@@ -1,0 +1,343 @@
+"""File stores: a directory of memory documents (Loom's ``.loom/memory`` and anything below it).
+
+:class:`FileStore` walks the tree, reads every regular file once (never writing, never following
+symlinks), classifies it and extracts record views. :meth:`FileStore.scan` gathers everything into
+a :class:`ScanResult`.
+
+Layout rules (DESIGN.md, "Memory stores"): Loom agents are the top-level directories that hold a
+Loom agent file (``patterns.json``, ``solutions.json``, ``decisions.json``, ``metrics.json``,
+``context.json``, ``index.json``, optionally ``.gz``/``.zst``) or a ``sessions/`` directory, except
+``global config monitoring audit backup``, hidden directories and aml's own ``.aml*`` entries.
+Root files are not agents. Aitor sessions and TinyTroupe files are recognised anywhere below the
+root. aml's temporary files (``.aml-tmp-*``) and ``.aml*`` directories are skipped.
+"""
+
+from __future__ import annotations
+
+import os
+from collections import Counter, defaultdict
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from aml.store.atomic import TMP_PREFIX
+from aml.store.documents import (
+    AGENT_FILES,
+    DEFAULT_MAX_BYTES,
+    NON_AGENT_DIRS,
+    Document,
+    DocumentError,
+    DocumentInfo,
+    base_name,
+    read_document,
+)
+from aml.store.extract import records_from_document
+from aml.store.records import Record
+
+AML_PREFIX = ".aml"
+"""Entries whose name starts with this belong to aml (temp files, own folders) and are skipped."""
+
+
+def normalise_store_id(root: str | os.PathLike[str]) -> str:
+    """The store id of a directory: its absolute path with symlinks resolved and no trailing
+    separator (``~`` expanded). The directory need not exist."""
+    return str(Path(root).expanduser().resolve(strict=False))
+
+
+@dataclass(slots=True)
+class ScanResult:
+    """Everything one read of a store found.
+
+    Attributes:
+        store_id: the store's id.
+        records: record views of every live item, in walk order (sorted paths).
+        errors: every document that failed (parse errors, symlinks, oversize...), in walk order.
+        documents: one :class:`DocumentInfo` per entry (failed ones carry ``error``).
+    """
+
+    store_id: str
+    records: list[Record] = field(default_factory=list)
+    errors: list[DocumentError] = field(default_factory=list)
+    documents: list[DocumentInfo] = field(default_factory=list)
+
+    @classmethod
+    def empty(cls, store_id: str = "") -> ScanResult:
+        """A result with nothing in it (e.g. for a store directory that does not exist)."""
+        return cls(store_id)
+
+    def agent_sizes(self) -> dict[str, int]:
+        """Bytes on disk per agent: the sum of ``size_bytes`` of every entry attributed to the agent
+        (failed and opaque files included). Files of no agent are left out.
+
+        Returns:
+            ``{agent: bytes}``, agents sorted by name.
+        """
+        sizes: Counter[str] = Counter()
+        for info in self.documents:
+            if info.agent is not None:
+                sizes[info.agent] += info.size_bytes
+        return dict(sorted(sizes.items()))
+
+    def counts(self) -> dict[str, dict[str, int]]:
+        """Number of records per agent and collection.
+
+        Returns:
+            ``{agent: {collection: count}}``, both levels sorted by name.
+        """
+        counts: defaultdict[str, Counter[str]] = defaultdict(Counter)
+        for record in self.records:
+            counts[record.agent][record.collection] += 1
+        return {agent: dict(sorted(c.items())) for agent, c in sorted(counts.items())}
+
+    def collection_bytes(self) -> dict[str, dict[str, int]]:
+        """Record bytes (sum of :attr:`Record.size_bytes`, compact JSON) per agent and collection.
+
+        Returns:
+            ``{agent: {collection: bytes}}``, both levels sorted by name.
+        """
+        sizes: defaultdict[str, Counter[str]] = defaultdict(Counter)
+        for record in self.records:
+            sizes[record.agent][record.collection] += record.size_bytes
+        return {agent: dict(sorted(c.items())) for agent, c in sorted(sizes.items())}
+
+    @property
+    def total_bytes(self) -> int:
+        """Bytes on disk of every entry of the store (sum of ``st_size``)."""
+        return sum(info.size_bytes for info in self.documents)
+
+    def agents(self) -> list[str]:
+        """Every agent seen (Loom agent directories, session and persona names), sorted."""
+        return sorted(
+            {i.agent for i in self.documents if i.agent is not None} | {r.agent for r in self.records}
+        )
+
+    def records_of(self, agent: str | None = None, collection: str | None = None) -> list[Record]:
+        """Records filtered by agent and/or collection (``None`` = any)."""
+        return [
+            r
+            for r in self.records
+            if (agent is None or r.agent == agent) and (collection is None or r.collection == collection)
+        ]
+
+
+class FileStore:
+    """A memory store that is a directory.
+
+    Args:
+        root: the store directory (e.g. ``project/.loom/memory``).
+        max_bytes: files larger than this on disk are reported (``too_large``) and not read;
+            default 256 MiB (256 x 1024² bytes).
+        max_decoded_bytes: limit on a file's decoded (decompressed) size; default 4 x ``max_bytes``.
+
+    Attributes:
+        root: the directory as an absolute resolved :class:`~pathlib.Path`.
+        store_id: ``str(root)``: the id used in locks, catalog rows and metric labels.
+    """
+
+    def __init__(
+        self,
+        root: str | os.PathLike[str],
+        *,
+        max_bytes: int = DEFAULT_MAX_BYTES,
+        max_decoded_bytes: int | None = None,
+    ) -> None:
+        self.store_id = normalise_store_id(root)
+        self.root = Path(self.store_id)
+        self.max_bytes = max_bytes
+        self.max_decoded_bytes = max_decoded_bytes
+
+    def __repr__(self) -> str:
+        return f"FileStore({self.store_id!r})"
+
+    def agents(self) -> list[str]:
+        """The Loom agent directories (see the module docstring), sorted. Cheap: lists directories
+        only. Session and persona agents need a :meth:`scan`.
+
+        Raises:
+            NotADirectoryError, FileNotFoundError: the root is not a directory.
+        """
+        agents = []
+        with os.scandir(self.root) as entries:
+            for entry in entries:
+                name = entry.name
+                if name in NON_AGENT_DIRS or name.startswith(".") or not entry.is_dir(follow_symlinks=False):
+                    continue
+                if _holds_agent_files(Path(entry.path)):
+                    agents.append(name)
+        return sorted(agents)
+
+    def iter_documents(self) -> Iterator[Document]:
+        """Read every entry below the root, in sorted path order.
+
+        Yields:
+            One :class:`Document` per regular file, symlink or special file (the latter two, and
+            files that fail, with ``error`` set). Directories are descended (never via symlinks).
+
+        Raises:
+            NotADirectoryError, FileNotFoundError: the root is not a directory.
+        """
+        loom_agents = frozenset(self.agents())
+        for path, relpath, error in self._walk(self.root, ""):
+            if error is not None:
+                yield Document(
+                    path=path,
+                    relpath=relpath,
+                    kind="symlink"
+                    if error.code == "symlink"
+                    else "special"
+                    if error.code == "not_regular"
+                    else "unknown",
+                    agent=_agent_of(relpath, loom_agents),
+                    collection=None,
+                    encoding=None,
+                    size_bytes=_lstat_size(path),
+                    mtime_ns=_lstat_mtime(path),
+                    error=error,
+                )
+                continue
+            yield read_document(
+                path,
+                relpath,
+                loom_agents=loom_agents,
+                max_bytes=self.max_bytes,
+                max_decoded_bytes=self.max_decoded_bytes,
+            )
+
+    def read_document(self, relpath: str) -> Document:
+        """Read one document by its store-relative path (for writers that edit it next).
+
+        Args:
+            relpath: POSIX path relative to the root; must stay inside the root.
+
+        Returns:
+            The parsed :class:`Document` (``error`` is ``None``).
+
+        Raises:
+            ValueError: ``relpath`` is absolute or leaves the root.
+            DocumentError: the document cannot be read or parsed.
+        """
+        parts = Path(relpath).parts
+        if Path(relpath).is_absolute() or ".." in parts:
+            raise ValueError(f"path outside the store: {relpath!r}")
+        doc = read_document(
+            self.root / relpath,
+            "/".join(parts),
+            loom_agents=frozenset(self.agents()),
+            max_bytes=self.max_bytes,
+            max_decoded_bytes=self.max_decoded_bytes,
+        )
+        if doc.error is not None:
+            raise doc.error
+        return doc
+
+    def scan(self) -> ScanResult:
+        """Read the whole store into record views. Writes nothing.
+
+        Returns:
+            A :class:`ScanResult` with records, errors and one :class:`DocumentInfo` per entry.
+
+        Raises:
+            NotADirectoryError, FileNotFoundError: the root is not a directory.
+        """
+        result = ScanResult(self.store_id)
+        for doc in self.iter_documents():
+            records = records_from_document(self.store_id, doc)
+            result.records.extend(records)
+            result.documents.append(doc.info(len(records)))
+            if doc.error is not None:
+                result.errors.append(doc.error)
+        return result
+
+    def _walk(self, directory: Path, prefix: str) -> Iterator[tuple[Path, str, DocumentError | None]]:
+        """Yield ``(path, relpath, error)`` for files, symlinks and special files, sorted."""
+        try:
+            with os.scandir(directory) as it:
+                entries = sorted(it, key=lambda e: e.name)
+        except OSError as exc:
+            if not prefix:
+                raise
+            yield (
+                directory,
+                prefix.rstrip("/"),
+                DocumentError(
+                    directory,
+                    None,
+                    f"cannot list directory: {exc.strerror or exc}",
+                    relpath=prefix.rstrip("/"),
+                ),
+            )
+            return
+        for entry in entries:
+            name = entry.name
+            if name.startswith((TMP_PREFIX, AML_PREFIX)):
+                continue
+            path = Path(entry.path)
+            relpath = prefix + name
+            if entry.is_symlink():
+                target = _readlink(path)
+                yield (
+                    path,
+                    relpath,
+                    DocumentError(
+                        path,
+                        None,
+                        f"symbolic link to {target!r}, not followed",
+                        code="symlink",
+                        relpath=relpath,
+                    ),
+                )
+            elif entry.is_dir(follow_symlinks=False):
+                yield from self._walk(path, relpath + "/")
+            elif entry.is_file(follow_symlinks=False):
+                yield path, relpath, None
+            else:
+                yield (
+                    path,
+                    relpath,
+                    DocumentError(
+                        path,
+                        None,
+                        "not a regular file (FIFO, socket or device), not opened",
+                        code="not_regular",
+                        relpath=relpath,
+                    ),
+                )
+
+
+def _holds_agent_files(directory: Path) -> bool:
+    try:
+        with os.scandir(directory) as entries:
+            for entry in entries:
+                if entry.name == "sessions" and entry.is_dir(follow_symlinks=False):
+                    return True
+                if base_name(entry.name) in AGENT_FILES:
+                    return True
+    except OSError:
+        return False
+    return False
+
+
+def _agent_of(relpath: str, loom_agents: frozenset[str]) -> str | None:
+    top, sep, _ = relpath.partition("/")
+    return top if sep and top in loom_agents else None
+
+
+def _readlink(path: Path) -> str:
+    try:
+        return os.readlink(path)
+    except OSError:
+        return "?"
+
+
+def _lstat_size(path: Path) -> int:
+    try:
+        return os.lstat(path).st_size
+    except OSError:
+        return 0
+
+
+def _lstat_mtime(path: Path) -> int:
+    try:
+        return os.lstat(path).st_mtime_ns
+    except OSError:
+        return 0

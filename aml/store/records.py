@@ -1,0 +1,116 @@
+"""Record views: one uniform, read-only view of every memory item, whatever its origin format.
+
+Policies (prune, trace, health) work on :class:`Record` values; writers use :attr:`Record.location`
+to find and edit the original item in its document, keeping every field aml does not know.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Final
+
+COLLECTIONS: Final = {
+    "patterns": "Loom <agent>/patterns.json items",
+    "solutions": "Loom <agent>/solutions.json items",
+    "decisions": "Loom <agent>/decisions.json items",
+    "archived_decisions": "Loom global/archived-decisions.json items (agent = the item's agent)",
+    "sessions.messages": "Aitor session conversation_history entries",
+    "sessions.tool_executions": "Aitor session tool_executions entries",
+    "sessions.reasoning_steps": "Aitor session reasoning_trace entries",
+    "sessions.todos": "Aitor planning.todos entries (PlanningReactAgent exports)",
+    "episodic_memory": "TinyTroupe committed episodic memory items (episodic_memory.memory)",
+    "episodic_buffer": "TinyTroupe uncommitted current-episode items (episodic_memory.episodic_buffer)",
+    "semantic_memory": "TinyTroupe semantic_memory.memories items",
+    "cache_entries": "TinyTroupe simulation cache entries ([hash, call, output, state])",
+}
+"""Every collection name a :class:`Record` can carry, with what it holds."""
+
+
+def json_pointer(*tokens: str | int) -> str:
+    """Build an RFC 6901 JSON pointer, e.g. ``json_pointer("conversation_history", 3)`` ->
+    ``"/conversation_history/3"``; ``json_pointer()`` is ``""`` (the whole document)."""
+    return "".join("/" + str(t).replace("~", "~0").replace("/", "~1") for t in tokens)
+
+
+def item_size(item: Any) -> int:
+    """Size in bytes of ``item`` serialised as compact UTF-8 JSON (``separators=(",", ":")``,
+    non-ASCII kept as is): a format-independent measure of what a record costs."""
+    return len(json.dumps(item, ensure_ascii=False, separators=(",", ":"), default=str).encode("utf-8"))
+
+
+@dataclass(frozen=True, slots=True)
+class RecordLocation:
+    """Where a record lives.
+
+    Attributes:
+        document: the document's path relative to the store root, POSIX separators.
+        pointer: RFC 6901 JSON pointer to the item inside the decoded JSON document, e.g. ``"/12"``
+            (Loom collection) or ``"/conversation_history/3"`` (Aitor).
+        index: the item's index in the list that contains it.
+    """
+
+    document: str
+    pointer: str
+    index: int
+
+    @property
+    def path(self) -> str:
+        """Alias of :attr:`document`: the document's store-relative POSIX path."""
+        return self.document
+
+
+@dataclass(frozen=True, slots=True)
+class Record:
+    """A read-only view of one memory item.
+
+    Fields a format does not have are ``None``. Times are aware UTC.
+
+    Attributes:
+        store: store id (normalised absolute path for file stores).
+        agent: owning agent (Loom: the agent directory; archived decisions: the item's ``agent``;
+            Aitor: ``agent_name``; TinyTroupe: the persona name).
+        collection: one of :data:`COLLECTIONS`.
+        id: the item's own id (Loom ``id``, Aitor todo ``id``, cache entry hash); for items
+            without one (session entries, episodic items, Loom items missing ``id``), a positional
+            id ``"<document relpath>#<pointer>"`` that is unique in the store but shifts when
+            earlier items are removed.
+        kind: the item's own type label: Loom ``pattern.type``, ``problem.errorType``,
+            ``decision.type``; Aitor ``"message"``, the tool name, the ``step_type`` or the todo
+            ``status``; TinyTroupe ``stimulus``/``action``; cache: the called function. Falls back
+            to the collection name.
+        created_at: creation time (Loom: ``evolution.created``/``lifecycle.created_at`` else
+            ``timestamp``; sessions: entry ``timestamp``; TinyTroupe: ``simulation_timestamp``).
+        last_used_at: last use, only where the writer records one (Loom patterns'
+            ``evolution.lastUsed``/``lifecycle.last_used_at``; decisions' ``reviewedAt``; todos'
+            ``updated_at``), else ``None``.
+        success_rate: 0-1. Patterns: ``successRate``/``success_rate``. Solutions:
+            ``effectiveness.worked`` as 1.0/0.0. Decisions: ``outcome.wouldRepeat`` as 1.0/0.0
+            (``None`` without outcome). Tool executions: ``result.success`` as 1.0/0.0.
+        confidence: 0-1, Loom patterns only (``confidenceScore``/``confidence``).
+        execution_count: patterns: ``executionCount``; solutions: ``verifiedCount``.
+        importance: 0-1 where the writer stores one (no file format in real data does).
+        size_bytes: the item as compact UTF-8 JSON (see :func:`item_size`), in bytes.
+        role: message/episodic role (``user``, ``assistant``, ``system``), else ``None``.
+        location: where the item lives (:class:`RecordLocation`).
+        active: ``False`` for deactivated Loom items (``active: false``), else ``True``.
+        version: Loom item schema version (``detect_item_version``), ``None`` for other formats.
+    """
+
+    store: str
+    agent: str
+    collection: str
+    id: str
+    kind: str
+    created_at: datetime | None
+    last_used_at: datetime | None
+    success_rate: float | None
+    confidence: float | None
+    execution_count: int | None
+    importance: float | None
+    size_bytes: int
+    role: str | None
+    location: RecordLocation
+    active: bool = True
+    version: str | None = None

@@ -1,0 +1,51 @@
+"""The aml catalog: SQLAlchemy models of task runs, backups, alerts, metric samples, prune actions.
+
+``models`` imports only SQLAlchemy and the standard library. The schema is created and upgraded
+by Alembic (``alembic/``, driven by ``workers.catalog``), never by ``create_all`` outside tests.
+
+- :mod:`models.base`: declarative base, naming convention, :class:`UTCDateTime`.
+- :mod:`models.tables`: the five tables and their allowed values.
+- :mod:`models.engine`: :func:`make_engine` (SQLite WAL, busy timeout, foreign keys), :func:`session_factory`.
+- :mod:`models.queries`: the data-access functions the tasks use.
+"""
+
+from models.base import NAMING_CONVENTION, Base, UTCDateTime, as_utc, utcnow
+from models.engine import make_engine, session_factory
+from models.tables import (
+    SEVERITY_RANK,
+    TERMINAL_STATUSES,
+    Alert,
+    Backup,
+    BackupType,
+    MetricSample,
+    PruneAction,
+    PruneActionKind,
+    Severity,
+    TaskRun,
+    TaskStatus,
+    Unit,
+    VerifyStatus,
+)
+
+__all__ = [
+    "NAMING_CONVENTION",
+    "SEVERITY_RANK",
+    "TERMINAL_STATUSES",
+    "Alert",
+    "Backup",
+    "BackupType",
+    "Base",
+    "MetricSample",
+    "PruneAction",
+    "PruneActionKind",
+    "Severity",
+    "TaskRun",
+    "TaskStatus",
+    "UTCDateTime",
+    "Unit",
+    "VerifyStatus",
+    "as_utc",
+    "make_engine",
+    "session_factory",
+    "utcnow",
+]

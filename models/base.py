@@ -1,0 +1,81 @@
+"""Declarative base of the catalog, its constraint naming convention and the UTC timestamp type.
+
+Imports only SQLAlchemy and the standard library (see DESIGN.md, "Layout").
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import BigInteger, DateTime, Integer, MetaData
+from sqlalchemy.engine import Dialect
+from sqlalchemy.orm import DeclarativeBase
+from sqlalchemy.types import TypeDecorator, TypeEngine
+
+NAMING_CONVENTION: dict[str, str] = {
+    "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+"""Every constraint gets a deterministic name, so Alembic can find it again: autogenerate diffs
+stay stable and SQLite batch operations (which recreate the table) can drop or alter it by name."""
+
+BigIntPK: TypeEngine[int] = BigInteger().with_variant(Integer(), "sqlite")
+"""Primary-key type of the tables that grow without bound (time series, prune actions): 64-bit on
+PostgreSQL; ``INTEGER`` on SQLite, the only type SQLite auto-increments (its rowid is 64-bit anyway)."""
+
+
+def utcnow() -> datetime:
+    """The current instant as an aware UTC datetime."""
+    return datetime.now(UTC)
+
+
+def as_utc(value: datetime) -> datetime:
+    """Return ``value`` as an aware UTC datetime; a naive value is taken as UTC (DESIGN.md rule)."""
+    if value.tzinfo is None:
+        return value.replace(tzinfo=UTC)
+    return value.astimezone(UTC)
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """An instant, stored in UTC, always read back as an aware UTC ``datetime``.
+
+    PostgreSQL stores it as ``timestamp with time zone``. SQLite has no time zones: the value is
+    converted to UTC and stored naive (``YYYY-MM-DD HH:MM:SS.ffffff``, which sorts and compares
+    correctly as text), and marked UTC again when read. Binding a naive datetime takes it as UTC;
+    binding an aware one in any zone converts it. Both databases therefore behave the same.
+    """
+
+    impl = DateTime
+    cache_ok = True
+
+    def __init__(self) -> None:
+        super().__init__(timezone=True)
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        """Convert to UTC; strip the zone where the database cannot store one."""
+        if value is None:
+            return None
+        if not isinstance(value, datetime):
+            raise TypeError(f"expected a datetime, got {type(value).__name__}")
+        value = as_utc(value)
+        if dialect.name == "postgresql":
+            return value
+        return value.replace(tzinfo=None)
+
+    def process_result_value(self, value: Any | None, dialect: Dialect) -> datetime | None:
+        """Return an aware UTC datetime (``None`` stays ``None``)."""
+        if value is None:
+            return None
+        if isinstance(value, str):  # a raw value written by another tool
+            value = datetime.fromisoformat(value.replace("Z", "+00:00"))
+        return as_utc(value)
+
+
+class Base(DeclarativeBase):
+    """Declarative base of every catalog table; its metadata carries :data:`NAMING_CONVENTION`."""
+
+    metadata = MetaData(naming_convention=NAMING_CONVENTION)

@@ -1,0 +1,672 @@
+"""The catalog's data access: every read and write the tasks make goes through these functions.
+
+Each function takes an open :class:`~sqlalchemy.orm.Session` and neither commits nor rolls back
+(the caller's ``session_scope`` does); functions that write flush, so database errors surface at
+the call. Instants are aware UTC (a naive ``datetime`` is taken as UTC). Use write sessions
+(``models.engine.session_factory(engine, write=True)``, the default) for the writing functions.
+"""
+
+from __future__ import annotations
+
+import enum
+import hashlib
+import json
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, NamedTuple
+
+from sqlalchemy import case, delete, insert, select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from models.base import as_utc, utcnow
+from models.tables import (
+    SEVERITY_RANK,
+    TERMINAL_STATUSES,
+    Alert,
+    Backup,
+    BackupType,
+    MetricSample,
+    PruneAction,
+    PruneActionKind,
+    Severity,
+    TaskRun,
+    TaskStatus,
+    Unit,
+    VerifyStatus,
+)
+
+__all__ = [
+    "PrunedRecord",
+    "Sample",
+    "add_metric_samples",
+    "add_prune_actions",
+    "alert_fingerprint",
+    "alert_history",
+    "delete_backups",
+    "finish_task_run",
+    "get_backup",
+    "get_task_run",
+    "latest_backup",
+    "list_backups",
+    "mark_prune_actions_undone",
+    "metric_series",
+    "observe_check",
+    "open_alerts",
+    "prune_actions_for_run",
+    "queue_task_run",
+    "recent_task_runs",
+    "record_backup",
+    "set_backup_verification",
+    "start_task_run",
+]
+
+
+def _choice(value: str | enum.Enum, allowed: type[enum.StrEnum], what: str) -> str:
+    """Normalise ``value`` (a string, or any enum whose name or value is allowed) to its stored form."""
+    raw = (value.value if isinstance(value.value, str) else value.name) if isinstance(value, enum.Enum) else value
+    norm = str(raw).lower()
+    if norm not in {v.value for v in allowed}:
+        raise ValueError(f"{what} {value!r}: expected one of {', '.join(v.value for v in allowed)}")
+    return norm
+
+
+def _now(now: datetime | None) -> datetime:
+    return utcnow() if now is None else as_utc(now)
+
+
+# --------------------------------------------------------------------------------- task runs
+
+
+def get_task_run(session: Session, task_id: str) -> TaskRun | None:
+    """The run with Celery task id ``task_id``, or ``None``."""
+    return session.scalars(select(TaskRun).where(TaskRun.task_id == task_id)).one_or_none()
+
+
+def queue_task_run(
+    session: Session,
+    *,
+    task_id: str | None,
+    operation: str,
+    store: str,
+    arguments: Mapping[str, Any] | None = None,
+    now: datetime | None = None,
+) -> TaskRun:
+    """Record that a task was enqueued (status ``pending``); idempotent per ``task_id``.
+
+    Returns:
+        The new row, or the existing row for ``task_id`` unchanged.
+    """
+    if task_id is not None and (existing := get_task_run(session, task_id)) is not None:
+        return existing
+    run = TaskRun(
+        task_id=task_id,
+        operation=operation,
+        store=store,
+        arguments=dict(arguments or {}),
+        status=TaskStatus.PENDING.value,
+        attempts=0,
+        queued_at=_now(now),
+    )
+    session.add(run)
+    session.flush()
+    return run
+
+
+def start_task_run(
+    session: Session,
+    *,
+    task_id: str | None,
+    operation: str,
+    store: str,
+    arguments: Mapping[str, Any] | None = None,
+    now: datetime | None = None,
+) -> TaskRun:
+    """Mark a run as started (status ``running``, ``started_at`` = now, ``attempts`` + 1).
+
+    A row already recorded for ``task_id`` (queued by :func:`queue_task_run`, or an earlier
+    attempt of a retried task) is reused and its previous outcome cleared; otherwise a row is
+    created with ``queued_at`` = ``started_at``. ``task_id=None`` always creates a row.
+
+    Returns:
+        The :class:`TaskRun`, flushed (its ``id`` is set).
+    """
+    at = _now(now)
+    run = get_task_run(session, task_id) if task_id is not None else None
+    if run is None:
+        run = TaskRun(task_id=task_id, queued_at=at, attempts=0)
+        session.add(run)
+    run.operation = operation
+    run.store = store
+    run.arguments = dict(arguments or {})
+    run.status = TaskStatus.RUNNING.value
+    run.attempts = (run.attempts or 0) + 1
+    run.started_at = at
+    run.finished_at = None
+    run.duration_s = None
+    run.result = None
+    run.error = None
+    session.flush()
+    return run
+
+
+def finish_task_run(
+    session: Session,
+    run: TaskRun,
+    *,
+    status: str | TaskStatus,
+    result: Mapping[str, Any] | None = None,
+    error: str | None = None,
+    now: datetime | None = None,
+) -> TaskRun:
+    """Record the outcome of ``run``: terminal ``status``, ``finished_at``, ``duration_s``.
+
+    Args:
+        run: the row from :func:`start_task_run` (attached to ``session`` or not: it is merged).
+        status: ``success``, ``warning``, ``failure`` or ``skipped``.
+        result: the operation's JSON summary.
+        error: failure text (exception and message), if any.
+
+    Raises:
+        ValueError: ``status`` is not terminal.
+    """
+    value = _choice(status, TaskStatus, "status")
+    if value not in TERMINAL_STATUSES:
+        raise ValueError(f"status {value!r} is not terminal: expected one of {sorted(TERMINAL_STATUSES)}")
+    if run not in session:
+        run = session.merge(run)
+    at = _now(now)
+    run.status = value
+    run.finished_at = at
+    started = run.started_at or run.queued_at
+    run.duration_s = max(0.0, (at - started).total_seconds()) if started is not None else None
+    run.result = dict(result) if result is not None else None
+    run.error = error
+    session.flush()
+    return run
+
+
+def recent_task_runs(
+    session: Session,
+    *,
+    store: str | None = None,
+    operation: str | None = None,
+    status: str | TaskStatus | None = None,
+    limit: int = 50,
+) -> list[TaskRun]:
+    """The newest runs first (by ``queued_at``), optionally for one store/operation/status."""
+    stmt = select(TaskRun)
+    if store is not None:
+        stmt = stmt.where(TaskRun.store == store)
+    if operation is not None:
+        stmt = stmt.where(TaskRun.operation == operation)
+    if status is not None:
+        stmt = stmt.where(TaskRun.status == _choice(status, TaskStatus, "status"))
+    stmt = stmt.order_by(TaskRun.queued_at.desc(), TaskRun.id.desc()).limit(limit)
+    return list(session.scalars(stmt))
+
+
+# ------------------------------------------------------------------------------------ alerts
+
+
+def alert_fingerprint(store: str, agent: str | None, check: str) -> str:
+    """The identity of an alert: SHA-256 (hex) of ``[store, agent, check]`` as JSON.
+
+    ``agent=None`` (a store-wide check) and ``agent=""`` are different fingerprints.
+    """
+    raw = json.dumps([store, agent, check], ensure_ascii=False, separators=(",", ":"))
+    return hashlib.sha256(raw.encode("utf-8")).hexdigest()
+
+
+def _open_alert(session: Session, fingerprint: str) -> Alert | None:
+    stmt = (
+        select(Alert)
+        .where(Alert.fingerprint == fingerprint, Alert.resolved_at.is_(None))
+        .with_for_update()  # PostgreSQL: lock the row against a concurrent observer; SQLite: no-op
+        .execution_options(populate_existing=True)
+    )
+    return session.scalars(stmt).one_or_none()
+
+
+def observe_check(
+    session: Session,
+    *,
+    store: str,
+    agent: str | None,
+    check: str,
+    passed: bool,
+    severity: str | enum.Enum = Severity.WARNING,
+    message: str = "",
+    details: Mapping[str, Any] | None = None,
+    now: datetime | None = None,
+) -> Alert | None:
+    """Feed one health-check outcome into the alerts: raise, repeat or resolve.
+
+    Exactly one open alert (``resolved_at IS NULL``) exists per fingerprint
+    (:func:`alert_fingerprint` of ``store``, ``agent``, ``check``):
+
+    - failing, an open alert exists: ``count`` + 1 (in SQL, so concurrent observers never lose
+      an increment), ``last_seen`` = now, ``severity``/``message``/``details`` replaced;
+    - failing, none open: a new row with ``count`` 1, ``first_seen`` = ``last_seen`` = now;
+    - passing: the open alert, if any, gets ``resolved_at`` = now.
+
+    The database enforces the rule (partial unique index ``ux_alerts_fingerprint_open``). If a
+    concurrent observer inserts the open row first, the insert is rolled back to a savepoint and
+    the existing row is updated instead.
+
+    Args:
+        severity: ``info``/``warning``/``error``/``critical``, or an enum whose name is one
+            (``aml.health.checks.Severity`` works as is). Ignored when ``passed``.
+        now: the instant of the observation (default: now).
+
+    Returns:
+        The open alert (new or updated) when failing; the alert just resolved when passing;
+        ``None`` when passing with nothing open.
+    """
+    at = _now(now)
+    fingerprint = alert_fingerprint(store, agent, check)
+    if passed:
+        alert = _open_alert(session, fingerprint)
+        if alert is None:
+            return None
+        alert.resolved_at = at
+        session.flush()
+        return alert
+
+    level = _choice(severity, Severity, "severity")
+    payload = dict(details or {})
+    for _attempt in range(3):
+        alert = _open_alert(session, fingerprint)
+        if alert is not None:
+            session.execute(
+                update(Alert)
+                .where(Alert.id == alert.id)
+                .values(count=Alert.count + 1, last_seen=at, severity=level, message=message, details=payload)
+                .execution_options(synchronize_session=False)
+            )
+            session.refresh(alert)
+            return alert
+        alert = Alert(
+            fingerprint=fingerprint,
+            store=store,
+            agent=agent,
+            check=check,
+            severity=level,
+            message=message,
+            details=payload,
+            first_seen=at,
+            last_seen=at,
+            count=1,
+            resolved_at=None,
+        )
+        try:
+            with session.begin_nested():
+                session.add(alert)
+        except IntegrityError:
+            continue  # another observer opened it first: update that row instead
+        return alert
+    raise RuntimeError(f"could not record alert {check!r} for {store!r}/{agent!r}: kept conflicting")
+
+
+def open_alerts(session: Session, store: str | None = None) -> list[Alert]:
+    """Open alerts, worst first (severity, then most recently seen), optionally for one store."""
+    rank = case(SEVERITY_RANK, value=Alert.severity, else_=-1)
+    stmt = select(Alert).where(Alert.resolved_at.is_(None))
+    if store is not None:
+        stmt = stmt.where(Alert.store == store)
+    stmt = stmt.order_by(rank.desc(), Alert.last_seen.desc(), Alert.id)
+    return list(session.scalars(stmt))
+
+
+def alert_history(
+    session: Session, *, store: str | None = None, since: datetime | None = None, limit: int = 200
+) -> list[Alert]:
+    """Alerts open or resolved, newest ``last_seen`` first, optionally for one store / since an instant."""
+    stmt = select(Alert)
+    if store is not None:
+        stmt = stmt.where(Alert.store == store)
+    if since is not None:
+        stmt = stmt.where(Alert.last_seen >= as_utc(since))
+    return list(session.scalars(stmt.order_by(Alert.last_seen.desc(), Alert.id.desc()).limit(limit)))
+
+
+# ----------------------------------------------------------------------------------- metrics
+
+
+class Sample(NamedTuple):
+    """One metric sample to record. A plain tuple in this field order is accepted too.
+
+    ``subject`` is an agent or key pattern (``None`` = the whole store); ``time`` defaults to the
+    ``now`` given to :func:`add_metric_samples`; ``unit`` is bytes/seconds/ratio/count.
+    """
+
+    store: str
+    name: str
+    value: float
+    unit: str
+    subject: str | None = None
+    time: datetime | None = None
+    task_run_id: int | None = None
+
+
+def add_metric_samples(
+    session: Session,
+    samples: Iterable[Sample | tuple[Any, ...]],
+    *,
+    now: datetime | None = None,
+    task_run_id: int | None = None,
+) -> int:
+    """Insert metric samples in one statement.
+
+    Args:
+        samples: :class:`Sample` values (or tuples in its field order).
+        now: time of samples without their own ``time`` (default: now).
+        task_run_id: run of samples without their own ``task_run_id``.
+
+    Returns:
+        The number of samples inserted.
+
+    Raises:
+        ValueError: a unit is not bytes/seconds/ratio/count, or a value is not a number.
+    """
+    at = _now(now)
+    rows: list[dict[str, Any]] = []
+    for item in samples:
+        s = item if isinstance(item, Sample) else Sample(*item)
+        rows.append(
+            {
+                "time": as_utc(s.time) if s.time is not None else at,
+                "store": s.store,
+                "subject": s.subject,
+                "name": s.name,
+                "value": float(s.value),
+                "unit": _choice(s.unit, Unit, "unit"),
+                "task_run_id": s.task_run_id if s.task_run_id is not None else task_run_id,
+            }
+        )
+    if rows:
+        session.execute(insert(MetricSample), rows)
+    return len(rows)
+
+
+def metric_series(
+    session: Session,
+    *,
+    store: str,
+    name: str,
+    subject: str | None = None,
+    any_subject: bool = False,
+    since: datetime | None = None,
+    until: datetime | None = None,
+) -> list[MetricSample]:
+    """The time series ``name`` of ``store`` in time order.
+
+    Args:
+        subject: the agent/key pattern (``None`` = store-wide samples) unless ``any_subject``.
+        any_subject: return samples of every subject.
+        since, until: inclusive bounds on ``time``.
+    """
+    stmt = select(MetricSample).where(MetricSample.store == store, MetricSample.name == name)
+    if not any_subject:
+        stmt = stmt.where(
+            MetricSample.subject.is_(None) if subject is None else MetricSample.subject == subject
+        )
+    if since is not None:
+        stmt = stmt.where(MetricSample.time >= as_utc(since))
+    if until is not None:
+        stmt = stmt.where(MetricSample.time <= as_utc(until))
+    return list(session.scalars(stmt.order_by(MetricSample.time, MetricSample.id)))
+
+
+# ----------------------------------------------------------------------------------- backups
+
+
+def get_backup(session: Session, backup_id: str) -> Backup | None:
+    """The snapshot row ``backup_id``, or ``None``."""
+    return session.scalars(select(Backup).where(Backup.backup_id == backup_id)).one_or_none()
+
+
+def record_backup(
+    session: Session,
+    *,
+    backup_id: str,
+    store: str,
+    repository: str,
+    backup_type: str | BackupType,
+    created_at: datetime,
+    file_count: int,
+    total_size_bytes: int,
+    stored_size_bytes: int,
+    parent_backup_id: str | None = None,
+    agents: Sequence[str] = (),
+    tags: Sequence[str] = (),
+    description: str | None = None,
+) -> Backup:
+    """Insert or update (by ``backup_id``) the row of one snapshot; idempotent.
+
+    Updating keeps the verification state. Sizes are bytes: ``total_size_bytes`` of the store's
+    files, ``stored_size_bytes`` added to the repository by this snapshot.
+    """
+    kind = _choice(backup_type, BackupType, "backup_type")  # validate before touching the session
+    row = get_backup(session, backup_id)
+    if row is None:
+        row = Backup(backup_id=backup_id, verify_status=VerifyStatus.UNVERIFIED.value)
+        session.add(row)
+    row.store = store
+    row.repository = repository
+    row.backup_type = kind
+    row.created_at = as_utc(created_at)
+    row.parent_backup_id = parent_backup_id
+    row.file_count = int(file_count)
+    row.total_size_bytes = int(total_size_bytes)
+    row.stored_size_bytes = int(stored_size_bytes)
+    row.agents = list(agents)
+    row.tags = list(tags)
+    row.description = description
+    session.flush()
+    return row
+
+
+def set_backup_verification(
+    session: Session,
+    *,
+    backup_id: str,
+    status: str | VerifyStatus,
+    detail: Mapping[str, Any] | None = None,
+    verified_at: datetime | None = None,
+) -> Backup | None:
+    """Record the outcome of verifying snapshot ``backup_id`` (``ok``/``failed``/``unverified``).
+
+    Returns:
+        The updated row, or ``None`` when the snapshot is not in the catalog (e.g. a legacy
+        Loom backup).
+    """
+    value = _choice(status, VerifyStatus, "verify_status")
+    row = get_backup(session, backup_id)
+    if row is None:
+        return None
+    row.verify_status = value
+    row.verified_at = _now(verified_at)
+    row.verify_detail = dict(detail) if detail is not None else None
+    session.flush()
+    return row
+
+
+def latest_backup(session: Session, store: str, verified_ok_only: bool = False) -> Backup | None:
+    """The newest snapshot (by ``created_at``) of ``store``; with ``verified_ok_only``, the newest
+    whose last verification passed."""
+    stmt = select(Backup).where(Backup.store == store)
+    if verified_ok_only:
+        stmt = stmt.where(Backup.verify_status == VerifyStatus.OK.value)
+    return session.scalars(stmt.order_by(Backup.created_at.desc(), Backup.id.desc()).limit(1)).first()
+
+
+def list_backups(session: Session, store: str | None = None) -> list[Backup]:
+    """Snapshots, oldest first, optionally of one store."""
+    stmt = select(Backup)
+    if store is not None:
+        stmt = stmt.where(Backup.store == store)
+    return list(session.scalars(stmt.order_by(Backup.created_at, Backup.id)))
+
+
+def delete_backups(session: Session, backup_ids: Iterable[str]) -> int:
+    """Remove the rows of snapshots that retention deleted from the repository.
+
+    Returns:
+        The number of rows deleted.
+    """
+    ids = list(backup_ids)
+    if not ids:
+        return 0
+    result = session.execute(
+        delete(Backup).where(Backup.backup_id.in_(ids)).execution_options(synchronize_session="fetch")
+    )
+    return int(getattr(result, "rowcount", 0) or 0)
+
+
+# ----------------------------------------------------------------------------- prune actions
+
+
+@dataclass(frozen=True)
+class PrunedRecord:
+    """One record a prune run archived or removed (input of :func:`add_prune_actions`).
+
+    ``record`` is the record's original JSON, ``document_path`` the document it was in (so undo
+    can put it back); ``score`` its value score 0-1.
+    """
+
+    agent: str
+    collection: str
+    record_id: str
+    reason: str
+    action: str
+    document_path: str
+    record: Any
+    score: float | None = None
+
+
+def add_prune_actions(
+    session: Session,
+    *,
+    run_id: str,
+    store: str,
+    records: Iterable[PrunedRecord],
+    task_run_id: int | None = None,
+    backup_id: str | None = None,
+    now: datetime | None = None,
+) -> int:
+    """Record what prune run ``run_id`` did, one row per record, in one statement.
+
+    Args:
+        run_id: the prune run's id (its Celery task id), the handle of ``prune undo``.
+        task_run_id: the :class:`TaskRun` row of the run, if any.
+        backup_id: the pre-prune snapshot.
+
+    Returns:
+        The number of rows inserted.
+
+    Raises:
+        ValueError: an action is not ``archived``/``removed``.
+    """
+    at = _now(now)
+    rows = [
+        {
+            "run_id": run_id,
+            "task_run_id": task_run_id,
+            "backup_id": backup_id,
+            "store": store,
+            "agent": r.agent,
+            "collection": r.collection,
+            "record_id": r.record_id,
+            "reason": r.reason,
+            "score": r.score,
+            "action": _choice(r.action, PruneActionKind, "action"),
+            "document_path": r.document_path,
+            "record": r.record,
+            "created_at": at,
+            "undone_at": None,
+        }
+        for r in records
+    ]
+    if rows:
+        session.execute(insert(PruneAction), rows)
+    return len(rows)
+
+
+def prune_actions_for_run(
+    session: Session, run_id: str, *, include_undone: bool = False
+) -> list[PruneAction]:
+    """The actions of prune run ``run_id`` in the order they were recorded (undone ones only on request)."""
+    stmt = select(PruneAction).where(PruneAction.run_id == run_id)
+    if not include_undone:
+        stmt = stmt.where(PruneAction.undone_at.is_(None))
+    return list(session.scalars(stmt.order_by(PruneAction.id)))
+
+
+def mark_prune_actions_undone(
+    session: Session, run_id: str, *, ids: Iterable[int] | None = None, now: datetime | None = None
+) -> int:
+    """Mark the actions of ``run_id`` (all, or those in ``ids``) as undone; idempotent.
+
+    Returns:
+        The number of rows newly marked.
+    """
+    stmt = update(PruneAction).where(PruneAction.run_id == run_id, PruneAction.undone_at.is_(None))
+    if ids is not None:
+        stmt = stmt.where(PruneAction.id.in_(list(ids)))
+    result = session.execute(stmt.values(undone_at=_now(now)).execution_options(synchronize_session="fetch"))
+    return int(getattr(result, "rowcount", 0) or 0)
+
+
+# ----------------------------------------------------------------------------------- views
+
+
+def _iso(dt: datetime | None) -> str | None:
+    return None if dt is None else as_utc(dt).isoformat().replace("+00:00", "Z")
+
+
+def alert_to_dict(alert: Alert) -> dict[str, Any]:
+    """JSON form of an alert: ``{id, fingerprint, store, agent, check, severity, message, details,
+    first_seen, last_seen, count, resolved_at}`` with ISO 8601 UTC ``Z`` times."""
+    return {
+        "id": alert.id, "fingerprint": alert.fingerprint, "store": alert.store, "agent": alert.agent,
+        "check": alert.check, "severity": alert.severity, "message": alert.message,
+        "details": alert.details or {}, "first_seen": _iso(alert.first_seen), "last_seen": _iso(alert.last_seen),
+        "count": alert.count, "resolved_at": _iso(alert.resolved_at),
+    }
+
+
+def sample_to_dict(sample: MetricSample) -> dict[str, Any]:
+    """JSON form of a metric sample: ``{time, name, value, unit, subject}``."""
+    return {"time": _iso(sample.time), "name": sample.name, "value": sample.value, "unit": sample.unit,
+            "subject": sample.subject}
+
+
+def list_alerts(
+    session: Session, *, store: str | None = None, include_resolved: bool = False, limit: int = 200
+) -> list[Alert]:
+    """Open alerts (worst first), or with ``include_resolved`` every alert, newest first."""
+    if not include_resolved:
+        return open_alerts(session, store)[:limit]
+    return alert_history(session, store=store, limit=limit)
+
+
+def store_samples(
+    session: Session, *, store: str, name: str | None = None, since: datetime | None = None
+) -> list[MetricSample]:
+    """Every sample of ``store`` (one metric ``name`` or all), in time order, since an instant."""
+    stmt = select(MetricSample).where(MetricSample.store == store)
+    if name is not None:
+        stmt = stmt.where(MetricSample.name == name)
+    if since is not None:
+        stmt = stmt.where(MetricSample.time >= as_utc(since))
+    return list(session.scalars(stmt.order_by(MetricSample.time, MetricSample.id)))
+
+
+def latest_value(
+    session: Session, *, store: str, name: str, since: datetime | None = None
+) -> MetricSample | None:
+    """The newest store-wide sample of metric ``name`` (at or after ``since``), or ``None``."""
+    series = metric_series(session, store=store, name=name, since=since)
+    return series[-1] if series else None

@@ -1,0 +1,62 @@
+"""Which snapshots exist for a store, for health's ``recent_backup`` check.
+
+Evidence comes from two places: the catalog's ``backups`` rows (with their verification state) and
+the backup repository's ``backup_metadata.json`` summary, which aml's repository, Loom's Python
+``backup.py`` and restic-shaped repositories written by aml all keep in the seeds' format. A backup
+the catalog marks as failed verification stays failed whatever the summary says.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy.orm import Session
+
+from aml.health.checks import BackupEvidence
+from aml.store.timestamps import parse_timestamp
+from models import queries
+from workers.settings import Settings
+
+
+def repository_path(store_root: Path, settings: Settings) -> Path:
+    """The backup repository of a file store: ``AML_BACKUP_ROOT`` or ``<store>/../memory-backup``."""
+    if settings.backup_root:
+        return Path(settings.backup_root).expanduser()
+    return store_root.parent / "memory-backup"
+
+
+def _summary_entries(repo: Path) -> list[dict[str, Any]]:
+    path = repo / "backup_metadata.json"
+    try:
+        data = json.loads(path.read_bytes())
+    except (OSError, ValueError):
+        return []
+    backups = data.get("backups") if isinstance(data, dict) else None
+    return [b for b in backups if isinstance(b, dict)] if isinstance(backups, list) else []
+
+
+def backup_evidence(session: Session, store_id: str, store_root: Path, settings: Settings) -> list[BackupEvidence]:
+    """Every snapshot known for ``store_id``.
+
+    Args:
+        session: catalog session.
+        store_id: normalised store id.
+        store_root: the store's directory.
+        settings: runtime settings (backup root).
+
+    Returns:
+        One :class:`BackupEvidence` per backup id (catalog state wins over the summary).
+    """
+    found: dict[str, BackupEvidence] = {}
+    repo = repository_path(store_root, settings)
+    for entry in _summary_entries(repo):
+        when = parse_timestamp(entry.get("timestamp"))
+        backup_id = entry.get("backup_id")
+        if when is None or not isinstance(backup_id, str):
+            continue
+        found[backup_id] = BackupEvidence(backup_id, when, str(repo))
+    for row in queries.list_backups(session, store_id):
+        found[row.backup_id] = BackupEvidence(row.backup_id, row.created_at, "catalog", row.verify_status)
+    return sorted(found.values(), key=lambda b: b.time)

@@ -1,0 +1,125 @@
+"""Celery tasks of the ``health`` operation: checks, alerts, metrics, reports.
+
+``aml.health.check`` runs the six checks (:func:`aml.health.monitor.run_health`), then in the
+catalog: raises or refreshes one open alert per failing fingerprint (store + agent + check),
+resolves the open alerts whose check passed, and records the run's metric samples.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from celery import Task, shared_task
+from sqlalchemy.orm import Session
+
+from aml.health.checks import BackupEvidence, Severity
+from aml.health.monitor import run_health
+from models import queries
+from tasks.backup_evidence import backup_evidence
+from tasks.base import Catalog, normalize_store, run_operation, store_path
+from workers.app import get_settings
+
+
+def _alerts_summary(session: Session, store_id: str) -> dict[str, Any]:
+    open_alerts = queries.open_alerts(session, store=store_id)
+    by_level = {s.label: 0 for s in Severity}
+    for alert in open_alerts:
+        by_level[alert.severity] = by_level.get(alert.severity, 0) + 1
+    return {
+        "active": len(open_alerts),
+        "by_level": by_level,
+        "open": [queries.alert_to_dict(a) for a in open_alerts],
+    }
+
+
+def health_body(store_id: str, lookup_sample: int) -> Any:
+    """Build the operation body for one health run on ``store_id`` (see :func:`tasks.base.run_operation`)."""
+    settings = get_settings()
+
+    def body(catalog: Catalog) -> dict[str, Any]:
+        root = store_path(store_id)
+        with catalog(write=False) as session:
+            evidence: list[BackupEvidence] = backup_evidence(session, store_id, root, settings)
+            hit = queries.latest_value(session, store=store_id, name="query_cache_hit_rate",
+                                       since=datetime.now(UTC) - timedelta(days=1))
+            hit_rate, source = (hit.value, "queries") if hit is not None else (None, "none")
+        run = run_health(root, backups=evidence, cache_hit_rate=hit_rate, cache_source=source,
+                         thresholds=settings.thresholds, lookup_sample=lookup_sample)
+        with catalog() as session:
+            for result in run.results:
+                queries.observe_check(
+                    session, store=store_id, agent=result.agent, check=result.check, passed=result.passed,
+                    severity=result.severity.label, message=result.message, details=dict(result.details),
+                    now=run.time,
+                )
+            queries.add_metric_samples(session, [
+                queries.Sample(store_id, m.name, m.value, m.unit, m.subject, m.time) for m in run.metrics])
+            session.flush()
+            report = run.report(alerts=_alerts_summary(session, store_id))
+        report["status_code"] = run.exit_code
+        report["health_status"] = run.status
+        return {"report": report, "status": {0: "success", 1: "warning", 2: "failure"}[run.exit_code]}
+
+    return body
+
+
+@shared_task(bind=True, name="aml.health.check")
+def check(self: Task, store: str, lookup_sample: int = 50) -> dict[str, Any]:
+    """Run the health checks on a file store and update alerts and metrics in the catalog.
+
+    Args:
+        store: path of the file store (e.g. ``.loom/memory``).
+        lookup_sample: number of record lookups the performance probe times.
+
+    Returns:
+        ``{"report": <seeds' JSON report>, "status", "task_run_id", ...}``; ``report["status_code"]``
+        is the CLI exit code (0 healthy, 1 warning, 2 critical).
+    """
+    store_id = normalize_store(store)
+    return run_operation(task_id=self.request.id, operation="health", store=store_id,
+                         arguments={"store": store, "lookup_sample": lookup_sample},
+                         body=health_body(store_id, lookup_sample))
+
+
+@shared_task(bind=True, name="aml.health.alerts")
+def alerts(self: Task, store: str | None = None, include_resolved: bool = False, limit: int = 100) -> dict[str, Any]:
+    """List alerts from the catalog (read-only, not recorded as a task run).
+
+    Args:
+        store: a store path/id, or ``None`` for every store.
+        include_resolved: also list resolved alerts (newest first).
+        limit: maximum number of alerts.
+
+    Returns:
+        ``{"alerts": [alert dicts], "active": n}``.
+    """
+    from workers.catalog import session_scope
+
+    store_id = normalize_store(store) if store else None
+    with session_scope(get_settings().catalog_url) as session:
+        rows = queries.list_alerts(session, store=store_id, include_resolved=include_resolved, limit=limit)
+        return {"alerts": [queries.alert_to_dict(a) for a in rows],
+                "active": sum(1 for a in rows if a.resolved_at is None)}
+
+
+@shared_task(bind=True, name="aml.health.metrics")
+def metrics(self: Task, store: str, name: str | None = None, hours: float = 24.0) -> dict[str, Any]:
+    """Return recorded metric samples of a store (the time series), newest last.
+
+    Args:
+        store: store path/id.
+        name: one metric name, or ``None`` for all.
+        hours: how far back, hours.
+
+    Returns:
+        ``{"store", "since", "samples": [{time, name, value, unit, subject}]}``.
+    """
+    from workers.catalog import session_scope
+
+    store_id = normalize_store(store)
+    since = datetime.now(UTC) - timedelta(hours=hours)
+    with session_scope(get_settings().catalog_url) as session:
+        rows = queries.store_samples(session, store=store_id, name=name, since=since)
+        return {"store": store_id, "since": since.isoformat().replace("+00:00", "Z"),
+                "samples": [queries.sample_to_dict(r) for r in rows]}

@@ -1,0 +1,183 @@
+"""Celery tasks of the ``prune`` operation: ``aml.prune.run`` and ``aml.prune.undo``.
+
+A run follows DESIGN.md's order: the plan (record, collection, reason, value) -> ``dry_run`` stops
+there -> a pre-prune safety snapshot, whose id is recorded with the run -> atomic rewrites of the
+touched documents (decisions archived into the backup repository's ``archives/<agent>/``) -> one
+``prune_actions`` row per removed or archived record, holding what undo needs. Both tasks are
+destructive: they hold the store's lock (a dry run does not take it).
+
+The run id users see (``aml <store> prune undo <run_id>``) is the Celery task id.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+from typing import Any
+
+from celery import Task, shared_task
+
+from aml.prune import PruneConfig, UndoEntry, apply_plan, build_plan, normalise_strategies, undo_entries
+from aml.prune.archive import ARCHIVE_DIR
+from models import queries
+from tasks.base import Catalog, normalize_store, run_operation, store_path
+from tasks.snapshots import repository_for, safety_snapshot
+from workers.app import get_settings
+
+ACTIONS_IN_RESULT = 5000
+"""At most this many planned actions are returned in a task result (the counts are always complete)."""
+
+
+def make_config(aggressive: bool = False, now: str | None = None,
+                overrides: dict[str, Any] | None = None) -> PruneConfig:
+    """The :class:`PruneConfig` of a run: the seeds' defaults, ``--aggressive``, then overrides.
+
+    Raises:
+        ValueError: an unknown setting or an unreadable ``now``.
+    """
+    config = PruneConfig()
+    if aggressive:
+        config = config.aggressive()
+    values = dict(overrides or {})
+    if now is not None:
+        values["now"] = now
+    return config.with_overrides(values)
+
+
+def run_body(store_id: str, run_id: str, *, strategies: Sequence[str] | None, agents: Sequence[str] | None,
+             config: PruneConfig, dry_run: bool) -> Any:
+    """Build the operation body of one prune run (see :func:`tasks.base.run_operation`)."""
+    settings = get_settings()
+
+    def body(catalog: Catalog) -> dict[str, Any]:
+        root = store_path(store_id)
+        plan = build_plan(root, config, strategies, agents=agents)
+        planned = plan.to_dict(include_actions=False)
+        planned["actions"] = [a.to_dict() for a in plan.actions[:ACTIONS_IN_RESULT]]
+        planned["actions_truncated"] = len(plan.actions) > ACTIONS_IN_RESULT
+        result: dict[str, Any] = {"run_id": run_id, "dry_run": dry_run, "plan": planned, "backup_id": None,
+                                  "applied": None}
+        if dry_run or not plan.actions:
+            return result
+        snapshot = safety_snapshot(catalog, store_id, root, settings, reason="pre-prune")
+        result["backup_id"] = snapshot.backup_id
+        archive_root = repository_for(root, settings).path / ARCHIVE_DIR
+        applied = apply_plan(plan, run_id=run_id, archive_root=archive_root)
+        with catalog() as session:
+            task_run = queries.get_task_run(session, run_id)
+            queries.add_prune_actions(
+                session, run_id=run_id, store=store_id, backup_id=snapshot.backup_id,
+                task_run_id=task_run.id if task_run is not None else None,
+                records=[queries.PrunedRecord(
+                    agent=r.action.agent, collection=r.action.collection, record_id=r.action.record_id,
+                    reason=r.action.reason, action=r.action.action, document_path=r.action.document,
+                    record=r.payload, score=r.action.value) for r in applied.applied],
+            )
+        result["applied"] = applied.to_dict()
+        if applied.error:
+            result["status"] = "failure"
+            result["error"] = applied.error
+        elif applied.conflicts:
+            result["status"] = "warning"
+        return result
+
+    return body
+
+
+@shared_task(bind=True, name="aml.prune.run")
+def run(
+    self: Task,
+    store: str,
+    strategies: list[str] | None = None,
+    aggressive: bool = False,
+    dry_run: bool = False,
+    agents: list[str] | None = None,
+    now: str | None = None,
+    overrides: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Prune a file store (or, with ``dry_run``, only plan it).
+
+    Args:
+        store: path of the file store (e.g. ``.loom/memory``).
+        strategies: any of ``time_based``, ``performance_based``, ``space_based``, ``session_based``
+            (default: time, performance and session).
+        aggressive: the seeds' ``--aggressive`` thresholds (60/120 days, success < 30 %).
+        dry_run: stop after the plan; nothing is written and no lock is taken.
+        agents: only these agents.
+        now: ISO 8601 reference instant for ages (default: now), for reproducible runs.
+        overrides: :class:`~aml.prune.config.PruneConfig` fields to override (e.g. ``agent_limit_mib``).
+
+    Returns:
+        ``{"run_id", "dry_run", "plan": {counts, actions, preserved, ...}, "backup_id", "applied":
+        {removed, archived, documents, conflicts, bytes_freed, ...} | None, "status", "task_run_id", ...}``.
+        Status ``warning`` when documents changed under the run (they were left alone).
+
+    Raises:
+        ValueError: unknown strategy or setting.
+        aml.backup.BackupError: the pre-prune snapshot failed (nothing was changed).
+    """
+    store_id = normalize_store(store)
+    run_id = str(self.request.id or uuid.uuid4())
+    config = make_config(aggressive, now, overrides)
+    normalise_strategies(strategies)
+    arguments = {"store": store, "strategies": strategies, "aggressive": aggressive, "dry_run": dry_run,
+                 "agents": agents, "now": now, "overrides": overrides}
+    return run_operation(task_id=self.request.id, operation="prune", store=store_id, arguments=arguments,
+                         destructive=not dry_run,
+                         body=run_body(store_id, run_id, strategies=strategies, agents=agents, config=config,
+                                       dry_run=dry_run))
+
+
+def undo_body(store_id: str, run_id: str) -> Any:
+    """Build the operation body of ``prune undo`` (see :func:`tasks.base.run_operation`)."""
+    settings = get_settings()
+
+    def body(catalog: Catalog) -> dict[str, Any]:
+        root = store_path(store_id)
+        with catalog(write=False) as session:
+            rows = [r for r in queries.prune_actions_for_run(session, run_id, include_undone=True)
+                    if r.store == store_id]
+            entries = [UndoEntry(r.id, r.document_path, r.record_id, dict(r.record or {}))
+                       for r in rows if r.undone_at is None]
+        if not rows:
+            raise ValueError(f"no prune run {run_id!r} recorded for {store_id}")
+        result: dict[str, Any] = {"run_id": run_id, "records": len(rows), "already_undone": len(rows) - len(entries),
+                                  "restored": 0, "already_present": 0, "failed": [], "backup_id": None}
+        if not entries:
+            return result
+        snapshot = safety_snapshot(catalog, store_id, root, settings, reason="pre-undo", tags=[f"undo:{run_id}"])
+        undone = undo_entries(root, entries, archive_root=repository_for(root, settings).path / ARCHIVE_DIR)
+        with catalog() as session:
+            queries.mark_prune_actions_undone(session, run_id, ids=undone.done)
+        result.update(undone.to_dict())
+        result["backup_id"] = snapshot.backup_id
+        if undone.failed:
+            result["status"] = "warning"
+        return result
+
+    return body
+
+
+@shared_task(bind=True, name="aml.prune.undo")
+def undo(self: Task, store: str, run_id: str) -> dict[str, Any]:
+    """Put back exactly the records prune run ``run_id`` removed or archived (idempotent).
+
+    Records other than the restored ones, including later changes, are left as they are. A
+    ``pre-undo`` safety snapshot is taken first.
+
+    Args:
+        store: path of the file store.
+        run_id: the prune run's id (printed by ``aml <store> prune``; its Celery task id).
+
+    Returns:
+        ``{"run_id", "records", "already_undone", "restored", "already_present", "failed": [...],
+        "documents", "archives_updated", "backup_id", "status", ...}``; status ``warning`` when some
+        records could not be put back (their document is missing or does not parse).
+
+    Raises:
+        ValueError: no such run for this store.
+    """
+    store_id = normalize_store(store)
+    return run_operation(task_id=self.request.id, operation="prune", store=store_id,
+                         arguments={"store": store, "undo": run_id}, destructive=True,
+                         body=undo_body(store_id, run_id))

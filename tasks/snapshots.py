@@ -1,0 +1,96 @@
+"""Snapshots taken by tasks: recording them in the catalog, and the safety snapshot before a destructive step.
+
+Every destructive operation (prune, gc, migrate, restore over a live store) calls
+:func:`safety_snapshot` first and records the returned id with its run, so that what it changed can
+always be put back with ``aml <store> backup restore --backup-id ID``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from datetime import datetime
+from pathlib import Path
+
+from sqlalchemy.orm import Session
+
+from aml.backup import BackupError, Repository, SnapshotResult, create_snapshot
+from aml.backup.progress import ProgressCallback
+from models import queries
+from tasks.backup_evidence import repository_path
+from tasks.base import Catalog
+from workers.settings import Settings
+
+NOT_CONTENT = ("symlink:", "not a regular file")
+"""Archiver reasons for entries that hold no content aml could lose (symlinks, special files): they
+do not block a safety snapshot. Any other error (unreadable file or directory) does."""
+
+
+def repository_for(store_root: Path, settings: Settings) -> Repository:
+    """The backup repository of a file store (``AML_BACKUP_ROOT`` or ``<store>/../memory-backup``)."""
+    return Repository(repository_path(store_root, settings))
+
+
+def record_snapshot(session: Session, store_id: str, result: SnapshotResult) -> None:
+    """Insert (or update) the catalog's ``backups`` row for a snapshot just written.
+
+    Args:
+        session: catalog session (the caller commits).
+        store_id: normalised store id.
+        result: what :func:`aml.backup.create_snapshot` returned.
+    """
+    queries.record_backup(
+        session,
+        backup_id=result.backup_id,
+        store=store_id,
+        repository=result.repository,
+        backup_type="incremental" if result.backup_type == "incremental" else "full",
+        created_at=datetime.fromisoformat(result.time.replace("Z", "+00:00")),
+        file_count=result.file_count,
+        total_size_bytes=result.total_size_bytes,
+        stored_size_bytes=result.stored_bytes,
+        parent_backup_id=result.parent_backup_id,
+        agents=result.agents,
+        tags=result.tags,
+        description=result.description,
+    )
+
+
+def safety_snapshot(
+    catalog: Catalog,
+    store_id: str,
+    store_root: Path,
+    settings: Settings,
+    *,
+    reason: str,
+    tags: Iterable[str] = (),
+    progress: ProgressCallback | None = None,
+) -> SnapshotResult:
+    """Take an incremental snapshot of the store before a destructive step, and record it.
+
+    Args:
+        catalog: the operation's catalog opener (:data:`tasks.base.Catalog`).
+        store_id: normalised store id.
+        store_root: the store's directory.
+        settings: runtime settings (repository location).
+        reason: why (e.g. ``"pre-prune"``, ``"pre-migrate"``); stored as a tag and the description.
+        tags: more tags.
+        progress: progress callback for the backup.
+
+    Returns:
+        The snapshot's :class:`SnapshotResult`; its ``backup_id`` is what the run records.
+
+    Raises:
+        aml.backup.BackupError: the snapshot could not be taken; the destructive step must not run.
+    """
+    result = create_snapshot(store_root, repository_for(store_root, settings), incremental=True,
+                             tags=[reason, *tags], description=f"safety snapshot before {reason}",
+                             progress=progress)
+    unread = [e for e in result.errors if not e["reason"].startswith(NOT_CONTENT)]
+    if unread:
+        # A snapshot that misses a file's content is no safety net for it: the caller must not go on.
+        listed = "; ".join(f"{e['path']}: {e['reason']}" for e in unread[:10])
+        raise BackupError(f"safety snapshot {result.backup_id} could not read {len(unread)} "
+                          f"entries ({listed}); refusing to change the store")
+    with catalog() as session:
+        record_snapshot(session, store_id, result)
+    return result

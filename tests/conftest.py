@@ -1,0 +1,28 @@
+"""Shared pytest fixtures. Store fixtures are prefixed ``store_`` (plus the ``loom_store`` factory)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from tests.realdata import extract_loom
+
+pytest_plugins = ["tests.fixtures_runtime"]
+
+
+@pytest.fixture(scope="session")
+def loom_store(tmp_path_factory: pytest.TempPathFactory) -> Callable[[str], Path]:
+    """Factory: ``loom_store("loom-plain-v1.0")`` extracts that tarball once per session and
+    returns its ``.loom/memory`` root. The extraction is shared: treat it as READ-ONLY (use
+    ``tests.realdata.extract_loom(name, tmp_path)`` for a private copy you may modify)."""
+    cache: dict[str, Path] = {}
+
+    def get(name: str) -> Path:
+        name = name.removesuffix(".tar.gz")
+        if name not in cache:
+            cache[name] = extract_loom(name, tmp_path_factory.mktemp(name))
+        return cache[name]
+
+    return get

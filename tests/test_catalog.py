@@ -1,0 +1,595 @@
+"""The catalog: Alembic migrations, engines, and the data-access functions of ``models.queries``.
+
+Every test runs on a fresh SQLite file in ``tmp_path``; the tests taking ``db_url`` also run on
+PostgreSQL (mark ``postgres``) when ``AML_TEST_POSTGRES_URL`` is set, each in a schema of its own
+that is dropped afterwards.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import subprocess
+import sys
+import threading
+import uuid
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+from alembic.autogenerate import compare_metadata
+from alembic.runtime.migration import MigrationContext
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import IntegrityError
+
+from models import Alert, Base, MetricSample, TaskRun
+from models import queries as q
+from workers import catalog
+
+REPO = Path(__file__).resolve().parent.parent
+PG_URL = os.environ.get("AML_TEST_POSTGRES_URL")
+CATALOG_TABLES = {"task_runs", "backups", "alerts", "metric_samples", "prune_actions"}
+T0 = datetime(2026, 1, 2, 3, 4, 5, 678901, tzinfo=UTC)
+
+
+def _postgres_schema_url(base_url: str, schema: str) -> str:
+    url = make_url(base_url)
+    existing = url.query.get("options")
+    options = " ".join(
+        [*([existing] if isinstance(existing, str) else existing or ()), f"-csearch_path={schema}"]
+    )
+    return url.update_query_dict({"options": options}).render_as_string(hide_password=False)
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """An empty catalog database: a new SQLite file, or a new PostgreSQL schema."""
+    if request.param == "sqlite":
+        url = f"sqlite:///{tmp_path / 'catalog.db'}"
+        try:
+            yield url
+        finally:
+            catalog.dispose_engines(url)
+        return
+    if not PG_URL:
+        pytest.skip("AML_TEST_POSTGRES_URL is not set")
+    schema = f"aml_test_{uuid.uuid4().hex[:12]}"
+    admin = sa.create_engine(PG_URL)
+    with admin.begin() as conn:
+        conn.execute(sa.text(f'CREATE SCHEMA "{schema}"'))
+    url = _postgres_schema_url(PG_URL, schema)
+    try:
+        yield url
+    finally:
+        catalog.dispose_engines(url)
+        with admin.begin() as conn:
+            conn.execute(sa.text(f'DROP SCHEMA "{schema}" CASCADE'))
+        admin.dispose()
+
+
+@pytest.fixture
+def migrated(db_url: str) -> str:
+    """``db_url`` upgraded to the newest revision."""
+    catalog.upgrade(db_url)
+    return db_url
+
+
+def _tables(url: str) -> set[str]:
+    with catalog.get_engine(url).connect() as conn:
+        return set(sa.inspect(conn).get_table_names())
+
+
+# ------------------------------------------------------------------------------- migrations
+
+
+def test_upgrade_downgrade_upgrade(db_url: str) -> None:
+    assert catalog.current_revision(db_url) is None
+    catalog.upgrade(db_url)
+    assert catalog.current_revision(db_url) == catalog.head_revision() == "0001"
+    assert _tables(db_url) >= CATALOG_TABLES
+
+    catalog.downgrade(db_url, "base")
+    assert catalog.current_revision(db_url) is None
+    assert _tables(db_url) <= {"alembic_version"}  # Alembic's own bookkeeping table, now empty
+
+    catalog.upgrade(db_url)
+    assert catalog.current_revision(db_url) == catalog.head_revision()
+    assert _tables(db_url) >= CATALOG_TABLES
+
+
+def test_migration_matches_models(migrated: str) -> None:
+    engine = catalog.get_engine(migrated)
+    with engine.connect() as conn:
+        ctx = MigrationContext.configure(conn, opts={"compare_type": True, "compare_server_default": True})
+        assert compare_metadata(ctx, Base.metadata) == []
+
+        # Alembic compares neither CHECK constraints nor index WHERE clauses: check them here.
+        insp = sa.inspect(conn)
+        for table in Base.metadata.sorted_tables:
+            name = table.name
+            want_checks = {c.name for c in table.constraints if isinstance(c, sa.CheckConstraint)}
+            assert {c["name"] for c in insp.get_check_constraints(name)} == want_checks, name
+            want_uniques = {c.name for c in table.constraints if isinstance(c, sa.UniqueConstraint)}
+            assert {c["name"] for c in insp.get_unique_constraints(name)} == want_uniques, name
+            want_fks = {
+                (c.name, c.ondelete) for c in table.constraints if isinstance(c, sa.ForeignKeyConstraint)
+            }
+            got_fks = {
+                (fk["name"], fk.get("options", {}).get("ondelete")) for fk in insp.get_foreign_keys(name)
+            }
+            assert got_fks == want_fks, name
+            want_ix = {(i.name, tuple(c.name for c in i.columns), bool(i.unique)) for i in table.indexes}
+            got_ix = {
+                (i["name"], tuple(i["column_names"]), bool(i["unique"]))
+                for i in insp.get_indexes(name)
+                if "duplicates_constraint" not in i  # PostgreSQL: the index behind a UNIQUE constraint
+            }
+            assert got_ix == want_ix, name
+
+        (open_ix,) = [i for i in insp.get_indexes("alerts") if i["name"] == "ux_alerts_fingerprint_open"]
+        where = open_ix["dialect_options"][f"{engine.dialect.name}_where"]
+        assert "resolved_at IS NULL" in str(where)
+
+
+def test_ensure_catalog_creates_and_upgrades_sqlite(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'nested' / 'dir' / 'catalog.db'}"
+    try:
+        engine = catalog.ensure_catalog(url)
+        assert catalog.ensure_catalog(url) is engine  # cached per URL
+        assert catalog.current_revision(url) == catalog.head_revision()
+        assert (tmp_path / "nested" / "dir" / "catalog.db").is_file()
+        with catalog.session_scope(url) as session:
+            q.start_task_run(session, task_id="t1", operation="health", store="/s", arguments={})
+    finally:
+        catalog.dispose_engines(url)
+
+
+def test_ensure_catalog_concurrent_processes(tmp_path: Path) -> None:
+    """Several processes creating one embedded catalog at once: one migrates, the others wait."""
+    url = f"sqlite:///{tmp_path / 'catalog.db'}"
+    code = "import sys; from workers.catalog import ensure_catalog; ensure_catalog(sys.argv[1])"
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", code, url], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+        )
+        for _ in range(4)
+    ]
+    for proc in procs:
+        _out, err = proc.communicate(timeout=120)
+        assert proc.returncode == 0, err.decode()
+    try:
+        assert catalog.current_revision(url) == catalog.head_revision()
+    finally:
+        catalog.dispose_engines(url)
+
+
+@pytest.mark.parametrize("db_url", [pytest.param("postgres", marks=pytest.mark.postgres)], indirect=True)
+def test_ensure_catalog_does_not_migrate_postgres(db_url: str) -> None:
+    with pytest.raises(catalog.CatalogBehindError, match="aml db upgrade"):
+        catalog.ensure_catalog(db_url)
+    assert catalog.current_revision(db_url) is None
+    catalog.upgrade(db_url)
+    assert catalog.ensure_catalog(db_url) is catalog.get_engine(db_url)
+
+
+def test_ensure_catalog_refuses_unknown_revision(migrated: str) -> None:
+    with catalog.get_engine(migrated).begin() as conn:
+        conn.execute(sa.text("UPDATE alembic_version SET version_num = 'f00dcafe'"))
+    catalog.dispose_engines(migrated)
+    with pytest.raises(catalog.CatalogError, match="unknown to this aml") as info:
+        catalog.ensure_catalog(migrated)
+    assert not isinstance(info.value, catalog.CatalogBehindError)
+
+
+def test_alembic_config_works_from_any_directory(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    cfg = catalog.alembic_config("sqlite://")
+    assert Path(str(cfg.get_main_option("script_location"))) == REPO / "alembic"
+    assert catalog.head_revision() == "0001"
+
+
+def test_default_url_from_aml_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("AML_CATALOG_URL", raising=False)
+    monkeypatch.setenv("AML_HOME", str(tmp_path / "home"))
+    url = catalog.default_catalog_url()
+    assert url == f"sqlite:///{tmp_path / 'home' / 'catalog.db'}"
+    try:
+        with catalog.session_scope() as session:  # first use creates and migrates the catalog
+            q.start_task_run(session, task_id=None, operation="health", store="/s", arguments={})
+        assert (tmp_path / "home" / "catalog.db").is_file()
+        monkeypatch.setenv("AML_CATALOG_URL", "sqlite:///elsewhere.db")
+        assert catalog.default_catalog_url() == "sqlite:///elsewhere.db"
+    finally:
+        catalog.dispose_engines(url)
+
+
+# --------------------------------------------------------------------------------- engines
+
+
+def test_sqlite_wal_busy_timeout_foreign_keys(tmp_path: Path) -> None:
+    path = tmp_path / "catalog.db"
+    url = f"sqlite:///{path}"
+    try:
+        catalog.upgrade(url)
+        with catalog.get_engine(url).connect() as conn:
+            assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
+            assert conn.exec_driver_sql("PRAGMA busy_timeout").scalar() == 30000
+            assert conn.exec_driver_sql("PRAGMA foreign_keys").scalar() == 1
+    finally:
+        catalog.dispose_engines(url)
+    raw = sqlite3.connect(path)  # WAL is a property of the file, seen by any client
+    try:
+        assert raw.execute("PRAGMA journal_mode").fetchone() == ("wal",)
+    finally:
+        raw.close()
+
+
+def test_foreign_keys_enforced(migrated: str) -> None:
+    with pytest.raises(IntegrityError), catalog.session_scope(migrated) as session:
+        q.add_metric_samples(session, [q.Sample("/s", "size", 1.0, "bytes", task_run_id=424242)])
+        session.flush()
+
+
+# ----------------------------------------------------------------------------------- alerts
+
+
+def _alerts(url: str) -> list[Alert]:
+    with catalog.session_scope(url, write=False) as session:
+        return list(session.scalars(sa.select(Alert).order_by(Alert.id)))
+
+
+def test_alert_lifecycle(migrated: str) -> None:
+    kw: dict[str, Any] = {"store": "/mem", "agent": "agent-a", "check": "memory_within_limits"}
+
+    for i, sev in enumerate(["warning", "warning", "critical"]):
+        with catalog.session_scope(migrated) as session:
+            alert = q.observe_check(
+                session,
+                **kw,
+                passed=False,
+                severity=sev,
+                message=f"too big #{i}",
+                details={"size": i},
+                now=T0 + timedelta(minutes=i),
+            )
+            assert alert is not None and alert.count == i + 1
+
+    (row,) = _alerts(migrated)
+    assert row.count == 3
+    assert row.first_seen == T0
+    assert row.last_seen == T0 + timedelta(minutes=2)
+    assert (row.severity, row.message, row.details) == ("critical", "too big #2", {"size": 2})
+    assert row.resolved_at is None and row.is_open
+    assert row.fingerprint == q.alert_fingerprint("/mem", "agent-a", "memory_within_limits")
+
+    with catalog.session_scope(migrated) as session:
+        assert [a.id for a in q.open_alerts(session, "/mem")] == [row.id]
+        assert q.open_alerts(session, "/elsewhere") == []
+        resolved = q.observe_check(session, **kw, passed=True, now=T0 + timedelta(hours=1))
+        assert resolved is not None and resolved.id == row.id
+    with catalog.session_scope(migrated) as session:
+        assert q.observe_check(session, **kw, passed=True, now=T0 + timedelta(hours=2)) is None
+        assert q.open_alerts(session) == []
+
+    (row,) = _alerts(migrated)
+    assert row.resolved_at == T0 + timedelta(hours=1)
+    assert row.count == 3
+
+    with catalog.session_scope(migrated) as session:
+        again = q.observe_check(
+            session, **kw, passed=False, severity="error", message="again", now=T0 + timedelta(hours=3)
+        )
+        assert again is not None
+    old, new = _alerts(migrated)
+    assert old.id == row.id and old.resolved_at is not None
+    assert new.resolved_at is None and new.count == 1 and new.first_seen == T0 + timedelta(hours=3)
+    with catalog.session_scope(migrated, write=False) as session:
+        assert [a.id for a in q.open_alerts(session)] == [new.id]
+        assert [a.id for a in q.alert_history(session, store="/mem")] == [new.id, old.id]
+
+
+def test_alert_fingerprint_separates_agents_and_checks(migrated: str) -> None:
+    with catalog.session_scope(migrated) as session:
+        for agent in (None, "", "a"):
+            for check in ("c1", "c2"):
+                q.observe_check(session, store="/s", agent=agent, check=check, passed=False, severity="info")
+        q.observe_check(session, store="/t", agent="a", check="c1", passed=False, severity="info")
+    assert len(_alerts(migrated)) == 7
+    with catalog.session_scope(migrated) as session:
+        worst = q.observe_check(session, store="/s", agent="a", check="c2", passed=False, severity="critical")
+        assert worst is not None
+        ranked = q.open_alerts(session, "/s")
+        assert ranked[0].id == worst.id and len(ranked) == 6
+
+
+def test_observe_check_accepts_enum_severity_and_rejects_unknown(migrated: str) -> None:
+    import enum
+
+    class AmlSeverity(enum.IntEnum):  # the shape of aml.health.checks.Severity
+        INFO = 0
+        CRITICAL = 3
+
+    with catalog.session_scope(migrated) as session:
+        alert = q.observe_check(
+            session, store="/s", agent=None, check="c", passed=False, severity=AmlSeverity.CRITICAL
+        )
+        assert alert is not None and alert.severity == "critical"
+        with pytest.raises(ValueError, match="severity"):
+            q.observe_check(session, store="/s", agent=None, check="c", passed=False, severity="fatal")
+
+
+def test_partial_unique_index_one_open_alert_per_fingerprint(migrated: str) -> None:
+    def alert(resolved_at: datetime | None) -> Alert:
+        return Alert(
+            fingerprint="f" * 64,
+            store="/s",
+            agent=None,
+            check="c",
+            severity="warning",
+            message="m",
+            details={},
+            first_seen=T0,
+            last_seen=T0,
+            count=1,
+            resolved_at=resolved_at,
+        )
+
+    # Any number of resolved rows, plus one open row, is fine...
+    with catalog.session_scope(migrated) as session:
+        session.add_all([alert(T0), alert(T0 + timedelta(seconds=1)), alert(None)])
+    # ...a second open row is not.
+    with pytest.raises(IntegrityError), catalog.session_scope(migrated) as session:
+        session.add(alert(None))
+        session.flush()
+    assert len(_alerts(migrated)) == 3
+
+
+def test_concurrent_observers_keep_one_open_alert(migrated: str) -> None:
+    threads, per_thread = 4, 10
+    errors: list[BaseException] = []
+    start = threading.Barrier(threads)
+
+    def observe() -> None:
+        try:
+            start.wait()
+            for _ in range(per_thread):
+                with catalog.session_scope(migrated) as session:
+                    q.observe_check(session, store="/s", agent="a", check="c", passed=False, severity="error")
+        except BaseException as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+
+    workers = [threading.Thread(target=observe) for _ in range(threads)]
+    for t in workers:
+        t.start()
+    for t in workers:
+        t.join(timeout=120)
+    assert errors == []
+    (row,) = _alerts(migrated)
+    assert row.count == threads * per_thread and row.resolved_at is None
+
+
+# ---------------------------------------------------------------------------- time and runs
+
+
+def test_aware_utc_round_trip(migrated: str) -> None:
+    ist = timezone(timedelta(hours=5, minutes=30))
+    local = datetime(2026, 3, 4, 10, 0, 0, 123456, tzinfo=ist)
+    with catalog.session_scope(migrated) as session:
+        q.record_backup(
+            session,
+            backup_id="full_20260304_043000",
+            store="/s",
+            repository="/s/../memory-backup",
+            backup_type="full",
+            created_at=local,
+            file_count=3,
+            total_size_bytes=10,
+            stored_size_bytes=7,
+        )
+        q.record_backup(
+            session,
+            backup_id="incr_20260304_050000",
+            store="/s",
+            repository="/r",
+            backup_type="incremental",
+            parent_backup_id="full_20260304_043000",
+            created_at=datetime(2026, 3, 4, 5, 0, 0),  # naive: taken as UTC
+            file_count=3,
+            total_size_bytes=10,
+            stored_size_bytes=0,
+        )
+    with catalog.session_scope(migrated, write=False) as session:
+        full = q.get_backup(session, "full_20260304_043000")
+        incr = q.get_backup(session, "incr_20260304_050000")
+        assert full is not None and incr is not None
+        assert full.created_at == local
+        assert full.created_at.tzinfo is UTC
+        assert full.created_at == datetime(2026, 3, 4, 4, 30, 0, 123456, tzinfo=UTC)
+        assert incr.created_at == datetime(2026, 3, 4, 5, 0, 0, tzinfo=UTC) and incr.created_at.tzinfo is UTC
+        # Comparisons bind through the same type: an aware bound in another zone works.
+        later = session.scalars(
+            sa.select(q.Backup.backup_id).where(
+                q.Backup.created_at > datetime(2026, 3, 4, 10, 15, tzinfo=ist)
+            )
+        ).all()
+        assert later == ["incr_20260304_050000"]
+
+
+def test_task_run_start_finish(migrated: str) -> None:
+    with catalog.session_scope(migrated) as session:
+        queued = q.queue_task_run(
+            session,
+            task_id="celery-1",
+            operation="backup",
+            store="/s",
+            arguments={"incremental": True},
+            now=T0,
+        )
+        assert queued.status == "pending" and queued.attempts == 0
+        run = q.start_task_run(
+            session,
+            task_id="celery-1",
+            operation="backup",
+            store="/s",
+            arguments={"incremental": True},
+            now=T0 + timedelta(seconds=5),
+        )
+        assert run.id == queued.id and run.status == "running" and run.attempts == 1
+        assert run.queued_at == T0 and run.started_at == T0 + timedelta(seconds=5)
+
+    with catalog.session_scope(migrated) as session:  # a different session: the row is merged in
+        done = q.finish_task_run(
+            session,
+            run,
+            status="warning",
+            result={"backup_id": "incr_x", "files": 3},
+            now=T0 + timedelta(seconds=7.5),
+        )
+        assert done.duration_s == pytest.approx(2.5)
+
+    with catalog.session_scope(migrated, write=False) as session:
+        row = q.get_task_run(session, "celery-1")
+        assert row is not None
+        assert (row.status, row.result, row.error) == ("warning", {"backup_id": "incr_x", "files": 3}, None)
+        assert row.finished_at == T0 + timedelta(seconds=7.5) and row.finished_at.tzinfo is UTC
+        assert row.arguments == {"incremental": True}
+
+    with catalog.session_scope(migrated) as session:  # a retry of the same Celery task reuses the row
+        retry = q.start_task_run(session, task_id="celery-1", operation="backup", store="/s", arguments={})
+        assert (
+            retry.id == run.id and retry.attempts == 2 and retry.result is None and retry.finished_at is None
+        )
+        q.finish_task_run(session, retry, status="failure", error="OSError: disk full")
+        with pytest.raises(ValueError, match="not terminal"):
+            q.finish_task_run(session, retry, status="running")
+        anon = q.start_task_run(session, task_id=None, operation="health", store="/s", arguments={})
+        q.finish_task_run(session, anon, status="success")
+
+    with catalog.session_scope(migrated, write=False) as session:
+        runs = q.recent_task_runs(session, store="/s")
+        assert len(runs) == 2 and {r.status for r in runs} == {"failure", "success"}
+        assert [r.operation for r in q.recent_task_runs(session, operation="backup")] == ["backup"]
+        assert q.recent_task_runs(session, status="failure")[0].error == "OSError: disk full"
+        assert session.scalar(sa.select(sa.func.count()).select_from(TaskRun)) == 2
+
+
+# ------------------------------------------------------------------ metrics, backups, prune
+
+
+def test_metric_samples(migrated: str) -> None:
+    with catalog.session_scope(migrated) as session:
+        run = q.start_task_run(session, task_id="t", operation="trace", store="/s", arguments={})
+        n = q.add_metric_samples(
+            session,
+            [
+                q.Sample("/s", "size", 100, "bytes"),
+                q.Sample("/s", "size", 10, "bytes", subject="agent-a"),
+                ("/s", "size", 200, "bytes", None, T0 + timedelta(hours=1)),
+                q.Sample("/s", "cache_hit", 0.75, "ratio", time=T0 + timedelta(hours=2)),
+            ],
+            now=T0,
+            task_run_id=run.id,
+        )
+        assert n == 4
+        assert q.add_metric_samples(session, []) == 0
+        with pytest.raises(ValueError, match="unit"):
+            q.add_metric_samples(session, [q.Sample("/s", "size", 1, "megabytes")])
+    with catalog.session_scope(migrated, write=False) as session:
+        series = q.metric_series(session, store="/s", name="size")
+        assert [(s.time, s.value) for s in series] == [(T0, 100.0), (T0 + timedelta(hours=1), 200.0)]
+        assert all(s.task_run_id == run.id and s.unit == "bytes" for s in series)
+        assert [s.value for s in q.metric_series(session, store="/s", name="size", subject="agent-a")] == [
+            10.0
+        ]
+        assert len(q.metric_series(session, store="/s", name="size", any_subject=True)) == 3
+        assert len(q.metric_series(session, store="/s", name="size", since=T0 + timedelta(minutes=1))) == 1
+        assert session.scalar(sa.select(sa.func.count()).select_from(MetricSample)) == 4
+
+
+def test_backups_latest_and_verification(migrated: str) -> None:
+    def record(session: sa.orm.Session, backup_id: str, at: datetime, **kw: Any) -> None:
+        q.record_backup(
+            session,
+            backup_id=backup_id,
+            store="/s",
+            repository="/r",
+            backup_type=kw.pop("backup_type", "full"),
+            created_at=at,
+            file_count=1,
+            total_size_bytes=2,
+            stored_size_bytes=1,
+            agents=["a", "b"],
+            tags=["daily"],
+            **kw,
+        )
+
+    with catalog.session_scope(migrated) as session:
+        assert q.latest_backup(session, "/s") is None
+        record(session, "full_1", T0)
+        record(
+            session, "incr_2", T0 + timedelta(days=1), backup_type="incremental", parent_backup_id="full_1"
+        )
+        assert q.set_backup_verification(session, backup_id="full_1", status="ok", detail={"read_data": True})
+        assert q.set_backup_verification(session, backup_id="nope", status="ok") is None
+        with pytest.raises(ValueError, match="backup_type"):
+            record(session, "x", T0, backup_type="differential")
+    with catalog.session_scope(migrated) as session:
+        latest = q.latest_backup(session, "/s")
+        assert latest is not None and latest.backup_id == "incr_2" and latest.verify_status == "unverified"
+        ok = q.latest_backup(session, "/s", verified_ok_only=True)
+        assert ok is not None and ok.backup_id == "full_1" and ok.verify_detail == {"read_data": True}
+        assert ok.verified_at is not None and ok.verified_at.tzinfo is UTC
+        assert ok.agents == ["a", "b"] and ok.tags == ["daily"]
+        record(session, "full_1", T0, description="re-recorded")  # idempotent upsert keeps verification
+    with catalog.session_scope(migrated) as session:
+        again = q.get_backup(session, "full_1")
+        assert again is not None and again.verify_status == "ok" and again.description == "re-recorded"
+        assert [b.backup_id for b in q.list_backups(session, "/s")] == ["full_1", "incr_2"]
+        assert q.delete_backups(session, ["full_1", "missing"]) == 1
+        assert [b.backup_id for b in q.list_backups(session)] == ["incr_2"]
+
+
+def test_prune_actions_record_and_undo(migrated: str) -> None:
+    records = [
+        q.PrunedRecord(
+            agent="a",
+            collection="patterns",
+            record_id=f"p{i}",
+            reason="unused > 90 days",
+            action="removed" if i % 2 else "archived",
+            document_path="a/patterns.json",
+            record={"id": f"p{i}", "metrics": {"successRate": 0.1}},
+            score=0.1 * i,
+        )
+        for i in range(3)
+    ]
+    with catalog.session_scope(migrated) as session:
+        run = q.start_task_run(session, task_id="prune-1", operation="prune", store="/s", arguments={})
+        assert (
+            q.add_prune_actions(
+                session, run_id="prune-1", store="/s", records=records, task_run_id=run.id, backup_id="full_1"
+            )
+            == 3
+        )
+        with pytest.raises(ValueError, match="action"):
+            q.add_prune_actions(
+                session,
+                run_id="prune-2",
+                store="/s",
+                records=[q.PrunedRecord("a", "c", "r", "why", "deleted", "a/c.json", {})],
+            )
+    with catalog.session_scope(migrated) as session:
+        actions = q.prune_actions_for_run(session, "prune-1")
+        assert [a.record_id for a in actions] == ["p0", "p1", "p2"]
+        assert actions[1].record == {"id": "p1", "metrics": {"successRate": 0.1}}
+        assert [a.action for a in actions] == ["archived", "removed", "archived"]
+        assert actions[0].created_at.tzinfo is UTC and actions[0].backup_id == "full_1"
+        assert q.mark_prune_actions_undone(session, "prune-1", ids=[actions[0].id]) == 1
+        assert q.mark_prune_actions_undone(session, "prune-1") == 2
+        assert q.mark_prune_actions_undone(session, "prune-1") == 0  # idempotent
+    with catalog.session_scope(migrated, write=False) as session:
+        assert q.prune_actions_for_run(session, "prune-1") == []
+        assert len(q.prune_actions_for_run(session, "prune-1", include_undone=True)) == 3

@@ -1,0 +1,247 @@
+"""optimize index + query: real stores, FTS, filters, Bloom filter, incremental and atomic builds, warm set."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import sqlite3
+import uuid
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from aml.health.probe import probe_lookups
+from aml.optimize import IdBloom, IndexMissingError, Query, QueryEngine, build_index, measure_lookups, warm_cache
+from aml.optimize.files import BLOOM_FILE, INDEX_FILE
+from aml.optimize.index import resolve_pointer
+from aml.optimize.value import record_value
+from aml.store import FileStore, Record, RecordLocation
+from aml.store.atomic import atomic_write
+from aml.store.codec import decode
+from tests.realdata import extract_loom
+
+
+def items_by_key(root: Path) -> dict[str, tuple[Record, Any]]:
+    """Oracle: every record of a scan with its JSON value, by ``document#pointer``."""
+    store = FileStore(root)
+    docs = {d.relpath: d.data for d in store.iter_documents()}
+    out = {}
+    for r in store.scan().records:
+        out[f"{r.location.document}#{r.location.pointer}"] = (r, resolve_pointer(docs[r.location.document],
+                                                                                   r.location.pointer))
+    return out
+
+
+@pytest.fixture(scope="module")
+def indexed_v12(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = extract_loom("loom-plain-v1.2.0", tmp_path_factory.mktemp("v12"))
+    build_index(root)
+    return root
+
+
+def test_index_holds_every_record_of_the_scan(indexed_v12: Path) -> None:
+    oracle = items_by_key(indexed_v12)
+    conn = sqlite3.connect(indexed_v12 / INDEX_FILE)
+    rows = {r[0]: r[1:] for r in conn.execute("SELECT key, id, agent, collection, kind, value, document, pointer "
+                                              "FROM records")}
+    conn.close()
+    assert len(rows) == len(oracle) == 649
+    for key, (rec, item) in oracle.items():
+        assert rows[key] == (rec.id, rec.agent, rec.collection, rec.kind, record_value(rec, item),
+                             rec.location.document, rec.location.pointer)
+
+
+def test_filters_match_an_independent_oracle(indexed_v12: Path) -> None:
+    oracle = items_by_key(indexed_v12)
+    with QueryEngine(indexed_v12) as engine:
+        res = engine.search(Query(agent="debugger", kind="pattern", limit=1000))
+        assert {h.key for h in res.hits} == {k for k, (r, _) in oracle.items()
+                                             if r.agent == "debugger" and r.collection == "patterns"}
+        values = [h.value for h in res.hits]
+        assert values == sorted(values, reverse=True)  # best value first
+        res = engine.search(Query(min_confidence=0.8, limit=1000))
+        assert {h.key for h in res.hits} == {k for k, (r, _) in oracle.items()
+                                             if r.confidence is not None and r.confidence >= 0.8}
+        res = engine.search(Query(collection="decisions", min_success_rate=1.0, limit=1000))
+        assert {h.key for h in res.hits} == {k for k, (r, _) in oracle.items()
+                                             if r.collection == "decisions" and r.success_rate == 1.0}
+        some = next(r for r, _ in oracle.values() if r.collection == "solutions")
+        res = engine.search(Query(kind=some.kind, agent=some.agent, limit=1000))
+        assert {h.key for h in res.hits} == {k for k, (r, _) in oracle.items()
+                                             if r.kind == some.kind and r.agent == some.agent}
+        # results carry their location and their record
+        hit = res.hits[0]
+        assert hit.path == str(indexed_v12 / hit.document)
+        assert hit.item == oracle[hit.key][1]
+        limited = engine.search(Query(limit=5))
+        assert len(limited.hits) == 5 and limited.truncated
+
+
+@pytest.mark.parametrize("word", ["eslint", "codeowners", "rubber"])
+def test_full_text_search(indexed_v12: Path, word: str) -> None:
+    oracle = items_by_key(indexed_v12)
+    pattern = re.compile(rf"(?<![a-z0-9]){word}(?![a-z0-9])")
+    expected = {k for k, (_, item) in oracle.items() if pattern.search(json.dumps(item).lower())}
+    assert expected
+    with QueryEngine(indexed_v12) as engine:
+        res = engine.search(Query(text=word, limit=10_000))
+        assert {h.key for h in res.hits} == expected
+        scores = [h.score for h in res.hits]
+        assert scores == sorted(scores)  # bm25: best (lowest) first
+        both = engine.search(Query(text=f"{word} debugger", agent="debugger", limit=10_000))
+        assert all(h.agent == "debugger" for h in both.hits)
+        prefix = engine.search(Query(text=word[:4] + "*", limit=10_000))
+        assert expected <= {h.key for h in prefix.hits}
+        with pytest.raises(ValueError):
+            engine.search(Query(text="  ***  "))
+
+
+def test_tags_filter_and_quoted_fts_input(tmp_path: Path) -> None:
+    root = tmp_path / "m"
+    (root / "a").mkdir(parents=True)
+    base = {"agent": "a", "timestamp": "2026-01-01T00:00:00.000Z", "active": True}
+    items = [{**base, "id": "1", "tags": ["react", "perf"], "pattern": {"type": "memo", "note": 'say "AND" OR NOT'}},
+             {**base, "id": "2", "tags": ["react"], "pattern": {"type": "memo"}},
+             {**base, "id": "3", "tags": [], "pattern": {"type": "memo"}}]
+    (root / "a" / "patterns.json").write_text(json.dumps(items, indent=2))
+    build_index(root)
+    with QueryEngine(root) as engine:
+        assert [h.id for h in engine.search(Query(tags=("react",))).hits] == ["1", "2"]
+        assert [h.id for h in engine.search(Query(tags=("react", "perf"))).hits] == ["1"]
+        assert [h.id for h in engine.search(Query(text='"AND" OR NOT(')).hits] == ["1"]  # FTS syntax is inert
+        assert engine.search(Query(tags=("react",))).hits[0].tags == ("react", "perf")
+
+
+@settings(max_examples=25, deadline=None)
+@given(ids=st.sets(st.text(min_size=1, max_size=40), max_size=300),
+       rate=st.sampled_from([0.001, 0.01, 0.1]))
+def test_bloom_has_no_false_negatives(ids: set[str], rate: float) -> None:
+    bloom = IdBloom.build(ids, false_positive_rate=rate)
+    again = IdBloom.from_bytes(bloom.to_bytes())  # and survives a save/load (stable hash)
+    for x in ids:
+        assert x in bloom and x in again
+
+
+def test_bloom_false_positive_rate_is_near_target(tmp_path: Path) -> None:
+    members = [str(uuid.uuid4()) for _ in range(20_000)]
+    bloom = IdBloom.build(members, false_positive_rate=0.01)
+    bloom.save(tmp_path / "b")
+    loaded = IdBloom.load(tmp_path / "b")
+    assert all(m in loaded for m in members)
+    others = [str(uuid.uuid4()) for _ in range(20_000)]
+    fp = sum(o in loaded for o in others) / len(others)
+    assert fp < 0.02
+
+
+def test_exists_uses_the_bloom_filter_of_the_index(indexed_v12: Path) -> None:
+    oracle = items_by_key(indexed_v12)
+    with QueryEngine(indexed_v12) as engine:
+        assert engine.bloom() is not None
+        for rec, _ in oracle.values():
+            assert engine.might_contain(rec.id) and engine.exists(rec.id)
+        assert not engine.exists("00000000-0000-0000-0000-000000000000")
+        found = engine.lookup(next(iter(oracle.values()))[0].id)
+        assert found is not None and found.item is not None
+        assert engine.lookup("no-such-id") is None
+
+
+def test_incremental_and_atomic_rebuilds(tmp_path: Path) -> None:
+    root = extract_loom("loom-plain-v1.0", tmp_path)
+    with pytest.raises(IndexMissingError):
+        QueryEngine(root)
+    first = build_index(root)
+    assert first.full and first.documents_read == first.documents == 18 and first.records == 649
+    unchanged = build_index(root)
+    assert not unchanged.full and unchanged.documents_read == 0 and unchanged.documents_reused == 18
+    # one document changes, one disappears
+    path = root / "debugger" / "patterns.json"
+    data = json.loads(path.read_bytes())
+    new = {**data[0], "id": "new-pattern-id", "pattern": {"type": "zeppelin-navigation"}}
+    atomic_write(path, json.dumps([*data, new], indent=2).encode())
+    (root / "code-reviewer" / "decisions.json").unlink()
+    old_engine = QueryEngine(root)
+    second = build_index(root)
+    assert (second.documents_read, second.documents_removed, second.records) == (1, 1, 649 + 1 - 4)
+    assert old_engine.exists("new-pattern-id")  # an open engine notices the replaced index
+    assert [h.id for h in old_engine.search(Query(text="zeppelin")).hits] == ["new-pattern-id"]
+    old_engine.close()
+    # compress changes sizes but keeps mtimes: the index re-reads exactly those documents
+    from aml.optimize import compress_store
+
+    comp = compress_store(root, age_days=0, now=2e9)
+    third = build_index(root)
+    assert third.documents_read == len(comp.changed) and third.records == second.records
+    # a build that fails leaves the previous index in place and no temporary file behind
+    before = (root / INDEX_FILE).read_bytes()
+    with pytest.raises(ValueError):
+        build_index(root, full=True, false_positive_rate=2.0)
+    assert (root / INDEX_FILE).read_bytes() == before
+    assert [p.name for p in (root / ".aml").iterdir() if p.name.startswith(".aml-tmp-")] == []
+    # the index and the filter are aml's own: scans skip them
+    assert all(not d.relpath.startswith(".aml") for d in FileStore(root).scan().documents)
+    assert (root / BLOOM_FILE).is_file()
+
+
+def test_warm_set_serves_records_without_reading_documents(tmp_path: Path) -> None:
+    root = extract_loom("loom-plain-v2.0.0", tmp_path)
+    build_index(root)
+    cold = measure_lookups(root, sample=40)
+    assert cold.cache.hits == 0 and cold.cache.misses == 40
+    result = warm_cache(root, limit=100)
+    assert result.records == 100 and result.bytes > 0
+    with QueryEngine(root) as engine:
+        top = engine.search(Query(active_only=True, limit=100), with_items=False).hits
+        assert {h.key for h in top} == {r[0] for r in sqlite3.connect(root / INDEX_FILE).execute(
+            "SELECT key FROM warm")}
+    with QueryEngine(root) as engine:  # a new process' engine: the warm set is in the index
+        res = engine.search(Query(active_only=True, limit=10))
+        assert res.cache.hits == 10 and res.cache.misses == 0
+        oracle = items_by_key(root)
+        assert all(h.item == oracle[h.key][1] for h in res.hits)
+        # repeat: served by the LRU
+        assert engine.search(Query(active_only=True, limit=10)).cache.hits == 10
+        # the document changes: its cached values are stale, the next lookup reads it again
+        doc = root / res.hits[0].document
+        raw = doc.read_bytes()
+        atomic_write(doc, raw + b"\n")
+        again = engine.search(Query(active_only=True, limit=10))
+        stale = sum(1 for h in res.hits if h.document == res.hits[0].document)
+        assert again.cache.misses == stale and again.cache.stale >= stale
+        assert [h.item for h in again.hits] == [h.item for h in res.hits]
+    # an incremental build refreshes the warm entries of the document it re-reads
+    built = build_index(root)
+    assert built.warm_refreshed == sum(1 for h in top if h.document == res.hits[0].document)
+    with QueryEngine(root) as engine:
+        assert engine.search(Query(active_only=True, limit=10)).cache.hits == 10
+
+
+def test_health_probe_uses_the_index(tmp_path: Path) -> None:
+    root = extract_loom("loom-plain-v1.0", tmp_path)
+    records = FileStore(root).scan().records
+    # records whose documents are gone: the document-reading fallback cannot find them...
+    moved = [Record(**{**{f: getattr(r, f) for f in r.__dataclass_fields__},
+                       "location": RecordLocation("gone/" + r.location.document, r.location.pointer,
+                                                  r.location.index)}) for r in records]
+    assert probe_lookups(root, moved, sample=20) == []
+    # ...the index finds them by id
+    build_index(root)
+    times = probe_lookups(root, moved, sample=20)
+    assert len(times) == 20 and all(t >= 0 for t in times)
+    # an unusable index falls back to reading documents
+    (root / INDEX_FILE).write_bytes(b"not a database")
+    assert len(probe_lookups(root, records, sample=20)) == 20
+
+
+def test_decoded_documents_are_what_the_engine_serves(tmp_path: Path) -> None:
+    root = extract_loom("loom-gzip-v1.0", tmp_path)  # gzip under .json names
+    build_index(root)
+    with QueryEngine(root) as engine:
+        res = engine.search(Query(agent="test-automator", kind="decisions", limit=100))
+        data = json.loads(decode((root / "test-automator" / "decisions.json").read_bytes())[0])
+        assert [h.item for h in res.hits] == [data[h.index] for h in res.hits]
+        assert len(res.hits) == 15 and res.cache.misses == 15
+        assert os.path.isabs(res.hits[0].path)

@@ -1,0 +1,159 @@
+"""The prune tasks end to end: plan, dry run, pre-prune snapshot, rewrites, prune_actions rows, undo, CLI."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.fixtures_runtime import REPO, runtime_env
+from tests.realdata import extract_loom, snapshot_tree
+
+NOW = "2026-11-23T00:00:00Z"
+STRATEGIES = ["time_based", "performance_based", "space_based"]
+
+
+def apply(task, **kwargs):
+    return task.apply(kwargs=kwargs, throw=True).get()
+
+
+def files(root: Path) -> dict[str, bytes]:
+    return {k: v[0] for k, v in snapshot_tree(root).items() if (root / k).is_file()}
+
+
+def test_dry_run_task_writes_nothing_and_takes_no_snapshot(tmp_path: Path, aml_settings) -> None:
+    from tasks import prune
+
+    store = extract_loom("loom-gzip-v1.0", tmp_path)
+    before = snapshot_tree(store.parent)
+    result = apply(prune.run, store=str(store), strategies=STRATEGIES, dry_run=True, now=NOW,
+                   overrides={"agent_limit_mib": 0.02})
+    assert result["status"] == "success" and result["dry_run"] is True
+    assert result["plan"]["counts"]["total"] == len(result["plan"]["actions"]) > 0
+    assert result["backup_id"] is None and result["applied"] is None
+    assert snapshot_tree(store.parent) == before, "a dry run changes no byte and no mtime"
+
+
+def test_run_records_snapshot_and_one_row_per_record_then_undo(tmp_path: Path, aml_settings) -> None:
+    from aml.backup import Repository, restore
+    from models import queries
+    from tasks import prune
+    from workers.catalog import session_scope
+
+    store = extract_loom("loom-gzip-v1.0", tmp_path)
+    before = files(store)
+    result = apply(prune.run, store=str(store), strategies=STRATEGIES, now=NOW, overrides={"agent_limit_mib": 0.02})
+    assert result["status"] == "success", result
+    counts, applied = result["plan"]["counts"], result["applied"]
+    assert applied["removed"] + applied["archived"] == counts["total"] > 0
+    assert applied["archived"] == counts["archived"] > 0
+    run_id, backup_id = result["run_id"], result["backup_id"]
+    store_id = os.path.realpath(store)
+    with session_scope(aml_settings.catalog_url) as session:
+        rows = queries.prune_actions_for_run(session, run_id)
+        assert len(rows) == counts["total"]
+        assert {r.backup_id for r in rows} == {backup_id}
+        assert {r.store for r in rows} == {store_id}
+        assert {r.task_run_id for r in rows} == {result["task_run_id"]}
+        planned = {(a["document"], a["record_id"], a["reason"], a["action"]) for a in result["plan"]["actions"]}
+        assert {(r.document_path, r.record_id, r.reason, r.action) for r in rows} == planned
+        assert all(r.record["text"] and r.record["item"]["id"] == r.record_id for r in rows)
+        assert queries.get_backup(session, backup_id) is not None
+        assert queries.get_task_run(session, run_id).status == "success"
+    # decisions were archived in the backup repository, not deleted
+    archives = list((store.parent / "memory-backup" / "archives").rglob("decisions_*.json.gz"))
+    assert archives
+    # the pre-prune snapshot restores the store as it was
+    target = tmp_path / "restored"
+    restore(Repository(store.parent / "memory-backup"), backup_id, target)
+    assert files(target) == before
+
+    undone = apply(prune.undo, store=str(store), run_id=run_id)
+    assert undone["restored"] == counts["total"] and undone["status"] == "success"
+    assert undone["backup_id"], "a pre-undo safety snapshot"
+    assert files(store) == before, "undo gives back the identical documents"
+    with session_scope(aml_settings.catalog_url) as session:
+        assert queries.prune_actions_for_run(session, run_id) == []
+        assert len(queries.prune_actions_for_run(session, run_id, include_undone=True)) == counts["total"]
+    again = apply(prune.undo, store=str(store), run_id=run_id)
+    assert again["restored"] == 0 and again["already_undone"] == counts["total"]
+    assert files(store) == before
+
+    with pytest.raises(ValueError, match="no prune run"):
+        apply(prune.undo, store=str(store), run_id="no-such-run")
+
+
+def test_nothing_to_prune_takes_no_snapshot(tmp_path: Path, aml_settings) -> None:
+    from tasks import prune
+
+    store = extract_loom("loom-plain-v1.0", tmp_path)
+    result = apply(prune.run, store=str(store), strategies=["time_based"], now="2025-01-01T00:00:00Z")
+    assert result["plan"]["counts"]["total"] == 0
+    assert result["backup_id"] is None and result["applied"] is None
+    assert not (store.parent / "memory-backup").exists()
+
+
+def test_bad_arguments_are_refused(tmp_path: Path, aml_settings) -> None:
+    from tasks import prune
+
+    store = extract_loom("loom-plain-v1.0", tmp_path)
+    with pytest.raises(ValueError, match="unknown strategy"):
+        apply(prune.run, store=str(store), strategies=["size_based"])
+    with pytest.raises(ValueError, match="unknown prune setting"):
+        apply(prune.run, store=str(store), overrides={"max_age": 3})
+
+
+def run_cli(capsys, *argv: str) -> tuple[int, str]:
+    """Run ``aml <argv>`` in this process (the console script's own ``main``); returns (exit code, stdout)."""
+    from workers.cli import main
+
+    capsys.readouterr()
+    try:
+        main(list(argv))
+        code = 0
+    except SystemExit as exc:
+        code = int(exc.code or 0)
+    return code, capsys.readouterr().out
+
+
+def test_cli_seeds_form_prune_and_undo(tmp_path: Path, aml_settings, capsys, monkeypatch) -> None:
+    monkeypatch.setenv("COLUMNS", "200")
+    store = extract_loom("loom-plain-v1.0", tmp_path)
+    before = files(store)
+    code, out = run_cli(capsys, str(store), "prune", "--strategies", "time_based", "performance_based",
+                        "--aggressive", "--dry-run", "--json", "--now", NOW)
+    assert code == 0
+    plan = json.loads(out)["plan"]
+    assert plan["strategies"] == ["time_based", "performance_based"]
+    assert plan["config"]["pattern_max_age_days"] == 60 and plan["config"]["min_success_rate"] == 0.3
+    assert plan["counts"]["total"] > 0
+    assert files(store) == before
+
+    code, out = run_cli(capsys, str(store), "prune", "--strategies", "time_based", "space_based",
+                        "--agent-limit-mib", "0.1", "--now", NOW)
+    assert code == 0, out
+    assert "prune plan" in out and "pre-prune snapshot" in out and "memory_limit_exceeded" in out
+    run_id = out.split("prune undo")[-1].split()[0]
+    assert files(store) != before
+    code, out = run_cli(capsys, str(store), "prune", "undo", run_id)
+    assert code == 0, out
+    assert "restored" in out
+    assert files(store) == before
+
+
+def test_console_script_dry_run_json(tmp_path: Path) -> None:
+    store = extract_loom("loom-gzip-v1.0", tmp_path)
+    before = snapshot_tree(store.parent)
+    env = runtime_env(tmp_path / "home", "redis://127.0.0.1:1/0")
+    env["AML_LOCK_URL"] = "none://"
+    proc = subprocess.run([sys.executable, "-m", "workers.cli", str(store), "prune", "--strategies", "time_based",
+                           "performance_based", "space_based", "--dry-run", "--json"],
+                          cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads(proc.stdout)
+    assert result["dry_run"] and result["plan"]["strategies"] == STRATEGIES
+    assert snapshot_tree(store.parent) == before

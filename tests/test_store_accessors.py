@@ -1,0 +1,155 @@
+"""accessors: version detection and camelCase/snake_case field access."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+
+from aml.store import accessors as acc
+from aml.store.codec import decode
+from aml.store.documents import load_json
+from tests.realdata import LOOM_SCHEMA
+
+V10 = {
+    "id": "p1",
+    "agent": "debugger",
+    "timestamp": "2025-11-24T09:32:50.159Z",
+    "pattern": {"type": "css-layout"},
+    "metrics": {"successRate": 0.25, "executionCount": 8, "avgTimeSavedMs": 120.5, "errorPreventionCount": 0},
+    "evolution": {
+        "created": "2025-11-24T09:32:50.160Z",
+        "lastUsed": "2026-01-15T21:18:21.789Z",
+        "refinements": 7,
+        "confidenceScore": 0.4,
+    },
+    "active": True,
+}
+V11 = {**V10, "tags": []}
+V12 = {
+    **V11,
+    "metadata": {
+        "created_by": "migration",
+        "last_modified": "2026-11-22T10:48:18.758935",
+        "version": "1.2.0",
+    },
+    "variations": [],
+}
+V20 = {
+    "id": "p1",
+    "agent": "debugger",
+    "timestamp": "2025-11-24T09:32:50.159000+00:00",
+    "version": "2.0.0",
+    "pattern": {"type": "css-layout"},
+    "tags": [],
+    "active": True,
+    "performance": {
+        "success_rate": 0.25,
+        "execution_count": 8,
+        "avg_time_saved_ms": 120.5,
+        "error_prevention_count": 0,
+    },
+    "lifecycle": {
+        "created_at": "2025-11-24T09:32:50.160000+00:00",
+        "last_used_at": "2026-01-15T21:18:21.789000+00:00",
+        "refinement_count": 7,
+        "confidence": 0.4,
+    },
+    "metadata": {
+        "created_by": "migration",
+        "last_modified": "2026-11-22T10:48:19.065904",
+        "version": "1.2.0",
+    },
+}
+
+
+@pytest.mark.parametrize(
+    ("item", "version"), [(V10, "1.0.0"), (V11, "1.1.0"), (V12, "1.2.0"), (V20, "2.0.0")]
+)
+def test_detect_and_read_every_version(item: dict, version: str) -> None:
+    assert acc.detect_item_version(item) == version
+    assert acc.success_rate(item) == 0.25
+    assert acc.execution_count(item) == 8
+    assert acc.avg_time_saved_ms(item) == 120.5
+    assert acc.confidence(item) == 0.4
+    assert acc.refinement_count(item) == 7
+    assert acc.created_at(item) == datetime(2025, 11, 24, 9, 32, 50, 160000, tzinfo=UTC)
+    assert acc.last_used_at(item) == datetime(2026, 1, 15, 21, 18, 21, 789000, tzinfo=UTC)
+    assert acc.item_timestamp(item) == datetime(2025, 11, 24, 9, 32, 50, 159000, tzinfo=UTC)
+    assert acc.pattern_type(item) == "css-layout"
+    assert acc.is_active(item)
+
+
+def test_v2_metadata_version_does_not_decide() -> None:
+    # v2.0 items keep metadata.version "1.2.0"; the top-level version wins
+    assert acc.detect_item_version({"version": "2.0.0", "metadata": {"version": "1.2.0"}}) == "2.0.0"
+    assert acc.detect_item_version({"tags": []}) == "1.0.0"  # tags alone is not 1.1.0
+    assert acc.detect_item_version({"version": "9.9.9"}) == "1.0.0"
+
+
+def test_missing_or_wrong_types_are_none() -> None:
+    bad = {"metrics": {"successRate": "high", "executionCount": True}, "evolution": "x", "active": "no"}
+    assert acc.success_rate(bad) is None
+    assert acc.execution_count(bad) is None
+    assert acc.confidence(bad) is None
+    assert acc.last_used_at(bad) is None
+    assert acc.created_at(bad) is None
+    assert acc.is_active(bad)  # only an explicit false deactivates
+    assert acc.is_active({"active": False}) is False
+    assert acc.execution_count({"metrics": {"executionCount": 3.0}}) == 3
+
+
+def test_solution_and_decision_fields() -> None:
+    solution = {
+        "effectiveness": {"worked": False, "timeToFixMinutes": 7},
+        "verifiedCount": 6,
+        "problem": {"errorType": "HydrationError"},
+    }
+    assert acc.solution_worked(solution) is False
+    assert acc.verified_count(solution) == 6
+    assert acc.time_to_fix_minutes(solution) == 7.0
+    assert acc.error_type(solution) == "HydrationError"
+
+    decision = {
+        "decision": {"type": "fix-strategy"},
+        "outcome": {
+            "successMetrics": {
+                "developmentSpeed": 1.77,
+                "maintainability": 0.66,
+                "customMetrics": {"incidentsPerMonth": 2, "leadTimeDays": 10.8},
+            },
+            "wouldRepeat": False,
+        },
+        "reviewedAt": "2026-02-08T01:10:51.568Z",
+    }
+    assert acc.has_outcome(decision)
+    assert acc.would_repeat(decision) is False
+    assert acc.success_metrics(decision) == {"developmentSpeed": 1.77, "maintainability": 0.66}
+    assert acc.custom_metrics(decision) == {"incidentsPerMonth": 2.0, "leadTimeDays": 10.8}
+    assert acc.reviewed_at(decision) == datetime(2026, 2, 8, 1, 10, 51, 568000, tzinfo=UTC)
+    # Loom's Python tools spell it snake_case; read both
+    assert acc.would_repeat({"outcome": {"would_repeat": True}}) is True
+    no_outcome = {"decision": {"type": "x"}}
+    assert not acc.has_outcome(no_outcome)
+    assert acc.would_repeat(no_outcome) is None
+    assert acc.success_metrics(no_outcome) == {} == acc.custom_metrics(no_outcome)
+
+
+@pytest.mark.parametrize("name", sorted(LOOM_SCHEMA))
+def test_real_items_detect_as_their_store_version(name: str, loom_store: Callable[[str], Path]) -> None:
+    root = loom_store(name)
+    seen = set()
+    for path in sorted(root.glob("*/*.json")):
+        if path.parent.name in ("global", "config", "monitoring"):
+            continue
+        items = load_json(decode(path.read_bytes())[0], path)
+        seen |= {acc.detect_item_version(item) for item in items}
+        assert all(acc.item_id(i) and acc.item_agent(i) == path.parent.name for i in items)
+    assert seen == {LOOM_SCHEMA[name]}
+    # DATA.md: about 40 % of decisions have no outcome; some outcomes nest customMetrics
+    decisions = load_json(decode((root / "backend-architect" / "decisions.json").read_bytes())[0], root)
+    without = sum(1 for d in decisions if not acc.has_outcome(d))
+    assert 0.2 < without / len(decisions) < 0.6
+    assert any(acc.custom_metrics(d) for d in decisions)

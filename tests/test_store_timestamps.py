@@ -1,0 +1,132 @@
+"""timestamps: every real form parses to the same aware UTC instant; styles round-trip."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta, timezone
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from aml.store.timestamps import (
+    PY_AWARE_STYLE,
+    PY_NAIVE_STYLE,
+    TS_STYLE,
+    TimestampStyle,
+    detect_style,
+    format_like,
+    parse_timestamp,
+    utc_iso_z,
+)
+
+INSTANT = datetime(2026, 3, 24, 3, 18, 32, 25000, tzinfo=UTC)
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        "2026-03-24T03:18:32.025Z",  # TypeScript
+        "2026-03-24T03:18:32.025000+00:00",  # Loom migration
+        "2026-03-24T03:18:32.025000",  # Python naive (UTC)
+        "2026-03-24 03:18:32.025",  # space separator
+        "2026-03-24T05:18:32.025+02:00",  # other offsets are converted
+        1774322312.025,  # epoch seconds (float)
+        1774322312025,  # epoch milliseconds (int)
+        "1774322312025",  # numeric string, milliseconds
+        "1774322312.025",  # numeric string, seconds
+    ],
+)
+def test_all_forms_parse_to_the_same_utc_instant(value: object) -> None:
+    parsed = parse_timestamp(value)
+    assert parsed == INSTANT
+    assert parsed is not None and parsed.tzinfo is not None and parsed.utcoffset() == timedelta(0)
+
+
+def test_epoch_seconds_int_and_naive_datetime() -> None:
+    assert parse_timestamp(1774322312) == INSTANT.replace(microsecond=0)
+    assert parse_timestamp(datetime(2026, 3, 24, 3, 18, 32, 25000)) == INSTANT
+
+
+@pytest.mark.parametrize("value", [None, "", "not a date", True, [], {}, float("nan"), "2026-13-01T00:00:00"])
+def test_garbage_is_none(value: object) -> None:
+    assert parse_timestamp(value) is None
+
+
+def test_detect_real_styles() -> None:
+    assert detect_style("2026-03-24T03:18:32.025Z") == TS_STYLE
+    assert detect_style("2025-12-06T22:58:25.942000+00:00") == PY_AWARE_STYLE
+    assert detect_style("2026-11-22T10:48:19.384477") == PY_NAIVE_STYLE
+    assert detect_style("2026-11-07T10:52:50") == TimestampStyle("iso", "naive", 0)
+    assert detect_style(1795344336419) == TimestampStyle("epoch_ms", digits=0, as_type="int")
+    assert detect_style("2026-11-22") is None
+
+
+def test_editor_keeps_writer_style() -> None:
+    later = datetime(2026, 11, 22, 10, 48, 19, 384477, tzinfo=UTC)
+    assert format_like(later, TS_STYLE) == "2026-11-22T10:48:19.384Z"  # ms truncated like JS
+    assert format_like(later, PY_AWARE_STYLE) == "2026-11-22T10:48:19.384477+00:00"
+    assert format_like(later, PY_NAIVE_STYLE) == "2026-11-22T10:48:19.384477"
+    assert format_like(later, detect_style(1795344336419)) == 1795344499384  # type: ignore[arg-type]
+    assert utc_iso_z(later) == "2026-11-22T10:48:19.384477Z"
+    assert utc_iso_z(datetime(2026, 1, 1)) == "2026-01-01T00:00:00.000000Z"
+
+
+_instants = st.datetimes(
+    min_value=datetime(1971, 1, 1), max_value=datetime(2999, 12, 31), timezones=st.just(UTC)
+)
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    dt=_instants,
+    offset=st.sampled_from(["Z", "naive", "+00:00", "+05:30", "-08:00"]),
+    digits=st.sampled_from([0, 3, 6]),
+    sep=st.sampled_from(["T", " "]),
+)
+def test_iso_round_trip(dt: datetime, offset: str, digits: int, sep: str) -> None:
+    text = format_like(dt, TimestampStyle("iso", offset, digits, sep))
+    assert isinstance(text, str)
+    style = detect_style(text)
+    assert style == TimestampStyle("iso", offset, digits, sep)
+    parsed = parse_timestamp(text)
+    assert parsed is not None
+    assert format_like(parsed, style) == text
+    # the parsed instant is dt truncated to the written precision
+    assert timedelta(0) <= dt - parsed < timedelta(microseconds=10 ** (6 - digits))
+
+
+_epoch_instants = st.datetimes(  # epoch ms below 1e11 (before 1973-03-03) read as seconds
+    min_value=datetime(1974, 1, 1), max_value=datetime(2999, 12, 31), timezones=st.just(UTC)
+)
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    dt=_epoch_instants,
+    kind=st.sampled_from(["epoch_s", "epoch_ms"]),
+    as_type=st.sampled_from(["int", "str"]),
+)
+def test_epoch_round_trip(dt: datetime, kind: str, as_type: str) -> None:
+    value = format_like(dt, TimestampStyle(kind, digits=0, as_type=as_type))  # type: ignore[arg-type]
+    style = detect_style(value)
+    assert style is not None and style.kind == kind
+    parsed = parse_timestamp(value)
+    assert parsed is not None
+    assert format_like(parsed, style) == value
+
+
+@settings(max_examples=100, deadline=None)
+@given(dt=_epoch_instants, digits=st.integers(min_value=1, max_value=3))
+def test_epoch_float_and_decimal_string_round_trip(dt: datetime, digits: int) -> None:
+    for as_type in ("float", "str"):
+        value = format_like(dt, TimestampStyle("epoch_s", digits=digits, as_type=as_type))
+        style = detect_style(value)
+        parsed = parse_timestamp(value)
+        assert style is not None and parsed is not None
+        assert format_like(parsed, style) == value
+
+
+def test_fixed_offset_is_converted() -> None:
+    text = format_like(INSTANT, TimestampStyle("iso", "+02:00", 3))
+    assert text == "2026-03-24T05:18:32.025+02:00"
+    assert parse_timestamp(text) == INSTANT.astimezone(timezone(timedelta(hours=2)))

@@ -1,0 +1,276 @@
+"""The catalog at run time: its schema (Alembic), engines and sessions.
+
+- The schema is Alembic's (``alembic/`` at the repository root); never ``create_all``.
+  :func:`upgrade` / :func:`downgrade` / :func:`current_revision` / :func:`head_revision` drive it
+  from Python (``aml db upgrade`` calls :func:`upgrade`), from any working directory.
+- :func:`ensure_catalog` is what tasks call before touching the catalog: an embedded SQLite
+  catalog is created and upgraded on first use; a shared database (PostgreSQL) is never
+  migrated behind its operator's back, and a schema behind the code raises
+  :class:`CatalogBehindError` naming the command to run.
+- Engines are cached per URL for the life of the process (and dropped in a forked child, so a
+  Celery prefork worker never shares a connection with its parent).
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from alembic.command import downgrade as _alembic_downgrade
+from alembic.command import upgrade as _alembic_upgrade
+from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from alembic.util.exc import CommandError
+from sqlalchemy import Engine
+from sqlalchemy.engine import make_url
+from sqlalchemy.orm import Session, sessionmaker
+
+from models.engine import SQLITE_BEGIN_OPTION, make_engine, session_factory
+
+__all__ = [
+    "CatalogBehindError",
+    "CatalogError",
+    "alembic_config",
+    "alembic_dir",
+    "current_revision",
+    "default_catalog_url",
+    "dispose_engines",
+    "downgrade",
+    "ensure_catalog",
+    "get_engine",
+    "head_revision",
+    "session_scope",
+    "upgrade",
+]
+
+
+class CatalogError(RuntimeError):
+    """The catalog cannot be used: its migrations are missing, or its schema is unknown to this aml."""
+
+
+class CatalogBehindError(CatalogError):
+    """The catalog's schema is older than this aml's; the message says which command upgrades it."""
+
+    def __init__(self, url: str, current: str | None, head: str) -> None:
+        self.url = url
+        self.current = current
+        self.head = head
+        super().__init__(
+            f"the catalog {url} is at schema revision {current or 'none (empty database)'}, "
+            f"this aml needs {head}: run `aml db upgrade` (AML_CATALOG_URL={url})"
+        )
+
+
+_ENGINES: dict[str, Engine] = {}
+_SESSIONS: dict[tuple[str, bool], sessionmaker[Session]] = {}
+_ENSURED: set[str] = set()
+_LOCK = threading.RLock()
+
+
+def default_catalog_url() -> str:
+    """``$AML_CATALOG_URL``, else ``sqlite:///$AML_HOME/catalog.db`` (``AML_HOME`` default ``~/.aml``)."""
+    url = os.environ.get("AML_CATALOG_URL")
+    if url:
+        return url
+    home = Path(os.environ.get("AML_HOME") or "~/.aml").expanduser()
+    return f"sqlite:///{home / 'catalog.db'}"
+
+
+def _display(url: str) -> str:
+    """``url`` with its password masked, for messages."""
+    return make_url(url).render_as_string(hide_password=True)
+
+
+def _key(url: str) -> str:
+    return make_url(url).render_as_string(hide_password=False)
+
+
+def _is_sqlite_file(backend: str, database: str | None) -> bool:
+    if backend != "sqlite" or not database:
+        return False
+    return database != ":memory:" and not database.startswith("file:")
+
+
+def alembic_dir() -> Path:
+    """The Alembic script directory (``env.py``, ``versions/``).
+
+    Looked up as ``$AML_ALEMBIC_DIR``, then ``alembic/`` next to the ``workers`` package (the
+    repository root: a source checkout or an editable install, whose modules resolve to the
+    checkout), then ``./alembic``.
+
+    Raises:
+        CatalogError: none of them holds an ``env.py``.
+    """
+    candidates: list[Path] = []
+    if os.environ.get("AML_ALEMBIC_DIR"):
+        candidates.append(Path(os.environ["AML_ALEMBIC_DIR"]).expanduser())
+    candidates.append(Path(__file__).resolve().parent.parent / "alembic")
+    candidates.append(Path.cwd() / "alembic")
+    for path in candidates:
+        if (path / "env.py").is_file() and (path / "versions").is_dir():
+            return path.resolve()
+    raise CatalogError(
+        "cannot find the catalog migrations (alembic/env.py); looked in "
+        + ", ".join(str(p) for p in candidates)
+        + ": set AML_ALEMBIC_DIR to the alembic/ directory of the aml source"
+    )
+
+
+def alembic_config(url: str) -> Config:
+    """An Alembic :class:`~alembic.config.Config` for the catalog at ``url``, usable from any directory.
+
+    ``script_location`` is :func:`alembic_dir`; ``sqlalchemy.url`` is ``url`` (``alembic/env.py``
+    uses it when no connection is handed over in ``config.attributes["connection"]``).
+    """
+    cfg = Config()
+    cfg.set_main_option("script_location", str(alembic_dir()).replace("%", "%%"))
+    cfg.set_main_option("path_separator", "os")
+    cfg.set_main_option("sqlalchemy.url", url.replace("%", "%%"))
+    return cfg
+
+
+def head_revision() -> str:
+    """The newest schema revision this aml knows."""
+    head = ScriptDirectory.from_config(alembic_config("sqlite://")).get_current_head()
+    if head is None:
+        raise CatalogError(f"no migrations in {alembic_dir() / 'versions'}")
+    return head
+
+
+def get_engine(url: str | None = None) -> Engine:
+    """The process-wide engine for ``url`` (default :func:`default_catalog_url`), created on first use.
+
+    For a SQLite file, its parent directory is created. No schema check: see :func:`ensure_catalog`.
+    """
+    url = url or default_catalog_url()
+    key = _key(url)
+    with _LOCK:
+        engine = _ENGINES.get(key)
+        if engine is None:
+            parsed = make_url(url)
+            if _is_sqlite_file(parsed.get_backend_name(), parsed.database):
+                Path(str(parsed.database)).expanduser().parent.mkdir(parents=True, exist_ok=True)
+            engine = make_engine(parsed)
+            _ENGINES[key] = engine
+        return engine
+
+
+def current_revision(url: str) -> str | None:
+    """The schema revision the catalog at ``url`` is at, ``None`` for an empty database."""
+    with get_engine(url).connect() as conn:
+        return MigrationContext.configure(conn).get_current_revision()
+
+
+def _run(url: str, fn: Callable[[Config, str], None], revision: str) -> None:
+    cfg = alembic_config(url)
+    engine = get_engine(url)
+    # One transaction for the whole migration; on SQLite it holds the write lock from the start,
+    # so concurrent upgraders run one after the other and the later ones find nothing to do.
+    with engine.connect().execution_options(**{SQLITE_BEGIN_OPTION: "IMMEDIATE"}) as conn, conn.begin():
+        cfg.attributes["connection"] = conn
+        fn(cfg, revision)
+    with _LOCK:
+        _ENSURED.discard(_key(url))
+
+
+def upgrade(url: str, revision: str = "head") -> None:
+    """Upgrade the catalog at ``url`` to ``revision`` (default: the newest), in one transaction."""
+    _run(url, _alembic_upgrade, revision)
+
+
+def downgrade(url: str, revision: str) -> None:
+    """Downgrade the catalog at ``url`` to ``revision`` (``"base"`` drops every catalog table)."""
+    _run(url, _alembic_downgrade, revision)
+
+
+def ensure_catalog(url: str | None = None) -> Engine:
+    """The engine of a catalog whose schema is at the newest revision.
+
+    An embedded SQLite catalog is created (parent directory included) and upgraded as needed. Any
+    other database is only checked: migrating a shared database is its operator's decision.
+
+    Raises:
+        CatalogBehindError: a non-SQLite catalog is behind; run ``aml db upgrade``.
+        CatalogError: the catalog is at a revision this aml does not know (a newer aml migrated it).
+    """
+    url = url or default_catalog_url()
+    key = _key(url)
+    engine = get_engine(url)
+    with _LOCK:
+        if key in _ENSURED:
+            return engine
+        head = head_revision()
+        current = current_revision(url)
+        if current != head:
+            script = ScriptDirectory.from_config(alembic_config(url))
+            if current is not None:
+                try:
+                    known = script.get_revision(current) is not None
+                except CommandError:
+                    known = False
+                if not known:
+                    raise CatalogError(
+                        f"the catalog {_display(url)} is at schema revision {current!r}, unknown to this "
+                        f"aml (newest: {head}); it was migrated by a newer aml: upgrade aml"
+                    )
+            if engine.dialect.name != "sqlite":
+                raise CatalogBehindError(_display(url), current, head)
+            upgrade(url)
+        _ENSURED.add(key)
+        return engine
+
+
+@contextmanager
+def session_scope(url: str | None = None, *, write: bool = True) -> Iterator[Session]:
+    """A session on the (ensured) catalog: commits when the block ends, rolls back on an exception.
+
+    Args:
+        url: catalog URL (default :func:`default_catalog_url`).
+        write: on SQLite, take the write lock when the transaction starts (see
+            :func:`models.engine.session_factory`); pass ``False`` for read-only work.
+    """
+    url = url or default_catalog_url()
+    engine = ensure_catalog(url)
+    key = (_key(url), write)
+    with _LOCK:
+        factory = _SESSIONS.get(key)
+        if factory is None:
+            factory = _SESSIONS[key] = session_factory(engine, write=write)
+    session = factory()
+    try:
+        yield session
+        session.commit()
+    except BaseException:
+        session.rollback()
+        raise
+    finally:
+        session.close()
+
+
+def dispose_engines(url: str | None = None) -> None:
+    """Close the cached engine of ``url`` (all of them when ``None``) and forget it."""
+    with _LOCK:
+        keys = list(_ENGINES) if url is None else [_key(url)]
+        for key in keys:
+            engine = _ENGINES.pop(key, None)
+            if engine is not None:
+                engine.dispose()
+            _ENSURED.discard(key)
+            for write in (True, False):
+                _SESSIONS.pop((key, write), None)
+
+
+def _after_fork_in_child() -> None:
+    # Pooled connections belong to the parent: forget them without closing them. The lock may
+    # have been held by a parent thread that does not exist here.
+    global _LOCK
+    _LOCK = threading.RLock()
+    for engine in list(_ENGINES.values()):
+        engine.dispose(close=False)
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)

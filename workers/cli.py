@@ -1,0 +1,61 @@
+"""The ``aml`` command line.
+
+Two shapes, as the seeds' CLI has them::
+
+    aml <memory_path> monitor health|metrics|alerts|report [--json] [--enqueue [--wait]]
+    aml worker | beat | flower | db upgrade|downgrade|current | demo
+
+The first word decides: a service command name, or else the path of a memory store. Operations
+run inline by default (``task.apply()``: no broker, embedded SQLite catalog); ``--enqueue`` sends
+them to the workers. Exit codes: 0 ok, 1 warning, 2 critical/failure.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import typer
+
+from workers.cli_backup import backup_app
+from workers.cli_migrate import migrate_app
+from workers.cli_monitor import monitor_app
+from workers.cli_optimize import optimize_app
+from workers.cli_optimize import query as query_command
+from workers.cli_prune import prune_app
+from workers.cli_service import db_app, service_app
+
+store_app = typer.Typer(
+    name="aml <memory_path>",
+    help="Operations on one memory store: aml <memory_path> COMMAND ...",
+    no_args_is_help=True,
+    add_completion=False,
+)
+store_app.add_typer(monitor_app, name="monitor")
+store_app.add_typer(backup_app, name="backup")
+store_app.add_typer(optimize_app, name="optimize")
+store_app.add_typer(prune_app, name="prune")
+store_app.add_typer(migrate_app, name="migrate")
+store_app.command("query")(query_command)
+
+service_app.add_typer(db_app, name="db")
+
+SERVICE_COMMANDS = frozenset({"worker", "beat", "flower", "db", "demo"})
+
+
+@store_app.callback()
+def _store_callback(ctx: typer.Context) -> None:
+    """Operations on one memory store (the path given before the command)."""
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point of the ``aml`` console script (routes service commands vs store commands)."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    if not args or args[0] in SERVICE_COMMANDS or args[0] in ("-h", "--help"):
+        service_app(args=args, prog_name="aml")
+        return
+    store, rest = args[0], args[1:]
+    store_app(args=rest, prog_name=f"aml {store}", obj={"store": store})
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

@@ -1,0 +1,222 @@
+"""``aml <memory_path> backup create|list|restore|verify|rotate|auto``: the seeds' backup commands."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.table import Table
+
+from tasks import backup as backup_tasks
+from tasks import verify as verify_tasks
+from workers.cli_common import EnqueueOpt, JsonOpt, TimeoutOpt, WaitOpt, run_task, store_of
+from workers.progressbar import progress_bar
+from workers.render import console, print_json, styled
+
+backup_app = typer.Typer(help="Snapshots: create, list, restore (point in time), verify, rotate.",
+                         no_args_is_help=True)
+
+
+def _human(n: int | None) -> str:
+    if n is None:
+        return "-"
+    size = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if size < 1024 or unit == "GiB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    return f"{n} B"
+
+
+def _run(task: Any, kwargs: dict[str, Any], as_json: bool, enqueue: bool, wait: bool,
+         timeout: float) -> dict[str, Any] | None:
+    with progress_bar(not as_json and not enqueue):
+        return run_task(task, kwargs, enqueue=enqueue, wait=wait, timeout=timeout, as_json=as_json)
+
+
+def _exit_for(result: dict[str, Any]) -> None:
+    status = result.get("status")
+    if status in ("failure", "skipped"):
+        raise typer.Exit(2)
+    if status == "warning":
+        raise typer.Exit(1)
+
+
+@backup_app.command("create")
+def create(
+    ctx: typer.Context,
+    incremental: Annotated[bool, typer.Option("--incremental", help="Skip files unchanged since the last snapshot.")]
+    = False,
+    tag: Annotated[list[str] | None, typer.Option("--tag", help="Label (repeatable).")] = None,
+    description: Annotated[str | None, typer.Option("--description", help="Free text.")] = None,
+    as_json: JsonOpt = False, enqueue: EnqueueOpt = False, wait: WaitOpt = False, timeout: TimeoutOpt = 6 * 3600.0,
+) -> None:
+    """Take a snapshot (full, or incremental: only new contents are stored; every snapshot is complete)."""
+    result = _run(backup_tasks.create, {"store": store_of(ctx), "incremental": incremental, "tags": tag or [],
+                                        "description": description}, as_json, enqueue, wait, timeout)
+    if result is None:
+        return
+    if as_json:
+        print_json(result)
+    else:
+        console.print(f"snapshot [bold]{result['backup_id']}[/] ({result['backup_type']}): {result['file_count']} "
+                      f"files, {_human(result['total_size_bytes'])}; read {result['files_read']} files, "
+                      f"{result['files_unchanged']} unchanged; added {_human(result['stored_bytes'])} to "
+                      f"{result['repository']} in {result['duration_seconds']:.2f} s")
+        for err in result["errors"]:
+            console.print(f"  [yellow]not stored[/] {err['path']}: {err['reason']}")
+    _exit_for(result)
+
+
+@backup_app.command("list")
+def list_(ctx: typer.Context, as_json: JsonOpt = False) -> None:
+    """List snapshots (aml's and Loom's own legacy backups), oldest first."""
+    result = run_task(backup_tasks.list_, {"store": store_of(ctx)}, enqueue=False, wait=False, timeout=0,
+                      as_json=as_json)
+    assert result is not None
+    if as_json:
+        print_json(result)
+        return
+    snaps = result["snapshots"]
+    if not snaps:
+        console.print(f"no snapshots in {result['repository']}")
+        return
+    table = Table(title=result["repository"], header_style="bold")
+    table.add_column("id", no_wrap=True)
+    for col in ("type", "time (UTC)", "files", "size", "stored", "verified", "tags"):
+        table.add_column(col)
+    for s in snaps:
+        kind = s["backup_type"] + (f" (legacy {s['legacy_origin']})" if s["legacy"] else "")
+        table.add_row(s["backup_id"], kind, s["time"], str(s["file_count"]), _human(s["total_size_bytes"]),
+                      _human(s["stored_size_bytes"]), s["verify_status"] or "-", ",".join(s["tags"]))
+    console.print(table)
+
+
+@backup_app.command("restore")
+def restore(
+    ctx: typer.Context,
+    backup_id: Annotated[str | None, typer.Option("--backup-id", help="Snapshot to restore.")] = None,
+    at: Annotated[str | None, typer.Option("--at", help="Newest snapshot at or before this ISO time.")] = None,
+    target: Annotated[Path | None, typer.Option("--target", help="Restore here instead of over the store.")] = None,
+    agent: Annotated[str | None, typer.Option("--agent", help="Only this agent.")] = None,
+    path: Annotated[list[str] | None, typer.Option("--path", help="Only paths matching this glob.")] = None,
+    exact: Annotated[bool, typer.Option("--exact/--no-exact", help="Remove files the snapshot lacks.")] = True,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="List the changes; write nothing.")] = False,
+    as_json: JsonOpt = False, enqueue: EnqueueOpt = False, wait: WaitOpt = False, timeout: TimeoutOpt = 6 * 3600.0,
+) -> None:
+    """Restore a snapshot (whole store, --agent, or --path) to --target or over the live store.
+
+    Over the live store a safety snapshot is taken first; its id is printed.
+    """
+    if (backup_id is None) == (at is None):
+        raise typer.BadParameter("give exactly one of --backup-id and --at")
+    kwargs = {"store": store_of(ctx), "backup_id": backup_id, "at": at,
+              "target": str(target) if target else None, "agent": agent, "paths": path or [], "exact": exact,
+              "dry_run": dry_run}
+    result = _run(backup_tasks.restore_, kwargs, as_json, enqueue, wait, timeout)
+    if result is None:
+        return
+    if as_json:
+        print_json(result)
+    else:
+        verb = "would restore" if result["dry_run"] else "restored"
+        console.print(f"{verb} [bold]{result['backup_id']}[/] into {result['target']}: "
+                      f"{len(result['added'])} added, {len(result['changed'])} changed, "
+                      f"{len(result['metadata'])} metadata reset, {len(result['removed'])} removed, "
+                      f"{result['unchanged']} unchanged")
+        if result.get("safety_backup_id"):
+            console.print(f"safety snapshot taken first: [bold]{result['safety_backup_id']}[/]")
+        if result["dry_run"]:
+            for label in ("added", "changed", "metadata", "removed"):
+                for p in result[label][:200]:
+                    console.print(f"  {label:8} {p}")
+        for err in result["errors"]:
+            console.print(f"  [red]error[/] {err['path']}: {err['reason']}")
+    _exit_for(result)
+
+
+@backup_app.command("verify")
+def verify(
+    ctx: typer.Context,
+    backup_id: Annotated[str | None, typer.Argument(help="Report on this snapshot only.")] = None,
+    read_data: Annotated[bool, typer.Option("--read-data", help="Decompress and re-hash every object.")] = False,
+    subset: Annotated[str | None, typer.Option("--read-data-subset", help="e.g. 10% (rotating) or 1/7.")] = None,
+    as_json: JsonOpt = False, enqueue: EnqueueOpt = False, wait: WaitOpt = False, timeout: TimeoutOpt = 6 * 3600.0,
+) -> None:
+    """Verify the repository: structure, and with --read-data every byte. Exit 2 on damage."""
+    result = _run(verify_tasks.verify, {"store": store_of(ctx), "backup_id": backup_id, "read_data": read_data,
+                                        "read_data_subset": subset}, as_json, enqueue, wait, timeout)
+    if result is None:
+        return
+    if as_json:
+        print_json(result)
+    else:
+        what = "structure and data" if result["read_data"] else "structure"
+        console.print(f"verify ({what}{', subset ' + result['subset'] if result['subset'] else ''}): "
+                      f"{styled(result['status'])}; {result['snapshots_checked']} snapshots, "
+                      f"{result['packs_checked']} packs, {result['objects_read']} objects read "
+                      f"({_human(result['bytes_read'])}) in {result['duration_seconds']:.2f} s")
+        for p in result["errors"]:
+            console.print(f"  [red]{p['kind']}[/] {p['location']}: {p['message']}")
+            if p["files"]:
+                shown = ", ".join(p["files"][:10]) + (" ..." if len(p["files"]) > 10 else "")
+                console.print(f"    affects {shown}")
+        for sid, state in result["verified"].items():
+            if state == "failed":
+                console.print(f"  snapshot {sid}: [red]failed[/]")
+    _exit_for(result)
+
+
+@backup_app.command("rotate")
+def rotate(
+    ctx: typer.Context,
+    keep_last: Annotated[int | None, typer.Option("--keep-last")] = None,
+    keep_hourly: Annotated[int | None, typer.Option("--keep-hourly")] = None,
+    keep_daily: Annotated[int | None, typer.Option("--keep-daily")] = None,
+    keep_weekly: Annotated[int | None, typer.Option("--keep-weekly")] = None,
+    keep_monthly: Annotated[int | None, typer.Option("--keep-monthly")] = None,
+    keep_yearly: Annotated[int | None, typer.Option("--keep-yearly")] = None,
+    keep_within: Annotated[str | None, typer.Option("--keep-within", help="e.g. 7d, 1y2m")] = None,
+    retention_days: Annotated[float | None, typer.Option("--retention-days")] = None,
+    max_backups: Annotated[int | None, typer.Option("--max-backups")] = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Show the decisions only.")] = False,
+    as_json: JsonOpt = False, enqueue: EnqueueOpt = False, wait: WaitOpt = False, timeout: TimeoutOpt = 6 * 3600.0,
+) -> None:
+    """Apply a retention policy (restic's --keep-* rules; default the seeds' 30 days / 100 backups), then prune."""
+    keep = {"keep_last": keep_last, "keep_hourly": keep_hourly, "keep_daily": keep_daily,
+            "keep_weekly": keep_weekly, "keep_monthly": keep_monthly, "keep_yearly": keep_yearly,
+            "keep_within": keep_within, "retention_days": retention_days, "max_backups": max_backups}
+    result = _run(backup_tasks.rotate_, {"store": store_of(ctx), "keep": keep, "dry_run": dry_run}, as_json,
+                  enqueue, wait, timeout)
+    if result is None:
+        return
+    if as_json:
+        print_json(result)
+        return
+    verb = "would remove" if result["dry_run"] else "removed"
+    console.print(f"kept {len(result['kept'])} snapshots, {verb} {len(result['removed'])}")
+    for d in result["kept"]:
+        console.print(f"  keep   {d['backup_id']}  {d['time']}  ({', '.join(d['reasons'])})")
+    for d in result["removed"]:
+        console.print(f"  remove {d['backup_id']}  {d['time']}  ({', '.join(d['reasons'])})")
+    prune = result.get("prune")
+    if prune:
+        console.print(f"repository {_human(prune['bytes_before'])} -> {_human(prune['bytes_after'])}: "
+                      f"{prune['packs_deleted']} packs deleted, {prune['packs_repacked']} repacked")
+
+
+@backup_app.command("auto")
+def auto(ctx: typer.Context, as_json: JsonOpt = False, enqueue: EnqueueOpt = False, wait: WaitOpt = False,
+         timeout: TimeoutOpt = 6 * 3600.0) -> None:
+    """The seeds' daily job: incremental backup (full when none exists), then rotate."""
+    result = _run(backup_tasks.auto, {"store": store_of(ctx)}, as_json, enqueue, wait, timeout)
+    if result is None:
+        return
+    if as_json:
+        print_json(result)
+    else:
+        b, r = result["backup"], result["rotate"]
+        console.print(f"snapshot [bold]{b['backup_id']}[/] ({b['backup_type']}, {b['file_count']} files); "
+                      f"rotate kept {len(r['kept'])}, removed {len(r['removed'])}")
+    _exit_for(result)

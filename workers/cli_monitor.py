@@ -1,0 +1,136 @@
+"""``aml <memory_path> monitor health|metrics|alerts|report``: the seeds' monitoring commands."""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from aml.health.report_html import render_html
+from aml.store.atomic import atomic_write
+from tasks import health as health_tasks
+from workers.cli_common import EnqueueOpt, JsonOpt, TimeoutOpt, WaitOpt, run_task, store_of
+from workers.render import console, print_json, render_alerts, render_health, render_metrics
+
+monitor_app = typer.Typer(help="Health checks, alerts, metrics and reports.", no_args_is_help=True)
+
+
+@monitor_app.command("health")
+def health(
+    ctx: typer.Context,
+    as_json: JsonOpt = False,
+    enqueue: EnqueueOpt = False,
+    wait: WaitOpt = False,
+    timeout: TimeoutOpt = 600.0,
+    lookups: Annotated[int, typer.Option(help="Record lookups timed by the performance check.")] = 50,
+) -> None:
+    """Run the six health checks; raise/resolve alerts; record metrics. Exit 0 healthy, 1 warning, 2 critical."""
+    result = run_task(health_tasks.check, {"store": store_of(ctx), "lookup_sample": lookups},
+                      enqueue=enqueue, wait=wait, timeout=timeout, as_json=as_json)
+    if result is None:
+        return
+    report = result["report"]
+    if as_json:
+        print_json(report)
+    else:
+        render_health(report)
+    raise typer.Exit(int(report["status_code"]))
+
+
+CHART_METRICS = ("store_bytes", "store_records", "integrity_failures", "query_time", "health_duration")
+"""Store-wide series charted by the HTML report (plus ``agent_bytes`` per agent)."""
+
+
+def _series(samples: list[dict[str, Any]]) -> dict[str, tuple[str, list[tuple[datetime, float]]]]:
+    out: dict[str, tuple[str, list[tuple[datetime, float]]]] = {}
+    for s in samples:
+        if s["name"] in CHART_METRICS and s["subject"] is None:
+            title = s["name"]
+        elif s["name"] == "agent_bytes":
+            title = f"agent_bytes {s['subject']}"
+        else:
+            continue
+        out.setdefault(title, (s["unit"], []))[1].append((datetime.fromisoformat(s["time"].replace("Z", "+00:00")),
+                                                          float(s["value"])))
+    return out
+
+
+@monitor_app.command("report")
+def report(
+    ctx: typer.Context,
+    as_json: JsonOpt = False,
+    fmt: Annotated[str, typer.Option("--format", "-f", help="json, text or html.")] = "text",
+    output: Annotated[Path | None, typer.Option("--output", "-o", help="Write the report to this file.")] = None,
+    hours: Annotated[float, typer.Option(help="Time series window for the HTML charts, hours.")] = 24 * 30,
+    enqueue: EnqueueOpt = False,
+    wait: WaitOpt = False,
+    timeout: TimeoutOpt = 600.0,
+) -> None:
+    """The seeds' monitoring report (`... monitor report --json | jq '.performance'`); --format html
+    writes a self-contained page with charts of the recorded time series."""
+    fmt = "json" if as_json else fmt
+    if fmt not in ("json", "text", "html"):
+        raise typer.BadParameter("--format must be json, text or html")
+    store = store_of(ctx)
+    result = run_task(health_tasks.check, {"store": store}, enqueue=enqueue, wait=wait, timeout=timeout,
+                      as_json=fmt == "json")
+    if result is None:
+        return
+    data = result["report"]
+    if fmt == "html":
+        samples = run_task(health_tasks.metrics, {"store": store, "hours": hours}, enqueue=False, wait=False,
+                           timeout=0, as_json=False)
+        assert samples is not None
+        page = render_html(data, _series(samples["samples"]))
+        target = output or Path("aml-report.html")
+        atomic_write(target, page.encode())
+        console.print(f"wrote {target} ({len(page):,} bytes): status {data['status']}")
+    elif fmt == "json":
+        text = json.dumps(data, indent=2, default=str) + "\n"
+        if output is not None:
+            atomic_write(output, text.encode())
+        print_json(data)
+    else:
+        if output is not None:
+            atomic_write(output, (json.dumps(data, indent=2, default=str) + "\n").encode())
+        render_health(data)
+    raise typer.Exit(int(data["status_code"]))
+
+
+@monitor_app.command("alerts")
+def alerts(
+    ctx: typer.Context,
+    as_json: JsonOpt = False,
+    all_: Annotated[bool, typer.Option("--all", help="Include resolved alerts.")] = False,
+    limit: Annotated[int, typer.Option(help="Maximum alerts listed.")] = 100,
+) -> None:
+    """List the store's alerts from the catalog (open ones by default)."""
+    result = run_task(health_tasks.alerts, {"store": store_of(ctx), "include_resolved": all_, "limit": limit},
+                      enqueue=False, wait=False, timeout=0, as_json=as_json)
+    assert result is not None
+    if as_json:
+        print_json(result)
+    else:
+        render_alerts(result["alerts"])
+
+
+@monitor_app.command("metrics")
+def metrics(
+    ctx: typer.Context,
+    as_json: JsonOpt = False,
+    name: Annotated[str | None, typer.Option(help="Only this metric.")] = None,
+    hours: Annotated[float, typer.Option(help="How far back, hours.")] = 24.0,
+) -> None:
+    """Show the recorded time series of the store (latest values; --json for every sample)."""
+    result = run_task(health_tasks.metrics, {"store": store_of(ctx), "name": name, "hours": hours},
+                      enqueue=False, wait=False, timeout=0, as_json=as_json)
+    assert result is not None
+    if as_json:
+        print_json(result)
+    elif not result["samples"]:
+        console.print("no metric samples yet: run `monitor health` first")
+    else:
+        render_metrics(result["samples"])

@@ -1,0 +1,186 @@
+"""``aml <memory_path> prune [...]`` and ``aml <memory_path> prune undo <run_id>``: the seeds' prune command.
+
+The seeds' form works as they wrote it: ``--strategies`` and ``--agents`` take several values after
+one flag (``--strategies time_based performance_based``), as argparse's ``nargs='+'`` does; repeating
+the flag works too.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+import typer
+from rich.table import Table
+from typer.core import TyperGroup
+
+from aml.prune.config import DEFAULT_STRATEGIES, STRATEGIES
+from tasks import prune as prune_tasks
+from workers.cli_common import EnqueueOpt, JsonOpt, TimeoutOpt, WaitOpt, run_task, store_of
+from workers.render import console, print_json, styled
+
+MULTI_VALUE_OPTIONS = ("--strategies", "--agents")
+"""Options that take every following word up to the next option (argparse ``nargs='+'``)."""
+
+SUBCOMMANDS = frozenset({"undo"})
+
+
+def expand_multi_values(args: list[str]) -> list[str]:
+    """Rewrite ``--strategies a b`` as ``--strategies a --strategies b`` (the same for ``--agents``).
+
+    Words after such an option are taken as its values until the next word starting with ``-`` or a
+    sub-command name (``undo``)."""
+    out: list[str] = []
+    i = 0
+    while i < len(args):
+        word = args[i]
+        flag, eq, inline = word.partition("=")
+        if flag in MULTI_VALUE_OPTIONS:
+            values = [inline] if eq else []
+            i += 1
+            while i < len(args) and not args[i].startswith("-") and (args[i] not in SUBCOMMANDS or not values):
+                values.append(args[i])
+                i += 1
+            if not values:
+                out.append(flag)  # let click report the missing value
+            for v in values:
+                out.extend([flag, v])
+            continue
+        if word == "--":
+            out.extend(args[i:])
+            break
+        out.append(word)
+        i += 1
+    return out
+
+
+class PruneGroup(TyperGroup):
+    """The ``prune`` group: accepts several values after ``--strategies``/``--agents``."""
+
+    def parse_args(self, ctx: Any, args: list[str]) -> list[str]:  # ctx: typer's (vendored) click Context
+        return super().parse_args(ctx, expand_multi_values(list(args)))
+
+
+prune_app = typer.Typer(cls=PruneGroup, invoke_without_command=True, no_args_is_help=False,
+                        help="Remove or archive low-value records (plan, --dry-run, safety snapshot, undo).")
+
+StrategiesOpt = Annotated[
+    list[str] | None,
+    typer.Option("--strategies", help=f"Strategies ({', '.join(STRATEGIES)}); several may follow the flag. "
+                                      f"Default: {' '.join(DEFAULT_STRATEGIES)}."),
+]
+
+
+def _exit_for(result: dict[str, Any]) -> None:
+    status = result.get("status")
+    if status in ("failure", "skipped"):
+        raise typer.Exit(2)
+    if status == "warning":
+        raise typer.Exit(1)
+
+
+def _value(v: float | None) -> str:
+    return "-" if v is None else f"{v:.3f}"
+
+
+def render_plan(result: dict[str, Any], limit: int) -> None:
+    """Print a prune result: the plan as a table (at most ``limit`` rows), counts, and what was done."""
+    plan = result["plan"]
+    counts = plan["counts"]
+    table = Table(show_header=True, header_style="bold",
+                  title=f"prune plan: {counts['total']} records ({counts['removed']} to remove, "
+                        f"{counts['archived']} to archive) of {plan['records_scanned']} scanned")
+    for col in ("agent", "collection", "record", "reason", "value", "action"):
+        table.add_column(col, justify="right" if col == "value" else "left")
+    actions = plan["actions"]
+    for a in actions[:limit]:
+        record = a["record_id"] if len(a["record_id"]) <= 40 else "…" + a["record_id"][-39:]
+        table.add_row(a["agent"], a["collection"], record, a["reason"], _value(a["value"]), a["action"])
+    console.print(table)
+    more = counts["total"] - min(limit, len(actions))
+    if more > 0:
+        console.print(f"  … {more} more (use --json for every row, or --limit)")
+    if counts["by_reason"]:
+        console.print("  by reason: " + ", ".join(f"{k} {v}" for k, v in counts["by_reason"].items()))
+    if plan["preserved"]:
+        console.print(f"  kept for their value (≥ {plan['config']['high_value_threshold']}): {len(plan['preserved'])}")
+    for err in plan["errors"]:
+        console.print(f"  [yellow]not read[/] {err['relpath'] or err['path']}: {err['reason']}")
+    if result["dry_run"]:
+        console.print("dry run: nothing was changed")
+        return
+    applied = result.get("applied")
+    if applied is None:
+        console.print("nothing to prune")
+        return
+    console.print(f"{styled(result['status'])}: removed {applied['removed']}, archived {applied['archived']} in "
+                  f"{len(applied['documents'])} documents, {applied['bytes_freed']:,} bytes freed; pre-prune "
+                  f"snapshot [bold]{result['backup_id']}[/]", soft_wrap=True)
+    for c in applied["conflicts"]:
+        console.print(f"  [yellow]left alone[/] {c['document']}: {c['reason']}")
+    if applied.get("error"):
+        console.print(f"  [red]stopped[/]: {applied['error']}")
+    console.print(f"undo with: aml {result['store']} prune undo {result['run_id']}", soft_wrap=True)
+
+
+@prune_app.callback(invoke_without_command=True)
+def prune(
+    ctx: typer.Context,
+    strategies: StrategiesOpt = None,
+    agents: Annotated[list[str] | None, typer.Option("--agents", help="Only these agents (several may follow).")]
+    = None,
+    aggressive: Annotated[bool, typer.Option("--aggressive", help="Seeds' aggressive thresholds: 60/120 days, "
+                                                                  "success < 30 %.")] = False,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the plan and change nothing.")] = False,
+    agent_limit_mib: Annotated[float | None, typer.Option(help="Space-based: agent limit in MiB (1024² bytes); "
+                                                               "default 80.")] = None,
+    store_limit_mib: Annotated[float | None, typer.Option(help="Space-based: store limit in MiB; default 800.")]
+    = None,
+    now: Annotated[str | None, typer.Option(help="Reference instant (ISO 8601) for ages; default now.",
+                                            hidden=True)] = None,
+    limit: Annotated[int, typer.Option(help="Rows of the plan table shown.")] = 50,
+    as_json: JsonOpt = False,
+    enqueue: EnqueueOpt = False,
+    wait: WaitOpt = False,
+    timeout: TimeoutOpt = 3 * 3600.0,
+) -> None:
+    """Plan and prune: `aml <memory_path> prune [--strategies time_based performance_based space_based]
+    [--aggressive] [--dry-run] [--json]`."""
+    if ctx.invoked_subcommand is not None:
+        return
+    overrides = {k: v for k, v in (("agent_limit_mib", agent_limit_mib), ("store_limit_mib", store_limit_mib))
+                 if v is not None}
+    kwargs = {"store": store_of(ctx), "strategies": strategies or None, "aggressive": aggressive,
+              "dry_run": dry_run, "agents": agents or None, "now": now, "overrides": overrides or None}
+    result = run_task(prune_tasks.run, kwargs, enqueue=enqueue, wait=wait, timeout=timeout, as_json=as_json)
+    if result is None:
+        return
+    if as_json:
+        print_json(result)
+    else:
+        render_plan(result, limit)
+    _exit_for(result)
+
+
+@prune_app.command("undo")
+def undo(
+    ctx: typer.Context,
+    run_id: Annotated[str, typer.Argument(help="The prune run to undo (printed by `prune`).")],
+    as_json: JsonOpt = False,
+    enqueue: EnqueueOpt = False,
+    wait: WaitOpt = False,
+    timeout: TimeoutOpt = 3 * 3600.0,
+) -> None:
+    """Put back exactly the records a prune run removed or archived (later changes are kept)."""
+    result = run_task(prune_tasks.undo, {"store": store_of(ctx), "run_id": run_id}, enqueue=enqueue, wait=wait,
+                      timeout=timeout, as_json=as_json)
+    if result is None:
+        return
+    if as_json:
+        print_json(result)
+    else:
+        console.print(f"{styled(result['status'])}: undo of {result['run_id']}: restored {result['restored']} of "
+                      f"{result['records']} records ({result['already_present']} already present, "
+                      f"{result['already_undone']} undone before); pre-undo snapshot {result['backup_id'] or '-'}")
+        for f in result["failed"]:
+            console.print(f"  [yellow]not restored[/] {f['document']}: {f['reason']}")
+    _exit_for(result)
