@@ -22,7 +22,7 @@ from workers.cli_monitor import monitor_app
 from workers.cli_optimize import optimize_app
 from workers.cli_optimize import query as query_command
 from workers.cli_prune import prune_app
-from workers.cli_service import db_app, service_app
+from workers.cli_service import service_app
 
 store_app = typer.Typer(
     name="aml <memory_path>",
@@ -36,8 +36,6 @@ store_app.add_typer(optimize_app, name="optimize")
 store_app.add_typer(prune_app, name="prune")
 store_app.add_typer(migrate_app, name="migrate")
 store_app.command("query")(query_command)
-
-service_app.add_typer(db_app, name="db")
 
 SERVICE_COMMANDS = frozenset({"worker", "beat", "flower", "db", "demo"})
 

@@ -17,6 +17,7 @@ service_app = typer.Typer(
     add_completion=False,
 )
 db_app = typer.Typer(help="The catalog's schema (Alembic migrations).", no_args_is_help=True)
+service_app.add_typer(db_app, name="db")
 
 
 def _catalog_url() -> str:
