@@ -45,6 +45,9 @@ class SampleSpec:
         patterns, solutions, decisions: items per agent.
         days: span of the timeline in days, ending at ``end``.
         gzip_every: every n-th agent's files are written as gzip bytes under ``.json`` names (0: none).
+        idle_agents: the last this many agents stopped working ``idle_days`` before ``end`` (retired
+            agents whose files are cold: what ``optimize compress`` is for).
+        idle_days: how long the idle agents have been idle, days.
         end: last instant of the timeline (default: now, UTC).
         seed: random seed.
     """
@@ -55,6 +58,8 @@ class SampleSpec:
     decisions: int = 20
     days: int = 180
     gzip_every: int = 2
+    idle_agents: int = 0
+    idle_days: int = 45
     end: datetime | None = None
     seed: int = 7
 
@@ -139,7 +144,6 @@ def generate_loom_store(root: Path, spec: SampleSpec | None = None) -> dict[str,
     rng = random.Random(spec.seed)
     end = spec.end or datetime.now(UTC).replace(microsecond=0)
     start = end - timedelta(days=spec.days)
-    span = (end - start).total_seconds()
     root.mkdir(parents=True, exist_ok=True)
     for d in ("global", "audit", "backup"):
         (root / d).mkdir(exist_ok=True)
@@ -152,18 +156,22 @@ def generate_loom_store(root: Path, spec: SampleSpec | None = None) -> dict[str,
                  sync_dir=False)
     summary: dict[str, Any] = {"root": str(root), "agents": {}, "bytes": 0}
 
-    def when() -> datetime:
-        return start + timedelta(seconds=rng.random() * span)
-
     for i in range(spec.agents):
         agent = _agent_name(i)
+        idle = i >= spec.agents - spec.idle_agents
+        agent_end = end - timedelta(days=spec.idle_days) if idle else end
+        agent_span = max(0.0, (agent_end - start).total_seconds())
+
+        def when(agent_span: float = agent_span) -> datetime:
+            return start + timedelta(seconds=rng.random() * agent_span)
+
         adir = root / agent
         adir.mkdir(exist_ok=True)
         gz = bool(spec.gzip_every) and i % spec.gzip_every == spec.gzip_every - 1
         made = sorted(when() for _ in range(spec.patterns))
         patterns = []
         for created in made:
-            last = created + timedelta(seconds=rng.random() * (end - created).total_seconds())
+            last = created + timedelta(seconds=rng.random() * max(0.0, (agent_end - created).total_seconds()))
             patterns.append(_pattern(rng, agent, created, last))
         solutions = [_solution(rng, agent, t) for t in sorted(when() for _ in range(spec.solutions))]
         decisions = [_decision(rng, agent, t) for t in sorted(when() for _ in range(spec.decisions))]

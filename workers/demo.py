@@ -7,6 +7,8 @@ step to :data:`DEMO_STEPS` (in the order the demo runs them).
 
 from __future__ import annotations
 
+import json
+import os
 import shutil
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -14,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from aml.sample import SampleSpec, generate_loom_store
+from aml.store import atomic_write, decode, encode
 from workers.dispatch import execute
 from workers.render import console, render_health, styled
 
@@ -42,6 +45,62 @@ def step_health(ctx: DemoContext) -> None:
     report = run_task(health_tasks.check, store=str(ctx.root))["report"]
     render_health(report)
     ctx.notes.append(f"health {styled(report['status'])}")
+
+
+def _append_item(path: Path, item: dict[str, Any]) -> None:
+    """Append ``item`` to the JSON list in ``path``, keeping its encoding (an agent learning something)."""
+    data, encoding = decode(path.read_bytes())
+    items = json.loads(data)
+    items.append(item)
+    atomic_write(path, encode(json.dumps(items, indent=2).encode(), encoding))
+
+
+def _tree(root: Path) -> dict[str, tuple[bytes, int]]:
+    """Every file below ``root``: relative path -> (content, mtime_ns)."""
+    out: dict[str, tuple[bytes, int]] = {}
+    for dirpath, _dirs, files in os.walk(root):
+        for name in files:
+            path = Path(dirpath) / name
+            out[path.relative_to(root).as_posix()] = (path.read_bytes(), path.stat().st_mtime_ns)
+    return out
+
+
+def step_backup(ctx: DemoContext) -> None:
+    """backup: a full snapshot, a few changed files, an incremental one, verify, restore to a new folder."""
+    from tasks import backup as backup_tasks
+    from tasks import verify as verify_tasks
+
+    store = str(ctx.root)
+    full = run_task(backup_tasks.create, store=store, description="demo: first snapshot")
+    console.print(f"create: {full['backup_id']} ({full['backup_type']}), {full['file_count']} files, "
+                  f"{full['total_size_bytes']:,} bytes, {full['stored_bytes']:,} bytes stored in "
+                  f"{full['packs_written']} pack(s)")
+    agents = sorted(p.name for p in ctx.root.iterdir() if (p / "patterns.json").is_file())
+    for n, agent in enumerate(agents[:2]):  # the agents keep working: two documents change
+        _append_item(ctx.root / agent / "decisions.json",
+                     {"id": f"demo-decision-{n}", "agent": agent, "timestamp": "2026-01-01T00:00:00.000Z",
+                      "decision": {"type": "fix-strategy", "question": "Ship the hotfix today?",
+                                   "chosenOption": "yes, behind a flag"}, "active": True})
+    incr = run_task(backup_tasks.create, store=store, incremental=True)
+    console.print(f"create --incremental: {incr['backup_id']} (parent {incr['parent_backup_id']}): "
+                  f"{incr['files_read']} changed files read, {incr['files_unchanged']} unchanged skipped, "
+                  f"{incr['bytes_added']:,} new bytes")
+    checked = run_task(verify_tasks.verify, store=store, read_data=True)
+    console.print(f"verify --read-data: {styled(checked['status'])}, "
+                  + ", ".join(f"{k} {v}" for k, v in checked["verified"].items()))
+    target = ctx.directory / "restored"
+    if target.exists():
+        shutil.rmtree(target)
+    restored = run_task(backup_tasks.restore_, store=store, backup_id=incr["backup_id"], target=str(target))
+    source, copy = _tree(ctx.root), _tree(target)
+    same = source == copy
+    console.print(f"restore {incr['backup_id']} -> {target}: {restored['files_written']} files, "
+                  f"{restored['bytes_written']:,} bytes; "
+                  + (f"[green]byte-identical to the store, mtimes kept[/] ({len(source)} files)" if same
+                     else f"[red]differs from the store[/]: {sorted(set(source) ^ set(copy))[:5]}"))
+    if not same:
+        raise RuntimeError("restored copy differs from the store")
+    ctx.notes.append(f"backup: 2 snapshots verified, restore identical ({len(source)} files)")
 
 
 def step_optimize(ctx: DemoContext) -> None:
@@ -76,6 +135,7 @@ def step_prune(ctx: DemoContext) -> None:
     small = {"agent_limit_mib": 0.05}  # the sample agents are small: a 50 KiB limit shows space pruning
     plan = run_task(prune_tasks.run, store=str(ctx.root), strategies=strategies, dry_run=True, overrides=small)
     counts = plan["plan"]["counts"]
+    console.print("(agent limit lowered to 0.05 MiB for the demo, so that space pruning has work)")
     console.print(f"dry run: {counts['total']} of {plan['plan']['records_scanned']} records would go "
                   f"({counts['removed']} removed, {counts['archived']} archived): "
                   + ", ".join(f"{k} {v}" for k, v in counts["by_reason"].items()))
@@ -107,11 +167,22 @@ def step_migrate(ctx: DemoContext) -> None:
     ctx.notes.append(f"migrate: {dry['records']} records to 2.0.0 and back to 1.0.0")
 
 
+def step_health_after(ctx: DemoContext) -> None:
+    """monitor health again: the backups and the index now exist, and the alerts they raised resolve."""
+    from tasks import health as health_tasks
+
+    report = run_task(health_tasks.check, store=str(ctx.root))["report"]
+    render_health(report)
+    ctx.notes.append(f"health after maintenance {styled(report['status'])}")
+
+
 DEMO_STEPS: list[tuple[str, Callable[[DemoContext], None]]] = [
     ("monitor health", step_health),
+    ("backup", step_backup),
     ("optimize", step_optimize),
     ("prune", step_prune),
     ("migrate", step_migrate),
+    ("monitor health (after maintenance)", step_health_after),
 ]
 """(title, step) in the order the demo runs them."""
 
@@ -131,7 +202,7 @@ def run_demo(directory: Path, *, seed: int = 7) -> int:
     if (directory / ".loom").exists():
         shutil.rmtree(directory / ".loom")
     console.rule("[bold]sample store")
-    made = generate_loom_store(root, SampleSpec(seed=seed))
+    made = generate_loom_store(root, SampleSpec(agents=5, seed=seed, idle_agents=1))
     n = sum(a["patterns"] + a["solutions"] + a["decisions"] for a in made["agents"].values())
     gz = sum(1 for a in made["agents"].values() if a["gzip"])
     console.print(f"wrote {root}: {len(made['agents'])} agents, {n} records, {made['bytes']:,} bytes "
