@@ -243,8 +243,11 @@ def apply_plan(plan: Plan, *, run_id: str | None = None, on_file: FileCallback |
         fsync_dir(directory)
     journal.sync_progress()
 
-    if plan.schema_error is None:
-        doc = _schema_doc(plan, journal, run_id, changed)
+    left_alone = [p["relpath"] or p["path"] for p in result.problems]
+    if plan.schema_error is None and not (left_alone and not journal.schema_existed):
+        # A store with files left alone holds two versions: it keeps its old claim (none stays none),
+        # and the history entry says the run was incomplete and names them. A rerun finishes it.
+        doc = _schema_doc(plan, journal, run_id, changed, left_alone)
         journal.keep_original(SCHEMA_FILE)
         if not (plan.root / "config").is_dir():
             (plan.root / "config").mkdir()
@@ -287,9 +290,14 @@ def _content_for(plan: Plan, fp: FilePlan, agents: frozenset[str], ctx: StepCont
     return fresh.new_bytes, fresh
 
 
-def _schema_doc(plan: Plan, journal: Journal, run_id: str, changed: int) -> dict[str, Any]:
+def _schema_doc(plan: Plan, journal: Journal, run_id: str, changed: int, left_alone: list[str]) -> dict[str, Any]:
     """The new ``config/schema_version.json``: Loom's keys first, the writer's timestamp style kept,
-    one ``migration_history`` entry added for this migration."""
+    one ``migration_history`` entry added for this migration.
+
+    When files were ``left_alone`` (unreadable, or lossy since planning) the store does not hold the
+    target version: ``version`` keeps the old claim, and the entry gets ``"status": "incomplete"`` and
+    the files (at most 100). Loom's MigrationManager trusts ``version``; claiming the target would hide
+    the unmigrated files from it and from aml's next run."""
     old = dict(plan.schema_doc or {})
     style = detect_style(old.get("updated_at"))
     now = now_utc()
@@ -298,7 +306,11 @@ def _schema_doc(plan: Plan, journal: Journal, run_id: str, changed: int) -> dict
     history = list(history) if isinstance(history, list) else []
     history.append({"from": journal.source.get("label", plan.source_label), "to": plan.target, "at": stamp,
                     "by": "aml", "run_ids": list(journal.run_ids), "records_changed": changed})
-    doc: dict[str, Any] = {"version": plan.target, "updated_at": stamp, "migration_history": history}
+    version: Any = plan.target
+    if left_alone:
+        history[-1].update({"status": "incomplete", "left_alone": left_alone[:100]})
+        version = old.get("version")
+    doc: dict[str, Any] = {"version": version, "updated_at": stamp, "migration_history": history}
     doc.update({k: v for k, v in old.items() if k not in doc})
     return doc
 
