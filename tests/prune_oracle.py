@@ -76,7 +76,8 @@ def clamp(x: float) -> float:
 
 
 def value_of(collection: str, item: dict[str, Any], now: datetime, half_life: float = 30.0) -> float:
-    """value = 0.9 * B + 0.1 * 2^(-age/30 d); B = Loom's weighted mean over the terms the record has."""
+    """value = max(B, 0.9 * B + 0.1 * 2^(-age/30 d)); B = Loom's weighted mean over the terms the record has
+    (recency only adds credit: a record Loom scores >= 0.85 is preserved however old)."""
     terms: list[tuple[float, float]] = []
     if collection == "patterns":
         s = num(dig(item, ("performance", "success_rate"), ("metrics", "successRate")))
@@ -109,7 +110,7 @@ def value_of(collection: str, item: dict[str, Any], now: datetime, half_life: fl
         last = ts(item.get("reviewedAt")) or ts(item.get("timestamp"))
     base = sum(w * x for w, x in terms) / sum(w for w, _ in terms)
     recency = 0.0 if last is None else 2 ** (-max(0.0, (now - last).total_seconds() / DAY_S) / half_life)
-    return 0.9 * base + 0.1 * recency
+    return max(base, 0.9 * base + 0.1 * recency)
 
 
 def metric_average(item: dict[str, Any]) -> float | None:

@@ -125,10 +125,14 @@ def test_value_score_formula() -> None:
     full = ValueInputs(1.0, 1.0, 50, 1000.0, now)
     assert value_score(full, now) == pytest.approx(1.0)
     loom = ValueInputs(0.5, 0.3, 1, 0.0, None)  # a new pattern, never used: Loom's 0.294, no recency
-    assert value_score(loom, now) == pytest.approx(0.9 * (0.4 * 0.5 + 0.3 * 0.3 + 0.2 / 50))
+    base = 0.4 * 0.5 + 0.3 * 0.3 + 0.2 / 50
+    assert value_score(loom, now) == pytest.approx(base)  # no recency credit: exactly Loom's score
     month = ValueInputs(0.5, 0.3, 1, 0.0, datetime(2026, 10, 24, tzinfo=UTC))  # 30 days: recency 1/2
-    assert value_score(month, now) - value_score(loom, now) == pytest.approx(0.05)
+    assert value_score(month, now) == pytest.approx(0.9 * base + 0.1 * 0.5)
+    stale = ValueInputs(0.9, 0.9, 45, 600.0, datetime(2025, 1, 1, tzinfo=UTC))  # Loom 0.87, unused 2 years
+    assert value_score(stale, now) == pytest.approx(0.4 * 0.9 + 0.3 * 0.9 + 0.2 * 0.9 + 0.1 * 0.6)
+    assert value_score(stale, now) >= 0.85  # recency never takes away what Loom's formula gives
     decision = ValueInputs(1.0, 1.0, None, None, None)  # renormalised over success + confidence
-    assert value_score(decision, now) == pytest.approx(0.9)
+    assert value_score(decision, now) == pytest.approx(1.0)
     future = ValueInputs(0.0, 0.0, 0, 0.0, datetime(2027, 1, 1, tzinfo=UTC))
     assert value_score(future, now) == pytest.approx(0.1)  # recency is capped at 1

@@ -63,18 +63,18 @@ def value_score(inputs: ValueInputs, now: datetime, *, half_life_days: float = 3
             x_usage      = min(max(executions, 0) / 50, 1)            w = 0.2
             x_time_saved = min(max(time_saved_ms, 0) / 1000, 1)       w = 0.1
         R = 2 ** (-max(0, now - last_used) / half_life)               (0 when last_used is unknown)
-        value = 0.9 * B + 0.1 * R
+        value = max(B, 0.9 * B + 0.1 * R)
 
     Sources: ``B`` with all four terms is exactly Loom's
     ``0.4·success + 0.3·confidence + 0.2·min(executions/50, 1) + 0.1·min(time_saved_ms/1000, 1)``
     (``scripts/aml/pruning.py``, ``_calculate_value_score``). The recency term uses a 30-day
     half-life (Loom's TypeScript ``PatternModel.calculateWeight`` decays recency over 30 days, and 30
-    days is the common choice elsewhere). Its weight, 0.1, is chosen so that the seeds' 0.85
-    preservation threshold keeps its meaning: a record with ``B >= 0.85 / 0.9 ≈ 0.944`` stays
-    preserved however long it is unused, and recent use can lift a record with ``B >= 0.833`` over
-    the threshold; recency mainly orders the many middling records for space-based pruning.
-    Renormalising over the terms present lets decisions (which have no executions or time saved)
-    use the full 0-1 range.
+    days is the common choice elsewhere). Recency can only *add* credit: ``value >= B`` always, so
+    the seeds' 0.85 preservation threshold keeps exactly Loom's meaning (a record Loom scores at
+    least 0.85 is preserved however long it is unused), while recent use (``R > B``) lifts middling
+    records, which orders them for space-based pruning (a fresh 0.5 record scores 0.55, a stale one
+    0.5). Renormalising over the terms present lets decisions (which have no executions or time
+    saved) use the full 0-1 range.
 
     Args:
         inputs: the record's inputs (:func:`loom_value_inputs`).
@@ -99,7 +99,7 @@ def value_score(inputs: ValueInputs, now: datetime, *, half_life_days: float = 3
     if inputs.last_used is not None:
         age_days = max(0.0, (now - inputs.last_used).total_seconds() / SECONDS_PER_DAY)
         recency = math.pow(2.0, -age_days / half_life_days)
-    return (1.0 - RECENCY_WEIGHT) * base + RECENCY_WEIGHT * recency
+    return max(base, (1.0 - RECENCY_WEIGHT) * base + RECENCY_WEIGHT * recency)
 
 
 def loom_value_inputs(collection: str, item: Mapping[str, Any]) -> ValueInputs:
