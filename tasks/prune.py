@@ -59,7 +59,7 @@ def run_body(store_id: str, run_id: str, *, strategies: Sequence[str] | None, ag
                                   "applied": None}
         if dry_run or not plan.actions:
             return result
-        snapshot = safety_snapshot(catalog, store_id, root, settings, reason="pre-prune")
+        snapshot = safety_snapshot(catalog, store_id, root, settings, reason="pre-prune", tags=[f"prune:{run_id}"])
         result["backup_id"] = snapshot.backup_id
         archive_root = repository_for(root, settings).path / ARCHIVE_DIR
         applied = apply_plan(plan, run_id=run_id, archive_root=archive_root)
@@ -128,6 +128,18 @@ def run(
                                        dry_run=dry_run))
 
 
+def _no_rows_message(catalog: Catalog, store_id: str, run_id: str) -> str:
+    """Why ``undo`` has nothing to put back: an unknown run, or a run killed between its rewrites and
+    its catalog rows, whose pre-prune snapshot (tagged ``prune:<run_id>``) is then named."""
+    with catalog(write=False) as session:
+        tagged = [b.backup_id for b in queries.list_backups(session, store_id) if f"prune:{run_id}" in (b.tags or [])]
+    if not tagged:
+        return f"no prune run {run_id!r} recorded for {store_id}"
+    return (f"prune run {run_id!r} recorded no actions (it was interrupted, or its catalog write failed); "
+            f"its pre-prune snapshot {tagged[-1]} holds the store as it was before the run: "
+            f"aml {store_id} backup restore --backup-id {tagged[-1]} --dry-run shows what that would put back")
+
+
 def undo_body(store_id: str, run_id: str) -> Any:
     """Build the operation body of ``prune undo`` (see :func:`tasks.base.run_operation`)."""
     settings = get_settings()
@@ -140,7 +152,7 @@ def undo_body(store_id: str, run_id: str) -> Any:
             entries = [UndoEntry(r.id, r.document_path, r.record_id, dict(r.record or {}))
                        for r in rows if r.undone_at is None]
         if not rows:
-            raise ValueError(f"no prune run {run_id!r} recorded for {store_id}")
+            raise ValueError(_no_rows_message(catalog, store_id, run_id))
         result: dict[str, Any] = {"run_id": run_id, "records": len(rows), "already_undone": len(rows) - len(entries),
                                   "restored": 0, "already_present": 0, "failed": [], "backup_id": None}
         if not entries:

@@ -157,3 +157,23 @@ def test_console_script_dry_run_json(tmp_path: Path) -> None:
     result = json.loads(proc.stdout)
     assert result["dry_run"] and result["plan"]["strategies"] == STRATEGIES
     assert snapshot_tree(store.parent) == before
+
+
+def test_undo_of_a_run_without_rows_names_its_pre_prune_snapshot(tmp_path: Path, aml_settings) -> None:
+    """A run killed between its rewrites and its catalog rows: undo cannot put records back one by
+    one, and says which snapshot holds the store as it was."""
+    from sqlalchemy import delete
+
+    from models.tables import PruneAction
+    from tasks import prune
+    from workers.catalog import session_scope
+
+    store = extract_loom("loom-gzip-v1.0", tmp_path)
+    result = apply(prune.run, store=str(store), strategies=STRATEGIES, now=NOW, overrides={"agent_limit_mib": 0.02})
+    assert result["status"] == "success" and result["backup_id"]
+    with session_scope(aml_settings.catalog_url) as session:  # the rows the killed run never wrote
+        session.execute(delete(PruneAction).where(PruneAction.run_id == result["run_id"]))
+    with pytest.raises(ValueError, match=f"pre-prune snapshot {result['backup_id']}"):
+        apply(prune.undo, store=str(store), run_id=result["run_id"])
+    with pytest.raises(ValueError, match="no prune run 'nope' recorded"):
+        apply(prune.undo, store=str(store), run_id="nope")
