@@ -6,7 +6,9 @@
 * Safe: every path of the manifest is validated before anything is written (no ``..``, no absolute
   paths, no empty components, no file used as a directory, no symlink entries); the target is accessed
   only through directory descriptors opened with ``O_NOFOLLOW`` one component at a time, so a symlink in
-  the target is never followed (in exact mode it is replaced, only the link itself is removed).
+  the target is never followed (in exact mode it is replaced, only the link itself is removed). A target
+  inside the repository, or one that contains the snapshot's source store or the repository without being
+  the source store itself (``<store>/..``), is refused (:func:`check_target`).
 * Fast and crash-safe: each file is written to a temporary name and renamed into place, without a
   per-file fsync; one ``syncfs`` of the target's file system at the end. Objects are read pack by pack in
   file order, each decompressed once however many files share it, and re-hashed before it is written;
@@ -44,7 +46,7 @@ from .pack import PackReader, pack_path, read_pack
 from .progress import ProgressCallback, Reporter
 from .repository import Repository, as_repository
 
-__all__ = ["RestoreResult", "resolve_at", "restore", "sync_filesystem", "validate_tables"]
+__all__ = ["RestoreResult", "check_target", "resolve_at", "restore", "sync_filesystem", "validate_tables"]
 
 
 @dataclass
@@ -523,6 +525,60 @@ def _write_files(
         res.errors.extend(e)
 
 
+def _within(path: str, ancestor: str) -> bool:
+    """True if the resolved ``path`` is ``ancestor`` or below it (both absolute and resolved)."""
+    return os.path.commonpath([path, ancestor]) == ancestor
+
+
+def check_target(
+    target: str | os.PathLike[str], repository: str | os.PathLike[str], source_path: str | None
+) -> str:
+    """Refuse a restore target that would let the restore damage the repository or the live store.
+
+    Checked on resolved paths (symlinks followed), before anything is read or written, in every mode
+    (an exact restore removes every entry of the target the snapshot does not have; a non-exact one
+    still writes the snapshot's top-level entries among the target's own).
+
+    Args:
+        target: the restore target directory (need not exist).
+        repository: the repository's root.
+        source_path: the absolute path of the store the snapshot was taken from (the manifest's
+            ``source_path``), or None when unknown (some legacy backups); a relative path is ignored.
+
+    Returns:
+        The repository's path relative to the target (``/``-separated) when the target is the source
+        store itself and holds the repository (an exact restore must leave it alone), else ``""``.
+
+    Raises:
+        UnsafePathError: the target is the repository or inside it; or the target contains the
+            snapshot's source store without being that store (e.g. ``<store>/..``); or the target
+            contains the repository without being the source store. The message names the target and
+            the reason.
+    """
+    target_abs = os.path.abspath(os.fspath(target))
+    real_target, real_repo = os.path.realpath(target_abs), os.path.realpath(repository)
+    if _within(real_target, real_repo):
+        raise UnsafePathError(f"restore target {target_abs!r} is inside the repository {str(repository)!r}")
+    real_source = os.path.realpath(source_path) if source_path and os.path.isabs(source_path) else None
+    if real_source is not None and real_target == real_source:
+        # over the live store (the task takes a safety snapshot first); a repository inside it is kept
+        if _within(real_repo, real_target):
+            return os.path.relpath(real_repo, real_target).replace(os.sep, "/")
+        return ""
+    if real_source is not None and _within(real_source, real_target):
+        raise UnsafePathError(
+            f"restore target {target_abs!r} contains the snapshot's source store {source_path!r}: an exact "
+            "restore would delete it and the snapshot's entries would mix with its neighbours; restore into "
+            "a new directory, or over the store itself"
+        )
+    if _within(real_repo, real_target):
+        raise UnsafePathError(
+            f"restore target {target_abs!r} contains the repository {str(repository)!r}: an exact restore "
+            "would delete entries beside it; restore into a new directory, or over the store itself"
+        )
+    return ""
+
+
 def _restore_tables(
     *,
     backup_id: str,
@@ -536,16 +592,12 @@ def _restore_tables(
     legacy: bool,
     progress: ProgressCallback | None,
     repository: Path,
+    source_path: str | None,
 ) -> RestoreResult:
     t0 = time.monotonic()
     validate_tables(files, dirs)
     target_abs = os.path.abspath(os.fspath(target))
-    real_target, real_repo = os.path.realpath(target_abs), os.path.realpath(repository)
-    if real_target == real_repo or real_target.startswith(real_repo + os.sep):
-        raise BackupError(f"restore target {target_abs!r} is inside the repository {str(repository)!r}")
-    protected = ""  # a repository inside the target is never touched by an exact restore
-    if real_repo.startswith(real_target + os.sep):
-        protected = os.path.relpath(real_repo, real_target).replace(os.sep, "/")
+    protected = check_target(target_abs, repository, source_path)  # never touched by an exact restore
     res = RestoreResult(backup_id=backup_id, target=target_abs, dry_run=dry_run, exact=exact, legacy=legacy)
     fsel, dsel = _select(files, dirs, scope)
     if scope.agent is not None and not fsel and not dsel:
@@ -704,7 +756,9 @@ def restore(
         backup_id: snapshot id (see :func:`~aml.backup.listing.list_snapshots`); legacy ids work too
             (an incremental legacy backup is applied on top of its parents).
         target: directory to restore into (created if missing). To restore over the live store, pass the
-            store's path (take a safety snapshot first; the task layer does).
+            store's path (take a safety snapshot first; the task layer does). A target that contains the
+            snapshot's source store or the repository (e.g. ``<store>/..``), other than the source store
+            itself, is refused (see :func:`check_target`).
         agent: restore only this top-level directory.
         paths: restore only paths matching these globs (``fnmatch``; a glob matching a directory covers
             everything below it), relative to the store root.
@@ -720,7 +774,9 @@ def restore(
 
     Raises:
         SnapshotNotFound: no snapshot or legacy backup has that id, or ``agent`` is not in it.
-        UnsafePathError: the manifest (or legacy archive) names an unsafe path; nothing was written.
+        UnsafePathError: the manifest (or legacy archive) names an unsafe path, or the target is unsafe
+            (inside the repository, or containing the source store or the repository without being the
+            source store); nothing was written.
         CorruptionError: the manifest is damaged, or objects it needs are missing from the index
             (checked before anything is written).
         LockError: an exclusive lock is held.
@@ -735,7 +791,7 @@ def restore(
     scope = _Scope(agent=agent, globs=globs, walk_roots=(agent,) if agent else ("",))
     native = (repo.snapshots_dir / f"{backup_id}.json").is_file() and repo.is_initialized()
     if not native:
-        from .legacy import legacy_tables
+        from .legacy import find_legacy, legacy_tables
 
         tables = legacy_tables(repo, backup_id)  # raises SnapshotNotFound
         lscope = _Scope(
@@ -762,6 +818,7 @@ def restore(
             legacy=True,
             progress=progress,
             repository=repo.path,
+            source_path=next((b.source_path for b in find_legacy(repo) if b.backup_id == backup_id), None),
         )
     with repo.lock(exclusive=False, operation="restore", wait=lock_wait):
         m = load_manifest(repo.path, backup_id)
@@ -803,6 +860,7 @@ def restore(
             legacy=False,
             progress=progress,
             repository=repo.path,
+            source_path=m.source_path,
         )
 
 
