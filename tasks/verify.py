@@ -35,10 +35,15 @@ def verify(self: Task, store: str, backup_id: str | None = None, read_data: bool
 
     Returns:
         :class:`aml.backup.CheckResult` as a dict plus ``verified`` (snapshot id -> ``"ok"`` or
-        ``"failed"``) and the task run fields; ``status`` is ``"failure"`` when damage was found.
+        ``"failed"``; a snapshot whose manifest is damaged is listed by the id of its file and
+        ``"failed"``) and the task run fields; ``status`` is ``"failure"`` when damage was found
+        (for ``backup_id``: damage affecting that snapshot). Each snapshot's catalog row gets the state,
+        with ``{"read_data", "subset", "paths", "problems": [{"kind", "location", "message"}]}`` as
+        detail.
 
     Raises:
         aml.backup.RepositoryNotFound: the store has no repository.
+        ValueError: ``backup_id`` is neither a listed snapshot nor a damaged one.
     """
     store_id = normalize_store(store)
 
@@ -48,16 +53,22 @@ def verify(self: Task, store: str, backup_id: str | None = None, read_data: bool
                        read_data_subset=read_data_subset, progress=task_progress(self))
         now = datetime.now(UTC)
         states: dict[str, str] = {}
+        # every listed snapshot, plus those check() found damaged that listing cannot parse (a damaged
+        # manifest header): they are named by their file name, snapshots/<backup_id>.json
+        ids = [info.backup_id for info in list_snapshots(repo)]
+        ids += sorted(set(result.damaged_snapshots) - set(ids))
         with catalog() as session:
-            for info in list_snapshots(repo):
-                if backup_id is not None and info.backup_id != backup_id:
+            for bid in ids:
+                if backup_id is not None and bid != backup_id:
                     continue
-                damaged = info.backup_id in result.damaged_snapshots
-                states[info.backup_id] = "failed" if damaged else "ok"
+                damaged = bid in result.damaged_snapshots
+                states[bid] = "failed" if damaged else "ok"
                 detail = {"read_data": result.read_data, "subset": result.subset,
-                          "paths": result.damaged_snapshots.get(info.backup_id, [])[:100]}
-                queries.set_backup_verification(session, backup_id=info.backup_id, status=states[info.backup_id],
-                                                detail=detail, verified_at=now)
+                          "paths": result.damaged_snapshots.get(bid, [])[:100],
+                          "problems": [{"kind": p.kind, "location": p.location, "message": p.message}
+                                       for p in result.errors if bid in p.snapshots][:20]}
+                queries.set_backup_verification(session, backup_id=bid, status=states[bid],
+                                                detail=detail, verified_at=now, repository=str(repo.path))
         if backup_id is not None and backup_id not in states:
             raise ValueError(f"no snapshot {backup_id} in {repo.path}")
         out = result.to_dict()

@@ -23,6 +23,7 @@ from aml.backup import (
     restore,
 )
 from aml.backup.index import list_index_ids, list_pack_ids
+from aml.backup.listing import list_damaged_snapshots
 from aml.backup.pack import FOOTER, pack_path
 from tests.backup_helpers import diff_states, flip_byte, make_json_store, mutate, small_repo, tree_state
 
@@ -161,6 +162,9 @@ def test_flipped_bit_in_a_manifest_header_is_found_even_when_it_still_parses(two
     assert prob.kind == "manifest_corrupt" and prob.snapshots == [t.s1]
     assert result.damaged_snapshots == {t.s1: ["<manifest>"]}
     assert t.s1 not in [s.backup_id for s in list_snapshots(t.repo)]  # never listed as restorable
+    [damaged] = list_damaged_snapshots(t.repo)  # ... but not hidden either
+    assert (damaged.backup_id, damaged.location) == (t.s1, f"snapshots/{t.s1}.json")
+    assert "checksum" in damaged.reason
     with pytest.raises(CorruptionError):
         restore(t.repo, t.s1, t.store.parent / "out")
 
@@ -187,6 +191,38 @@ def test_missing_or_truncated_pack_is_found_by_the_structure_check(two_snapshots
     [prob] = result.errors
     assert prob.kind == "pack_missing" and oid in prob.objects
     assert f"{t.s1}:{victim}" in prob.files and f"{t.s2}:{victim}" in prob.files
+    with pytest.raises(CorruptionError, match="nothing was written"):
+        restore(t.repo, t.s1, t.store.parent / "out")
+
+
+def test_truncated_pack_names_its_snapshots_and_files_without_reading_data(two_snapshots: Setup) -> None:
+    t = two_snapshots
+    victim = next(p for p in ["agent-0/doc-001.json", "agent-3/doc-020.json"] if p not in t.changed)
+    oid = _object_of(t.repo, t.s1, victim)
+    index = load_index(t.repo.path)
+    pack_id = index.objects[oid][0]
+    in_pack = {o for o, loc in index.objects.items() if loc[0] == pack_id}
+    path = pack_path(t.repo.path, pack_id)
+    size = path.stat().st_size
+    path.chmod(0o644)
+    with open(path, "r+b") as fh:
+        fh.truncate(size - 5)
+
+    result = check(t.repo)  # structure only
+    assert not result.ok
+    [prob] = result.errors
+    assert prob.kind == "pack_size" and prob.location == f"packs/{pack_id[:2]}/{pack_id}"
+    assert f"{size - 5} bytes" in prob.message and str(size) in prob.message
+    assert oid in prob.objects and set(prob.objects) <= in_pack
+    assert sorted(prob.snapshots) == sorted([t.s1, t.s2])
+    assert f"{t.s1}:{victim}" in prob.files and f"{t.s2}:{victim}" in prob.files
+    assert victim in result.damaged_snapshots[t.s1] and victim in result.damaged_snapshots[t.s2]
+    # every file named is one whose object the index places in that pack
+    for f in prob.files:
+        bid, rel = f.split(":", 1)
+        assert _object_of(t.repo, bid, rel) in in_pack
+    # read-data does not report it a second time
+    assert [p.kind for p in check(t.repo, read_data=True).errors] == ["pack_size"]
     with pytest.raises(CorruptionError, match="nothing was written"):
         restore(t.repo, t.s1, t.store.parent / "out")
 

@@ -2,7 +2,9 @@
 
 Structure (always): every index file's sha256 matches its name and it parses; every manifest header
 matches its embedded checksum and its body matches its sha256 and decodes; every object a manifest
-references is in the index; every pack the index names exists with the recorded size.
+references is in the index; every pack the index names exists with the recorded size (a missing or
+truncated pack is named with the objects the index places in it, and the snapshots and files that
+reference them, without reading data).
 
 Data (``read_data``, or a rotating ``read_data_subset``): each selected pack is read once, its sha256 is
 compared with its name (any flipped bit anywhere in the file), and every object in it is decompressed
@@ -233,6 +235,7 @@ def check(
         on_disk = set(list_pack_ids(root))
         pack_ok: dict[str, bool] = {}
         missing_packs: list[str] = []
+        short_packs: list[tuple[str, int, int]] = []  # (pack id, actual size, indexed size)
         for pack_id, size in index.packs.items():
             res.packs_checked += 1
             if pack_id not in on_disk:
@@ -241,13 +244,11 @@ def check(
                 continue
             actual = os.stat(pack_path(root, pack_id)).st_size
             if actual != size:
-                res.errors.append(
-                    Problem(
-                        "pack_size",
-                        f"packs/{pack_id[:2]}/{pack_id}",
-                        f"pack {pack_id} is {actual} bytes, index says {size}",
-                    )
-                )
+                # named with its objects, snapshots and files below, once the manifests are read; restore
+                # refuses such a pack, so it is not read back either
+                short_packs.append((pack_id, actual, size))
+                pack_ok[pack_id] = False
+                continue
             pack_ok[pack_id] = True
         for pack_id in sorted(on_disk - set(index.packs)):
             res.warnings.append(
@@ -341,12 +342,16 @@ def check(
             if p.kind == "index_corrupt":
                 for o in p.objects:
                     damaged_objects.setdefault(o, []).append(p)
-        for pack_id in missing_packs:
+        # a missing pack, or one whose size differs from the index's (truncated, or grown), loses every
+        # object the index places in it: those referenced are named, with their snapshots and files
+        lost_packs = [(pack_id, "pack_missing", "is missing") for pack_id in missing_packs]
+        lost_packs += [(pid, "pack_size", f"is {actual} bytes, index says {size}") for pid, actual, size in short_packs]
+        for pack_id, kind, what in lost_packs:
             objs = [e[0] for e in index.pack_entries[pack_id] if index.objects.get(e[0], ("",))[0] == pack_id]
             prob = Problem(
-                "pack_missing",
+                kind,
                 f"packs/{pack_id[:2]}/{pack_id}",
-                f"pack {pack_id} is missing ({len(objs)} objects)",
+                f"pack {pack_id} {what} ({len(objs)} objects)",
                 objects=sorted(set(objs) & referenced),
             )
             res.errors.append(prob)

@@ -13,7 +13,7 @@ from .legacy import find_legacy
 from .manifest import read_header
 from .repository import Repository, as_repository
 
-__all__ = ["SnapshotInfo", "list_snapshots"]
+__all__ = ["DamagedSnapshot", "SnapshotInfo", "list_damaged_snapshots", "list_snapshots"]
 
 
 @dataclass
@@ -69,12 +69,57 @@ class SnapshotInfo:
         }
 
 
+@dataclass
+class DamagedSnapshot:
+    """One entry of :func:`list_damaged_snapshots`: a manifest header that cannot be trusted.
+
+    Attributes:
+        backup_id: the id its file name gives (``snapshots/<backup_id>.json``).
+        location: that file, relative to the repository root.
+        reason: why it is unreadable (does not parse, checksum mismatch, names another id, ...).
+    """
+
+    backup_id: str
+    location: str
+    reason: str
+
+    def to_dict(self) -> dict[str, Any]:
+        """Return a JSON-ready dict ``{"backup_id", "location", "reason"}``."""
+        return {"backup_id": self.backup_id, "location": self.location, "reason": self.reason}
+
+
+def list_damaged_snapshots(repo: Repository | str | os.PathLike[str]) -> list[DamagedSnapshot]:
+    """List the native snapshots whose manifest header is present but damaged.
+
+    These are the ones :func:`list_snapshots` leaves out (they cannot be restored); a caller that lists
+    snapshots for a person should show them too, so a damaged snapshot is never mistaken for an absent
+    one. Only the header is read (the body is checked by :func:`~aml.backup.checker.check`).
+
+    Args:
+        repo: the repository (or its path); an uninitialised folder has none.
+
+    Returns:
+        :class:`DamagedSnapshot` entries sorted by backup id.
+    """
+    repo = as_repository(repo)
+    out: list[DamagedSnapshot] = []
+    for backup_id in repo.snapshot_ids():
+        try:
+            read_header(repo.path, backup_id)
+        except SnapshotNotFound:
+            continue  # removed meanwhile (forget), or not a snapshot name
+        except CorruptionError as exc:
+            out.append(DamagedSnapshot(backup_id, exc.location or f"snapshots/{backup_id}.json", str(exc)))
+    return out
+
+
 def list_snapshots(repo: Repository | str | os.PathLike[str], *, include_legacy: bool = True) -> list[SnapshotInfo]:
     """List the snapshots of a repository, oldest first.
 
-    aml snapshots are those whose manifest header is present and intact (a header that fails its
-    checksum is not listed; :func:`~aml.backup.checker.check` reports it). Legacy Loom backups are
-    included with ``legacy=True`` unless ``include_legacy`` is False.
+    aml snapshots are those whose manifest header is present and intact. A header that is present but
+    damaged is not listed here (it cannot be restored): :func:`list_damaged_snapshots` returns those,
+    and :func:`~aml.backup.checker.check` reports them. Legacy Loom backups are included with
+    ``legacy=True`` unless ``include_legacy`` is False.
 
     Args:
         repo: the repository (or its path); it need not be initialised (legacy-only folders).
