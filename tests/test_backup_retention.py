@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
@@ -131,6 +131,20 @@ CASES = [
         T("2024-06-30 00:00"),
     ),
     ("an empty policy keeps everything (restic refuses to act)", SUNDAYS[:3], RetentionPolicy(), SUNDAYS[:3], None),
+    (
+        "max_backups alone is a cap, not a rule: 10 daily snapshots, max_backups=5 keeps the newest 5",
+        [T("2024-05-01 02:00") + timedelta(days=i) for i in range(10)],
+        RetentionPolicy(max_backups=5),
+        [T("2024-05-01 02:00") + timedelta(days=i) for i in range(5, 10)],
+        T("2024-05-11 00:00"),
+    ),
+    (
+        "seeds: retention_days=3 (with the default cap) keeps those within 3 days",
+        [T("2024-05-01 02:00") + timedelta(days=i) for i in range(10)],
+        RetentionPolicy(retention_days=3, max_backups=100),
+        [T("2024-05-08 02:00"), T("2024-05-09 02:00"), T("2024-05-10 02:00")],
+        T("2024-05-11 00:00"),
+    ),
     ("keep-daily unlimited (-1)", SUNDAYS[:4], RetentionPolicy(keep_daily=-1), SUNDAYS[:4], None),
 ]
 
@@ -160,6 +174,27 @@ def test_reasons_follow_restic() -> None:
         RetentionPolicy(keep_tags=["keep,x"]),
     )
     assert {d.backup_id for d in tagged if d.keep} == {"a", "c"}
+
+
+def test_buckets_are_utc_days_not_the_snapshots_local_days() -> None:
+    # deliberate difference from restic (module docstring): 2024-05-02 00:30+02:00 is 2024-05-01 in UTC
+    plus2 = timezone(timedelta(hours=2))
+    a = datetime(2024, 5, 1, 12, 0, tzinfo=plus2)  # 10:00Z, May 1
+    b = datetime(2024, 5, 2, 0, 30, tzinfo=plus2)  # 22:30Z, May 1 (restic: local May 2)
+    c = datetime(2024, 5, 2, 14, 0, tzinfo=plus2)  # 12:00Z, May 2
+    kept = {d.backup_id for d in apply_policy([("a", a), ("b", b), ("c", c)], RetentionPolicy(keep_daily=2)) if d.keep}
+    assert kept == {"b", "c"}  # restic, bucketing by local day, would keep {"a", "c"}
+
+
+def test_max_backups_alone_reasons() -> None:
+    times = [T("2024-05-01 02:00") + timedelta(days=i) for i in range(4)]
+    decisions = apply_policy([(f"s{i}", t) for i, t in enumerate(times)], RetentionPolicy(max_backups=2))
+    assert [d.reasons for d in decisions] == [
+        ["no keep rule, within max_backups=2", "newest snapshot"],
+        ["no keep rule, within max_backups=2"],
+        ["over max_backups=2"],
+        ["over max_backups=2"],
+    ]
 
 
 def test_durations() -> None:

@@ -1,24 +1,35 @@
 """Retention (restic's ``forget``) and garbage collection (restic's ``prune``).
 
-Policy semantics follow restic's ``ApplyPolicy`` exactly (internal/data/snapshot_policy.go):
+Policy semantics follow restic's ``ApplyPolicy`` (internal/data/snapshot_policy.go), with one deliberate
+difference in time zones (below):
 
 * snapshots are sorted newest first; ``keep_last`` keeps the n newest;
 * ``keep_hourly/daily/weekly/monthly/yearly = n`` walk the list newest first and keep a snapshot whenever
-  its bucket (YYYYMMDDHH, YYYYMMDD, ISO year+week, YYYYMM, YYYY; UTC) differs from the last kept one's,
-  until n snapshots were kept for that rule (``-1`` = unlimited); if counts are left when the oldest
-  snapshot is reached, the oldest is kept too ("oldest ... snapshot");
+  its bucket (YYYYMMDDHH, YYYYMMDD, ISO year+week, YYYYMM, YYYY; in UTC) differs from the last kept
+  one's, until n snapshots were kept for that rule (``-1`` = unlimited); if counts are left when the
+  oldest snapshot is reached, the oldest is kept too ("oldest ... snapshot");
 * ``keep_within = "1y5m7d2h"`` (or a timedelta) keeps every snapshot strictly newer than the newest
-  snapshot's time minus the duration (calendar arithmetic like Go's ``AddDate``; the newest snapshot
-  taken in the future relative to ``now`` is ignored as the reference, as restic does);
+  snapshot's time minus the duration (calendar arithmetic like Go's ``AddDate``, done in UTC; the newest
+  snapshot taken in the future relative to ``now`` is ignored as the reference, as restic does);
 * ``keep_tags`` (restic's ``--keep-tag``) keeps snapshots carrying all tags of any of the tag lists;
 * a snapshot is removed only if no rule keeps it; a policy with no rule keeps everything;
 * snapshots are grouped by (hostname, source path), restic's default ``--group-by host,paths``, and the
   policy is applied to each group: stores sharing a repository never evict each other's snapshots.
 
+Time zones, a deliberate difference from restic: restic computes the buckets from each snapshot's
+*local* time (the UTC offset recorded when the snapshot was taken), so a snapshot taken at 00:30 in
+UTC+02:00 counts for that local day. aml converts every snapshot time to UTC first and computes buckets
+(and ``keep_within``'s calendar arithmetic) in UTC, because aml compares all times as aware UTC
+(DESIGN.md "Timestamps"): decisions then do not depend on the zone of the host that took a snapshot, and
+DST changes never shift a bucket. The same 00:30+02:00 snapshot counts for the previous day (22:30 UTC).
+Results equal restic's whenever snapshots were taken on hosts whose clocks run in UTC.
+
 aml adds the seeds' rules (BackupConfig): ``retention_days`` keeps snapshots taken within that many days
-before ``now``; ``max_backups`` then caps the kept set to the newest N (per group). The newest snapshot
-(of each group) is always kept. With no policy at all, :func:`forget` applies the seeds' defaults
-``retention_days=30, max_backups=100``. Legacy Loom backups are listed but never removed by aml.
+before ``now`` (a keep rule, ORed with the others); ``max_backups`` is not a keep rule but a cap: it then
+trims the kept set to the newest N (per group). A policy whose only setting is ``max_backups`` keeps the
+newest N. The newest snapshot (of each group) is always kept. With no policy at all, :func:`forget`
+applies the seeds' defaults ``retention_days=30, max_backups=100``. Legacy Loom backups are listed but
+never removed by aml.
 
 ``prune_unreferenced`` deletes objects that no manifest references: packs with no referenced object are
 deleted, packs with some are repacked (referenced frames copied as they are, after re-verifying them),
@@ -126,7 +137,8 @@ class RetentionPolicy:
         keep_tags: restic's ``--keep-tag``: each entry is a tag list ``"a,b"``; a snapshot having all
             tags of any entry is kept (``""`` matches untagged snapshots).
         retention_days: keep snapshots taken within this many days before ``now`` (seeds: 30).
-        max_backups: keep at most this many snapshots, the newest (seeds: 100).
+        max_backups: a cap, not a keep rule: of the snapshots the rules keep, keep at most this many,
+            the newest (seeds: 100). Alone (no keep rule), it keeps the newest ``max_backups``.
     """
 
     keep_last: int | None = None
@@ -145,8 +157,27 @@ class RetentionPolicy:
         """The seeds' BackupConfig defaults: ``retention_days=30``, ``max_backups=100``."""
         return cls(retention_days=30, max_backups=100)
 
+    def has_keep_rule(self) -> bool:
+        """True if a rule that keeps snapshots is set: a restic ``keep_*`` rule or ``retention_days``.
+
+        ``max_backups`` is not a keep rule: it only caps what the keep rules keep.
+        """
+        return any(
+            (
+                self.keep_last,
+                self.keep_hourly,
+                self.keep_daily,
+                self.keep_weekly,
+                self.keep_monthly,
+                self.keep_yearly,
+                self.keep_within,
+                self.keep_tags,
+                self.retention_days is not None,
+            )
+        )
+
     def is_empty(self) -> bool:
-        """True if no rule is set (then everything is kept)."""
+        """True if no rule is set, not even ``max_backups`` (then everything is kept)."""
         return not any(
             (
                 self.keep_last,
@@ -271,10 +302,13 @@ def apply_policy(
     if policy.keep_within:
         within = policy.keep_within if isinstance(policy.keep_within, timedelta) else parse_duration(policy.keep_within)
     cutoff_days = now - timedelta(days=policy.retention_days) if policy.retention_days is not None else None
+    cap_only = not policy.has_keep_rule()  # only max_backups: keep everything, then cap
     out: list[Decision] = []
     last_nr = len(items) - 1
     for nr, (bid, t, tags) in enumerate(items):
         reasons: list[str] = []
+        if cap_only:
+            reasons.append(f"no keep rule, within max_backups={policy.max_backups}")
         for taglist in policy.keep_tags:
             wanted = [x for x in taglist.split(",") if x]
             if (wanted and all(x in tags for x in wanted)) or (not wanted and not tags):
