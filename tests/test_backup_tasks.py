@@ -146,3 +146,28 @@ def test_cli_backup_round_trip_and_verify_exit_code(tmp_path: Path) -> None:
     broken = aml("backup", "verify")
     assert broken.returncode == 2
     assert index.name.encode() in broken.stdout
+
+
+def test_cli_reports_a_locked_store_and_exits_non_zero(tmp_path: Path, aml_settings, monkeypatch) -> None:
+    from typer.testing import CliRunner
+
+    from workers.app import app
+    from workers.cli import store_app
+    from workers.locks import store_lock
+
+    monkeypatch.setitem(app.conf, "aml_settings", aml_settings.replace(lock_timeout=0.3))
+    store = extract_loom("loom-plain-v1.0", tmp_path)
+    repo = store.parent / "memory-backup"
+    runner = CliRunner()
+    with store_lock(os.path.realpath(store), redis_url=None, lock_dir=aml_settings.home / "locks", wait_s=1):
+        for args in (["create"], ["rotate", "--max-backups", "5"], ["auto"], ["restore", "--backup-id", "x"]):
+            res = runner.invoke(store_app, ["backup", *args], obj={"store": str(store)})
+            assert res.exit_code == 2, (args, res.output, res.exception)
+            assert f"backup {args[0]} skipped" in res.output, res.output
+            assert "is locked by another operation" in res.output and "nothing was changed" in res.output
+        res = runner.invoke(store_app, ["backup", "create", "--json"], obj={"store": str(store)})
+        assert res.exit_code == 2
+        assert json.loads(res.stdout)["status"] == "skipped"
+    assert not any((repo / "snapshots").glob("*.json")) if (repo / "snapshots").exists() else True
+    created = runner.invoke(store_app, ["backup", "create"], obj={"store": str(store)})  # lock free: runs
+    assert created.exit_code == 0, created.output

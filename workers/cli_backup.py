@@ -6,13 +6,14 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from tasks import backup as backup_tasks
 from tasks import verify as verify_tasks
 from workers.cli_common import EnqueueOpt, JsonOpt, TimeoutOpt, WaitOpt, run_task, store_of
 from workers.progressbar import progress_bar
-from workers.render import console, print_json, styled
+from workers.render import console, err_console, print_json, styled
 
 backup_app = typer.Typer(help="Snapshots: create, list, restore (point in time), verify, rotate.",
                          no_args_is_help=True)
@@ -36,11 +37,42 @@ def _run(task: Any, kwargs: dict[str, Any], as_json: bool, enqueue: bool, wait: 
 
 
 def _exit_for(result: dict[str, Any]) -> None:
+    """Exit with the result's code: 2 for ``failure`` or ``skipped``, 1 for ``warning``, else return.
+
+    Raises:
+        typer.Exit: the status is not ``success``.
+    """
     status = result.get("status")
     if status in ("failure", "skipped"):
         raise typer.Exit(2)
     if status == "warning":
         raise typer.Exit(1)
+
+
+def _exit_if_skipped(result: dict[str, Any], action: str, as_json: bool) -> None:
+    """Report a task that did not run because the store was locked, then exit 2.
+
+    :func:`tasks.base.run_operation` returns ``{"status": "skipped", "reason": ...}`` (and the run
+    fields) when another destructive operation holds the store's lock: none of the action's own
+    fields are present, so this must be checked before rendering them.
+
+    Args:
+        result: the task's result dict.
+        action: the command, for the message (``"create"``, ``"rotate"``...).
+        as_json: print the result as JSON instead of the message.
+
+    Raises:
+        typer.Exit: code 2 when ``result["status"] == "skipped"``; otherwise returns.
+    """
+    if result.get("status") != "skipped":
+        return
+    if as_json:
+        print_json(result)
+    else:
+        reason = escape(str(result.get("reason") or "the store is locked by another operation"))
+        err_console.print(f"backup {action} {styled('skipped')}: {reason}; nothing was changed (store locked: "
+                          "retry when the other operation has finished)", soft_wrap=True)
+    raise typer.Exit(2)
 
 
 @backup_app.command("create")
@@ -57,6 +89,7 @@ def create(
                                         "description": description}, as_json, enqueue, wait, timeout)
     if result is None:
         return
+    _exit_if_skipped(result, "create", as_json)
     if as_json:
         print_json(result)
     else:
@@ -78,9 +111,14 @@ def list_(ctx: typer.Context, as_json: JsonOpt = False) -> None:
     if as_json:
         print_json(result)
         return
-    snaps = result["snapshots"]
+    snaps, damaged = result["snapshots"], result.get("damaged", [])
+    for d in damaged:
+        err_console.print(f"[red]damaged snapshot {d['backup_id']}[/] ({d['location']}): {d['reason']}; "
+                          "run `backup verify` to see what it affects")
     if not snaps:
         console.print(f"no snapshots in {result['repository']}")
+        if damaged:
+            raise typer.Exit(1)
         return
     table = Table(title=result["repository"], header_style="bold")
     table.add_column("id", no_wrap=True)
@@ -91,6 +129,8 @@ def list_(ctx: typer.Context, as_json: JsonOpt = False) -> None:
         table.add_row(s["backup_id"], kind, s["time"], str(s["file_count"]), _human(s["total_size_bytes"]),
                       _human(s["stored_size_bytes"]), s["verify_status"] or "-", ",".join(s["tags"]))
     console.print(table)
+    if damaged:
+        raise typer.Exit(1)
 
 
 @backup_app.command("restore")
@@ -117,6 +157,7 @@ def restore(
     result = _run(backup_tasks.restore_, kwargs, as_json, enqueue, wait, timeout)
     if result is None:
         return
+    _exit_if_skipped(result, "restore", as_json)
     if as_json:
         print_json(result)
     else:
@@ -191,8 +232,10 @@ def rotate(
                   enqueue, wait, timeout)
     if result is None:
         return
+    _exit_if_skipped(result, "rotate", as_json)
     if as_json:
         print_json(result)
+        _exit_for(result)
         return
     verb = "would remove" if result["dry_run"] else "removed"
     console.print(f"kept {len(result['kept'])} snapshots, {verb} {len(result['removed'])}")
@@ -204,6 +247,7 @@ def rotate(
     if prune:
         console.print(f"repository {_human(prune['bytes_before'])} -> {_human(prune['bytes_after'])}: "
                       f"{prune['packs_deleted']} packs deleted, {prune['packs_repacked']} repacked")
+    _exit_for(result)
 
 
 @backup_app.command("auto")
@@ -213,6 +257,7 @@ def auto(ctx: typer.Context, as_json: JsonOpt = False, enqueue: EnqueueOpt = Fal
     result = _run(backup_tasks.auto, {"store": store_of(ctx)}, as_json, enqueue, wait, timeout)
     if result is None:
         return
+    _exit_if_skipped(result, "auto", as_json)
     if as_json:
         print_json(result)
     else:
