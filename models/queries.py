@@ -422,9 +422,16 @@ def metric_series(
 # ----------------------------------------------------------------------------------- backups
 
 
-def get_backup(session: Session, backup_id: str) -> Backup | None:
-    """The snapshot row ``backup_id``, or ``None``."""
-    return session.scalars(select(Backup).where(Backup.backup_id == backup_id)).one_or_none()
+def get_backup(session: Session, backup_id: str, repository: str | None = None) -> Backup | None:
+    """The snapshot row ``backup_id`` of ``repository``, or ``None``.
+
+    Ids are unique per repository only. Without ``repository``, the newest row with that id (a
+    lookup by id alone is ambiguous only when two repositories took a snapshot in the same second).
+    """
+    stmt = select(Backup).where(Backup.backup_id == backup_id)
+    if repository is not None:
+        stmt = stmt.where(Backup.repository == repository)
+    return session.scalars(stmt.order_by(Backup.id.desc()).limit(1)).first()
 
 
 def record_backup(
@@ -443,13 +450,13 @@ def record_backup(
     tags: Sequence[str] = (),
     description: str | None = None,
 ) -> Backup:
-    """Insert or update (by ``backup_id``) the row of one snapshot; idempotent.
+    """Insert or update (by ``repository`` and ``backup_id``) the row of one snapshot; idempotent.
 
     Updating keeps the verification state. Sizes are bytes: ``total_size_bytes`` of the store's
     files, ``stored_size_bytes`` added to the repository by this snapshot.
     """
     kind = _choice(backup_type, BackupType, "backup_type")  # validate before touching the session
-    row = get_backup(session, backup_id)
+    row = get_backup(session, backup_id, repository)
     if row is None:
         row = Backup(backup_id=backup_id, verify_status=VerifyStatus.UNVERIFIED.value)
         session.add(row)
@@ -475,15 +482,17 @@ def set_backup_verification(
     status: str | VerifyStatus,
     detail: Mapping[str, Any] | None = None,
     verified_at: datetime | None = None,
+    repository: str | None = None,
 ) -> Backup | None:
-    """Record the outcome of verifying snapshot ``backup_id`` (``ok``/``failed``/``unverified``).
+    """Record the outcome of verifying snapshot ``backup_id`` of ``repository`` (``ok``/``failed``/
+    ``unverified``); see :func:`get_backup` for a lookup without ``repository``.
 
     Returns:
         The updated row, or ``None`` when the snapshot is not in the catalog (e.g. a legacy
         Loom backup).
     """
     value = _choice(status, VerifyStatus, "verify_status")
-    row = get_backup(session, backup_id)
+    row = get_backup(session, backup_id, repository)
     if row is None:
         return None
     row.verify_status = value
@@ -510,8 +519,9 @@ def list_backups(session: Session, store: str | None = None) -> list[Backup]:
     return list(session.scalars(stmt.order_by(Backup.created_at, Backup.id)))
 
 
-def delete_backups(session: Session, backup_ids: Iterable[str]) -> int:
-    """Remove the rows of snapshots that retention deleted from the repository.
+def delete_backups(session: Session, backup_ids: Iterable[str], repository: str | None = None) -> int:
+    """Remove the rows of snapshots that retention deleted from ``repository`` (every repository's
+    rows with those ids when ``None``).
 
     Returns:
         The number of rows deleted.
@@ -519,9 +529,10 @@ def delete_backups(session: Session, backup_ids: Iterable[str]) -> int:
     ids = list(backup_ids)
     if not ids:
         return 0
-    result = session.execute(
-        delete(Backup).where(Backup.backup_id.in_(ids)).execution_options(synchronize_session="fetch")
-    )
+    stmt = delete(Backup).where(Backup.backup_id.in_(ids))
+    if repository is not None:
+        stmt = stmt.where(Backup.repository == repository)
+    result = session.execute(stmt.execution_options(synchronize_session="fetch"))
     return int(getattr(result, "rowcount", 0) or 0)
 
 

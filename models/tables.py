@@ -21,6 +21,7 @@ from sqlalchemy import (
     Integer,
     String,
     Text,
+    UniqueConstraint,
     text,
 )
 from sqlalchemy.orm import Mapped, mapped_column
@@ -136,7 +137,7 @@ class Backup(Base):
     __tablename__ = "backups"
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
-    backup_id: Mapped[str] = mapped_column(String(64), unique=True)
+    backup_id: Mapped[str] = mapped_column(String(64))
     store: Mapped[str] = mapped_column(Text)
     repository: Mapped[str] = mapped_column(Text)
     backup_type: Mapped[str] = mapped_column(String(16))
@@ -155,6 +156,8 @@ class Backup(Base):
     __table_args__ = (
         CheckConstraint(_in("backup_type", BackupType), name="backup_type"),
         CheckConstraint(_in("verify_status", VerifyStatus), name="verify_status"),
+        # Ids are unique inside one repository only (two stores backed up in the same second share one).
+        UniqueConstraint("repository", "backup_id"),
         Index("ix_backups_store_created_at", "store", "created_at"),
     )
 

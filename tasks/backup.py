@@ -19,6 +19,7 @@ from aml.backup import (
     RetentionPolicy,
     SnapshotResult,
     create_snapshot,
+    list_damaged_snapshots,
     list_snapshots,
     resolve_at,
     restore,
@@ -30,6 +31,7 @@ from tasks.base import Catalog, normalize_store, run_operation, store_path
 from tasks.progress import task_progress
 from tasks.snapshots import record_snapshot, repository_for, safety_snapshot
 from workers.app import get_settings
+from workers.settings import Settings
 
 
 def _snapshot_result(result: SnapshotResult) -> dict[str, Any]:
@@ -79,8 +81,10 @@ def list_(self: Task, store: str) -> dict[str, Any]:
     """List the snapshots of a store's repository (aml's and Loom's legacy backups), oldest first.
 
     Returns:
-        ``{"repository", "snapshots": [SnapshotInfo dict + stored_size_bytes, verify_status,
-        verified_at]}``; catalog fields are ``None`` for snapshots the catalog does not know.
+        ``{"repository", "store", "snapshots": [SnapshotInfo dict + stored_size_bytes, verify_status,
+        verified_at], "damaged": [{"backup_id", "location", "reason"}]}``; catalog fields are ``None``
+        for snapshots the catalog does not know; ``damaged`` lists snapshots whose manifest header
+        cannot be read (they cannot be restored; ``backup verify`` names what they held).
     """
     from workers.catalog import session_scope
 
@@ -88,8 +92,9 @@ def list_(self: Task, store: str) -> dict[str, Any]:
     root = store_path(store_id)
     repo = repository_for(root, get_settings())
     infos = list_snapshots(repo.path) if repo.path.exists() else []
+    damaged = [d.to_dict() for d in list_damaged_snapshots(repo.path)] if repo.path.exists() else []
     with session_scope(get_settings().catalog_url, write=False) as session:
-        rows = {b.backup_id: b for b in queries.list_backups(session, store_id)}
+        rows = {b.backup_id: b for b in queries.list_backups(session, store_id) if b.repository == str(repo.path)}
         out = []
         for info in infos:
             d = info.to_dict()
@@ -98,7 +103,7 @@ def list_(self: Task, store: str) -> dict[str, Any]:
             d["verify_status"] = row.verify_status if row else None
             d["verified_at"] = row.verified_at.isoformat().replace("+00:00", "Z") if row and row.verified_at else None
             out.append(d)
-    return {"repository": str(repo.path), "store": store_id, "snapshots": out}
+    return {"repository": str(repo.path), "store": store_id, "snapshots": out, "damaged": damaged}
 
 
 @shared_task(bind=True, name="aml.backup.restore")
@@ -158,20 +163,56 @@ def restore_(self: Task, store: str, backup_id: str | None = None, at: str | Non
                          body=body, destructive=over_live and not dry_run)
 
 
-def _policy(keep: dict[str, Any] | None) -> RetentionPolicy:
-    settings = get_settings()
-    keep = {k: v for k, v in (keep or {}).items() if v is not None}
-    if not keep:
-        return RetentionPolicy(retention_days=settings.retention_days, max_backups=settings.max_backups)
-    return RetentionPolicy(**keep)
+_KEEP_RULES = ("keep_last", "keep_hourly", "keep_daily", "keep_weekly", "keep_monthly", "keep_yearly",
+               "keep_within", "keep_tags")
+"""restic's keep options: when any is given, these rules (plus an explicit ``retention_days``) decide."""
+
+_POLICY_FIELDS = frozenset(_KEEP_RULES) | {"retention_days", "max_backups"}
 
 
-def _rotate(store_id: str, keep: dict[str, Any] | None, dry_run: bool, catalog: Catalog) -> dict[str, Any]:
+def _policy(keep: dict[str, Any] | None, settings: Settings | None = None) -> RetentionPolicy:
+    """Translate the task's ``keep`` options into the retention policy applied.
+
+    ``max_backups`` is a cap on top of the keep rules, never a rule that replaces them:
+
+    * no restic keep option given: the seeds' rule, ``retention_days`` (the given value, else the
+      setting, 30), capped by ``max_backups`` (the given value, else the setting, 100);
+    * any restic keep option (``keep_last/hourly/daily/weekly/monthly/yearly/within/tags``, non-zero)
+      given: those rules decide with restic's semantics, ORed with ``retention_days`` only if it was
+      given, and capped by ``max_backups`` only if it was given (``--keep-last 200`` keeps 200, as
+      restic does, not the seeds' 100).
+
+    The newest snapshot is always kept (:func:`aml.backup.apply_policy`).
+
+    Args:
+        keep: :class:`aml.backup.RetentionPolicy` field names to values; ``None`` values count as not given.
+        settings: runtime settings for the defaults (default: the app's).
+
+    Returns:
+        The :class:`aml.backup.RetentionPolicy`.
+
+    Raises:
+        ValueError: ``keep`` names an unknown option.
+    """
+    settings = settings or get_settings()
+    given = {k: v for k, v in (keep or {}).items() if v is not None}
+    unknown = sorted(set(given) - _POLICY_FIELDS)
+    if unknown:
+        raise ValueError(f"unknown retention options: {', '.join(unknown)}")
+    max_backups = given.pop("max_backups", None)
+    if any(given.get(k) for k in _KEEP_RULES):
+        return RetentionPolicy(**given, max_backups=max_backups)
+    return RetentionPolicy(retention_days=given.get("retention_days", settings.retention_days),
+                           max_backups=settings.max_backups if max_backups is None else max_backups)
+
+
+def _rotate(store_id: str, policy: RetentionPolicy, dry_run: bool, catalog: Catalog) -> dict[str, Any]:
     root = store_path(store_id)
-    result = rotate(repository_for(root, get_settings()), _policy(keep), dry_run=dry_run)
+    repo = repository_for(root, get_settings())
+    result = rotate(repo, policy, dry_run=dry_run)
     if not dry_run and result.removed:
         with catalog() as session:
-            queries.delete_backups(session, [d.backup_id for d in result.removed])
+            queries.delete_backups(session, [d.backup_id for d in result.removed], repository=str(repo.path))
     return result.to_dict()
 
 
@@ -183,18 +224,24 @@ def rotate_(self: Task, store: str, keep: dict[str, Any] | None = None, dry_run:
         store: store path.
         keep: :class:`aml.backup.RetentionPolicy` fields (``keep_last``, ``keep_hourly``,
             ``keep_daily``, ``keep_weekly``, ``keep_monthly``, ``keep_yearly``, ``keep_within``,
-            ``retention_days``, ``max_backups``); default the seeds' ``retention_days=30``,
-            ``max_backups=100`` (``AML_RETENTION_DAYS``, ``AML_MAX_BACKUPS``). The newest snapshot is
-            always kept.
+            ``keep_tags``, ``retention_days``, ``max_backups``; ``None`` = not given). Without restic
+            ``keep_*`` options the seeds' rule applies: ``retention_days`` (default 30,
+            ``AML_RETENTION_DAYS``); with them, they decide (restic semantics). Either way
+            ``max_backups`` (default 100, ``AML_MAX_BACKUPS``) caps the kept set to the newest N, and
+            the newest snapshot is always kept.
         dry_run: report the decisions only.
 
     Returns:
         :class:`aml.backup.ForgetResult` as a dict plus the task run fields.
+
+    Raises:
+        ValueError: ``keep`` names an unknown option.
     """
     store_id = normalize_store(store)
+    policy = _policy(keep)  # bad options fail before the store is locked
     return run_operation(task_id=self.request.id, operation="backup", store=store_id,
                          arguments={"action": "rotate", "keep": keep, "dry_run": dry_run},
-                         body=lambda catalog: _rotate(store_id, keep, dry_run, catalog),
+                         body=lambda catalog: _rotate(store_id, policy, dry_run, catalog),
                          destructive=not dry_run)
 
 
@@ -209,7 +256,7 @@ def auto(self: Task, store: str) -> dict[str, Any]:
 
     def body(catalog: Catalog) -> dict[str, Any]:
         snap = _create(self, store_id, True, ["auto"], "daily automatic backup", catalog)
-        rotated = _rotate(store_id, None, False, catalog)
+        rotated = _rotate(store_id, _policy(None), False, catalog)
         return {"backup": snap.to_dict(), "rotate": rotated, "backup_id": snap.backup_id,
                 "status": "warning" if snap.errors else "success"}
 

@@ -9,6 +9,7 @@ the catalog marks as failed verification stays failed whatever the summary says.
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +38,11 @@ def _summary_entries(repo: Path) -> list[dict[str, Any]]:
     return [b for b in backups if isinstance(b, dict)] if isinstance(backups, list) else []
 
 
+def _other_store(source: object, here: str) -> bool:
+    """``source`` (a summary entry's ``source_path``) is an existing directory other than ``here``."""
+    return isinstance(source, str) and bool(source) and os.path.isdir(source) and os.path.realpath(source) != here
+
+
 def backup_evidence(session: Session, store_id: str, store_root: Path, settings: Settings) -> list[BackupEvidence]:
     """Every snapshot known for ``store_id``.
 
@@ -47,15 +53,22 @@ def backup_evidence(session: Session, store_id: str, store_root: Path, settings:
         settings: runtime settings (backup root).
 
     Returns:
-        One :class:`BackupEvidence` per backup id (catalog state wins over the summary).
+        One :class:`BackupEvidence` per backup id (catalog state wins over the summary). Summary
+        entries whose ``source_path`` names another store (a shared ``AML_BACKUP_ROOT``) are not
+        this store's evidence; entries without one, or naming a path absent here (Loom summaries written
+        on another host), are.
     """
     found: dict[str, BackupEvidence] = {}
     repo = repository_path(store_root, settings)
+    here = os.path.realpath(store_root)
+    shared = bool(settings.backup_root)
     for entry in _summary_entries(repo):
         when = parse_timestamp(entry.get("timestamp"))
         backup_id = entry.get("backup_id")
         if when is None or not isinstance(backup_id, str):
             continue
+        if shared and _other_store(entry.get("source_path"), here):
+            continue  # another store's snapshot in a shared AML_BACKUP_ROOT
         found[backup_id] = BackupEvidence(backup_id, when, str(repo))
     for row in queries.list_backups(session, store_id):
         found[row.backup_id] = BackupEvidence(row.backup_id, row.created_at, "catalog", row.verify_status)

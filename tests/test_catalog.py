@@ -25,7 +25,7 @@ from alembic.runtime.migration import MigrationContext
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import IntegrityError
 
-from models import Alert, Base, MetricSample, TaskRun
+from models import Alert, Backup, Base, MetricSample, TaskRun
 from models import queries as q
 from workers import catalog
 
@@ -88,7 +88,7 @@ def _tables(url: str) -> set[str]:
 def test_upgrade_downgrade_upgrade(db_url: str) -> None:
     assert catalog.current_revision(db_url) is None
     catalog.upgrade(db_url)
-    assert catalog.current_revision(db_url) == catalog.head_revision() == "0001"
+    assert catalog.current_revision(db_url) == catalog.head_revision() == "0002"
     assert _tables(db_url) >= CATALOG_TABLES
 
     catalog.downgrade(db_url, "base")
@@ -188,7 +188,7 @@ def test_alembic_config_works_from_any_directory(tmp_path: Path, monkeypatch: py
     monkeypatch.chdir(tmp_path)
     cfg = catalog.alembic_config("sqlite://")
     assert Path(str(cfg.get_main_option("script_location"))) == REPO / "alembic"
-    assert catalog.head_revision() == "0001"
+    assert catalog.head_revision() == "0002"
 
 
 def test_default_url_from_aml_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -550,6 +550,58 @@ def test_backups_latest_and_verification(migrated: str) -> None:
         assert [b.backup_id for b in q.list_backups(session, "/s")] == ["full_1", "incr_2"]
         assert q.delete_backups(session, ["full_1", "missing"]) == 1
         assert [b.backup_id for b in q.list_backups(session)] == ["incr_2"]
+
+
+def test_two_repositories_may_share_a_backup_id(migrated: str) -> None:
+    """Ids are unique per repository: two stores backed up by beat in the same second keep a row each,
+    and verification and retention act on the right one."""
+
+    def record(session: sa.orm.Session, store: str, repository: str) -> None:
+        q.record_backup(session, backup_id="incr_20261202_020000", store=store, repository=repository,
+                        backup_type="incremental", created_at=T0, file_count=1, total_size_bytes=2,
+                        stored_size_bytes=1)
+
+    with catalog.session_scope(migrated) as session:
+        record(session, "/a", "/a-backup")
+        record(session, "/b", "/b-backup")
+        assert q.set_backup_verification(session, backup_id="incr_20261202_020000", status="failed",
+                                         repository="/a-backup")
+    with catalog.session_scope(migrated) as session:
+        (a,), (b,) = q.list_backups(session, "/a"), q.list_backups(session, "/b")
+        assert (a.repository, a.verify_status) == ("/a-backup", "failed")
+        assert (b.repository, b.verify_status) == ("/b-backup", "unverified")
+        assert q.delete_backups(session, ["incr_20261202_020000"], repository="/b-backup") == 1
+    with catalog.session_scope(migrated) as session:
+        assert [r.store for r in q.list_backups(session)] == ["/a"]
+    with pytest.raises(sa.exc.IntegrityError), catalog.session_scope(migrated) as session:
+        # one repository still cannot hold an id twice
+        session.add(Backup(backup_id="incr_20261202_020000", store="/a", repository="/a-backup",
+                           backup_type="full", created_at=T0, file_count=0, total_size_bytes=0,
+                           stored_size_bytes=0, agents=[], tags=[], verify_status="unverified"))
+        session.flush()
+
+
+def test_revision_0002_keeps_rows_and_its_downgrade_refuses_shared_ids(db_url: str) -> None:
+    catalog.upgrade(db_url, "0001")
+    with catalog.get_engine(db_url).begin() as conn:  # a catalog that is behind: no session_scope
+        conn.execute(sa.text(
+            "INSERT INTO backups (backup_id, store, repository, backup_type, created_at, file_count, "
+            "total_size_bytes, stored_size_bytes, agents, tags, verify_status) VALUES "
+            "('full_1', '/a', '/a-backup', 'full', '2026-01-01 00:00:00', 3, 4, 5, '[]', '[]', 'ok')"))
+    catalog.upgrade(db_url)
+    assert catalog.current_revision(db_url) == "0002"
+    with catalog.session_scope(db_url) as session:
+        (row,) = q.list_backups(session)
+        assert (row.backup_id, row.file_count, row.verify_status) == ("full_1", 3, "ok")
+        q.record_backup(session, backup_id="full_1", store="/b", repository="/b-backup", backup_type="full",
+                        created_at=T0, file_count=1, total_size_bytes=1, stored_size_bytes=1)
+    with pytest.raises(sa.exc.IntegrityError):
+        catalog.downgrade(db_url, "0001")
+    assert catalog.current_revision(db_url) == "0002"
+    with catalog.session_scope(db_url) as session:
+        assert q.delete_backups(session, ["full_1"], repository="/b-backup") == 1
+    catalog.downgrade(db_url, "0001")
+    assert catalog.current_revision(db_url) == "0001"
 
 
 def test_prune_actions_record_and_undo(migrated: str) -> None:

@@ -154,11 +154,11 @@ def test_db_downgrade_and_upgrade_commands(aml_settings) -> None:
         assert result.exit_code == 0, result.output
         return " ".join(result.stdout.split())
 
-    assert "at revision 0001" in db("upgrade")
-    assert "0001 (head 0001)" in db("current")
+    assert "at revision 0002" in db("upgrade")
+    assert "0002 (head 0002)" in db("current")
     assert "at revision base" in db("downgrade", "base")
-    assert "none (head 0001)" in db("current")
-    assert "at revision 0001" in db("upgrade")
+    assert "none (head 0002)" in db("current")
+    assert "at revision 0002" in db("upgrade")
 
 
 @pytest.mark.postgres

@@ -31,7 +31,7 @@ from .errors import (
 )
 from .index import Index, load_index, rebuild_index
 from .legacy import LegacyBackup, find_legacy
-from .listing import SnapshotInfo, list_snapshots
+from .listing import DamagedSnapshot, SnapshotInfo, list_damaged_snapshots, list_snapshots
 from .manifest import DirTable, FileTable, Manifest, load_manifest, read_header, write_manifest
 from .progress import Progress, ProgressCallback
 from .repository import (
@@ -63,6 +63,7 @@ __all__ = [
     "BackupError",
     "CheckResult",
     "CorruptionError",
+    "DamagedSnapshot",
     "Decision",
     "DirTable",
     "FileTable",
@@ -91,6 +92,7 @@ __all__ = [
     "default_repository_path",
     "find_legacy",
     "forget",
+    "list_damaged_snapshots",
     "list_snapshots",
     "load_index",
     "load_manifest",
