@@ -12,7 +12,7 @@ from workers.render import console, err_console
 service_app = typer.Typer(
     name="aml",
     help="aml: maintenance for AI agents' memory.\n\nStore operations: aml <memory_path> COMMAND ... "
-    "(monitor health|metrics|alerts|report). Service commands below.",
+    "(monitor, backup, prune, optimize, query, migrate). Service commands below.",
     no_args_is_help=True,
     add_completion=False,
 )
