@@ -6,12 +6,11 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.markup import escape
 from rich.table import Table
 
 from tasks import backup as backup_tasks
 from tasks import verify as verify_tasks
-from workers.cli_common import EnqueueOpt, JsonOpt, TimeoutOpt, WaitOpt, run_task, store_of
+from workers.cli_common import EnqueueOpt, JsonOpt, TimeoutOpt, WaitOpt, exit_if_skipped, run_task, store_of
 from workers.progressbar import progress_bar
 from workers.render import console, err_console, print_json, styled
 
@@ -49,32 +48,6 @@ def _exit_for(result: dict[str, Any]) -> None:
         raise typer.Exit(1)
 
 
-def _exit_if_skipped(result: dict[str, Any], action: str, as_json: bool) -> None:
-    """Report a task that did not run because the store was locked, then exit 2.
-
-    :func:`tasks.base.run_operation` returns ``{"status": "skipped", "reason": ...}`` (and the run
-    fields) when another destructive operation holds the store's lock: none of the action's own
-    fields are present, so this must be checked before rendering them.
-
-    Args:
-        result: the task's result dict.
-        action: the command, for the message (``"create"``, ``"rotate"``...).
-        as_json: print the result as JSON instead of the message.
-
-    Raises:
-        typer.Exit: code 2 when ``result["status"] == "skipped"``; otherwise returns.
-    """
-    if result.get("status") != "skipped":
-        return
-    if as_json:
-        print_json(result)
-    else:
-        reason = escape(str(result.get("reason") or "the store is locked by another operation"))
-        err_console.print(f"backup {action} {styled('skipped')}: {reason}; nothing was changed (store locked: "
-                          "retry when the other operation has finished)", soft_wrap=True)
-    raise typer.Exit(2)
-
-
 @backup_app.command("create")
 def create(
     ctx: typer.Context,
@@ -89,7 +62,7 @@ def create(
                                         "description": description}, as_json, enqueue, wait, timeout)
     if result is None:
         return
-    _exit_if_skipped(result, "create", as_json)
+    exit_if_skipped(result, "backup create", as_json)
     if as_json:
         print_json(result)
     else:
@@ -157,7 +130,7 @@ def restore(
     result = _run(backup_tasks.restore_, kwargs, as_json, enqueue, wait, timeout)
     if result is None:
         return
-    _exit_if_skipped(result, "restore", as_json)
+    exit_if_skipped(result, "backup restore", as_json)
     if as_json:
         print_json(result)
     else:
@@ -232,7 +205,7 @@ def rotate(
                   enqueue, wait, timeout)
     if result is None:
         return
-    _exit_if_skipped(result, "rotate", as_json)
+    exit_if_skipped(result, "backup rotate", as_json)
     if as_json:
         print_json(result)
         _exit_for(result)
@@ -257,7 +230,7 @@ def auto(ctx: typer.Context, as_json: JsonOpt = False, enqueue: EnqueueOpt = Fal
     result = _run(backup_tasks.auto, {"store": store_of(ctx)}, as_json, enqueue, wait, timeout)
     if result is None:
         return
-    _exit_if_skipped(result, "auto", as_json)
+    exit_if_skipped(result, "backup auto", as_json)
     if as_json:
         print_json(result)
     else:

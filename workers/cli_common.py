@@ -6,9 +6,10 @@ from typing import Annotated, Any
 
 import typer
 from celery import Task
+from rich.markup import escape
 
 from workers.dispatch import Outcome, execute
-from workers.render import err_console, print_json
+from workers.render import err_console, print_json, styled
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON.")]
 EnqueueOpt = Annotated[bool, typer.Option("--enqueue", help="Send the task to the workers (Redis broker).")]
@@ -47,3 +48,29 @@ def run_task(task: Task, kwargs: dict[str, Any], *, enqueue: bool, wait: bool, t
             err_console.print(f"queued {task.name} as task {outcome.task_id}")
         return None
     return outcome.result
+
+
+def exit_if_skipped(result: dict[str, Any], command: str, as_json: bool) -> None:
+    """Report a task that did not run because the store was locked, then exit 2.
+
+    :func:`tasks.base.run_operation` returns ``{"status": "skipped", "reason": ...}`` (and the run
+    fields) when another destructive operation holds the store's lock: none of the command's own
+    fields are present, so every destructive command checks this before rendering them.
+
+    Args:
+        result: the task's result dict.
+        command: the command, for the message (``"backup create"``, ``"prune undo"``...).
+        as_json: print the result as JSON instead of the message.
+
+    Raises:
+        typer.Exit: code 2 when ``result["status"] == "skipped"``; otherwise returns.
+    """
+    if result.get("status") != "skipped":
+        return
+    if as_json:
+        print_json(result)
+    else:
+        reason = escape(str(result.get("reason") or "the store is locked by another operation"))
+        err_console.print(f"{command} {styled('skipped')}: {reason}; nothing was changed (store locked: "
+                          "retry when the other operation has finished)", soft_wrap=True)
+    raise typer.Exit(2)

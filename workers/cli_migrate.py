@@ -18,7 +18,7 @@ from rich.table import Table
 
 from aml.migrate import check_version
 from tasks import migrate as migrate_tasks
-from workers.cli_common import EnqueueOpt, JsonOpt, TimeoutOpt, WaitOpt, run_task, store_of
+from workers.cli_common import EnqueueOpt, JsonOpt, TimeoutOpt, WaitOpt, exit_if_skipped, run_task, store_of
 from workers.render import console, print_json, styled
 
 migrate_app = typer.Typer(help="Schema versions of a Loom store: detect, migrate (both ways), migrate-latest.",
@@ -132,11 +132,12 @@ def detect(
 
 
 def _run_migrate(ctx: typer.Context, version: str | None, *, dry_run: bool, force: bool, undo: bool,
-                 as_json: bool, enqueue: bool, wait: bool, timeout: float) -> None:
+                 command: str, as_json: bool, enqueue: bool, wait: bool, timeout: float) -> None:
     kwargs = {"store": store_of(ctx), "version": version, "dry_run": dry_run, "force": force, "rollback": undo}
     result = run_task(migrate_tasks.migrate, kwargs, enqueue=enqueue, wait=wait, timeout=timeout, as_json=as_json)
     if result is None:
         return
+    exit_if_skipped(result, command, as_json)
     if as_json:
         print_json(result)
     else:
@@ -162,8 +163,9 @@ def migrate(
             version = check_version(version)
         except ValueError as exc:
             raise typer.BadParameter(str(exc), param_hint="--version") from exc
-    _run_migrate(ctx, version, dry_run=dry_run, force=force, undo=undo, as_json=as_json, enqueue=enqueue,
-                 wait=wait, timeout=timeout)
+    command = "migrate migrate --rollback" if undo else "migrate migrate"
+    _run_migrate(ctx, version, dry_run=dry_run, force=force, undo=undo, command=command, as_json=as_json,
+                 enqueue=enqueue, wait=wait, timeout=timeout)
 
 
 @migrate_app.command("migrate-latest")
@@ -176,5 +178,5 @@ def migrate_latest(
     timeout: TimeoutOpt = 3600.0,
 ) -> None:
     """Migrate to the latest version (2.0.0), after a pre-migrate snapshot."""
-    _run_migrate(ctx, None, dry_run=dry_run, force=False, undo=False, as_json=as_json, enqueue=enqueue,
-                 wait=wait, timeout=timeout)
+    _run_migrate(ctx, None, dry_run=dry_run, force=False, undo=False, command="migrate migrate-latest",
+                 as_json=as_json, enqueue=enqueue, wait=wait, timeout=timeout)

@@ -16,7 +16,7 @@ from rich.table import Table
 
 from tasks import compress as compress_tasks
 from tasks import query as query_tasks
-from workers.cli_common import EnqueueOpt, JsonOpt, TimeoutOpt, WaitOpt, run_task, store_of
+from workers.cli_common import EnqueueOpt, JsonOpt, TimeoutOpt, WaitOpt, exit_if_skipped, run_task, store_of
 from workers.render import console, print_json, styled
 
 optimize_app = typer.Typer(help="Compress cold files, garbage-collect records, index and query the store.",
@@ -33,7 +33,7 @@ QuarantineOpt = Annotated[bool, typer.Option("--quarantine/--no-quarantine",
 
 def _exit(result: dict[str, Any]) -> None:
     status = result.get("status", "success")
-    raise typer.Exit({"success": 0, "warning": 1, "skipped": 1}.get(status, 2))
+    raise typer.Exit({"success": 0, "warning": 1, "skipped": 2}.get(status, 2))
 
 
 def _mib(n: int | float) -> str:
@@ -105,6 +105,7 @@ def compress(
                       enqueue=enqueue, wait=wait, timeout=timeout, as_json=as_json)
     if result is None:
         return
+    exit_if_skipped(result, "optimize compress", as_json)
     if as_json:
         print_json(result)
     else:
@@ -127,6 +128,7 @@ def gc(
                       enqueue=enqueue, wait=wait, timeout=timeout, as_json=as_json)
     if result is None:
         return
+    exit_if_skipped(result, "optimize gc", as_json)
     if as_json:
         print_json(result)
     else:
@@ -206,6 +208,7 @@ def optimize_all(
                       enqueue=enqueue, wait=wait, timeout=timeout, as_json=as_json)
     if result is None:
         return
+    exit_if_skipped(result, "optimize all", as_json)
     if as_json:
         print_json(result)
     else:

@@ -15,7 +15,7 @@ from typer.core import TyperGroup
 
 from aml.prune.config import DEFAULT_STRATEGIES, STRATEGIES
 from tasks import prune as prune_tasks
-from workers.cli_common import EnqueueOpt, JsonOpt, TimeoutOpt, WaitOpt, run_task, store_of
+from workers.cli_common import EnqueueOpt, JsonOpt, TimeoutOpt, WaitOpt, exit_if_skipped, run_task, store_of
 from workers.render import console, print_json, styled
 
 MULTI_VALUE_OPTIONS = ("--strategies", "--agents")
@@ -154,6 +154,7 @@ def prune(
     result = run_task(prune_tasks.run, kwargs, enqueue=enqueue, wait=wait, timeout=timeout, as_json=as_json)
     if result is None:
         return
+    exit_if_skipped(result, "prune", as_json)
     if as_json:
         print_json(result)
     else:
@@ -175,6 +176,7 @@ def undo(
                       timeout=timeout, as_json=as_json)
     if result is None:
         return
+    exit_if_skipped(result, "prune undo", as_json)
     if as_json:
         print_json(result)
     else:
