@@ -84,6 +84,21 @@ def value_score(inputs: ValueInputs, now: datetime, *, half_life_days: float = 3
     Returns:
         The value in [0, 1]; 0.1 * R when the record has none of the four terms.
     """
+    base = base_score(inputs)
+    recency = 0.0
+    if inputs.last_used is not None:
+        age_days = max(0.0, (now - inputs.last_used).total_seconds() / SECONDS_PER_DAY)
+        recency = math.pow(2.0, -age_days / half_life_days)
+    return max(base, (1.0 - RECENCY_WEIGHT) * base + RECENCY_WEIGHT * recency)
+
+
+def base_score(inputs: ValueInputs) -> float:
+    """``B`` of :func:`value_score`: Loom's weighted mean over the terms the record has, 0-1, with no
+    recency (so it does not change with time: what the record index stores and ranks by).
+
+    Returns:
+        The score in [0, 1]; 0 when the record has none of the four terms.
+    """
     terms: list[tuple[float, float]] = []
     if inputs.success is not None:
         terms.append((WEIGHTS["success"], _clamp(inputs.success)))
@@ -94,12 +109,7 @@ def value_score(inputs: ValueInputs, now: datetime, *, half_life_days: float = 3
     if inputs.time_saved_ms is not None:
         terms.append((WEIGHTS["time_saved"], min(max(inputs.time_saved_ms, 0.0) / TIME_SAVED_SATURATION_MS, 1.0)))
     total_weight = sum(w for w, _ in terms)
-    base = sum(w * x for w, x in terms) / total_weight if total_weight else 0.0
-    recency = 0.0
-    if inputs.last_used is not None:
-        age_days = max(0.0, (now - inputs.last_used).total_seconds() / SECONDS_PER_DAY)
-        recency = math.pow(2.0, -age_days / half_life_days)
-    return max(base, (1.0 - RECENCY_WEIGHT) * base + RECENCY_WEIGHT * recency)
+    return sum(w * x for w, x in terms) / total_weight if total_weight else 0.0
 
 
 def loom_value_inputs(collection: str, item: Mapping[str, Any]) -> ValueInputs:
