@@ -44,8 +44,11 @@ def health_body(store_id: str, lookup_sample: int) -> Any:
             hit = queries.latest_value(session, store=store_id, name="query_cache_hit_rate",
                                        since=datetime.now(UTC) - timedelta(days=1))
             hit_rate, source = (hit.value, "queries") if hit is not None else (None, "none")
+            recent = queries.metric_series(session, store=store_id, name="query_time",
+                                           since=datetime.now(UTC) - timedelta(days=1))
         run = run_health(root, backups=evidence, cache_hit_rate=hit_rate, cache_source=source,
-                         thresholds=settings.thresholds, lookup_sample=lookup_sample)
+                         query_times_s=[s.value for s in recent], thresholds=settings.thresholds,
+                         lookup_sample=lookup_sample)
         with catalog() as session:
             for result in run.results:
                 queries.observe_check(

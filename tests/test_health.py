@@ -229,3 +229,28 @@ def test_html_report_is_self_contained_with_charts(tmp_path: Path) -> None:
     assert set(report) >= {"status", "checks", "memory", "performance", "health_checks", "alerts"}
     assert set(report["memory"]["largest_agent"]) == {"name", "size_mb"}
     assert set(report["alerts"]["by_level"]) == {"info", "warning", "error", "critical"}
+
+
+def test_recorded_query_times_feed_performance_ok(tmp_path: Path, aml_settings) -> None:
+    """Slow real queries (the ``query_time`` samples ``aml <store> query`` records) make
+    ``performance_ok`` fail even when the health probe's own lookups are fast; day-old ones do not."""
+    from datetime import timedelta
+
+    from models import queries
+    from workers.catalog import session_scope
+
+    store = extract_loom("loom-plain-v1.0", tmp_path)
+    store_id = os.path.realpath(store)
+    now = datetime.now(UTC)
+    with session_scope(aml_settings.catalog_url) as session:
+        queries.add_metric_samples(session, [
+            queries.Sample(store_id, "query_time", 5.0, "seconds", None, now - timedelta(days=2)),  # too old
+            *(queries.Sample(store_id, "query_time", 0.07, "seconds", None, now) for _ in range(3)),
+        ])
+    perf = next(r for r in run_health(store)["report"]["results"] if r["check"] == "performance_ok")
+    assert perf["passed"] is False and perf["severity"] == "warning"
+    assert "recorded queries (3) take 70.0 ms" in perf["message"]
+    with session_scope(aml_settings.catalog_url) as session:
+        queries.add_metric_samples(session, [queries.Sample(store_id, "query_time", 0.4, "seconds", None, now)])
+    perf = next(r for r in run_health(store)["report"]["results"] if r["check"] == "performance_ok")
+    assert perf["severity"] == "critical" and "recorded queries (4)" in perf["message"]

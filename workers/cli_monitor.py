@@ -40,7 +40,8 @@ def health(
     raise typer.Exit(int(report["status_code"]))
 
 
-CHART_METRICS = ("store_bytes", "store_records", "integrity_failures", "query_time", "health_duration")
+CHART_METRICS = ("store_bytes", "store_records", "integrity_failures", "lookup_time", "query_time",
+                 "health_duration")
 """Store-wide series charted by the HTML report (plus ``agent_bytes`` per agent)."""
 
 

@@ -175,6 +175,7 @@ def run_health(
     backups: Sequence[BackupEvidence] = (),
     cache_hit_rate: float | None = None,
     cache_source: str = "none",
+    query_times_s: Sequence[float] = (),
     thresholds: Thresholds | None = None,
     now: datetime | None = None,
     lookup_sample: int = 50,
@@ -187,6 +188,8 @@ def run_health(
         cache_hit_rate: hit rate of the record cache measured by real queries (0-1), ``None`` when
             there was no query traffic.
         cache_source: where ``cache_hit_rate`` came from, reported as is.
+        query_times_s: wall times of real queries recorded recently, seconds (judged by
+            ``performance_ok`` with the probe's lookups).
         thresholds: limits (default :class:`Thresholds`: the seeds' numbers).
         now: the run's instant, aware UTC (default: now).
         lookup_sample: number of record lookups the performance probe times.
@@ -203,7 +206,10 @@ def run_health(
     scan_s = time.perf_counter() - scan_start
     times = probe_lookups(root, scan.records, sample=lookup_sample) if root.is_dir() else []
     avg, p95 = summarize(times)
-    perf = PerformanceEvidence(len(times), avg, p95, cache_hit_rate, cache_source)
+    recorded = [t * 1000.0 for t in query_times_s]
+    perf = PerformanceEvidence(len(times), avg, p95, cache_hit_rate, cache_source,
+                               query_avg_ms=sum(recorded) / len(recorded) if recorded else None,
+                               queries=len(recorded))
     failures = [IntegrityFailure(e.relpath or str(e.path), e.offset, e.reason) for e in scan.errors]
     t = thresholds
     results: list[CheckResult] = []
@@ -235,7 +241,7 @@ def _samples(run: HealthRun, scan_s: float) -> list[MetricSample]:
         MetricSample(now, "health_duration", run.duration_s, "seconds"),
     ]
     if run.performance.lookups:
-        out.append(MetricSample(now, "query_time", run.performance.avg_ms / 1000.0, "seconds"))
+        out.append(MetricSample(now, "lookup_time", run.performance.avg_ms / 1000.0, "seconds"))
     for agent, size in sorted(run.scan.agent_sizes().items()):
         out.append(MetricSample(now, "agent_bytes", float(size), "bytes", agent))
     for agent, by_collection in sorted(run.scan.counts().items()):
