@@ -10,7 +10,16 @@ from rich.table import Table
 
 from tasks import backup as backup_tasks
 from tasks import verify as verify_tasks
-from workers.cli_common import EnqueueOpt, JsonOpt, TimeoutOpt, WaitOpt, exit_if_skipped, run_task, store_of
+from workers.cli_common import (
+    EnqueueOpt,
+    JsonOpt,
+    TimeoutOpt,
+    WaitOpt,
+    exit_for_status,
+    exit_if_skipped,
+    run_task,
+    store_of,
+)
 from workers.progressbar import progress_bar
 from workers.render import console, err_console, print_json, styled
 
@@ -34,18 +43,6 @@ def _run(task: Any, kwargs: dict[str, Any], as_json: bool, enqueue: bool, wait: 
     with progress_bar(not as_json and not enqueue):
         return run_task(task, kwargs, enqueue=enqueue, wait=wait, timeout=timeout, as_json=as_json)
 
-
-def _exit_for(result: dict[str, Any]) -> None:
-    """Exit with the result's code: 2 for ``failure`` or ``skipped``, 1 for ``warning``, else return.
-
-    Raises:
-        typer.Exit: the status is not ``success``.
-    """
-    status = result.get("status")
-    if status in ("failure", "skipped"):
-        raise typer.Exit(2)
-    if status == "warning":
-        raise typer.Exit(1)
 
 
 @backup_app.command("create")
@@ -72,7 +69,7 @@ def create(
                       f"{result['repository']} in {result['duration_seconds']:.2f} s")
         for err in result["errors"]:
             console.print(f"  [yellow]not stored[/] {err['path']}: {err['reason']}")
-    _exit_for(result)
+    exit_for_status(result)
 
 
 @backup_app.command("list")
@@ -147,7 +144,7 @@ def restore(
                     console.print(f"  {label:8} {p}")
         for err in result["errors"]:
             console.print(f"  [red]error[/] {err['path']}: {err['reason']}")
-    _exit_for(result)
+    exit_for_status(result)
 
 
 @backup_app.command("verify")
@@ -179,7 +176,7 @@ def verify(
         for sid, state in result["verified"].items():
             if state == "failed":
                 console.print(f"  snapshot {sid}: [red]failed[/]")
-    _exit_for(result)
+    exit_for_status(result)
 
 
 @backup_app.command("rotate")
@@ -208,7 +205,7 @@ def rotate(
     exit_if_skipped(result, "backup rotate", as_json)
     if as_json:
         print_json(result)
-        _exit_for(result)
+        exit_for_status(result)
         return
     verb = "would remove" if result["dry_run"] else "removed"
     console.print(f"kept {len(result['kept'])} snapshots, {verb} {len(result['removed'])}")
@@ -220,7 +217,7 @@ def rotate(
     if prune:
         console.print(f"repository {_human(prune['bytes_before'])} -> {_human(prune['bytes_after'])}: "
                       f"{prune['packs_deleted']} packs deleted, {prune['packs_repacked']} repacked")
-    _exit_for(result)
+    exit_for_status(result)
 
 
 @backup_app.command("auto")
@@ -237,4 +234,4 @@ def auto(ctx: typer.Context, as_json: JsonOpt = False, enqueue: EnqueueOpt = Fal
         b, r = result["backup"], result["rotate"]
         console.print(f"snapshot [bold]{b['backup_id']}[/] ({b['backup_type']}, {b['file_count']} files); "
                       f"rotate kept {len(r['kept'])}, removed {len(r['removed'])}")
-    _exit_for(result)
+    exit_for_status(result)

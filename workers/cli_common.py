@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Annotated, Any
 
 import typer
@@ -74,3 +75,33 @@ def exit_if_skipped(result: dict[str, Any], command: str, as_json: bool) -> None
         err_console.print(f"{command} {styled('skipped')}: {reason}; nothing was changed (store locked: "
                           "retry when the other operation has finished)", soft_wrap=True)
     raise typer.Exit(2)
+
+
+def exit_for_status(result: dict[str, Any]) -> None:
+    """Exit with the result's code: 2 for ``failure`` or ``skipped``, 1 for ``warning``, else return.
+
+    Raises:
+        typer.Exit: the status is not ``success``.
+    """
+    status = result.get("status")
+    if status in ("failure", "skipped"):
+        raise typer.Exit(2)
+    if status == "warning":
+        raise typer.Exit(1)
+
+
+def emit(result: dict[str, Any], as_json: bool, render: Callable[[dict[str, Any]], None], *,
+         command: str | None = None) -> None:
+    """The end of a store command: report a skip (destructive ``command`` only), print the result
+    as JSON or with ``render``, then exit by its status (:func:`exit_for_status`).
+
+    Raises:
+        typer.Exit: skipped, failed or warned.
+    """
+    if command is not None:
+        exit_if_skipped(result, command, as_json)
+    if as_json:
+        print_json(result)
+    else:
+        render(result)
+    exit_for_status(result)

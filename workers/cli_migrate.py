@@ -18,8 +18,16 @@ from rich.table import Table
 
 from aml.migrate import check_version
 from tasks import migrate as migrate_tasks
-from workers.cli_common import EnqueueOpt, JsonOpt, TimeoutOpt, WaitOpt, exit_if_skipped, run_task, store_of
-from workers.render import console, print_json, styled
+from workers.cli_common import (
+    EnqueueOpt,
+    JsonOpt,
+    TimeoutOpt,
+    WaitOpt,
+    emit,
+    run_task,
+    store_of,
+)
+from workers.render import console, styled
 
 migrate_app = typer.Typer(help="Schema versions of a Loom store: detect, migrate (both ways), migrate-latest.",
                           no_args_is_help=True)
@@ -103,13 +111,6 @@ def render_migration(result: dict[str, Any]) -> None:
         console.print(f"  [red]left alone[/] {problem['relpath'] or problem['path']}: {problem['reason']}")
 
 
-def _exit_for(result: dict[str, Any]) -> None:
-    status = result.get("status")
-    if status in ("failure", "skipped"):
-        raise typer.Exit(2)
-    if status == "warning":
-        raise typer.Exit(1)
-
 
 @migrate_app.command("detect")
 def detect(
@@ -124,11 +125,7 @@ def detect(
                       timeout=timeout, as_json=as_json)
     if result is None:
         return
-    if as_json:
-        print_json(result)
-    else:
-        render_detect(result)
-    _exit_for(result)
+    emit(result, as_json, render_detect)
 
 
 def _run_migrate(ctx: typer.Context, version: str | None, *, dry_run: bool, force: bool, undo: bool,
@@ -137,12 +134,7 @@ def _run_migrate(ctx: typer.Context, version: str | None, *, dry_run: bool, forc
     result = run_task(migrate_tasks.migrate, kwargs, enqueue=enqueue, wait=wait, timeout=timeout, as_json=as_json)
     if result is None:
         return
-    exit_if_skipped(result, command, as_json)
-    if as_json:
-        print_json(result)
-    else:
-        render_migration(result)
-    _exit_for(result)
+    emit(result, as_json, render_migration, command=command)
 
 
 @migrate_app.command("migrate")

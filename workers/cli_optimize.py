@@ -16,7 +16,15 @@ from rich.table import Table
 
 from tasks import compress as compress_tasks
 from tasks import query as query_tasks
-from workers.cli_common import EnqueueOpt, JsonOpt, TimeoutOpt, WaitOpt, exit_if_skipped, run_task, store_of
+from workers.cli_common import (
+    EnqueueOpt,
+    JsonOpt,
+    TimeoutOpt,
+    WaitOpt,
+    emit,
+    run_task,
+    store_of,
+)
 from workers.render import console, print_json, styled
 
 optimize_app = typer.Typer(help="Compress cold files, garbage-collect records, index and query the store.",
@@ -29,11 +37,6 @@ LevelOpt = Annotated[int | None, typer.Option("--level", help="Codec level (gzip
 ScopeOpt = Annotated[str, typer.Option("--scope", help="loom: documents Loom's runtime reads; all: every JSON file.")]
 QuarantineOpt = Annotated[bool, typer.Option("--quarantine/--no-quarantine",
                                              help="Copy unparseable documents to <store>/.aml/quarantine/.")]
-
-
-def _exit(result: dict[str, Any]) -> None:
-    status = result.get("status", "success")
-    raise typer.Exit({"success": 0, "warning": 1, "skipped": 2}.get(status, 2))
 
 
 def _mib(n: int | float) -> str:
@@ -84,6 +87,26 @@ def _print_index(r: dict[str, Any]) -> None:
                   f"{r['duration_s']:.2f} s")
 
 
+def _print_warm(result: dict[str, Any]) -> None:
+    console.print(f"warm-cache: {result['records']:,} records ({_mib(result['bytes'])}) from "
+                  f"{result['documents_read']} documents; lowest value {result['min_value']}")
+    m = result.get("measurement")
+    if m and m["lookups"]:
+        rate = m["cache"]["hit_rate"]
+        console.print(f"  {m['lookups']} lookups: {m['mean_s'] * 1000:.3f} ms mean, cache hit rate {rate:.0%}")
+
+
+def _print_all(result: dict[str, Any]) -> None:
+    steps = result["steps"]
+    _print_gc(steps["gc"])
+    _print_compress(steps["compress"])
+    if "skipped" in steps["index"]:
+        console.print(f"index: skipped ({steps['index']['skipped']})")
+    else:
+        _print_index(steps["index"])
+    console.print(f"optimize all: {styled(result['status'])}")
+
+
 @optimize_app.command("compress")
 def compress(
     ctx: typer.Context,
@@ -105,12 +128,7 @@ def compress(
                       enqueue=enqueue, wait=wait, timeout=timeout, as_json=as_json)
     if result is None:
         return
-    exit_if_skipped(result, "optimize compress", as_json)
-    if as_json:
-        print_json(result)
-    else:
-        _print_compress(result)
-    _exit(result)
+    emit(result, as_json, _print_compress, command="optimize compress")
 
 
 @optimize_app.command("gc")
@@ -128,12 +146,7 @@ def gc(
                       enqueue=enqueue, wait=wait, timeout=timeout, as_json=as_json)
     if result is None:
         return
-    exit_if_skipped(result, "optimize gc", as_json)
-    if as_json:
-        print_json(result)
-    else:
-        _print_gc(result)
-    _exit(result)
+    emit(result, as_json, _print_gc, command="optimize gc")
 
 
 @optimize_app.command("index")
@@ -150,11 +163,7 @@ def index(
                       enqueue=enqueue, wait=wait, timeout=timeout, as_json=as_json)
     if result is None:
         return
-    if as_json:
-        print_json(result)
-    else:
-        _print_index(result)
-    _exit(result)
+    emit(result, as_json, _print_index)
 
 
 @optimize_app.command("warm-cache")
@@ -175,16 +184,7 @@ def warm_cache(
                       enqueue=enqueue, wait=wait, timeout=timeout, as_json=as_json)
     if result is None:
         return
-    if as_json:
-        print_json(result)
-    else:
-        console.print(f"warm-cache: {result['records']:,} records ({_mib(result['bytes'])}) from "
-                      f"{result['documents_read']} documents; lowest value {result['min_value']}")
-        m = result.get("measurement")
-        if m and m["lookups"]:
-            rate = m["cache"]["hit_rate"]
-            console.print(f"  {m['lookups']} lookups: {m['mean_s'] * 1000:.3f} ms mean, cache hit rate {rate:.0%}")
-    _exit(result)
+    emit(result, as_json, _print_warm)
 
 
 @optimize_app.command("all")
@@ -208,19 +208,7 @@ def optimize_all(
                       enqueue=enqueue, wait=wait, timeout=timeout, as_json=as_json)
     if result is None:
         return
-    exit_if_skipped(result, "optimize all", as_json)
-    if as_json:
-        print_json(result)
-    else:
-        steps = result["steps"]
-        _print_gc(steps["gc"])
-        _print_compress(steps["compress"])
-        if "skipped" in steps["index"]:
-            console.print(f"index: skipped ({steps['index']['skipped']})")
-        else:
-            _print_index(steps["index"])
-        console.print(f"optimize all: {styled(result['status'])}")
-    _exit(result)
+    emit(result, as_json, _print_all, command="optimize all")
 
 
 def query(

@@ -15,7 +15,17 @@ from typer.core import TyperGroup
 
 from aml.prune.config import DEFAULT_STRATEGIES, STRATEGIES
 from tasks import prune as prune_tasks
-from workers.cli_common import EnqueueOpt, JsonOpt, TimeoutOpt, WaitOpt, exit_if_skipped, run_task, store_of
+from workers.cli_common import (
+    EnqueueOpt,
+    JsonOpt,
+    TimeoutOpt,
+    WaitOpt,
+    emit,
+    exit_for_status,
+    exit_if_skipped,
+    run_task,
+    store_of,
+)
 from workers.render import console, print_json, styled
 
 MULTI_VALUE_OPTIONS = ("--strategies", "--agents")
@@ -69,13 +79,6 @@ StrategiesOpt = Annotated[
                                       f"Default: {' '.join(DEFAULT_STRATEGIES)}."),
 ]
 
-
-def _exit_for(result: dict[str, Any]) -> None:
-    status = result.get("status")
-    if status in ("failure", "skipped"):
-        raise typer.Exit(2)
-    if status == "warning":
-        raise typer.Exit(1)
 
 
 def _value(v: float | None) -> str:
@@ -154,12 +157,7 @@ def prune(
     result = run_task(prune_tasks.run, kwargs, enqueue=enqueue, wait=wait, timeout=timeout, as_json=as_json)
     if result is None:
         return
-    exit_if_skipped(result, "prune", as_json)
-    if as_json:
-        print_json(result)
-    else:
-        render_plan(result, limit)
-    _exit_for(result)
+    emit(result, as_json, lambda r: render_plan(r, limit), command="prune")
 
 
 @prune_app.command("undo")
@@ -185,4 +183,4 @@ def undo(
                       f"{result['already_undone']} undone before); pre-undo snapshot {result['backup_id'] or '-'}")
         for f in result["failed"]:
             console.print(f"  [yellow]not restored[/] {f['document']}: {f['reason']}")
-    _exit_for(result)
+    exit_for_status(result)
