@@ -36,7 +36,7 @@ from workers.settings import Settings
 
 def _snapshot_result(result: SnapshotResult) -> dict[str, Any]:
     out = result.to_dict()
-    out["status"] = "warning" if result.errors else "success"
+    out["status"] = "warning" if result.errors or result.warnings else "success"
     return out
 
 
@@ -64,7 +64,8 @@ def create(self: Task, store: str, incremental: bool = False, tags: list[str] | 
 
     Returns:
         :class:`aml.backup.SnapshotResult` as a dict, plus ``status`` (``"warning"`` when some
-        entries could not be stored: listed in ``errors``) and the task run fields.
+        entries could not be stored, listed in ``errors``, or changed while being read, listed in
+        ``warnings``) and the task run fields.
     """
     store_id = normalize_store(store)
 
@@ -258,7 +259,7 @@ def auto(self: Task, store: str) -> dict[str, Any]:
         snap = _create(self, store_id, True, ["auto"], "daily automatic backup", catalog)
         rotated = _rotate(store_id, _policy(None), False, catalog)
         return {"backup": snap.to_dict(), "rotate": rotated, "backup_id": snap.backup_id,
-                "status": "warning" if snap.errors else "success"}
+                "status": "warning" if snap.errors or snap.warnings else "success"}
 
     return run_operation(task_id=self.request.id, operation="backup", store=store_id,
                          arguments={"action": "auto"}, body=body, destructive=True)

@@ -69,6 +69,8 @@ def create(
                       f"{result['repository']} in {result['duration_seconds']:.2f} s")
         for err in result["errors"]:
             console.print(f"  [yellow]not stored[/] {err['path']}: {err['reason']}")
+        for warn in result.get("warnings", []):
+            console.print(f"  [yellow]changed while read[/] {warn['path']}: {warn['reason']}")
     exit_for_status(result)
 
 

@@ -4,9 +4,10 @@ Write order (restic's rule), so a killed backup leaves at most unreferenced pack
 snapshot: packs (each fsynced) -> one index file for the new packs -> manifest body -> manifest header
 (atomic, no-clobber link: the commit point) -> ``backup_metadata.json``.
 
-Hot path: one scan (``scandir`` + ``lstat``), then per file ``openat(O_NOFOLLOW)``, ``fstat``, one
-``read``, ``close``; sha256 of the bytes; objects not yet in the repository are zstd-compressed into an
-in-memory pack that is written once it reaches the pack size. No per-file fsync, no per-object file.
+Hot path: one scan (``scandir`` + ``lstat``), then per file ``openat(O_NOFOLLOW)``, one ``read``,
+``fstat`` (the file must still be as scanned, else it is re-read with care), ``close``; sha256 of the
+bytes; objects not yet in the repository are zstd-compressed into an in-memory pack that is written
+once it reaches the pack size. No per-file fsync, no per-object file.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import hashlib
 import os
 import stat
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -62,6 +63,10 @@ class SnapshotResult:
         packs_written: number of new pack files.
         index_id: the new index file, or None if no pack was written.
         errors: ``[{"path", "reason"}]``: entries not stored (unreadable, symlink, special file).
+        warnings: ``[{"path", "reason"}]``: files stored but changed while being read (restic's rule:
+            the entry holds exactly the bytes read, its size and sha256 describe them, and its mtime is
+            the scan's so the next incremental reads the file again). The manifest counts them in
+            ``stats["files_changed_during_read"]``.
         skipped_temp: aml temporary files (``.aml-tmp-*``) skipped.
         agents: agent directories found.
         tags, description: as given.
@@ -86,6 +91,7 @@ class SnapshotResult:
     packs_written: int
     index_id: str | None
     errors: list[dict[str, str]] = field(default_factory=list)
+    warnings: list[dict[str, str]] = field(default_factory=list)
     skipped_temp: int = 0
     agents: list[str] = field(default_factory=list)
     tags: list[str] = field(default_factory=list)
@@ -200,19 +206,54 @@ class _NotRegular(Exception):
     pass
 
 
-def _read_rest(fd: int, data: bytes, limit: int) -> bytes:
-    """The file was not the size scanned: finish reading it (up to ``limit`` bytes more or less)."""
-    if not stat.S_ISREG(os.fstat(fd).st_mode):  # swapped for a fifo or device since the scan
+def _read_stream(
+    fd: int, chunk_size: int, store: Callable[[str, bytes], None]
+) -> tuple[str, int, list[str], os.stat_result, bool]:
+    """Read an open file from offset 0 to its end, in objects of at most ``chunk_size`` bytes.
+
+    The path for files that are large, or were not as scanned: every object is handed to ``store`` as it
+    is read, so memory stays bounded by ``chunk_size`` whatever the file grew to. The result describes
+    exactly the bytes read (restic's rule: store what was read, and say so if it was not stable).
+
+    Args:
+        fd: a file descriptor opened for reading.
+        chunk_size: the repository's maximum object size.
+        store: called with ``(sha256 hex, bytes)`` for every object, in file order.
+
+    Returns:
+        ``(sha256, size, chunk_ids, before, stable)``: sha256 and size of all the bytes read, the object
+        ids in order (one for a file up to ``chunk_size``), the ``fstat`` taken before the read, and
+        whether the read was stable: size and mtime_ns unchanged by the read and equal to the bytes read.
+
+    Raises:
+        _NotRegular: the descriptor is no longer a regular file (swapped for a fifo or device).
+        OSError: the read failed.
+    """
+    before = os.fstat(fd)
+    if not stat.S_ISREG(before.st_mode):
         raise _NotRegular
-    parts = [data]
-    got = len(data)
-    while got <= limit:
-        more = os.read(fd, 1 << 20)
-        if not more:
+    os.lseek(fd, 0, os.SEEK_SET)
+    whole = hashlib.sha256()
+    chunk_ids: list[str] = []
+    total = 0
+    while True:
+        data = _read_exact(fd, chunk_size)
+        if not data and chunk_ids:
             break
-        parts.append(more)
-        got += len(more)
-    return b"".join(parts)
+        whole.update(data)
+        cid = hashlib.sha256(data).hexdigest()
+        chunk_ids.append(cid)
+        total += len(data)
+        store(cid, data)
+        if len(data) < chunk_size:
+            break
+    after = os.fstat(fd)
+    stable = (
+        before.st_size == after.st_size == total
+        and before.st_mtime_ns == after.st_mtime_ns
+        and before.st_ino == after.st_ino
+    )
+    return whole.hexdigest(), total, chunk_ids, before, stable
 
 
 DICT_SAMPLES = 200
@@ -290,6 +331,12 @@ def create_snapshot(
     files and unreadable files are listed in the manifest's ``errors`` and not stored. aml temporary files
     (``.aml-tmp-*``) are skipped. A repository located inside the store is excluded.
 
+    A file that is not as scanned after its read (size, mtime_ns or inode differ) is read again from its
+    start, streaming into ``chunk_size`` objects whatever size it grew to. A stable second read is stored
+    as read (size, mtime_ns and inode of that read); a file still changing is stored exactly as read and
+    named in ``warnings`` (restic's behaviour). Either way the manifest entry's size and sha256 describe
+    exactly the stored bytes.
+
     Args:
         store_root: the store directory.
         repo: the repository (a path is accepted; an uninitialised one is initialised with defaults).
@@ -342,6 +389,8 @@ def create_snapshot(
         added: set[str] = set()
         chunk_size = cfg.chunk_size
         errors = list(scan.errors)
+        warnings: list[dict[str, str]] = []
+        changed = 0
         bytes_added = 0
         pmap: dict[str, int] = {}
         pf: FileTable | None = None
@@ -376,7 +425,17 @@ def create_snapshot(
             rows: list[tuple[str, str, int, int, int, int]] = []
             row = rows.append
             chunked: dict[int, list[str]] = {}
-            os_open, os_read, os_close = os.open, os.read, os.close
+            os_open, os_read, os_close, os_fstat = os.open, os.read, os.close, os.fstat
+            s_isreg = stat.S_ISREG
+
+            def store(oid: str, data: bytes) -> None:
+                nonlocal bytes_added
+                if oid not in objects and oid not in added:
+                    add(oid, data)
+                    added.add(oid)
+                    bytes_added += len(data)
+                lock.maybe_refresh()
+
             last_dir: str | None = None
             dfd = root_fd
             for n, (rel, size, mtime_ns, mode, ino) in enumerate(scan.files):
@@ -404,39 +463,44 @@ def create_snapshot(
                     errors.append({"path": rel, "reason": f"cannot open: {getattr(exc, 'strerror', None) or exc}"})
                     continue
                 try:
-                    if size <= chunk_size:
-                        data = os_read(fd, size + 1)
-                        if len(data) != size:
-                            data = _read_rest(fd, data, chunk_size)
-                        fsize = len(data)
+                    data = os_read(fd, size + 1) if size <= chunk_size else None
+                    if data is not None and len(data) == size:
+                        fst = os_fstat(fd)
+                        if not (
+                            fst.st_size == size
+                            and fst.st_mtime_ns == mtime_ns
+                            and fst.st_ino == ino
+                            and s_isreg(fst.st_mode)
+                        ):
+                            data = None  # changed since the scan: read it again, with care
+                    else:
+                        data = None
+                    if data is not None:  # the hot path: one read, exactly the size scanned, file unchanged
+                        fsize = size
                         oid = sha256(data).hexdigest()
                         if oid not in objects and oid not in added:
                             add(oid, data)
                             added.add(oid)
                             bytes_added += fsize
                         del data
-                    else:
-                        whole = sha256()
-                        chunk_ids: list[str] = []
-                        fsize = 0
-                        while True:
-                            data = _read_exact(fd, chunk_size)
-                            if not data and chunk_ids:
-                                break
-                            whole.update(data)
-                            cid = sha256(data).hexdigest()
-                            chunk_ids.append(cid)
-                            fsize += len(data)
-                            if cid not in objects and cid not in added:
-                                add(cid, data)
-                                added.add(cid)
-                                bytes_added += len(data)
-                            lock.maybe_refresh()
-                            if len(data) < chunk_size:
-                                break
-                        oid = whole.hexdigest()
+                    else:  # large, or not as scanned: stream from offset 0 into chunk_size objects
+                        oid, fsize, chunk_ids, before, stable = _read_stream(fd, chunk_size, store)
                         if len(chunk_ids) > 1:
                             chunked[len(rows)] = chunk_ids
+                        if stable:
+                            # a consistent copy (perhaps newer than the scan): describe it as it was read
+                            mtime_ns, mode, ino = before.st_mtime_ns, before.st_mode & 0o7777, before.st_ino
+                        else:
+                            # changed during the read: keep what was read (the entry describes exactly
+                            # those bytes) and the scan's mtime, so the next incremental reads it again
+                            changed += 1
+                            warnings.append(
+                                {
+                                    "path": rel,
+                                    "reason": f"changed while being read: stored as read ({fsize} bytes; "
+                                    f"{size} at scan time)",
+                                }
+                            )
                 except OSError as exc:
                     errors.append({"path": rel, "reason": f"read error: {exc.strerror or exc}"})
                     continue
@@ -445,8 +509,9 @@ def create_snapshot(
                     continue
                 finally:
                     os_close(fd)
-                # size, mtime and inode as scanned *before* the read: if the file changed meanwhile, the
-                # next incremental sees a newer mtime and reads it again (never the reverse)
+                # size is the bytes stored; mtime and inode as scanned *before* the read unless the read
+                # was stable: if the file changed meanwhile, the next incremental sees a newer mtime and
+                # reads it again (never the reverse)
                 row((rel, oid, fsize, mtime_ns, mode, ino))
                 files_read += 1
                 bytes_read += fsize
@@ -499,6 +564,7 @@ def create_snapshot(
             "stored_bytes": stored_bytes,
             "packs_written": len(packs),
             "skipped_temp": scan.skipped_temp,
+            "files_changed_during_read": changed,
         }
         prefix = "incr" if backup_type == "incremental" else "full"
         m = Manifest(
@@ -543,6 +609,7 @@ def create_snapshot(
         packs_written=len(packs),
         index_id=index_id,
         errors=errors,
+        warnings=warnings,
         skipped_temp=scan.skipped_temp,
         agents=agents,
         tags=tags,
