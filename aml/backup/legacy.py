@@ -6,7 +6,11 @@ Two origins (see data/DATA.md, section 1):
   ``incr_YYYYMMDD_HHMMSS/`` holding ``<agent>/<name>.json.gz`` and ``global/<name>.gz`` files, described
   by ``backup_metadata.json`` (naive local timestamps, taken as UTC; sha256 of the uncompressed files in
   ``checksums``; ``parent_backup_id`` for incrementals, which hold only the changed files). A restore
-  applies the chain full -> ... -> the requested incremental. The scripts only ever covered the
+  applies the chain full -> ... -> the requested incremental. An incremental whose parent is not
+  recorded (no entry in ``backup_metadata.json``, or a ``null`` parent) is chained to the newest legacy
+  backup of the same origin older than it (by the time in its name), which leads back to the newest full
+  before it; without an older full the chain is incomplete and an exact restore of it is refused (its
+  own files can still be restored with ``exact=False``). The scripts only ever covered the
   agent files ``patterns/solutions/decisions/metrics/context/index.json`` and the files directly in
   ``global/``, so an exact legacy restore only removes such files; everything else in the target is
   left alone. The scripts kept no mtimes: restored files get the backup's timestamp, mode 0644.
@@ -38,7 +42,7 @@ from ._common import parse_time
 from .errors import BackupError, CorruptionError, SnapshotNotFound, UnsafePathError
 from .manifest import DirTable, FileTable, check_relpath
 from .repository import Repository, as_repository
-from .summary import read_summary
+from .summary import read_summary, salvage_summary
 
 PYTHON_AGENT_FILES = frozenset(
     {"patterns.json", "solutions.json", "decisions.json", "metrics.json", "context.json", "index.json"}
@@ -58,7 +62,9 @@ class LegacyBackup:
         origin: ``"python"`` or ``"typescript"``.
         backup_type: ``"full"`` or ``"incremental"``.
         time: backup time, aware UTC.
-        parent_backup_id: parent of an incremental.
+        parent_backup_id: parent of an incremental (recorded, or inferred: see ``parent_inferred``).
+        parent_inferred: the origin tool recorded no parent; ``parent_backup_id`` is the newest legacy
+            backup of the same origin older than this incremental.
         agents: as recorded by the origin tool.
         file_count, total_size_bytes: as recorded by the origin tool (its own meaning of size).
         source_path: the store it came from, when recorded.
@@ -79,6 +85,7 @@ class LegacyBackup:
     location: Path
     checksums: dict[str, str] = field(default_factory=dict)
     archive_sha256: str | None = None
+    parent_inferred: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         """Return a JSON-ready dict."""
@@ -100,7 +107,10 @@ def find_legacy(repo: Repository | str | os.PathLike[str]) -> list[LegacyBackup]
 
     Python backups come from ``backup_metadata.json`` entries whose directory exists (plus ``full_*``/
     ``incr_*`` directories missing from it, with the time taken from the name); TypeScript backups from
-    ``*.meta.json`` files whose archive or directory exists. Unreadable metadata is skipped.
+    ``*.meta.json`` files whose archive or directory exists. Unreadable metadata is skipped; a
+    ``backup_metadata.json`` that does not parse still gives the entries that can be decoded from it.
+    An incremental without a recorded parent gets the newest older backup of its origin as parent
+    (``parent_inferred``), or none if there is no older one.
 
     Returns:
         The backups, oldest first.
@@ -109,7 +119,7 @@ def find_legacy(repo: Repository | str | os.PathLike[str]) -> list[LegacyBackup]
     root = repo.path
     out: dict[str, LegacyBackup] = {}
     doc = read_summary(root)
-    for e in doc["backups"] if doc else []:
+    for e in doc["backups"] if doc else salvage_summary(root):
         if not isinstance(e, dict) or _is_native_entry(root, e):
             continue
         bid = str(e.get("backup_id", ""))
@@ -181,7 +191,34 @@ def find_legacy(repo: Repository | str | os.PathLike[str]) -> list[LegacyBackup]
                 location=location,
                 archive_sha256=meta.get("checksum"),
             )
+    _infer_parents(out)
     return sorted(out.values(), key=lambda b: (b.time, b.backup_id))
+
+
+def _age_key(b: LegacyBackup) -> tuple[datetime, int, datetime]:
+    """Order of creation: the time in a Python backup's name (the scripts' own clock, to the second;
+    a full sorts before an incremental of the same second), then the recorded time."""
+    mt = _PY_DIR.match(b.backup_id) if b.origin == "python" else None
+    if mt is None:
+        return (b.time, 0 if b.backup_type == "full" else 1, b.time)
+    named = datetime.strptime(mt.group(2) + mt.group(3), "%Y%m%d%H%M%S").replace(tzinfo=UTC)
+    return (named, 0 if mt.group(1) == "full" else 1, b.time)
+
+
+def _infer_parents(backups: dict[str, LegacyBackup]) -> None:
+    """Give each incremental without a recorded parent the newest older backup of its origin.
+
+    Chaining through the incrementals in between (rather than straight to the full) is right whether
+    the origin tool's incrementals hold the changes since the last backup or since the last full.
+    """
+    for b in backups.values():
+        if b.backup_type == "full" or b.parent_backup_id:
+            continue
+        key = _age_key(b)
+        older = [o for o in backups.values() if o.origin == b.origin and o is not b and _age_key(o) < key]
+        if older:
+            b.parent_backup_id = max(older, key=_age_key).backup_id
+            b.parent_inferred = True
 
 
 @dataclass
@@ -191,8 +228,13 @@ class LegacyTables:
     Attributes:
         files, dirs: the entries, like a manifest's.
         data: content of file ``i``.
-        removable: exact-restore predicate ``(path, is_dir) -> bool``: what the origin tool covered.
+        removable: exact-restore predicate ``(path, is_dir) -> bool``: what the origin tool covered. For
+            an incomplete chain it raises :class:`BackupError` instead of answering True: removing
+            what the partial backup lacks would delete the agent's other files.
         walk_roots: top-level directories to inspect in the target.
+        complete: the chain starts at a full backup; False when an incremental has no older full to
+            apply it on (only its own files are in the tables).
+        chain: backup ids applied, oldest (the full) first.
     """
 
     files: FileTable
@@ -200,9 +242,17 @@ class LegacyTables:
     data: list[bytes]
     removable: Callable[[str, bool], bool]
     walk_roots: tuple[str, ...]
+    complete: bool = True
+    chain: tuple[str, ...] = ()
 
 
 def _chain(backups: dict[str, LegacyBackup], backup_id: str) -> list[LegacyBackup]:
+    """The backups to apply, oldest first; starts at a full unless no parent is known (incomplete).
+
+    Raises:
+        BackupError: the parents loop.
+        SnapshotNotFound: a recorded parent is missing.
+    """
     chain = [backups[backup_id]]
     seen = {backup_id}
     while chain[0].backup_type != "full" and chain[0].parent_backup_id:
@@ -312,8 +362,18 @@ def _ts_members(b: LegacyBackup) -> tuple[dict[str, tuple[bytes, int, int]], dic
 def legacy_tables(repo: Repository | str | os.PathLike[str], backup_id: str) -> LegacyTables:
     """Load a legacy backup (its whole parent chain applied) as restore tables.
 
+    Args:
+        repo: the repository (or its folder).
+        backup_id: the legacy backup's id.
+
+    Returns:
+        :class:`LegacyTables`. For an incremental with no older full to chain from, ``complete`` is
+        False, the tables hold only the chain found, and ``removable`` refuses (raises) rather than let
+        an exact restore remove files.
+
     Raises:
-        SnapshotNotFound: no legacy backup has that id, or a parent is missing.
+        SnapshotNotFound: no legacy backup has that id, or a recorded parent is missing.
+        BackupError: the recorded parents loop.
         CorruptionError: a file or archive does not decompress or does not match its recorded checksum.
         UnsafePathError: an archive holds links, special files or unsafe names.
     """
@@ -357,6 +417,8 @@ def legacy_tables(repo: Repository | str | os.PathLike[str], backup_id: str) -> 
         dt.mode.append(dirs[p][0])
         dt.mtime_ns.append(dirs[p][1])
     covered = frozenset(tops)
+    complete = chain[0].backup_type == "full"
+    ids = tuple(b.backup_id for b in chain)
 
     def removable(path: str, is_dir: bool) -> bool:
         if is_dir or path.count("/") != 1:
@@ -364,9 +426,17 @@ def legacy_tables(repo: Repository | str | os.PathLike[str], backup_id: str) -> 
         top, name = path.split("/")
         if top not in covered:
             return False
-        return origin != "python" or top == "global" or name in PYTHON_AGENT_FILES
+        if not (origin != "python" or top == "global" or name in PYTHON_AGENT_FILES):
+            return False
+        if not complete:
+            raise BackupError(
+                f"legacy backup {backup_id} is an incremental with no known full backup before it (chain "
+                f"{' -> '.join(ids)}): an exact restore would remove files it does not hold, such as "
+                f"{path!r}; nothing was written. Restore it with exact=False (only its own files)."
+            )
+        return True
 
-    return LegacyTables(files, dt, data, removable, tuple(sorted(covered)))
+    return LegacyTables(files, dt, data, removable, tuple(sorted(covered)), complete, ids)
 
 
 def verify_legacy(repo: Repository | str | os.PathLike[str]) -> list[tuple[str, str]]:

@@ -13,6 +13,10 @@ incremental only in what it stored); ``checksums`` maps each path to its sha256 
 has at most :data:`CHECKSUMS_INLINE_MAX` files, and is ``{}`` above that (the manifest has them all:
 100,000 inline checksums would make this file ~10 MB per snapshot). Legacy entries written by the seeds
 are preserved unchanged. The file is rewritten atomically under an ``flock``.
+
+A file that does not parse is never deleted: it is kept as ``backup_metadata.json.corrupt-<UTC time>``
+and the entries that can still be decoded from it (see :func:`salvage_entries`) are carried over, so
+legacy backups keep their checksums and parents.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ import contextlib
 import fcntl
 import json
 import os
+import re
 from collections.abc import Iterable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -35,7 +40,16 @@ from .manifest import Manifest, read_header
 CHECKSUMS_INLINE_MAX = 200
 SUMMARY_FILE = "backup_metadata.json"
 
-__all__ = ["CHECKSUMS_INLINE_MAX", "read_summary", "summary_entry", "update_summary"]
+__all__ = [
+    "CHECKSUMS_INLINE_MAX",
+    "read_summary",
+    "salvage_entries",
+    "salvage_summary",
+    "summary_entry",
+    "update_summary",
+]
+
+_ENTRY_START = re.compile(r'\{\s*"backup_id"\s*:')
 
 
 def summary_entry(root: Path, m: Manifest) -> dict[str, Any]:
@@ -74,6 +88,73 @@ def read_summary(root: Path) -> dict[str, Any] | None:
     return doc
 
 
+def salvage_entries(data: bytes) -> list[dict[str, Any]]:
+    """Recover the backup entries still decodable from a damaged ``backup_metadata.json``.
+
+    Every ``{"backup_id": ...`` object that parses on its own is kept (the seeds and aml both write
+    ``backup_id`` first); a truncated or damaged entry is lost, the others survive.
+
+    Args:
+        data: the file's bytes (any content; invalid UTF-8 is replaced).
+
+    Returns:
+        The entries (dicts with a string ``backup_id`` and a ``timestamp``) in file order, one per id
+        (the last one wins). Never raises.
+    """
+    text = data.decode("utf-8", errors="replace")
+    decoder = json.JSONDecoder()
+    found: dict[str, dict[str, Any]] = {}
+    end = 0
+    for mt in _ENTRY_START.finditer(text):
+        if mt.start() < end:
+            continue  # inside an entry already decoded
+        try:
+            obj, stop = decoder.raw_decode(text, mt.start())
+        except ValueError:
+            continue
+        if isinstance(obj, dict) and isinstance(obj.get("backup_id"), str) and "timestamp" in obj:
+            found.pop(obj["backup_id"], None)
+            found[obj["backup_id"]] = obj
+            end = stop
+    return list(found.values())
+
+
+def salvage_summary(root: Path) -> list[dict[str, Any]]:
+    """Entries recoverable from ``root/backup_metadata.json`` when it does not parse as a whole.
+
+    Returns:
+        :func:`salvage_entries` of the file, or ``[]`` if it is missing or unreadable. Never raises.
+    """
+    try:
+        return salvage_entries((root / SUMMARY_FILE).read_bytes())
+    except OSError:
+        return []
+
+
+def _is_native(entry: dict[str, Any], native: set[str]) -> bool:
+    bid = str(entry.get("backup_id"))
+    return bid in native or str(entry.get("backup_path") or "").endswith(f"/snapshots/{bid}.json")
+
+
+def _keep_aside(root: Path, path: Path) -> Path:
+    """Keep a damaged summary under a new name (hard link, never overwriting an earlier one)."""
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+    n = 1
+    while True:
+        aside = root / (f"{SUMMARY_FILE}.corrupt-{stamp}" + (f"-{n}" if n > 1 else ""))
+        try:
+            os.link(path, aside)
+            return aside
+        except FileExistsError:
+            n += 1
+        except OSError:  # no hard links here: rename instead (still no overwrite: the name is free)
+            if os.path.lexists(aside):
+                n += 1
+                continue
+            os.rename(path, aside)
+            return aside
+
+
 @contextlib.contextmanager
 def _flock(root: Path) -> Iterator[None]:
     locks = root / "locks"
@@ -91,8 +172,10 @@ def update_summary(root: Path, add: Iterable[dict[str, Any]] = (), remove: Itera
 
     The file is also reconciled with ``snapshots/``: an aml snapshot missing from it (a backup killed
     between its manifest and this file) is added, and an aml entry whose manifest is gone is dropped.
-    Legacy entries are never touched. An existing file that does not parse is renamed
-    ``backup_metadata.json.corrupt-<UTC time>`` (never deleted) and a new one is started.
+    Legacy entries are never touched. An existing file that does not parse is kept as
+    ``backup_metadata.json.corrupt-<UTC time>[-N]`` (never deleted nor overwritten) and a new one is
+    started with the legacy entries that could be recovered from it (:func:`salvage_entries`); aml
+    entries are rebuilt from ``snapshots/``.
 
     Args:
         root: repository root.
@@ -100,24 +183,25 @@ def update_summary(root: Path, add: Iterable[dict[str, Any]] = (), remove: Itera
         remove: backup ids to drop.
 
     Raises:
-        OSError: on write failure (the old file is then intact).
+        OSError: on write failure (the old file is then intact, under its own name or kept aside).
     """
     add = list(add)
     drop = set(remove) | {e["backup_id"] for e in add}
     path = root / SUMMARY_FILE
     with _flock(root):
-        doc = read_summary(root)
-        if doc is None:
-            if path.exists():
-                stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
-                os.replace(path, root / f"{SUMMARY_FILE}.corrupt-{stamp}")
-            doc = {"version": "1.0.0", "backups": []}
         snaps = root / "snapshots"
         native = (
             {n[:-5] for n in os.listdir(snaps) if n.endswith(".json") and not n.startswith(TMP_PREFIX)}
             if snaps.is_dir()
             else set()
         )
+        doc = read_summary(root)
+        if doc is None:
+            carried: list[Any] = []
+            if os.path.lexists(path):
+                carried = [e for e in salvage_summary(root) if not _is_native(e, native)]
+                _keep_aside(root, path)
+            doc = {"version": "1.0.0", "backups": carried}
         kept = []
         for b in doc["backups"]:
             if not isinstance(b, dict):
