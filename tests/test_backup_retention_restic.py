@@ -6,6 +6,10 @@ and ``forget --dry-run --json`` says which it keeps; :func:`aml.backup.apply_pol
 exactly those. Both run with ``TZ=UTC`` (aml buckets in UTC, restic in the snapshot's local time: the
 same thing on a UTC host). Skipped only when no ``restic`` binary is installed (``.ci/run`` installs
 Debian's).
+
+restic 0.16 (PR #4366, issue #3624) started keeping the oldest snapshot when a ``--keep-*`` count is
+not used up; aml follows the current rule. Debian bookworm ships restic 0.14, so against a restic older
+than 0.16 the oldest snapshot may be kept by aml alone, and only with an ``oldest ...`` reason.
 """
 
 from __future__ import annotations
@@ -61,6 +65,12 @@ def _restic(repo: Path, *args: str) -> str:
     return done.stdout
 
 
+def _restic_version() -> tuple[int, ...]:
+    assert RESTIC is not None
+    out = subprocess.run([RESTIC, "version"], capture_output=True, text=True, check=True, timeout=30).stdout
+    return tuple(int(x) for x in out.split()[1].split(".")[:3])
+
+
 def _flags(policy: dict[str, Any]) -> list[str]:
     return [f"--{k.replace('_', '-')}={v}" for k, v in policy.items()]
 
@@ -91,4 +101,8 @@ def test_rotation_keeps_what_restic_forget_keeps(restic_repo: tuple[Path, list[d
     now = times[-1] + timedelta(hours=1)
     decisions = apply_policy([(f"s{i:03d}", t) for i, t in enumerate(times)], RetentionPolicy(**policy), now=now)
     aml_kept = {d.time for d in decisions if d.keep}
+    oldest = decisions[-1]
+    if _restic_version() < (0, 16) and oldest.keep and oldest.time not in restic_kept:
+        assert all(r.startswith("oldest ") for r in oldest.reasons), oldest.reasons  # the 0.16 rule only
+        restic_kept.add(oldest.time)
     assert aml_kept == restic_kept, (sorted(aml_kept - restic_kept), sorted(restic_kept - aml_kept))
