@@ -152,3 +152,18 @@ def test_apply_leaves_a_document_changed_since_the_plan(tmp_path: Path) -> None:
     assert target.read_bytes() == changed
     assert "debugger/patterns.json" not in result.documents
     assert result.documents, "the other documents were pruned"
+
+
+def test_document_locked_by_loom_is_left_alone(tmp_path: Path) -> None:
+    """Loom's runtime writes under ``<file>.lock`` (proper-lockfile): a prune racing it would lose one
+    of the two writes, so the document is reported as a conflict and not touched."""
+    root = extract_loom("loom-gzip-v1.0", tmp_path)
+    plan = build_plan(root, PruneConfig(now=NOW, agent_limit_mib=0.05), ALL)
+    locked = sorted({a.document for a in plan.actions})[0]
+    (root / f"{locked}.lock").mkdir()  # fresh: Loom holds it
+    before = (root / locked).read_bytes(), (root / locked).stat().st_mtime_ns
+    result = apply_plan(plan, run_id="run-lock", archive_root=tmp_path / "archives")
+    assert {"document": locked, "reason": "locked by Loom's runtime (<file>.lock)"} in result.conflicts
+    assert locked not in result.documents and result.documents
+    assert ((root / locked).read_bytes(), (root / locked).stat().st_mtime_ns) == before
+    assert all(r.action.document != locked for r in result.applied)

@@ -42,7 +42,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any, Final, Literal, get_args
 
-from aml.optimize.files import INDEX_FILE, WRITER_SKIP_TOP, StoreFile, iter_store_files, loom_lock_held, unchanged
+from aml.optimize.files import INDEX_FILE, WRITER_SKIP_TOP, StoreFile, iter_store_files, unchanged
 from aml.optimize.index import FORMAT as INDEX_FORMAT
 from aml.optimize.index import connect, read_meta
 from aml.store.atomic import atomic_write, fsync_dir
@@ -59,6 +59,7 @@ from aml.store.documents import (
     read_file_bytes,
 )
 from aml.store.filestore import FileStore
+from aml.store.loomlock import loom_lock_held
 
 Codec = Literal["gzip", "zstd"]
 """Codecs ``optimize compress`` writes."""

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import os
 import stat
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,10 +32,6 @@ QUARANTINE_DIR: Final = f"{AML_DIR}/quarantine"
 
 WRITER_SKIP_TOP: Final = frozenset({"backup"})
 """Top-level directories that writers (compress, gc) never touch: Loom's reset copies."""
-
-LOOM_LOCK_STALE_S: Final = 30.0
-"""Age after which a Loom ``<file>.lock`` directory is stale, seconds (Loom FileStorage ``stale: 30000`` ms)."""
-
 
 @dataclass(frozen=True, slots=True)
 class StoreFile:
@@ -103,23 +98,6 @@ def _walk(directory: Path, prefix: str, skip_top: frozenset[str]) -> Iterator[St
             yield from _walk(Path(entry.path), f"{prefix}{name}/", skip_top)
         elif stat.S_ISREG(st.st_mode):
             yield StoreFile(Path(entry.path), prefix + name, st.st_size, st.st_mtime_ns, st.st_ino)
-
-
-def loom_lock_held(path: Path, *, now: float | None = None) -> bool:
-    """True while Loom's runtime holds its ``proper-lockfile`` lock on ``path``.
-
-    Loom's ``FileStorage`` locks a file by creating the directory ``<file>.lock`` and refreshing its
-    mtime; a lock older than :data:`LOOM_LOCK_STALE_S` is stale (the holder died).
-
-    Args:
-        path: the document.
-        now: current time, seconds since the epoch (default: now).
-    """
-    try:
-        st = os.stat(f"{path}.lock")
-    except OSError:
-        return False
-    return ((time.time() if now is None else now) - st.st_mtime) < LOOM_LOCK_STALE_S
 
 
 def unchanged(path: Path, before: os.stat_result | StoreFile) -> bool:

@@ -32,11 +32,12 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any, Final, Literal
 
-from aml.optimize.files import QUARANTINE_DIR, WRITER_SKIP_TOP, loom_lock_held, unchanged
+from aml.optimize.files import QUARANTINE_DIR, WRITER_SKIP_TOP, unchanged
 from aml.store.atomic import atomic_write
 from aml.store.codec import Encoding, decode, encode
 from aml.store.documents import DocumentError, ErrorCode, decode_bytes, load_json, read_file_bytes
 from aml.store.filestore import FileStore
+from aml.store.loomlock import loom_lock_held
 from aml.store.quarantine import quarantine
 from aml.store.records import json_pointer
 from aml.store.timestamps import parse_timestamp

@@ -40,6 +40,7 @@ from aml.prune.splice import (
 )
 from aml.store.atomic import atomic_write
 from aml.store.documents import DocumentError
+from aml.store.loomlock import loom_lock_held
 from aml.store.records import item_size
 
 PAYLOAD_VERSION = 1
@@ -167,6 +168,9 @@ def _apply_document(plan: PrunePlan, relpath: str, actions: list[PlannedAction],
                     archive_root: Path | None, result: ApplyResult) -> list[AppliedRecord] | None:
     path = plan.root / relpath
     state = plan.documents[relpath]
+    if loom_lock_held(path):
+        result.conflicts.append({"document": relpath, "reason": "locked by Loom's runtime (<file>.lock)"})
+        return None
     doc = read_text(path)
     if (doc.size, doc.mtime_ns) != (state.size_bytes, state.mtime_ns):
         result.conflicts.append({"document": relpath, "reason": "changed since the plan was made"})

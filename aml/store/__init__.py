@@ -10,7 +10,8 @@ Modules, one concern each:
 * :mod:`aml.store.documents`: reading and classifying one file, :class:`DocumentError`;
 * :mod:`aml.store.extract`: records from a parsed document;
 * :mod:`aml.store.filestore`: :class:`FileStore` and :class:`ScanResult`;
-* :mod:`aml.store.quarantine`: copy a bad document aside, never moving it.
+* :mod:`aml.store.quarantine`: copy a bad document aside, never moving it;
+* :mod:`aml.store.loomlock`: Loom's own writer lock (``<file>.lock``), which every aml writer respects.
 """
 
 from aml.store.accessors import ITEM_VERSIONS, ItemVersion, detect_item_version
