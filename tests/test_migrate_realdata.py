@@ -232,3 +232,17 @@ def test_file_changed_by_an_agent_during_the_run_is_planned_again(tmp_path: Path
     assert result.status == "success" and "frontend-developer/solutions.json" in result.files_written
     items = json.loads(late.read_bytes())
     assert len(items) == 56 and items[-1]["id"] == "new-solution" and items[-1]["version"] == "2.0.0"
+
+
+def test_document_locked_by_loom_is_left_alone_and_the_run_is_incomplete(tmp_path: Path) -> None:
+    root = extract_loom("loom-plain-v1.0", tmp_path)
+    locked = root / "debugger" / "patterns.json"
+    (root / "debugger" / "patterns.json.lock").mkdir()  # Loom's proper-lockfile, fresh
+    before = locked.read_bytes()
+    result = migrate(root, "2.0.0")
+    assert result.status == "failure" and [p["code"] for p in result.problems] == ["locked"]
+    assert locked.read_bytes() == before and "debugger/patterns.json" not in result.files_written
+    assert not (root / "config" / "schema_version.json").exists()  # the store is not all 2.0.0
+    (root / "debugger" / "patterns.json.lock").rmdir()
+    assert migrate(root, "2.0.0").status == "success"
+    assert detect(root).versions == {"2.0.0": 630}

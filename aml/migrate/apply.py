@@ -28,6 +28,7 @@ from aml.migrate.steps import StepContext
 from aml.store.atomic import TMP_PREFIX, atomic_write, fsync_dir
 from aml.store.documents import DocumentError
 from aml.store.filestore import FileStore
+from aml.store.loomlock import loom_lock_held
 from aml.store.timestamps import detect_style, format_like, now_utc, utc_iso_z
 
 FileCallback = Callable[[str, int, int], None]
@@ -269,6 +270,10 @@ def _content_for(plan: Plan, fp: FilePlan, agents: frozenset[str], ctx: StepCont
     """The bytes to write for ``fp``: the planned ones when the file is unchanged since planning,
     else the file planned again. ``(None, None)`` when it cannot be written (added to problems)."""
     path = plan.root / fp.relpath
+    if loom_lock_held(path):  # Loom's runtime is writing it: a rewrite now would lose one of the writes
+        result.problems.append({"path": str(path), "relpath": fp.relpath, "offset": None, "code": "locked",
+                                "reason": "locked by Loom's runtime (<file>.lock); run the migration again"})
+        return None, None
     try:
         st = os.stat(path, follow_symlinks=False)
         unchanged = (st.st_size, st.st_mtime_ns) == (fp.size_bytes, fp.mtime_ns)
