@@ -41,11 +41,13 @@ def health_body(store_id: str, lookup_sample: int) -> Any:
         root = store_path(store_id)
         with catalog(write=False) as session:
             evidence: list[BackupEvidence] = backup_evidence(session, store_id, root, settings)
-            hit = queries.latest_value(session, store=store_id, name="query_cache_hit_rate",
-                                       since=datetime.now(UTC) - timedelta(days=1))
-            hit_rate, source = (hit.value, "queries") if hit is not None else (None, "none")
-            recent = queries.metric_series(session, store=store_id, name="query_time",
-                                           since=datetime.now(UTC) - timedelta(days=1))
+            day = datetime.now(UTC) - timedelta(days=1)
+            # the cache hit rate of the last day's queries (mean of their rates), not of the last one:
+            # one three-record query must not decide the check on its own
+            rates = [s.value for s in queries.metric_series(session, store=store_id, name="query_cache_hit_rate",
+                                                             since=day)]
+            hit_rate, source = (sum(rates) / len(rates), f"queries ({len(rates)})") if rates else (None, "none")
+            recent = queries.metric_series(session, store=store_id, name="query_time", since=day)
         run = run_health(root, backups=evidence, cache_hit_rate=hit_rate, cache_source=source,
                          query_times_s=[s.value for s in recent], thresholds=settings.thresholds,
                          lookup_sample=lookup_sample)

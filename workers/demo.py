@@ -114,7 +114,7 @@ def step_optimize(ctx: DemoContext) -> None:
     idx = run_task(compress_tasks.index, store=str(ctx.root))
     console.print(f"index: {idx['records']:,} records, {idx['index_bytes']:,} bytes, "
                   f"Bloom filter {idx['bloom_items']} ids")
-    warm = run_task(compress_tasks.warm_cache, store=str(ctx.root), limit=200)
+    warm = run_task(compress_tasks.warm_cache, store=str(ctx.root))
     rate = warm["measurement"]["cache"]["hit_rate"]
     console.print(f"warm-cache: {warm['records']} records; {warm['measurement']['lookups']} lookups, hit rate "
                   + ("n/a" if rate is None else f"{rate:.0%}"))
