@@ -178,20 +178,7 @@ class RetentionPolicy:
 
     def is_empty(self) -> bool:
         """True if no rule is set, not even ``max_backups`` (then everything is kept)."""
-        return not any(
-            (
-                self.keep_last,
-                self.keep_hourly,
-                self.keep_daily,
-                self.keep_weekly,
-                self.keep_monthly,
-                self.keep_yearly,
-                self.keep_within,
-                self.keep_tags,
-                self.retention_days is not None,
-                self.max_backups is not None,
-            )
-        )
+        return not self.has_keep_rule() and self.max_backups is None
 
     def to_dict(self) -> dict[str, Any]:
         """Return a JSON-ready dict."""
