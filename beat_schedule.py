@@ -16,7 +16,8 @@ def beat_schedule(stores: tuple[str, ...]) -> dict[str, dict[str, Any]]:
 
     Source: the seeds' cron table (daily backup 02:00, weekly prune Sunday 03:00, daily health 06:00
     UTC) and DESIGN.md (a weekly verify: Saturday 05:00 UTC, reading the least recently verified 15 %
-    of the packs, so every pack is re-read at least every seven weeks).
+    of the packs, so every pack is re-read at least every seven weeks; the catalog's retention daily at
+    01:00 UTC).
 
     Args:
         stores: store paths/ids to maintain.
@@ -24,7 +25,14 @@ def beat_schedule(stores: tuple[str, ...]) -> dict[str, dict[str, Any]]:
     Returns:
         Celery ``beat_schedule`` mapping: entry name -> ``{"task", "schedule", "kwargs", "options"}``.
     """
-    schedule: dict[str, dict[str, Any]] = {}
+    schedule: dict[str, dict[str, Any]] = {
+        "catalog retention": {  # daily 01:00 UTC, before backup (02:00) and health (06:00)
+            "task": "aml.catalog.retention",
+            "schedule": crontab(minute="0", hour="1"),
+            "kwargs": {},
+            "options": {"queue": "fast"},
+        },
+    }
     for store in stores:
         schedule[f"backup auto {store}"] = {
             "task": "aml.backup.auto",

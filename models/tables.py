@@ -212,9 +212,17 @@ class Alert(Base):
         return f"<Alert {self.id} {self.check} {where} {self.severity} x{self.count} {state}>"
 
 
+class Resolution(enum.StrEnum):
+    """What a metric sample is: one measurement (``raw``) or the mean of one UTC hour's raw samples
+    (``1h``, written by :func:`models.retention.apply_retention`, ``time`` = the hour's start)."""
+
+    RAW = "raw"
+    HOURLY = "1h"
+
+
 class MetricSample(Base):
     """One point of a time series: ``name`` of ``subject`` (agent or key pattern; ``None`` = the
-    whole store) at ``time``, in ``unit``."""
+    whole store) at ``time``, in ``unit``; ``resolution`` tells a measurement from an hourly mean."""
 
     __tablename__ = "metric_samples"
 
@@ -226,9 +234,13 @@ class MetricSample(Base):
     value: Mapped[float] = mapped_column(Float)
     unit: Mapped[str] = mapped_column(String(16))
     task_run_id: Mapped[int | None] = mapped_column(ForeignKey("task_runs.id", ondelete="SET NULL"))
+    resolution: Mapped[str] = mapped_column(
+        String(8), default=Resolution.RAW.value, server_default=Resolution.RAW.value
+    )
 
     __table_args__ = (
         CheckConstraint(_in("unit", Unit), name="unit"),
+        CheckConstraint(_in("resolution", Resolution), name="resolution"),
         Index("ix_metric_samples_store_name_time", "store", "name", "time"),
         Index("ix_metric_samples_task_run_id", "task_run_id"),
     )

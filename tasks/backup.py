@@ -27,7 +27,7 @@ from aml.backup import (
 )
 from aml.store.timestamps import parse_timestamp
 from models import queries
-from tasks.base import Catalog, normalize_store, run_operation, store_path
+from tasks.base import AmlTask, Catalog, normalize_store, run_operation, store_path
 from tasks.progress import task_progress
 from tasks.snapshots import record_snapshot, repository_for, safety_snapshot
 from workers.app import get_settings
@@ -50,7 +50,7 @@ def _create(task: Task, store_id: str, incremental: bool, tags: list[str], descr
     return result
 
 
-@shared_task(bind=True, name="aml.backup.create")
+@shared_task(base=AmlTask, bind=True, name="aml.backup.create")
 def create(self: Task, store: str, incremental: bool = False, tags: list[str] | None = None,
            description: str | None = None) -> dict[str, Any]:
     """Take a snapshot of a file store.
@@ -77,7 +77,7 @@ def create(self: Task, store: str, incremental: bool = False, tags: list[str] | 
                          body=body, destructive=True)
 
 
-@shared_task(bind=True, name="aml.backup.list")
+@shared_task(base=AmlTask, bind=True, name="aml.backup.list")
 def list_(self: Task, store: str) -> dict[str, Any]:
     """List the snapshots of a store's repository (aml's and Loom's legacy backups), oldest first.
 
@@ -107,7 +107,7 @@ def list_(self: Task, store: str) -> dict[str, Any]:
     return {"repository": str(repo.path), "store": store_id, "snapshots": out, "damaged": damaged}
 
 
-@shared_task(bind=True, name="aml.backup.restore")
+@shared_task(base=AmlTask, bind=True, name="aml.backup.restore")
 def restore_(self: Task, store: str, backup_id: str | None = None, at: str | None = None,
              target: str | None = None, agent: str | None = None, paths: list[str] | None = None,
              exact: bool = True, dry_run: bool = False) -> dict[str, Any]:
@@ -217,7 +217,7 @@ def _rotate(store_id: str, policy: RetentionPolicy, dry_run: bool, catalog: Cata
     return result.to_dict()
 
 
-@shared_task(bind=True, name="aml.backup.rotate")
+@shared_task(base=AmlTask, bind=True, name="aml.backup.rotate")
 def rotate_(self: Task, store: str, keep: dict[str, Any] | None = None, dry_run: bool = False) -> dict[str, Any]:
     """Apply a retention policy to a store's repository, then remove unreferenced data.
 
@@ -246,7 +246,7 @@ def rotate_(self: Task, store: str, keep: dict[str, Any] | None = None, dry_run:
                          destructive=not dry_run)
 
 
-@shared_task(bind=True, name="aml.backup.auto")
+@shared_task(base=AmlTask, bind=True, name="aml.backup.auto")
 def auto(self: Task, store: str) -> dict[str, Any]:
     """The seeds' daily job: an incremental backup (full when none exists), then rotate.
 

@@ -18,13 +18,18 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import kombu.exceptions
+import redis.exceptions
+import sqlalchemy.exc
+from celery import Task
 from sqlalchemy.orm import Session
 
+from aml.store.guard import WriteRevoked
 from models import queries
 from models.tables import TaskRun
 from workers.app import get_settings
 from workers.catalog import session_scope
-from workers.locks import StoreLocked, store_lock
+from workers.locks import LockUnavailable, StoreLocked, store_lock
 from workers.settings import Settings
 
 log = logging.getLogger("aml.tasks")
@@ -57,14 +62,63 @@ def normalize_store(store: str) -> str:
     return os.path.realpath(os.path.expanduser(store))
 
 
+TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
+    redis.exceptions.ConnectionError,
+    redis.exceptions.TimeoutError,
+    kombu.exceptions.OperationalError,
+    sqlalchemy.exc.OperationalError,
+    sqlalchemy.exc.DisconnectionError,
+)
+"""Errors a later attempt can succeed after: a broker, lock Redis or catalog that did not answer (a
+SQLite catalog busy past its timeout is an ``OperationalError`` too). Never a data error."""
+
+
+class AmlTask(Task):
+    """Base class of every aml task: a store held by a live operation (:class:`StoreLocked`), an
+    unreachable lock Redis and transient broker/catalog errors are retried with exponential backoff and
+    full jitter (2 s, 4 s, ... capped at 300 s; 10 retries, about 20 minutes in all), on the workers.
+    An inline run (``task.apply()``) never retries: it raises the error, or reports the lock as skipped.
+
+    Source: Celery's ``autoretry_for`` / ``retry_backoff`` / ``retry_jitter`` (the "exponential backoff
+    and jitter" of AWS's architecture blog, which Celery's documentation cites).
+    """
+
+    autoretry_for = (StoreLocked, LockUnavailable, *TRANSIENT_ERRORS)
+    retry_backoff = 2
+    retry_backoff_max = 300
+    retry_jitter = True
+    max_retries = 10
+
+    def retry(self, args: Any = None, kwargs: Any = None, exc: BaseException | None = None, throw: bool = True,
+              eta: Any = None, countdown: float | None = None, max_retries: int | None = None,
+              **options: Any) -> Any:
+        """Celery's retry on a worker; an inline run re-raises ``exc`` instead of re-running at once."""
+        if self.request.is_eager and exc is not None:
+            raise exc
+        return super().retry(args=args, kwargs=kwargs, exc=exc, throw=throw, eta=eta, countdown=countdown,
+                             max_retries=max_retries, **options)
+
+
+def _is_eager() -> bool:
+    from celery import current_task
+
+    task = current_task
+    return task is None or bool(getattr(task.request, "is_eager", True))
+
+
 @contextlib.contextmanager
-def _maybe_lock(settings: Settings, store_id: str, destructive: bool) -> Iterator[None]:
+def _maybe_lock(settings: Settings, store_id: str, destructive: bool, task_id: str | None) -> Iterator[None]:
     if not destructive:
         yield
         return
-    with store_lock(store_id, redis_url=settings.lock_url, lock_dir=settings.home / "locks",
-                    wait_s=settings.lock_timeout):
+    store_dir = None if "://" in store_id else Path(store_id)
+    with store_lock(store_id, redis_url=settings.redis_lock_url, store_dir=store_dir, wait_s=settings.lock_timeout,
+                    lease_s=settings.lock_lease, task_id=task_id) as info:
+        if info.took_over:
+            log.warning("took over the lock of %s from its dead owner (%s)", store_id, info.took_over)
         yield
+        if info.lost.is_set():
+            raise WriteRevoked(f"the lock of {store_id} was lost during the operation; later writes were stopped")
 
 
 def run_operation(
@@ -90,9 +144,12 @@ def run_operation(
 
     Returns:
         ``body``'s result dict plus ``{"task_run_id", "operation", "store", "status",
-        "duration_s"}``. A store that stays locked gives ``status == "skipped"``.
+        "duration_s"}``. Inline, a store that stays locked gives ``status == "skipped"``.
 
     Raises:
+        StoreLocked: on a worker, a live operation held the store (the task retries with backoff).
+        LockUnavailable: the configured lock Redis does not answer (recorded as ``failure``).
+        aml.store.guard.WriteRevoked: the lock's lease was lost; the writes after the loss did not happen.
         Exception: whatever ``body`` raised, after the run is recorded as ``failure``.
     """
     settings = settings or get_settings()
@@ -103,9 +160,18 @@ def run_operation(
         run_id = run.id
     started = time.perf_counter()
     try:
-        with _maybe_lock(settings, store, destructive):
+        with _maybe_lock(settings, store, destructive, task_id):
             result = body(functools.partial(session_scope, url))
-    except StoreLocked as exc:
+    except (StoreLocked, LockUnavailable) as exc:
+        eager = _is_eager()
+        locked = isinstance(exc, StoreLocked)
+        with session_scope(url) as session:  # a locked store is "skipped" (retried on a worker); a down lock
+            row = session.get(TaskRun, run_id)  # Redis is a refusal: "failure"
+            assert row is not None
+            queries.finish_task_run(session, row, status="skipped" if locked else "failure",
+                                    error=str(exc) + ("" if eager or not locked else " (the task retries)"))
+        if not (eager and locked):
+            raise
         result = {"status": "skipped", "reason": str(exc)}
     except Exception as exc:
         with session_scope(url) as session:

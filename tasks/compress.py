@@ -33,7 +33,7 @@ from aml.optimize import warm_cache as warm_engine
 from aml.optimize.compress import DEFAULT_AGE_DAYS, Codec, Scope
 from aml.optimize.warm import DEFAULT_WARM_BYTES, DEFAULT_WARM_LIMIT
 from models import queries
-from tasks.base import Catalog, OperationBody, normalize_store, run_operation, store_path
+from tasks.base import AmlTask, Catalog, OperationBody, normalize_store, run_operation, store_path
 from tasks.snapshots import safety_snapshot
 from workers.app import get_settings
 
@@ -167,7 +167,7 @@ def all_body(store_id: str, *, dry_run: bool, age_days: float, codec: str, level
 # ------------------------------------------------------------------------------------ tasks
 
 
-@shared_task(bind=True, name="aml.compress.compress")
+@shared_task(base=AmlTask, bind=True, name="aml.compress.compress")
 def compress(self: Task, store: str, age_days: float = DEFAULT_AGE_DAYS, codec: str = "gzip",
              level: int | None = None, decompress: bool = False, scope: str = "loom",
              dry_run: bool = False) -> dict[str, Any]:
@@ -198,7 +198,7 @@ def compress(self: Task, store: str, age_days: float = DEFAULT_AGE_DAYS, codec: 
                          destructive=not dry_run)
 
 
-@shared_task(bind=True, name="aml.compress.gc")
+@shared_task(base=AmlTask, bind=True, name="aml.compress.gc")
 def gc(self: Task, store: str, dry_run: bool = False, quarantine: bool = True) -> dict[str, Any]:
     """Remove invalid and duplicate records; quarantine unparseable documents (``optimize gc``).
 
@@ -220,7 +220,7 @@ def gc(self: Task, store: str, dry_run: bool = False, quarantine: bool = True) -
                          body=gc_body(store_id, dry_run=dry_run, quarantine=quarantine), destructive=not dry_run)
 
 
-@shared_task(bind=True, name="aml.compress.index")
+@shared_task(base=AmlTask, bind=True, name="aml.compress.index")
 def index(self: Task, store: str, full: bool = False) -> dict[str, Any]:
     """Build or update ``<store>/.aml/index.sqlite`` and its Bloom filter (``optimize index``).
 
@@ -236,7 +236,7 @@ def index(self: Task, store: str, full: bool = False) -> dict[str, Any]:
                          arguments={"store": store, "full": full}, body=index_body(store_id, full=full))
 
 
-@shared_task(bind=True, name="aml.compress.warm_cache")
+@shared_task(base=AmlTask, bind=True, name="aml.compress.warm_cache")
 def warm_cache(self: Task, store: str, limit: int = DEFAULT_WARM_LIMIT, max_mb: float = DEFAULT_WARM_BYTES / MIB,
                agent: str | None = None, measure: int = 50) -> dict[str, Any]:
     """Preload the highest-value records into the index's warm set (``optimize warm-cache``).
@@ -265,7 +265,7 @@ def warm_cache(self: Task, store: str, limit: int = DEFAULT_WARM_LIMIT, max_mb: 
                                         measure=measure))
 
 
-@shared_task(bind=True, name="aml.compress.all")
+@shared_task(base=AmlTask, bind=True, name="aml.compress.all")
 def optimize_all(self: Task, store: str, dry_run: bool = False, age_days: float = DEFAULT_AGE_DAYS,
                  codec: str = "gzip", level: int | None = None, scope: str = "loom",
                  quarantine: bool = True) -> dict[str, Any]:

@@ -17,7 +17,7 @@ from aml.health.checks import BackupEvidence, Severity
 from aml.health.monitor import run_health
 from models import queries
 from tasks.backup_evidence import backup_evidence
-from tasks.base import Catalog, normalize_store, run_operation, store_path
+from tasks.base import AmlTask, Catalog, normalize_store, run_operation, store_path
 from workers.app import get_settings
 
 
@@ -69,7 +69,7 @@ def health_body(store_id: str, lookup_sample: int) -> Any:
     return body
 
 
-@shared_task(bind=True, name="aml.health.check")
+@shared_task(base=AmlTask, bind=True, name="aml.health.check")
 def check(self: Task, store: str, lookup_sample: int = 50) -> dict[str, Any]:
     """Run the health checks on a file store and update alerts and metrics in the catalog.
 
@@ -87,7 +87,7 @@ def check(self: Task, store: str, lookup_sample: int = 50) -> dict[str, Any]:
                          body=health_body(store_id, lookup_sample))
 
 
-@shared_task(bind=True, name="aml.health.alerts")
+@shared_task(base=AmlTask, bind=True, name="aml.health.alerts")
 def alerts(self: Task, store: str | None = None, include_resolved: bool = False, limit: int = 100) -> dict[str, Any]:
     """List alerts from the catalog (read-only, not recorded as a task run).
 
@@ -108,7 +108,7 @@ def alerts(self: Task, store: str | None = None, include_resolved: bool = False,
                 "active": sum(1 for a in rows if a.resolved_at is None)}
 
 
-@shared_task(bind=True, name="aml.health.metrics")
+@shared_task(base=AmlTask, bind=True, name="aml.health.metrics")
 def metrics(self: Task, store: str, name: str | None = None, hours: float = 24.0) -> dict[str, Any]:
     """Return recorded metric samples of a store (the time series), newest last.
 

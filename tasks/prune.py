@@ -20,7 +20,7 @@ from celery import Task, shared_task
 from aml.prune import PruneConfig, UndoEntry, apply_plan, build_plan, normalise_strategies, undo_entries
 from aml.prune.archive import ARCHIVE_DIR
 from models import queries
-from tasks.base import Catalog, normalize_store, run_operation, store_path
+from tasks.base import AmlTask, Catalog, normalize_store, run_operation, store_path
 from tasks.snapshots import repository_for, safety_snapshot
 from workers.app import get_settings
 
@@ -84,7 +84,7 @@ def run_body(store_id: str, run_id: str, *, strategies: Sequence[str] | None, ag
     return body
 
 
-@shared_task(bind=True, name="aml.prune.run")
+@shared_task(base=AmlTask, bind=True, name="aml.prune.run")
 def run(
     self: Task,
     store: str,
@@ -170,7 +170,7 @@ def undo_body(store_id: str, run_id: str) -> Any:
     return body
 
 
-@shared_task(bind=True, name="aml.prune.undo")
+@shared_task(base=AmlTask, bind=True, name="aml.prune.undo")
 def undo(self: Task, store: str, run_id: str) -> dict[str, Any]:
     """Put back exactly the records prune run ``run_id`` removed or archived (idempotent).
 

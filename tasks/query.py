@@ -24,12 +24,12 @@ from celery import Task, shared_task
 from aml.optimize import Query, shared_engine
 from aml.optimize.query import DEFAULT_LIMIT
 from models import queries
-from tasks.base import normalize_store, store_path
+from tasks.base import AmlTask, normalize_store, store_path
 from workers.app import get_settings
 from workers.catalog import session_scope
 
 
-@shared_task(bind=True, name="aml.trace.query")
+@shared_task(base=AmlTask, bind=True, name="aml.trace.query")
 def query(
     self: Task,
     store: str,

@@ -15,13 +15,13 @@ from celery import Task, shared_task
 
 from aml.backup import check, list_snapshots
 from models import queries
-from tasks.base import Catalog, normalize_store, run_operation, store_path
+from tasks.base import AmlTask, Catalog, normalize_store, run_operation, store_path
 from tasks.progress import task_progress
 from tasks.snapshots import repository_for
 from workers.app import get_settings
 
 
-@shared_task(bind=True, name="aml.verify.check")
+@shared_task(base=AmlTask, bind=True, name="aml.verify.check")
 def verify(self: Task, store: str, backup_id: str | None = None, read_data: bool = False,
            read_data_subset: str | None = None) -> dict[str, Any]:
     """Check a store's backup repository and record the result per snapshot.

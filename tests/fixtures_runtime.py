@@ -21,8 +21,9 @@ REPO = Path(__file__).resolve().parents[1]
 @pytest.fixture
 def aml_settings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     """Point the app at a fresh AML_HOME and SQLite catalog (and no lock Redis) for one test."""
-    from workers.app import app
+    from workers.app import current_aml_app
     from workers.settings import load_settings
+    app = current_aml_app()
 
     home = tmp_path / "aml-home"
     env = {"AML_HOME": str(home), "AML_CATALOG_URL": f"sqlite:///{home / 'catalog.db'}",
@@ -114,7 +115,7 @@ def celery_worker_process(tmp_path: Path, redis_server: RedisServer) -> Iterator
     env = runtime_env(home, redis_server.url(3))
     log = tmp_path / "worker.log"
     with open(log, "wb") as fh:
-        proc = subprocess.Popen([sys.executable, "-m", "workers.cli", "worker", "-Q", "heavy,fast", "-c", "1",
+        proc = subprocess.Popen([sys.executable, "-m", "cli.main", "worker", "-Q", "heavy,fast", "-c", "1",
                                  "--pool", "solo", "-l", "info"], cwd=REPO, env=env, stdout=fh, stderr=fh)
     client = redis.Redis.from_url(redis_server.url(3))
     deadline = time.monotonic() + 60

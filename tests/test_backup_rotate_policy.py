@@ -69,8 +69,8 @@ def _ten_daily_snapshots(tmp_path: Path, settings: Any) -> tuple[Path, list[str]
 
 
 def test_cli_rotate_max_backups_alone_keeps_the_newest_n(tmp_path: Path, aml_settings) -> None:
+    from cli.main import store_app
     from tasks.snapshots import repository_for
-    from workers.cli import store_app
 
     store, ids = _ten_daily_snapshots(tmp_path, aml_settings)
     res = CliRunner().invoke(store_app, ["backup", "rotate", "--max-backups", "5"], obj={"store": str(store)})

@@ -128,7 +128,7 @@ def test_cli_backup_round_trip_and_verify_exit_code(tmp_path: Path) -> None:
     env["AML_LOCK_URL"] = "none://"
 
     def aml(*args: str) -> subprocess.CompletedProcess[bytes]:
-        return subprocess.run([sys.executable, "-m", "workers.cli", str(store), *args], cwd=REPO, env=env,
+        return subprocess.run([sys.executable, "-m", "cli.main", str(store), *args], cwd=REPO, env=env,
                               capture_output=True, timeout=120)
 
     created = aml("backup", "create", "--json")
@@ -151,15 +151,16 @@ def test_cli_backup_round_trip_and_verify_exit_code(tmp_path: Path) -> None:
 def test_cli_reports_a_locked_store_and_exits_non_zero(tmp_path: Path, aml_settings, monkeypatch) -> None:
     from typer.testing import CliRunner
 
-    from workers.app import app
-    from workers.cli import store_app
+    from cli.main import store_app
+    from workers.app import current_aml_app
     from workers.locks import store_lock
+    app = current_aml_app()
 
     monkeypatch.setitem(app.conf, "aml_settings", aml_settings.replace(lock_timeout=0.3))
     store = extract_loom("loom-plain-v1.0", tmp_path)
     repo = store.parent / "memory-backup"
     runner = CliRunner()
-    with store_lock(os.path.realpath(store), redis_url=None, lock_dir=aml_settings.home / "locks", wait_s=1):
+    with store_lock(os.path.realpath(store), redis_url=None, store_dir=Path(os.path.realpath(store)), wait_s=1):
         for args in (["create"], ["rotate", "--max-backups", "5"], ["auto"], ["restore", "--backup-id", "x"]):
             res = runner.invoke(store_app, ["backup", *args], obj={"store": str(store)})
             assert res.exit_code == 2, (args, res.output, res.exception)

@@ -72,8 +72,8 @@ def test_damaged_manifest_header_is_marked_failed_by_its_id(
     # list does not pretend it is absent: the task names it, the CLI says so and exits 1
     from typer.testing import CliRunner
 
+    from cli.main import store_app
     from tasks import backup
-    from workers.cli import store_app
 
     listed = apply(backup.list_, store=str(store))
     assert [s["backup_id"] for s in listed["snapshots"]] == [s2]

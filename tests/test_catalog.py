@@ -88,7 +88,7 @@ def _tables(url: str) -> set[str]:
 def test_upgrade_downgrade_upgrade(db_url: str) -> None:
     assert catalog.current_revision(db_url) is None
     catalog.upgrade(db_url)
-    assert catalog.current_revision(db_url) == catalog.head_revision() == "0002"
+    assert catalog.current_revision(db_url) == catalog.head_revision() == "0003"
     assert _tables(db_url) >= CATALOG_TABLES
 
     catalog.downgrade(db_url, "base")
@@ -187,8 +187,24 @@ def test_ensure_catalog_refuses_unknown_revision(migrated: str) -> None:
 def test_alembic_config_works_from_any_directory(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)
     cfg = catalog.alembic_config("sqlite://")
-    assert Path(str(cfg.get_main_option("script_location"))) == REPO / "alembic"
-    assert catalog.head_revision() == "0002"
+    assert Path(str(cfg.get_main_option("script_location"))) == REPO / "models" / "migrations"
+    assert catalog.head_revision() == "0003"
+
+
+def test_aml_db_upgrade_from_another_directory(tmp_path: Path) -> None:
+    """The installed console script finds the migrations shipped in the package, whatever the cwd."""
+    import os
+    import shutil
+    import subprocess
+
+    aml = shutil.which("aml", path=str(Path(sys.executable).parent))
+    assert aml is not None
+    url = f"sqlite:///{tmp_path / 'elsewhere.db'}"
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"} | {"AML_CATALOG_URL": url,
+                                                                          "AML_HOME": str(tmp_path)}
+    proc = subprocess.run([aml, "db", "upgrade"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert catalog.current_revision(url) == catalog.head_revision()
 
 
 def test_default_url_from_aml_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -588,7 +604,7 @@ def test_revision_0002_keeps_rows_and_its_downgrade_refuses_shared_ids(db_url: s
             "INSERT INTO backups (backup_id, store, repository, backup_type, created_at, file_count, "
             "total_size_bytes, stored_size_bytes, agents, tags, verify_status) VALUES "
             "('full_1', '/a', '/a-backup', 'full', '2026-01-01 00:00:00', 3, 4, 5, '[]', '[]', 'ok')"))
-    catalog.upgrade(db_url)
+    catalog.upgrade(db_url, "0002")
     assert catalog.current_revision(db_url) == "0002"
     with catalog.session_scope(db_url) as session:
         (row,) = q.list_backups(session)

@@ -1,6 +1,6 @@
 """Every destructive CLI command on a store locked by another operation: exit 2, say so, change nothing.
 
-The lock is held for real (:func:`workers.locks.store_lock`, the file lock under ``$AML_HOME/locks``,
+The lock is held for real (:func:`workers.locks.store_lock`, the lock file in the store,
 as :func:`tasks.base.run_operation` takes it), not mocked.
 """
 
@@ -34,8 +34,9 @@ COMMANDS = {
 @pytest.fixture
 def locked_env(tmp_path: Path, aml_settings, monkeypatch: pytest.MonkeyPatch):
     """A private loom-plain-v1.0 store, a short lock wait, and ``hold()`` to take its lock for real."""
-    from workers.app import app
+    from workers.app import current_aml_app
     from workers.locks import store_lock
+    app = current_aml_app()
 
     settings = aml_settings.replace(lock_timeout=0.3)
     monkeypatch.setitem(app.conf, "aml_settings", settings)
@@ -43,14 +44,14 @@ def locked_env(tmp_path: Path, aml_settings, monkeypatch: pytest.MonkeyPatch):
 
     @contextmanager
     def hold() -> Iterator[None]:
-        with store_lock(os.path.realpath(store), redis_url=None, lock_dir=settings.home / "locks", wait_s=1):
+        with store_lock(os.path.realpath(store), redis_url=None, store_dir=Path(os.path.realpath(store)), wait_s=1):
             yield
 
     return store, hold
 
 
 def invoke(store: Path, args: list[str]):
-    from workers.cli import store_app
+    from cli.main import store_app
 
     return CliRunner().invoke(store_app, args, obj={"store": str(store)})
 

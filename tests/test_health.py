@@ -128,7 +128,8 @@ def test_alert_lifecycle_raise_persist_resolve(tmp_path: Path, aml_settings) -> 
 
 def test_memory_limits_raise_per_agent_alerts(tmp_path: Path, aml_settings, monkeypatch) -> None:
     from aml.health.thresholds import Thresholds
-    from workers.app import app
+    from workers.app import current_aml_app
+    app = current_aml_app()
 
     store = extract_loom("loom-plain-v1.0", tmp_path)
     tiny = aml_settings.replace(thresholds=Thresholds(agent_warning_mb=0.05, agent_critical_mb=0.15))
@@ -172,14 +173,14 @@ def test_healthy_store_exits_zero_via_cli(tmp_path: Path) -> None:
         {"backup_id": "full_x", "backup_type": "full", "timestamp": now}]}))
     env = runtime_env(tmp_path / "home", "redis://127.0.0.1:1/0")
     env["AML_LOCK_URL"] = "none://"
-    proc = subprocess.run([sys.executable, "-m", "workers.cli", str(store), "monitor", "health", "--json"],
+    proc = subprocess.run([sys.executable, "-m", "cli.main", str(store), "monitor", "health", "--json"],
                           cwd=REPO, env=env, capture_output=True, timeout=120)
     assert proc.returncode == 0, proc.stdout.decode() + proc.stderr.decode()
     report = json.loads(proc.stdout)
     assert report["status"] == "healthy" and all(report["checks"].values())
     # the same store with a broken document: exit 2, and the error is on stdout's report
     (store / "frontend-developer" / "patterns.json").write_bytes(b"[{")
-    proc = subprocess.run([sys.executable, "-m", "workers.cli", str(store), "monitor", "health"],
+    proc = subprocess.run([sys.executable, "-m", "cli.main", str(store), "monitor", "health"],
                           cwd=REPO, env=env, capture_output=True, timeout=120)
     assert proc.returncode == 2
     assert b"frontend-developer/patterns.json" in proc.stdout
@@ -195,7 +196,7 @@ def test_enqueue_runs_on_real_worker_and_catalog_records_it(tmp_path: Path, cele
     import sqlalchemy as sa
 
     store = extract_loom("loom-plain-v1.0", tmp_path)
-    proc = subprocess.run([sys.executable, "-m", "workers.cli", str(store), "monitor", "health", "--enqueue",
+    proc = subprocess.run([sys.executable, "-m", "cli.main", str(store), "monitor", "health", "--enqueue",
                            "--wait", "--timeout", "120", "--json"], cwd=REPO, env=celery_worker_process.env,
                           capture_output=True, timeout=180)
     assert proc.returncode in (1, 2), proc.stderr.decode() + celery_worker_process.log.read_text()
@@ -216,14 +217,14 @@ def test_html_report_is_self_contained_with_charts(tmp_path: Path) -> None:
     env["AML_LOCK_URL"] = "none://"
     out = tmp_path / "report.html"
     for _ in range(2):  # two runs: two points per series
-        proc = subprocess.run([sys.executable, "-m", "workers.cli", str(store), "monitor", "report", "--format",
+        proc = subprocess.run([sys.executable, "-m", "cli.main", str(store), "monitor", "report", "--format",
                                "html", "-o", str(out)], cwd=REPO, env=env, capture_output=True, timeout=120)
         assert proc.returncode in (1, 2), proc.stderr.decode()
     page = out.read_text()
     assert page.startswith("<!doctype html>") and "<polyline" in page
     assert "agent_bytes debugger" in page and "2 samples" in page
     assert "http://" not in page and "https://" not in page and "<script" not in page
-    json_out = subprocess.run([sys.executable, "-m", "workers.cli", str(store), "monitor", "report", "--json"],
+    json_out = subprocess.run([sys.executable, "-m", "cli.main", str(store), "monitor", "report", "--json"],
                               cwd=REPO, env=env, capture_output=True, timeout=120)
     report = json.loads(json_out.stdout)
     assert set(report) >= {"status", "checks", "memory", "performance", "health_checks", "alerts"}

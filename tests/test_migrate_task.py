@@ -112,13 +112,13 @@ def test_rollback_through_the_task_after_an_interrupted_run(tmp_path: Path, aml_
 
 
 def _aml(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "workers.cli", *args], cwd=REPO, env=env, capture_output=True,
+    return subprocess.run([sys.executable, "-m", "cli.main", *args], cwd=REPO, env=env, capture_output=True,
                           text=True, timeout=120)
 
 
 def _cli(store: Path, *args: str) -> Result:
     """``aml <store> ARGS`` in this process (the console script's routing is tested once, below)."""
-    from workers.cli import store_app
+    from cli.main import store_app
 
     return CliRunner().invoke(store_app, list(args), obj={"store": str(store)})
 
@@ -147,18 +147,18 @@ def test_seed_cli_commands(tmp_path: Path, aml_settings) -> None:
 
 
 def test_db_downgrade_and_upgrade_commands(aml_settings) -> None:
-    from workers.cli_service import service_app
+    from cli.service import service_app
 
     def db(*args: str) -> str:
         result = CliRunner().invoke(service_app, ["db", *args])
         assert result.exit_code == 0, result.output
         return " ".join(result.stdout.split())
 
-    assert "at revision 0002" in db("upgrade")
-    assert "0002 (head 0002)" in db("current")
+    assert "at revision 0003" in db("upgrade")
+    assert "0003 (head 0003)" in db("current")
     assert "at revision base" in db("downgrade", "base")
-    assert "none (head 0002)" in db("current")
-    assert "at revision 0002" in db("upgrade")
+    assert "none (head 0003)" in db("current")
+    assert "at revision 0003" in db("upgrade")
 
 
 @pytest.mark.postgres

@@ -103,7 +103,7 @@ def test_query_metrics_feed_health_performance_ok(tmp_path: Path, aml_settings) 
 
 
 def test_cli_commands(tmp_path: Path, aml_settings) -> None:
-    from workers.cli import store_app
+    from cli.main import store_app
 
     root = extract_loom("loom-plain-v1.1.0", tmp_path)
     runner = CliRunner()
@@ -137,7 +137,7 @@ def test_cli_entry_point_runs_optimize_all(tmp_path: Path) -> None:
     root = extract_loom("loom-plain-v1.0", tmp_path)
     env = runtime_env(tmp_path / "home", "redis://127.0.0.1:1/0")
     env["AML_LOCK_URL"] = "none://"
-    proc = subprocess.run([sys.executable, "-m", "workers.cli", str(root), "optimize", "all", "--age-days", "0"],
+    proc = subprocess.run([sys.executable, "-m", "cli.main", str(root), "optimize", "all", "--age-days", "0"],
                           cwd=REPO, env=env, capture_output=True, timeout=120)
     assert proc.returncode == 0, proc.stdout.decode() + proc.stderr.decode()
     assert b"compress (gzip): 13 of 15 files" in proc.stdout and (root / INDEX_FILE).is_file()
@@ -154,7 +154,7 @@ def test_beat_runs_optimize_monthly() -> None:
 
 def test_demo_step(tmp_path: Path, aml_settings) -> None:
     from aml.sample import SampleSpec, generate_loom_store
-    from workers.demo import DemoContext, step_optimize
+    from cli.demo import DemoContext, step_optimize
 
     root = tmp_path / ".loom" / "memory"
     generate_loom_store(root, SampleSpec(agents=2, patterns=20, solutions=10, decisions=5, days=200))
@@ -164,7 +164,8 @@ def test_demo_step(tmp_path: Path, aml_settings) -> None:
 
 
 def test_queues_and_worker_keeps_its_record_cache(tmp_path: Path, celery_worker_process) -> None:
-    from workers.app import app
+    from workers.app import current_aml_app
+    app = current_aml_app()
 
     route = app.amqp.router.route
     assert route({}, "aml.trace.query")["queue"].name == "fast"
@@ -173,7 +174,7 @@ def test_queues_and_worker_keeps_its_record_cache(tmp_path: Path, celery_worker_
     env = celery_worker_process.env
 
     def cli(*args: str) -> dict:
-        proc = subprocess.run([sys.executable, "-m", "workers.cli", str(root), *args, "--enqueue", "--wait",
+        proc = subprocess.run([sys.executable, "-m", "cli.main", str(root), *args, "--enqueue", "--wait",
                                "--timeout", "120", "--json"], cwd=REPO, env=env, capture_output=True, timeout=180)
         assert proc.returncode == 0, proc.stderr.decode() + celery_worker_process.log.read_text()
         return json.loads(proc.stdout)

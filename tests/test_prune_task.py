@@ -109,7 +109,7 @@ def test_bad_arguments_are_refused(tmp_path: Path, aml_settings) -> None:
 
 def run_cli(capsys, *argv: str) -> tuple[int, str]:
     """Run ``aml <argv>`` in this process (the console script's own ``main``); returns (exit code, stdout)."""
-    from workers.cli import main
+    from cli.main import main
 
     capsys.readouterr()
     try:
@@ -150,7 +150,7 @@ def test_console_script_dry_run_json(tmp_path: Path) -> None:
     before = snapshot_tree(store.parent)
     env = runtime_env(tmp_path / "home", "redis://127.0.0.1:1/0")
     env["AML_LOCK_URL"] = "none://"
-    proc = subprocess.run([sys.executable, "-m", "workers.cli", str(store), "prune", "--strategies", "time_based",
+    proc = subprocess.run([sys.executable, "-m", "cli.main", str(store), "prune", "--strategies", "time_based",
                            "performance_based", "space_based", "--dry-run", "--json"],
                           cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr

@@ -2,13 +2,9 @@
 
 from __future__ import annotations
 
-import threading
-import time
 from pathlib import Path
 
 import pytest
-
-from tests.fixtures_runtime import RedisServer
 
 
 def test_settings_defaults_and_errors(tmp_path: Path) -> None:
@@ -25,9 +21,10 @@ def test_settings_defaults_and_errors(tmp_path: Path) -> None:
 
 
 def test_celery_configuration_matches_design() -> None:
-    from workers.app import TIME_LIMITS, app, create_app
+    from workers.app import TIME_LIMITS, create_app, current_aml_app
     from workers.settings import load_settings
 
+    app = current_aml_app()
     conf = app.conf
     assert conf.task_serializer == "json" and conf.accept_content == ["json"]
     assert conf.task_acks_late and conf.task_reject_on_worker_lost and conf.worker_prefetch_multiplier == 1
@@ -44,7 +41,8 @@ def test_celery_configuration_matches_design() -> None:
 
 def test_beat_schedule_names_registered_tasks_on_their_queues() -> None:
     from beat_schedule import beat_schedule
-    from workers.app import app
+    from workers.app import current_aml_app
+    app = current_aml_app()
 
     schedule = beat_schedule(("/srv/a/.loom/memory",))
     assert schedule
@@ -53,61 +51,48 @@ def test_beat_schedule_names_registered_tasks_on_their_queues() -> None:
         assert app.amqp.router.route({}, entry["task"])["queue"].name == entry["options"]["queue"]
 
 
-@pytest.mark.parametrize("backend", ["redis", "file"])
-def test_store_lock_excludes_second_holder(backend: str, tmp_path: Path, redis_server: RedisServer) -> None:
-    from workers.locks import StoreLocked, store_lock
-
-    url = redis_server.url(5) if backend == "redis" else None
-    held = threading.Event()
-    release = threading.Event()
-
-    def holder() -> None:
-        with store_lock("/store/x", redis_url=url, lock_dir=tmp_path, wait_s=1) as info:
-            assert info.backend == backend
-            held.set()
-            release.wait(10)
-
-    t = threading.Thread(target=holder)
-    t.start()
-    assert held.wait(10)
-    start = time.monotonic()
-    with pytest.raises(StoreLocked) as err, store_lock("/store/x", redis_url=url, lock_dir=tmp_path, wait_s=0.5):
-        pass
-    assert time.monotonic() - start >= 0.4
-    assert "/store/x" in str(err.value)
-    # another store is independent
-    with store_lock("/store/y", redis_url=url, lock_dir=tmp_path, wait_s=0.5):
-        pass
-    release.set()
-    t.join()
-    with store_lock("/store/x", redis_url=url, lock_dir=tmp_path, wait_s=1):
-        pass
-
-
-def test_redis_lock_renews_past_its_ttl(redis_server: RedisServer, tmp_path: Path) -> None:
-    import redis
-
-    from workers.locks import lock_key, store_lock
-
-    client = redis.Redis.from_url(redis_server.url(5))
-    with store_lock("/store/ttl", redis_url=redis_server.url(5), lock_dir=tmp_path, ttl_s=0.6):
-        time.sleep(1.5)
-        assert client.exists(lock_key("/store/ttl"))
-    assert not client.exists(lock_key("/store/ttl"))
-
-
 def test_locked_store_gives_skipped_status(tmp_path: Path, aml_settings, monkeypatch) -> None:
     from tasks import backup
     from tests.realdata import extract_loom
-    from workers.app import app
+    from workers.app import current_aml_app
     from workers.locks import store_lock
+    app = current_aml_app()
 
     monkeypatch.setitem(app.conf, "aml_settings", aml_settings.replace(lock_timeout=0.3))
     store = extract_loom("loom-plain-v1.0", tmp_path)
     import os
 
-    with store_lock(os.path.realpath(store), redis_url=None, lock_dir=aml_settings.home / "locks", wait_s=1):
+    with store_lock(os.path.realpath(store), redis_url=None, store_dir=Path(os.path.realpath(store)), wait_s=1):
         result = backup.create.apply(kwargs={"store": str(store)}, throw=True).get()
     assert result["status"] == "skipped" and "locked" in result["reason"]
     assert not (store.parent / "memory-backup" / "snapshots").exists() or not any(
         (store.parent / "memory-backup" / "snapshots").glob("*.json"))
+
+
+def test_readme_configuration_table_matches_the_settings() -> None:
+    """Every setting is in the README's table with its default, and the table names nothing else."""
+    import re
+
+    from tests.fixtures_runtime import REPO
+    from workers.settings import configuration_table
+
+    readme = (REPO / "README.md").read_text()
+    rows = {m.group(1): m.group(2) for m in re.finditer(r"^\| `(AML_[A-Z_]+)` \| `([^`]*)` \|", readme, re.M)}
+    expected = {name: default for name, default, _ in configuration_table()}
+    assert rows == expected
+
+
+def test_no_celery_app_is_created_or_made_current_on_import() -> None:
+    """Importing the tasks (as an agent's own Celery app would) leaves that app current."""
+    import subprocess
+    import sys
+
+    from tests.fixtures_runtime import REPO
+
+    code = ("from celery import Celery, current_app\n"
+            "mine = Celery('mine', set_as_current=True)\n"
+            "import tasks.backup, tasks.health, tasks.migrate, tasks.prune, tasks.compress, tasks.verify, cli.main\n"
+            "assert current_app._get_current_object() is mine, current_app\n"
+            "assert 'aml.backup.create' in mine.tasks\n")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr

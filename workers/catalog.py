@@ -1,6 +1,6 @@
 """The catalog at run time: its schema (Alembic), engines and sessions.
 
-- The schema is Alembic's (``alembic/`` at the repository root); never ``create_all``.
+- The schema is Alembic's (``models/migrations/``, shipped in the package); never ``create_all``.
   :func:`upgrade` / :func:`downgrade` / :func:`current_revision` / :func:`head_revision` drive it
   from Python (``aml db upgrade`` calls :func:`upgrade`), from any working directory.
 - :func:`ensure_catalog` is what tasks call before touching the catalog: an embedded SQLite
@@ -96,28 +96,18 @@ def _is_sqlite_file(backend: str, database: str | None) -> bool:
 
 
 def alembic_dir() -> Path:
-    """The Alembic script directory (``env.py``, ``versions/``).
-
-    Looked up as ``$AML_ALEMBIC_DIR``, then ``alembic/`` next to the ``workers`` package (the
-    repository root: a source checkout or an editable install, whose modules resolve to the
-    checkout), then ``./alembic``.
+    """The Alembic script directory (``env.py``, ``versions/``): ``models/migrations`` inside the
+    installed package, so ``aml db upgrade`` works from any directory and from a wheel.
 
     Raises:
-        CatalogError: none of them holds an ``env.py``.
+        CatalogError: the package was installed without its migrations.
     """
-    candidates: list[Path] = []
-    if os.environ.get("AML_ALEMBIC_DIR"):
-        candidates.append(Path(os.environ["AML_ALEMBIC_DIR"]).expanduser())
-    candidates.append(Path(__file__).resolve().parent.parent / "alembic")
-    candidates.append(Path.cwd() / "alembic")
-    for path in candidates:
-        if (path / "env.py").is_file() and (path / "versions").is_dir():
-            return path.resolve()
-    raise CatalogError(
-        "cannot find the catalog migrations (alembic/env.py); looked in "
-        + ", ".join(str(p) for p in candidates)
-        + ": set AML_ALEMBIC_DIR to the alembic/ directory of the aml source"
-    )
+    import models
+
+    path = Path(models.__file__).resolve().parent / "migrations"
+    if not ((path / "env.py").is_file() and (path / "versions").is_dir()):
+        raise CatalogError(f"the catalog migrations are missing from the installed package: {path}")
+    return path
 
 
 def alembic_config(url: str) -> Config:

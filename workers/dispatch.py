@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from celery import Task
+from celery import Celery, Task
 
 
 @dataclass
@@ -19,6 +19,28 @@ class Outcome:
     result: dict[str, Any] | None
     task_id: str
     queued: bool
+
+
+class NoConsumer(RuntimeError):
+    """No running worker consumes the queue a task would be sent to (checked with ``inspect``)."""
+
+    def __init__(self, task: str, queue: str) -> None:
+        self.task = task
+        self.queue = queue
+        super().__init__(f"no worker consumes queue {queue!r}, so {task} would never run: start one with "
+                         f"`aml worker -Q {queue}` (the task was not sent)")
+
+
+def queue_of(app: Celery, task_name: str) -> str:
+    """The queue ``task_name`` is routed to by ``app``'s routes."""
+    return str(app.amqp.router.route({}, task_name)["queue"].name)
+
+
+def consumers_of(app: Celery, queue: str, timeout: float = 2.0) -> list[str]:
+    """Node names of the running workers that consume ``queue`` (Celery's ``inspect active_queues``;
+    waits up to ``timeout`` seconds for replies)."""
+    replies = app.control.inspect(timeout=timeout).active_queues() or {}
+    return sorted(node for node, queues in replies.items() if any(q.get("name") == queue for q in queues or []))
 
 
 def execute(task: Task, kwargs: dict[str, Any], *, enqueue: bool = False, wait: bool = False,
@@ -37,13 +59,21 @@ def execute(task: Task, kwargs: dict[str, Any], *, enqueue: bool = False, wait: 
 
     Raises:
         Exception: the task's own exception (inline, or waited for).
+        NoConsumer: ``wait`` was asked and no running worker consumes the task's queue (nothing sent).
         celery.exceptions.TimeoutError: the enqueued task did not finish within ``timeout``.
     """
     if not enqueue:
         eager = task.apply(kwargs=kwargs, throw=True)
         return Outcome(eager.get(), str(eager.id), False)
+    if wait:
+        queue = queue_of(task.app, task.name)
+        if not consumers_of(task.app, queue):
+            raise NoConsumer(task.name, queue)
     async_result = task.apply_async(kwargs=kwargs)
     if not wait:
         return Outcome(None, str(async_result.id), True)
-    value = async_result.get(timeout=timeout, propagate=True)
+    try:
+        value = async_result.get(timeout=timeout, propagate=True)
+    finally:
+        async_result.backend.remove_pending_result(async_result)  # no stale subscription at exit
     return Outcome(value, str(async_result.id), True)

@@ -1,10 +1,21 @@
-"""Per-store locks: two destructive operations never run on one store at once.
+"""Per-store locks: two destructive operations never run on one store at once, and never fail open.
 
-The lock is a Redis key ``aml:lock:<store id>`` taken with ``SET NX PX`` (redis-py's
-:class:`redis.lock.Lock`) and renewed by a background thread while the operation runs, so a crashed
-holder frees the store after ``ttl`` seconds. When no Redis answers (the CLI's inline mode on a
-machine without a broker) the lock falls back to an exclusive ``flock`` on a file under
-``$AML_HOME/locks/``, which serialises operations on this host.
+A store's lock has two layers, taken in this order and both held for the whole operation:
+
+1. **An exclusive ``flock`` on the store's directory**: every process on the host that can write the
+   store sees it, whatever its ``AML_HOME`` or settings, and nothing is written into the store for it.
+   The kernel frees it the instant its holder dies, so a dead owner's lock is taken over at once.
+2. **A Redis lease** (``aml:lock:<sha256(store id)[:32]>``, ``SET NX PX``), when a lock Redis is
+   configured (``AML_LOCK_URL``, or a Redis ``AML_BROKER_URL``): the lock for processes on other hosts.
+   The value names its owner (host, pid, task id); the lease is short (``AML_LOCK_LEASE``, 30 s) and
+   renewed every third of it. A lease whose owner is a dead process on this host is taken over at once;
+   a dead owner on another host frees it within one lease. If the lease cannot be renewed (taken over,
+   expired, Redis gone for longer than the lease) the lock is *lost*: :func:`aml.store.guard.revoke`
+   stops the operation before its next store write.
+
+If the configured Redis does not answer, :class:`LockUnavailable` is raised: the operation refuses to
+run rather than run unlocked. A store held by a live owner past the wait time raises
+:class:`StoreLocked`, which the tasks turn into a retry with backoff.
 """
 
 from __future__ import annotations
@@ -12,19 +23,29 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import hashlib
+import json
 import os
+import socket
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import redis
 from redis.exceptions import LockError, RedisError
 
+from aml.store import guard
+
+__all__ = ["LockInfo", "LockUnavailable", "StoreLocked", "lock_key", "store_lock"]
+
+POLL_S = 0.1
+"""Seconds between two attempts on a held lock."""
+
 
 class StoreLocked(RuntimeError):
-    """The store's lock is held by another operation and did not free within the wait time."""
+    """The store's lock is held by a live operation and did not free within the wait time."""
 
     def __init__(self, store_id: str, waited_s: float, holder: str | None) -> None:
         self.store_id = store_id
@@ -32,17 +53,51 @@ class StoreLocked(RuntimeError):
         self.holder = holder
         super().__init__(
             f"store {store_id} is locked by another operation ({holder or 'unknown holder'}); "
-            f"waited {waited_s:.0f} s"
+            f"waited {waited_s:.1f} s"
         )
+
+    def __reduce__(self) -> tuple[Any, ...]:  # picklable/serialisable with its arguments
+        return (StoreLocked, (self.store_id, self.waited_s, self.holder))
+
+
+class LockUnavailable(RuntimeError):
+    """The configured lock Redis does not answer: a destructive operation must not run unlocked."""
+
+    def __init__(self, url: str, reason: str) -> None:
+        self.url = url
+        self.reason = reason
+        super().__init__(f"the lock Redis {redact(url)} does not answer ({reason}): refusing to run unlocked; "
+                         "start it, or set AML_LOCK_URL=none to rely on the store's lock file alone (one host)")
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (LockUnavailable, (self.url, self.reason))
 
 
 @dataclass
 class LockInfo:
-    """What a held lock is: ``backend`` ("redis" or "file"), the key or file, the holder token."""
+    """A held lock: its layers (``"file"``, ``"redis"``), the lock file and Redis key, the owner."""
 
-    backend: str
-    name: str
-    holder: str
+    backends: list[str]
+    path: str | None
+    key: str | None
+    owner: dict[str, Any]
+    lost: threading.Event = field(default_factory=threading.Event)
+    took_over: str | None = None
+
+    @property
+    def backend(self) -> str:
+        """The layer that excludes other hosts: ``"redis"`` when a Redis lease is held, else ``"file"``."""
+        return "redis" if "redis" in self.backends else "file"
+
+
+def redact(url: str) -> str:
+    """``url`` without its password (``redis://:secret@h`` -> ``redis://:***@h``)."""
+    if "@" not in url or "://" not in url:
+        return url
+    scheme, rest = url.split("://", 1)
+    creds, host = rest.rsplit("@", 1)
+    user = creds.split(":", 1)[0]
+    return f"{scheme}://{user}:***@{host}"
 
 
 def lock_key(store_id: str) -> str:
@@ -50,8 +105,29 @@ def lock_key(store_id: str) -> str:
     return "aml:lock:" + hashlib.sha256(store_id.encode()).hexdigest()[:32]
 
 
-def _holder() -> str:
-    return f"{os.uname().nodename}:{os.getpid()}:{threading.get_ident()}"
+def _owner(task_id: str | None) -> dict[str, Any]:
+    return {"host": socket.gethostname(), "pid": os.getpid(), "task": task_id, "since": round(time.time(), 3)}
+
+
+def _describe(owner: dict[str, Any] | None) -> str | None:
+    if not owner:
+        return None
+    text = f"pid {owner.get('pid')} on {owner.get('host')}"
+    if owner.get("task"):
+        text += f", task {owner['task']}"
+    return text
+
+
+def _pid_dead(pid: Any) -> bool:
+    if not isinstance(pid, int) or pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    return False
 
 
 @contextlib.contextmanager
@@ -59,98 +135,172 @@ def store_lock(
     store_id: str,
     *,
     redis_url: str | None,
-    lock_dir: Path,
+    store_dir: Path | None,
     wait_s: float = 60.0,
-    ttl_s: float = 120.0,
+    lease_s: float = 30.0,
+    task_id: str | None = None,
 ) -> Iterator[LockInfo]:
     """Hold the exclusive lock of ``store_id`` for the duration of the block.
 
     Args:
         store_id: normalised store id (path or URL).
-        redis_url: Redis used for locks; ``None`` or unreachable selects the file lock.
-        lock_dir: directory for file locks (created if needed).
-        wait_s: seconds to wait for a held lock before giving up.
-        ttl_s: Redis lock expiry in seconds; renewed every ``ttl_s / 3`` while held.
+        redis_url: the lock Redis, or ``None`` for the store's lock file alone.
+        store_dir: the store's directory (its lock file lives there); ``None`` for a store that is
+            not a directory (a Redis keyspace), which then needs ``redis_url``.
+        wait_s: seconds to wait for a live owner to release before giving up.
+        lease_s: the Redis lease, seconds; renewed every ``lease_s / 3``.
+        task_id: the Celery task id recorded as part of the owner.
 
     Yields:
-        :class:`LockInfo` describing the lock taken.
+        :class:`LockInfo`; its ``lost`` event is set (and store writes stop) if the lease is lost.
 
     Raises:
-        StoreLocked: the lock was not acquired within ``wait_s``.
+        StoreLocked: a live owner held the lock for ``wait_s``.
+        LockUnavailable: ``redis_url`` is set and does not answer.
+        ValueError: neither ``store_dir`` nor ``redis_url`` is given.
     """
-    client = _redis_or_none(redis_url)
-    if client is not None:
-        with _redis_lock(client, store_id, wait_s, ttl_s) as info:
-            yield info
-    else:
-        with _file_lock(store_id, lock_dir, wait_s) as info:
+    if store_dir is None and redis_url is None:
+        raise ValueError(f"store {store_id} has no directory for a lock file and no lock Redis is configured")
+    client = _connect(redis_url) if redis_url else None
+    owner = _owner(task_id)
+    info = LockInfo([], None, None, owner)
+    deadline = time.monotonic() + wait_s
+    with contextlib.ExitStack() as stack:
+        if store_dir is not None:
+            info.path = stack.enter_context(_dir_lock(store_id, store_dir, deadline))
+            info.backends.append("file")
+        if client is not None:
+            assert redis_url is not None
+            stack.enter_context(_redis_lease(client, redis_url, store_id, info, deadline, lease_s))
+            info.backends.append("redis")
+        with guard.guarded():
             yield info
 
 
-def _redis_or_none(url: str | None) -> redis.Redis | None:
-    if not url or not url.startswith(("redis://", "rediss://", "unix://")):
-        return None
-    client = redis.Redis.from_url(url, socket_connect_timeout=2, socket_timeout=10)
+def _connect(url: str) -> redis.Redis:
+    client = redis.Redis.from_url(url, socket_connect_timeout=2, socket_timeout=5)
     try:
         client.ping()
-    except RedisError:
-        return None
+    except RedisError as exc:
+        raise LockUnavailable(url, str(exc) or type(exc).__name__) from None
     return client
 
 
 @contextlib.contextmanager
-def _redis_lock(client: redis.Redis, store_id: str, wait_s: float, ttl_s: float) -> Iterator[LockInfo]:
-    key = lock_key(store_id)
-    holder = _holder()
-    lock = client.lock(key, timeout=ttl_s, blocking=True, blocking_timeout=wait_s, thread_local=False)
+def _dir_lock(store_id: str, store_dir: Path, deadline: float) -> Iterator[str]:
+    """An exclusive ``flock`` on the store's directory itself: nothing is created in the store (its
+    files and mtimes stay as they are), every process on the host sees it, and the kernel releases it
+    when the holder dies. The holder's pid is read from ``/proc/locks`` for the message."""
     start = time.monotonic()
-    if not lock.acquire(token=holder):
-        current = client.get(key)
-        holder_now = current.decode() if isinstance(current, bytes) else current
-        raise StoreLocked(store_id, time.monotonic() - start, holder_now)
-    stop = threading.Event()
-
-    def renew() -> None:
-        while not stop.wait(ttl_s / 3):
-            try:
-                lock.extend(ttl_s, replace_ttl=True)
-            except (LockError, RedisError):
-                return
-
-    thread = threading.Thread(target=renew, name=f"aml-lock-renew-{key}", daemon=True)
-    thread.start()
     try:
-        yield LockInfo("redis", key, holder)
-    finally:
-        stop.set()
-        thread.join(timeout=5)
-        with contextlib.suppress(LockError, RedisError):
-            lock.release()
-
-
-@contextlib.contextmanager
-def _file_lock(store_id: str, lock_dir: Path, wait_s: float) -> Iterator[LockInfo]:
-    lock_dir.mkdir(parents=True, exist_ok=True)
-    path = lock_dir / (lock_key(store_id).split(":")[-1] + ".lock")
-    holder = _holder()
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-    start = time.monotonic()
+        fd = os.open(store_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except OSError as exc:
+        raise OSError(exc.errno, f"cannot open the store directory {store_dir} to lock it: {exc.strerror}") from None
     try:
         while True:
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
                 break
             except BlockingIOError:
-                if time.monotonic() - start >= wait_s:
-                    other = os.pread(fd, 256, 0).decode(errors="replace").strip() or None
-                    raise StoreLocked(store_id, time.monotonic() - start, other) from None
-                time.sleep(0.2)
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{holder} {store_id}\n".encode(), 0)
-        try:
-            yield LockInfo("file", str(path), holder)
-        finally:
-            os.ftruncate(fd, 0)
-            fcntl.flock(fd, fcntl.LOCK_UN)
+                if time.monotonic() >= deadline:
+                    raise StoreLocked(store_id, time.monotonic() - start, _flock_holder(fd)) from None
+                time.sleep(POLL_S)
+        yield str(store_dir)
     finally:
-        os.close(fd)
+        os.close(fd)  # closing the descriptor releases the flock
+
+
+def _flock_holder(fd: int) -> str | None:
+    """``pid N on this host`` for the process holding a flock on ``fd``'s inode (from ``/proc/locks``)."""
+    st = os.fstat(fd)
+    ident = f"{os.major(st.st_dev):02x}:{os.minor(st.st_dev):02x}:{st.st_ino}"
+    try:
+        lines = Path("/proc/locks").read_text().splitlines()
+    except OSError:
+        return None
+    for line in lines:
+        parts = line.split()
+        if len(parts) >= 6 and parts[1] == "FLOCK" and parts[5] == ident and parts[4].isdigit():
+            return f"pid {parts[4]} on {socket.gethostname()}"
+    return None
+
+
+_TAKE_OVER = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
+  return 1
+end
+return 0
+"""
+"""Replace the lease only if it still holds the dead owner's exact value (compare-and-set)."""
+
+
+@contextlib.contextmanager
+def _redis_lease(client: redis.Redis, url: str, store_id: str, info: LockInfo, deadline: float,
+                 lease_s: float) -> Iterator[None]:
+    key = lock_key(store_id)
+    token = json.dumps(info.owner, sort_keys=True)
+    lock = client.lock(key, timeout=lease_s, blocking=False, thread_local=False)
+    start = time.monotonic()
+    while True:
+        try:
+            if lock.acquire(token=token):
+                break
+            current = client.get(key)
+        except RedisError as exc:
+            raise LockUnavailable(url, str(exc) or type(exc).__name__) from None
+        holder = _parse(current)
+        if current is not None and holder and holder.get("host") == info.owner["host"] and _pid_dead(holder.get("pid")):
+            try:
+                if client.eval(_TAKE_OVER, 1, key, current, token, int(lease_s * 1000)):
+                    lock.local.token = token.encode()
+                    info.took_over = _describe(holder)
+                    break
+            except RedisError as exc:
+                raise LockUnavailable(url, str(exc) or type(exc).__name__) from None
+            continue
+        if time.monotonic() >= deadline:
+            raise StoreLocked(store_id, time.monotonic() - start, _describe(holder) or "another host")
+        time.sleep(POLL_S)
+    info.key = key
+    stop = threading.Event()
+
+    def renew() -> None:
+        last_ok = time.monotonic()
+        while not stop.wait(lease_s / 3):
+            try:
+                lock.extend(lease_s, replace_ttl=True)
+                last_ok = time.monotonic()
+            except LockError as exc:  # the lease is no longer ours: taken over or expired
+                _lose(info, f"the lock of {store_id} was lost ({exc})")
+                return
+            except RedisError as exc:
+                if time.monotonic() - last_ok >= lease_s * 2 / 3:
+                    _lose(info, f"the lock Redis stopped answering for {time.monotonic() - last_ok:.0f} s ({exc})")
+                    return
+
+    thread = threading.Thread(target=renew, name=f"aml-lease-{key}", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join(timeout=lease_s)
+        with contextlib.suppress(LockError, RedisError):
+            lock.release()
+
+
+def _lose(info: LockInfo, reason: str) -> None:
+    info.lost.set()
+    guard.revoke(reason)
+
+
+def _parse(value: Any) -> dict[str, Any] | None:
+    if value is None:
+        return None
+    try:
+        parsed = json.loads(value)
+    except (TypeError, ValueError):
+        return {"host": None, "pid": None, "task": None, "raw": value.decode(errors="replace")
+                if isinstance(value, bytes) else str(value)}
+    return parsed if isinstance(parsed, dict) else None

@@ -1,110 +1,160 @@
-"""aml settings, read from ``AML_*`` environment variables.
+"""aml settings: one pydantic-settings model read from ``AML_*`` environment variables.
 
-Every variable, its default and its unit is listed in :data:`ENV_VARS` (the README's configuration
-table is generated from the same list). Defaults come from the seeds (Loom ``scripts/aml``: monitor
-thresholds 60/80 MiB per agent, 600/800 MiB per store; retention 30 days, at most 100 backups).
+Every field is one variable (``AML_`` + the field name in capitals); its description is the meaning
+and unit the README's configuration table gives (a test checks the table against :class:`Settings`).
+Defaults come from the seeds (Loom ``scripts/aml``: monitor thresholds 60/80 MiB per agent, 600/800 MiB
+per store; retention 30 days, at most 100 backups) and from Celery's documentation (the Redis
+visibility timeout must exceed the longest task; 12 h here).
 """
 
 from __future__ import annotations
 
-import os
-from dataclasses import dataclass, field, replace
+import dataclasses
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
+
+from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from aml.health.thresholds import Thresholds
 
-ENV_VARS: dict[str, tuple[str, str]] = {
-    "AML_HOME": ("~/.aml", "data directory: embedded SQLite catalog, logs"),
-    "AML_BROKER_URL": ("redis://127.0.0.1:6379/0", "Celery broker (Redis)"),
-    "AML_RESULT_BACKEND": ("same as AML_BROKER_URL", "Celery result backend"),
-    "AML_CATALOG_URL": ("sqlite:///$AML_HOME/catalog.db", "SQLAlchemy URL of the catalog"),
-    "AML_LOCK_URL": ("same as AML_BROKER_URL", "Redis used for per-store locks"),
-    "AML_STORES": ("(empty)", "comma-separated store paths/URLs that beat maintains"),
-    "AML_BACKUP_ROOT": ("<store>/../memory-backup", "backup repository location"),
-    "AML_VISIBILITY_TIMEOUT": ("43200", "Redis visibility timeout, seconds (12 h)"),
-    "AML_AGENT_WARNING_MB": ("60", "per-agent size warning, MiB (1024² bytes)"),
-    "AML_AGENT_CRITICAL_MB": ("80", "per-agent size critical, MiB"),
-    "AML_STORE_WARNING_MB": ("600", "store size warning, MiB"),
-    "AML_STORE_CRITICAL_MB": ("800", "store size critical, MiB"),
-    "AML_QUERY_WARNING_MS": ("50", "record lookup time warning, milliseconds"),
-    "AML_QUERY_CRITICAL_MS": ("100", "record lookup time critical, milliseconds"),
-    "AML_CACHE_HIT_WARNING": ("0.6", "cache hit rate warning below, ratio 0-1"),
-    "AML_CACHE_HIT_CRITICAL": ("0.5", "cache hit rate critical below, ratio 0-1"),
-    "AML_BACKUP_MAX_AGE_HOURS": ("24", "a backup older than this is not recent, hours"),
-    "AML_RETENTION_DAYS": ("30", "backup retention, days"),
-    "AML_MAX_BACKUPS": ("100", "maximum snapshots kept"),
-    "AML_LOCK_TIMEOUT": ("60", "seconds a second destructive task waits for a store lock"),
+DEFAULT_BROKER = "redis://127.0.0.1:6379/0"
+"""The broker when ``AML_BROKER_URL`` is not set (the Redis these machines run)."""
+
+DERIVED_DEFAULTS: dict[str, str] = {
+    "home": "~/.aml",
+    "result_backend": "same as AML_BROKER_URL",
+    "catalog_url": "sqlite:///$AML_HOME/catalog.db",
+    "lock_url": "AML_BROKER_URL when that is set and is Redis, else none",
+    "stores": "empty",
+    "backup_root": "<store>/../memory-backup",
 }
-"""Environment variable -> (default, meaning). The README documents the same table."""
+"""How the README states the defaults that depend on other settings (the rest print as their value)."""
 
 
-def _env_float(env: dict[str, str], name: str, default: float) -> float:
-    raw = env.get(name)
-    if raw is None or raw == "":
-        return default
-    try:
-        return float(raw)
-    except ValueError as exc:
-        raise ValueError(f"{name}={raw!r} is not a number") from exc
+class Settings(BaseSettings):
+    """All runtime settings. Build with :func:`load_settings`; override with :meth:`replace`.
 
+    Units: seconds, MiB (1024² bytes), milliseconds, ratios 0-1, as each description says.
+    """
 
-@dataclass(frozen=True)
-class Settings:
-    """All runtime settings. Build with :func:`load_settings`; override with :meth:`replace`."""
+    model_config = SettingsConfigDict(env_prefix="AML_", frozen=True, extra="ignore", env_ignore_empty=True)
 
-    home: Path
-    broker_url: str
-    result_backend: str
-    catalog_url: str
-    lock_url: str
-    stores: tuple[str, ...] = ()
-    backup_root: str | None = None
-    visibility_timeout: int = 43200
-    retention_days: int = 30
-    max_backups: int = 100
-    lock_timeout: float = 60.0
-    thresholds: Thresholds = field(default_factory=Thresholds)
+    home: Path = Field(Path("~/.aml"), description="data directory: embedded SQLite catalog, exporter state")
+    broker_url: str = Field(DEFAULT_BROKER, description="Celery broker: Redis (`redis://`) or RabbitMQ (`amqp://`)")
+    result_backend: str = Field("", description="Celery result backend")
+    catalog_url: str = Field("", description="SQLAlchemy URL of the catalog (`postgresql+psycopg2://...` at scale)")
+    lock_url: str = Field("", description="Redis for per-store locks (`none` for the lock file in the store alone)")
+    stores: Annotated[tuple[str, ...], NoDecode] = Field((), description="comma-separated stores that beat maintains")
+    backup_root: str | None = Field(None, description="backup repository")
+    visibility_timeout: int = Field(43200, description="Redis visibility timeout, seconds; task time limits "
+                                    "stay below it")
+    lock_lease: float = Field(30.0, description="lease of a store's Redis lock, seconds; renewed every third of it")
+    lock_timeout: float = Field(60.0, description="seconds a destructive task waits for a store's lock before "
+                                "it retries later")
+    agent_warning_mb: float = Field(60.0, description="per-agent size warning, MiB (1024² bytes)")
+    agent_critical_mb: float = Field(80.0, description="per-agent size critical, MiB")
+    store_warning_mb: float = Field(600.0, description="store size warning, MiB")
+    store_critical_mb: float = Field(800.0, description="store size critical, MiB")
+    query_warning_ms: float = Field(50.0, description="record lookup time warning, ms")
+    query_critical_ms: float = Field(100.0, description="record lookup time critical, ms")
+    cache_hit_warning: float = Field(0.6, description="cache hit rate warning below, ratio 0-1")
+    cache_hit_critical: float = Field(0.5, description="cache hit rate critical below, ratio 0-1")
+    backup_max_age_hours: float = Field(24.0, description="a backup older than this is not recent, hours")
+    index_max_age_hours: float = Field(24.0, description="an index older than this is stale, hours")
+    retention_days: int = Field(30, description="backup retention, days")
+    max_backups: int = Field(100, description="maximum snapshots kept")
+    metrics_raw_days: float = Field(7.0, description="catalog: metric samples kept raw, days; older ones are "
+                                    "rolled up to hourly means")
+    metrics_hourly_days: float = Field(90.0, description="catalog: hourly roll-ups kept, days; older ones are deleted")
+    task_runs_days: float = Field(90.0, description="catalog: finished task runs kept, days")
+
+    @field_validator("home", mode="after")
+    @classmethod
+    def _expand_home(cls, value: Path) -> Path:
+        return value.expanduser()
+
+    @field_validator("stores", mode="before")
+    @classmethod
+    def _split_stores(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return tuple(s.strip() for s in value.split(",") if s.strip())
+        return value
+
+    @model_validator(mode="before")
+    @classmethod
+    def _derive(cls, data: Any) -> Any:
+        if not isinstance(data, dict):
+            return data
+        data = {k: v for k, v in data.items() if v not in ("", None) or k == "backup_root"}
+        broker_set = bool(data.get("broker_url"))
+        broker = str(data.get("broker_url") or DEFAULT_BROKER)
+        home = Path(str(data.get("home") or "~/.aml")).expanduser()
+        data.setdefault("result_backend", broker)
+        data.setdefault("catalog_url", f"sqlite:///{home / 'catalog.db'}")
+        if "lock_url" not in data:
+            data["lock_url"] = broker if broker_set and broker.startswith(("redis://", "rediss://", "unix://")) \
+                else "none"
+        if data.get("backup_root") == "":
+            data["backup_root"] = None
+        return data
+
+    @property
+    def thresholds(self) -> Thresholds:
+        """The health thresholds (:class:`aml.health.thresholds.Thresholds`) these settings give."""
+        return Thresholds(**{f.name: getattr(self, f.name) for f in dataclasses.fields(Thresholds)})
+
+    @property
+    def redis_lock_url(self) -> str | None:
+        """The Redis URL of per-store locks, or ``None`` when locks are the store's lock file alone."""
+        if self.lock_url.startswith(("redis://", "rediss://", "unix://")):
+            return self.lock_url
+        return None
 
     def replace(self, **changes: Any) -> Settings:
-        """Return a copy with ``changes`` applied (dataclasses.replace)."""
-        return replace(self, **changes)
+        """Return a copy with ``changes`` applied; ``thresholds=Thresholds(...)`` sets every threshold field."""
+        thresholds = changes.pop("thresholds", None)
+        if isinstance(thresholds, Thresholds):
+            changes.update(dataclasses.asdict(thresholds))
+        return self.model_copy(update=changes)
 
 
-def load_settings(environ: dict[str, str] | None = None) -> Settings:
-    """Read settings from ``environ`` (default ``os.environ``).
+def env_name(field: str) -> str:
+    """The environment variable of a settings field: ``AML_`` + the name in capitals."""
+    return "AML_" + field.upper()
+
+
+def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
+    """Read settings from ``environ`` (default ``os.environ``, through pydantic-settings).
 
     Returns:
         A :class:`Settings`.
 
     Raises:
-        ValueError: a numeric variable does not parse; the message names it.
+        ValueError: a variable does not parse; the message names the variable, its value and why.
     """
-    env = dict(os.environ if environ is None else environ)
-    home = Path(env.get("AML_HOME") or "~/.aml").expanduser()
-    broker = env.get("AML_BROKER_URL") or "redis://127.0.0.1:6379/0"
-    thresholds = Thresholds(
-        agent_warning_mb=_env_float(env, "AML_AGENT_WARNING_MB", 60),
-        agent_critical_mb=_env_float(env, "AML_AGENT_CRITICAL_MB", 80),
-        store_warning_mb=_env_float(env, "AML_STORE_WARNING_MB", 600),
-        store_critical_mb=_env_float(env, "AML_STORE_CRITICAL_MB", 800),
-        query_warning_ms=_env_float(env, "AML_QUERY_WARNING_MS", 50),
-        query_critical_ms=_env_float(env, "AML_QUERY_CRITICAL_MS", 100),
-        cache_hit_warning=_env_float(env, "AML_CACHE_HIT_WARNING", 0.6),
-        cache_hit_critical=_env_float(env, "AML_CACHE_HIT_CRITICAL", 0.5),
-        backup_max_age_hours=_env_float(env, "AML_BACKUP_MAX_AGE_HOURS", 24),
-    )
-    return Settings(
-        home=home,
-        broker_url=broker,
-        result_backend=env.get("AML_RESULT_BACKEND") or broker,
-        catalog_url=env.get("AML_CATALOG_URL") or f"sqlite:///{home / 'catalog.db'}",
-        lock_url=env.get("AML_LOCK_URL") or broker,
-        stores=tuple(s.strip() for s in (env.get("AML_STORES") or "").split(",") if s.strip()),
-        backup_root=env.get("AML_BACKUP_ROOT") or None,
-        visibility_timeout=int(_env_float(env, "AML_VISIBILITY_TIMEOUT", 43200)),
-        retention_days=int(_env_float(env, "AML_RETENTION_DAYS", 30)),
-        max_backups=int(_env_float(env, "AML_MAX_BACKUPS", 100)),
-        lock_timeout=_env_float(env, "AML_LOCK_TIMEOUT", 60),
-        thresholds=thresholds,
-    )
+    try:
+        if environ is None:
+            return Settings()  # type: ignore[call-arg]  # pydantic-settings fills every field
+        values = {name: environ[env_name(name)] for name in Settings.model_fields
+                  if environ.get(env_name(name), "") != ""}
+        return Settings.model_validate(values)  # the mapping alone: no environment source
+    except ValidationError as exc:
+        problems = []
+        for err in exc.errors():
+            field = str(err["loc"][0]) if err["loc"] else "?"
+            problems.append(f"{env_name(field)}={err.get('input')!r}: {err['msg']}")
+        raise ValueError("invalid aml settings: " + "; ".join(problems)) from None
+
+
+def configuration_table() -> list[tuple[str, str, str]]:
+    """The README's configuration table: ``(variable, default as documented, meaning)`` per field."""
+    rows = []
+    for name, field in Settings.model_fields.items():
+        default = DERIVED_DEFAULTS.get(name)
+        if default is None:
+            value = field.default
+            default = f"{value:g}" if isinstance(value, float) else str(value)
+        rows.append((env_name(name), default, field.description or ""))
+    return rows

@@ -37,6 +37,8 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
+from aml.store.guard import check_write
+
 from ._common import TMP_PREFIX
 from ._fs import DirFds, open_root
 from .errors import BackupError, CorruptionError, SnapshotNotFound, UnsafePathError
@@ -422,6 +424,7 @@ class _Writer:
             raise
         os.close(fd)
         try:
+            check_write()
             os.rename(tmp, fname, src_dir_fd=dfd, dst_dir_fd=dfd)
         except OSError:
             os.unlink(tmp, dir_fd=dfd)

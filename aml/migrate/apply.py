@@ -28,6 +28,7 @@ from aml.migrate.steps import StepContext
 from aml.store.atomic import TMP_PREFIX, atomic_write, fsync_dir
 from aml.store.documents import DocumentError
 from aml.store.filestore import FileStore
+from aml.store.guard import check_write
 from aml.store.loomlock import loom_lock_held
 from aml.store.timestamps import detect_style, format_like, now_utc, utc_iso_z
 
@@ -369,6 +370,7 @@ def rollback(root: str | os.PathLike[str], *, force: bool = False) -> RollbackRe
     touched: set[Path] = set()
     for relpath, action in actions:
         path = store.root / relpath
+        check_write()
         if action == "restore":
             os.replace(journal.orig_path(relpath), path)
             result.restored.append(relpath)

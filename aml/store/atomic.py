@@ -14,6 +14,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import BinaryIO
 
+from aml.store.guard import check_write
+
 TMP_PREFIX = ".aml-tmp-"
 """Prefix of aml's temporary files; readers skip them and cleanup removes stale ones."""
 
@@ -62,6 +64,7 @@ def atomic_open(
 
     Raises:
         OSError: on any I/O error; the target is then unchanged.
+        aml.store.guard.WriteRevoked: the operation's store lock was lost; the target is unchanged.
     """
     target = Path(path)
     directory = target.parent
@@ -81,6 +84,7 @@ def atomic_open(
         os.chmod(tmp, mode)
         if mtime_ns is not None:
             os.utime(tmp, ns=(mtime_ns, mtime_ns))
+        check_write()
         os.replace(tmp, target)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):

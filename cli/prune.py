@@ -14,8 +14,7 @@ from rich.table import Table
 from typer.core import TyperGroup
 
 from aml.prune.config import DEFAULT_STRATEGIES, STRATEGIES
-from tasks import prune as prune_tasks
-from workers.cli_common import (
+from cli.common import (
     EnqueueOpt,
     JsonOpt,
     TimeoutOpt,
@@ -26,7 +25,8 @@ from workers.cli_common import (
     run_task,
     store_of,
 )
-from workers.render import console, print_json, styled
+from cli.render import console, print_json, styled
+from tasks import prune as prune_tasks
 
 MULTI_VALUE_OPTIONS = ("--strategies", "--agents")
 """Options that take every following word up to the next option (argparse ``nargs='+'``)."""

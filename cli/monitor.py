@@ -11,9 +11,9 @@ import typer
 
 from aml.health.report_html import render_html
 from aml.store.atomic import atomic_write
+from cli.common import EnqueueOpt, JsonOpt, TimeoutOpt, WaitOpt, run_task, store_of
+from cli.render import console, print_json, render_alerts, render_health, render_metrics
 from tasks import health as health_tasks
-from workers.cli_common import EnqueueOpt, JsonOpt, TimeoutOpt, WaitOpt, run_task, store_of
-from workers.render import console, print_json, render_alerts, render_health, render_metrics
 
 monitor_app = typer.Typer(help="Health checks, alerts, metrics and reports.", no_args_is_help=True)
 

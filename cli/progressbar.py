@@ -18,8 +18,8 @@ from rich.progress import (
 )
 
 from aml.backup.progress import Progress as Event
+from cli.render import err_console
 from tasks.progress import progress_sink
-from workers.render import err_console
 
 
 @contextlib.contextmanager

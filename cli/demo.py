@@ -17,8 +17,8 @@ from typing import Any
 
 from aml.sample import SampleSpec, generate_loom_store
 from aml.store import atomic_write, decode, encode
+from cli.render import console, render_health, styled
 from workers.dispatch import execute
-from workers.render import console, render_health, styled
 
 
 @dataclass

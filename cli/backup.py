@@ -8,9 +8,7 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
-from tasks import backup as backup_tasks
-from tasks import verify as verify_tasks
-from workers.cli_common import (
+from cli.common import (
     EnqueueOpt,
     JsonOpt,
     TimeoutOpt,
@@ -20,8 +18,10 @@ from workers.cli_common import (
     run_task,
     store_of,
 )
-from workers.progressbar import progress_bar
-from workers.render import console, err_console, print_json, styled
+from cli.progressbar import progress_bar
+from cli.render import console, err_console, print_json, styled
+from tasks import backup as backup_tasks
+from tasks import verify as verify_tasks
 
 backup_app = typer.Typer(help="Snapshots: create, list, restore (point in time), verify, rotate.",
                          no_args_is_help=True)

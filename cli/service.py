@@ -7,7 +7,8 @@ from typing import Annotated
 
 import typer
 
-from workers.render import console, err_console
+from cli.exporter import exporter
+from cli.render import console, err_console
 
 service_app = typer.Typer(
     name="aml",
@@ -18,6 +19,7 @@ service_app = typer.Typer(
 )
 db_app = typer.Typer(help="The catalog's schema (Alembic migrations).", no_args_is_help=True)
 service_app.add_typer(db_app, name="db")
+service_app.command("exporter")(exporter)
 
 
 def _catalog_url() -> str:
@@ -44,29 +46,63 @@ def _require_current_catalog() -> None:
 @service_app.command("worker", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
 def worker(
     ctx: typer.Context,
-    queues: Annotated[str, typer.Option("--queues", "-Q", help="Queues to consume.")] = "heavy,fast",
+    queues: Annotated[str, typer.Option("--queues", "-Q", help="Queues to consume: heavy, fast.")] = "heavy,fast",
     concurrency: Annotated[int, typer.Option("--concurrency", "-c", help="Worker processes.")] = 1,
     loglevel: Annotated[str, typer.Option("--loglevel", "-l")] = "info",
+    default_queue: Annotated[bool, typer.Option(
+        "--default-queue/--no-default-queue",
+        help="Also consume Celery's default queue `celery` (tasks sent by name without a queue).")] = True,
 ) -> None:
-    """Start a Celery worker (extra arguments go to `celery worker`)."""
-    from workers.app import app
+    """Start a Celery worker named `<queues>@<host>` (extra arguments go to `celery worker`)."""
+    from workers.service import ServiceRefused, worker_argv
 
+    try:
+        argv = worker_argv(queues, concurrency, loglevel, ctx.args, default_queue=default_queue)
+    except ServiceRefused as exc:
+        err_console.print(f"[red]refused[/]: {exc}")
+        raise typer.Exit(2) from None
     _require_current_catalog()
-    app.worker_main(["worker", "-Q", queues, "-c", str(concurrency), "-l", loglevel, *ctx.args])
+    from workers.main import app
+
+    app.worker_main(argv)
 
 
 @service_app.command("beat", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
-def beat(ctx: typer.Context, loglevel: Annotated[str, typer.Option("--loglevel", "-l")] = "info") -> None:
-    """Start Celery beat with the maintenance schedule (run exactly one)."""
-    from workers.app import app
+def beat(
+    ctx: typer.Context,
+    loglevel: Annotated[str, typer.Option("--loglevel", "-l")] = "info",
+    allow_empty: Annotated[bool, typer.Option("--allow-empty", help="Start even when AML_STORES is empty.")] = False,
+) -> None:
+    """Start Celery beat with the maintenance schedule of the stores in AML_STORES."""
+    from workers.main import app
 
+    settings = app.conf.aml_settings
+    if not settings.stores and not allow_empty:
+        err_console.print("[red]refused[/]: AML_STORES is empty, so beat would schedule nothing: set "
+                          "AML_STORES=/path/a/.loom/memory,/path/b/.loom/memory (or pass --allow-empty)")
+        raise typer.Exit(2)
     app.start(["beat", "-l", loglevel, *ctx.args])
 
 
 @service_app.command("flower", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
-def flower(ctx: typer.Context) -> None:
-    """Start Flower (pass --basic-auth=user:password in production)."""
-    from workers.app import app
+def flower(
+    ctx: typer.Context,
+    unsafe_no_auth: Annotated[bool, typer.Option(
+        "--unsafe-no-auth", help="Start without authentication (anyone who reaches the port controls workers).")
+    ] = False,
+) -> None:
+    """Start Flower; refuses without --basic-auth=user:password (or --auth) unless --unsafe-no-auth."""
+    from workers.service import flower_auth_given, protect_flower_metrics
+
+    if not flower_auth_given(ctx.args) and not unsafe_no_auth:
+        err_console.print("[red]refused[/]: Flower without authentication lets anyone who reaches its port "
+                          "revoke tasks and shut workers down: pass --basic-auth=user:password "
+                          "(or set FLOWER_BASIC_AUTH), or --unsafe-no-auth to accept that")
+        raise typer.Exit(2)
+    if unsafe_no_auth and not flower_auth_given(ctx.args):
+        err_console.print("[yellow]warning[/]: Flower is starting without authentication")
+    protect_flower_metrics()
+    from workers.main import app
 
     app.start(["flower", *ctx.args])
 
@@ -106,6 +142,6 @@ def demo(
     seed: Annotated[int, typer.Option(help="Generator seed.")] = 7,
 ) -> None:
     """Write a sample Loom store into DIR and run every operation on it, inline."""
-    from workers.demo import run_demo
+    from cli.demo import run_demo
 
     raise typer.Exit(run_demo(directory, seed=seed))

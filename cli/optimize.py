@@ -14,9 +14,7 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
-from tasks import compress as compress_tasks
-from tasks import query as query_tasks
-from workers.cli_common import (
+from cli.common import (
     EnqueueOpt,
     JsonOpt,
     TimeoutOpt,
@@ -25,7 +23,9 @@ from workers.cli_common import (
     run_task,
     store_of,
 )
-from workers.render import console, print_json, styled
+from cli.render import console, print_json, styled
+from tasks import compress as compress_tasks
+from tasks import query as query_tasks
 
 optimize_app = typer.Typer(help="Compress cold files, garbage-collect records, index and query the store.",
                            no_args_is_help=True)

@@ -7,10 +7,20 @@ from typing import Annotated, Any
 
 import typer
 from celery import Task
+from celery.exceptions import TimeoutError as CeleryTimeoutError
 from rich.markup import escape
 
-from workers.dispatch import Outcome, execute
-from workers.render import err_console, print_json, styled
+from cli.render import err_console, print_json, styled
+from workers.app import current_aml_app
+from workers.dispatch import NoConsumer, Outcome, execute
+from workers.locks import LockUnavailable
+
+EXIT_UNAVAILABLE = 69
+"""Exit code when a service aml needs does not answer (the lock Redis, or no worker consumes the queue):
+``EX_UNAVAILABLE`` of BSD's sysexits.h, distinct from the health codes 0/1/2."""
+
+EXIT_TEMPFAIL = 75
+"""Exit code when ``--wait`` timed out (the task may still finish): ``EX_TEMPFAIL`` of sysexits.h."""
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON.")]
 EnqueueOpt = Annotated[bool, typer.Option("--enqueue", help="Send the task to the workers (Redis broker).")]
@@ -35,10 +45,19 @@ def run_task(task: Task, kwargs: dict[str, Any], *, enqueue: bool, wait: bool, t
         The result dict, or ``None`` when the task was queued and not waited for.
 
     Raises:
-        typer.Exit: code 2 when the task raised (its error is printed).
+        typer.Exit: code 2 when the task raised (its error is printed); 69 (:data:`EXIT_UNAVAILABLE`) when
+            the lock Redis does not answer or no worker consumes the queue; 75 when ``--wait`` timed out.
     """
+    current_aml_app()
     try:
         outcome: Outcome = execute(task, kwargs, enqueue=enqueue, wait=wait, timeout=timeout)
+    except (LockUnavailable, NoConsumer) as exc:  # a service aml needs is not there: nothing ran
+        err_console.print(f"[red]refused[/]: {escape(str(exc))}", soft_wrap=True)
+        raise typer.Exit(EXIT_UNAVAILABLE) from None
+    except CeleryTimeoutError:
+        err_console.print(f"[yellow]timed out[/]: {task.name} did not finish within {timeout:g} s; it is still "
+                          "queued or running (see Flower, or `aml <store> monitor ...` later)", soft_wrap=True)
+        raise typer.Exit(EXIT_TEMPFAIL) from None
     except Exception as exc:  # the task's own error: report it, exit non-zero
         err_console.print(f"[red]error[/]: {task.name} failed: {exc}")
         raise typer.Exit(2) from exc

@@ -21,10 +21,10 @@ from logging.config import fileConfig
 from pathlib import Path
 from typing import Any, Literal
 
+from alembic import context
 from alembic.autogenerate.api import AutogenContext
 from sqlalchemy import Connection, make_url
 
-from alembic import context
 from models import Base, UTCDateTime
 from models.engine import make_engine
 

@@ -16,13 +16,13 @@ import sys
 
 import typer
 
-from workers.cli_backup import backup_app
-from workers.cli_migrate import migrate_app
-from workers.cli_monitor import monitor_app
-from workers.cli_optimize import optimize_app
-from workers.cli_optimize import query as query_command
-from workers.cli_prune import prune_app
-from workers.cli_service import service_app
+from cli.backup import backup_app
+from cli.migrate import migrate_app
+from cli.monitor import monitor_app
+from cli.optimize import optimize_app
+from cli.optimize import query as query_command
+from cli.prune import prune_app
+from cli.service import service_app
 
 store_app = typer.Typer(
     name="aml <memory_path>",
@@ -37,7 +37,7 @@ store_app.add_typer(prune_app, name="prune")
 store_app.add_typer(migrate_app, name="migrate")
 store_app.command("query")(query_command)
 
-SERVICE_COMMANDS = frozenset({"worker", "beat", "flower", "db", "demo"})
+SERVICE_COMMANDS = frozenset({"worker", "beat", "flower", "exporter", "db", "demo"})
 
 
 @store_app.callback()

@@ -17,8 +17,7 @@ import typer
 from rich.table import Table
 
 from aml.migrate import check_version
-from tasks import migrate as migrate_tasks
-from workers.cli_common import (
+from cli.common import (
     EnqueueOpt,
     JsonOpt,
     TimeoutOpt,
@@ -27,7 +26,8 @@ from workers.cli_common import (
     run_task,
     store_of,
 )
-from workers.render import console, styled
+from cli.render import console, styled
+from tasks import migrate as migrate_tasks
 
 migrate_app = typer.Typer(help="Schema versions of a Loom store: detect, migrate (both ways), migrate-latest.",
                           no_args_is_help=True)
