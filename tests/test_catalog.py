@@ -606,16 +606,19 @@ def test_revision_0002_keeps_rows_and_its_downgrade_refuses_shared_ids(db_url: s
             "('full_1', '/a', '/a-backup', 'full', '2026-01-01 00:00:00', 3, 4, 5, '[]', '[]', 'ok')"))
     catalog.upgrade(db_url, "0002")
     assert catalog.current_revision(db_url) == "0002"
-    with catalog.session_scope(db_url) as session:
-        (row,) = q.list_backups(session)
-        assert (row.backup_id, row.file_count, row.verify_status) == ("full_1", 3, "ok")
-        q.record_backup(session, backup_id="full_1", store="/b", repository="/b-backup", backup_type="full",
-                        created_at=T0, file_count=1, total_size_bytes=1, stored_size_bytes=1)
+    engine = catalog.get_engine(db_url)  # a catalog behind head: raw SQL, no session_scope (which upgrades)
+    with engine.begin() as conn:
+        rows = conn.execute(sa.text("SELECT backup_id, file_count, verify_status FROM backups")).all()
+        assert [tuple(r) for r in rows] == [("full_1", 3, "ok")]
+        conn.execute(sa.text(
+            "INSERT INTO backups (backup_id, store, repository, backup_type, created_at, file_count, "
+            "total_size_bytes, stored_size_bytes, agents, tags, verify_status) VALUES "
+            "('full_1', '/b', '/b-backup', 'full', '2026-01-01 00:00:00', 1, 1, 1, '[]', '[]', 'ok')"))
     with pytest.raises(sa.exc.IntegrityError):
         catalog.downgrade(db_url, "0001")
     assert catalog.current_revision(db_url) == "0002"
-    with catalog.session_scope(db_url) as session:
-        assert q.delete_backups(session, ["full_1"], repository="/b-backup") == 1
+    with engine.begin() as conn:
+        conn.execute(sa.text("DELETE FROM backups WHERE repository = '/b-backup'"))
     catalog.downgrade(db_url, "0001")
     assert catalog.current_revision(db_url) == "0001"
 
