@@ -1,6 +1,8 @@
 # Two entry points: `make demo` (set up, run the main job on a generated sample store)
 # and `make test` (set up, run the tests). Both create .venv when it is missing.
 PYTHON ?= python3
+# `make test` leaves out the long tests (kill loops, real worker kills); .ci/run runs them after it.
+PYTEST_ARGS ?= -m "not slow"
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
