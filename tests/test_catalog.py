@@ -12,7 +12,6 @@ import sqlite3
 import subprocess
 import sys
 import threading
-import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
@@ -22,52 +21,23 @@ import pytest
 import sqlalchemy as sa
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
-from sqlalchemy.engine import make_url
 from sqlalchemy.exc import IntegrityError
 
 from models import Alert, Backup, Base, MetricSample, TaskRun
 from models import queries as q
+from tests.catalog_helpers import empty_catalog
 from workers import catalog
 
 REPO = Path(__file__).resolve().parent.parent
-PG_URL = os.environ.get("AML_TEST_POSTGRES_URL")
 CATALOG_TABLES = {"task_runs", "backups", "alerts", "metric_samples", "prune_actions"}
 T0 = datetime(2026, 1, 2, 3, 4, 5, 678901, tzinfo=UTC)
-
-
-def _postgres_schema_url(base_url: str, schema: str) -> str:
-    url = make_url(base_url)
-    existing = url.query.get("options")
-    options = " ".join(
-        [*([existing] if isinstance(existing, str) else existing or ()), f"-csearch_path={schema}"]
-    )
-    return url.update_query_dict({"options": options}).render_as_string(hide_password=False)
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
 def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
     """An empty catalog database: a new SQLite file, or a new PostgreSQL schema."""
-    if request.param == "sqlite":
-        url = f"sqlite:///{tmp_path / 'catalog.db'}"
-        try:
-            yield url
-        finally:
-            catalog.dispose_engines(url)
-        return
-    if not PG_URL:
-        pytest.skip("AML_TEST_POSTGRES_URL is not set")
-    schema = f"aml_test_{uuid.uuid4().hex[:12]}"
-    admin = sa.create_engine(PG_URL)
-    with admin.begin() as conn:
-        conn.execute(sa.text(f'CREATE SCHEMA "{schema}"'))
-    url = _postgres_schema_url(PG_URL, schema)
-    try:
+    with empty_catalog(request.param, tmp_path) as url:
         yield url
-    finally:
-        catalog.dispose_engines(url)
-        with admin.begin() as conn:
-            conn.execute(sa.text(f'DROP SCHEMA "{schema}" CASCADE'))
-        admin.dispose()
 
 
 @pytest.fixture
@@ -193,7 +163,6 @@ def test_alembic_config_works_from_any_directory(tmp_path: Path, monkeypatch: py
 
 def test_aml_db_upgrade_from_another_directory(tmp_path: Path) -> None:
     """The installed console script finds the migrations shipped in the package, whatever the cwd."""
-    import os
     import shutil
     import subprocess
 

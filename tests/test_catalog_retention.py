@@ -9,8 +9,6 @@ computed in the session's zone instead of UTC would start at :30 and fail the te
 from __future__ import annotations
 
 import json
-import os
-import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -20,55 +18,26 @@ import pytest
 import sqlalchemy as sa
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
-from sqlalchemy.engine import make_url
 from sqlalchemy.exc import IntegrityError
 
 from models import Base, MetricSample, PruneAction, TaskRun
 from models import queries as q
 from models.retention import RetentionResult, apply_retention, hour_start
+from tests.catalog_helpers import empty_catalog
 from workers import catalog
 
-PG_URL = os.environ.get("AML_TEST_POSTGRES_URL")
 NOW = datetime(2026, 3, 1, 12, 30, tzinfo=UTC)
 RAW_CUTOFF = datetime(2026, 2, 22, 12, 0, tzinfo=UTC)  # hour_start(NOW - 7 days)
 HOURLY_CUTOFF = datetime(2025, 12, 1, 12, 0, tzinfo=UTC)  # hour_start(NOW - 90 days)
 OLD_HOUR = datetime(2026, 2, 10, 5, 0, tzinfo=UTC)
 
 
-def _postgres_url(base_url: str, schema: str) -> str:
-    url = make_url(base_url)
-    existing = url.query.get("options")
-    options = " ".join([*([existing] if isinstance(existing, str) else existing or ()),
-                        f"-csearch_path={schema}", "-ctimezone=Asia/Kolkata"])
-    return url.update_query_dict({"options": options}).render_as_string(hide_password=False)
-
-
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
 def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
     """A catalog at the newest revision: a new SQLite file, or a new PostgreSQL schema (dropped after)."""
-    if request.param == "sqlite":
-        url = f"sqlite:///{tmp_path / 'catalog.db'}"
-        catalog.ensure_catalog(url)
-        try:
-            yield url
-        finally:
-            catalog.dispose_engines(url)
-        return
-    if not PG_URL:
-        pytest.skip("AML_TEST_POSTGRES_URL is not set")
-    schema = f"aml_test_{uuid.uuid4().hex[:12]}"
-    admin = sa.create_engine(PG_URL)
-    with admin.begin() as conn:
-        conn.execute(sa.text(f'CREATE SCHEMA "{schema}"'))
-    url = _postgres_url(PG_URL, schema)
-    try:
+    with empty_catalog(request.param, tmp_path, "-ctimezone=Asia/Kolkata") as url:
         catalog.upgrade(url)
         yield url
-    finally:
-        catalog.dispose_engines(url)
-        with admin.begin() as conn:
-            conn.execute(sa.text(f'DROP SCHEMA "{schema}" CASCADE'))
-        admin.dispose()
 
 
 def _add(url: str, *samples: tuple[Any, ...], task_run_id: int | None = None) -> None:
