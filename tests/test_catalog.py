@@ -161,6 +161,18 @@ def test_alembic_config_works_from_any_directory(tmp_path: Path, monkeypatch: py
     assert catalog.head_revision() == "0003"
 
 
+def test_top_level_alembic_is_the_shipped_migrations() -> None:
+    """The design card's ``alembic.ini`` + ``alembic/`` work for the alembic command, and are the very
+    migrations the package ships (``models/migrations``), not a second copy."""
+    from alembic.config import Config
+    from alembic.script import ScriptDirectory
+
+    assert (REPO / "alembic").resolve() == catalog.alembic_dir()
+    script = ScriptDirectory.from_config(Config(str(REPO / "alembic.ini")))
+    assert Path(script.dir).resolve() == catalog.alembic_dir()
+    assert script.get_current_head() == catalog.head_revision()
+
+
 def test_aml_db_upgrade_from_another_directory(tmp_path: Path) -> None:
     """The installed console script finds the migrations shipped in the package, whatever the cwd."""
     import shutil
