@@ -440,6 +440,7 @@ class _Writer:
             os.close(fd)
 
     def remove(self, rel: str, is_dir: bool) -> None:
+        check_write()  # an exact restore's deletions stop too when the store's lock was lost
         dname, _, fname = rel.rpartition("/")
         dfd = self.dirfds.get(dname)
         if is_dir:
