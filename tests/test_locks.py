@@ -143,3 +143,46 @@ def test_cli_prune_refuses_when_the_lock_redis_is_down(tmp_path: Path, aml_setti
     assert res.exit_code == 69, res.output
     assert "refusing to run unlocked" in res.output and "Traceback" not in res.output
     assert tree_state(store) == before
+
+
+def test_silent_redis_loses_the_lock_before_the_lease_ends(tmp_path: Path) -> None:
+    """A lock Redis that stops answering (SIGSTOP: a real hang, not a refused connection) makes the holder
+    stop writing within half the lease plus one bounded call, so before anyone else could take the lease."""
+    import shutil
+
+    from aml.store.atomic import atomic_write
+    from aml.store.guard import WriteRevoked
+    from workers.locks import store_lock
+
+    binary = shutil.which("redis-server")
+    if binary is None:
+        pytest.skip("no redis-server binary")
+    port = _free_port()
+    server = subprocess.Popen([binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+                               "--dir", str(tmp_path)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"redis://127.0.0.1:{port}/0"
+    try:
+        client = redis.Redis.from_url(url)
+        for _ in range(100):
+            try:
+                client.ping()
+                break
+            except redis.RedisError:
+                time.sleep(0.05)
+        lease = 3.0
+        store = tmp_path / "store"
+        store.mkdir()
+        target = store / "doc.json"
+        with store_lock(str(store), redis_url=url, store_dir=store, lease_s=lease) as info:
+            acquired = time.monotonic()
+            os.kill(server.pid, signal.SIGSTOP)
+            assert info.lost.wait(lease)
+            assert time.monotonic() - acquired < lease  # before the lease could expire
+            with pytest.raises(WriteRevoked, match="stopped answering"):
+                atomic_write(target, b"late")
+            os.kill(server.pid, signal.SIGCONT)
+        assert not target.exists()
+    finally:
+        os.kill(server.pid, signal.SIGCONT)
+        server.terminate()
+        server.wait(timeout=10)

@@ -7,10 +7,11 @@ A store's lock has two layers, taken in this order and both held for the whole o
    The kernel frees it the instant its holder dies, so a dead owner's lock is taken over at once.
 2. **A Redis lease** (``aml:lock:<sha256(store id)[:32]>``, ``SET NX PX``), when a lock Redis is
    configured (``AML_LOCK_URL``, or a Redis ``AML_BROKER_URL``): the lock for processes on other hosts.
-   The value names its owner (host, pid, task id); the lease is short (``AML_LOCK_LEASE``, 30 s) and
-   renewed every third of it. A lease whose owner is a dead process on this host is taken over at once;
-   a dead owner on another host frees it within one lease. If the lease cannot be renewed (taken over,
-   expired, Redis gone for longer than the lease) the lock is *lost*: :func:`aml.store.guard.revoke`
+   The value names its owner (host, pid, task id, kernel boot id, pid namespace); the lease is short
+   (``AML_LOCK_LEASE``, 30 s) and renewed every third of it. A lease whose owner is a dead process of
+   this host's boot and pid namespace is taken over at once; a dead owner elsewhere frees it within one
+   lease. If the lease cannot be renewed (taken over, or Redis silent for half the lease, with every
+   call bounded by a sixth of it) the lock is *lost* before the lease ends: :func:`aml.store.guard.revoke`
    stops the operation before its next store write.
 
 If the configured Redis does not answer, :class:`LockUnavailable` is raised: the operation refuses to
@@ -106,7 +107,29 @@ def lock_key(store_id: str) -> str:
 
 
 def _owner(task_id: str | None) -> dict[str, Any]:
-    return {"host": socket.gethostname(), "pid": os.getpid(), "task": task_id, "since": round(time.time(), 3)}
+    return {"host": socket.gethostname(), "pid": os.getpid(), "task": task_id, "since": round(time.time(), 3),
+            "boot": _read("/proc/sys/kernel/random/boot_id"), "pidns": _pid_namespace()}
+
+
+def _read(path: str) -> str | None:
+    try:
+        return Path(path).read_text().strip() or None
+    except OSError:
+        return None
+
+
+def _pid_namespace() -> int | None:
+    try:
+        return os.stat("/proc/self/ns/pid").st_ino
+    except OSError:
+        return None
+
+
+def _same_pid_space(holder: dict[str, Any], me: dict[str, Any]) -> bool:
+    """Whether ``holder``'s pid can be checked from here: same host name, same kernel boot and same pid
+    namespace (containers sharing a host name have their own pids; a pid is never judged across them)."""
+    return (holder.get("host") == me["host"] and me["boot"] is not None and holder.get("boot") == me["boot"]
+            and me["pidns"] is not None and holder.get("pidns") == me["pidns"])
 
 
 def _describe(owner: dict[str, Any] | None) -> str | None:
@@ -161,11 +184,12 @@ def store_lock(
     """
     if store_dir is None and redis_url is None:
         raise ValueError(f"store {store_id} has no directory for a lock file and no lock Redis is configured")
-    client = _connect(redis_url) if redis_url else None
+    client = _connect(redis_url, lease_s) if redis_url else None
     owner = _owner(task_id)
     info = LockInfo([], None, None, owner)
     deadline = time.monotonic() + wait_s
     with contextlib.ExitStack() as stack:
+        stack.enter_context(guard.guarded())  # first: a lease lost at any point after this stops writes
         if store_dir is not None:
             info.path = stack.enter_context(_dir_lock(store_id, store_dir, deadline))
             info.backends.append("file")
@@ -173,12 +197,13 @@ def store_lock(
             assert redis_url is not None
             stack.enter_context(_redis_lease(client, redis_url, store_id, info, deadline, lease_s))
             info.backends.append("redis")
-        with guard.guarded():
-            yield info
+        yield info
 
 
-def _connect(url: str) -> redis.Redis:
-    client = redis.Redis.from_url(url, socket_connect_timeout=2, socket_timeout=5)
+def _connect(url: str, lease_s: float) -> redis.Redis:
+    # a renewal call may hang this long: a sixth of the lease keeps "lost" declared before the lease ends
+    timeout = max(0.2, min(5.0, lease_s / 6))
+    client = redis.Redis.from_url(url, socket_connect_timeout=min(2.0, timeout), socket_timeout=timeout)
     try:
         client.ping()
     except RedisError as exc:
@@ -243,6 +268,7 @@ def _redis_lease(client: redis.Redis, url: str, store_id: str, info: LockInfo, d
     lock = client.lock(key, timeout=lease_s, blocking=False, thread_local=False)
     start = time.monotonic()
     while True:
+        attempt = time.monotonic()  # the lease runs from (at the latest) here
         try:
             if lock.acquire(token=token):
                 break
@@ -250,7 +276,7 @@ def _redis_lease(client: redis.Redis, url: str, store_id: str, info: LockInfo, d
         except RedisError as exc:
             raise LockUnavailable(url, str(exc) or type(exc).__name__) from None
         holder = _parse(current)
-        if current is not None and holder and holder.get("host") == info.owner["host"] and _pid_dead(holder.get("pid")):
+        if current is not None and holder and _same_pid_space(holder, info.owner) and _pid_dead(holder.get("pid")):
             try:
                 if client.eval(_TAKE_OVER, 1, key, current, token, int(lease_s * 1000)):
                     lock.local.token = token.encode()
@@ -266,18 +292,23 @@ def _redis_lease(client: redis.Redis, url: str, store_id: str, info: LockInfo, d
     stop = threading.Event()
 
     def renew() -> None:
-        last_ok = time.monotonic()
-        while not stop.wait(lease_s / 3):
+        """Extend every third of the lease; after a failure retry each second, and declare the lock lost
+        once half the lease has passed since the last extension *started* (so, with calls bounded by a
+        sixth of the lease, writes stop before the lease can expire and another holder take it)."""
+        last_ok, pause = attempt, lease_s / 3
+        while not stop.wait(pause):
+            started = time.monotonic()
             try:
                 lock.extend(lease_s, replace_ttl=True)
-                last_ok = time.monotonic()
+                last_ok, pause = started, lease_s / 3
             except LockError as exc:  # the lease is no longer ours: taken over or expired
                 _lose(info, f"the lock of {store_id} was lost ({exc})")
                 return
             except RedisError as exc:
-                if time.monotonic() - last_ok >= lease_s * 2 / 3:
+                if time.monotonic() - last_ok >= lease_s / 2:
                     _lose(info, f"the lock Redis stopped answering for {time.monotonic() - last_ok:.0f} s ({exc})")
                     return
+                pause = min(1.0, lease_s / 6)
 
     thread = threading.Thread(target=renew, name=f"aml-lease-{key}", daemon=True)
     thread.start()
