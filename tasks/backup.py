@@ -148,7 +148,7 @@ def restore_(self: Task, store: str, backup_id: str | None = None, at: str | Non
         repo = repository_for(root, settings)
         chosen = backup_id or resolve_at(repo, when)  # type: ignore[arg-type]
         safety: str | None = None
-        if over_live and not dry_run and root.exists():
+        if over_live and not dry_run and root.exists() and any(root.iterdir()):  # nothing to save in an empty one
             safety = safety_snapshot(catalog, store_id, root, settings, reason="pre-restore",
                                      progress=task_progress(self)).backup_id
         result = restore(repo, chosen, root if over_live else Path(str(target)), agent=agent,
@@ -161,7 +161,7 @@ def restore_(self: Task, store: str, backup_id: str | None = None, at: str | Non
     return run_operation(task_id=self.request.id, operation="backup", store=store_id,
                          arguments={"action": "restore", "backup_id": backup_id, "at": at, "target": target,
                                     "agent": agent, "paths": paths, "exact": exact, "dry_run": dry_run},
-                         body=body, destructive=over_live and not dry_run)
+                         body=body, destructive=over_live and not dry_run, create_store=over_live)
 
 
 _KEEP_RULES = ("keep_last", "keep_hourly", "keep_daily", "keep_weekly", "keep_monthly", "keep_yearly",

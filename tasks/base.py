@@ -73,9 +73,16 @@ TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
 SQLite catalog busy past its timeout is an ``OperationalError`` too). Never a data error."""
 
 
+class NotRetried(RuntimeError):
+    """A transient error struck a destructive operation after it began changing the store: a blind
+    automatic re-run could act on a half-done state (a prune whose removals have no catalog rows yet), so
+    the task fails instead and says what to check."""
+
+
 class AmlTask(Task):
     """Base class of every aml task: a store held by a live operation (:class:`StoreLocked`), an
-    unreachable lock Redis and transient broker/catalog errors are retried with exponential backoff and
+    unreachable lock Redis and transient broker/catalog errors (before a destructive body starts:
+    :class:`NotRetried`) are retried with exponential backoff and
     full jitter (2 s, 4 s, ... capped at 300 s; 10 retries, about 20 minutes in all), on the workers.
     An inline run (``task.apply()``) never retries: it raises the error, or reports the lock as skipped.
 
@@ -100,18 +107,22 @@ class AmlTask(Task):
 
 
 def _is_eager() -> bool:
+    """Whether the running task was applied inline (``task.apply()``), or no task is running at all."""
     from celery import current_task
 
-    task = current_task
+    task = current_task._get_current_object()
     return task is None or bool(getattr(task.request, "is_eager", True))
 
 
 @contextlib.contextmanager
-def _maybe_lock(settings: Settings, store_id: str, destructive: bool, task_id: str | None) -> Iterator[None]:
+def _maybe_lock(settings: Settings, store_id: str, destructive: bool, task_id: str | None,
+                create_store: bool) -> Iterator[None]:
     if not destructive:
         yield
         return
     store_dir = None if "://" in store_id else Path(store_id)
+    if store_dir is not None and create_store:  # e.g. a restore after the store was lost: lock what it fills
+        store_dir.mkdir(parents=True, exist_ok=True)
     with store_lock(store_id, redis_url=settings.redis_lock_url, store_dir=store_dir, wait_s=settings.lock_timeout,
                     lease_s=settings.lock_lease, task_id=task_id) as info:
         if info.took_over:
@@ -129,6 +140,7 @@ def run_operation(
     arguments: dict[str, Any],
     body: OperationBody,
     destructive: bool = False,
+    create_store: bool = False,
     settings: Settings | None = None,
 ) -> dict[str, Any]:
     """Run ``body`` as one recorded operation on ``store``.
@@ -140,6 +152,7 @@ def run_operation(
         arguments: the task's arguments, recorded as JSON.
         body: the operation (see :data:`OperationBody`).
         destructive: take the store's exclusive lock around ``body``.
+        create_store: create a missing store directory before locking it (restore over a lost store).
         settings: runtime settings (default: the app's).
 
     Returns:
@@ -150,6 +163,8 @@ def run_operation(
         StoreLocked: on a worker, a live operation held the store (the task retries with backoff).
         LockUnavailable: the configured lock Redis does not answer (recorded as ``failure``).
         aml.store.guard.WriteRevoked: the lock's lease was lost; the writes after the loss did not happen.
+        NotRetried: on a worker, a transient error struck a destructive operation after its body began
+            (instead of the error itself, which the task would retry).
         Exception: whatever ``body`` raised, after the run is recorded as ``failure``.
     """
     settings = settings or get_settings()
@@ -159,9 +174,16 @@ def run_operation(
                                      arguments=arguments)
         run_id = run.id
     started = time.perf_counter()
+    body_started = False
+
+    def begin(catalog: Catalog) -> dict[str, Any]:
+        nonlocal body_started
+        body_started = True
+        return body(catalog)
+
     try:
-        with _maybe_lock(settings, store, destructive, task_id):
-            result = body(functools.partial(session_scope, url))
+        with _maybe_lock(settings, store, destructive, task_id, create_store):
+            result = begin(functools.partial(session_scope, url))
     except (StoreLocked, LockUnavailable) as exc:
         eager = _is_eager()
         locked = isinstance(exc, StoreLocked)
@@ -169,25 +191,38 @@ def run_operation(
             row = session.get(TaskRun, run_id)  # Redis is a refusal: "failure"
             assert row is not None
             queries.finish_task_run(session, row, status="skipped" if locked else "failure",
-                                    error=str(exc) + ("" if eager or not locked else " (the task retries)"))
+                                    error=str(exc) + ("" if eager or not locked else
+                                                      " (retried with backoff while retries remain)"))
         if not (eager and locked):
             raise
         result = {"status": "skipped", "reason": str(exc)}
     except Exception as exc:
-        with session_scope(url) as session:
-            failed = session.get(TaskRun, run_id)
-            assert failed is not None
-            queries.finish_task_run(session, failed, status="failure",
-                                    error="".join(traceback.format_exception_only(exc)).strip(),
-                                    result={"traceback": traceback.format_exc(limit=20)})
+        try:
+            with session_scope(url) as session:
+                failed = session.get(TaskRun, run_id)
+                assert failed is not None
+                queries.finish_task_run(session, failed, status="failure",
+                                        error="".join(traceback.format_exception_only(exc)).strip(),
+                                        result={"traceback": traceback.format_exc(limit=20)})
+        except TRANSIENT_ERRORS:
+            log.exception("could not record the failure of %s on %s", operation, store)
+        if destructive and body_started and isinstance(exc, TRANSIENT_ERRORS) and not _is_eager():
+            raise NotRetried(f"{operation} on {store} stopped after it began changing the store ({exc}); not "
+                             "retried automatically: check the store and its task run, then run it again") from exc
         raise
     status = str(result.get("status", "success"))
     result.update({"task_run_id": run_id, "operation": operation, "store": store, "status": status,
                    "duration_s": round(time.perf_counter() - started, 6)})
-    with session_scope(url) as session:
-        finished = session.get(TaskRun, run_id)
-        assert finished is not None
-        queries.finish_task_run(session, finished, status=status, result=_summary(result))
+    try:
+        with session_scope(url) as session:
+            finished = session.get(TaskRun, run_id)
+            assert finished is not None
+            queries.finish_task_run(session, finished, status=status, result=_summary(result))
+    except TRANSIENT_ERRORS as exc:
+        if destructive and not _is_eager():
+            raise NotRetried(f"{operation} on {store} finished ({status}) but its task run could not be recorded "
+                             f"({exc}); not re-run automatically") from exc
+        raise
     return result
 
 

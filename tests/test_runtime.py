@@ -96,3 +96,45 @@ def test_no_celery_app_is_created_or_made_current_on_import() -> None:
             "assert 'aml.backup.create' in mine.tasks\n")
     proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr
+
+
+def test_transient_error_after_a_destructive_body_began_is_not_retried(tmp_path: Path, aml_settings,
+                                                                        monkeypatch) -> None:
+    """On a worker, a catalog error in the middle of a destructive body fails the task (NotRetried) instead
+    of being auto-retried over a half-done store; before the body, the same error stays retryable.
+    (The worker context and the catalog fault are simulated: neither can be caused at that instant for real.)"""
+    import sqlalchemy.exc
+
+    from tasks import base
+
+    monkeypatch.setattr(base, "_is_eager", lambda: False)
+    store = tmp_path / "s"
+    store.mkdir()
+    fault = sqlalchemy.exc.OperationalError("INSERT", {}, Exception("database is locked"))
+
+    def body(catalog):
+        raise fault
+
+    with pytest.raises(base.NotRetried, match="not retried automatically") as info:
+        base.run_operation(task_id="t", operation="prune", store=str(store), arguments={}, body=body,
+                           destructive=True, settings=aml_settings)
+    assert info.value.__cause__ is fault
+    assert not isinstance(info.value, base.AmlTask.autoretry_for)
+    with pytest.raises(sqlalchemy.exc.OperationalError):  # read-only: retrying is harmless
+        base.run_operation(task_id="t2", operation="health", store=str(store), arguments={}, body=body,
+                           settings=aml_settings)
+
+
+def test_restore_over_a_lost_store_recreates_it(tmp_path: Path, aml_settings) -> None:
+    import shutil
+
+    from tasks import backup
+    from tests.realdata import extract_loom
+
+    store = extract_loom("loom-plain-v1.0", tmp_path)
+    before = {p.relative_to(store): p.read_bytes() for p in store.rglob("*") if p.is_file()}
+    snap = backup.create.apply(kwargs={"store": str(store)}, throw=True).get()
+    shutil.rmtree(store)
+    result = backup.restore_.apply(kwargs={"store": str(store), "backup_id": snap["backup_id"]}, throw=True).get()
+    assert result["status"] == "success" and result["safety_backup_id"] is None
+    assert {p.relative_to(store): p.read_bytes() for p in store.rglob("*") if p.is_file()} == before
