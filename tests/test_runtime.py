@@ -18,6 +18,21 @@ def test_settings_defaults_and_errors(tmp_path: Path) -> None:
     assert load_settings({"AML_STORES": " /a, /b ,,"}).stores == ("/a", "/b")
     with pytest.raises(ValueError, match="AML_AGENT_WARNING_MB"):
         load_settings({"AML_AGENT_WARNING_MB": "sixty"})
+    with pytest.raises(ValueError, match="AML_LOCK_URL"):  # a typo must not drop the cross-host lock
+        load_settings({"AML_LOCK_URL": "reddis://h:6379/0"})
+    with pytest.raises(ValueError, match="AML_LOCK_LEASE"):
+        load_settings({"AML_LOCK_LEASE": "0"})
+    assert load_settings({"AML_LOCK_URL": "none"}).redis_lock_url is None
+
+
+def test_settings_from_a_mapping_ignore_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    from workers.settings import load_settings
+
+    monkeypatch.setenv("AML_HOME", "/elsewhere")
+    monkeypatch.setenv("AML_LOCK_URL", "redis://127.0.0.1:1/0")
+    s = load_settings({})
+    assert s.home == Path("~/.aml").expanduser() and s.lock_url == "none"
+    assert load_settings().home == Path("/elsewhere")
 
 
 def test_celery_configuration_matches_design() -> None:

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 from pydantic import Field, ValidationError, field_validator, model_validator
-from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, PydanticBaseSettingsSource, SettingsConfigDict
 
 from aml.health.thresholds import Thresholds
 
@@ -50,7 +50,8 @@ class Settings(BaseSettings):
     backup_root: str | None = Field(None, description="backup repository")
     visibility_timeout: int = Field(43200, description="Redis visibility timeout, seconds; task time limits "
                                     "stay below it")
-    lock_lease: float = Field(30.0, description="lease of a store's Redis lock, seconds; renewed every third of it")
+    lock_lease: float = Field(30.0, gt=0, description="lease of a store's Redis lock, seconds; renewed every "
+                              "third of it")
     lock_timeout: float = Field(60.0, description="seconds a destructive task waits for a store's lock before "
                                 "it retries later")
     agent_warning_mb: float = Field(60.0, description="per-agent size warning, MiB (1024² bytes)")
@@ -74,6 +75,14 @@ class Settings(BaseSettings):
     @classmethod
     def _expand_home(cls, value: Path) -> Path:
         return value.expanduser()
+
+    @field_validator("lock_url", mode="after")
+    @classmethod
+    def _check_lock_url(cls, value: str) -> str:
+        """A lock URL is a Redis URL or ``none``: a typo must not silently drop the cross-host lock."""
+        if value in ("none", "none://") or value.startswith(("redis://", "rediss://", "unix://")):
+            return value
+        raise ValueError("must be a redis://, rediss:// or unix:// URL, or `none` (the store's flock alone)")
 
     @field_validator("stores", mode="before")
     @classmethod
@@ -120,6 +129,19 @@ class Settings(BaseSettings):
         return self.model_copy(update=changes)
 
 
+class _MappingSettings(Settings):
+    """:class:`Settings` read from the values given to it alone (no environment, no ``.env``)."""
+
+    @classmethod
+    def settings_customise_sources(cls, settings_cls: type[BaseSettings],
+                                   init_settings: PydanticBaseSettingsSource,
+                                   env_settings: PydanticBaseSettingsSource,
+                                   dotenv_settings: PydanticBaseSettingsSource,
+                                   file_secret_settings: PydanticBaseSettingsSource,
+                                   ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return (init_settings,)
+
+
 def env_name(field: str) -> str:
     """The environment variable of a settings field: ``AML_`` + the name in capitals."""
     return "AML_" + field.upper()
@@ -139,7 +161,7 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
             return Settings()  # type: ignore[call-arg]  # pydantic-settings fills every field
         values = {name: environ[env_name(name)] for name in Settings.model_fields
                   if environ.get(env_name(name), "") != ""}
-        return Settings.model_validate(values)  # the mapping alone: no environment source
+        return _MappingSettings(**values)  # type: ignore[arg-type]  # strings, validated by pydantic
     except ValidationError as exc:
         problems = []
         for err in exc.errors():
