@@ -153,9 +153,9 @@ def test_task_duration_histogram_and_run_counts(populated: str) -> None:
     assert _get(samples, "aml_task_duration_seconds_sum", **ok) == pytest.approx(42.3)
     assert _get(samples, "aml_task_duration_seconds_count", operation="backup", status="failure") == 1.0
     assert _get(samples, "aml_task_duration_seconds_sum", operation="backup", status="failure") == 2.0
-    # all time, finished runs only (the running prune is not counted)
-    assert sorted((labels["operation"], labels["status"], _get(samples, "aml_task_runs_total", **labels))
-                  for labels in _names(samples, "aml_task_runs_total")) == \
+    # finished runs in the catalog only (the running prune is not counted)
+    assert sorted((labels["operation"], labels["status"], _get(samples, "aml_task_runs", **labels))
+                  for labels in _names(samples, "aml_task_runs")) == \
         [("backup", "failure", 1.0), ("backup", "success", 3.0)]
 
 
@@ -198,5 +198,5 @@ def test_serve_over_http(populated: str) -> None:
     families = {f.name: f for f in text_string_to_metric_families(body)}
     assert families["aml_catalog_up"].samples[0].value == 1.0
     assert families["aml_task_duration_seconds"].type == "histogram"
-    assert families["aml_task_runs"].type == "counter"
+    assert families["aml_task_runs"].type == "gauge"  # retention deletes runs: a counter would go down
     assert any(s.labels == {"store": S1} and s.value == 2048.0 for s in families["aml_store_bytes"].samples)

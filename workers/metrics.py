@@ -16,7 +16,8 @@ families named ``aml_*`` in base units (bytes, seconds, Unix timestamps in secon
   exported (0 when none) for each store that has any alert row, open or resolved.
 - ``aml_task_duration_seconds{operation,status}``: histogram of ``duration_s`` of the task runs
   finished in the last 24 h (:data:`DURATION_BUCKETS_S`).
-- ``aml_task_runs_total{operation,status}``: counter of finished runs (terminal statuses), all time.
+- ``aml_task_runs{operation,status}``: finished runs (terminal statuses) in the catalog; a gauge, because
+  catalog retention (``AML_TASK_RUNS_DAYS``) deletes old runs and a counter must never go down.
 - ``aml_catalog_up``: 1 when the queries succeeded, 0 otherwise (the error is logged and no other
   family is exported by that scrape).
 
@@ -32,9 +33,9 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
 from prometheus_client import CollectorRegistry, start_http_server
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
+from prometheus_client.core import GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.utils import floatToGoString
-from sqlalchemy import and_, case, func, select
+from sqlalchemy import case, func, select
 from sqlalchemy.orm import Session
 
 from models.tables import TERMINAL_STATUSES, Alert, Backup, MetricSample, Severity, TaskRun, VerifyStatus
@@ -77,49 +78,44 @@ class _Snapshot:
     runs_total: dict[tuple[str, str], int] = field(default_factory=dict)  # (operation, status) -> n
 
 
-def _latest_run_samples(session: Session, name: str, *, per_subject: bool) -> list[tuple[str, str | None, float]]:
-    """The samples ``name`` recorded by each store's newest health run, in one query.
+def _newest_run_samples(session: Session, names: tuple[str, ...]) -> list[tuple[str, str, str | None, float]]:
+    """The samples named ``names`` recorded by each store's newest health run: two queries in all.
 
     A health run records all its samples at one instant, ``store_bytes`` always among them: the
     newest ``store_bytes`` time of a store identifies its newest run (so an agent absent from that
     run, or a store whose newest run found no agent, exports no stale series).
 
-    Args:
-        per_subject: ``True``: samples with a subject (agent, ``agent/collection``); ``False``:
-            store-wide samples (``subject IS NULL``).
-
     Returns:
-        ``[(store, subject, value)]``, for one (store, subject) the highest row id last.
+        ``[(name, store, subject, value)]`` in row id order (for one series, the newest row last).
     """
-    newest = (
-        select(MetricSample.store.label("store"), func.max(MetricSample.time).label("time"))
+    newest = {store: when for store, when in session.execute(
+        select(MetricSample.store, func.max(MetricSample.time))
         .where(MetricSample.name == _RUN_MARKER, MetricSample.subject.is_(None))
-        .group_by(MetricSample.store)
-        .subquery()
-    )
-    subject_cond = MetricSample.subject.is_not(None) if per_subject else MetricSample.subject.is_(None)
-    stmt = (
-        select(MetricSample.store, MetricSample.subject, MetricSample.value)
-        .join(newest, and_(MetricSample.store == newest.c.store, MetricSample.time == newest.c.time))
-        .where(MetricSample.name == name, subject_cond)
-        .order_by(MetricSample.id)
-    )
-    return [(row.store, row.subject, float(row.value)) for row in session.execute(stmt)]
+        .group_by(MetricSample.store))}
+    if not newest:
+        return []
+    rows = session.execute(
+        select(MetricSample.name, MetricSample.store, MetricSample.subject, MetricSample.time, MetricSample.value)
+        .where(MetricSample.name.in_(names), MetricSample.time.in_(set(newest.values())))
+        .order_by(MetricSample.id))
+    return [(r.name, r.store, r.subject, float(r.value)) for r in rows if newest.get(r.store) == r.time]
 
 
 def _read(session: Session, now: datetime, window_s: float) -> _Snapshot:
     """Run the scrape's queries (about ten, whatever the number of stores) in ``session``."""
     snap = _Snapshot()
 
-    for family, name in _STORE_SAMPLES.items():
-        snap.store_values[family] = {store: value for store, _, value in
-                                     _latest_run_samples(session, name, per_subject=False)}
-    for store, subject, value in _latest_run_samples(session, "agent_bytes", per_subject=True):
-        snap.agent_bytes[(store, str(subject))] = value
-    # "records" samples are per agent and collection (subject "agent/collection"): sum per agent
     per_collection: dict[tuple[str, str], float] = {}
-    for store, subject, value in _latest_run_samples(session, "records", per_subject=True):
-        per_collection[(store, str(subject))] = value  # same (store, subject) twice: the newer row wins
+    store_families = {name: family for family, name in _STORE_SAMPLES.items()}
+    for family in _STORE_SAMPLES:
+        snap.store_values[family] = {}
+    for name, store, subject, value in _newest_run_samples(session, (*store_families, "agent_bytes", "records")):
+        if subject is None and name in store_families:
+            snap.store_values[store_families[name]][store] = value
+        elif subject is not None and name == "agent_bytes":
+            snap.agent_bytes[(store, subject)] = value
+        elif subject is not None and name == "records":  # per agent and collection ("agent/collection")
+            per_collection[(store, subject)] = value  # same (store, subject) twice: the newer row wins
     records: defaultdict[tuple[str, str], float] = defaultdict(float)
     for (store, subject), value in per_collection.items():
         records[(store, subject.partition("/")[0])] += value
@@ -220,8 +216,8 @@ def _families(snap: _Snapshot) -> Iterator[Metric]:
         durations.add_metric([operation, status], buckets, hist.sum_s)
     yield durations
 
-    runs = CounterMetricFamily("aml_task_runs_total", "Finished task runs (terminal status) recorded in the "
-                               "catalog, all time.", labels=["operation", "status"])
+    runs = GaugeMetricFamily("aml_task_runs", "Finished task runs (terminal status) in the catalog; a gauge, "
+                             "not a counter: catalog retention deletes old runs.", labels=["operation", "status"])
     for (operation, status), n in sorted(snap.runs_total.items()):
         runs.add_metric([operation, status], n)
     yield runs
