@@ -41,7 +41,8 @@ ACTIONS: dict[str, str] = {
     "trace": "run",
     "verify": "check",
 }
-"""operation -> its default action (``enqueue("backup", ...)`` sends ``aml.backup.create``)."""
+"""operation -> its default action (``enqueue("backup", ...)`` sends ``aml.backup.create``). ``aml.trace.run``
+is the task the trace issue (#9) defines; until it lands, workers reject it as unregistered."""
 
 _apps: dict[tuple[str, str | None], Celery] = {}
 
