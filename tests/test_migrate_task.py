@@ -172,7 +172,7 @@ def test_worker_refuses_a_catalog_that_is_behind(tmp_path: Path) -> None:
 
     import sqlalchemy as sa
 
-    from tests.test_catalog import _postgres_schema_url
+    from tests.catalog_helpers import postgres_schema_url
 
     schema = f"aml_test_{uuid.uuid4().hex[:12]}"
     admin = sa.create_engine(url)
@@ -180,7 +180,7 @@ def test_worker_refuses_a_catalog_that_is_behind(tmp_path: Path) -> None:
         conn.execute(sa.text(f'CREATE SCHEMA "{schema}"'))
     try:
         env = runtime_env(tmp_path / "home", "redis://127.0.0.1:1/0")
-        env["AML_CATALOG_URL"] = _postgres_schema_url(url, schema)
+        env["AML_CATALOG_URL"] = postgres_schema_url(url, schema)
         assert _aml(["db", "upgrade"], env).returncode == 0
         assert _aml(["db", "downgrade", "base"], env).returncode == 0
         worker = _aml(["worker", "--pool", "solo"], env)
