@@ -115,13 +115,16 @@ def test_sigkill_at_random_moments_then_resume_or_roll_back(tmp_path: Path) -> N
     expected = records(reference)
 
     engines = Engines()
-    timing = tmp_path / "timing"
-    shutil.copytree(pristine, timing)
-    engine = engines.next()
-    started = engine.go(timing)
-    writing = engine.applying()
-    assert engine.proc.wait(timeout=60) == 0
-    length, writes = time.perf_counter() - started, time.perf_counter() - writing
+    timings = []  # the fastest of three runs: one slow timing run (a loaded machine) would make kills overshoot
+    for n in range(3):
+        timing = tmp_path / f"timing{n}"
+        shutil.copytree(pristine, timing)
+        engine = engines.next()
+        started = engine.go(timing)
+        writing = engine.applying()
+        assert engine.proc.wait(timeout=60) == 0
+        timings.append((time.perf_counter() - started, time.perf_counter() - writing))
+    length, writes = min(t[0] for t in timings), min(t[1] for t in timings)
 
     # every fourth iteration goes the other way: the migrated reference back down to 1.0.0
     sides = {TARGET: (pristine, before_files, expected), DOWN: (reference, files(reference), records(pristine))}
