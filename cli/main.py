@@ -23,6 +23,7 @@ from cli.optimize import optimize_app
 from cli.optimize import query as query_command
 from cli.prune import prune_app
 from cli.service import service_app
+from cli.trace import trace_app
 
 store_app = typer.Typer(
     name="aml <memory_path>",
@@ -35,9 +36,10 @@ store_app.add_typer(backup_app, name="backup")
 store_app.add_typer(optimize_app, name="optimize")
 store_app.add_typer(prune_app, name="prune")
 store_app.add_typer(migrate_app, name="migrate")
+store_app.add_typer(trace_app, name="trace")
 store_app.command("query")(query_command)
 
-SERVICE_COMMANDS = frozenset({"worker", "beat", "flower", "exporter", "db", "demo"})
+SERVICE_COMMANDS = frozenset({"worker", "beat", "flower", "exporter", "db", "demo", "trace"})
 
 
 @store_app.callback()

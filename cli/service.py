@@ -9,6 +9,7 @@ import typer
 
 from cli.exporter import exporter
 from cli.render import console, err_console
+from cli.trace import trace_rdb_command
 
 service_app = typer.Typer(
     name="aml",
@@ -20,6 +21,7 @@ service_app = typer.Typer(
 db_app = typer.Typer(help="The catalog's schema (Alembic migrations).", no_args_is_help=True)
 service_app.add_typer(db_app, name="db")
 service_app.command("exporter")(exporter)
+service_app.command("trace")(trace_rdb_command)
 
 
 def _catalog_url() -> str:

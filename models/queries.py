@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, NamedTuple
 
-from sqlalchemy import case, delete, insert, select, update
+from sqlalchemy import case, delete, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -388,6 +388,26 @@ def add_metric_samples(
     if rows:
         session.execute(insert(MetricSample), rows)
     return len(rows)
+
+
+def latest_samples(session: Session, *, store: str, names: Iterable[str]) -> dict[str, dict[str | None, float]]:
+    """The samples of ``names`` recorded at the newest time any of them has for ``store``: one
+    measurement's set (e.g. the previous trace's per-pattern key counts and bytes).
+
+    Returns:
+        name -> subject -> value (empty when nothing was recorded).
+    """
+    wanted = list(names)
+    newest = session.scalar(select(func.max(MetricSample.time))
+                            .where(MetricSample.store == store, MetricSample.name.in_(wanted)))
+    if newest is None:
+        return {}
+    stmt = select(MetricSample).where(MetricSample.store == store, MetricSample.name.in_(wanted),
+                                      MetricSample.time == newest)
+    out: dict[str, dict[str | None, float]] = {}
+    for sample in session.scalars(stmt):
+        out.setdefault(sample.name, {})[sample.subject] = sample.value
+    return out
 
 
 def metric_series(

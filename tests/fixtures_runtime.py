@@ -53,6 +53,37 @@ class RedisServer:
         return f"redis://{self.host}:{self.port}/{self.db if db is None else db}"
 
 
+def start_redis_server(workdir: Path, *extra: str) -> tuple[subprocess.Popen[bytes], int]:
+    """Start a private ``redis-server`` on a free loopback port (no persistence, ``extra`` arguments
+    added) and wait until it answers.
+
+    Returns:
+        The process (the caller stops it) and its port.
+
+    Raises:
+        redis.RedisError: it did not answer within 10 s (the process is killed).
+    """
+    binary = shutil.which("redis-server") or "redis-server"
+    port = _free_port()
+    proc = subprocess.Popen([binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly",
+                             "no", "--dir", str(workdir), *extra], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    client = redis.Redis(host="127.0.0.1", port=port)
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            client.ping()
+            break
+        except (redis.AuthenticationError, redis.ResponseError):  # it answers: it asks for a password
+            break
+        except redis.RedisError:
+            if time.monotonic() > deadline:
+                proc.kill()
+                raise
+            time.sleep(0.05)
+    client.close()
+    return proc, port
+
+
 @pytest.fixture(scope="session")
 def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
     """A private redis-server on a free port; else db 14 of the shared 127.0.0.1:6379 (keys cleaned)."""
@@ -69,21 +100,7 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServ
         if created:
             client.delete(*created)
         return
-    port = _free_port()
-    workdir = tmp_path_factory.mktemp("redis")
-    proc = subprocess.Popen([binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly",
-                             "no", "--dir", str(workdir)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    client = redis.Redis(host="127.0.0.1", port=port)
-    deadline = time.monotonic() + 10
-    while True:
-        try:
-            client.ping()
-            break
-        except redis.RedisError:
-            if time.monotonic() > deadline:
-                proc.kill()
-                raise
-            time.sleep(0.05)
+    proc, port = start_redis_server(tmp_path_factory.mktemp("redis"))
     yield RedisServer("127.0.0.1", port, 0)
     proc.terminate()
     proc.wait(timeout=10)

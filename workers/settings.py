@@ -28,6 +28,7 @@ DERIVED_DEFAULTS: dict[str, str] = {
     "catalog_url": "sqlite:///$AML_HOME/catalog.db",
     "lock_url": "AML_BROKER_URL when that is set and is Redis, else none",
     "stores": "empty",
+    "trace_families": "empty",
     "backup_root": "<store>/../memory-backup",
 }
 """How the README states the defaults that depend on other settings (the rest print as their value)."""
@@ -70,6 +71,22 @@ class Settings(BaseSettings):
                                     "rolled up to hourly means")
     metrics_hourly_days: float = Field(90.0, description="catalog: hourly roll-ups kept, days; older ones are deleted")
     task_runs_days: float = Field(90.0, description="catalog: finished task runs kept, days")
+    trace_interval: float = Field(300.0, gt=0, description="beat: seconds between two traces of each Redis store")
+    trace_delimiters: str = Field(":", min_length=1, description="trace: key segment delimiters")
+    trace_families: Annotated[tuple[str, ...], NoDecode] = Field(
+        (), description="trace: comma-separated key family globs, first match wins (stable time-series names)")
+    trace_max_patterns: int = Field(1000, ge=1, description="trace: most inferred patterns; later ones count as "
+                                    "`<other>`")
+    trace_series_patterns: int = Field(100, ge=0, description="trace: largest patterns recorded as time series "
+                                       "in the catalog per trace")
+    trace_unused_days: float = Field(7.0, gt=0, description="trace: a key not accessed for this long is unused, days")
+    trace_growth_ratio: float = Field(0.5, gt=0, description="trace: a pattern that grew by more than this share "
+                                      "since the previous trace is growing rapidly, ratio")
+    trace_growth_min_keys: int = Field(100, ge=0, description="trace: smallest pattern checked for growth, keys")
+    trace_persistent_ttl_share: float = Field(0.5, gt=0, le=1, description="trace: keys without TTL are flagged "
+                                              "where at least this share of their pattern has one, ratio")
+    trace_companion_coverage: float = Field(0.5, gt=0, le=1, description="trace: share of a pattern's keys "
+                                            "with a companion key above which the others are orphans, ratio")
 
     @field_validator("home", mode="after")
     @classmethod
@@ -84,7 +101,7 @@ class Settings(BaseSettings):
             return value
         raise ValueError("must be a redis://, rediss:// or unix:// URL, or `none` (the store's flock alone)")
 
-    @field_validator("stores", mode="before")
+    @field_validator("stores", "trace_families", mode="before")
     @classmethod
     def _split_stores(cls, value: Any) -> Any:
         if isinstance(value, str):

@@ -1,0 +1,242 @@
+"""Live trace: the keys of a running Redis, read-only, in bounded batches.
+
+``SCAN`` with ``COUNT`` 1000 walks the keyspace; each batch of keys goes to one read-only Lua script
+(``#!lua flags=no-writes``) that returns, per key, its type, ``OBJECT ENCODING``, ``MEMORY USAGE``,
+``PTTL``, ``OBJECT IDLETIME`` (``OBJECT FREQ`` under an LFU eviction policy) and, for strings, the first
+16 bytes to sniff. The script stops after about 10 ms (it checks ``TIME``) and the rest of the batch goes
+in the next call, so the server is never blocked for long; the next ``SCAN`` is pipelined with each
+script call, one round trip per batch. Sizes are exact (``SAMPLES 0``) but for aggregates in their big
+encodings (hashtable, skiplist, quicklist, stream), which ``MEMORY USAGE`` samples (1000 elements) so
+that one key cannot block the server; those are counted as ``sizes_estimated``.
+
+Nothing is written. Reading a value's first bytes counts as an access for the server's LRU clock; on
+Redis 7.2 and later the connection is put in ``CLIENT NO-TOUCH`` mode first so idle times stay true;
+on older servers the report says ``sniff_touches_keys`` (``sniff=False`` avoids it).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import redis
+import redis.exceptions
+
+from aml.trace.patterns import decode_key
+from aml.trace.sniff import ValueEncoding, sniff
+from aml.trace.stats import KeyspaceStats
+
+SCAN_COUNT = 1000
+"""``SCAN``'s ``COUNT`` hint per call."""
+
+SCRIPT_BUDGET_MS = 10
+"""How long one script call may run before it returns what it has, milliseconds (the issue's bound)."""
+
+AGGREGATE_SAMPLES = 1000
+"""``MEMORY USAGE ... SAMPLES`` for aggregates in big encodings."""
+
+_SCRIPT = """#!lua flags=no-writes,allow-stale
+local idle_cmd = ARGV[1]
+local sniff = ARGV[2] == '1'
+local budget = tonumber(ARGV[3])
+local samples = ARGV[4]
+local big = {hashtable=true, skiplist=true, quicklist=true, stream=true, linkedlist=true}
+local t0 = redis.call('TIME')
+local start = tonumber(t0[1]) * 1000000 + tonumber(t0[2])
+local out = {}
+for i, key in ipairs(KEYS) do
+  local kind = redis.call('TYPE', key)['ok']
+  if kind == 'none' then
+    out[#out + 1] = {'none'}
+  else
+    local enc = redis.call('OBJECT', 'ENCODING', key)
+    local mem
+    if big[enc] then mem = redis.call('MEMORY', 'USAGE', key, 'SAMPLES', samples)
+    else mem = redis.call('MEMORY', 'USAGE', key, 'SAMPLES', '0') end
+    local idle = redis.call('OBJECT', idle_cmd, key)
+    local head = ''
+    if sniff and kind == 'string' then head = redis.call('GETRANGE', key, 0, 15) end
+    out[#out + 1] = {kind, enc, mem or 0, redis.call('PTTL', key), idle, head}
+  end
+  if i % 32 == 0 then
+    local t = redis.call('TIME')
+    if (tonumber(t[1]) * 1000000 + tonumber(t[2])) - start > budget * 1000 then break end
+  end
+end
+return out
+"""
+
+
+class TraceInterrupted(RuntimeError):
+    """The Redis stopped answering mid-trace; :attr:`partial` holds what was read before."""
+
+    def __init__(self, message: str, partial: LiveInfo) -> None:
+        super().__init__(message)
+        self.partial = partial
+
+
+@dataclass(slots=True)
+class LiveInfo:
+    """What the server says about itself, and how the trace went (seconds, counts)."""
+
+    server: dict[str, Any] = field(default_factory=dict)
+    scanned: int = 0
+    vanished: int = 0
+    script_calls: int = 0
+    partial_calls: int = 0
+    touches_keys: bool = False
+    idle_source: str = "idletime"
+    error: str | None = None
+
+
+def _server_info(client: redis.Redis, db: int) -> dict[str, Any]:
+    info = client.info("server") | client.info("memory") | client.info("keyspace")
+    space = info.get(f"db{db}") or {}
+    policy = str(info.get("maxmemory_policy", ""))
+    return {
+        "redis_version": str(info.get("redis_version", "")),
+        "db": db,
+        "keys": int(space.get("keys", 0)),
+        "expires": int(space.get("expires", 0)),
+        "used_memory": int(info.get("used_memory", 0)),
+        "used_memory_dataset": int(info.get("used_memory_dataset", 0)),
+        "maxmemory": int(info.get("maxmemory", 0)),
+        "maxmemory_policy": policy,
+    }
+
+
+def _version(text: str) -> tuple[int, ...]:
+    return tuple(int(p) for p in text.split(".")[:3] if p.isdigit())
+
+
+def trace_redis(client: redis.Redis, stats: KeyspaceStats, *, db: int = 0, match: str | None = None,
+                sample: int | None = None, sniff_values: bool = True,
+                progress: Callable[[int], None] | None = None) -> LiveInfo:
+    """Feed the keys of the client's database into ``stats``, read-only.
+
+    Args:
+        client: a redis-py client on the database to trace (``decode_responses=False``).
+        stats: the aggregation to feed.
+        db: the database number the client uses (for ``INFO keyspace``).
+        match: a ``SCAN MATCH`` glob, or ``None`` for every key.
+        sample: stop after this many keys (``None``: all).
+        sniff_values: read the first 16 bytes of string values to tell their encoding.
+        progress: called after each batch with the number of keys traced so far.
+
+    Returns:
+        :class:`LiveInfo` (``server``: version, key counts, memory, eviction policy).
+
+    Raises:
+        redis.exceptions.ConnectionError / AuthenticationError / ResponseError: before any key was
+            read (the server does not answer, a wrong password, a db that does not exist).
+        TraceInterrupted: the server stopped answering after the trace began (partial result inside).
+    """
+    live = LiveInfo(server=_server_info(client, db))
+    policy = live.server["maxmemory_policy"]
+    lfu = "lfu" in policy
+    live.idle_source = "freq" if lfu else "idletime"
+    if sniff_values:
+        if _version(live.server["redis_version"]) >= (7, 2):
+            client.execute_command("CLIENT", "NO-TOUCH", "ON")
+        else:
+            live.touches_keys = True
+    sha = client.script_load(_SCRIPT)
+    args = ("FREQ" if lfu else "IDLETIME", "1" if sniff_values else "0", SCRIPT_BUDGET_MS, AGGREGATE_SAMPLES)
+    cursor: int | None = 0
+    pending: list[bytes] = []
+    try:
+        while True:
+            pipe = client.pipeline(transaction=False)
+            room = SCAN_COUNT if sample is None else min(SCAN_COUNT, sample - live.scanned)
+            batch = pending[:room]
+            if batch:
+                pipe.evalsha(sha, len(batch), *batch, *args)
+            scanning = cursor is not None and len(pending) < SCAN_COUNT
+            if scanning:
+                pipe.scan(cursor or 0, match=match, count=SCAN_COUNT)
+            if not batch and not scanning:
+                break
+            replies = pipe.execute()
+            if batch:
+                rows = replies[0]
+                live.script_calls += 1
+                if len(rows) < len(batch):
+                    live.partial_calls += 1
+                done = _feed(stats, batch, rows, lfu, sniff_values, live)
+                pending = pending[done:]
+                if progress is not None:
+                    progress(live.scanned)
+                if sample is not None and live.scanned >= sample:
+                    break
+            if scanning:
+                next_cursor, keys = replies[-1]
+                pending.extend(keys)
+                cursor = None if int(next_cursor) == 0 else int(next_cursor)
+    except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as exc:
+        live.error = f"the Redis stopped answering after {live.scanned} keys: {exc}"
+        raise TraceInterrupted(live.error, live) from exc
+    return live
+
+
+def _feed(stats: KeyspaceStats, batch: list[bytes], rows: list[Any], lfu: bool, sniffed: bool,
+          live: LiveInfo) -> int:
+    for key, row in zip(batch, rows, strict=False):
+        if row[0] == b"none":  # deleted or expired between SCAN and now
+            live.vanished += 1
+            continue
+        kind, enc, mem, pttl, idle, head = row
+        type_ = kind.decode()
+        stats.add(decode_key(key), type_=type_, nbytes=int(mem), encoding=enc.decode(),
+                  ttl_s=None if pttl < 0 else pttl / 1000.0,
+                  value=sniff(head) if sniffed and type_ == "string" else ValueEncoding.UNKNOWN,
+                  idle_s=None if lfu else float(idle), freq=int(idle) if lfu else None,
+                  size_estimated=enc in (b"hashtable", b"skiplist", b"quicklist", b"stream", b"linkedlist"))
+        live.scanned += 1
+    return len(rows)
+
+
+def connect(url: str, timeout_s: float = 5.0) -> tuple[redis.Redis, int]:
+    """A client for a ``redis://`` / ``rediss://`` / ``unix://`` URL, and its database number.
+
+    Raises:
+        ValueError: not a Redis URL.
+    """
+    if not url.startswith(("redis://", "rediss://", "unix://")):
+        raise ValueError(f"{redact(url)} is not a Redis URL (redis://host:port/db)")
+    client = redis.Redis.from_url(url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s,
+                                  decode_responses=False)
+    return client, int(client.connection_pool.connection_kwargs.get("db", 0) or 0)
+
+
+def keyspace_id(url: str) -> str:
+    """The store id of a Redis database: its URL without password, with the database number always
+    written (``redis://host:6379`` and ``redis://host:6379/0`` are one keyspace).
+
+    Raises:
+        ValueError: not a Redis URL.
+    """
+    from urllib.parse import urlsplit, urlunsplit
+
+    url = url.strip()
+    if not url.startswith(("redis://", "rediss://", "unix://")):
+        raise ValueError(f"{redact(url)} is not a Redis URL (redis://host:port/db)")
+    parts = urlsplit(redact(url))
+    if parts.scheme == "unix":
+        return urlunsplit(parts)
+    path = parts.path.strip("/") or "0"
+    return urlunsplit(parts._replace(path=f"/{path}"))
+
+
+def redact(url: str) -> str:
+    """``url`` without its password (``redis://user:secret@host/0`` -> ``redis://user:***@host/0``)."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    user = parts.username or ""
+    host = parts.hostname or ""
+    netloc = f"{user}:***@{host}" + (f":{parts.port}" if parts.port else "")
+    return urlunsplit(parts._replace(netloc=netloc))
+

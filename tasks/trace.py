@@ -1,0 +1,118 @@
+"""Celery task of the ``trace`` operation: ``aml.trace.run`` (fast queue).
+
+Traces a Redis keyspace (:func:`aml.trace.run.trace_keyspace`), compares it with the previous trace of
+the same keyspace (the catalog's ``trace_keys`` / ``trace_bytes`` samples), and in the catalog: records
+per-pattern time series (the ``trace_series_patterns`` largest patterns, plus store totals), raises one
+alert per finding (fingerprint: store, pattern, ``trace.<kind>``) and resolves the trace alerts whose
+finding is gone. Appends the seed's JSONL time-series line under ``AML_HOME``. Read-only on the Redis.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from celery import Task, shared_task
+
+from aml.trace.anomalies import KINDS, AnomalyThresholds
+from aml.trace.live import keyspace_id
+from aml.trace.run import TraceOptions, trace_keyspace
+from aml.trace.timeseries import append as append_timeseries
+from models import queries
+from tasks.base import AmlTask, Catalog, run_operation
+from workers.app import get_settings
+from workers.settings import Settings
+
+SERIES = ("trace_keys", "trace_bytes")
+"""The per-pattern series a trace records (subject = pattern; ``None`` = the whole keyspace)."""
+
+
+def trace_options(settings: Settings, *, match: str | None = None, sample: int | None = None,
+                  families: tuple[str, ...] | None = None, sniff: bool = True) -> TraceOptions:
+    """The engine's options from the settings, with a command's own choices on top."""
+    return TraceOptions(
+        delimiters=settings.trace_delimiters, max_patterns=settings.trace_max_patterns,
+        families=settings.trace_families if families is None else families, match=match, sample=sample,
+        sniff=sniff, unused_idle_s=settings.trace_unused_days * 86400.0,
+        companion_min_coverage=settings.trace_companion_coverage,
+        thresholds=AnomalyThresholds(growth_ratio=settings.trace_growth_ratio,
+                                     growth_min_keys=settings.trace_growth_min_keys,
+                                     persistent_min_ttl_share=settings.trace_persistent_ttl_share))
+
+
+def _record(catalog: Catalog, store_id: str, report: dict[str, Any], settings: Settings) -> dict[str, Any]:
+    patterns = report["patterns"]
+    largest = list(patterns.items())[: settings.trace_series_patterns]  # largest first
+    samples = [queries.Sample(store_id, "trace_keys", report["keys"], "count"),
+               queries.Sample(store_id, "trace_bytes", report["bytes"], "bytes"),
+               queries.Sample(store_id, "trace_duration", report["duration_s"], "seconds")]
+    for name, p in largest:
+        samples += [queries.Sample(store_id, "trace_keys", p["keys"], "count", name),
+                    queries.Sample(store_id, "trace_bytes", p["bytes"], "bytes", name)]
+    full = not report["partial"] and report.get("match") is None  # the whole keyspace was read
+    raised, resolved = 0, 0
+    with catalog() as session:
+        if full:  # a partial trace would read as a sudden shrink in the series, then as growth
+            queries.add_metric_samples(session, samples)
+        found = {(a["pattern"], f"trace.{a['kind']}") for a in report["anomalies"]}
+        for a in report["anomalies"]:
+            details = {k: v for k, v in a.items() if k not in ("message", "severity")}
+            queries.observe_check(session, store=store_id, agent=a["pattern"], check=f"trace.{a['kind']}",
+                                  passed=False, severity=a["severity"], message=a["message"], details=details)
+            raised += 1
+        if full:  # a partial trace cannot tell that a finding is gone
+            checks = {f"trace.{k}" for k in KINDS}
+            for alert in queries.open_alerts(session, store=store_id):
+                if alert.check in checks and (alert.agent, alert.check) not in found:
+                    queries.observe_check(session, store=store_id, agent=alert.agent, check=alert.check, passed=True)
+                    resolved += 1
+    return {"alerts_raised": raised, "alerts_resolved": resolved, "samples": len(samples) if full else 0}
+
+
+def _previous(catalog: Catalog, store_id: str) -> dict[str, tuple[float, float]] | None:
+    with catalog(write=False) as session:
+        latest = queries.latest_samples(session, store=store_id, names=SERIES)
+    keys, nbytes = latest.get("trace_keys", {}), latest.get("trace_bytes", {})
+    if not keys:
+        return None
+    return {p: (v, nbytes.get(p, 0.0)) for p, v in keys.items() if p is not None}
+
+
+@shared_task(base=AmlTask, bind=True, name="aml.trace.run")
+def run(self: Task, store: str, pattern: str | None = None, sample: int | None = None,
+        families: list[str] | None = None, sniff: bool = True) -> dict[str, Any]:
+    """Trace a Redis keyspace per key pattern and record its time series and anomalies.
+
+    Args:
+        store: ``redis://[user:password@]host:port/db``. The password is used to connect and never
+            recorded: the catalog, the result and the log name the store by :func:`keyspace_id`.
+        pattern: a ``SCAN MATCH`` glob restricting the trace (anomalies are then not resolved).
+        sample: trace at most this many keys (a partial trace; totals scaled in ``keys_estimated``).
+        families: key family globs (default: ``AML_TRACE_FAMILIES``).
+        sniff: read the first 16 bytes of string values to tell JSON / text / pickle.
+
+    Returns:
+        ``{"report": <trace report>, "recorded": {"alerts_raised", "alerts_resolved", "samples"},
+        "timeseries": <log path>, "status", "task_run_id", ...}``; status ``warning`` when anomalies were
+        found or the trace is partial.
+
+    Raises:
+        ValueError: ``store`` is not a Redis URL (file stores are not traced yet).
+        redis.exceptions.RedisError: the server cannot be reached or refuses, before any key was read.
+    """
+    settings = get_settings()
+    store_id = keyspace_id(store)
+    options = trace_options(settings, match=pattern, sample=sample,
+                            families=tuple(families) if families is not None else None, sniff=sniff)
+
+    def body(catalog: Catalog) -> dict[str, Any]:
+        report = trace_keyspace(store, options, previous=_previous(catalog, store_id))
+        report["store"] = store_id
+        recorded = _record(catalog, store_id, report, settings)
+        log = append_timeseries(settings.home, report)
+        warn = report["partial"] or report["anomalies"]
+        return {"report": report, "recorded": recorded, "timeseries": str(log),
+                "status": "warning" if warn else "success"}
+
+    arguments = {"store": store_id, "pattern": pattern, "sample": sample, "families": families, "sniff": sniff}
+    return run_operation(task_id=self.request.id, operation="trace", store=store_id, arguments=arguments,
+                         body=body)
