@@ -21,12 +21,18 @@ from collections.abc import Callable, Sequence
 DEFAULT_DELIMITERS = ":"
 """Segment delimiters of the key names (Redis' own convention, ``object-type:id``: redis.io "Keys")."""
 
+_ISO_TIME = re.compile(r"\d{4}-\d{2}-\d{2}[T ]\d{2}:\d{2}(?::\d{2}(?:\.\d+)?)?(?:Z|[+-]\d{2}:?\d{2})?")
+"""An ISO 8601 timestamp with colons, replaced whole before a key is split on ``:``."""
+
+_LITERAL_CACHE = 100_000
+"""Segments known to be literal (``session``, ``metadata``) kept to skip the variable test next time."""
+
 OVERFLOW = "<other>"
 """The pattern of keys whose inferred pattern came after the pattern table was full."""
 
 _VARIABLE = "|".join((
     r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}",  # UUID
-    r"\d{4}-?\d{2}-?\d{2}(?:[T _]?\d{2}:?\d{2}(?::?\d{2}(?:\.\d+)?)?(?:Z|[+-]\d{2}:?\d{2})?)?",  # date, time
+    r"\d{4}-?\d{2}-?\d{2}(?:[T _]\d{2}(?:\d{2}(?:\d{2}(?:\.\d+)?)?)?(?:Z|[+-]\d{2}:?\d{2})?)?",  # date, time
     r"[+-]?\d+(?:\.\d+)?",  # number
     r"(?=[a-fA-F]*\d)[0-9a-fA-F]{6,}",  # hex with a digit
     r"[A-Za-z]+[-_.]\d{2,}",  # word-number
@@ -54,8 +60,10 @@ class PatternInferer:
         if max_patterns < 1:
             raise ValueError(f"max_patterns must be at least 1, not {max_patterns}")
         self.delimiters = delimiters
-        cls = "".join(re.escape(d) for d in delimiters)
-        self._sub = re.compile(rf"(?:(?<=[{cls}])|^)(?:{_VARIABLE})(?=[{cls}]|$)").sub
+        self._variable = re.compile(f"(?:{_VARIABLE})").fullmatch
+        self._split = (lambda key: key.split(delimiters)) if len(delimiters) == 1 else \
+            re.compile(f"([{''.join(re.escape(d) for d in delimiters)}])").split
+        self._literals: dict[str, str] = {}
         self.max_patterns = max_patterns
         self.families = tuple(families)
         self._known: set[str] = set(self.families)
@@ -64,15 +72,34 @@ class PatternInferer:
 
     def infer(self, key: str) -> str:
         """The inferred pattern of ``key`` alone (no family, no bound)."""
-        return self._sub("*", key)
+        literals = self._literals
+        out = []
+        if ":" in self.delimiters and ("T" in key or " " in key) and _ISO_TIME.search(key):
+            key = _ISO_TIME.sub("0", key)  # one numeric segment, which becomes "*"
+        for segment in self._split(key):
+            known = literals.get(segment)
+            if known is None:
+                if segment.isdigit() or (segment and self._variable(segment)):
+                    known = "*"
+                else:
+                    known = segment
+                    if len(literals) < _LITERAL_CACHE:
+                        literals[segment] = segment
+            out.append(known)
+        return "".join(out) if len(self.delimiters) > 1 else self.delimiters.join(out)
 
-    def pattern(self, key: str) -> str:
-        """The pattern ``key`` is counted under: its family, its inferred pattern, or :data:`OVERFLOW`."""
+    def pattern(self, key: str, inferred: str | None = None) -> str:
+        """The pattern ``key`` is counted under: its family, its inferred pattern, or :data:`OVERFLOW`.
+
+        Args:
+            key: the key name.
+            inferred: ``infer(key)`` when the caller has it already.
+        """
         if self._family is not None:
             found = self._family(key)
             if found is not None:
                 return found
-        pattern = self._sub("*", key)
+        pattern = self.infer(key) if inferred is None else inferred
         if pattern in self._known:
             return pattern
         if len(self._known) - len(self.families) >= self.max_patterns:

@@ -7,6 +7,7 @@ and counted, never unpickled: loading a pickle runs code chosen by whoever wrote
 from __future__ import annotations
 
 import enum
+import re
 
 HEAD_BYTES = 16
 """How many leading bytes of a value the tracer reads to sniff it."""
@@ -29,6 +30,10 @@ _COMPRESSED = (b"\x1f\x8b", b"\x28\xb5\x2f\xfd", b"\x04\x22\x4d\x18", b"BZh", b"
 """gzip (RFC 1952), zstd (RFC 8878), LZ4 frame, bzip2 and xz magic numbers."""
 
 _JSON_START = frozenset(b'{["-0123456789tfn')
+_CONTROL = re.compile(rb"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]").search
+_CACHE: dict[bytes, ValueEncoding] = {}
+_CACHE_SIZE = 65_536
+"""Heads already classified (values of one kind often start alike: ``{"role": "user"``)."""
 
 
 def sniff(head: bytes, length: int | None = None) -> ValueEncoding:
@@ -47,6 +52,17 @@ def sniff(head: bytes, length: int | None = None) -> ValueEncoding:
     head = head[:HEAD_BYTES]
     if not head:
         return ValueEncoding.EMPTY if not length else ValueEncoding.UNKNOWN
+    if head[0] == 0x80 and len(head) > 1 and 2 <= head[1] <= 5:  # before the cache: pickles differ at once
+        return ValueEncoding.PICKLE
+    known = _CACHE.get(head)
+    if known is None:
+        known = _classify(head)
+        if len(_CACHE) < _CACHE_SIZE:
+            _CACHE[head] = known
+    return known
+
+
+def _classify(head: bytes) -> ValueEncoding:
     if head[0] == 0x80 and len(head) > 1 and 2 <= head[1] <= 5:
         return ValueEncoding.PICKLE
     if head.startswith(_COMPRESSED):
@@ -57,7 +73,7 @@ def sniff(head: bytes, length: int | None = None) -> ValueEncoding:
         if exc.start < len(head) - 3 or exc.reason != "unexpected end of data":
             return ValueEncoding.BINARY
         text = head[:exc.start].decode("utf-8")
-    if any(ord(c) < 32 and c not in "\t\n\r" for c in text):
+    if _CONTROL(head):
         return ValueEncoding.BINARY
     stripped = text.lstrip(" \t\n\r")
     if stripped and ord(stripped[0]) in _JSON_START and _plausible_json(stripped):

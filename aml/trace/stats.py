@@ -129,7 +129,8 @@ class KeyspaceStats:
             freq: the LFU access counter (LFU servers), if known.
             size_estimated: ``nbytes`` came from sampling part of an aggregate.
         """
-        stats = self.patterns.get(pattern := self.inferer.pattern(key))
+        inferred = self.inferer.infer(key)
+        stats = self.patterns.get(pattern := self.inferer.pattern(key, inferred))
         if stats is None:
             stats = self.patterns[pattern] = PatternStats()
         stats.keys += 1
@@ -165,10 +166,9 @@ class KeyspaceStats:
             stats.examples.append(key)
         self.keys += 1
         self.bytes += nbytes
-        self._note_companion(key)
+        self._note_companion(key, inferred)
 
-    def _note_companion(self, key: str) -> None:
-        inferred = self.inferer.infer(key)
+    def _note_companion(self, key: str, inferred: str) -> None:
         family = self._families.get(inferred)
         if family is None:
             family = self._families[inferred] = _Family()
@@ -176,11 +176,16 @@ class KeyspaceStats:
         family.hashes.append(digest)
         if len(family.pool) < _EXAMPLE_POOL:
             family.pool.append((digest, key))
+        if inferred.endswith("*"):  # the last segment is variable: not a companion suffix
+            return
         for delimiter in self.inferer.delimiters:
             base, sep, suffix = key.rpartition(delimiter)
             if sep and suffix and inferred.endswith(delimiter + suffix):  # a literal last segment
                 pair = (inferred[: -len(suffix) - 1], suffix)
-                self._companions.setdefault(pair, set()).add(hash(base))
+                hashes = self._companions.get(pair)
+                if hashes is None:
+                    hashes = self._companions[pair] = set()
+                hashes.add(hash(base))
                 break
 
     def companions(self, min_coverage: float = 0.5) -> list[dict[str, Any]]:
