@@ -29,6 +29,7 @@ DERIVED_DEFAULTS: dict[str, str] = {
     "lock_url": "AML_BROKER_URL when that is set and is Redis, else none",
     "stores": "empty",
     "trace_families": "empty",
+    "beat_schedule": "empty",
     "backup_root": "<store>/../memory-backup",
 }
 """How the README states the defaults that depend on other settings (the rest print as their value)."""
@@ -38,6 +39,14 @@ class Settings(BaseSettings):
     """All runtime settings. Build with :func:`load_settings`; override with :meth:`replace`.
 
     Units: seconds, MiB (1024² bytes), milliseconds, ratios 0-1, as each description says.
+
+    ``AML_BEAT_SCHEDULE`` changes when beat fires the entries of a task, for every store: ``TASK=SCHEDULE``
+    pairs separated by ``;``, where ``TASK`` is a task beat has entries for (``aml.health.check``,
+    ``aml.backup.auto``, ``aml.prune.run``, ...) and ``SCHEDULE`` is a positive number of seconds between
+    runs or a five-field cron expression in UTC (minute, hour, day of the month, month, day of the week);
+    unnamed tasks keep the seeds' times (``beat_schedule.py``). An unknown task or a bad schedule is refused
+    when the settings load. With RedBeat an entry's last run is kept across a change: an interval that has
+    already elapsed since then fires at once.
     """
 
     model_config = SettingsConfigDict(env_prefix="AML_", frozen=True, extra="ignore", env_ignore_empty=True)
@@ -48,6 +57,9 @@ class Settings(BaseSettings):
     catalog_url: str = Field("", description="SQLAlchemy URL of the catalog (`postgresql+psycopg2://...` at scale)")
     lock_url: str = Field("", description="Redis for per-store locks (`none` for the lock file in the store alone)")
     stores: Annotated[tuple[str, ...], NoDecode] = Field((), description="comma-separated stores that beat maintains")
+    beat_schedule: Annotated[dict[str, str], NoDecode] = Field(
+        default_factory=dict, description="beat times replacing the seeds' per task, `;`-separated: "
+        "`TASK=SECONDS` or `TASK=CRON` (5 fields, UTC), e.g. `aml.health.check=300; aml.prune.run=0 4 * * sat`")
     backup_root: str | None = Field(None, description="backup repository")
     visibility_timeout: int = Field(43200, description="Redis visibility timeout, seconds; task time limits "
                                     "stay below it")
@@ -106,6 +118,18 @@ class Settings(BaseSettings):
     def _split_stores(cls, value: Any) -> Any:
         if isinstance(value, str):
             return tuple(s.strip() for s in value.split(",") if s.strip())
+        return value
+
+    @field_validator("beat_schedule", mode="before")
+    @classmethod
+    def _parse_beat_schedule(cls, value: Any) -> Any:
+        """``TASK=SCHEDULE;...`` (or a mapping), checked: a typo must fail at start-up, not skip an entry."""
+        from beat_schedule import check_overrides, parse_overrides
+
+        if isinstance(value, str):
+            return parse_overrides(value)
+        if isinstance(value, Mapping):
+            check_overrides(value)
         return value
 
     @model_validator(mode="before")

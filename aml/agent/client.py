@@ -41,8 +41,8 @@ ACTIONS: dict[str, str] = {
     "trace": "run",
     "verify": "check",
 }
-"""operation -> its default action (``enqueue("backup", ...)`` sends ``aml.backup.create``). ``aml.trace.run``
-is the task the trace issue (#9) defines; until it lands, workers reject it as unregistered."""
+"""operation -> its default action (``enqueue("backup", ...)`` sends ``aml.backup.create``; ``enqueue("trace",
+"redis://host:6379/0")`` sends ``aml.trace.run``)."""
 
 _apps: dict[tuple[str, str | None], Celery] = {}
 
@@ -100,5 +100,6 @@ def enqueue(operation: str, store: str, *, action: str | None = None, broker: st
     name = task_name(operation, action)
     sender = app or make_client_app(broker, backend)
     queue = QUEUES[operation]
-    return sender.send_task(name, kwargs={"store": store, **kwargs}, queue=queue, exchange=queue,
-                            routing_key=queue, countdown=countdown)
+    # queue= alone: Celery routes it through the queue's own direct exchange (named as the queue, as aml's
+    # workers declare it); naming the exchange and routing key too cost a broker lookup per message
+    return sender.send_task(name, kwargs={"store": store, **kwargs}, queue=queue, countdown=countdown)
