@@ -222,6 +222,27 @@ def connect(url: str, timeout_s: float = 5.0) -> tuple[redis.Redis, int]:
     return client, int(client.connection_pool.connection_kwargs.get("db", 0) or 0)
 
 
+def tracing_client(source: str | redis.Redis) -> tuple[redis.Redis, int, str]:
+    """A client of aml's own for a URL or for an application's client (same server and database, its own
+    connections, so ``CLIENT NO-TOUCH`` and bytes replies never leak into the application's), its database
+    number, and the keyspace's name (URL without password). The caller closes the client.
+
+    Raises:
+        ValueError: a string that is not a Redis URL.
+    """
+    if isinstance(source, str):
+        client, db = connect(source)
+        return client, db, keyspace_id(source)
+    pool = source.connection_pool
+    kwargs = dict(pool.connection_kwargs)
+    kwargs["decode_responses"] = False
+    client = redis.Redis(connection_pool=redis.ConnectionPool(connection_class=pool.connection_class, **kwargs))
+    db = int(kwargs.get("db", 0) or 0)
+    where = kwargs.get("path") or f"{kwargs.get('host', 'localhost')}:{kwargs.get('port', 6379)}"
+    scheme = "unix" if kwargs.get("path") else "redis"
+    return client, db, f"{scheme}://{where}/{db}"
+
+
 def keyspace_id(url: str) -> str:
     """The store id of a Redis database: its URL without password, with the database number always
     written (``redis://host:6379`` and ``redis://host:6379/0`` are one keyspace).

@@ -10,9 +10,11 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import redis
+
 from aml.store.timestamps import utc_iso_z
 from aml.trace.anomalies import AnomalyThresholds, find_anomalies
-from aml.trace.live import TraceInterrupted, connect, redact, trace_redis
+from aml.trace.live import TraceInterrupted, trace_redis, tracing_client
 from aml.trace.patterns import DEFAULT_DELIMITERS, PatternInferer
 from aml.trace.rdbfile import trace_rdb
 from aml.trace.stats import KeyspaceStats
@@ -85,12 +87,13 @@ def _report(stats: KeyspaceStats, options: TraceOptions, previous: Previous | No
     }
 
 
-def trace_keyspace(url: str, options: TraceOptions | None = None, previous: Previous | None = None,
+def trace_keyspace(source: str | redis.Redis, options: TraceOptions | None = None, previous: Previous | None = None,
                    progress: Callable[[int], None] | None = None) -> dict[str, Any]:
     """Trace a running Redis database, read-only.
 
     Args:
-        url: ``redis://[user:password@]host:port/db`` (also ``rediss://``, ``unix://``).
+        source: ``redis://[user:password@]host:port/db`` (also ``rediss://``, ``unix://``), or an
+            application's redis-py client (aml opens its own connections to the same database).
         options: see :class:`TraceOptions`.
         previous: the previous trace's per-pattern ``(keys, bytes)`` for growth, or ``None``.
         progress: called with the number of keys traced so far.
@@ -110,7 +113,7 @@ def trace_keyspace(url: str, options: TraceOptions | None = None, previous: Prev
     options = options or TraceOptions()
     started, when = time.perf_counter(), datetime.now(UTC)
     stats = _stats(options)
-    client, db = connect(url)
+    client, db, name = tracing_client(source)
     try:
         try:
             live = trace_redis(client, stats, db=db, match=options.match, sample=options.sample,
@@ -122,7 +125,7 @@ def trace_keyspace(url: str, options: TraceOptions | None = None, previous: Prev
         client.close()
     total = live.server["keys"]
     sampled = options.sample is not None and options.match is None and 0 < stats.keys < total
-    report = _report(stats, options, None if error else previous, source="redis", store=redact(url),
+    report = _report(stats, options, None if error else previous, source="redis", store=name,
                      started=started, when=when, scale=total / stats.keys if sampled else 1.0)
     report["server"] = live.server
     report["idle_source"] = live.idle_source
