@@ -237,3 +237,68 @@ def auto(ctx: typer.Context, as_json: JsonOpt = False, enqueue: EnqueueOpt = Fal
         console.print(f"snapshot [bold]{b['backup_id']}[/] ({b['backup_type']}, {b['file_count']} files); "
                       f"rotate kept {len(r['kept'])}, removed {len(r['removed'])}")
     exit_for_status(result)
+
+
+def _keyspace_only(store: str, command: str) -> None:
+    if "://" not in store:
+        raise typer.BadParameter(f"backup {command} is for Redis keyspaces (aml redis://host:port/db backup "
+                                 f"{command} FILE); file stores use backup create / restore")
+
+
+@backup_app.command("export")
+def export_keyspace(
+    ctx: typer.Context,
+    path: Annotated[Path, typer.Argument(help="The JSON file to write.")],
+    pattern: Annotated[str | None, typer.Option("--pattern", help="Only keys matching this glob.")] = None,
+    as_json: JsonOpt = False, enqueue: EnqueueOpt = False, wait: WaitOpt = False, timeout: TimeoutOpt = 3600.0,
+) -> None:
+    """Export a Redis keyspace to a plain JSON file a person can read (every type, non-UTF-8 bytes as
+    base64, absolute expiry times)."""
+    from tasks import keyspace as keyspace_tasks
+
+    store = store_of(ctx)
+    _keyspace_only(store, "export")
+    result = _run(keyspace_tasks.export, {"store": store, "path": str(path.absolute()), "pattern": pattern},
+                  as_json, enqueue, wait, timeout)
+    if result is None:
+        return
+    if as_json:
+        print_json(result)
+        return
+    types = ", ".join(f"{k} {v:,}" for k, v in sorted(result["types"].items()))
+    console.print(f"exported {result['keys']:,} keys ({types or 'none'}) to {result['path']} "
+                  f"({_human(result['bytes'])})", soft_wrap=True)
+
+
+@backup_app.command("import")
+def import_keyspace(
+    ctx: typer.Context,
+    path: Annotated[Path, typer.Argument(help="A file written by backup export (or MemorySnapshot).")],
+    pattern: Annotated[str | None, typer.Option("--pattern", help="Only keys matching this glob.")] = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Write nothing; say what would be written.")] = False,
+    as_json: JsonOpt = False, enqueue: EnqueueOpt = False, wait: WaitOpt = False, timeout: TimeoutOpt = 3600.0,
+) -> None:
+    """Import a keyspace file into a Redis database: each key replaced whole, expiry times kept (keys whose
+    time has passed are skipped), the keys it overwrites saved first; never FLUSHDB."""
+    from tasks import keyspace as keyspace_tasks
+
+    store = store_of(ctx)
+    _keyspace_only(store, "import")
+    result = _run(keyspace_tasks.import_, {"store": store, "path": str(path.absolute()), "pattern": pattern,
+                                           "dry_run": dry_run}, as_json, enqueue, wait, timeout)
+    if result is None:
+        return
+    exit_if_skipped(result, "backup import", as_json)
+    if as_json:
+        print_json(result)
+        return
+    verb = "would write" if dry_run else "wrote"
+    count = result["would_write"] if dry_run else result["written"]
+    console.print(f"{verb} {count:,} keys from {path} (exported {result.get('created') or '?'} from "
+                  f"{result.get('source') or '?'}): {result['overwritten']:,} overwritten, "
+                  f"{result['expired_skipped']:,} skipped as expired, {result['filtered']:,} not matching",
+                  soft_wrap=True)
+    if result.get("pre_restore"):
+        console.print(f"the {result['pre_restore']['keys']:,} keys it overwrote are saved in "
+                      f"{result['pre_restore']['path']} (backup import that file to undo)", soft_wrap=True)
+    exit_for_status(result)

@@ -15,6 +15,10 @@ from cli.render import console, err_console, print_json, styled
 trace_app = typer.Typer(help="Memory use of a Redis keyspace per key pattern: sizes, TTLs, idle time, "
                         "value encodings, anomalies.", invoke_without_command=True)
 
+clean_app = typer.Typer(help="Remove the keys of a pattern, after a snapshot of them; `undo RUN_ID` puts them "
+                        "back.", invoke_without_command=True)
+trace_app.add_typer(clean_app, name="clean")
+
 FamilyOpt = Annotated[list[str] | None, typer.Option(
     "--family", help="A key family glob (repeatable; first match wins); default AML_TRACE_FAMILIES.")]
 TopOpt = Annotated[int, typer.Option("--top", help="Patterns shown (largest first); --json has all.")]
@@ -130,3 +134,75 @@ def trace_rdb_command(
     else:
         render_trace(report, top)
     raise typer.Exit(1 if report["anomalies"] else 0)
+
+
+@clean_app.callback()
+def clean(
+    ctx: typer.Context,
+    pattern: Annotated[str | None, typer.Option("--pattern", help="Glob of the keys to remove (required).")] = None,
+    ttl_zero_only: Annotated[bool, typer.Option("--ttl-zero-only", help="Only keys whose TTL has run to zero.")]
+    = False,
+    no_ttl: Annotated[bool, typer.Option("--no-ttl", help="Only keys with no TTL.")] = False,
+    idle_days: Annotated[float | None, typer.Option("--idle-days", min=0, help="Only keys idle this many days "
+                                                    "or more.")] = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Remove nothing; list what would go.")] = False,
+    as_json: JsonOpt = False,
+    enqueue: EnqueueOpt = False,
+    wait: WaitOpt = False,
+    timeout: TimeoutOpt = 3600.0,
+) -> None:
+    """Remove keys from a Redis keyspace (aml redis://... trace clean --pattern GLOB): a snapshot of them
+    first, then UNLINK in batches; the run is recorded in the catalog and `trace clean undo RUN_ID` puts the
+    keys back."""
+    if ctx.invoked_subcommand is not None:
+        return
+    if not pattern:
+        raise typer.BadParameter("give --pattern GLOB ('*' for every key)", param_hint="--pattern")
+    from tasks import trace as trace_tasks
+
+    kwargs = {"store": store_of(ctx), "pattern": pattern, "ttl_zero_only": ttl_zero_only, "no_ttl": no_ttl,
+              "idle_days": idle_days, "dry_run": dry_run}
+    result = run_task(trace_tasks.clean_keys, kwargs, enqueue=enqueue, wait=wait, timeout=timeout, as_json=as_json)
+    if result is None:
+        return
+
+    def render(r: dict[str, Any]) -> None:
+        examples = ", ".join(escape(e) for e in r["examples"])
+        if r["dry_run"]:
+            console.print(f"would remove {r['selected']:,} {escape(r['criteria'])}"
+                          + (f" (e.g. {examples})" if examples else ""), soft_wrap=True)
+            return
+        console.print(f"removed {r['removed']:,} of {r['selected']:,} {escape(r['criteria'])}", soft_wrap=True)
+        if r["snapshot"]:
+            console.print(f"  snapshot: {r['snapshot']}; undo: aml {escape(r['store'])} trace clean undo "
+                          f"{r['task_run_id']}", soft_wrap=True)
+
+    emit(result, as_json, render, command="trace clean")
+
+
+@clean_app.command("undo")
+def undo(
+    ctx: typer.Context,
+    run_id: Annotated[int, typer.Argument(help="The task run id of the clean (printed by trace clean).")],
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Write nothing; say what would be put back.")] = False,
+    as_json: JsonOpt = False,
+    enqueue: EnqueueOpt = False,
+    wait: WaitOpt = False,
+    timeout: TimeoutOpt = 3600.0,
+) -> None:
+    """Put back the keys a trace clean removed (keys created again since are left alone; keys whose expiry
+    time has passed are skipped)."""
+    from tasks import trace as trace_tasks
+
+    result = run_task(trace_tasks.undo_clean_keys, {"store": store_of(ctx), "run_id": run_id, "dry_run": dry_run},
+                      enqueue=enqueue, wait=wait, timeout=timeout, as_json=as_json)
+    if result is None:
+        return
+
+    def render(r: dict[str, Any]) -> None:
+        verb = "would put back" if r["dry_run"] else "put back"
+        count = r["would_write"] if r["dry_run"] else r["written"]
+        console.print(f"{verb} {count:,} keys of clean run {r['undone_run']}; {r['existing_skipped']:,} left "
+                      f"alone (created again since), {r['expired_skipped']:,} skipped as expired", soft_wrap=True)
+
+    emit(result, as_json, render, command="trace clean undo")

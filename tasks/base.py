@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import hashlib
 import logging
 import os
 import time
@@ -122,6 +123,12 @@ def _maybe_lock(settings: Settings, store_id: str, destructive: bool, task_id: s
         return
     store_dir = None if "://" in store_id else Path(store_id)
     if store_dir is not None and create_store:  # e.g. a restore after the store was lost: lock what it fills
+        store_dir.mkdir(parents=True, exist_ok=True)
+    if store_dir is None and settings.redis_lock_url is None:
+        # a keyspace has no directory of its own: its lock file lives under AML_HOME (one host only; a lock
+        # Redis, AML_LOCK_URL, makes it hold across hosts)
+        digest = hashlib.sha256(store_id.encode()).hexdigest()[:24]
+        store_dir = settings.home / "locks" / digest
         store_dir.mkdir(parents=True, exist_ok=True)
     with store_lock(store_id, redis_url=settings.redis_lock_url, store_dir=store_dir, wait_s=settings.lock_timeout,
                     lease_s=settings.lock_lease, task_id=task_id) as info:

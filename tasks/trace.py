@@ -1,4 +1,5 @@
-"""Celery task of the ``trace`` operation: ``aml.trace.run`` (fast queue).
+"""Celery tasks of the ``trace`` operation (fast queue): ``aml.trace.run``, ``aml.trace.clean`` and
+``aml.trace.undo_clean``.
 
 Traces a Redis keyspace (:func:`aml.trace.run.trace_keyspace`), compares it with the previous trace of
 the same keyspace (the catalog's ``trace_keys`` / ``trace_bytes`` samples), and in the catalog: records
@@ -9,15 +10,21 @@ finding is gone. Appends the seed's JSONL time-series line under ``AML_HOME``. R
 
 from __future__ import annotations
 
+import hashlib
+from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 from celery import Task, shared_task
 
 from aml.trace.anomalies import KINDS, AnomalyThresholds
-from aml.trace.live import keyspace_id
+from aml.trace.clean import CleanCriteria, clean, undo_clean
+from aml.trace.keyspace import KeyspaceFileError
+from aml.trace.live import keyspace_id, tracing_client
 from aml.trace.run import TraceOptions, trace_keyspace
 from aml.trace.timeseries import append as append_timeseries
 from models import queries
+from models.tables import TaskRun
 from tasks.base import AmlTask, Catalog, run_operation
 from workers.app import get_settings
 from workers.settings import Settings
@@ -116,3 +123,102 @@ def run(self: Task, store: str, pattern: str | None = None, sample: int | None =
     arguments = {"store": store_id, "pattern": pattern, "sample": sample, "families": families, "sniff": sniff}
     return run_operation(task_id=self.request.id, operation="trace", store=store_id, arguments=arguments,
                          body=body)
+
+
+def _clean_snapshot_path(settings: Settings, store_id: str) -> Path:
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S%fZ")
+    digest = hashlib.sha256(store_id.encode()).hexdigest()[:12]
+    return settings.home / "trace-clean" / f"{stamp}-{digest}.json"
+
+
+@shared_task(base=AmlTask, bind=True, name="aml.trace.clean")
+def clean_keys(self: Task, store: str, pattern: str, ttl_zero_only: bool = False, no_ttl: bool = False,
+               idle_days: float | None = None, dry_run: bool = False) -> dict[str, Any]:
+    """Remove the keys of a pattern from a Redis keyspace, after a snapshot of them (:mod:`aml.trace.clean`).
+
+    Args:
+        store: ``redis://[user:password@]host:port/db`` (the password is never recorded).
+        pattern: glob of the keys (required; ``*`` for all).
+        ttl_zero_only: only keys whose TTL has run to zero (below one second).
+        no_ttl: only keys with no TTL.
+        idle_days: only keys idle this many days or more.
+        dry_run: remove nothing; report the selection.
+
+    Returns:
+        ``{"selected", "removed", "snapshot" (the keyspace file under ``AML_HOME/trace-clean/``, or None),
+        "snapshot_sha256", "criteria", "examples", "dry_run", "status", "task_run_id", ...}``;
+        ``aml.trace.undo_clean`` with this ``task_run_id`` puts the keys back.
+
+    Raises:
+        ValueError: not a Redis URL, or contradictory criteria.
+        OSError: the snapshot could not be written (nothing was removed).
+    """
+    settings = get_settings()
+    store_id = keyspace_id(store)
+    criteria = CleanCriteria(pattern, ttl_zero_only=ttl_zero_only, no_ttl=no_ttl, idle_days=idle_days)
+
+    def body(catalog: Catalog) -> dict[str, Any]:
+        path = _clean_snapshot_path(settings, store_id)
+        if not dry_run:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        client, _db, _name = tracing_client(store)
+        try:
+            result = clean(client, criteria, path, dry_run=dry_run, source=store_id)
+        finally:
+            client.close()
+        if result["snapshot"]:
+            result["snapshot_sha256"] = hashlib.sha256(Path(result["snapshot"]).read_bytes()).hexdigest()
+        return result
+
+    arguments = {"store": store_id, "pattern": pattern, "ttl_zero_only": ttl_zero_only, "no_ttl": no_ttl,
+                 "idle_days": idle_days, "dry_run": dry_run}
+    return run_operation(task_id=self.request.id, operation="trace", store=store_id, arguments=arguments,
+                         body=body, destructive=not dry_run)
+
+
+@shared_task(base=AmlTask, bind=True, name="aml.trace.undo_clean")
+def undo_clean_keys(self: Task, store: str, run_id: int, dry_run: bool = False) -> dict[str, Any]:
+    """Put back the keys a ``trace clean`` run removed, from its snapshot; keys created again since are left
+    alone, keys whose expiry time has passed are skipped.
+
+    Args:
+        store: the keyspace the clean ran on.
+        run_id: the clean's ``task_run_id``.
+        dry_run: write nothing; report what would be written.
+
+    Returns:
+        :func:`aml.trace.keyspace.import_entries`'s report plus ``{"undone_run", "snapshot", ...}``.
+
+    Raises:
+        ValueError: no such clean run of this keyspace, or one that removed nothing.
+        aml.trace.keyspace.KeyspaceFileError: its snapshot is missing or altered (checked against the
+            SHA-256 recorded at the clean).
+    """
+    store_id = keyspace_id(store)
+
+    def body(catalog: Catalog) -> dict[str, Any]:
+        with catalog(write=False) as session:
+            run_row = session.get(TaskRun, int(run_id))
+            found = None if run_row is None else (run_row.operation, run_row.store, dict(run_row.result or {}))
+        if found is None or found[0] != "trace" or found[1] != store_id or "criteria" not in found[2]:
+            raise ValueError(f"run {run_id} is not a trace clean of {store_id}")
+        recorded = found[2]
+        if not recorded.get("snapshot"):
+            raise ValueError(f"run {run_id} removed nothing: there is nothing to put back")
+        path = Path(recorded["snapshot"])
+        try:
+            digest = hashlib.sha256(path.read_bytes()).hexdigest()
+        except OSError as exc:
+            raise KeyspaceFileError(f"{path}: the snapshot of run {run_id} cannot be read: {exc}") from None
+        if digest != recorded.get("snapshot_sha256"):
+            raise KeyspaceFileError(f"{path}: the snapshot of run {run_id} was altered since the clean (SHA-256)")
+        client, _db, _name = tracing_client(store)
+        try:
+            result = undo_clean(client, path, dry_run=dry_run)
+        finally:
+            client.close()
+        return result | {"undone_run": int(run_id), "snapshot": str(path)}
+
+    return run_operation(task_id=self.request.id, operation="trace", store=store_id,
+                         arguments={"store": store_id, "run_id": run_id, "dry_run": dry_run}, body=body,
+                         destructive=not dry_run)

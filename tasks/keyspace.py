@@ -1,0 +1,84 @@
+"""Celery tasks exporting a Redis keyspace to a plain JSON file and importing it back
+(``aml redis://... backup export|import``; the format is :mod:`aml.trace.keyspace`'s).
+
+The import is destructive: it takes the keyspace's lock, and first saves the keys it is about to overwrite
+to ``AML_HOME/keyspace-pre-restore/<UTC time>.json`` (an import of that file undoes it).
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from celery import Task, shared_task
+
+from aml.trace.keyspace import export_keyspace, import_entries, read_keyspace_file
+from aml.trace.live import keyspace_id, tracing_client
+from tasks.base import AmlTask, Catalog, run_operation
+from workers.app import get_settings
+
+
+@shared_task(base=AmlTask, bind=True, name="aml.backup.export")
+def export(self: Task, store: str, path: str, pattern: str | None = None) -> dict[str, Any]:
+    """Export every key of a Redis database (or those matching ``pattern``) to the JSON file ``path``
+    (written atomically, on the machine that runs the task).
+
+    Returns:
+        ``{"path", "keys", "bytes", "types", "status", "task_run_id", ...}``.
+
+    Raises:
+        ValueError: not a Redis URL, or a module-type key; OSError: the file cannot be written.
+    """
+    store_id = keyspace_id(store)
+
+    def body(catalog: Catalog) -> dict[str, Any]:
+        client, _db, _name = tracing_client(store)
+        try:
+            result = export_keyspace(client, Path(path), match=pattern, source=store_id)
+        finally:
+            client.close()
+        return {"path": str(result.path), "keys": result.keys, "bytes": result.bytes, "types": result.types}
+
+    return run_operation(task_id=self.request.id, operation="backup", store=store_id,
+                         arguments={"store": store_id, "path": path, "pattern": pattern}, body=body)
+
+
+@shared_task(base=AmlTask, bind=True, name="aml.backup.import")
+def import_(self: Task, store: str, path: str, pattern: str | None = None, dry_run: bool = False) -> dict[str, Any]:
+    """Write the keys of a keyspace file into a Redis database: each key replaced whole, expiry times kept,
+    keys whose expiry time has passed skipped and counted, nothing else touched (never ``FLUSHDB``).
+
+    Args:
+        store: the target ``redis://`` URL (the same or another server/database than the export's).
+        path: the keyspace file.
+        pattern: import only keys matching this glob.
+        dry_run: write nothing; report what would be written and overwritten.
+
+    Returns:
+        :func:`aml.trace.keyspace.import_entries`'s report (``pre_restore``: the file holding what was
+        overwritten) plus ``{"source", "created"}`` of the file.
+
+    Raises:
+        aml.trace.keyspace.KeyspaceFileError: the file is missing, damaged or not a keyspace file.
+    """
+    settings = get_settings()
+    store_id = keyspace_id(store)
+
+    def body(catalog: Catalog) -> dict[str, Any]:
+        header, entries = read_keyspace_file(Path(path))
+        stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S%fZ")
+        pre = settings.home / "keyspace-pre-restore" / f"{stamp}.json"
+        if not dry_run:
+            pre.parent.mkdir(parents=True, exist_ok=True)
+        client, _db, _name = tracing_client(store)
+        try:
+            report = import_entries(client, entries, match=pattern, dry_run=dry_run, pre_restore=pre,
+                                    source=store_id)
+        finally:
+            client.close()
+        return report | {"source": header.get("source"), "created": header.get("created")}
+
+    return run_operation(task_id=self.request.id, operation="backup", store=store_id,
+                         arguments={"store": store_id, "path": path, "pattern": pattern, "dry_run": dry_run},
+                         body=body, destructive=not dry_run)
