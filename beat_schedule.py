@@ -92,8 +92,17 @@ def check_overrides(overrides: Mapping[str, str]) -> None:
         parse_schedule(when)
 
 
-def beat_schedule(stores: tuple[str, ...], overrides: Mapping[str, str] | None = None) -> dict[str, dict[str, Any]]:
+TRACE_INTERVAL_S = 300.0
+"""Default seconds between two traces of a Redis keyspace ("trace every few minutes", DESIGN.md)."""
+
+
+def beat_schedule(stores: tuple[str, ...], overrides: Mapping[str, str] | None = None,
+                  trace_interval_s: float = TRACE_INTERVAL_S) -> dict[str, dict[str, Any]]:
     """Build the beat schedule for ``stores``.
+
+    A Redis keyspace (a ``redis://``, ``rediss://`` or ``unix://`` URL in ``stores``) gets one entry: ``trace``
+    every ``trace_interval_s`` seconds (``AML_TRACE_INTERVAL``); the file-store operations do not apply to it.
+    File stores get the seeds' entries below.
 
     Source: the seeds' cron table (daily backup 02:00, weekly prune Sunday 03:00, daily health 06:00
     UTC) and DESIGN.md (a weekly verify: Saturday 05:00 UTC, reading the least recently verified 15 %
@@ -103,7 +112,9 @@ def beat_schedule(stores: tuple[str, ...], overrides: Mapping[str, str] | None =
     Args:
         stores: store paths/ids to maintain.
         overrides: task name -> schedule text (:func:`parse_schedule`) replacing the default schedule of
-            every entry of that task (``AML_BEAT_SCHEDULE``, already checked by the settings).
+            every entry of that task (``AML_BEAT_SCHEDULE``, already checked by the settings; it wins over
+            ``trace_interval_s`` for ``aml.trace.run``).
+        trace_interval_s: seconds between two traces of each Redis keyspace.
 
     Returns:
         Celery ``beat_schedule`` mapping: entry name -> ``{"task", "schedule", "kwargs", "options"}``.
@@ -120,6 +131,14 @@ def beat_schedule(stores: tuple[str, ...], overrides: Mapping[str, str] | None =
         },
     }
     for store in stores:
+        if store.startswith(("redis://", "rediss://", "unix://")):
+            schedule[f"trace {store}"] = {
+                "task": "aml.trace.run",
+                "schedule": schedules.schedule(timedelta(seconds=trace_interval_s)),
+                "kwargs": {"store": store, "sniff": None},  # sniff values only where it does not count as an access
+                "options": {"queue": "fast"},
+            }
+            continue
         schedule[f"backup auto {store}"] = {
             "task": "aml.backup.auto",
             "schedule": crontab(minute="0", hour="2"),

@@ -34,7 +34,7 @@ SERIES = ("trace_keys", "trace_bytes")
 
 
 def trace_options(settings: Settings, *, match: str | None = None, sample: int | None = None,
-                  families: tuple[str, ...] | None = None, sniff: bool = True) -> TraceOptions:
+                  families: tuple[str, ...] | None = None, sniff: bool | None = True) -> TraceOptions:
     """The engine's options from the settings, with a command's own choices on top."""
     return TraceOptions(
         delimiters=settings.trace_delimiters, max_patterns=settings.trace_max_patterns,
@@ -86,7 +86,7 @@ def _previous(catalog: Catalog, store_id: str) -> dict[str, tuple[float, float]]
 
 @shared_task(base=AmlTask, bind=True, name="aml.trace.run")
 def run(self: Task, store: str, pattern: str | None = None, sample: int | None = None,
-        families: list[str] | None = None, sniff: bool = True) -> dict[str, Any]:
+        families: list[str] | None = None, sniff: bool | None = True) -> dict[str, Any]:
     """Trace a Redis keyspace per key pattern and record its time series and anomalies.
 
     Args:
@@ -95,7 +95,8 @@ def run(self: Task, store: str, pattern: str | None = None, sample: int | None =
         pattern: a ``SCAN MATCH`` glob restricting the trace (anomalies are then not resolved).
         sample: trace at most this many keys (a partial trace; totals scaled in ``keys_estimated``).
         families: key family globs (default: ``AML_TRACE_FAMILIES``).
-        sniff: read the first 16 bytes of string values to tell JSON / text / pickle.
+        sniff: read the first 16 bytes of string values to tell JSON / text / pickle; ``None`` (beat's
+            choice): only on Redis 7.2+, where ``CLIENT NO-TOUCH`` keeps that read from counting as an access.
 
     Returns:
         ``{"report": <trace report>, "recorded": {"alerts_raised", "alerts_resolved", "samples"},

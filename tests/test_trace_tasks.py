@@ -170,3 +170,16 @@ def test_export_then_import_into_another_database(aml_settings: Settings, keyspa
     assert result["written"] == 380 and result["overwritten"] == 1 and result["pre_restore"]["keys"] == 1
     assert other.get("agent:coder:turn:1") == client.get("agent:coder:turn:1")
     assert 3500 < other.ttl("agent:coder:turn:1") <= 3600
+
+
+def test_trace_runs_on_a_real_worker_sent_by_name(celery_worker_process, keyspace: tuple[str, redis.Redis]) -> None:
+    """An agent that has only Celery sends aml.trace.run by name; the worker traces and records it."""
+    from celery import Celery
+
+    url, _client = keyspace
+    env = celery_worker_process.env
+    sender = Celery(broker=env["AML_BROKER_URL"], backend=env["AML_BROKER_URL"])
+    result = sender.send_task("aml.trace.run", kwargs={"store": url}, queue="fast").get(timeout=120)
+    assert result["report"]["keys"] == 380 and result["recorded"]["alerts_raised"] == 1
+    lines = (celery_worker_process.home / "memory_tracer_timeseries.jsonl").read_text().splitlines()
+    assert json.loads(lines[-1])["store"] == url

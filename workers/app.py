@@ -115,7 +115,7 @@ def create_app(settings: Settings | None = None, *, set_as_current: bool = False
         task_routes=routes,
         task_annotations=_glob_annotations(annotations),
         enable_utc=True,
-        beat_schedule=beat_schedule(settings.stores, settings.beat_schedule),
+        beat_schedule=beat_schedule(settings.stores, settings.beat_schedule, settings.trace_interval),
         timezone="UTC",
     )
     beat_redis = settings.redis_lock_url or (

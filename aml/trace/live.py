@@ -120,7 +120,7 @@ def _version(text: str) -> tuple[int, ...]:
 
 
 def trace_redis(client: redis.Redis, stats: KeyspaceStats, *, db: int = 0, match: str | None = None,
-                sample: int | None = None, sniff_values: bool = True,
+                sample: int | None = None, sniff_values: bool | None = True,
                 progress: Callable[[int], None] | None = None) -> LiveInfo:
     """Feed the keys of the client's database into ``stats``, read-only.
 
@@ -130,7 +130,8 @@ def trace_redis(client: redis.Redis, stats: KeyspaceStats, *, db: int = 0, match
         db: the database number the client uses (for ``INFO keyspace``).
         match: a ``SCAN MATCH`` glob, or ``None`` for every key.
         sample: stop after this many keys (``None``: all).
-        sniff_values: read the first 16 bytes of string values to tell their encoding.
+        sniff_values: read the first 16 bytes of string values to tell their encoding; ``None``: only on
+            servers with ``CLIENT NO-TOUCH`` (Redis 7.2+), where the read does not count as an access.
         progress: called after each batch with the number of keys traced so far.
 
     Returns:
@@ -145,8 +146,11 @@ def trace_redis(client: redis.Redis, stats: KeyspaceStats, *, db: int = 0, match
     policy = live.server["maxmemory_policy"]
     lfu = "lfu" in policy
     live.idle_source = "freq" if lfu else "idletime"
+    no_touch = _version(live.server["redis_version"]) >= (7, 2)
+    if sniff_values is None:
+        sniff_values = no_touch
     if sniff_values:
-        if _version(live.server["redis_version"]) >= (7, 2):
+        if no_touch:
             client.execute_command("CLIENT", "NO-TOUCH", "ON")
         else:
             live.touches_keys = True

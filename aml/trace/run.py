@@ -33,7 +33,8 @@ class TraceOptions:
         families: declared family globs, first match wins.
         match: live only: a ``SCAN MATCH`` glob restricting the trace.
         sample: live only: stop after this many keys; totals are then also given scaled to the keyspace.
-        sniff: read the first 16 bytes of string values to tell JSON / text / pickle.
+        sniff: read the first 16 bytes of string values to tell JSON / text / pickle (``None``: only where
+            that read does not count as an access, Redis 7.2+ with ``CLIENT NO-TOUCH``).
         unused_idle_s: a key idle this long (seconds) is unused (default 7 days).
         companion_min_coverage: share of a pattern's keys that must have a companion key for the rest
             to count as orphans.
@@ -45,7 +46,7 @@ class TraceOptions:
     families: tuple[str, ...] = ()
     match: str | None = None
     sample: int | None = None
-    sniff: bool = True
+    sniff: bool | None = True
     unused_idle_s: float = 7 * 86400.0
     companion_min_coverage: float = 0.5
     thresholds: AnomalyThresholds = field(default_factory=AnomalyThresholds)
