@@ -95,6 +95,9 @@ def check_overrides(overrides: Mapping[str, str]) -> None:
 TRACE_INTERVAL_S = 300.0
 """Default seconds between two traces of a Redis keyspace ("trace every few minutes", DESIGN.md)."""
 
+FILE_TRACE_MIN_INTERVAL_S = 3600.0
+"""A file store is traced at most hourly: its trace reads every document, a keyspace's only sizes."""
+
 
 def beat_schedule(stores: tuple[str, ...], overrides: Mapping[str, str] | None = None,
                   trace_interval_s: float = TRACE_INTERVAL_S) -> dict[str, dict[str, Any]]:
@@ -102,7 +105,8 @@ def beat_schedule(stores: tuple[str, ...], overrides: Mapping[str, str] | None =
 
     A Redis keyspace (a ``redis://``, ``rediss://`` or ``unix://`` URL in ``stores``) gets one entry: ``trace``
     every ``trace_interval_s`` seconds (``AML_TRACE_INTERVAL``); the file-store operations do not apply to it.
-    File stores get the seeds' entries below.
+    File stores get the seeds' entries below, and a trace every ``trace_interval_s`` but at most hourly
+    (:data:`FILE_TRACE_MIN_INTERVAL_S`).
 
     Source: the seeds' cron table (daily backup 02:00, weekly prune Sunday 03:00, daily health 06:00
     UTC) and DESIGN.md (a weekly verify: Saturday 05:00 UTC, reading the least recently verified 15 %
@@ -139,6 +143,12 @@ def beat_schedule(stores: tuple[str, ...], overrides: Mapping[str, str] | None =
                 "options": {"queue": "fast"},
             }
             continue
+        schedule[f"trace {store}"] = {
+            "task": "aml.trace.run",
+            "schedule": schedules.schedule(timedelta(seconds=max(trace_interval_s, FILE_TRACE_MIN_INTERVAL_S))),
+            "kwargs": {"store": store},
+            "options": {"queue": "fast"},
+        }
         schedule[f"backup auto {store}"] = {
             "task": "aml.backup.auto",
             "schedule": crontab(minute="0", hour="2"),

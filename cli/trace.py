@@ -32,8 +32,42 @@ def _size(n: float) -> str:
     return f"{n:,.1f} GiB"
 
 
+def _render_files(report: dict[str, Any], top: int) -> None:
+    console.print(f"[bold]{escape(report['store'])}[/] trace: {report['keys']:,} records, {_size(report['bytes'])} "
+                  f"of records ({_size(report['bytes_on_disk'])} on disk) in {len(report['agents'])} agents, "
+                  f"{report['duration_s']:.2f} s" + (f"; {report['document_errors']} documents failed to read"
+                                                     if report["document_errors"] else ""), soft_wrap=True)
+    table = Table(show_header=True, header_style="bold")
+    for col in ("agent/collection", "records", "bytes", "avg", "unused"):
+        table.add_column(col, overflow="fold")
+    for name, p in list(report["patterns"].items())[:top]:
+        table.add_row(escape(name), f"{p['keys']:,}", _size(p["bytes"]), _size(p["avg_bytes"]), f"{p['unused']:,}")
+    console.print(table)
+
+
 def render_trace(report: dict[str, Any], top: int = 25) -> None:
     """Print a trace report: totals, the largest patterns, companions and anomalies."""
+    if report["source"] == "files":
+        _render_files(report, top)
+    else:
+        _render_keyspace(report, top)
+    hidden = report["pattern_count"] - min(top, report["pattern_count"])
+    if hidden:
+        console.print(f"  ... {hidden} smaller {'subjects' if report['source'] == 'files' else 'patterns'} "
+                      "(--top N, or --json)")
+    companions = report["companions"]
+    if companions:
+        orphans = sum(c["orphans"] for c in companions)
+        console.print(f"  companion keys: {len(companions)} families with a companion key, "
+                      f"{sum(1 for c in companions if c['orphans'])} with orphans ({orphans:,} keys lack theirs)",
+                      soft_wrap=True)
+    for a in report["anomalies"]:
+        console.print(f"  {styled(a['severity'])} {a['kind']}: {escape(a['message'])}", soft_wrap=True)
+    if not report["anomalies"]:
+        console.print("  no anomalies")
+
+
+def _render_keyspace(report: dict[str, Any], top: int) -> None:
     where = report.get("server") or report.get("rdb") or {}
     head = (f"[bold]{escape(report['store'])}[/] trace: {report['keys']:,} keys, {_size(report['bytes'])} in "
             f"{report['pattern_count']} patterns, {report['duration_s']:.2f} s")
@@ -59,19 +93,6 @@ def render_trace(report: dict[str, Any], top: int = 25) -> None:
         values = " ".join(f"{k}:{v}" for k, v in p["values"].items() if k != "unknown") or " ".join(p["types"])
         table.add_row(escape(name), f"{p['keys']:,}", _size(p["bytes"]), ttl, idle, values)
     console.print(table)
-    hidden = report["pattern_count"] - min(top, report["pattern_count"])
-    if hidden:
-        console.print(f"  ... {hidden} smaller patterns (--top N, or --json)")
-    companions = report["companions"]
-    if companions:
-        orphans = sum(c["orphans"] for c in companions)
-        console.print(f"  companion keys: {len(companions)} families with a companion key, "
-                      f"{sum(1 for c in companions if c['orphans'])} with orphans ({orphans:,} keys lack theirs)",
-                      soft_wrap=True)
-    for a in report["anomalies"]:
-        console.print(f"  {styled(a['severity'])} {a['kind']}: {escape(a['message'])}", soft_wrap=True)
-    if not report["anomalies"]:
-        console.print("  no anomalies")
 
 
 @trace_app.callback()
@@ -89,9 +110,10 @@ def trace(
     wait: WaitOpt = False,
     timeout: TimeoutOpt = 600.0,
 ) -> None:
-    """Trace a Redis keyspace (aml redis://host:port/db trace): per key pattern, keys, bytes, TTLs, idle
-    time, value encodings; anomalies become alerts. Read-only. Exit 0, or 1 when anomalies were found or
-    the trace is partial."""
+    """Trace a Redis keyspace (aml redis://host:port/db trace: per key pattern, keys, bytes, TTLs, idle
+    time, value encodings) or a file store (aml <memory_path> trace: records and bytes per agent and
+    collection); anomalies become alerts, growth is measured against the previous trace. Read-only. Exit
+    0, or 1 when anomalies were found or the trace is partial."""
     if ctx.invoked_subcommand is not None:
         return
     from tasks import trace as trace_tasks

@@ -1,11 +1,12 @@
 """Celery tasks of the ``trace`` operation (fast queue): ``aml.trace.run``, ``aml.trace.clean`` and
 ``aml.trace.undo_clean``.
 
-Traces a Redis keyspace (:func:`aml.trace.run.trace_keyspace`), compares it with the previous trace of
-the same keyspace (the catalog's ``trace_keys`` / ``trace_bytes`` samples), and in the catalog: records
-per-pattern time series (the ``trace_series_patterns`` largest patterns, plus store totals), raises one
-alert per finding (fingerprint: store, pattern, ``trace.<kind>``) and resolves the trace alerts whose
-finding is gone. Appends the seed's JSONL time-series line under ``AML_HOME``. Read-only on the Redis.
+``aml.trace.run`` traces a Redis keyspace (:func:`aml.trace.run.trace_keyspace`) or a file store
+(:func:`aml.trace.files.trace_file_store`), compares it with the previous trace of the same store (the
+catalog's ``trace_items`` / ``trace_bytes`` samples: keys or records, and bytes), and in the catalog: records
+per-subject time series (the ``trace_series_patterns`` largest key patterns or agent/collection pairs, plus
+store totals), raises one alert per finding (fingerprint: store, subject, ``trace.<kind>``) and resolves the
+trace alerts whose finding is gone. Appends the seed's JSONL time-series line under ``AML_HOME``. Read-only.
 """
 
 from __future__ import annotations
@@ -19,17 +20,18 @@ from celery import Task, shared_task
 
 from aml.trace.anomalies import KINDS, AnomalyThresholds
 from aml.trace.clean import CleanCriteria, clean, undo_clean
+from aml.trace.files import trace_file_store
 from aml.trace.keyspace import KeyspaceFileError
 from aml.trace.live import keyspace_id, tracing_client
 from aml.trace.run import TraceOptions, trace_keyspace
 from aml.trace.timeseries import append as append_timeseries
 from models import queries
 from models.tables import TaskRun
-from tasks.base import AmlTask, Catalog, run_operation
+from tasks.base import AmlTask, Catalog, normalize_store, run_operation
 from workers.app import get_settings
 from workers.settings import Settings
 
-SERIES = ("trace_keys", "trace_bytes")
+SERIES = ("trace_items", "trace_bytes")
 """The per-pattern series a trace records (subject = pattern; ``None`` = the whole keyspace)."""
 
 
@@ -49,11 +51,11 @@ def trace_options(settings: Settings, *, match: str | None = None, sample: int |
 def _record(catalog: Catalog, store_id: str, report: dict[str, Any], settings: Settings) -> dict[str, Any]:
     patterns = report["patterns"]
     largest = list(patterns.items())[: settings.trace_series_patterns]  # largest first
-    samples = [queries.Sample(store_id, "trace_keys", report["keys"], "count"),
+    samples = [queries.Sample(store_id, "trace_items", report["keys"], "count"),
                queries.Sample(store_id, "trace_bytes", report["bytes"], "bytes"),
                queries.Sample(store_id, "trace_duration", report["duration_s"], "seconds")]
     for name, p in largest:
-        samples += [queries.Sample(store_id, "trace_keys", p["keys"], "count", name),
+        samples += [queries.Sample(store_id, "trace_items", p["keys"], "count", name),
                     queries.Sample(store_id, "trace_bytes", p["bytes"], "bytes", name)]
     full = not report["partial"] and report.get("match") is None  # the whole keyspace was read
     raised, resolved = 0, 0
@@ -78,7 +80,7 @@ def _record(catalog: Catalog, store_id: str, report: dict[str, Any], settings: S
 def _previous(catalog: Catalog, store_id: str) -> dict[str, tuple[float, float]] | None:
     with catalog(write=False) as session:
         latest = queries.latest_samples(session, store=store_id, names=SERIES)
-    keys, nbytes = latest.get("trace_keys", {}), latest.get("trace_bytes", {})
+    keys, nbytes = latest.get("trace_items", {}), latest.get("trace_bytes", {})
     if not keys:
         return None
     return {p: (v, nbytes.get(p, 0.0)) for p, v in keys.items() if p is not None}
@@ -87,13 +89,15 @@ def _previous(catalog: Catalog, store_id: str) -> dict[str, tuple[float, float]]
 @shared_task(base=AmlTask, bind=True, name="aml.trace.run")
 def run(self: Task, store: str, pattern: str | None = None, sample: int | None = None,
         families: list[str] | None = None, sniff: bool | None = True) -> dict[str, Any]:
-    """Trace a Redis keyspace per key pattern and record its time series and anomalies.
+    """Trace a Redis keyspace per key pattern, or a file store per agent and collection, and record its time
+    series and anomalies.
 
     Args:
-        store: ``redis://[user:password@]host:port/db``. The password is used to connect and never
-            recorded: the catalog, the result and the log name the store by :func:`keyspace_id`.
-        pattern: a ``SCAN MATCH`` glob restricting the trace (anomalies are then not resolved).
-        sample: trace at most this many keys (a partial trace; totals scaled in ``keys_estimated``).
+        store: ``redis://[user:password@]host:port/db``, or a file store's path. A password is used to
+            connect and never recorded: the catalog, the result and the log name the store by
+            :func:`keyspace_id`.
+        pattern: Redis only: a ``SCAN MATCH`` glob restricting the trace (anomalies are then not resolved).
+        sample: Redis only: trace at most this many keys (a partial trace; totals scaled in ``keys_estimated``).
         families: key family globs (default: ``AML_TRACE_FAMILIES``).
         sniff: read the first 16 bytes of string values to tell JSON / text / pickle; ``None`` (beat's
             choice): only on Redis 7.2+, where ``CLIENT NO-TOUCH`` keeps that read from counting as an access.
@@ -104,16 +108,23 @@ def run(self: Task, store: str, pattern: str | None = None, sample: int | None =
         found or the trace is partial.
 
     Raises:
-        ValueError: ``store`` is not a Redis URL (file stores are not traced yet).
+        ValueError: ``store`` is a URL that is not a Redis URL.
+        NotADirectoryError: a file store path that is not a directory.
         redis.exceptions.RedisError: the server cannot be reached or refuses, before any key was read.
     """
     settings = get_settings()
-    store_id = keyspace_id(store)
+    keyspace = "://" in store
+    store_id = keyspace_id(store) if keyspace else normalize_store(store)
     options = trace_options(settings, match=pattern, sample=sample,
                             families=tuple(families) if families is not None else None, sniff=sniff)
 
     def body(catalog: Catalog) -> dict[str, Any]:
-        report = trace_keyspace(store, options, previous=_previous(catalog, store_id))
+        previous = _previous(catalog, store_id)
+        if keyspace:
+            report = trace_keyspace(store, options, previous=previous)
+        else:
+            report = trace_file_store(Path(store_id), previous=previous, thresholds=options.thresholds,
+                                      unused_idle_s=options.unused_idle_s)
         report["store"] = store_id
         recorded = _record(catalog, store_id, report, settings)
         log = append_timeseries(settings.home, report)

@@ -64,6 +64,7 @@ def test_beat_schedule_names_registered_tasks_on_their_queues() -> None:
     redis_entries = {name: e for name, e in schedule.items() if "redis://" in name}
     assert list(redis_entries) == ["trace redis://10.0.0.5:6379/2"]  # a keyspace has no file operations
     assert redis_entries["trace redis://10.0.0.5:6379/2"]["schedule"].run_every.total_seconds() == 120
+    assert schedule["trace /srv/a/.loom/memory"]["schedule"].run_every.total_seconds() == 3600  # at most hourly
     for entry in schedule.values():
         assert entry["task"] in app.tasks, entry["task"]
         assert app.amqp.router.route({}, entry["task"])["queue"].name == entry["options"]["queue"]

@@ -45,8 +45,8 @@ def test_trace_raises_alerts_records_series_and_resolves_when_fixed(aml_settings
         alerts = queries.open_alerts(session, store=url)
         assert [(a.agent, a.check) for a in alerts] == [("agent:coder:turn:*", "trace.orphaned_companions")]
         assert alerts[0].details["keys"] == 20
-        series = queries.latest_samples(session, store=url, names=["trace_keys", "trace_bytes"])
-        assert series["trace_keys"][None] == 380 and series["trace_keys"]["agent:coder:turn:*"] == 200
+        series = queries.latest_samples(session, store=url, names=["trace_items", "trace_bytes"])
+        assert series["trace_items"][None] == 380 and series["trace_items"]["agent:coder:turn:*"] == 200
     lines = (aml_settings.home / "memory_tracer_timeseries.jsonl").read_text().splitlines()
     assert len(lines) == 1 and json.loads(lines[0])["keys"] == 380
     for i in range(0, 200, 10):  # give the orphans their companions
@@ -96,11 +96,24 @@ def test_the_password_is_never_recorded(aml_settings: Settings, tmp_path: Path) 
         proc.wait()
 
 
-def test_trace_of_a_file_store_says_it_is_not_traced_yet(aml_settings: Settings, tmp_path: Path) -> None:
-    from tasks import trace
+def test_trace_of_a_file_store_uses_the_same_time_series(aml_settings: Settings, tmp_path: Path) -> None:
+    from aml.sample import SampleSpec, generate_loom_store
 
-    with pytest.raises(ValueError, match="not a Redis URL"):
-        trace.run.apply(kwargs={"store": str(tmp_path)}, throw=True).get()
+    store = tmp_path / "memory"
+    generate_loom_store(store, SampleSpec(agents=2, patterns=20, solutions=10, decisions=5))
+    first = _trace(str(store))
+    report = first["report"]
+    assert report["source"] == "files" and report["keys"] == 70 and len(report["agents"]) == 2
+    subject = next(iter(report["patterns"]))
+    generate_loom_store(store, SampleSpec(agents=2, patterns=200, solutions=10, decisions=5))  # patterns grow
+    second = _trace(str(store))["report"]
+    growth = {a["pattern"] for a in second["anomalies"] if a["kind"] == "rapid_growth"}
+    assert growth and all(p.endswith("/patterns") for p in growth)
+    with session_scope(aml_settings.catalog_url) as session:
+        series = queries.latest_samples(session, store=str(store.resolve()), names=["trace_items"])
+        assert series["trace_items"][None] == second["keys"] and subject in series["trace_items"]
+    with pytest.raises(NotADirectoryError):
+        _trace(str(tmp_path / "missing"))
 
 
 def test_clean_and_undo_through_the_catalog(aml_settings: Settings, keyspace: tuple[str, redis.Redis]) -> None:

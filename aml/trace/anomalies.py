@@ -42,7 +42,8 @@ class AnomalyThresholds:
 
 def find_anomalies(patterns: Mapping[str, Mapping[str, Any]], companions: list[dict[str, Any]],
                    previous: Mapping[str, tuple[float, float]] | None,
-                   thresholds: AnomalyThresholds) -> list[dict[str, Any]]:
+                   thresholds: AnomalyThresholds, *, noun: str = "keys",
+                   unused_days: float | None = None) -> list[dict[str, Any]]:
     """The findings of one trace.
 
     Args:
@@ -50,6 +51,8 @@ def find_anomalies(patterns: Mapping[str, Mapping[str, Any]], companions: list[d
         companions: :meth:`aml.trace.stats.KeyspaceStats.companions`.
         previous: pattern -> ``(keys, bytes)`` of the previous trace of the same keyspace, or ``None``.
         thresholds: when to flag.
+        noun: what the items are, for messages (``keys``; ``records`` for file stores).
+        unused_days: the idle time that makes an item unused, days (for messages).
 
     Returns:
         Findings, critical first, then by pattern.
@@ -58,7 +61,7 @@ def find_anomalies(patterns: Mapping[str, Mapping[str, Any]], companions: list[d
     for pattern, p in patterns.items():
         keys = p["keys"]
         if previous is not None:
-            found.extend(_growth(pattern, keys, p["bytes"], previous.get(pattern), thresholds))
+            found.extend(_growth(pattern, keys, p["bytes"], previous.get(pattern), thresholds, noun))
         if keys < thresholds.min_keys:
             continue
         without = p["without_ttl"]
@@ -68,10 +71,10 @@ def find_anomalies(patterns: Mapping[str, Mapping[str, Any]], companions: list[d
                 "of": keys, "message": f"{without} of {keys} keys of {pattern} have no TTL, though "
                                        f"{keys - without} of the family do: they never expire"})
         if p["unused"] and p["unused"] >= thresholds.unused_min_share * keys:
+            since = f"for {unused_days:g} days or more" if unused_days is not None else "for long"
             found.append({
                 "kind": "unused_keys", "pattern": pattern, "severity": "warning", "keys": p["unused"],
-                "of": keys, "message": f"{p['unused']} of {keys} keys of {pattern} have not been read "
-                                       "since they were written long ago"})
+                "of": keys, "message": f"{p['unused']} of {keys} {noun} of {pattern} were not used {since}"})
     for c in companions:
         if c["orphans"]:
             found.append({
@@ -85,13 +88,13 @@ def find_anomalies(patterns: Mapping[str, Mapping[str, Any]], companions: list[d
 
 
 def _growth(pattern: str, keys: int, nbytes: int, before: tuple[float, float] | None,
-            thresholds: AnomalyThresholds) -> list[dict[str, Any]]:
+            thresholds: AnomalyThresholds, noun: str) -> list[dict[str, Any]]:
     if before is None or keys < thresholds.growth_min_keys:
         return []
     keys_before, bytes_before = before
     grown = []
     if keys_before > 0 and keys / keys_before - 1 > thresholds.growth_ratio:
-        grown.append(f"keys {int(keys_before)} -> {keys}")
+        grown.append(f"{noun} {int(keys_before)} -> {keys}")
     if bytes_before > 0 and nbytes / bytes_before - 1 > thresholds.growth_ratio:
         grown.append(f"bytes {int(bytes_before)} -> {nbytes}")
     if not grown:
