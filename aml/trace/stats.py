@@ -17,7 +17,8 @@ from aml.trace.sniff import ValueEncoding
 
 TTL_BUCKETS: tuple[tuple[str, float], ...] = (
     ("le_1h", 3600.0), ("le_1d", 86400.0), ("le_1w", 604800.0), ("longer", float("inf")))
-"""TTL split of the issue (none / at most 1 hour / 1 day / 1 week / longer), in seconds remaining."""
+"""TTL split of the issue (none / at most 1 hour / 1 day / 1 week / longer), in seconds remaining (the
+bounds are also written out in :meth:`KeyspaceStats.add`, its hot path)."""
 
 IDLE_BUCKETS: tuple[tuple[str, float], ...] = TTL_BUCKETS
 """Idle-time split, seconds since the last read or write (``OBJECT IDLETIME``), same bounds."""
@@ -27,13 +28,6 @@ EXAMPLES = 5
 
 _EXAMPLE_POOL = 1000
 """Keys (of the first ones seen) kept per inferred pattern to draw examples of orphans from."""
-
-
-def _bucket(seconds: float, buckets: tuple[tuple[str, float], ...]) -> str:
-    for name, bound in buckets:
-        if seconds <= bound:
-            return name
-    return buckets[-1][0]
 
 
 @dataclass(slots=True)
@@ -107,9 +101,6 @@ class KeyspaceStats:
         self.inferer = inferer
         self.unused_idle_s = unused_idle_s
         self.patterns: dict[str, PatternStats] = {}
-        self.keys = 0
-        self.bytes = 0
-        self.values: Counter[str] = Counter()
         self._families: dict[str, _Family] = {}
         self._companions: dict[tuple[str, str], set[int]] = {}
 
@@ -141,17 +132,18 @@ class KeyspaceStats:
         if encoding:
             stats.encodings[encoding] += 1
         stats.values[value] += 1
-        self.values[value] += 1
         if ttl_s is None:
             stats.ttl["none"] += 1
         else:
             if ttl_s <= 0:
                 stats.expired += 1
-            stats.ttl[_bucket(ttl_s, TTL_BUCKETS)] += 1
+            stats.ttl["le_1h" if ttl_s <= 3600 else "le_1d" if ttl_s <= 86400 else "le_1w" if ttl_s <= 604800
+                      else "longer"] += 1
             if stats.ttl_max_s is None or ttl_s > stats.ttl_max_s:
                 stats.ttl_max_s = ttl_s
         if idle_s is not None:
-            stats.idle[_bucket(idle_s, IDLE_BUCKETS)] += 1
+            stats.idle["le_1h" if idle_s <= 3600 else "le_1d" if idle_s <= 86400 else "le_1w" if idle_s <= 604800
+                       else "longer"] += 1
             stats.idle_sum_s += idle_s
             if stats.idle_max_s is None or idle_s > stats.idle_max_s:
                 stats.idle_max_s = idle_s
@@ -164,9 +156,25 @@ class KeyspaceStats:
             stats.sizes_estimated += 1
         if len(stats.examples) < EXAMPLES:
             stats.examples.append(key)
-        self.keys += 1
-        self.bytes += nbytes
         self._note_companion(key, inferred)
+
+    @property
+    def keys(self) -> int:
+        """Keys counted so far."""
+        return sum(p.keys for p in self.patterns.values())
+
+    @property
+    def bytes(self) -> int:
+        """Their bytes."""
+        return sum(p.bytes for p in self.patterns.values())
+
+    @property
+    def values(self) -> Counter[str]:
+        """Value encodings over every pattern."""
+        total: Counter[str] = Counter()
+        for p in self.patterns.values():
+            total.update(p.values)
+        return total
 
     def _note_companion(self, key: str, inferred: str) -> None:
         family = self._families.get(inferred)
