@@ -111,6 +111,10 @@ def render_plan(result: dict[str, Any], limit: int) -> None:
     if result["dry_run"]:
         console.print("dry run: nothing was changed")
         return
+    resumed = result.get("resumed")
+    if resumed:
+        console.print(f"resumed run: {resumed['kept']} records removed by an earlier attempt of this run (undo "
+                      f"puts them back too); {resumed['dropped']} rows of a rewrite it never made dropped")
     applied = result.get("applied")
     if applied is None:
         console.print("nothing to prune")

@@ -45,6 +45,7 @@ __all__ = [
     "alert_fingerprint",
     "alert_history",
     "delete_backups",
+    "delete_prune_actions",
     "finish_task_run",
     "get_backup",
     "get_task_run",
@@ -633,6 +634,23 @@ def prune_actions_for_run(
     if not include_undone:
         stmt = stmt.where(PruneAction.undone_at.is_(None))
     return list(session.scalars(stmt.order_by(PruneAction.id)))
+
+
+def delete_prune_actions(session: Session, run_id: str, ids: Iterable[int]) -> int:
+    """Delete actions of ``run_id`` by id (rows a crashed attempt wrote ahead of a rewrite that never
+    happened: their records are still in the store). Undone rows are never deleted.
+
+    Returns:
+        The number of rows deleted.
+    """
+    wanted = list(ids)
+    deleted = 0
+    for start in range(0, len(wanted), 500):  # bounded IN lists (SQLite's variable limit)
+        stmt = delete(PruneAction).where(PruneAction.run_id == run_id, PruneAction.undone_at.is_(None),
+                                         PruneAction.id.in_(wanted[start:start + 500]))
+        result = session.execute(stmt.execution_options(synchronize_session=False))
+        deleted += int(getattr(result, "rowcount", 0) or 0)
+    return deleted
 
 
 def mark_prune_actions_undone(

@@ -2,27 +2,50 @@
 
 A run follows DESIGN.md's order: the plan (record, collection, reason, value) -> ``dry_run`` stops
 there -> a pre-prune safety snapshot, whose id is recorded with the run -> atomic rewrites of the
-touched documents (decisions archived into the backup repository's ``archives/<agent>/``) -> one
+touched documents (decisions archived into the backup repository's ``archives/<agent>/``), with one
 ``prune_actions`` row per removed or archived record, holding what undo needs. Both tasks are
 destructive: they hold the store's lock (a dry run does not take it).
 
 The run id users see (``aml <store> prune undo <run_id>``) is the Celery task id.
+
+**Undo stays exact whatever kills a run.** A document's rows are committed *before* its rewrite is
+published (write-ahead, :data:`aml.prune.apply.BeforePublish`), so every record a run removed has its
+row at every instant, even when the worker's pool child is killed between two rewrites. A crash between
+the commit and the rename leaves rows for records still in their document; undo counts them "already
+present". The redelivered task (the same task id, so the same run) first adopts what the killed attempt
+did: it keeps the rows of records gone from the store and deletes the rows of records still there
+(:func:`aml.prune.undo.present_entries`), then plans and prunes the rest under the same run id. A write
+that fails within an attempt is reconciled the same way. ``prune undo <run_id>`` then puts back every
+record that any attempt of the run removed.
 """
 
 from __future__ import annotations
 
+import logging
 import uuid
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
+from pathlib import Path
 from typing import Any
 
 from celery import Task, shared_task
 
-from aml.prune import PruneConfig, UndoEntry, apply_plan, build_plan, normalise_strategies, undo_entries
+from aml.prune import (
+    AppliedRecord,
+    PruneConfig,
+    UndoEntry,
+    apply_plan,
+    build_plan,
+    normalise_strategies,
+    present_entries,
+    undo_entries,
+)
 from aml.prune.archive import ARCHIVE_DIR
 from models import queries
 from tasks.base import AmlTask, Catalog, normalize_store, run_operation, store_path
 from tasks.snapshots import repository_for, safety_snapshot
 from workers.app import get_settings
+
+log = logging.getLogger("aml.tasks.prune")
 
 ACTIONS_IN_RESULT = 5000
 """At most this many planned actions are returned in a task result (the counts are always complete)."""
@@ -44,6 +67,33 @@ def make_config(aggressive: bool = False, now: str | None = None,
     return config.with_overrides(values)
 
 
+def drop_unpublished(catalog: Catalog, root: Path, store_id: str, run_id: str,
+                     documents: Collection[str] | None = None) -> dict[str, int]:
+    """Reconcile run ``run_id``'s rows with the store: a row whose record is still in its document was
+    written ahead of a rewrite that never happened (a killed attempt, a failed write) and is deleted;
+    the others, records that a rewrite did remove, are kept: the run owns them.
+
+    Args:
+        catalog: the operation's catalog opener.
+        root: the store directory.
+        store_id: the store id (rows of other stores are left alone).
+        run_id: the prune run.
+        documents: only the rows of these documents (default: all of the run's rows not undone).
+
+    Returns:
+        ``{"kept", "dropped"}``: rows kept and rows deleted.
+    """
+    with catalog(write=False) as session:
+        entries = [UndoEntry(r.id, r.document_path, r.record_id, dict(r.record or {}))
+                   for r in queries.prune_actions_for_run(session, run_id)
+                   if r.store == store_id and (documents is None or r.document_path in documents)]
+    stale = present_entries(root, entries) if entries else []
+    if stale:
+        with catalog() as session:
+            queries.delete_prune_actions(session, run_id, stale)
+    return {"kept": len(entries) - len(stale), "dropped": len(stale)}
+
+
 def run_body(store_id: str, run_id: str, *, strategies: Sequence[str] | None, agents: Sequence[str] | None,
              config: PruneConfig, dry_run: bool) -> Any:
     """Build the operation body of one prune run (see :func:`tasks.base.run_operation`)."""
@@ -51,28 +101,52 @@ def run_body(store_id: str, run_id: str, *, strategies: Sequence[str] | None, ag
 
     def body(catalog: Catalog) -> dict[str, Any]:
         root = store_path(store_id)
+        # a redelivered task (same id): adopt what a killed attempt removed, forget what it did not
+        resumed = None if dry_run else drop_unpublished(catalog, root, store_id, run_id)
         plan = build_plan(root, config, strategies, agents=agents)
         planned = plan.to_dict(include_actions=False)
         planned["actions"] = [a.to_dict() for a in plan.actions[:ACTIONS_IN_RESULT]]
         planned["actions_truncated"] = len(plan.actions) > ACTIONS_IN_RESULT
         result: dict[str, Any] = {"run_id": run_id, "dry_run": dry_run, "plan": planned, "backup_id": None,
-                                  "applied": None}
+                                  "applied": None,
+                                  "resumed": resumed if resumed is not None and any(resumed.values()) else None}
         if dry_run or not plan.actions:
             return result
         snapshot = safety_snapshot(catalog, store_id, root, settings, reason="pre-prune", tags=[f"prune:{run_id}"])
         result["backup_id"] = snapshot.backup_id
         archive_root = repository_for(root, settings).path / ARCHIVE_DIR
-        applied = apply_plan(plan, run_id=run_id, archive_root=archive_root)
-        with catalog() as session:
+        with catalog(write=False) as session:
             task_run = queries.get_task_run(session, run_id)
-            queries.add_prune_actions(
-                session, run_id=run_id, store=store_id, backup_id=snapshot.backup_id,
-                task_run_id=task_run.id if task_run is not None else None,
-                records=[queries.PrunedRecord(
-                    agent=r.action.agent, collection=r.action.collection, record_id=r.action.record_id,
-                    reason=r.action.reason, action=r.action.action, document_path=r.action.document,
-                    record=r.payload, score=r.action.value) for r in applied.applied],
-            )
+            task_run_id = task_run.id if task_run is not None else None
+        written_ahead: list[str] = []
+        published: set[str] = set()
+
+        def write_ahead(document: str, records: list[AppliedRecord]) -> None:
+            with catalog() as session:
+                queries.add_prune_actions(
+                    session, run_id=run_id, store=store_id, backup_id=snapshot.backup_id, task_run_id=task_run_id,
+                    records=[queries.PrunedRecord(
+                        agent=r.action.agent, collection=r.action.collection, record_id=r.action.record_id,
+                        reason=r.action.reason, action=r.action.action, document_path=r.action.document,
+                        record=r.payload, score=r.action.value) for r in records],
+                )
+            written_ahead.append(document)
+
+        def unpublished() -> list[str]:
+            return [d for d in written_ahead if d not in published]
+
+        try:
+            applied = apply_plan(plan, run_id=run_id, archive_root=archive_root, on_document=published.add,
+                                 before_publish=write_ahead)
+        except Exception:  # e.g. the lock's lease lost: the rows of the document it stopped at may be stale
+            if unpublished():
+                try:
+                    drop_unpublished(catalog, root, store_id, run_id, unpublished())
+                except Exception:  # the error that stopped the run is the one to report
+                    log.exception("prune %s: could not reconcile the rows of %s", run_id, unpublished())
+            raise
+        if unpublished():  # a failed write (applied.error): its document may or may not have been replaced
+            drop_unpublished(catalog, root, store_id, run_id, unpublished())
         result["applied"] = applied.to_dict()
         if applied.error:
             result["status"] = "failure"
@@ -109,7 +183,10 @@ def run(
 
     Returns:
         ``{"run_id", "dry_run", "plan": {counts, actions, preserved, ...}, "backup_id", "applied":
-        {removed, archived, documents, conflicts, bytes_freed, ...} | None, "status", "task_run_id", ...}``.
+        {removed, archived, documents, conflicts, bytes_freed, ...} | None, "resumed": {kept, dropped} | None,
+        "status", "task_run_id", ...}``. ``applied`` counts this attempt's work; ``resumed`` is set when an
+        earlier attempt of the same task id (killed, then redelivered) left rows: ``kept`` records it had
+        removed (the run owns them; undo puts them back too), ``dropped`` rows of a rewrite it never made.
         Status ``warning`` when documents changed under the run (they were left alone).
 
     Raises:
@@ -129,13 +206,15 @@ def run(
 
 
 def _no_rows_message(catalog: Catalog, store_id: str, run_id: str) -> str:
-    """Why ``undo`` has nothing to put back: an unknown run, or a run killed between its rewrites and
-    its catalog rows, whose pre-prune snapshot (tagged ``prune:<run_id>``) is then named."""
+    """Why ``undo`` has nothing to put back: an unknown run, or a run that removed nothing (it stopped
+    before its first rewrite, or its rows were deleted), whose pre-prune snapshot (tagged
+    ``prune:<run_id>``) is then named."""
     with catalog(write=False) as session:
         tagged = [b.backup_id for b in queries.list_backups(session, store_id) if f"prune:{run_id}" in (b.tags or [])]
     if not tagged:
         return f"no prune run {run_id!r} recorded for {store_id}"
-    return (f"prune run {run_id!r} recorded no actions (it was interrupted, or its catalog write failed); "
+    return (f"prune run {run_id!r} recorded no actions (it stopped before its first rewrite, or its rows were "
+            "deleted); "
             f"its pre-prune snapshot {tagged[-1]} holds the store as it was before the run: "
             f"aml {store_id} backup restore --backup-id {tagged[-1]} --dry-run shows what that would put back")
 

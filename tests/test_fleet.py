@@ -339,7 +339,8 @@ def test_kill_pool_child_during_prune_redelivers_and_prunes_exactly_the_plan(
     """SIGKILL once the prune has rewritten its first document: the redelivered run prunes the rest, and the
     store ends as prune's own plan says (every document parses, every record not planned is there, every
     archived decision is in the run's archive exactly once); the killed attempt's pre-prune snapshot holds
-    the store as it was."""
+    the store as it was; the run has one undo row per planned record, the killed attempt's included, and
+    ``prune undo`` puts every record back."""
     from aml.backup import list_snapshots, restore
     from aml.prune import build_plan
     from aml.prune.archive import read_archive
@@ -375,6 +376,18 @@ def test_kill_pool_child_during_prune_redelivers_and_prunes_exactly_the_plan(
     assert len(tagged) == 2  # one pre-prune snapshot per attempt
     restore(repo, tagged[0], tmp_path / "restored")
     assert _documents(tmp_path / "restored") == before  # the killed attempt's snapshot: the store as it was
+    # the rows are written ahead of each rewrite: the redelivered run owns the killed attempt's removals too
+    assert (run.result["resumed"] or {}).get("kept") == by_killed, run.result["resumed"]
+    with sqlite3.connect(fleet_env["AML_CATALOG_URL"].removeprefix("sqlite:///"), timeout=10) as conn:
+        rows = conn.execute("SELECT document_path, record_id FROM prune_actions WHERE run_id = ? "
+                            "AND undone_at IS NULL", (run.task_id,)).fetchall()
+    assert len(rows) == len(planned) and set(rows) == planned  # one row per pruned record, whichever attempt
+    proc = subprocess.run([sys.executable, "-m", "cli.main", str(store), "prune", "undo", run.task_id, "--json"],
+                          cwd=REPO, env=fleet_env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    undone = json.loads(proc.stdout)
+    assert undone["restored"] == len(planned) and not undone["failed"], undone
+    assert _documents(store) == before  # every record the run removed is back, in place
 
 
 @pytest.mark.slow

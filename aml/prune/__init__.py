@@ -10,8 +10,10 @@ One concern per module:
 * :mod:`~aml.prune.plan` - :func:`build_plan`: record, collection, reason, value (the dry run);
 * :mod:`~aml.prune.splice` - editing a list inside a JSON document without re-serialising it;
 * :mod:`~aml.prune.archive` - archived decisions in the backup repository's ``archives/<agent>/``;
-* :mod:`~aml.prune.apply` - :func:`apply_plan`: atomic rewrites, decisions archived first;
-* :mod:`~aml.prune.undo` - :func:`undo_entries`: put back exactly what a run removed.
+* :mod:`~aml.prune.apply` - :func:`apply_plan`: atomic rewrites, decisions archived first, undo rows
+  handed to the caller before each rewrite (write-ahead);
+* :mod:`~aml.prune.undo` - :func:`undo_entries`: put back exactly what a run removed;
+  :func:`present_entries`: which rows' records are still in the store (a resumed run).
 
 Pure engine: no Celery, no catalog (``tasks/prune.py`` adds the safety snapshot, the store lock and the
 ``prune_actions`` rows). Units: bytes (MiB = 1024² bytes), days of 86,400 s, ratios 0-1, aware UTC.
@@ -22,7 +24,7 @@ from aml.prune.archive import ARCHIVE_DIR, archive_file, read_archive
 from aml.prune.config import DEFAULT_STRATEGIES, MIB, STRATEGIES, PruneConfig, Strategy, normalise_strategies
 from aml.prune.plan import DocumentState, PlannedAction, PrunePlan, build_plan
 from aml.prune.splice import SpliceError
-from aml.prune.undo import UndoEntry, UndoResult, undo_entries
+from aml.prune.undo import UndoEntry, UndoResult, present_entries, undo_entries
 from aml.prune.value import ValueInputs, loom_value, loom_value_inputs, value_score
 
 __all__ = [
@@ -47,6 +49,7 @@ __all__ = [
     "loom_value",
     "loom_value_inputs",
     "normalise_strategies",
+    "present_entries",
     "read_archive",
     "undo_entries",
     "value_score",

@@ -9,13 +9,17 @@ For each document of the plan, in path order:
    (:mod:`aml.prune.archive`), atomically;
 3. rebuild the document's lists without the planned records by splicing the decoded text
    (:mod:`aml.prune.splice`: every other byte stays as the writer wrote it), check the result parses,
-   encode it as the file was encoded (gzip stays gzip), and replace the file atomically (temp file,
-   fsync, rename, fsync directory).
+   and encode it as the file was encoded (gzip stays gzip);
+4. hand the document's :class:`AppliedRecord` rows to ``before_publish`` (write-ahead: the caller
+   records them durably, so that undo can find them, *before* the records leave the document);
+5. replace the file atomically (temp file, fsync, rename, fsync directory).
 
-A crash at any point leaves every document either as it was or as the plan wants it, never torn.
-The caller takes the pre-prune snapshot before calling :func:`apply_plan` and records the returned
-:class:`AppliedRecord` rows (their ``payload`` is what ``prune_actions.record`` holds; see
-:mod:`aml.prune.undo`).
+A crash at any point leaves every document either as it was or as the plan wants it, never torn, and
+every record already removed from a document has its undo row (recorded in step 4). A crash between
+steps 4 and 5 leaves rows for records still in their document: undo finds them "already present", and
+a resumed run drops those rows before it plans again (:func:`aml.prune.undo.present_entries`).
+The caller takes the pre-prune snapshot before calling :func:`apply_plan`; the ``payload`` of an
+:class:`AppliedRecord` is what ``prune_actions.record`` holds (see :mod:`aml.prune.undo`).
 """
 
 from __future__ import annotations
@@ -116,12 +120,19 @@ def _matches(action: PlannedAction, span: ListSpan) -> bool:
     return item_size(item) == action.size_bytes
 
 
+BeforePublish = Callable[[str, list[AppliedRecord]], None]
+"""Write-ahead hook of :func:`apply_plan`: ``(document, its records)``, called once the document's new
+bytes are ready and its archive is written, just before the new bytes replace the file. It must make
+the records durable (the ``prune_actions`` rows); if it raises, the document is not rewritten."""
+
+
 def apply_plan(
     plan: PrunePlan,
     *,
     run_id: str,
     archive_root: Path | None = None,
     on_document: Callable[[str], None] | None = None,
+    before_publish: BeforePublish | None = None,
 ) -> ApplyResult:
     """Carry out ``plan`` (see the module docstring).
 
@@ -130,12 +141,16 @@ def apply_plan(
         run_id: the run's id (names the archive files).
         archive_root: ``<backup repository>/archives``; required when the plan archives decisions.
         on_document: called with each document's path after it is rewritten (progress).
+        before_publish: called with each document's path and records before it is rewritten (see
+            :data:`BeforePublish`); ``None`` when the caller records :attr:`ApplyResult.applied` itself.
 
     Returns:
         An :class:`ApplyResult`.
 
     Raises:
         ValueError: the plan archives decisions and no ``archive_root`` was given.
+        Exception: whatever ``before_publish`` raised (that document and the later ones are left as
+            they were).
 
     A failed write (``OSError``) does not raise: it stops the run and is reported in
     :attr:`ApplyResult.error`, so that the caller still records what was already done.
@@ -148,7 +163,8 @@ def apply_plan(
         by_doc[a.document].append(a)
     for relpath in sorted(by_doc):
         try:
-            applied = _apply_document(plan, relpath, by_doc[relpath], run_id, archive_root, result)
+            applied = _apply_document(plan, relpath, by_doc[relpath], run_id, archive_root, result,
+                                      before_publish)
         except (DocumentError, SpliceError) as exc:
             result.conflicts.append({"document": relpath, "reason": str(exc)})
             continue
@@ -165,7 +181,8 @@ def apply_plan(
 
 
 def _apply_document(plan: PrunePlan, relpath: str, actions: list[PlannedAction], run_id: str,
-                    archive_root: Path | None, result: ApplyResult) -> list[AppliedRecord] | None:
+                    archive_root: Path | None, result: ApplyResult,
+                    before_publish: BeforePublish | None) -> list[AppliedRecord] | None:
     path = plan.root / relpath
     state = plan.documents[relpath]
     if loom_lock_held(path):
@@ -232,6 +249,8 @@ def _apply_document(plan: PrunePlan, relpath: str, actions: list[PlannedAction],
         add_to_archive(archive_root / archive_rel, items)
         result.archives.append(str(archive_root / archive_rel))
     data = encode_text(new_text, doc.encoding, doc.gzip_level)
+    if before_publish is not None:
+        before_publish(relpath, applied)  # write-ahead: the undo rows exist before the records leave
     atomic_write(path, data, mode=doc.mode)
     result.bytes_before += doc.size
     result.bytes_after += len(data)

@@ -28,6 +28,10 @@ ones, including changes an agent made after the prune, stay exactly as they are 
 else changed, the document comes back byte-identical (gzip included). Restored decisions are then
 removed from the run's archive file. Documents that are missing or no longer parse are reported and
 left alone (never rewritten).
+
+Rows are written ahead of each document's rewrite (:mod:`aml.prune.apply`), so a run killed between
+the two leaves rows whose records were never removed: undo finds them already present and changes
+nothing for them. :func:`present_entries` applies the same test without writing, for a resumed run.
 """
 
 from __future__ import annotations
@@ -40,7 +44,16 @@ from pathlib import Path
 from typing import Any
 
 from aml.prune.archive import remove_from_archive
-from aml.prune.splice import Layout, SpliceError, element_key, encode_text, find_list, read_text, rebuild
+from aml.prune.splice import (
+    Layout,
+    ListSpan,
+    SpliceError,
+    element_key,
+    encode_text,
+    find_list,
+    read_text,
+    rebuild,
+)
 from aml.store.atomic import atomic_write
 from aml.store.documents import DocumentError
 
@@ -146,6 +159,62 @@ def undo_entries(root: Path, entries: Iterable[UndoEntry], *, archive_root: Path
     return result
 
 
+@dataclass(frozen=True, slots=True)
+class _ListIndex:
+    """The elements of one list as they are now: their exact texts and where each key first occurs."""
+
+    texts: list[str]
+    position: dict[tuple[str, str], int]
+    present_texts: set[str]
+
+    @classmethod
+    def of(cls, span: ListSpan, text: str) -> _ListIndex:
+        texts = [span.element_text(text, i) for i in range(len(span))]
+        position: dict[tuple[str, str], int] = {}
+        for i in range(len(span)):
+            position.setdefault(element_key(span.items[i], texts[i]), i)
+        return cls(texts, position, set(texts))
+
+    def holds(self, payload: dict[str, Any], item_text: str) -> bool:
+        """Whether the record of ``payload`` is in the list (same id, or same exact text)."""
+        own = element_key(payload.get("item"), item_text)
+        return (own[0] == "id" and own in self.position) or item_text in self.present_texts
+
+
+def present_entries(root: Path, entries: Iterable[UndoEntry]) -> list[int]:
+    """The action ids of ``entries`` whose record is in its document now, by the test undo uses for
+    "already present" (same id, or same exact text, in the same list).
+
+    A resumed prune run (the same run id after a crash) uses it to find the rows the crashed attempt
+    wrote ahead of a rewrite that never happened (:mod:`aml.prune.apply`, step 4). Reads only.
+    Entries whose document is missing, does not parse or lacks the list are not reported (unknown).
+
+    Returns:
+        The present entries' action ids, in the order of ``entries``.
+    """
+    by_doc: defaultdict[str, list[UndoEntry]] = defaultdict(list)
+    for e in entries:
+        by_doc[e.document].append(e)
+    present: set[int] = set()
+    for relpath, doc_entries in by_doc.items():
+        try:
+            text = read_text(root / relpath).text
+        except (DocumentError, OSError):
+            continue
+        lists: dict[str, _ListIndex | None] = {}
+        for e in doc_entries:
+            pointer = str(e.payload.get("list", ""))
+            if pointer not in lists:
+                try:
+                    lists[pointer] = _ListIndex.of(find_list(text, pointer), text)
+                except SpliceError:
+                    lists[pointer] = None
+            index, item_text = lists[pointer], e.payload.get("text")
+            if index is not None and isinstance(item_text, str) and index.holds(e.payload, item_text):
+                present.add(e.action_id)
+    return [e.action_id for docs in by_doc.values() for e in docs if e.action_id in present]
+
+
 def _undo_document(root: Path, relpath: str, entries: list[UndoEntry], result: UndoResult) -> list[UndoEntry]:
     """Restore one document's records; returns the entries restored or already present."""
     path = root / relpath
@@ -166,12 +235,8 @@ def _undo_document(root: Path, relpath: str, entries: list[UndoEntry], result: U
     changed = False
     for pointer in sorted(by_list, key=lambda p: spans[p].open, reverse=True):
         span = spans[pointer]
-        texts = [span.element_text(text, i) for i in range(len(span))]
-        keys = [element_key(span.items[i], texts[i]) for i in range(len(span))]
-        position: dict[tuple[str, str], int] = {}
-        for i, k in enumerate(keys):
-            position.setdefault(k, i)
-        present_texts = set(texts)
+        now = _ListIndex.of(span, text)
+        texts, position = now.texts, now.position
         batch_gap: dict[tuple[str, str], int] = {}
         inserts: defaultdict[int, list[str]] = defaultdict(list)
         layout: Layout | None = None
@@ -183,7 +248,7 @@ def _undo_document(root: Path, relpath: str, entries: list[UndoEntry], result: U
                 result.failed.append({"action_id": e.action_id, "document": relpath, "reason": "no record text"})
                 continue
             own = element_key(payload.get("item"), item_text)
-            if (own[0] == "id" and own in position) or item_text in present_texts:
+            if now.holds(payload, item_text):
                 present.append(e.action_id)
                 done.append(e)
                 continue
