@@ -13,6 +13,7 @@ from cli.common import (
     JsonOpt,
     TimeoutOpt,
     WaitOpt,
+    emit,
     exit_for_status,
     exit_if_skipped,
     run_task,
@@ -262,12 +263,13 @@ def export_keyspace(
                   as_json, enqueue, wait, timeout)
     if result is None:
         return
-    if as_json:
-        print_json(result)
-        return
-    types = ", ".join(f"{k} {v:,}" for k, v in sorted(result["types"].items()))
-    console.print(f"exported {result['keys']:,} keys ({types or 'none'}) to {result['path']} "
-                  f"({_human(result['bytes'])})", soft_wrap=True)
+
+    def render(r: dict[str, Any]) -> None:
+        types = ", ".join(f"{k} {v:,}" for k, v in sorted(r["types"].items()))
+        console.print(f"exported {r['keys']:,} keys ({types or 'none'}) to {r['path']} ({_human(r['bytes'])})",
+                      soft_wrap=True)
+
+    emit(result, as_json, render)
 
 
 @backup_app.command("import")
@@ -288,17 +290,14 @@ def import_keyspace(
                                            "dry_run": dry_run}, as_json, enqueue, wait, timeout)
     if result is None:
         return
-    exit_if_skipped(result, "backup import", as_json)
-    if as_json:
-        print_json(result)
-        return
-    verb = "would write" if dry_run else "wrote"
-    count = result["would_write"] if dry_run else result["written"]
-    console.print(f"{verb} {count:,} keys from {path} (exported {result.get('created') or '?'} from "
-                  f"{result.get('source') or '?'}): {result['overwritten']:,} overwritten, "
-                  f"{result['expired_skipped']:,} skipped as expired, {result['filtered']:,} not matching",
-                  soft_wrap=True)
-    if result.get("pre_restore"):
-        console.print(f"the {result['pre_restore']['keys']:,} keys it overwrote are saved in "
-                      f"{result['pre_restore']['path']} (backup import that file to undo)", soft_wrap=True)
-    exit_for_status(result)
+
+    def render(r: dict[str, Any]) -> None:
+        verb, count = ("would write", r["would_write"]) if dry_run else ("wrote", r["written"])
+        console.print(f"{verb} {count:,} keys from {path} (exported {r.get('created') or '?'} from "
+                      f"{r.get('source') or '?'}): {r['overwritten']:,} overwritten, "
+                      f"{r['expired_skipped']:,} skipped as expired, {r['filtered']:,} not matching", soft_wrap=True)
+        if r.get("pre_restore"):
+            console.print(f"the {r['pre_restore']['keys']:,} keys it overwrote are saved in "
+                          f"{r['pre_restore']['path']} (backup import that file to undo)", soft_wrap=True)
+
+    emit(result, as_json, render, command="backup import")

@@ -84,6 +84,16 @@ def start_redis_server(workdir: Path, *extra: str) -> tuple[subprocess.Popen[byt
     return proc, port
 
 
+@pytest.fixture(scope="module")
+def private_redis_port(tmp_path_factory: pytest.TempPathFactory) -> Iterator[int]:
+    """The port of a redis-server of this test module's own (its databases are the module's to fill
+    and flush)."""
+    proc, port = start_redis_server(tmp_path_factory.mktemp("private-redis"))
+    yield port
+    proc.terminate()
+    proc.wait(timeout=10)
+
+
 @pytest.fixture(scope="session")
 def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
     """A private redis-server on a free port; else db 14 of the shared 127.0.0.1:6379 (keys cleaned)."""

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -24,11 +23,8 @@ FAMILIES = tuple(p for p in MANIFEST["patterns"])  # the manifest lists amaos:*:
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[int]:
-    proc, port = start_redis_server(tmp_path_factory.mktemp("trace-redis"))
-    yield port
-    proc.terminate()
-    proc.wait(timeout=10)
+def server(private_redis_port: int) -> int:
+    return private_redis_port
 
 
 @pytest.fixture(scope="module")

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -21,16 +20,12 @@ from aml.trace.keyspace import (
     read_keyspace_file,
     write_entries,
 )
-from tests.fixtures_runtime import start_redis_server
 from tests.trace_helpers import AMAOS_RDB, load_amaos
 
 
 @pytest.fixture(scope="module")
-def port(tmp_path_factory: pytest.TempPathFactory) -> Iterator[int]:
-    proc, port = start_redis_server(tmp_path_factory.mktemp("keyspace-redis"))
-    yield port
-    proc.terminate()
-    proc.wait(timeout=10)
+def port(private_redis_port: int) -> int:
+    return private_redis_port
 
 
 def _db(port: int, db: int) -> redis.Redis:

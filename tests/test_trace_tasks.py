@@ -196,3 +196,35 @@ def test_trace_runs_on_a_real_worker_sent_by_name(celery_worker_process, keyspac
     assert result["report"]["keys"] == 380 and result["recorded"]["alerts_raised"] == 1
     lines = (celery_worker_process.home / "memory_tracer_timeseries.jsonl").read_text().splitlines()
     assert json.loads(lines[-1])["store"] == url
+
+
+def test_cli_export_import_clean_and_undo(tmp_path: Path, keyspace: tuple[str, redis.Redis]) -> None:
+    import subprocess
+    import sys
+
+    from tests.fixtures_runtime import REPO
+
+    url, client = keyspace
+    env = {"AML_HOME": str(tmp_path / "home"), "PATH": "/usr/bin:/bin"}
+
+    def aml(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "cli.main", *args], cwd=REPO, env=env, capture_output=True,
+                              text=True, timeout=120)
+
+    exported = aml(url, "backup", "export", str(tmp_path / "ks.json"))
+    assert exported.returncode == 0 and "exported 380 keys" in exported.stdout, exported.stderr
+    dry = aml(url, "trace", "clean", "--pattern", "agent:coder:turn:1?", "--dry-run")
+    assert dry.returncode == 0 and "would remove 10 keys" in dry.stdout and client.dbsize() == 380
+    done = aml(url, "trace", "clean", "--pattern", "agent:coder:turn:1?", "--json")
+    run_id = json.loads(done.stdout)["task_run_id"]
+    assert client.dbsize() == 370
+    undone = aml(url, "trace", "clean", "undo", str(run_id))
+    assert undone.returncode == 0 and "put back 10 keys" in undone.stdout and client.dbsize() == 380
+    client.set("agent:coder:turn:3", "changed")
+    imported = aml(url, "backup", "import", str(tmp_path / "ks.json"), "--pattern", "agent:coder:turn:3")
+    assert imported.returncode == 0 and "1 overwritten" in imported.stdout, imported.stderr
+    assert client.get("agent:coder:turn:3") == b'{"i": 3}'
+    wrong = aml(str(tmp_path), "backup", "export", "x.json")
+    assert wrong.returncode == 2 and "for Redis keyspaces" in wrong.stderr
+    missing = aml(url, "trace", "clean")
+    assert missing.returncode == 2 and "--pattern" in missing.stderr
