@@ -1,13 +1,14 @@
 """Live trace: the keys of a running Redis, read-only, in bounded batches.
 
-``SCAN`` with ``COUNT`` 1000 walks the keyspace; each batch of keys goes to one read-only Lua script
-(``#!lua flags=no-writes``) that returns, per key, its type, ``OBJECT ENCODING``, ``MEMORY USAGE``,
+One read-only Lua script (``#!lua flags=no-writes``) per batch runs ``SCAN`` (``COUNT`` 1000) itself and
+returns, per key it found, the key and its type, ``OBJECT ENCODING``, ``MEMORY USAGE``,
 ``PTTL``, ``OBJECT IDLETIME`` (``OBJECT FREQ`` under an LFU eviction policy) and, for strings, the first
-16 bytes to sniff. The script stops after about 8 ms (it checks ``TIME``) and the rest of the batch goes
-in the next call, so the server is never blocked for long; the next ``SCAN`` is pipelined with each
-script call, one round trip per batch. Sizes are exact (``SAMPLES 0``) but for aggregates in their big
-encodings (hashtable, skiplist, quicklist, stream), which ``MEMORY USAGE`` samples (1000 elements) so
-that one key cannot block the server; those are counted as ``sizes_estimated``.
+16 bytes to sniff. The script stops after about 8 ms (it checks ``TIME``) and returns the keys of its
+``SCAN`` batch it did not reach, which the next call takes first, so the server is never blocked for long;
+one round trip per batch, and no key is sent to the server (only received). Sizes are exact
+(``SAMPLES 0``) but for aggregates in their big encodings (hashtable, skiplist, quicklist, stream), which
+``MEMORY USAGE`` samples (1000 elements) so that one key cannot block the server; those are counted as
+``sizes_estimated``.
 
 Nothing is written. Reading a value's first bytes counts as an access for the server's LRU clock; on
 Redis 7.2 and later the connection is put in ``CLIENT NO-TOUCH`` mode first so idle times stay true;
@@ -40,10 +41,8 @@ AGGREGATE_SAMPLES = 1000
 """``MEMORY USAGE ... SAMPLES`` for aggregates in big encodings."""
 
 _SCRIPT = """#!lua flags=no-writes,allow-stale
-local idle_cmd = ARGV[1]
-local sniff = ARGV[2] == '1'
-local budget = tonumber(ARGV[3])
-local samples = ARGV[4]
+local idle_cmd, sniff, budget, samples = ARGV[1], ARGV[2] == '1', tonumber(ARGV[3]), ARGV[4]
+local cursor, match, count, limit = ARGV[5], ARGV[6], ARGV[7], tonumber(ARGV[8])
 local kinds = {embstr='string', raw='string', int='string', quicklist='list', linkedlist='list',
                intset='set', skiplist='zset', stream='stream'}
 local big = {hashtable=true, skiplist=true, quicklist=true, stream=true, linkedlist=true}
@@ -51,29 +50,49 @@ local t0 = redis.call('TIME')
 local start = tonumber(t0[1]) * 1000000 + tonumber(t0[2])
 local out = {}
 local n = 0
-for i, key in ipairs(KEYS) do
-  local enc = redis.call('OBJECT', 'ENCODING', key)
-  if not enc then
-    out[n + 1] = 'none'; out[n + 2] = ''; out[n + 3] = 0; out[n + 4] = -2; out[n + 5] = 0; out[n + 6] = ''
+local done = 0
+local todo = KEYS
+local scanned = false
+local i = 1
+while done < limit do
+  if i > #todo then
+    if scanned or cursor == 'done' then break end
+    local r = redis.call('SCAN', cursor, 'MATCH', match, 'COUNT', count)
+    cursor = r[1]
+    if cursor == '0' then cursor = 'done' end
+    todo = r[2]
+    i = 1
+    scanned = true
   else
-    local kind = kinds[enc] or redis.call('TYPE', key)['ok']
-    local mem
-    if big[enc] then mem = redis.call('MEMORY', 'USAGE', key, 'SAMPLES', samples)
-    else mem = redis.call('MEMORY', 'USAGE', key, 'SAMPLES', '0') end
-    out[n + 1] = kind
-    out[n + 2] = enc
-    out[n + 3] = mem or 0
-    out[n + 4] = redis.call('PTTL', key)
-    out[n + 5] = redis.call('OBJECT', idle_cmd, key)
-    if sniff and kind == 'string' then out[n + 6] = redis.call('GETRANGE', key, 0, 15) else out[n + 6] = '' end
-  end
-  n = n + 6
-  if i % 32 == 0 then
-    local t = redis.call('TIME')
-    if (tonumber(t[1]) * 1000000 + tonumber(t[2])) - start > budget * 1000 then break end
+    local key = todo[i]
+    i = i + 1
+    done = done + 1
+    local enc = redis.call('OBJECT', 'ENCODING', key)
+    out[n + 1] = key
+    if not enc then
+      out[n + 2] = 'none'; out[n + 3] = ''; out[n + 4] = 0; out[n + 5] = -2; out[n + 6] = 0; out[n + 7] = ''
+    else
+      local kind = kinds[enc] or redis.call('TYPE', key)['ok']
+      local mem
+      if big[enc] then mem = redis.call('MEMORY', 'USAGE', key, 'SAMPLES', samples)
+      else mem = redis.call('MEMORY', 'USAGE', key, 'SAMPLES', '0') end
+      out[n + 2] = kind
+      out[n + 3] = enc
+      out[n + 4] = mem or 0
+      out[n + 5] = redis.call('PTTL', key)
+      out[n + 6] = redis.call('OBJECT', idle_cmd, key)
+      if sniff and kind == 'string' then out[n + 7] = redis.call('GETRANGE', key, 0, 15) else out[n + 7] = '' end
+    end
+    n = n + 7
+    if done % 32 == 0 then
+      local t = redis.call('TIME')
+      if (tonumber(t[1]) * 1000000 + tonumber(t[2])) - start > budget * 1000 then break end
+    end
   end
 end
-return out
+local left = {}
+for j = i, #todo do left[#left + 1] = todo[j] end
+return {cursor, out, left}
 """
 
 
@@ -156,61 +175,44 @@ def trace_redis(client: redis.Redis, stats: KeyspaceStats, *, db: int = 0, match
             live.touches_keys = True
     sha = client.script_load(_SCRIPT)
     args = ("FREQ" if lfu else "IDLETIME", "1" if sniff_values else "0", SCRIPT_BUDGET_MS, AGGREGATE_SAMPLES)
-    cursor: int | None = 0
-    pending: list[bytes] = []
+    cursor = "0"
+    left: list[bytes] = []
     try:
-        while True:
-            pipe = client.pipeline(transaction=False)
-            room = SCAN_COUNT if sample is None else min(SCAN_COUNT, sample - live.scanned)
-            batch = pending[:room]
-            if batch:
-                pipe.evalsha(sha, len(batch), *batch, *args)
-            scanning = cursor is not None and len(pending) < SCAN_COUNT
-            if scanning:
-                pipe.scan(cursor or 0, match=match, count=SCAN_COUNT)
-            if not batch and not scanning:
+        while cursor != "done" or left:
+            limit = SCAN_COUNT * 4 if sample is None else sample - live.scanned
+            if limit <= 0:
                 break
-            replies = pipe.execute()
-            if batch:
-                rows = replies[0]
-                live.script_calls += 1
-                if len(rows) < 6 * len(batch):
-                    live.partial_calls += 1
-                done = _feed(stats, batch, rows, lfu, sniff_values, live)
-                pending = pending[done:]
-                if progress is not None:
-                    progress(live.scanned)
-                if sample is not None and live.scanned >= sample:
-                    break
-            if scanning:
-                next_cursor, keys = replies[-1]
-                pending.extend(keys)
-                cursor = None if int(next_cursor) == 0 else int(next_cursor)
+            next_cursor, flat, left = client.evalsha(sha, len(left), *left, *args, cursor, match or "*",
+                                                     SCAN_COUNT, limit)
+            cursor = next_cursor.decode()
+            live.script_calls += 1
+            if left:
+                live.partial_calls += 1
+            _feed(stats, flat, lfu, sniff_values, live)
+            if progress is not None:
+                progress(live.scanned)
     except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as exc:
         live.error = f"the Redis stopped answering after {live.scanned} keys: {exc}"
         raise TraceInterrupted(live.error, live) from exc
     return live
 
 
-def _feed(stats: KeyspaceStats, batch: list[bytes], flat: list[Any], lfu: bool, sniffed: bool,
-          live: LiveInfo) -> int:
-    """Count the keys of one script reply (six values per key); returns how many keys it covered."""
+def _feed(stats: KeyspaceStats, flat: list[Any], lfu: bool, sniffed: bool, live: LiveInfo) -> None:
+    """Count the keys of one script reply (seven values per key: the key, then what the script read)."""
     add = stats.add
     unknown = ValueEncoding.UNKNOWN
-    done = len(flat) // 6
-    for i in range(done):
-        kind, enc, mem, pttl, idle, head = flat[6 * i: 6 * i + 6]
+    for i in range(0, len(flat), 7):
+        key, kind, enc, mem, pttl, idle, head = flat[i: i + 7]
         if kind == b"none":  # deleted or expired between SCAN and now
             live.vanished += 1
             continue
         type_ = kind.decode()
-        add(decode_key(batch[i]), type_=type_, nbytes=int(mem), encoding=enc.decode(),
+        add(decode_key(key), type_=type_, nbytes=int(mem), encoding=enc.decode(),
             ttl_s=None if pttl < 0 else pttl / 1000.0,
             value=sniff(head) if sniffed and type_ == "string" else unknown,
             idle_s=None if lfu else float(idle), freq=int(idle) if lfu else None,
             size_estimated=enc in _BIG_ENCODINGS)
         live.scanned += 1
-    return done
 
 
 def connect(url: str, timeout_s: float = 5.0) -> tuple[redis.Redis, int]:
