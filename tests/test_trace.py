@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 import redis
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from aml.trace.live import keyspace_id, redact
 from aml.trace.rdbfile import RdbError
@@ -212,3 +214,51 @@ def test_cli_trace_json_and_rdb(amaos_url: str, tmp_path: Path) -> None:
     bad = subprocess.run([sys.executable, "-m", "cli.main", "trace", "--rdb", str(tmp_path)], cwd=REPO, env=env,
                          capture_output=True, text=True, timeout=120)
     assert bad.returncode == 2 and "not a file" in bad.stderr and "Traceback" not in bad.stderr
+
+
+_literal = st.text(alphabet="abcdefghijklmnopqrstuvwxyz_", min_size=1, max_size=12)
+_variable = st.one_of(st.integers(0, 10**12).map(str), st.uuids().map(str),
+                      st.binary(min_size=4, max_size=12).map(lambda b: b.hex() + "0"),
+                      st.dates().map(lambda d: d.isoformat()))
+
+
+@settings(max_examples=200, deadline=None)
+@given(shape=st.lists(st.tuples(st.booleans(), _literal), min_size=1, max_size=6), data=st.data())
+def test_inferred_patterns_match_their_keys_and_ignore_ids(shape: list[tuple[bool, str]], data: st.DataObject) -> None:
+    import fnmatch
+
+    from aml.trace.patterns import PatternInferer
+
+    inferer = PatternInferer()
+
+    def key() -> str:
+        return ":".join(data.draw(_variable) if variable else literal for variable, literal in shape)
+
+    first, second = key(), key()
+    assert inferer.infer(first) == inferer.infer(second)  # the same shape, other ids: one pattern
+    assert fnmatch.fnmatchcase(first, inferer.infer(first))
+    assert inferer.infer(first).count("*") == sum(1 for variable, _ in shape if variable)
+
+
+def test_the_pattern_table_is_bounded() -> None:
+    from aml.trace.patterns import OVERFLOW, PatternInferer
+
+    inferer = PatternInferer(max_patterns=3)
+    names = [inferer.pattern(f"kind{c}:1") for c in "abcde"]
+    assert names[:3] == ["kinda:*", "kindb:*", "kindc:*"] and names[3:] == [OVERFLOW, OVERFLOW]
+    assert inferer.overflowed == 2
+    assert PatternInferer(":/").infer("a/12:b/ff00aa11") == "a/*:b/*"
+    with pytest.raises(ValueError):
+        PatternInferer("")
+
+
+@pytest.mark.parametrize("head,expected", [
+    (b'{"role": "user"', "json"), (b'["a", 1]', "json"), (b"-12.5e3", "json"), (b'"quoted"', "json"),
+    (b"\x80\x04\x95\x10\x00", "pickle"), (b"\x1f\x8b\x08\x00", "compressed"), (b"\x28\xb5\x2f\xfd", "compressed"),
+    (b"the agent tried", "raw_text"), (b"[INFO] started", "raw_text"), (b"\x00\x01\x02", "binary"),
+    (b"caf\xc3", "raw_text"), (b"\xff\xfe\xfd", "binary"), (b"", "empty"),
+])
+def test_value_sniffing(head: bytes, expected: str) -> None:
+    from aml.trace.sniff import sniff
+
+    assert sniff(head) == expected
