@@ -167,6 +167,25 @@ def step_migrate(ctx: DemoContext) -> None:
     ctx.notes.append(f"migrate: {dry['records']} records to 2.0.0 and back to 1.0.0")
 
 
+def step_trace(ctx: DemoContext) -> None:
+    """trace: records and bytes per agent and collection, recorded as a time series (a second trace
+    compares with the first: growth)."""
+    from tasks import trace as trace_tasks
+
+    report = run_task(trace_tasks.run, store=str(ctx.root))["report"]
+    top = list(report["patterns"].items())[:3]
+    console.print(f"trace: {report['keys']:,} records, {report['bytes']:,} bytes of records in "
+                  f"{report['pattern_count']} agent/collection series; largest: "
+                  + ", ".join(f"{name} ({p['keys']} records, {p['bytes']:,} bytes)" for name, p in top))
+    for a in report["anomalies"][:3]:
+        console.print(f"  {styled(a['severity'])} {a['kind']}: {a['message']}")
+    again = run_task(trace_tasks.run, store=str(ctx.root))["report"]
+    console.print(f"trace again: compared with the previous trace: {again['compared_with_previous']}, "
+                  f"{sum(1 for a in again['anomalies'] if a['kind'] == 'rapid_growth')} growing series; "
+                  f"time series in the catalog (trace_items, trace_bytes) and memory_tracer_timeseries.jsonl")
+    ctx.notes.append(f"trace: {report['keys']} records in {report['pattern_count']} series")
+
+
 def step_health_after(ctx: DemoContext) -> None:
     """monitor health again: the backups and the index now exist, and the alerts they raised resolve."""
     from tasks import health as health_tasks
@@ -182,6 +201,7 @@ DEMO_STEPS: list[tuple[str, Callable[[DemoContext], None]]] = [
     ("optimize", step_optimize),
     ("prune", step_prune),
     ("migrate", step_migrate),
+    ("trace", step_trace),
     ("monitor health (after maintenance)", step_health_after),
 ]
 """(title, step) in the order the demo runs them."""
