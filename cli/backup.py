@@ -63,6 +63,13 @@ def create(
     exit_if_skipped(result, "backup create", as_json)
     if as_json:
         print_json(result)
+    elif "keys" in result:  # a Redis keyspace (aml.backup.keyspace)
+        types = ", ".join(f"{k} {v:,}" for k, v in sorted(result["types"].items()))
+        console.print(f"snapshot [bold]{result['backup_id']}[/] ({result['backup_type']}): {result['keys']:,} keys "
+                      f"({types or 'none'}; {result['keys_with_expiry']:,} with expiry), "
+                      f"{_human(result['total_size_bytes'])}; {result['files_unchanged']:,} unchanged; added "
+                      f"{_human(result['stored_bytes'])} to {result['repository']} in "
+                      f"{result['duration_seconds']:.2f} s", soft_wrap=True)
     else:
         console.print(f"snapshot [bold]{result['backup_id']}[/] ({result['backup_type']}): {result['file_count']} "
                       f"files, {_human(result['total_size_bytes'])}; read {result['files_read']} files, "
@@ -111,28 +118,36 @@ def restore(
     ctx: typer.Context,
     backup_id: Annotated[str | None, typer.Option("--backup-id", help="Snapshot to restore.")] = None,
     at: Annotated[str | None, typer.Option("--at", help="Newest snapshot at or before this ISO time.")] = None,
-    target: Annotated[Path | None, typer.Option("--target", help="Restore here instead of over the store.")] = None,
+    target: Annotated[str | None, typer.Option("--target", help="Restore here instead of over the store "
+                                               "(a directory, or a redis:// URL for a keyspace).")] = None,
     agent: Annotated[str | None, typer.Option("--agent", help="Only this agent.")] = None,
     path: Annotated[list[str] | None, typer.Option("--path", help="Only paths matching this glob.")] = None,
+    pattern: Annotated[str | None, typer.Option("--pattern", help="Redis keyspaces: only keys matching this glob.")]
+    = None,
     exact: Annotated[bool, typer.Option("--exact/--no-exact", help="Remove files the snapshot lacks.")] = True,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="List the changes; write nothing.")] = False,
     as_json: JsonOpt = False, enqueue: EnqueueOpt = False, wait: WaitOpt = False, timeout: TimeoutOpt = 6 * 3600.0,
 ) -> None:
     """Restore a snapshot (whole store, --agent, or --path) to --target or over the live store.
 
-    Over the live store a safety snapshot is taken first; its id is printed.
+    Over the live store a safety snapshot is taken first; its id is printed. A Redis keyspace restores all
+    keys or --pattern into itself or --target redis://..., the keys it overwrites exported first; never
+    FLUSHDB.
     """
     if (backup_id is None) == (at is None):
         raise typer.BadParameter("give exactly one of --backup-id and --at")
-    kwargs = {"store": store_of(ctx), "backup_id": backup_id, "at": at,
-              "target": str(target) if target else None, "agent": agent, "paths": path or [], "exact": exact,
-              "dry_run": dry_run}
+    if target and "://" not in target:
+        target = str(Path(target))
+    kwargs = {"store": store_of(ctx), "backup_id": backup_id, "at": at, "target": target or None, "agent": agent,
+              "paths": path or [], "exact": exact, "dry_run": dry_run, "pattern": pattern}
     result = _run(backup_tasks.restore_, kwargs, as_json, enqueue, wait, timeout)
     if result is None:
         return
     exit_if_skipped(result, "backup restore", as_json)
     if as_json:
         print_json(result)
+    elif "keys_in_snapshot" in result:  # a Redis keyspace
+        _print_keyspace_restore(result)
     else:
         verb = "would restore" if result["dry_run"] else "restored"
         console.print(f"{verb} [bold]{result['backup_id']}[/] into {result['target']}: "
@@ -148,6 +163,19 @@ def restore(
         for err in result["errors"]:
             console.print(f"  [red]error[/] {err['path']}: {err['reason']}")
     exit_for_status(result)
+
+
+def _print_keyspace_restore(result: dict[str, Any]) -> None:
+    verb = "would write" if result["dry_run"] else "wrote"
+    count = result["would_write"] if result["dry_run"] else result["written"]
+    console.print(f"{verb} {count:,} keys of [bold]{result['backup_id']}[/] ({result['source']}) into "
+                  f"{result['target']}: {result['overwritten']:,} overwritten, {result['expired_skipped']:,} "
+                  f"skipped as expired, {result['filtered']:,} not matching", soft_wrap=True)
+    if result.get("pre_restore"):
+        console.print(f"the {result['pre_restore']['keys']:,} keys it overwrote are saved in "
+                      f"{result['pre_restore']['path']} (backup import that file to undo)", soft_wrap=True)
+    for err in result["errors"][:200]:
+        console.print(f"  [red]error[/] {err['key']}: {err['reason']}", soft_wrap=True)
 
 
 @backup_app.command("verify")

@@ -27,9 +27,10 @@ from aml.backup import (
 )
 from aml.store.timestamps import parse_timestamp
 from models import queries
-from tasks.base import AmlTask, Catalog, normalize_store, run_operation, store_path
+from tasks import keyspace as keyspace_tasks
+from tasks.base import AmlTask, Catalog, run_operation, store_path
 from tasks.progress import task_progress
-from tasks.snapshots import record_snapshot, repository_for, safety_snapshot
+from tasks.snapshots import is_keyspace, record_snapshot, repository_for, repository_of, safety_snapshot, store_id_of
 from workers.app import get_settings
 from workers.settings import Settings
 
@@ -41,10 +42,17 @@ def _snapshot_result(result: SnapshotResult) -> dict[str, Any]:
 
 
 def _create(task: Task, store_id: str, incremental: bool, tags: list[str], description: str | None,
-            catalog: Catalog) -> SnapshotResult:
-    root = store_path(store_id)
-    result = create_snapshot(root, repository_for(root, get_settings()), incremental=incremental, tags=tags,
-                             description=description, progress=task_progress(task))
+            catalog: Catalog, url: str | None = None) -> SnapshotResult:
+    """Take and record a snapshot; a keyspace (``url``: its URL, password included) goes to
+    :func:`tasks.keyspace.snapshot_keyspace`."""
+    if is_keyspace(store_id):
+        result: SnapshotResult = keyspace_tasks.snapshot_keyspace(
+            url or store_id, incremental=incremental, tags=tags, description=description,
+            progress=task_progress(task))
+    else:
+        root = store_path(store_id)
+        result = create_snapshot(root, repository_for(root, get_settings()), incremental=incremental, tags=tags,
+                                 description=description, progress=task_progress(task))
     with catalog() as session:
         record_snapshot(session, store_id, result)
     return result
@@ -53,10 +61,10 @@ def _create(task: Task, store_id: str, incremental: bool, tags: list[str], descr
 @shared_task(base=AmlTask, bind=True, name="aml.backup.create")
 def create(self: Task, store: str, incremental: bool = False, tags: list[str] | None = None,
            description: str | None = None) -> dict[str, Any]:
-    """Take a snapshot of a file store.
+    """Take a snapshot of a file store or of a Redis keyspace (:mod:`aml.backup.keyspace`).
 
     Args:
-        store: store path.
+        store: store path, or a Redis URL (``redis://host:port/db``).
         incremental: store only new contents and skip unchanged files (size, mtime_ns, inode equal to
             the parent manifest's); the snapshot is still complete.
         tags: labels stored with the snapshot.
@@ -67,10 +75,11 @@ def create(self: Task, store: str, incremental: bool = False, tags: list[str] | 
         entries could not be stored, listed in ``errors``, or changed while being read, listed in
         ``warnings``) and the task run fields.
     """
-    store_id = normalize_store(store)
+    store_id = store_id_of(store)
 
     def body(catalog: Catalog) -> dict[str, Any]:
-        return _snapshot_result(_create(self, store_id, incremental, list(tags or []), description, catalog))
+        return _snapshot_result(_create(self, store_id, incremental, list(tags or []), description, catalog,
+                                        url=store))
 
     return run_operation(task_id=self.request.id, operation="backup", store=store_id,
                          arguments={"incremental": incremental, "tags": tags, "description": description},
@@ -89,9 +98,8 @@ def list_(self: Task, store: str) -> dict[str, Any]:
     """
     from workers.catalog import session_scope
 
-    store_id = normalize_store(store)
-    root = store_path(store_id)
-    repo = repository_for(root, get_settings())
+    store_id = store_id_of(store)
+    repo = repository_of(store_id, get_settings())
     infos = list_snapshots(repo.path) if repo.path.exists() else []
     damaged = [d.to_dict() for d in list_damaged_snapshots(repo.path)] if repo.path.exists() else []
     with session_scope(get_settings().catalog_url, write=False) as session:
@@ -110,11 +118,15 @@ def list_(self: Task, store: str) -> dict[str, Any]:
 @shared_task(base=AmlTask, bind=True, name="aml.backup.restore")
 def restore_(self: Task, store: str, backup_id: str | None = None, at: str | None = None,
              target: str | None = None, agent: str | None = None, paths: list[str] | None = None,
-             exact: bool = True, dry_run: bool = False) -> dict[str, Any]:
+             exact: bool = True, dry_run: bool = False, pattern: str | None = None) -> dict[str, Any]:
     """Restore a snapshot: to ``target``, or over the live store after a safety snapshot.
 
+    A Redis store (``redis://...``) restores a keyspace snapshot into ``target`` (another Redis URL) or
+    into itself, all keys or those matching ``pattern``, after exporting the keys it overwrites
+    (:func:`tasks.keyspace.restore_snapshot`); ``agent``, ``paths`` and ``exact`` are for file stores.
+
     Args:
-        store: store path (whose repository holds the snapshot).
+        store: store path or Redis URL (whose repository holds the snapshot).
         backup_id: the snapshot; or ``at``.
         at: ISO 8601 instant: restore the newest snapshot taken at or before it (point in time).
         target: directory to restore into; ``None`` restores over the live store.
@@ -122,6 +134,7 @@ def restore_(self: Task, store: str, backup_id: str | None = None, at: str | Non
         paths: restore only paths matching these globs (relative to the store root).
         exact: remove files the snapshot does not have (inside the restored scope).
         dry_run: list what would change; write nothing (no safety snapshot either).
+        pattern: keyspaces only: restore only keys matching this glob.
 
     Returns:
         :class:`aml.backup.RestoreResult` as a dict plus ``safety_backup_id`` (over the live store)
@@ -132,7 +145,7 @@ def restore_(self: Task, store: str, backup_id: str | None = None, at: str | Non
         aml.backup.SnapshotNotFound, aml.backup.UnsafePathError, aml.backup.CorruptionError: see
             :func:`aml.backup.restore`.
     """
-    store_id = normalize_store(store)
+    store_id = store_id_of(store)
     if (backup_id is None) == (at is None):
         raise ValueError("give exactly one of backup_id and at")
     when: datetime | None = None
@@ -140,6 +153,14 @@ def restore_(self: Task, store: str, backup_id: str | None = None, at: str | Non
         when = parse_timestamp(at)
         if when is None:
             raise ValueError(f"--at {at!r} is not an ISO 8601 time")
+    if is_keyspace(store):
+        if agent or paths:
+            raise ValueError("a keyspace restore selects keys with --pattern GLOB (--agent and --path are for "
+                             "file stores)")
+        return keyspace_tasks.restore_snapshot(self.request.id, store, backup_id=backup_id, when=when,
+                                               target=target, pattern=pattern, dry_run=dry_run)
+    if pattern is not None:
+        raise ValueError("--pattern selects keys of a Redis keyspace; file stores use --path GLOB")
     over_live = target is None or os.path.realpath(target) == store_id
 
     def body(catalog: Catalog) -> dict[str, Any]:
@@ -208,8 +229,7 @@ def _policy(keep: dict[str, Any] | None, settings: Settings | None = None) -> Re
 
 
 def _rotate(store_id: str, policy: RetentionPolicy, dry_run: bool, catalog: Catalog) -> dict[str, Any]:
-    root = store_path(store_id)
-    repo = repository_for(root, get_settings())
+    repo = repository_of(store_id, get_settings())
     result = rotate(repo, policy, dry_run=dry_run)
     if not dry_run and result.removed:
         with catalog() as session:
@@ -238,7 +258,7 @@ def rotate_(self: Task, store: str, keep: dict[str, Any] | None = None, dry_run:
     Raises:
         ValueError: ``keep`` names an unknown option.
     """
-    store_id = normalize_store(store)
+    store_id = store_id_of(store)
     policy = _policy(keep)  # bad options fail before the store is locked
     return run_operation(task_id=self.request.id, operation="backup", store=store_id,
                          arguments={"action": "rotate", "keep": keep, "dry_run": dry_run},
@@ -253,10 +273,10 @@ def auto(self: Task, store: str) -> dict[str, Any]:
     Returns:
         ``{"backup": SnapshotResult dict, "rotate": ForgetResult dict, ...}``.
     """
-    store_id = normalize_store(store)
+    store_id = store_id_of(store)
 
     def body(catalog: Catalog) -> dict[str, Any]:
-        snap = _create(self, store_id, True, ["auto"], "daily automatic backup", catalog)
+        snap = _create(self, store_id, True, ["auto"], "daily automatic backup", catalog, url=store)
         rotated = _rotate(store_id, _policy(None), False, catalog)
         return {"backup": snap.to_dict(), "rotate": rotated, "backup_id": snap.backup_id,
                 "status": "warning" if snap.errors or snap.warnings else "success"}

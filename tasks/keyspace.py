@@ -1,5 +1,7 @@
 """Celery tasks exporting a Redis keyspace to a plain JSON file and importing it back
-(``aml redis://... backup export|import``; the format is :mod:`aml.trace.keyspace`'s).
+(``aml redis://... backup export|import``; the format is :mod:`aml.trace.keyspace`'s), and the keyspace
+side of ``backup create|restore`` (snapshots in the backup repository, :mod:`aml.backup.keyspace`), which
+:mod:`tasks.backup` dispatches here for ``redis://`` stores.
 
 The import is destructive: it takes the keyspace's lock, and first saves the keys it is about to overwrite
 to ``AML_HOME/keyspace-pre-restore/<UTC time>.json`` (an import of that file undoes it).
@@ -13,9 +15,13 @@ from typing import Any
 
 from celery import Task, shared_task
 
+from aml.backup.keyspace import KeyspaceSnapshotResult, create_keyspace_snapshot
+from aml.backup.keyspace_restore import resolve_keyspace_at, restore_keyspace
+from aml.backup.progress import ProgressCallback
 from aml.trace.keyspace import export_keyspace, import_entries, read_keyspace_file
 from aml.trace.live import keyspace_id, tracing_client
 from tasks.base import AmlTask, Catalog, run_operation
+from tasks.snapshots import is_keyspace, keyspace_repository
 from workers.app import get_settings
 
 
@@ -81,4 +87,66 @@ def import_(self: Task, store: str, path: str, pattern: str | None = None, dry_r
 
     return run_operation(task_id=self.request.id, operation="backup", store=store_id,
                          arguments={"store": store_id, "path": path, "pattern": pattern, "dry_run": dry_run},
+                         body=body, destructive=not dry_run)
+
+
+def snapshot_keyspace(store: str, *, incremental: bool, tags: list[str], description: str | None,
+                      progress: ProgressCallback | None = None) -> KeyspaceSnapshotResult:
+    """Take a snapshot of the keyspace ``store`` (a Redis URL, password allowed) into its repository
+    (:func:`tasks.snapshots.keyspace_repository`); the caller records it in the catalog.
+
+    Raises:
+        aml.backup.keyspace.KeyspaceUnavailable: the server stopped answering (no snapshot is visible).
+    """
+    client, _db, _name = tracing_client(store)
+    try:
+        return create_keyspace_snapshot(client, keyspace_repository(store, get_settings()), source=keyspace_id(store),
+                                        incremental=incremental, tags=tags, description=description,
+                                        progress=progress)
+    finally:
+        client.close()
+
+
+def restore_snapshot(task_id: str | None, store: str, *, backup_id: str | None, when: datetime | None,
+                     target: str | None, pattern: str | None, dry_run: bool) -> dict[str, Any]:
+    """``backup restore`` for a keyspace: the snapshot ``backup_id`` (or the newest of ``store`` at or before
+    ``when``) from ``store``'s repository into ``target`` (a Redis URL; default ``store`` itself).
+
+    The run is recorded on, and locks, the keyspace written (``target``). The keys it overwrites are exported
+    first to ``AML_HOME/keyspace-pre-restore/<UTC time>.json`` (``backup import`` of it undoes the restore).
+
+    Returns:
+        :func:`aml.backup.keyspace_restore.restore_keyspace`'s report plus ``status`` (``"failure"`` when some
+        keys could not be read back) and the task run fields.
+
+    Raises:
+        ValueError: ``target`` is not a Redis URL.
+    """
+    target_url = target or store
+    if not is_keyspace(target_url):
+        raise ValueError(f"a keyspace snapshot restores into a Redis database (--target redis://host:port/db), "
+                         f"not {target_url!r}")
+    source_id, target_id = keyspace_id(store), keyspace_id(target_url)
+    settings = get_settings()
+
+    def body(catalog: Catalog) -> dict[str, Any]:
+        repo = keyspace_repository(source_id, settings)
+        chosen = backup_id or resolve_keyspace_at(repo, source_id, when)
+        stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S%fZ")
+        pre = settings.home / "keyspace-pre-restore" / f"{stamp}.json"
+        if not dry_run:
+            pre.parent.mkdir(parents=True, exist_ok=True)
+        client, _db, _name = tracing_client(target_url)
+        try:
+            report = restore_keyspace(repo, chosen, client, pattern=pattern, dry_run=dry_run, pre_restore=pre,
+                                      target=target_id)
+        finally:
+            client.close()
+        report["status"] = "success" if report["ok"] else "failure"
+        return report
+
+    return run_operation(task_id=task_id, operation="backup", store=target_id,
+                         arguments={"action": "restore", "source": source_id, "backup_id": backup_id,
+                                    "at": when.isoformat() if when else None, "target": target_id,
+                                    "pattern": pattern, "dry_run": dry_run},
                          body=body, destructive=not dry_run)

@@ -7,6 +7,7 @@ always be put back with ``aml <store> backup restore --backup-id ID``.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Iterable
 from datetime import datetime
 from pathlib import Path
@@ -15,9 +16,10 @@ from sqlalchemy.orm import Session
 
 from aml.backup import BackupError, Repository, SnapshotResult, create_snapshot
 from aml.backup.progress import ProgressCallback
+from aml.trace.live import keyspace_id
 from models import queries
 from tasks.backup_evidence import repository_path
-from tasks.base import Catalog
+from tasks.base import Catalog, normalize_store, store_path
 from workers.settings import Settings
 
 NOT_CONTENT = ("symlink:", "not a regular file")
@@ -28,6 +30,33 @@ do not block a safety snapshot. Any other error (unreadable file or directory) d
 def repository_for(store_root: Path, settings: Settings) -> Repository:
     """The backup repository of a file store (``AML_BACKUP_ROOT`` or ``<store>/../memory-backup``)."""
     return Repository(repository_path(store_root, settings))
+
+
+def is_keyspace(store: str) -> bool:
+    """Whether a store argument names a Redis keyspace (``redis://``, ``rediss://``, ``unix://``)."""
+    return store.strip().startswith(("redis://", "rediss://", "unix://"))
+
+
+def store_id_of(store: str) -> str:
+    """The store id of a store argument: a keyspace's URL without password (:func:`keyspace_id`), or the
+    normalised path of a file store (:func:`tasks.base.normalize_store`)."""
+    return keyspace_id(store) if is_keyspace(store) else normalize_store(store)
+
+
+def keyspace_repository(store: str, settings: Settings) -> Repository:
+    """The backup repository of a Redis keyspace: ``AML_BACKUP_ROOT`` if set, else
+    ``$AML_HOME/keyspace-backups/<first 16 hex digits of the sha256 of the keyspace id>`` (one per
+    server and database; the password never enters the name)."""
+    if settings.backup_root:
+        return Repository(Path(settings.backup_root).expanduser())
+    digest = hashlib.sha256(keyspace_id(store).encode()).hexdigest()[:16]
+    return Repository(settings.home / "keyspace-backups" / digest)
+
+
+def repository_of(store_id: str, settings: Settings) -> Repository:
+    """The backup repository of any store id: :func:`keyspace_repository` or :func:`repository_for`."""
+    return keyspace_repository(store_id, settings) if is_keyspace(store_id) else repository_for(
+        store_path(store_id), settings)
 
 
 def record_snapshot(session: Session, store_id: str, result: SnapshotResult) -> None:

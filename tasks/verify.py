@@ -15,9 +15,9 @@ from celery import Task, shared_task
 
 from aml.backup import check, list_snapshots
 from models import queries
-from tasks.base import AmlTask, Catalog, normalize_store, run_operation, store_path
+from tasks.base import AmlTask, Catalog, run_operation
 from tasks.progress import task_progress
-from tasks.snapshots import repository_for
+from tasks.snapshots import repository_of, store_id_of
 from workers.app import get_settings
 
 
@@ -45,10 +45,10 @@ def verify(self: Task, store: str, backup_id: str | None = None, read_data: bool
         aml.backup.RepositoryNotFound: the store has no repository.
         ValueError: ``backup_id`` is neither a listed snapshot nor a damaged one.
     """
-    store_id = normalize_store(store)
+    store_id = store_id_of(store)
 
     def body(catalog: Catalog) -> dict[str, Any]:
-        repo = repository_for(store_path(store_id), get_settings())
+        repo = repository_of(store_id, get_settings())
         result = check(repo, read_data=read_data or read_data_subset is not None,
                        read_data_subset=read_data_subset, progress=task_progress(self))
         now = datetime.now(UTC)
