@@ -10,6 +10,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from cli.common import EnqueueOpt, JsonOpt, TimeoutOpt, WaitOpt, emit, run_task, store_of
+from cli.progressbar import progress_bar
 from cli.render import console, err_console, print_json, styled
 
 trace_app = typer.Typer(help="Memory use of a Redis keyspace per key pattern: sizes, TTLs, idle time, "
@@ -120,7 +121,8 @@ def trace(
 
     kwargs = {"store": store_of(ctx), "pattern": pattern, "sample": sample, "families": family or None,
               "sniff": sniff}
-    result = run_task(trace_tasks.run, kwargs, enqueue=enqueue, wait=wait, timeout=timeout, as_json=as_json)
+    with progress_bar(not as_json and not enqueue):
+        result = run_task(trace_tasks.run, kwargs, enqueue=enqueue, wait=wait, timeout=timeout, as_json=as_json)
     if result is None:
         return
     emit(result["report"] | {"status": result["status"]} if not as_json else result, as_json,

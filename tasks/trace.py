@@ -18,6 +18,7 @@ from typing import Any
 
 from celery import Task, shared_task
 
+from aml.backup.progress import Progress
 from aml.trace.anomalies import KINDS, AnomalyThresholds
 from aml.trace.clean import CleanCriteria, clean, undo_clean
 from aml.trace.files import trace_file_store
@@ -28,6 +29,7 @@ from aml.trace.timeseries import append as append_timeseries
 from models import queries
 from models.tables import TaskRun
 from tasks.base import AmlTask, Catalog, normalize_store, run_operation
+from tasks.progress import task_progress
 from workers.app import get_settings
 from workers.settings import Settings
 
@@ -121,7 +123,10 @@ def run(self: Task, store: str, pattern: str | None = None, sample: int | None =
     def body(catalog: Catalog) -> dict[str, Any]:
         previous = _previous(catalog, store_id)
         if keyspace:
-            report = trace_keyspace(store, options, previous=previous)
+            sink = task_progress(self)
+            progress = None if sink is None else (
+                lambda done, total: sink(Progress("trace", files_done=done, files_total=total)))
+            report = trace_keyspace(store, options, previous=previous, progress=progress)
         else:
             report = trace_file_store(Path(store_id), previous=previous, thresholds=options.thresholds,
                                       unused_idle_s=options.unused_idle_s)

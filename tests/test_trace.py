@@ -166,7 +166,7 @@ def test_a_redis_that_disappears_mid_trace_gives_a_partial_result(tmp_path: Path
         pipe.set(f"item:{i}", "v")
     pipe.execute()
 
-    def kill(done: int) -> None:
+    def kill(done: int, total: int) -> None:
         if proc.poll() is None:
             proc.kill()
             proc.wait()

@@ -140,7 +140,7 @@ def _version(text: str) -> tuple[int, ...]:
 
 def trace_redis(client: redis.Redis, stats: KeyspaceStats, *, db: int = 0, match: str | None = None,
                 sample: int | None = None, sniff_values: bool | None = True,
-                progress: Callable[[int], None] | None = None) -> LiveInfo:
+                progress: Callable[[int, int], None] | None = None) -> LiveInfo:
     """Feed the keys of the client's database into ``stats``, read-only.
 
     Args:
@@ -151,7 +151,8 @@ def trace_redis(client: redis.Redis, stats: KeyspaceStats, *, db: int = 0, match
         sample: stop after this many keys (``None``: all).
         sniff_values: read the first 16 bytes of string values to tell their encoding; ``None``: only on
             servers with ``CLIENT NO-TOUCH`` (Redis 7.2+), where the read does not count as an access.
-        progress: called after each batch with the number of keys traced so far.
+        progress: called after each batch with the keys traced so far and the keys of the database
+            (``INFO keyspace``; 0 if unknown).
 
     Returns:
         :class:`LiveInfo` (``server``: version, key counts, memory, eviction policy).
@@ -190,7 +191,7 @@ def trace_redis(client: redis.Redis, stats: KeyspaceStats, *, db: int = 0, match
                 live.partial_calls += 1
             _feed(stats, flat, lfu, sniff_values, live)
             if progress is not None:
-                progress(live.scanned)
+                progress(live.scanned, live.server["keys"])
     except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as exc:
         live.error = f"the Redis stopped answering after {live.scanned} keys: {exc}"
         raise TraceInterrupted(live.error, live) from exc

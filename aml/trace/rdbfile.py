@@ -58,7 +58,7 @@ def _payload(item: Any) -> tuple[int, bytes | None]:
 
 
 def trace_rdb(path: Path, stats: KeyspaceStats, *, db: int = 0, now: float | None = None,
-              progress: Callable[[int], None] | None = None) -> RdbInfo:
+              progress: Callable[[int, int], None] | None = None) -> RdbInfo:
     """Feed the keys of database ``db`` of the RDB file at ``path`` into ``stats``.
 
     Args:
@@ -66,7 +66,8 @@ def trace_rdb(path: Path, stats: KeyspaceStats, *, db: int = 0, now: float | Non
         stats: the aggregation to feed.
         db: the database number to read (others are skipped and counted in ``skipped_dbs``).
         now: the time TTLs are measured from, Unix seconds (default: now; expiry times are absolute).
-        progress: called every 10,000 keys with the number read so far.
+        progress: called every 10,000 keys with the keys read so far and the keys the file declares
+            for ``db`` (0 if it declares none).
 
     Returns:
         The file's :class:`RdbInfo`.
@@ -105,7 +106,7 @@ def trace_rdb(path: Path, stats: KeyspaceStats, *, db: int = 0, now: float | Non
                           value=sniff(head, nbytes) if head is not None else ValueEncoding.UNKNOWN)
                 info.read += 1
                 if progress is not None and info.read % 10_000 == 0:
-                    progress(info.read)
+                    progress(info.read, info.declared.get(db, (0, 0))[0])
     except (ValueError, OSError) as exc:
         raise RdbError(f"{path}: not a readable RDB file: {exc}") from None
     return info

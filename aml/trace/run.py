@@ -90,7 +90,7 @@ def _report(stats: KeyspaceStats, options: TraceOptions, previous: Previous | No
 
 
 def trace_keyspace(source: str | redis.Redis, options: TraceOptions | None = None, previous: Previous | None = None,
-                   progress: Callable[[int], None] | None = None) -> dict[str, Any]:
+                   progress: Callable[[int, int], None] | None = None) -> dict[str, Any]:
     """Trace a running Redis database, read-only.
 
     Args:
@@ -98,7 +98,7 @@ def trace_keyspace(source: str | redis.Redis, options: TraceOptions | None = Non
             application's redis-py client (aml opens its own connections to the same database).
         options: see :class:`TraceOptions`.
         previous: the previous trace's per-pattern ``(keys, bytes)`` for growth, or ``None``.
-        progress: called with the number of keys traced so far.
+        progress: called with the keys traced so far and the keys of the database.
 
     Returns:
         The report: ``source`` ``"redis"``, ``store`` (the URL without its password), ``time`` (UTC),
@@ -143,7 +143,7 @@ def trace_keyspace(source: str | redis.Redis, options: TraceOptions | None = Non
 
 def trace_rdb_file(path: Path, options: TraceOptions | None = None, previous: Previous | None = None, *,
                    db: int = 0, now: float | None = None,
-                   progress: Callable[[int], None] | None = None) -> dict[str, Any]:
+                   progress: Callable[[int, int], None] | None = None) -> dict[str, Any]:
     """Trace the keys of an RDB file, without a server (see :mod:`aml.trace.rdbfile`).
 
     Args:
@@ -152,7 +152,7 @@ def trace_rdb_file(path: Path, options: TraceOptions | None = None, previous: Pr
         previous: for growth, as in :func:`trace_keyspace`.
         db: the database to read.
         now: the time TTLs are measured from, Unix seconds (default now).
-        progress: called with the number of keys read so far.
+        progress: called with the keys read so far and the keys the file declares.
 
     Returns:
         The report as :func:`trace_keyspace`, with ``source`` ``"rdb"``, ``rdb`` (format version, aux
