@@ -9,14 +9,15 @@ the call. Instants are aware UTC (a naive ``datetime`` is taken as UTC). Use wri
 from __future__ import annotations
 
 import enum
+import functools
 import hashlib
 import json
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, cast
 
-from sqlalchemy import case, delete, func, insert, select, update
+from sqlalchemy import Table, case, delete, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -54,6 +55,7 @@ __all__ = [
     "mark_prune_actions_undone",
     "metric_series",
     "observe_check",
+    "open_alert_fingerprints",
     "open_alerts",
     "prune_actions_for_run",
     "queue_task_run",
@@ -64,11 +66,17 @@ __all__ = [
 ]
 
 
+@functools.cache
+def _values(allowed: type[enum.StrEnum]) -> frozenset[str]:
+    """The stored forms of an enum's members (computed once per enum: :func:`_choice` runs once per row)."""
+    return frozenset(v.value for v in allowed)
+
+
 def _choice(value: str | enum.Enum, allowed: type[enum.StrEnum], what: str) -> str:
     """Normalise ``value`` (a string, or any enum whose name or value is allowed) to its stored form."""
     raw = (value.value if isinstance(value.value, str) else value.name) if isinstance(value, enum.Enum) else value
     norm = str(raw).lower()
-    if norm not in {v.value for v in allowed}:
+    if norm not in _values(allowed):
         raise ValueError(f"{what} {value!r}: expected one of {', '.join(v.value for v in allowed)}")
     return norm
 
@@ -220,12 +228,18 @@ def alert_fingerprint(store: str, agent: str | None, check: str) -> str:
     return hashlib.sha256(raw.encode("utf-8")).hexdigest()
 
 
-def _open_alert(session: Session, fingerprint: str) -> Alert | None:
+def _update_open_alert(session: Session, fingerprint: str, values: Mapping[str, Any]) -> Alert | None:
+    """Set ``values`` on the open alert of ``fingerprint`` and return it, refreshed; ``None`` when none is open.
+
+    One ``UPDATE ... RETURNING`` statement (SQLite 3.35+, PostgreSQL): the update locks the row itself, so a
+    concurrent observer waits and then sees the new values (``count = count + 1`` never loses an increment), and
+    the alert comes back without a select before and a refresh after."""
     stmt = (
-        select(Alert)
+        update(Alert)
         .where(Alert.fingerprint == fingerprint, Alert.resolved_at.is_(None))
-        .with_for_update()  # PostgreSQL: lock the row against a concurrent observer; SQLite: no-op
-        .execution_options(populate_existing=True)
+        .values(values)
+        .returning(Alert)
+        .execution_options(populate_existing=True, synchronize_session=False)
     )
     return session.scalars(stmt).one_or_none()
 
@@ -268,25 +282,14 @@ def observe_check(
     at = _now(now)
     fingerprint = alert_fingerprint(store, agent, check)
     if passed:
-        alert = _open_alert(session, fingerprint)
-        if alert is None:
-            return None
-        alert.resolved_at = at
-        session.flush()
-        return alert
+        return _update_open_alert(session, fingerprint, {"resolved_at": at})
 
     level = _choice(severity, Severity, "severity")
     payload = dict(details or {})
     for _attempt in range(3):
-        alert = _open_alert(session, fingerprint)
+        alert = _update_open_alert(session, fingerprint, {"count": Alert.count + 1, "last_seen": at,
+                                                          "severity": level, "message": message, "details": payload})
         if alert is not None:
-            session.execute(
-                update(Alert)
-                .where(Alert.id == alert.id)
-                .values(count=Alert.count + 1, last_seen=at, severity=level, message=message, details=payload)
-                .execution_options(synchronize_session=False)
-            )
-            session.refresh(alert)
             return alert
         alert = Alert(
             fingerprint=fingerprint,
@@ -308,6 +311,13 @@ def observe_check(
             continue  # another observer opened it first: update that row instead
         return alert
     raise RuntimeError(f"could not record alert {check!r} for {store!r}/{agent!r}: kept conflicting")
+
+
+def open_alert_fingerprints(session: Session, store: str) -> set[str]:
+    """The fingerprints of ``store``'s open alerts: which checks have an alert to resolve or repeat (one column,
+    no rows loaded as objects: cheaper than :func:`open_alerts` when only that matters)."""
+    stmt = select(Alert.fingerprint).where(Alert.store == store, Alert.resolved_at.is_(None))
+    return set(session.scalars(stmt))
 
 
 def open_alerts(session: Session, store: str | None = None) -> list[Alert]:
@@ -387,7 +397,9 @@ def add_metric_samples(
             }
         )
     if rows:
-        session.execute(insert(MetricSample), rows)
+        # a Core insert of the table (one executemany): the ORM's bulk-insert path adds nothing for rows no
+        # object will represent, and costs more than the insert itself for a run's few dozen samples
+        session.execute(insert(cast(Table, MetricSample.__table__)), rows)
     return len(rows)
 
 

@@ -194,23 +194,16 @@ def run_operation(
     except (StoreLocked, LockUnavailable) as exc:
         eager = _is_eager()
         locked = isinstance(exc, StoreLocked)
-        with session_scope(url) as session:  # a locked store is "skipped" (retried on a worker); a down lock
-            row = session.get(TaskRun, run_id)  # Redis is a refusal: "failure"
-            assert row is not None
-            queries.finish_task_run(session, row, status="skipped" if locked else "failure",
-                                    error=str(exc) + ("" if eager or not locked else
-                                                      " (retried with backoff while retries remain)"))
+        # a locked store is "skipped" (retried on a worker); a down lock Redis is a refusal: "failure"
+        _finish_run(url, run, status="skipped" if locked else "failure",
+                    error=str(exc) + ("" if eager or not locked else " (retried with backoff while retries remain)"))
         if not (eager and locked):
             raise
         result = {"status": "skipped", "reason": str(exc)}
     except Exception as exc:
         try:
-            with session_scope(url) as session:
-                failed = session.get(TaskRun, run_id)
-                assert failed is not None
-                queries.finish_task_run(session, failed, status="failure",
-                                        error="".join(traceback.format_exception_only(exc)).strip(),
-                                        result={"traceback": traceback.format_exc(limit=20)})
+            _finish_run(url, run, status="failure", error="".join(traceback.format_exception_only(exc)).strip(),
+                        result={"traceback": traceback.format_exc(limit=20)})
         except TRANSIENT_ERRORS:
             log.exception("could not record the failure of %s on %s", operation, store)
         if destructive and body_started and isinstance(exc, TRANSIENT_ERRORS) and not _is_eager():
@@ -221,16 +214,25 @@ def run_operation(
     result.update({"task_run_id": run_id, "operation": operation, "store": store, "status": status,
                    "duration_s": round(time.perf_counter() - started, 6)})
     try:
-        with session_scope(url) as session:
-            finished = session.get(TaskRun, run_id)
-            assert finished is not None
-            queries.finish_task_run(session, finished, status=status, result=_summary(result))
+        _finish_run(url, run, status=status, result=_summary(result))
     except TRANSIENT_ERRORS as exc:
         if destructive and not _is_eager():
             raise NotRetried(f"{operation} on {store} finished ({status}) but its task run could not be recorded "
                              f"({exc}); not re-run automatically") from exc
         raise
     return result
+
+
+def _finish_run(url: str, run: TaskRun, *, status: str, result: dict[str, Any] | None = None,
+                error: str | None = None) -> None:
+    """Record the outcome of ``run`` (:func:`models.queries.finish_task_run`) in a transaction of its own.
+
+    ``run`` is the row :func:`run_operation` started, as it committed it (detached, attributes loaded): it is
+    attached to the new session as it is, not read again, so the finish is a single ``UPDATE`` by primary key
+    of the columns it sets (status, finish time, duration, result, error)."""
+    with session_scope(url) as session:
+        session.add(run)
+        queries.finish_task_run(session, run, status=status, result=result, error=error)
 
 
 def _summary(result: dict[str, Any]) -> dict[str, Any]:

@@ -54,7 +54,7 @@ def health_body(store_id: str, lookup_sample: int) -> Any:
         with catalog() as session:
             # a passing check only resolves: skip the per-check lookup when its alert is not open (one query
             # for the store's open alerts instead of one per check and agent)
-            open_now = {a.fingerprint for a in queries.open_alerts(session, store=store_id)}
+            open_now = queries.open_alert_fingerprints(session, store=store_id)
             for result in run.results:
                 if result.passed and queries.alert_fingerprint(store_id, result.agent, result.check) not in open_now:
                     continue

@@ -318,6 +318,28 @@ def test_observe_check_accepts_enum_severity_and_rejects_unknown(migrated: str) 
             q.observe_check(session, store="/s", agent=None, check="c", passed=False, severity="fatal")
 
 
+def test_observations_refresh_the_alerts_loaded_in_the_session(migrated: str) -> None:
+    """What a health run does in one transaction: the fingerprints of the open alerts say which checks have one to
+    repeat or resolve, and the open alerts read after observing show the new values (the objects already loaded in
+    the session are refreshed, not left stale)."""
+    kw: dict[str, Any] = {"store": "/s", "check": "c"}
+    with catalog.session_scope(migrated) as session:
+        for agent in ("a", "b"):
+            q.observe_check(session, **kw, agent=agent, passed=False, severity="warning")
+    with catalog.session_scope(migrated) as session:
+        before = {a.agent: a for a in q.open_alerts(session, "/s")}
+        assert q.open_alert_fingerprints(session, "/s") == {q.alert_fingerprint("/s", a, "c") for a in ("a", "b")}
+        assert q.open_alert_fingerprints(session, "/t") == set()
+        q.observe_check(session, **kw, agent="a", passed=False, severity="critical", message="worse")
+        assert q.observe_check(session, **kw, agent="b", passed=True) is before["b"]
+        assert q.observe_check(session, **kw, agent="z", passed=True) is None  # nothing open: nothing to resolve
+        after = {a.agent: a for a in q.open_alerts(session, "/s")}
+        assert list(after) == ["a"] and after["a"] is before["a"]
+        assert (after["a"].count, after["a"].severity, after["a"].message) == (2, "critical", "worse")
+        assert before["b"].resolved_at is not None
+        assert q.open_alert_fingerprints(session, "/s") == {q.alert_fingerprint("/s", "a", "c")}
+
+
 def test_partial_unique_index_one_open_alert_per_fingerprint(migrated: str) -> None:
     def alert(resolved_at: datetime | None) -> Alert:
         return Alert(

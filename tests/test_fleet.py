@@ -256,10 +256,16 @@ def _backup_and_kill(tmp_path: Path, env: dict[str, str], kill_whole: bool) -> t
     return run.took_s, store
 
 
-def _verify_clean(store: Path, env: dict[str, str]) -> None:
-    proc = subprocess.run([sys.executable, "-m", "cli.main", str(store), "backup", "verify", "--read-data", "--json"],
-                          cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+def _aml_json(env: dict[str, str], *args: str) -> Any:
+    """``aml ARGS --json`` run inline as an operator runs it; asserts exit code 0 and returns the parsed output."""
+    proc = subprocess.run([sys.executable, "-m", "cli.main", *args, "--json"], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    return json.loads(proc.stdout)
+
+
+def _verify_clean(store: Path, env: dict[str, str]) -> None:
+    _aml_json(env, str(store), "backup", "verify", "--read-data")
 
 
 @pytest.mark.slow
@@ -333,6 +339,17 @@ def _record_keys(documents: dict[str, Any]) -> set[tuple[str, str]]:
             for item in doc if isinstance(item, dict) and "id" in item}
 
 
+def _restore_oldest_snapshot(repo: Path, tag: str, attempts: int, target: Path) -> list[str]:
+    """Restore into ``target`` the oldest snapshot in ``repo`` tagged ``tag`` (a killed attempt's safety snapshot)
+    and return the ids of all of them, oldest first; asserts one per attempt."""
+    from aml.backup import list_snapshots, restore
+
+    tagged = [s.backup_id for s in list_snapshots(repo, include_legacy=False) if tag in s.tags]
+    assert len(tagged) == attempts, tagged  # one safety snapshot per attempt
+    restore(repo, tagged[0], target)
+    return tagged
+
+
 @pytest.mark.slow
 def test_kill_pool_child_during_prune_redelivers_and_prunes_exactly_the_plan(
         tmp_path: Path, fleet_env: dict[str, str]) -> None:
@@ -341,7 +358,6 @@ def test_kill_pool_child_during_prune_redelivers_and_prunes_exactly_the_plan(
     archived decision is in the run's archive exactly once); the killed attempt's pre-prune snapshot holds
     the store as it was; the run has one undo row per planned record, the killed attempt's included, and
     ``prune undo`` puts every record back."""
-    from aml.backup import list_snapshots, restore
     from aml.prune import build_plan
     from aml.prune.archive import read_archive
     from tasks.prune import make_config
@@ -372,9 +388,7 @@ def test_kill_pool_child_during_prune_redelivers_and_prunes_exactly_the_plan(
     kept = [item["id"] for f in sorted(repo.glob(f"archives/*/decisions_{run.task_id}.json.gz"))
             for item in read_archive(f)]
     assert sorted(kept) == archived  # every archived decision once: none lost, none twice
-    tagged = [s.backup_id for s in list_snapshots(repo, include_legacy=False) if f"prune:{run.task_id}" in s.tags]
-    assert len(tagged) == 2  # one pre-prune snapshot per attempt
-    restore(repo, tagged[0], tmp_path / "restored")
+    _restore_oldest_snapshot(repo, f"prune:{run.task_id}", 2, tmp_path / "restored")
     assert _documents(tmp_path / "restored") == before  # the killed attempt's snapshot: the store as it was
     # the rows are written ahead of each rewrite: the redelivered run owns the killed attempt's removals too
     assert (run.result["resumed"] or {}).get("kept") == by_killed, run.result["resumed"]
@@ -382,12 +396,87 @@ def test_kill_pool_child_during_prune_redelivers_and_prunes_exactly_the_plan(
         rows = conn.execute("SELECT document_path, record_id FROM prune_actions WHERE run_id = ? "
                             "AND undone_at IS NULL", (run.task_id,)).fetchall()
     assert len(rows) == len(planned) and set(rows) == planned  # one row per pruned record, whichever attempt
-    proc = subprocess.run([sys.executable, "-m", "cli.main", str(store), "prune", "undo", run.task_id, "--json"],
-                          cwd=REPO, env=fleet_env, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
-    undone = json.loads(proc.stdout)
+    undone = _aml_json(fleet_env, str(store), "prune", "undo", run.task_id)
     assert undone["restored"] == len(planned) and not undone["failed"], undone
     assert _documents(store) == before  # every record the run removed is back, in place
+
+
+MIGRATE_FROM, MIGRATE_TO = "1.0.0", "2.0.0"
+"""The generated stores' schema version, and the migration kill test's target."""
+
+
+def _record_ids(documents: dict[str, Any]) -> dict[str, list[str]]:
+    """Record ids of every document's top-level list, in order (a lost or duplicated record shows)."""
+    return {rel: [str(item["id"]) for item in doc] for rel, doc in documents.items() if isinstance(doc, list)}
+
+
+def _assert_equivalent_records(got: dict[str, Any], want: dict[str, Any]) -> None:
+    """The collection documents of ``got`` and ``want`` hold the same records, in the same order and with the same
+    values (:func:`aml.migrate.differences`: the migration's own bookkeeping times ignored)."""
+    from aml.migrate import differences
+
+    assert _record_ids(got) == _record_ids(want)
+    for rel in _record_ids(want):
+        assert differences(got[rel], want[rel]) == [], rel
+
+
+@pytest.mark.slow
+def test_kill_pool_child_during_migrate_redelivers_and_finishes_the_journaled_migration(
+        tmp_path: Path, fleet_env: dict[str, str]) -> None:
+    """SIGKILL once ``aml.migrate.migrate`` has rewritten its first document: the redelivered run finds the killed
+    attempt's journal and finishes the migration. The store ends as an uninterrupted migration of an untouched copy
+    leaves it (every document parses, at the target version, every record once, same values), with one
+    ``migration_history`` entry naming both attempts and no journal left; the killed attempt's pre-migrate snapshot
+    holds the store as it was; ``--rollback`` finds nothing left to undo, and migrating back down restores every
+    record."""
+    from aml.migrate import build_plan, detect
+    from aml.migrate import migrate as migrate_store
+    from aml.store import TMP_PREFIX
+
+    store = _loom_store(tmp_path / "m" / ".loom" / "memory", agents=16, patterns=300)
+    before = _documents(store)
+    reference = tmp_path / "reference" / ".loom" / "memory"
+    shutil.copytree(store, reference)
+    assert migrate_store(reference, MIGRATE_TO).status == "success"  # the same migration, never interrupted
+    expected = _documents(reference)
+    writes = [fp.relpath for fp in build_plan(store, MIGRATE_TO).writes]
+    assert detect(store).version == MIGRATE_FROM and len(writes) == len(_record_ids(before))
+    first = store / writes[0]  # apply_plan rewrites the planned files in order
+    inode = first.stat().st_ino  # an atomic rewrite (temp file + rename) gives the path a new inode
+
+    run = _kill_during(tmp_path, fleet_env, "aml.migrate.migrate", {"store": str(store), "version": MIGRATE_TO},
+                       kill_whole=False, kill_when=lambda _task_id: first.stat().st_ino != inode)
+
+    result = run.result
+    assert result["status"] == "success" and result["outcome"] == "migrated" and result["resumed"], result
+    by_killed = len(writes) - len(result["files_written"])
+    print(f"migrate, pool child killed: {by_killed} of {len(writes)} files rewritten before the kill; "
+          f"finished {run.took_s:.1f} s after it")
+    assert 0 < by_killed < len(writes)  # the kill landed between rewrites: both attempts rewrote some
+    assert set(result["files_written"]) < set(writes)  # the redelivered run rewrote only what was left
+    after = _documents(store)  # every document parses
+    assert set(after) == set(expected)  # no document lost; the schema file added, as by the reference
+    _assert_equivalent_records(after, expected)  # no record lost, duplicated or migrated differently
+    found = detect(store)
+    assert found.consistent and found.version == found.claimed == MIGRATE_TO, found.to_dict()
+    (entry,) = after["config/schema_version.json"]["migration_history"]  # one migration, carried out twice
+    assert len(entry["run_ids"]) == 2 and entry["run_ids"][-1] == result["run_id"], entry
+    assert entry["from"] == MIGRATE_FROM and entry["to"] == MIGRATE_TO
+    assert not (store / ".aml").exists()  # journal, originals and progress log gone
+    assert not [p for p in store.rglob("*") if p.name.startswith(TMP_PREFIX)]  # no torn temporary file
+
+    repo = store.parent / "memory-backup"
+    snapshots = _restore_oldest_snapshot(repo, "pre-migrate", 2, tmp_path / "restored")
+    assert _documents(tmp_path / "restored") == before  # the killed attempt's snapshot: the store as it was
+    assert snapshots[-1] == result["backup_id"]  # the redelivered attempt's, of the half-migrated store
+
+    # the undo paths: nothing interrupted is left to roll back, and the migration goes back down losslessly
+    undone = _aml_json(fleet_env, str(store), "migrate", "migrate", "--rollback")
+    assert undone["status"] == "success" and undone["outcome"] == "nothing", undone
+    down = _aml_json(fleet_env, str(store), "migrate", "migrate", "--version", MIGRATE_FROM)
+    assert down["status"] == "success" and down["outcome"] == "migrated" and not down["lossy_count"], down
+    assert detect(store).version == MIGRATE_FROM
+    _assert_equivalent_records(_documents(store), before)
 
 
 @pytest.mark.slow

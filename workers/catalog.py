@@ -13,6 +13,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import threading
 from collections.abc import Callable, Iterator
@@ -85,7 +86,10 @@ def _display(url: str) -> str:
     return make_url(url).render_as_string(hide_password=True)
 
 
+@functools.lru_cache(maxsize=64)
 def _key(url: str) -> str:
+    """The canonical form of ``url`` that engines and sessions are cached under (parsed once per URL: every
+    :func:`session_scope` needs it)."""
     return make_url(url).render_as_string(hide_password=False)
 
 
