@@ -15,6 +15,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from aml.agent.stats import analyze_memory_usage
 from aml.health.checks import (
     MIB,
     BackupEvidence,
@@ -33,7 +34,7 @@ from aml.health.checks import (
 from aml.health.metrics import MetricSample
 from aml.health.probe import probe_lookups, summarize
 from aml.health.thresholds import Thresholds
-from aml.store import FileStore, ScanResult
+from aml.store import Document, FileStore, ScanResult
 
 CHECK_ORDER = (
     "directory_structure",
@@ -61,6 +62,8 @@ class HealthRun:
         performance: measured lookups.
         metrics: metric samples to record.
         duration_s: wall time of the run, seconds.
+        sessions: per Aitor session file (store-relative path), its agent and the Aitor seed's
+            ``analyze_memory_usage`` statistics (:mod:`aml.agent.stats`), computed from the scan's own read.
     """
 
     store_id: str
@@ -70,6 +73,7 @@ class HealthRun:
     performance: PerformanceEvidence
     metrics: list[MetricSample] = field(default_factory=list)
     duration_s: float = 0.0
+    sessions: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     @property
     def status(self) -> str:
@@ -97,7 +101,8 @@ class HealthRun:
 
         Returns:
             ``{timestamp, store, status, checks, memory, performance, health_checks, alerts,
-            results, agents, integrity_failures, duration_s}``; sizes in MiB where a key ends in
+            results, agents, sessions, integrity_failures, duration_s}`` (``sessions``: see
+            :attr:`sessions`; sizes there in KiB); sizes in MiB where a key ends in
             ``_mb`` (1024² bytes), else bytes; times in ms where a key ends in ``_ms``.
         """
         counts = self.scan.counts()
@@ -142,6 +147,7 @@ class HealthRun:
                 for agent in sorted(set(sizes) | set(counts))
             },
             "results": [r.to_dict() for r in self.results],
+            "sessions": self.sessions,
             "integrity_failures": [
                 {"path": e.relpath or str(e.path), "offset": e.offset, "reason": e.reason, "code": e.code}
                 for e in self.scan.errors
@@ -202,7 +208,19 @@ def run_health(
     started = time.perf_counter()
     store = FileStore(root)
     scan_start = time.perf_counter()
-    scan = store.scan() if root.is_dir() else ScanResult.empty()
+    sessions: dict[str, dict[str, Any]] = {}
+
+    def session_stats(doc: Document) -> None:
+        if doc.kind == "aitor_session" and doc.error is None:
+            try:
+                stats = analyze_memory_usage(doc.data)
+            except (TypeError, ValueError) as exc:  # a session the reader took but the statistics cannot read
+                sessions[doc.relpath] = {"agent": doc.agent, "error": str(exc)}
+                return
+            stats.pop("analysis_timestamp", None)  # the report has its own timestamp
+            sessions[doc.relpath] = {"agent": doc.agent, **stats}
+
+    scan = store.scan(visit=session_stats) if root.is_dir() else ScanResult.empty()
     scan_s = time.perf_counter() - scan_start
     times = probe_lookups(root, scan.records, sample=lookup_sample) if root.is_dir() else []
     avg, p95 = summarize(times)
@@ -225,7 +243,8 @@ def run_health(
     results += _timed(lambda: check_performance(
         perf, query_warning_ms=t.query_warning_ms, query_critical_ms=t.query_critical_ms,
         cache_hit_warning=t.cache_hit_warning, cache_hit_critical=t.cache_hit_critical))
-    run = HealthRun(store.store_id, now, results, scan, perf, duration_s=time.perf_counter() - started)
+    run = HealthRun(store.store_id, now, results, scan, perf, duration_s=time.perf_counter() - started,
+                    sessions=sessions)
     run.metrics = _samples(run, scan_s)
     return run
 

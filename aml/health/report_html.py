@@ -13,7 +13,7 @@ from typing import Any
 
 Series = Sequence[tuple[datetime, float]]
 
-_CSS = """
+CSS = """
 body{font-family:system-ui,-apple-system,Segoe UI,sans-serif;margin:2em;color:#222;max-width:70em}
 h1{font-size:1.4em}h2{font-size:1.1em;margin-top:1.6em}
 table{border-collapse:collapse;margin:.5em 0}td,th{border:1px solid #ccc;padding:.25em .6em;text-align:left}
@@ -27,13 +27,15 @@ def _e(value: object) -> str:
     return html.escape(str(value))
 
 
-def svg_chart(points: Series, *, width: int = 320, height: int = 120, unit: str = "") -> str:
+def svg_chart(points: Series, *, width: int = 320, height: int = 120, unit: str = "",
+              color: str = "#0969da") -> str:
     """An SVG line chart of ``points`` (time, value), with min/max labels.
 
     Args:
         points: samples in time order.
         width, height: size in CSS pixels.
         unit: shown after the min/max values.
+        color: the line's CSS colour.
 
     Returns:
         An ``<svg>`` element as a string (empty chart text for fewer than one point).
@@ -58,8 +60,8 @@ def svg_chart(points: Series, *, width: int = 320, height: int = 120, unit: str 
     dots = "".join(f'<circle cx="{sx(x):.1f}" cy="{sy(y):.1f}" r="2"/>' for x, y in zip(xs, ys, strict=True))
     return (
         f'<svg width="{width}" height="{height}" viewBox="0 0 {width} {height}" role="img">'
-        f'<polyline fill="none" stroke="#0969da" stroke-width="1.5" points="{coords}"/>'
-        f'<g fill="#0969da">{dots}</g>'
+        f'<polyline fill="none" stroke="{_e(color)}" stroke-width="1.5" points="{coords}"/>'
+        f'<g fill="{_e(color)}">{dots}</g>'
         f'<text x="2" y="12" font-size="10">max {y1:,.4g} {_e(unit)}</text>'
         f'<text x="2" y="{height - 2}" font-size="10">min {y0:,.4g} {_e(unit)}</text></svg>'
     )
@@ -100,7 +102,7 @@ def render_html(report: Mapping[str, Any], series: Mapping[str, tuple[str, Serie
     )
     return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>aml health: {_e(report['store'])}</title>
-<style>{_CSS}</style></head><body>
+<style>{CSS}</style></head><body>
 <h1>aml health: {_e(report['store'])}</h1>
 <p>Status <b class="{_e(status)}">{_e(status)}</b> at {_e(report['timestamp'])};
 {report['health_checks']['passed']}/{report['health_checks']['total']} checks passed.

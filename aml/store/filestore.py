@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import os
 from collections import Counter, defaultdict
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -230,8 +230,12 @@ class FileStore:
             raise doc.error
         return doc
 
-    def scan(self) -> ScanResult:
+    def scan(self, visit: Callable[[Document], None] | None = None) -> ScanResult:
         """Read the whole store into record views. Writes nothing.
+
+        Args:
+            visit: called with every :class:`Document` (parsed data included) before the scan keeps only
+                its summary: a way to compute more from one read (e.g. per-session statistics).
 
         Returns:
             A :class:`ScanResult` with records, errors and one :class:`DocumentInfo` per entry.
@@ -241,6 +245,8 @@ class FileStore:
         """
         result = ScanResult(self.store_id)
         for doc in self.iter_documents():
+            if visit is not None:
+                visit(doc)
             records = records_from_document(self.store_id, doc)
             result.records.extend(records)
             result.documents.append(doc.info(len(records)))
