@@ -102,6 +102,11 @@ def render_plan(result: dict[str, Any], limit: int) -> None:
     more = counts["total"] - min(limit, len(actions))
     if more > 0:
         console.print(f"  … {more} more (use --json for every row, or --limit)")
+    if plan.get("sessions"):
+        console.print(f"  sessions (mode {plan.get('session_mode')}): " + "; ".join(
+            f"{doc} {s['limits']['max_messages']}/{s['limits']['max_tool_executions']}/"
+            f"{s['limits']['max_reasoning_steps']} -{sum(s['removed'].values())}"
+            for doc, s in plan["sessions"].items()), soft_wrap=True)
     if counts["by_reason"]:
         console.print("  by reason: " + ", ".join(f"{k} {v}" for k, v in counts["by_reason"].items()))
     if plan["preserved"]:
@@ -142,6 +147,17 @@ def prune(
                                                                "default 80.")] = None,
     store_limit_mib: Annotated[float | None, typer.Option(help="Space-based: store limit in MiB; default 800.")]
     = None,
+    limits: Annotated[list[str] | None, typer.Option(
+        "--limits", help="Aitor session limits MESSAGES/TOOLS/STEPS (e.g. 150/40/120) or "
+                         "max_messages=150,max_tool_executions=40,max_reasoning_steps=120; prefix AGENT: for one "
+                         "agent; repeatable. A session's <id>.limits.json sidecar wins over per-agent limits, "
+                         "which win over general ones; --limits wins over AML_SESSION_LIMITS; Aitor's "
+                         "100/50/100 apply last.")] = None,
+    fifo: Annotated[bool, typer.Option(
+        "--fifo", help="Sessions: Aitor 1.1.2's own rule, mode 'fifo' (the oldest messages, tool executions and "
+                       "reasoning steps go first, whatever the role). Default mode 'managed': the seed's "
+                       "ManagedReactAgent.prune_memory rule by whole exchanges (system messages kept, the last N "
+                       "others, duplicate exchanges removed; no user/assistant pair is broken).")] = False,
     now: Annotated[str | None, typer.Option(help="Reference instant (ISO 8601) for ages; default now.",
                                             hidden=True)] = None,
     limit: Annotated[int, typer.Option(help="Rows of the plan table shown.")] = 50,
@@ -151,13 +167,17 @@ def prune(
     timeout: TimeoutOpt = 3 * 3600.0,
 ) -> None:
     """Plan and prune: `aml <memory_path> prune [--strategies time_based performance_based space_based]
-    [--aggressive] [--dry-run] [--json]`."""
+    [--aggressive] [--limits 150/40/120] [--fifo] [--dry-run] [--json]`.
+
+    Aitor sessions are pruned in mode 'managed' (default: whole exchanges, the seed's
+    ManagedReactAgent.prune_memory rule) or 'fifo' (--fifo: Aitor 1.1.2's own oldest-first rule)."""
     if ctx.invoked_subcommand is not None:
         return
     overrides = {k: v for k, v in (("agent_limit_mib", agent_limit_mib), ("store_limit_mib", store_limit_mib))
                  if v is not None}
     kwargs = {"store": store_of(ctx), "strategies": strategies or None, "aggressive": aggressive,
-              "dry_run": dry_run, "agents": agents or None, "now": now, "overrides": overrides or None}
+              "dry_run": dry_run, "agents": agents or None, "now": now, "overrides": overrides or None,
+              "limits": limits or None, "fifo": fifo}
     result = run_task(prune_tasks.run, kwargs, enqueue=enqueue, wait=wait, timeout=timeout, as_json=as_json)
     if result is None:
         return

@@ -40,6 +40,7 @@ from aml.prune import (
     undo_entries,
 )
 from aml.prune.archive import ARCHIVE_DIR
+from aml.prune.sessions import parse_limits
 from models import queries
 from tasks.base import AmlTask, Catalog, normalize_store, run_operation, store_path
 from tasks.snapshots import repository_for, safety_snapshot
@@ -52,16 +53,40 @@ ACTIONS_IN_RESULT = 5000
 
 
 def make_config(aggressive: bool = False, now: str | None = None,
-                overrides: dict[str, Any] | None = None) -> PruneConfig:
-    """The :class:`PruneConfig` of a run: the seeds' defaults, ``--aggressive``, then overrides.
+                overrides: dict[str, Any] | None = None, *, limits: str | Sequence[str] | None = None,
+                fifo: bool = False, setting_limits: str = "") -> PruneConfig:
+    """The :class:`PruneConfig` of a run: the seeds' defaults, ``--aggressive``, session limits, then overrides.
+
+    Session limits (see :mod:`aml.prune.sessions`; a session's sidecar file beats all of these): general
+    entries of ``setting_limits`` (``AML_SESSION_LIMITS``), then of ``limits`` (``--limits``), replace
+    Aitor's defaults (100/50/100) key by key; per-agent entries are kept as layers, ``--limits`` first.
+
+    Args:
+        aggressive: the seeds' ``--aggressive`` thresholds.
+        now: ISO 8601 reference instant.
+        overrides: :class:`PruneConfig` fields to set last.
+        limits: ``--limits`` values (:func:`aml.prune.sessions.parse_limits` syntax).
+        fifo: Aitor's own oldest-first rule for sessions instead of the default ``managed`` mode.
+        setting_limits: the ``AML_SESSION_LIMITS`` setting.
 
     Raises:
-        ValueError: an unknown setting or an unreadable ``now``.
+        ValueError: an unknown setting, malformed limits or an unreadable ``now``.
     """
     config = PruneConfig()
     if aggressive:
         config = config.aggressive()
-    values = dict(overrides or {})
+    from_setting = parse_limits(setting_limits or None, "AML_SESSION_LIMITS")
+    from_cli = parse_limits(limits, "--limits")
+    values: dict[str, Any] = {}
+    for table in (from_setting, from_cli):
+        for key, count in table.get(None, {}).items():
+            values[f"session_{key}"] = count
+    layers = [(name, {a: v for a, v in table.items() if a is not None})
+              for name, table in (("--limits", from_cli), ("AML_SESSION_LIMITS", from_setting))]
+    values["session_agent_limits"] = [(name, table) for name, table in layers if table]
+    if fifo:
+        values["session_mode"] = "fifo"
+    values.update(overrides or {})
     if now is not None:
         values["now"] = now
     return config.with_overrides(values)
@@ -168,6 +193,8 @@ def run(
     agents: list[str] | None = None,
     now: str | None = None,
     overrides: dict[str, Any] | None = None,
+    limits: list[str] | str | None = None,
+    fifo: bool = False,
 ) -> dict[str, Any]:
     """Prune a file store (or, with ``dry_run``, only plan it).
 
@@ -180,6 +207,12 @@ def run(
         agents: only these agents.
         now: ISO 8601 reference instant for ages (default: now), for reproducible runs.
         overrides: :class:`~aml.prune.config.PruneConfig` fields to override (e.g. ``agent_limit_mib``).
+        limits: Aitor session limits, ``MESSAGES/TOOLS/STEPS`` or ``NAME=COUNT,...``, optionally
+            ``AGENT:``-prefixed, ``;``-separated (:func:`aml.prune.sessions.parse_limits`). A session's
+            sidecar ``<id>.limits.json`` beats per-agent entries, which beat general ones; ``--limits``
+            beats ``AML_SESSION_LIMITS`` at the same level; Aitor's 100/50/100 apply last.
+        fifo: prune sessions with Aitor 1.1.2's own rule (oldest first, whatever the role) instead of
+            the default ``managed`` rule (the seed's ``ManagedReactAgent.prune_memory`` by whole exchanges).
 
     Returns:
         ``{"run_id", "dry_run", "plan": {counts, actions, preserved, ...}, "backup_id", "applied":
@@ -195,10 +228,11 @@ def run(
     """
     store_id = normalize_store(store)
     run_id = str(self.request.id or uuid.uuid4())
-    config = make_config(aggressive, now, overrides)
+    config = make_config(aggressive, now, overrides, limits=limits, fifo=fifo,
+                         setting_limits=get_settings().session_limits)
     normalise_strategies(strategies)
     arguments = {"store": store, "strategies": strategies, "aggressive": aggressive, "dry_run": dry_run,
-                 "agents": agents, "now": now, "overrides": overrides}
+                 "agents": agents, "now": now, "overrides": overrides, "limits": limits, "fifo": fifo}
     return run_operation(task_id=self.request.id, operation="prune", store=store_id, arguments=arguments,
                          destructive=not dry_run,
                          body=run_body(store_id, run_id, strategies=strategies, agents=agents, config=config,

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import shutil
-from datetime import datetime
 from pathlib import Path
 
 import pytest
@@ -24,17 +24,34 @@ def store_with(tmp_path: Path, *sources: Path) -> Path:
     return root
 
 
-def expected_removals(doc: dict, n_messages: int, n_tools: int, n_steps: int) -> dict[str, set[int]]:
-    """The documented session rules, computed here independently."""
-    msgs = doc["conversation_history"]
-    newest: dict[tuple[str, str], int] = {}
+def exchanges_of(msgs: list[dict]) -> list[list[int]]:
+    """Exchanges computed here independently: a user message and the non-system replies after it."""
+    groups: list[list[int]] = []
     for i, m in enumerate(msgs):
-        if m["role"] != "system":
-            newest[(m["role"], json.dumps(m["content"], sort_keys=True))] = i
-    dupes = {i for i, m in enumerate(msgs)
-             if m["role"] != "system" and newest[(m["role"], json.dumps(m["content"], sort_keys=True))] != i}
-    left = [i for i, m in enumerate(msgs) if m["role"] != "system" and i not in dupes]
-    capped = set(left[: max(len(left) - n_messages, 0)])
+        if m["role"] == "system":
+            continue
+        if m["role"] == "user" or not groups:
+            groups.append([i])
+        else:
+            groups[-1].append(i)
+    return groups
+
+
+def expected_removals(doc: dict, n_messages: int, n_tools: int, n_steps: int) -> dict[str, set[int]]:
+    """The documented managed-mode rules, computed here independently."""
+    msgs = doc["conversation_history"]
+    groups = exchanges_of(msgs)
+    keys = [tuple((msgs[i]["role"], json.dumps(msgs[i]["content"], sort_keys=True)) for i in g) for g in groups]
+    newest = {k: n for n, k in enumerate(keys)}
+    dupes = {i for n, g in enumerate(groups) if newest[keys[n]] != n for i in g}
+    left = [g for n, g in enumerate(groups) if newest[keys[n]] == n]
+    capped: set[int] = set()
+    total = sum(len(g) for g in left)
+    for g in left:
+        if total <= n_messages:
+            break
+        capped |= set(g)
+        total -= len(g)
     tools, steps = len(doc["tool_executions"]), len(doc["reasoning_trace"])
     return {
         "/conversation_history": dupes | capped,
@@ -44,24 +61,58 @@ def expected_removals(doc: dict, n_messages: int, n_tools: int, n_steps: int) ->
 
 
 def loadable_by_aitor(doc: dict) -> None:
-    """What aitor's ReactMemory.from_dict (import_memory) needs of an export."""
-    datetime.fromisoformat(doc["created_at"])
-    datetime.fromisoformat(doc["last_updated"])
-    assert isinstance(doc.get("agent_name", ""), str) and isinstance(doc.get("metadata", {}), dict)
-    for m in doc.get("conversation_history", []):
-        assert m["role"] in ROLES and "content" in m
-        datetime.fromisoformat(m["timestamp"])
-    for t in doc.get("tool_executions", []):
-        assert {"success", "result"} <= set(t["result"]) and "tool_name" in t and "params" in t
-        datetime.fromisoformat(t["timestamp"])
-    for s in doc.get("reasoning_trace", []):
-        assert s["step_type"] in STEP_TYPES and "content" in s
-        datetime.fromisoformat(s["timestamp"])
-        if "tool_result" in s:
-            assert {"success", "result"} <= set(s["tool_result"])
+    """Aitor 1.1.2's own loader (what ``import_memory`` calls) reads the export, and writes it back equal."""
+    from aitor.memory import ReactMemory
+
+    memory = ReactMemory.from_dict(doc)
+    assert len(memory.conversation_history) == len(doc["conversation_history"])
+    assert len(memory.tool_executions) == len(doc["tool_executions"])
+    assert len(memory.reasoning_trace) == len(doc["reasoning_trace"])
 
 
-@pytest.mark.parametrize("limits", [(100, 50, 100), (10, 5, 7)])
+def assert_conversation_kept(before: dict, after: dict) -> None:
+    """No exchange is cut, no session starts with a reply it did not start with, system messages stay."""
+    old = before["conversation_history"]
+    new = after["conversation_history"]
+    # map kept messages back to their original indices (new is a subsequence of old)
+    indices: list[int] = []
+    j = 0
+    for i, m in enumerate(old):
+        if j < len(new) and m == new[j]:
+            indices.append(i)
+            j += 1
+    assert j == len(new), "the result is a subsequence of the original"
+    kept_set = set(indices)
+    for group in exchanges_of(old):
+        inside = [i in kept_set for i in group]
+        assert all(inside) or not any(inside), f"exchange {group} cut"
+    assert [m for m in new if m["role"] == "system"] == [m for m in old if m["role"] == "system"]
+    first_old = next((m["role"] for m in old if m["role"] != "system"), None)
+    first_new = next((m["role"] for m in new if m["role"] != "system"), None)
+    assert first_new in (None, "user", first_old), "a session never starts with a reply it did not start with"
+    roles = [m["role"] for m in new if m["role"] != "system"]
+    old_roles = [m["role"] for m in old if m["role"] != "system"]
+    old_same = sum(a == b for a, b in itertools.pairwise(old_roles))
+    assert sum(a == b for a, b in itertools.pairwise(roles)) <= old_same, "no new same-role neighbours"
+
+
+def aitor_fifo(doc: dict, n_messages: int, n_tools: int, n_steps: int) -> dict:
+    """What Aitor 1.1.2's own pruning keeps: its ReactMemory with these limits, its own _prune_* methods."""
+    from aitor.memory import ReactMemory
+
+    memory = ReactMemory.from_dict(doc)
+    memory.max_conversation_length, memory.max_tool_executions, memory.max_reasoning_steps = \
+        n_messages, n_tools, n_steps
+    memory._prune_conversation_history()
+    memory._prune_tool_executions()
+    memory._prune_reasoning_trace()
+    return memory.to_dict()
+
+
+LIMITS = [(100, 50, 100), (10, 5, 7), (150, 40, 120), (0, 0, 0)]
+
+
+@pytest.mark.parametrize("limits", LIMITS)
 def test_aitor_session_rules(tmp_path: Path, limits: tuple[int, int, int]) -> None:
     n_messages, n_tools, n_steps = limits
     sources = sorted(AITOR_DIR.glob("*.json"))
@@ -70,6 +121,7 @@ def test_aitor_session_rules(tmp_path: Path, limits: tuple[int, int, int]) -> No
     config = PruneConfig(session_max_messages=n_messages, session_max_tool_executions=n_tools,
                          session_max_reasoning_steps=n_steps)
     plan = build_plan(root, config, ["session_based"])
+    assert plan.to_dict()["session_mode"] == "managed"
     originals = {s.name: json.loads(s.read_bytes()) for s in sources}
     for name, doc in originals.items():
         want = expected_removals(doc, n_messages, n_tools, n_steps)
@@ -83,19 +135,42 @@ def test_aitor_session_rules(tmp_path: Path, limits: tuple[int, int, int]) -> No
     for name, doc in originals.items():
         after = json.loads((root / "support" / name).read_bytes())
         loadable_by_aitor(after)
+        assert_conversation_kept(doc, after)
         assert {k: v for k, v in after.items() if k not in ("conversation_history", "tool_executions",
                                                              "reasoning_trace")} == \
             {k: v for k, v in doc.items() if k not in ("conversation_history", "tool_executions",
                                                         "reasoning_trace")}, "other fields untouched"
         msgs = after["conversation_history"]
-        assert [m for m in msgs if m["role"] == "system"] == [m for m in doc["conversation_history"]
-                                                              if m["role"] == "system"]
         others = [m for m in msgs if m["role"] != "system"]
         assert len(others) <= n_messages
-        assert len({(m["role"], json.dumps(m["content"])) for m in others}) == len(others), "no duplicates left"
-        assert msgs[-1] == doc["conversation_history"][-1], "the newest message stays"
+        if n_messages >= 2 and doc["conversation_history"][-1]["role"] != "system":
+            assert msgs[-1] == doc["conversation_history"][-1], "the newest message stays"
         for key, limit in (("tool_executions", n_tools), ("reasoning_trace", n_steps)):
-            assert after[key] == doc[key][-limit:] if len(doc[key]) > limit else after[key] == doc[key]
+            assert after[key] == (doc[key][len(doc[key]) - limit:] if len(doc[key]) > limit else doc[key])
+
+
+@pytest.mark.parametrize("limits", LIMITS)
+def test_fifo_equals_aitors_own_pruning(tmp_path: Path, limits: tuple[int, int, int]) -> None:
+    """--fifo keeps exactly what Aitor 1.1.2's ReactMemory pruning keeps with the same limits, on every
+    shared session; the pruned file loads with ReactMemory.from_dict and round-trips to the same dict."""
+    pytest.importorskip("aitor.memory")
+    n_messages, n_tools, n_steps = limits
+    sources = sorted(AITOR_DIR.glob("*.json"))
+    root = store_with(tmp_path, *sources)
+    config = PruneConfig(session_mode="fifo", session_max_messages=n_messages,
+                         session_max_tool_executions=n_tools, session_max_reasoning_steps=n_steps)
+    plan = build_plan(root, config, ["session_based"])
+    assert plan.to_dict()["session_mode"] == "fifo"
+    apply_plan(plan, run_id="f")
+    for src in sources:
+        doc = json.loads(src.read_bytes())
+        after = json.loads((root / "support" / src.name).read_bytes())
+        expected = aitor_fifo(doc, n_messages, n_tools, n_steps)
+        from aitor.memory import ReactMemory
+
+        assert ReactMemory.from_dict(after).to_dict() == expected, src.name
+        for key in ("conversation_history", "tool_executions", "reasoning_trace"):
+            assert len(after[key]) == len(expected[key])
 
 
 def test_default_limits_leave_already_trimmed_sessions_alone(tmp_path: Path) -> None:
@@ -106,7 +181,7 @@ def test_default_limits_leave_already_trimmed_sessions_alone(tmp_path: Path) -> 
     reasons: dict[str, set[str]] = {}
     for a in plan.actions:
         reasons.setdefault(Path(a.document).stem, set()).add(a.reason)
-    assert reasons["ops_team_session7"] == {"session_duplicate"}
+    assert reasons["ops_team_session7"] == {"session_duplicate"}, "duplicate exchanges only"
     assert "user2203_session1" not in reasons and "release_mgr_session3" not in reasons
     assert reasons["user1042_session1"] >= {"session_duplicate", "session_tool_limit", "session_reasoning_limit"}
 
@@ -124,11 +199,16 @@ def test_session_prune_undo_round_trip(tmp_path: Path) -> None:
 
 
 def test_aitor_import_memory_loads_pruned_export(tmp_path: Path) -> None:
-    aitor_memory = pytest.importorskip("aitor.memory")
+    pytest.importorskip("aitor")
+    from tests.aitor_offline import offline_agent
+
     root = store_with(tmp_path, AITOR_DIR / "user1042_session1.json")
     apply_plan(build_plan(root, PruneConfig(), ["session_based"]), run_id="s")
-    memory = aitor_memory.ReactMemory.from_dict(json.loads((root / "support" / "user1042_session1.json").read_text()))
-    assert len(memory.conversation_history) <= 100 + 23
+    agent = offline_agent("SupportBot", "user1042_session1")
+    agent.import_memory(json.loads((root / "support" / "user1042_session1.json").read_text()))
+    memory = agent.get_memory()
+    assert 0 < len([m for m in memory.conversation_history if m.role.value != "system"]) <= 100
+    assert len([m for m in memory.conversation_history if m.role.value == "system"]) == 23
 
 
 def test_tinytroupe_keeps_prefix_and_last_items(tmp_path: Path) -> None:
@@ -153,3 +233,140 @@ def test_tinytroupe_keeps_prefix_and_last_items(tmp_path: Path) -> None:
         assert {k: v for k, v in after.items() if k != "episodic_memory"} == \
             {k: v for k, v in spec.items() if k != "episodic_memory"}
     assert (root / "support" / "tinytroupe-cache-default.json").read_bytes() == cache_before
+
+
+def test_limits_sidecar_beats_agent_and_general_limits(tmp_path: Path) -> None:
+    """A session configured at 150/40/120 (its sidecar) is never cut to 100, whatever --limits say;
+    per-agent entries beat general ones; --limits beats AML_SESSION_LIMITS (tasks.prune.make_config)."""
+    from aml.prune.sessions import write_sidecar
+    from tasks.prune import make_config
+
+    root = store_with(tmp_path, *sorted(AITOR_DIR.glob("*.json")))
+    write_sidecar(root / "support" / "user1042_session1.json",
+                  {"max_messages": 150, "max_tool_executions": 40, "max_reasoning_steps": 120})
+    config = make_config(limits=["100/50/100", "OpsAssistant:max_messages=60"],
+                         setting_limits="SupportBot:300/-/-; OpsAssistant:70/20/30; 90/45/95")
+    plan = build_plan(root, config, ["session_based"]).to_dict()
+    s1 = plan["sessions"]["support/user1042_session1.json"]
+    assert s1["limits"] == {"max_messages": 150, "max_tool_executions": 40, "max_reasoning_steps": 120}
+    assert set(s1["limit_sources"].values()) == {"sidecar"}
+    assert s1["before"]["conversation_history"] - s1["removed"]["conversation_history"] > 100
+    assert s1["before"]["tool_executions"] - s1["removed"]["tool_executions"] == 40
+    assert s1["before"]["reasoning_trace"] - s1["removed"]["reasoning_trace"] == 120
+    s2 = plan["sessions"]["support/user1042_session2.json"]
+    assert s2["limits"] == {"max_messages": 300, "max_tool_executions": 50, "max_reasoning_steps": 100}
+    assert s2["limit_sources"]["max_messages"] == "AML_SESSION_LIMITS SupportBot"
+    ops = plan["sessions"]["support/ops_team_session7.json"]
+    assert ops["limits"] == {"max_messages": 60, "max_tool_executions": 20, "max_reasoning_steps": 30}
+    assert ops["limit_sources"] == {"max_messages": "--limits OpsAssistant",
+                                    "max_tool_executions": "AML_SESSION_LIMITS OpsAssistant",
+                                    "max_reasoning_steps": "AML_SESSION_LIMITS OpsAssistant"}
+    assert plan["config"]["session_agent_limits"]["--limits"] == {"OpsAssistant": {"max_messages": 60}}
+
+
+def test_limits_parsing_and_bad_sidecar(tmp_path: Path) -> None:
+    from aml.prune.sessions import parse_limits, sidecar_path
+
+    assert parse_limits("150/40/120") == {None: {"max_messages": 150, "max_tool_executions": 40,
+                                                 "max_reasoning_steps": 120}}
+    assert parse_limits(["max_conversation_length=7,tools=3", "Bot:150//120"]) == {
+        None: {"max_messages": 7, "max_tool_executions": 3}, "Bot": {"max_messages": 150, "max_reasoning_steps": 120}}
+    for bad in ("150/40/120/1", "max_memory=3", "-1/2/3", "a/b/c", ":1/2/3"):
+        with pytest.raises(ValueError):
+            parse_limits(bad)
+    assert sidecar_path("/x/s.json.gz") == Path("/x/s.limits.json")
+    root = store_with(tmp_path, AITOR_DIR / "user1042_session1.json")
+    (root / "support" / "user1042_session1.limits.json").write_text('{"max_messages": "many"}')
+    plan = build_plan(root, PruneConfig(), ["session_based"])
+    assert plan.actions == [], "a session whose limits are unknown is left alone"
+    assert plan.errors[0]["code"] == "bad_sidecar"
+
+
+def test_cli_fifo_dry_run_removes_what_aitor_would(tmp_path: Path, aml_settings, capsys) -> None:
+    """Done-when: `aml <sessions dir> prune --fifo --dry-run --json` on a copy of the shared sessions plans
+    exactly the entries Aitor 1.1.2's own pruning drops with the same limits; the default mode is named too."""
+    pytest.importorskip("aitor.memory")
+    from cli.main import main
+
+    root = tmp_path / "sessions"
+    root.mkdir()
+    for src in sorted(AITOR_DIR.glob("*.json")):
+        shutil.copy2(src, root / src.name)
+    for mode_args, mode in ((["--fifo"], "fifo"), ([], "managed")):
+        capsys.readouterr()
+        with pytest.raises(SystemExit) as exit_info:
+            main([str(root), "prune", *mode_args, "--limits", "20/10/30", "--dry-run", "--json"])
+        assert exit_info.value.code in (0, None)
+        plan = json.loads(capsys.readouterr().out)["plan"]
+        assert plan["session_mode"] == mode
+        if mode != "fifo":
+            continue
+        for src in sorted(AITOR_DIR.glob("*.json")):
+            doc = json.loads(src.read_bytes())
+            kept = aitor_fifo(doc, 20, 10, 30)
+            for key in ("conversation_history", "tool_executions", "reasoning_trace"):
+                planned = {a["index"] for a in plan["actions"] if a["document"] == src.name
+                           and a["pointer"].startswith(f"/{key}/")}
+                assert planned == set(range(len(doc[key]) - len(kept[key]))), (src.name, key)
+
+
+@pytest.mark.parametrize("fifo", [True, False])
+def test_session_prune_task_and_undo_are_exact(tmp_path: Path, aml_settings, fifo: bool) -> None:
+    """The prune task on a sessions directory: pre-prune snapshot, one row per record, undo byte-exact."""
+    from tasks import prune
+
+    root = tmp_path / "sessions"
+    root.mkdir()
+    for src in sorted(AITOR_DIR.glob("*.json")):
+        shutil.copy2(src, root / src.name)
+    before = {p.name: p.read_bytes() for p in root.iterdir()}
+    result = prune.run.apply(kwargs={"store": str(root), "limits": ["30/10/40"], "fifo": fifo},
+                             throw=True).get()
+    assert result["status"] == "success" and result["backup_id"]
+    assert result["plan"]["session_mode"] == ("fifo" if fifo else "managed")
+    assert result["applied"]["removed"] == result["plan"]["counts"]["total"] > 0
+    for p in root.iterdir():
+        loadable_by_aitor(json.loads(p.read_bytes()))
+    undone = prune.undo.apply(kwargs={"store": str(root), "run_id": result["run_id"]}, throw=True).get()
+    assert undone["restored"] == result["plan"]["counts"]["total"]
+    assert {p.name: p.read_bytes() for p in root.iterdir()} == before
+
+
+def test_session_manager_saves_the_agents_limits_for_prune(tmp_path: Path) -> None:
+    """A real Aitor agent configured at 150/40/120, saved by SessionManager: prune keeps its limits."""
+    pytest.importorskip("aitor")
+    from aml.agent import SessionManager
+    from tests.aitor_offline import add_exchange, offline_agent
+
+    agent = offline_agent("SupportBot", "cfg1")
+    memory = agent.get_memory()
+    memory.max_conversation_length, memory.max_tool_executions, memory.max_reasoning_steps = 150, 40, 120
+    for n in range(80):
+        add_exchange(agent, f"question {n}", f"answer {n}")
+    sessions = SessionManager(tmp_path / "s")
+    sessions.save_session(agent, "cfg1")
+    assert sessions.list_sessions() == ["cfg1"], "the sidecar is not a session"
+    plan = build_plan(tmp_path / "s", PruneConfig(session_max_messages=100), ["session_based"]).to_dict()
+    entry = plan["sessions"]["cfg1.json"]
+    assert entry["limits"] == {"max_messages": 150, "max_tool_executions": 40, "max_reasoning_steps": 120}
+    assert entry["before"] == {"conversation_history": 150, "tool_executions": 40, "reasoning_trace": 80}
+    assert entry["removed"] == {"conversation_history": 0, "tool_executions": 0, "reasoning_trace": 0}
+
+
+def test_sessions_and_specs_in_global_and_monitoring_are_recognised(tmp_path: Path) -> None:
+    """Part 5: 'anywhere below a store root' includes global/ and monitoring/; a sessions-only store
+    needs none of Loom's directories."""
+    from aml.health.checks import check_directory_structure
+    from aml.store import FileStore
+
+    root = tmp_path / "store"
+    (root / "global").mkdir(parents=True)
+    (root / "monitoring").mkdir()
+    shutil.copy2(AITOR_DIR / "user2203_session1.json", root / "global" / "user2203_session1.json")
+    shutil.copy2(TINYTROUPE_DIR / "Oscar.agent.json", root / "monitoring" / "Oscar.agent.json")
+    kinds = {d.relpath: d.kind for d in FileStore(root).iter_documents()}
+    assert kinds == {"global/user2203_session1.json": "aitor_session", "monitoring/Oscar.agent.json": "tinytroupe_spec"}
+    only = tmp_path / "only"
+    only.mkdir()
+    shutil.copy2(AITOR_DIR / "user2203_session1.json", only / "user2203_session1.json")
+    assert check_directory_structure(only).passed

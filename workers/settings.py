@@ -31,6 +31,7 @@ DERIVED_DEFAULTS: dict[str, str] = {
     "trace_families": "empty",
     "beat_schedule": "empty",
     "backup_root": "<store>/../memory-backup",
+    "session_limits": "empty",
 }
 """How the README states the defaults that depend on other settings (the rest print as their value)."""
 
@@ -99,6 +100,9 @@ class Settings(BaseSettings):
                                               "where at least this share of their pattern has one, ratio")
     trace_companion_coverage: float = Field(0.5, gt=0, le=1, description="trace: share of a pattern's keys "
                                             "with a companion key above which the others are orphans, ratio")
+    session_limits: str = Field("", description="prune: Aitor session limits, `;`-separated `[AGENT:]MESSAGES/"
+                                "TOOLS/STEPS` or `NAME=COUNT,...`, e.g. `150/40/120; SupportBot:2000/2000/2000` "
+                                "(below `--limits` and a session's `<id>.limits.json`), counts")
 
     @field_validator("home", mode="after")
     @classmethod

@@ -23,6 +23,11 @@ the other way round. What aml adds:
   file as an ``aitor_session`` of its ``agent_name``), so ``aml <storage_path> backup|prune|monitor ...``
   maintain it. Before writing, the document is checked with the store reader's own rules; a session id the
   reader would take for something else (``config``: a root ``config.json`` is Loom's config) is refused.
+- **The agent's limits**: an export carries none (``ReactMemory.to_dict`` drops them), so when the agent's
+  memory has Aitor's ``max_conversation_length`` / ``max_tool_executions`` / ``max_reasoning_steps``,
+  :meth:`save_session` also writes them to ``<session_id>.limits.json`` next to the session; ``aml ... prune``
+  then prunes that session to its agent's own limits (:mod:`aml.prune.sessions`). :meth:`list_sessions`
+  does not list these sidecars.
 - **Validated ids**: a clear :class:`ValueError` for ``/``, ``\\``, ``..``, NUL, a leading ``.``, an empty id
   or one too long for a file name.
 - **Damaged files are kept**: :meth:`SessionManager.load_session` returns ``False`` for a file that does not
@@ -44,6 +49,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from aml.prune.sessions import is_sidecar, write_sidecar
 from aml.store import accessors as acc
 from aml.store.atomic import TMP_PREFIX, atomic_write
 from aml.store.documents import DocumentError, classify, place, read_document
@@ -176,6 +182,9 @@ class SessionManager:
                 log.warning("session %s: replacing a damaged file (%s); its copy is %s", session_id,
                             old.error.reason, copy)
         atomic_write(path, payload.encode("utf-8"))
+        limits = _memory_limits(agent)
+        if limits is not None:
+            write_sidecar(path, limits)
         return path
 
     @staticmethod
@@ -246,7 +255,7 @@ class SessionManager:
             return []
         for entry in entries:
             name = entry.name
-            if not name.endswith(SUFFIX) or name.startswith((TMP_PREFIX, ".")):
+            if not name.endswith(SUFFIX) or name.startswith((TMP_PREFIX, ".")) or is_sidecar(name):
                 continue
             if not entry.is_file(follow_symlinks=False):
                 continue
@@ -257,3 +266,19 @@ class SessionManager:
                 continue
             out.append(stem)
         return sorted(out)
+
+
+def _memory_limits(agent: Any) -> dict[str, int] | None:
+    """Aitor ``ReactMemory`` limits of ``agent`` (an agent with ``get_memory()`` or a memory), or ``None``."""
+    memory = agent
+    if not hasattr(agent, "max_conversation_length") and callable(getattr(agent, "get_memory", None)):
+        try:
+            memory = agent.get_memory()
+        except Exception:  # an agent whose memory cannot be read has no limits to save
+            return None
+    names = {"max_messages": "max_conversation_length", "max_tool_executions": "max_tool_executions",
+             "max_reasoning_steps": "max_reasoning_steps"}
+    values = {key: getattr(memory, attr, None) for key, attr in names.items()}
+    if not all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in values.values()):
+        return None
+    return {k: int(v) for k, v in values.items() if v is not None}

@@ -79,13 +79,25 @@ def _fail(check: str, sev: Severity, message: str, agent: str | None = None, **d
     return CheckResult(check, False, sev, message, agent, details)
 
 
+def _has_loom_layout(root: Path) -> bool:
+    """True when the root has a Loom agent directory (:meth:`aml.store.FileStore.agents`) or ``config.json``."""
+    from aml.store.filestore import FileStore
+
+    try:
+        return bool(FileStore(root).agents()) or (root / "config.json").is_file()
+    except OSError:
+        return True
+
+
 def check_directory_structure(root: Path) -> CheckResult:
     """``directory_structure``: the store root is a readable directory with Loom's ``global/``.
 
     The seeds also require ``config/``; Loom's TypeScript runtime never creates it (only its
     Python migration does), so every store it writes would be "critical" (DATA.md, Python health).
     aml reports a missing ``config/`` in the details only. A missing root is critical; a missing
-    ``global/`` is a warning.
+    ``global/`` is a warning, except in a store with no Loom layout at all (no Loom agent directory, no
+    root ``config.json``: e.g. a directory of Aitor sessions or TinyTroupe specifications), which needs
+    none of Loom's directories.
     """
     name = "directory_structure"
     if not root.exists():
@@ -93,6 +105,9 @@ def check_directory_structure(root: Path) -> CheckResult:
     if not root.is_dir():
         return _fail(name, Severity.CRITICAL, f"store path {root} is not a directory")
     missing = [d for d in ("global",) if not (root / d).is_dir()]
+    if missing and not _has_loom_layout(root):
+        return _ok(name, "store holds no Loom agents (sessions or specifications only): Loom's directories "
+                         "are not needed", notes=["no Loom agent directory and no config.json"])
     notes = [] if (root / "config").is_dir() else ["config/ absent (written only by Loom's Python migration)"]
     if missing:
         return _fail(name, Severity.WARNING, f"missing directories: {', '.join(missing)}", missing=missing,

@@ -5,7 +5,8 @@ Sources named below:
 * **seeds** - Loom's Python pruner, ``scripts/aml/pruning.py`` (``PruneConfig`` and the rules of
   ``MemoryPruner``), and its CLI ``scripts/aml/aml-cli.py`` (``--aggressive`` and the default strategies);
 * **Loom TS** - Loom's TypeScript runtime, ``.loom-framework/aml/`` (``PruningService.ts``, ``models/*.ts``);
-* **Aitor** - ``aitor.memory.ReactMemory`` (PyPI ``aitor`` 1.1.2): its FIFO limits;
+* **Aitor** - ``aitor.memory.ReactMemory`` (PyPI ``aitor`` 1.1.2): its FIFO limits, and the Aitor seed's
+  ``ManagedReactAgent.prune_memory`` (``aml/prune/sessions.py`` has both rules);
 * **TinyTroupe** - ``tinytroupe.agent.memory.EpisodicMemory``: fixed prefix + lookback;
 * **DESIGN** - DESIGN.md, section "Prune".
 
@@ -20,6 +21,7 @@ from dataclasses import dataclass, field, fields
 from datetime import datetime
 from typing import Any, Final, Literal, get_args
 
+from aml.prune.sessions import SESSION_MODES, SessionMode, limits_from_mapping
 from aml.store.timestamps import parse_timestamp, to_utc, utc_iso_z
 
 Strategy = Literal["time_based", "performance_based", "space_based", "session_based"]
@@ -92,12 +94,22 @@ class PruneConfig:
     Sessions and TinyTroupe (strategy ``session_based``):
 
     Attributes:
-        session_max_messages: keep the last N messages of an Aitor session (system messages are
-            always kept and do not count). Aitor ``max_conversation_length``: 100.
-        session_dedupe: remove a message whose exact ``(role, content)`` appears again later in the
-            session (the newest copy stays). DESIGN.
-        session_max_tool_executions: keep the last N tool executions. Aitor ``max_tool_executions``: 50.
-        session_max_reasoning_steps: keep the last N reasoning steps. Aitor ``max_reasoning_steps``: 100.
+        session_mode: ``managed`` (default: the Aitor seed's ``ManagedReactAgent.prune_memory`` rule by
+            whole exchanges) or ``fifo`` (Aitor 1.1.2's built-in oldest-first rule); see
+            :mod:`aml.prune.sessions`. CLI ``--fifo``.
+        session_max_messages: the general message limit of an Aitor session: in ``managed`` mode the last
+            N non-system messages (system messages are always kept and do not count), in ``fifo`` mode the
+            last N messages. Aitor ``max_conversation_length``: 100. A session's sidecar and per-agent
+            limits come first (:func:`aml.prune.sessions.resolve_limits`).
+        session_dedupe: ``managed`` mode: remove an exchange (a user message and its replies) whose exact
+            messages occur again later in the session (the newest copy stays). DESIGN.
+        session_max_tool_executions: the general tool-execution limit (last N kept). Aitor
+            ``max_tool_executions``: 50.
+        session_max_reasoning_steps: the general reasoning-step limit (last N kept). Aitor
+            ``max_reasoning_steps``: 100.
+        session_agent_limits: per-agent limits ``{agent_name: {max_messages, max_tool_executions,
+            max_reasoning_steps}}`` (any subset), highest precedence first: ``--limits AGENT:...`` of the
+            run, then ``AML_SESSION_LIMITS``. Stored as a tuple of ``(source, {agent: limits})`` layers.
         episodic_fixed_prefix: keep the first N committed episodic items of a TinyTroupe agent
             (never fewer than the agent's own ``fixed_prefix_length``). DESIGN: 20.
         episodic_keep_last: keep the last N committed episodic items. 100 (TinyTroupe's default
@@ -129,10 +141,12 @@ class PruneConfig:
     preserve_high_value: bool = True
     high_value_threshold: float = 0.85
 
+    session_mode: SessionMode = "managed"
     session_max_messages: int = 100
     session_dedupe: bool = True
     session_max_tool_executions: int = 50
     session_max_reasoning_steps: int = 100
+    session_agent_limits: tuple[tuple[str, Mapping[str, Mapping[str, int]]], ...] = ()
     episodic_fixed_prefix: int = 20
     episodic_keep_last: int = 100
 
@@ -146,6 +160,8 @@ class PruneConfig:
                      "episodic_fixed_prefix", "episodic_keep_last", "min_execution_count"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0")
+        if self.session_mode not in SESSION_MODES:
+            raise ValueError(f"session_mode must be one of {', '.join(SESSION_MODES)}, got {self.session_mode!r}")
         if not 0 < self.space_target_ratio <= 1:
             raise ValueError("space_target_ratio must be in (0, 1]")
         if self.recency_half_life_days <= 0:
@@ -187,6 +203,16 @@ class PruneConfig:
             current = getattr(self, name)
             if name == "now" or (value is None and name == "solution_max_age_days"):
                 continue
+            if name == "session_mode":
+                if value not in SESSION_MODES:
+                    raise ValueError(f"session_mode: expected one of {', '.join(SESSION_MODES)}, got {value!r}")
+                continue
+            if name == "session_agent_limits":
+                if not isinstance(value, tuple | list):
+                    raise ValueError(f"session_agent_limits: expected (source, {{agent: limits}}) pairs, got {value!r}")
+                values[name] = tuple((str(src), {str(a): limits_from_mapping(v, f"{src} {a}")
+                                                 for a, v in dict(table).items()}) for src, table in value)
+                continue
             if isinstance(current, bool) or name == "preserve_high_value":
                 if not isinstance(value, bool):
                     raise ValueError(f"{name}: expected true or false, got {value!r}")
@@ -197,6 +223,8 @@ class PruneConfig:
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready form (``now`` as ISO 8601 UTC ``Z`` or ``None``)."""
         out = dataclasses.asdict(self)
+        out["session_agent_limits"] = {src: {a: dict(v) for a, v in table.items()}
+                                       for src, table in self.session_agent_limits}
         out["now"] = utc_iso_z(self.now) if self.now is not None else None
         return out
 

@@ -22,7 +22,7 @@ from typing import Any
 
 from aml.prune import strategies as strat
 from aml.prune.config import PruneConfig, Strategy, normalise_strategies
-from aml.prune.sessions import session_removals
+from aml.prune.sessions import SESSION_LISTS, read_sidecar, resolve_limits, session_removals
 from aml.prune.strategies import Action, Candidate
 from aml.prune.tinytroupe import EPISODIC_POINTER, episodic_removals
 from aml.prune.value import loom_value_inputs, outcome_metric_average, pattern_inputs, value_score
@@ -111,7 +111,10 @@ class PrunePlan:
         records_scanned: live records seen (Loom, sessions, TinyTroupe).
         agent_bytes: bytes on disk per agent before the run.
         store_bytes: bytes on disk of the whole store before the run.
-        errors: documents that failed to parse (``DocumentError.as_dict()``), left alone.
+        errors: documents that failed to parse (``DocumentError.as_dict()``), left alone; also Aitor
+            sessions whose limits sidecar could not be read (``code`` ``bad_sidecar``), left alone.
+        sessions: per Aitor session (store-relative path): ``{"agent", "mode", "limits", "limit_sources",
+            "before": {list: entries}, "removed": {list: entries}}`` (``session_based`` runs only).
     """
 
     store: str
@@ -127,6 +130,7 @@ class PrunePlan:
     agent_bytes: dict[str, int] = field(default_factory=dict)
     store_bytes: int = 0
     errors: list[dict[str, Any]] = field(default_factory=list)
+    sessions: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def counts(self) -> dict[str, Any]:
         """``{"total", "removed", "archived", "by_reason": {...}, "by_strategy": {...}, "by_agent": {...}}``."""
@@ -141,12 +145,13 @@ class PrunePlan:
         }
 
     def to_dict(self, *, include_actions: bool = True) -> dict[str, Any]:
-        """JSON-ready form: ``{"store", "now", "strategies", "agents", "config", "counts",
-        "records_scanned", "agent_bytes", "store_bytes", "preserved", "errors", "actions"}``."""
+        """JSON-ready form: ``{"store", "now", "strategies", "session_mode", "agents", "config", "counts",
+        "records_scanned", "agent_bytes", "store_bytes", "preserved", "errors", "sessions", "actions"}``."""
         out: dict[str, Any] = {
             "store": self.store,
             "now": utc_iso_z(self.now),
             "strategies": list(self.strategies),
+            "session_mode": self.config.session_mode,
             "agents": sorted(self.agents) if self.agents is not None else None,
             "config": self.config.to_dict(),
             "counts": self.counts(),
@@ -155,6 +160,7 @@ class PrunePlan:
             "store_bytes": self.store_bytes,
             "preserved": self.preserved,
             "errors": self.errors,
+            "sessions": self.sessions,
         }
         if include_actions:
             out["actions"] = [a.to_dict() for a in self.actions]
@@ -256,7 +262,10 @@ def build_plan(
                 continue
             by_pointer = {r.location.pointer: r for r in records}
             if doc.kind == "aitor_session":
-                removals = [(json_pointer(key), i, reason) for key, i, reason in session_removals(doc.data, config)]
+                session_plan = _plan_session(plan, doc.relpath, doc.path, doc.agent, doc.data, config)
+                if session_plan is None:
+                    continue
+                removals = [(json_pointer(key), i, reason) for key, i, reason in session_plan]
             else:
                 removals = [(EPISODIC_POINTER, i, reason) for i, reason in episodic_removals(doc.data, config)]
             for list_pointer, index, reason in removals:
@@ -302,6 +311,30 @@ def build_plan(
     plan.actions = actions
     plan.documents = {a.document: states[a.document] for a in actions}
     return plan
+
+
+def _plan_session(plan: PrunePlan, relpath: str, path: Path, agent: str | None, data: Mapping[str, Any],
+                  config: PruneConfig) -> list[tuple[str, int, str]] | None:
+    """The removals of one Aitor session, with its limits resolved (sidecar, per-agent, general) and
+    recorded in ``plan.sessions``; ``None`` (and an entry in ``plan.errors``) when its sidecar is unreadable."""
+    try:
+        sidecar = read_sidecar(path)
+    except ValueError as exc:
+        plan.errors.append({"path": str(path), "relpath": relpath, "offset": None, "code": "bad_sidecar",
+                            "reason": f"limits sidecar: {exc}; session left alone"})
+        return None
+    general = {"max_messages": config.session_max_messages,
+               "max_tool_executions": config.session_max_tool_executions,
+               "max_reasoning_steps": config.session_max_reasoning_steps}
+    limits, sources = resolve_limits(agent, config.session_agent_limits, general, sidecar)
+    removals = session_removals(data, limits, config.session_mode, dedupe=config.session_dedupe)
+    removed = Counter(key for key, _, _ in removals)
+    plan.sessions[relpath] = {
+        "agent": agent, "mode": config.session_mode, "limits": limits.to_dict(), "limit_sources": sources,
+        "before": {key: len(data.get(key) or []) for key in SESSION_LISTS},
+        "removed": {key: removed.get(key, 0) for key in SESSION_LISTS},
+    }
+    return removals
 
 
 def _plan_space(plan: PrunePlan, candidates: list[Candidate], taken: dict[int, PlannedAction],

@@ -394,6 +394,8 @@ def place(parts: tuple[str, ...], loom_agents: frozenset[str]) -> Placement:
 
 _LIST_KINDS: Final = frozenset({"loom_collection", "loom_archive"})
 _DICT_KINDS: Final = frozenset({"loom_config", "loom_schema_version"})
+_CONTENT_FIRST: Final = frozenset({"loom_global", "loom_monitoring"})
+"""Positional kinds that yield to an Aitor session or TinyTroupe content found at their place."""
 
 
 def classify(
@@ -401,7 +403,8 @@ def classify(
 ) -> tuple[DocumentKind, str | None]:
     """Decide a parsed document's kind and owning agent, and check its shape.
 
-    Positional kinds (``placement.kind``) win; otherwise the content decides, in this order: Aitor
+    Positional kinds (``placement.kind``) win, except that an Aitor session or TinyTroupe spec or cache in
+    ``global/`` or ``monitoring/`` is classified by its content; otherwise the content decides, in this order: Aitor
     session, TinyTroupe spec, TinyTroupe cache, Loom backup metadata, TS backup meta, list of Loom
     items (``loom_item_copy``), ``json_other``.
 
@@ -434,6 +437,9 @@ def classify(
                 relpath=relpath,
             )
         return kind, None
+    if kind in _CONTENT_FIRST and (acc.is_aitor_session(data) or acc.is_tinytroupe_spec(data)
+                                   or acc.is_tinytroupe_cache(data)):
+        kind = None  # a session or spec placed in global/ or monitoring/ is still one ("anywhere below the root")
     if kind is not None:
         return kind, placement.agent
     if acc.is_aitor_session(data):

@@ -310,6 +310,11 @@ class FileStore:
                 )
 
 
+def holds_agent_files(directory: Path) -> bool:
+    """True for a Loom agent directory: it holds a Loom agent file (``patterns.json``...) or ``sessions/``."""
+    return _holds_agent_files(directory)
+
+
 def _holds_agent_files(directory: Path) -> bool:
     try:
         with os.scandir(directory) as entries:
