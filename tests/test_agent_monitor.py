@@ -395,6 +395,79 @@ def test_snapshots_and_alerts_go_to_the_catalog_and_the_cli(tmp_path: Path) -> N
     assert "400 items" in listed[0]["message"]
 
 
+_AGENT_PROCESS = """\
+import copy, json, sys
+from pathlib import Path
+
+from aml.agent import MemoryAlert, MemoryMonitor
+from tests.aitor_offline import add_exchange, offline_agent
+
+store, spec_path = sys.argv[1], Path(sys.argv[2])
+monitor = MemoryMonitor(store=store)  # the catalog comes from AML_CATALOG_URL
+assert monitor.catalog_url, "AML_CATALOG_URL not seen"
+fired: list[MemoryAlert] = []
+monitor.register_alert_callback(fired.append)
+bot = offline_agent("SupportBot", "e2e-session")  # a real Aitor ReactAgent
+spec = json.loads(spec_path.read_text())  # a TinyTroupe spec's memory
+episodes = spec["episodic_memory"]["memory"]
+for i in range(3):
+    add_exchange(bot, f"Question {i}?", f"Answer {i}.")
+names = [monitor.track_agent(bot), monitor.track_agent(spec)]
+monitor.record_snapshot(bot)
+monitor.record_snapshot(spec)
+add_exchange(bot, "One more?", "One more answer.")  # normal growth: no alert
+episodes.extend(copy.deepcopy(episodes[:5]))
+monitor.record_snapshot(bot)
+monitor.record_snapshot(spec)
+assert not fired, fired
+for i in range(8):  # abnormal growth
+    add_exchange(bot, f"Burst {i}?", f"Burst answer {i}.")
+episodes.extend(copy.deepcopy(episodes[:40]))
+monitor.record_snapshot(bot)
+monitor.record_snapshot(spec)
+assert [(a.agent_name, a.alert_type) for a in fired] == [(n, "abnormal_growth") for n in names], fired
+assert not monitor.catalog_errors, list(monitor.catalog_errors)
+for a in fired:
+    print("ALERT", json.dumps({"store": monitor.store, "agent": a.agent_name, "check": f"monitor.{a.alert_type}",
+                            "severity": a.severity, "message": a.message}))
+"""
+
+
+def test_done_when_an_agent_process_alert_shows_in_the_cli(tmp_path: Path) -> None:
+    """Issue 10's first "Done when": an agent process tracks a real Aitor agent and a TinyTroupe spec's memory,
+    gets growth alerts through its callback, and ``aml <store> monitor alerts`` lists the same alerts."""
+    pytest.importorskip("aitor")
+    spec = TINYTROUPE_DIR / "Oscar.agent.json"
+    if not spec.is_file():
+        pytest.skip("shared TinyTroupe specs absent")
+    from models import queries
+
+    home, store = tmp_path / "home", tmp_path / "store"
+    home.mkdir()
+    store.mkdir()
+    script = tmp_path / "agent_process.py"
+    script.write_text(_AGENT_PROCESS)
+    env = {**os.environ, "AML_HOME": str(home), "AML_CATALOG_URL": f"sqlite:///{home / 'catalog.db'}",
+           "PYTHONPATH": str(REPO), "AML_BROKER_URL": "redis://127.0.0.1:1/0", "AML_LOCK_URL": "none://"}
+    agent = subprocess.run([sys.executable, str(script), str(store), str(spec)], cwd=REPO, env=env,
+                           capture_output=True, timeout=180)
+    assert agent.returncode == 0, agent.stderr.decode()
+    fired = [json.loads(line.removeprefix("ALERT ")) for line in agent.stdout.decode().splitlines()
+             if line.startswith("ALERT ")]  # Aitor logs to stdout too
+    assert [(a["agent"], a["check"]) for a in fired] == [("SupportBot", "monitor.abnormal_growth"),
+                                                         ("Oscar", "monitor.abnormal_growth")]
+    assert {a["store"] for a in fired} == {os.path.realpath(store)}
+    done = subprocess.run([sys.executable, "-m", "cli.main", str(store), "monitor", "alerts", "--json"], cwd=REPO,
+                          env=env, capture_output=True, timeout=180)
+    assert done.returncode == 0, done.stderr.decode()
+    listed = {a["fingerprint"]: a for a in json.loads(done.stdout)["alerts"]}
+    assert len(listed) == len(fired)
+    for a in fired:
+        row = listed[queries.alert_fingerprint(a["store"], a["agent"], a["check"])]
+        assert (row["store"], row["agent"], row["check"], row["severity"], row["message"], row["resolved_at"]) == (
+            a["store"], a["agent"], a["check"], a["severity"], a["message"], None)
+
+
 def test_an_unreachable_catalog_never_breaks_the_monitor(tmp_path: Path) -> None:
     monitor = MemoryMonitor(catalog_url="nosuchdialect://nowhere/x", store="agent://x")
     agent = FakePerson("Fay")

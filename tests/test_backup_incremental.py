@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import socket
 from datetime import UTC, datetime
 from pathlib import Path
@@ -23,6 +24,7 @@ from aml.backup import (
 )
 from aml.backup.index import list_pack_ids
 from tests.backup_helpers import diff_states, make_json_store, mutate, small_repo, tree_state
+from tests.realdata import AITOR_DIR, TINYTROUPE_DIR
 
 
 def _packs(repo: Repository) -> set[str]:
@@ -204,3 +206,32 @@ def test_summary_is_reconciled_with_the_snapshots(tmp_path: Path) -> None:
     third = create_snapshot(store, repo, incremental=True).backup_id
     ids = [b["backup_id"] for b in json.loads(summary.read_text())["backups"]]
     assert sorted(ids) == sorted([second, third])
+
+
+def test_summary_lists_no_folder_of_specs_or_sessions(tmp_path: Path) -> None:
+    """Issue 10, part 5: a folder of real TinyTroupe specs or of loose Aitor sessions is not an agent."""
+    specs = sorted(TINYTROUPE_DIR.glob("*.json"))  # the persona specs and the simulation cache
+    sessions = sorted(AITOR_DIR.glob("*.json"))
+    if not any(s.name.endswith(".agent.json") for s in specs) or not sessions:
+        pytest.skip("shared TinyTroupe specs or Aitor sessions absent")
+    store = tmp_path / "store"
+    make_json_store(store, agents=1, docs=2)  # agent-0/doc-NNN.json: Loom-like, no Loom file name
+    (store / "frontend-developer").mkdir()
+    (store / "frontend-developer" / "patterns.json").write_text("[]")
+    (store / "personas").mkdir()
+    for spec in specs:
+        shutil.copy(spec, store / "personas" / spec.name)
+    (store / "personas" / "README.md").write_text("# personas\n")  # not JSON: does not make it an agent
+    (store / "chats").mkdir()
+    for session in sessions:
+        shutil.copy(session, store / "chats" / session.name)
+    (store / "mixed").mkdir()  # a session beside other JSON: still listed
+    shutil.copy(sessions[0], store / "mixed" / sessions[0].name)
+    (store / "mixed" / "notes.json").write_text('{"note": 1}')
+    res = create_snapshot(store, small_repo(tmp_path / "repo"), incremental=False)
+    expected = ["agent-0", "frontend-developer", "mixed"]
+    assert res.agents == expected
+    doc = json.loads((tmp_path / "repo" / "backup_metadata.json").read_text())
+    assert doc["backups"][-1]["agents"] == expected
+    assert load_manifest(tmp_path / "repo", res.backup_id).agents == expected
+    assert res.file_count == 4 + 1 + len(specs) + 1 + len(sessions) + 2  # everything is still backed up

@@ -17,14 +17,17 @@ import hashlib
 import os
 import stat
 import time
+from bisect import bisect_left
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import zstandard
 
 from aml.store.atomic import atomic_write
+from aml.store.documents import AGENT_FILES, base_name, read_document
 
 from ._common import TMP_PREFIX, hostname, iso_z, parse_time
 from ._fs import DirFds, open_root
@@ -41,7 +44,10 @@ NON_AGENT_DIRS = frozenset({"global", "config", "monitoring", "audit", "backup"}
 
 _READ_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
 
-__all__ = ["NON_AGENT_DIRS", "SnapshotResult", "create_snapshot", "scan_store"]
+_FOREIGN_KINDS = frozenset({"aitor_session", "tinytroupe_spec", "tinytroupe_cache"})
+"""Document kinds that make a folder a folder of sessions or specs, not an agent (``aml.store.documents``)."""
+
+__all__ = ["NON_AGENT_DIRS", "SnapshotResult", "create_snapshot", "scan_store", "summary_agents"]
 
 
 @dataclass
@@ -177,6 +183,59 @@ def _scan(root: str, exclude: Iterable[str | os.PathLike[str]]) -> _Scan:
     files.sort()
     dirs.sort()
     return _Scan(files, dirs, errors, skipped)
+
+
+def summary_agents(
+    root: str,
+    files: list[tuple[str, int, int, int, int]],
+    dirs: list[tuple[str, int, int]],
+) -> list[str]:
+    """The agents of a backup summary: the store's top-level directories, minus folders of sessions or specs.
+
+    A top-level directory is an agent unless it is one of :data:`NON_AGENT_DIRS`, hidden, or a folder of
+    Aitor sessions / TinyTroupe specifications (and caches): it holds no Loom agent file (the rule of
+    :func:`aml.store.filestore.holds_agent_files`, applied to the scan: a direct ``patterns.json``...
+    or a ``sessions/`` directory), and every JSON document below it is classified by aml's reader as an
+    Aitor session, a TinyTroupe spec or a TinyTroupe cache (at least one; files that are not JSON do not
+    count; a file that fails to read or parse keeps the directory an agent). Loom agent directories are
+    recognised from the scan alone; another directory's documents are read until the first one that is
+    not a session or spec, so a Loom-like directory of other JSON costs one read.
+
+    Args:
+        root: the store's resolved path.
+        files: the scan's files ``(path, size, mtime_ns, mode, inode)``, sorted by path.
+        dirs: the scan's directories ``(path, mode, mtime_ns)``, sorted by path.
+
+    Returns:
+        The agent directory names, sorted.
+    """
+    with_sessions = {d[0][: -len("/sessions")] for d in dirs if d[0].count("/") == 1 and d[0].endswith("/sessions")}
+    agents: list[str] = []
+    for rel_dir, _mode, _mtime in dirs:
+        if "/" in rel_dir or rel_dir in NON_AGENT_DIRS or rel_dir.startswith("."):
+            continue
+        if rel_dir in with_sessions or not _only_sessions_or_specs(root, rel_dir, files):
+            agents.append(rel_dir)
+    return sorted(agents)
+
+
+def _only_sessions_or_specs(root: str, top: str, files: list[tuple[str, int, int, int, int]]) -> bool:
+    """True if ``top`` holds no Loom agent file, and its JSON documents are all sessions/specs (at least one)."""
+    prefix = top + "/"
+    lo = bisect_left(files, prefix, key=lambda f: f[0])
+    hi = bisect_left(files, top + chr(ord("/") + 1), lo=lo, key=lambda f: f[0])
+    mine = [f[0] for f in files[lo:hi]]
+    if any("/" not in rel[len(prefix) :] and base_name(rel[len(prefix) :]) in AGENT_FILES for rel in mine):
+        return False
+    found = False
+    for rel in mine:
+        doc = read_document(Path(root, rel), rel)
+        if doc.error is None and doc.kind == "opaque":
+            continue
+        if doc.error is not None or doc.kind not in _FOREIGN_KINDS:
+            return False
+        found = True
+    return found
 
 
 def _find_parent(repo: Repository, parent: str | None, source: str) -> Manifest | None:
@@ -552,9 +611,7 @@ def create_snapshot(
         index_id = write_index(root, packs) if packs else None
 
         dirs = DirTable([d[0] for d in scan.dirs], [d[1] for d in scan.dirs], [d[2] for d in scan.dirs])
-        agents = sorted(
-            d[0] for d in scan.dirs if "/" not in d[0] and d[0] not in NON_AGENT_DIRS and not d[0].startswith(".")
-        )
+        agents = summary_agents(os.path.realpath(source), scan.files, scan.dirs)
         stats = {
             "files_read": files_read,
             "bytes_read": bytes_read,
