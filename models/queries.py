@@ -14,7 +14,7 @@ import hashlib
 import json
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any, NamedTuple, cast
 
 from sqlalchemy import Table, case, delete, func, insert, select, update
@@ -340,6 +340,50 @@ def alert_history(
     if since is not None:
         stmt = stmt.where(Alert.last_seen >= as_utc(since))
     return list(session.scalars(stmt.order_by(Alert.last_seen.desc(), Alert.id.desc()).limit(limit)))
+
+
+def claim_notifications(
+    session: Session, *, store: str, repeat_s: float, now: datetime | None = None
+) -> list[Alert]:
+    """Claim ``store``'s alerts that are due a notification, and mark them notified (``notified_at`` = now).
+
+    Due are: an open alert never notified, or last notified ``repeat_s`` seconds ago or more (one
+    notification per fingerprint per repeat interval while it fires: Alertmanager's ``repeat_interval``);
+    and a resolved alert whose firing was notified but whose resolution was not yet
+    (``notified_at < resolved_at``). An alert raised and resolved between two notifications is never sent.
+
+    The claim is one ``UPDATE ... WHERE <due> RETURNING``: on PostgreSQL a concurrent claimer blocks on the
+    row lock, re-checks the condition on the updated row and skips it, so each notification is claimed
+    once (SQLite serialises writers). Nothing is sent here: the caller delivers after its commit.
+
+    Args:
+        repeat_s: the repeat interval, seconds.
+        now: the instant of the claim (default: now).
+
+    Returns:
+        The claimed alerts (``notified_at`` already set to ``now``), oldest first.
+    """
+    at = _now(now)
+    cutoff = at - timedelta(seconds=repeat_s)
+    firing_due = Alert.resolved_at.is_(None) & (Alert.notified_at.is_(None) | (Alert.notified_at <= cutoff))
+    resolved_due = Alert.resolved_at.is_not(None) & Alert.notified_at.is_not(None) & (
+        Alert.notified_at < Alert.resolved_at)
+    stmt = (update(Alert).where(Alert.store == store, firing_due | resolved_due).values(notified_at=at)
+            .returning(Alert).execution_options(synchronize_session=False))
+    rows = list(session.scalars(stmt))
+    return sorted(rows, key=lambda a: (a.first_seen, a.id))
+
+
+def release_notifications(session: Session, ids: Sequence[int]) -> None:
+    """Undo :func:`claim_notifications` for alerts whose notification reached no target, so the next run
+    claims them again: a firing alert becomes never-notified, a resolved one gets ``notified_at`` =
+    ``first_seen`` (before its resolution)."""
+    if not ids:
+        return
+    session.execute(update(Alert).where(Alert.id.in_(ids), Alert.resolved_at.is_(None)).values(notified_at=None)
+                    .execution_options(synchronize_session=False))
+    session.execute(update(Alert).where(Alert.id.in_(ids), Alert.resolved_at.is_not(None))
+                    .values(notified_at=Alert.first_seen).execution_options(synchronize_session=False))
 
 
 # ----------------------------------------------------------------------------------- metrics

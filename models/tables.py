@@ -171,7 +171,8 @@ class Alert(Base):
     ``fingerprint`` identifies store + agent + check (see :func:`models.queries.alert_fingerprint`).
     While the check keeps failing the open row's ``count`` and ``last_seen`` grow; when it passes
     ``resolved_at`` is set; a later failure opens a new row. The partial unique index
-    ``ux_alerts_fingerprint_open`` enforces the rule in the database itself.
+    ``ux_alerts_fingerprint_open`` enforces the rule in the database itself. ``notified_at`` records the
+    last notification (``tasks.notify``).
     """
 
     __tablename__ = "alerts"
@@ -188,6 +189,9 @@ class Alert(Base):
     last_seen: Mapped[datetime] = mapped_column(UTCDateTime())
     count: Mapped[int] = mapped_column(Integer, default=1)
     resolved_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    notified_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    """When a notification of this alert was last claimed (:func:`models.queries.claim_notifications`):
+    ``NULL`` = never notified; ``< resolved_at`` = its resolution is still to be sent."""
 
     __table_args__ = (
         CheckConstraint(_in("severity", Severity), name="severity"),

@@ -2,7 +2,8 @@
 
 ``aml.health.check`` runs the six checks (:func:`aml.health.monitor.run_health`), then in the
 catalog: raises or refreshes one open alert per failing fingerprint (store + agent + check),
-resolves the open alerts whose check passed, and records the run's metric samples.
+resolves the open alerts whose check passed, and records the run's metric samples; then the alerts that
+fired or resolved are notified (:mod:`tasks.notify`).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from aml.health.monitor import run_health
 from models import queries
 from tasks.backup_evidence import backup_evidence
 from tasks.base import AmlTask, Catalog, normalize_store, run_operation, store_path
+from tasks.notify import notify_store
 from workers.app import get_settings
 
 
@@ -83,13 +85,17 @@ def check(self: Task, store: str, lookup_sample: int = 50) -> dict[str, Any]:
         lookup_sample: number of record lookups the performance probe times.
 
     Returns:
-        ``{"report": <seeds' JSON report>, "status", "task_run_id", ...}``; ``report["status_code"]``
-        is the CLI exit code (0 healthy, 1 warning, 2 critical).
+        ``{"report": <seeds' JSON report>, "status", "task_run_id", "notifications", ...}``;
+        ``report["status_code"]`` is the CLI exit code (0 healthy, 1 warning, 2 critical);
+        ``notifications`` summarises the alerts pushed (:func:`tasks.notify.notify_store`).
     """
     store_id = normalize_store(store)
-    return run_operation(task_id=self.request.id, operation="health", store=store_id,
-                         arguments={"store": store, "lookup_sample": lookup_sample},
-                         body=health_body(store_id, lookup_sample))
+    result = run_operation(task_id=self.request.id, operation="health", store=store_id,
+                           arguments={"store": store, "lookup_sample": lookup_sample},
+                           body=health_body(store_id, lookup_sample))
+    # after the run's transactions: alerts that fired or resolved are pushed (never raises)
+    result["notifications"] = notify_store(store_id, eager=bool(self.request.is_eager))
+    return result
 
 
 @shared_task(base=AmlTask, bind=True, name="aml.health.alerts")

@@ -29,6 +29,7 @@ from aml.trace.timeseries import append as append_timeseries
 from models import queries
 from models.tables import TaskRun
 from tasks.base import AmlTask, Catalog, normalize_store, run_operation
+from tasks.notify import notify_store
 from tasks.progress import task_progress
 from workers.app import get_settings
 from workers.settings import Settings
@@ -107,7 +108,8 @@ def run(self: Task, store: str, pattern: str | None = None, sample: int | None =
     Returns:
         ``{"report": <trace report>, "recorded": {"alerts_raised", "alerts_resolved", "samples"},
         "timeseries": <log path>, "status", "task_run_id", ...}``; status ``warning`` when anomalies were
-        found or the trace is partial.
+        found or the trace is partial; ``notifications`` summarises the alerts pushed
+        (:func:`tasks.notify.notify_store`).
 
     Raises:
         ValueError: ``store`` is a URL that is not a Redis URL.
@@ -138,8 +140,10 @@ def run(self: Task, store: str, pattern: str | None = None, sample: int | None =
                 "status": "warning" if warn else "success"}
 
     arguments = {"store": store_id, "pattern": pattern, "sample": sample, "families": families, "sniff": sniff}
-    return run_operation(task_id=self.request.id, operation="trace", store=store_id, arguments=arguments,
-                         body=body)
+    result = run_operation(task_id=self.request.id, operation="trace", store=store_id, arguments=arguments,
+                           body=body)
+    result["notifications"] = notify_store(store_id, eager=bool(self.request.is_eager))  # never raises
+    return result
 
 
 def _clean_snapshot_path(settings: Settings, store_id: str) -> Path:

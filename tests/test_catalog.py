@@ -58,7 +58,7 @@ def _tables(url: str) -> set[str]:
 def test_upgrade_downgrade_upgrade(db_url: str) -> None:
     assert catalog.current_revision(db_url) is None
     catalog.upgrade(db_url)
-    assert catalog.current_revision(db_url) == catalog.head_revision() == "0003"
+    assert catalog.current_revision(db_url) == catalog.head_revision() == "0004"
     assert _tables(db_url) >= CATALOG_TABLES
 
     catalog.downgrade(db_url, "base")
@@ -158,7 +158,7 @@ def test_alembic_config_works_from_any_directory(tmp_path: Path, monkeypatch: py
     monkeypatch.chdir(tmp_path)
     cfg = catalog.alembic_config("sqlite://")
     assert Path(str(cfg.get_main_option("script_location"))) == REPO / "models" / "migrations"
-    assert catalog.head_revision() == "0003"
+    assert catalog.head_revision() == "0004"
 
 
 def test_top_level_alembic_is_the_shipped_migrations() -> None:

@@ -6,7 +6,7 @@ The one module that builds an app at import is the entry module :mod:`workers.ma
 Configuration follows DESIGN.md (Runtime): JSON only (pickle refused), late acks with
 ``task_reject_on_worker_lost`` so a killed worker's task is redelivered, prefetch 1, per-operation
 soft/hard time limits kept below the Redis ``visibility_timeout``, and two queues: ``heavy`` (backup,
-compress, migrate, prune) and ``fast`` (health, trace, verify), each bound to its own direct exchange,
+compress, migrate, prune) and ``fast`` (health, trace, verify, notify), each bound to its own direct exchange,
 plus Celery's default queue ``celery``, which every aml worker also consumes: a message sent by name
 from a plain Celery process (``send_task("aml.health.check", ...)`` without ``queue=``) lands there.
 """
@@ -22,7 +22,7 @@ from beat_schedule import beat_schedule
 from workers.settings import Settings, load_settings
 
 HEAVY_OPERATIONS = ("backup", "compress", "migrate", "prune")
-FAST_OPERATIONS = ("health", "trace", "verify", "catalog")
+FAST_OPERATIONS = ("health", "trace", "verify", "catalog", "notify")
 
 TIME_LIMITS: dict[str, tuple[int, int]] = {
     "backup": (6 * 3600, 6 * 3600 + 300),
@@ -33,12 +33,13 @@ TIME_LIMITS: dict[str, tuple[int, int]] = {
     "trace": (15 * 60, 15 * 60 + 60),
     "verify": (6 * 3600, 6 * 3600 + 300),
     "catalog": (15 * 60, 15 * 60 + 60),
+    "notify": (60, 90),
 }
 """operation -> (soft, hard) time limit in seconds. The hard limits stay below the default Redis
 visibility timeout (12 h), as Celery's Redis transport documentation requires for late acks."""
 
 TASK_MODULES = ["tasks.health", "tasks.backup", "tasks.verify", "tasks.compress", "tasks.query", "tasks.prune",
-                "tasks.migrate", "tasks.catalog", "tasks.trace", "tasks.keyspace"]
+                "tasks.migrate", "tasks.catalog", "tasks.trace", "tasks.keyspace", "tasks.notify"]
 """Modules holding the Celery tasks (imported by workers; the CLI imports them directly)."""
 
 

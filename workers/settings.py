@@ -10,11 +10,12 @@ visibility timeout must exceed the longest task; 12 h here).
 from __future__ import annotations
 
 import dataclasses
+import socket
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any
 
-from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, PydanticBaseSettingsSource, SettingsConfigDict
 
 from aml.health.thresholds import Thresholds
@@ -32,6 +33,13 @@ DERIVED_DEFAULTS: dict[str, str] = {
     "beat_schedule": "empty",
     "backup_root": "<store>/../memory-backup",
     "session_limits": "empty",
+    "alertmanager_url": "empty",
+    "alert_webhook_url": "empty",
+    "alert_webhook_token": "empty",
+    "smtp_url": "empty",
+    "alert_email_to": "empty",
+    "alert_email_from": "aml@<hostname>",
+    "alert_generator_url": "aml://<hostname>",
 }
 """How the README states the defaults that depend on other settings (the rest print as their value)."""
 
@@ -103,6 +111,24 @@ class Settings(BaseSettings):
     session_limits: str = Field("", description="prune: Aitor session limits, `;`-separated `[AGENT:]MESSAGES/"
                                 "TOOLS/STEPS` or `NAME=COUNT,...`, e.g. `150/40/120; SupportBot:2000/2000/2000` "
                                 "(below `--limits` and a session's `<id>.limits.json`), counts")
+    alertmanager_url: str = Field("", description="notify: Alertmanager base URL; alerts are POSTed to "
+                                  "`/api/v2/alerts` on firing and resolution")
+    alert_webhook_url: str = Field("", description="notify: URL receiving a JSON POST (Alertmanager's webhook "
+                                   "body, version 4) on firing and resolution")
+    alert_webhook_token: SecretStr = Field(SecretStr(""), description="notify: bearer token sent to the "
+                                           "webhook (never logged or recorded)")
+    smtp_url: SecretStr = Field(SecretStr(""), description="notify: mail server, `smtp://[user:pass@]host[:port]` "
+                                "(STARTTLS when offered) or `smtps://` (TLS)")
+    alert_email_to: Annotated[tuple[str, ...], NoDecode] = Field(
+        (), description="notify: comma-separated e-mail recipients (with `AML_SMTP_URL`)")
+    alert_email_from: str = Field("", description="notify: sender address of alert e-mails")
+    alert_generator_url: str = Field("", description="notify: base of each alert's `generatorURL` "
+                                     "(`<base>/alerts/<fingerprint>`)")
+    alert_repeat_interval: float = Field(14400.0, gt=0, description="notify: seconds between two notifications "
+                                         "of an alert still firing (Alertmanager's `repeat_interval`, 4 h)")
+    alert_timeout: float = Field(5.0, gt=0, description="notify: timeout of one delivery attempt, seconds")
+    alert_retries: int = Field(5, ge=0, description="notify: retries of a failed delivery on a worker "
+                               "(exponential backoff, full jitter)")
 
     @field_validator("home", mode="after")
     @classmethod
@@ -117,7 +143,7 @@ class Settings(BaseSettings):
             return value
         raise ValueError("must be a redis://, rediss:// or unix:// URL, or `none` (the store's flock alone)")
 
-    @field_validator("stores", "trace_families", mode="before")
+    @field_validator("stores", "trace_families", "alert_email_to", mode="before")
     @classmethod
     def _split_stores(cls, value: Any) -> Any:
         if isinstance(value, str):
@@ -152,6 +178,9 @@ class Settings(BaseSettings):
                 else "none"
         if data.get("backup_root") == "":
             data["backup_root"] = None
+        host = socket.gethostname() or "localhost"
+        data.setdefault("alert_email_from", f"aml@{host}")
+        data.setdefault("alert_generator_url", f"aml://{host}")
         return data
 
     @property
