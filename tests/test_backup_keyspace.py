@@ -24,7 +24,7 @@ from aml.backup.keyspace import KeyspaceUnavailable, create_keyspace_snapshot, k
 from aml.backup.keyspace_restore import restore_keyspace
 from aml.backup.pack import pack_path
 from tests.fixtures_runtime import REPO, start_redis_server
-from tests.trace_helpers import load_amaos
+from tests.trace_helpers import assert_same_keyspace, fresh_db, keyspace_state, load_amaos
 from workers.settings import Settings
 
 
@@ -36,43 +36,12 @@ def port(tmp_path_factory: pytest.TempPathFactory) -> Iterator[int]:
     proc.wait()
 
 
-def _db(port: int, db: int) -> redis.Redis:
-    client = redis.Redis(port=port, db=db)
-    client.flushdb()  # a database of this module's own private server
-    return client
 
 
-def _value(client: redis.Redis, key: bytes, kind: object) -> object:
-    if kind == b"string":
-        return client.get(key)
-    if kind == b"hash":
-        return client.hgetall(key)
-    if kind == b"list":
-        return client.lrange(key, 0, -1)
-    if kind == b"set":
-        return client.smembers(key)
-    if kind == b"zset":
-        return client.zrange(key, 0, -1, withscores=True)
-    return client.xrange(key)
 
 
-def _state(client: redis.Redis) -> dict[bytes, tuple[object, object, int]]:
-    """Every key: (type, its whole value, absolute expiry in Unix ms or -1)."""
-    out: dict[bytes, tuple[object, object, int]] = {}
-    for key in client.scan_iter(count=1000):
-        pttl = int(client.pttl(key))
-        kind = client.type(key)
-        out[key] = (kind, _value(client, key, kind), -1 if pttl < 0 else int(time.time() * 1000) + pttl)
-    return out
 
 
-def _same(before: dict[bytes, tuple[object, object, int]], after: dict[bytes, tuple[object, object, int]]) -> None:
-    assert set(after) == set(before)
-    for key, (kind, value, expire) in before.items():
-        akind, avalue, aexpire = after[key]
-        assert (akind, avalue) == (kind, value), key
-        assert (expire == -1) == (aexpire == -1), key
-        assert abs(aexpire - expire) <= 1000, key  # TTL within a second
 
 
 PICKLED = pickle.dumps({"memory": [1, 2.5, "é"], "bytes": b"\x00\xff"}, protocol=5)
@@ -110,9 +79,9 @@ def test_key_paths_are_reversible_and_safe() -> None:
 
 
 def test_every_type_round_trips_byte_exact_with_ttls(port: int, tmp_path: Path) -> None:
-    client = _db(port, 1)
+    client = fresh_db(port, 1)
     _all_types(client)
-    before = _state(client)
+    before = keyspace_state(client)
     repo = tmp_path / "repo"
     snap = create_keyspace_snapshot(client, repo, source=f"redis://127.0.0.1:{port}/1")
     assert snap.keys == len(before) == 13 and snap.backup_type == "full"
@@ -122,15 +91,15 @@ def test_every_type_round_trips_byte_exact_with_ttls(port: int, tmp_path: Path) 
     report = restore_keyspace(repo, snap.backup_id, client, pre_restore=tmp_path / "pre.json")
     assert report["written"] == 13 and report["overwritten"] == 0 and report["ok"]
     assert report["pre_restore"] is None  # nothing was overwritten
-    _same(before, _state(client))
+    assert_same_keyspace(keyspace_state(client), before)
     assert client.get(b"str:pickle") == PICKLED and client.hget(b"hash:1", b"\x80bin") == PICKLED
     assert check(repo, read_data=True).ok
 
 
 def test_the_amaos_keyspace_round_trips(port: int, tmp_path: Path) -> None:
-    client = _db(port, 2)
+    client = fresh_db(port, 2)
     assert load_amaos(client) == 4297
-    before = _state(client)
+    before = keyspace_state(client)
     repo = tmp_path / "repo"
     snap = create_keyspace_snapshot(client, repo, source=f"redis://127.0.0.1:{port}/2")
     assert snap.keys == 4297 and snap.keys_with_expiry == sum(1 for v in before.values() if v[2] != -1)
@@ -139,14 +108,14 @@ def test_the_amaos_keyspace_round_trips(port: int, tmp_path: Path) -> None:
     client.flushdb()
     report = restore_keyspace(repo, snap.backup_id, client)
     assert report["written"] == 4297 and report["expired_skipped"] == 0
-    after = _state(client)
-    _same(before, after)
+    after = keyspace_state(client)
+    assert_same_keyspace(after, before)
     pickles = [k for k, v in before.items() if isinstance(v[1], bytes) and v[1][:1] == b"\x80"]
     assert pickles and all(after[k][1] == before[k][1] for k in pickles)
 
 
 def test_an_incremental_snapshot_stores_only_what_changed(port: int, tmp_path: Path) -> None:
-    client = _db(port, 3)
+    client = fresh_db(port, 3)
     rng = random.Random(7)
     pipe = client.pipeline(transaction=False)
     for i in range(5000):
@@ -174,7 +143,7 @@ def test_an_incremental_snapshot_stores_only_what_changed(port: int, tmp_path: P
 
 
 def test_verify_read_data_names_a_flipped_pack_byte(port: int, tmp_path: Path) -> None:
-    client = _db(port, 4)
+    client = fresh_db(port, 4)
     for i in range(300):
         client.set(f"k:{i}", json.dumps({"i": i, "pad": "x" * i}))
     repo = tmp_path / "repo"
@@ -198,7 +167,7 @@ def test_verify_read_data_names_a_flipped_pack_byte(port: int, tmp_path: Path) -
 
 
 def test_restore_pattern_dry_run_and_pre_restore_export(port: int, tmp_path: Path) -> None:
-    client = _db(port, 5)
+    client = fresh_db(port, 5)
     for i in range(40):
         client.set(f"user:{i}", f"v{i}")
     repo = tmp_path / "repo"
@@ -221,8 +190,8 @@ def test_restore_pattern_dry_run_and_pre_restore_export(port: int, tmp_path: Pat
 
 
 def test_restore_into_another_database_and_expired_keys_are_skipped(port: int, tmp_path: Path) -> None:
-    source = _db(port, 6)
-    target = _db(port, 7)
+    source = fresh_db(port, 6)
+    target = fresh_db(port, 7)
     for i in range(20):
         source.set(f"s:{i}", i, ex=3600)
     source.set("short", "lived", px=300)
@@ -276,7 +245,7 @@ def test_tasks_record_the_snapshot_and_use_the_keyspace_repository(aml_settings:
     from tasks import backup, verify
     from workers.catalog import session_scope
 
-    client = _db(port, 8)
+    client = fresh_db(port, 8)
     for i in range(50):
         client.set(f"t:{i}", i)
     url = f"redis://127.0.0.1:{port}/8"
@@ -298,7 +267,7 @@ def test_tasks_record_the_snapshot_and_use_the_keyspace_repository(aml_settings:
 
 
 def test_cli_create_list_verify_restore(port: int, tmp_path: Path) -> None:
-    client = _db(port, 9)
+    client = fresh_db(port, 9)
     for i in range(30):
         client.set(f"c:{i}", PICKLED + str(i).encode(), ex=600)
     url = f"redis://127.0.0.1:{port}/9"
@@ -315,7 +284,7 @@ def test_cli_create_list_verify_restore(port: int, tmp_path: Path) -> None:
     assert listed.returncode == 0 and backup_id in listed.stdout, listed.stderr
     verified = aml("verify", "--read-data")
     assert verified.returncode == 0 and "success" in verified.stdout, verified.stdout + verified.stderr
-    other = _db(port, 10)
+    other = fresh_db(port, 10)
     restored = aml("restore", "--backup-id", backup_id, "--target", f"redis://127.0.0.1:{port}/10", "--pattern",
                    "c:1*")
     assert restored.returncode == 0 and "wrote 11 keys" in restored.stdout, restored.stdout + restored.stderr

@@ -20,7 +20,7 @@ from aml.trace.keyspace import (
     read_keyspace_file,
     write_entries,
 )
-from tests.trace_helpers import AMAOS_RDB, load_amaos
+from tests.trace_helpers import AMAOS_RDB, assert_same_keyspace, fresh_db, keyspace_state, load_amaos
 
 
 @pytest.fixture(scope="module")
@@ -28,42 +28,12 @@ def port(private_redis_port: int) -> int:
     return private_redis_port
 
 
-def _db(port: int, db: int) -> redis.Redis:
-    client = redis.Redis(port=port, db=db)
-    client.flushdb()  # a database of the test's own private server
-    return client
 
 
-def _value(client: redis.Redis, key: bytes, kind: bytes) -> object:
-    if kind == b"string":
-        return client.get(key)
-    if kind == b"hash":
-        return client.hgetall(key)
-    if kind == b"list":
-        return client.lrange(key, 0, -1)
-    if kind == b"set":
-        return client.smembers(key)
-    if kind == b"zset":
-        return client.zrange(key, 0, -1, withscores=True)
-    return client.xrange(key)
 
 
-def _state(client: redis.Redis) -> dict[bytes, tuple[bytes, object, int]]:
-    """Every key: (type, its whole value, its absolute expiry time in Unix milliseconds or -1). Values compared
-    logically: a DUMP of a hashtable-encoded hash depends on its insertion order."""
-    out = {}
-    for key in client.scan_iter(count=1000):
-        pttl = int(client.pttl(key))
-        kind = client.type(key)
-        out[key] = (kind, _value(client, key, kind), -1 if pttl < 0 else int(time.time() * 1000) + pttl)
-    return out
 
 
-def assert_same(after: dict, before: dict) -> None:
-    """Same keys, types and values; expiry times within a second."""
-    assert {k: v[:2] for k, v in after.items()} == {k: v[:2] for k, v in before.items()}
-    drift = {k: (before[k][2], after[k][2]) for k in before if abs(after[k][2] - before[k][2]) > 1000}
-    assert not drift, list(drift.items())[:5]
 
 
 def _changes(client: redis.Redis) -> int:
@@ -88,7 +58,7 @@ def _fill_all_types(client: redis.Redis) -> None:
 
 
 def test_export_import_round_trip_of_every_type(port: int, tmp_path: Path) -> None:
-    src, dst = _db(port, 2), _db(port, 3)
+    src, dst = fresh_db(port, 2), fresh_db(port, 3)
     _fill_all_types(src)
     result = export_keyspace(src, tmp_path / "snap.json", source="test")
     assert result.keys == src.dbsize() and set(result.types) == {"string", "hash", "list", "set", "zset", "stream"}
@@ -97,26 +67,26 @@ def test_export_import_round_trip_of_every_type(port: int, tmp_path: Path) -> No
     _header, entries = read_keyspace_file(tmp_path / "snap.json")
     report = import_entries(dst, entries)
     assert report["written"] == result.keys and report["overwritten"] == 0
-    assert_same(_state(dst), _state(src))
+    assert_same_keyspace(keyspace_state(dst), keyspace_state(src))
     assert dst.get("s:pickle") == src.get("s:pickle")  # byte-identical, never unpickled
 
 
 def test_amaos_keyspace_snapshot_flush_restore_is_exact(port: int, tmp_path: Path) -> None:
     if not AMAOS_RDB.exists():
         pytest.skip("shared AMAOS data not found")
-    client = _db(port, 4)
+    client = fresh_db(port, 4)
     load_amaos(client)
-    before = _state(client)
+    before = keyspace_state(client)
     export_keyspace(client, tmp_path / "amaos.json")
     client.flushdb()  # the test's own database
     _header, entries = read_keyspace_file(tmp_path / "amaos.json")
     report = import_entries(client, entries)
     assert report["written"] == len(before) == 4297
-    assert_same(_state(client), before)
+    assert_same_keyspace(keyspace_state(client), before)
 
 
 def test_expired_entries_are_skipped_and_counted(port: int, tmp_path: Path) -> None:
-    client = _db(port, 5)
+    client = fresh_db(port, 5)
     now = int(time.time() * 1000)
     entries = [Entry(b"old", "string", b"x", now - 1000), Entry(b"new", "string", b"y", now + 60_000),
                Entry(b"forever", "string", b"z", None)]
@@ -126,7 +96,7 @@ def test_expired_entries_are_skipped_and_counted(port: int, tmp_path: Path) -> N
 
 
 def test_restore_over_existing_keys_saves_them_first_and_dry_run_writes_nothing(port: int, tmp_path: Path) -> None:
-    client = _db(port, 6)
+    client = fresh_db(port, 6)
     client.set("a", "new a")
     client.rpush("b", "1", "2")
     client.set("untouched", "u")
@@ -144,7 +114,7 @@ def test_restore_over_existing_keys_saves_them_first_and_dry_run_writes_nothing(
 
 
 def test_restore_only_a_pattern(port: int) -> None:
-    client = _db(port, 7)
+    client = fresh_db(port, 7)
     entries = [Entry(b"agent:1", "string", b"x"), Entry(b"other:1", "string", b"y")]
     report = import_entries(client, entries, match="agent:*")
     assert (report["written"], report["filtered"]) == (1, 1) and client.keys() == [b"agent:1"]
@@ -181,7 +151,7 @@ _entry = st.one_of(
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(data=st.dictionaries(_nonempty, _entry, min_size=1, max_size=8))
 def test_any_keyspace_round_trips_through_the_json_file(port: int, tmp_path: Path, data: dict) -> None:
-    src, dst = _db(port, 8), _db(port, 9)
+    src, dst = fresh_db(port, 8), fresh_db(port, 9)
     for key, (kind, value) in data.items():
         if kind == "string":
             src.set(key, value)
@@ -195,30 +165,30 @@ def test_any_keyspace_round_trips_through_the_json_file(port: int, tmp_path: Pat
             src.zadd(key, value)
     export_keyspace(src, tmp_path / "p.json")
     import_entries(dst, read_keyspace_file(tmp_path / "p.json")[1])
-    assert_same(_state(dst), _state(src))
+    assert_same_keyspace(keyspace_state(dst), keyspace_state(src))
 
 
 def test_clean_then_undo_is_exact(port: int, tmp_path: Path) -> None:
-    client = _db(port, 10)
+    client = fresh_db(port, 10)
     _fill_all_types(client)
     for i in range(1200):  # more than one batch
         client.set(f"agent:{i}:scratch", f"v{i}", ex=3600 if i % 2 else None)
     client.set("keep:me", "k")
-    before = _state(client)
+    before = keyspace_state(client)
     result = clean(client, CleanCriteria("agent:*"), tmp_path / "clean.json", source="test")
     assert result["removed"] == result["selected"] == 1200 and result["snapshot"]
     assert client.get("keep:me") == b"k" and not list(client.scan_iter(match="agent:*"))
     client.set("agent:7:scratch", "written again since")  # a key created again is left alone by undo
     undone = undo_clean(client, tmp_path / "clean.json")
     assert undone["written"] == 1199 and undone["existing_skipped"] == 1
-    after = _state(client)
+    after = keyspace_state(client)
     assert client.get("agent:7:scratch") == b"written again since"
     del before[b"agent:7:scratch"], after[b"agent:7:scratch"]
-    assert_same(after, before)
+    assert_same_keyspace(after, before)
 
 
 def test_clean_criteria_select_what_they_say(port: int, tmp_path: Path) -> None:
-    client = _db(port, 11)
+    client = fresh_db(port, 11)
     client.set("job:persistent", "p")
     client.set("job:ttl", "t", ex=3600)
     client.set("job:expiring", "e", px=900)
@@ -236,7 +206,7 @@ def test_clean_criteria_select_what_they_say(port: int, tmp_path: Path) -> None:
 
 
 def test_clean_with_an_unwritable_snapshot_removes_nothing(port: int, tmp_path: Path) -> None:
-    client = _db(port, 12)
+    client = fresh_db(port, 12)
     client.set("agent:1", "x")
     with pytest.raises(OSError):
         clean(client, CleanCriteria("agent:*"), tmp_path / "no-such-dir" / "snap.json")

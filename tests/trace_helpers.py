@@ -5,6 +5,7 @@ and long past)."""
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 from typing import Any
 
@@ -45,3 +46,49 @@ def load_amaos(client: redis.Redis, rdb_path: Path = AMAOS_RDB) -> int:
         written += 1
     pipe.execute()
     return written
+
+
+KeyspaceState = dict[bytes, tuple[object, object, int]]
+"""key -> (type, its whole value, its absolute expiry time in Unix milliseconds or -1)."""
+
+
+def fresh_db(port: int, db: int) -> redis.Redis:
+    """A client on database ``db`` of the test's own private server, emptied first."""
+    client = redis.Redis(port=port, db=db)
+    client.flushdb()  # a database of the test's own private server, never a shared one
+    return client
+
+
+def _value(client: redis.Redis, key: bytes, kind: object) -> object:
+    if kind == b"string":
+        return client.get(key)
+    if kind == b"hash":
+        return client.hgetall(key)
+    if kind == b"list":
+        return client.lrange(key, 0, -1)
+    if kind == b"set":
+        return client.smembers(key)
+    if kind == b"zset":
+        return client.zrange(key, 0, -1, withscores=True)
+    return client.xrange(key)
+
+
+def keyspace_state(client: redis.Redis) -> KeyspaceState:
+    """Every key of the client's database with its type, value and absolute expiry. Values are compared
+    logically: a DUMP of a hashtable-encoded hash depends on its insertion order."""
+    out: KeyspaceState = {}
+    for key in client.scan_iter(count=1000):
+        pttl = int(client.pttl(key))
+        kind = client.type(key)
+        out[key] = (kind, _value(client, key, kind), -1 if pttl < 0 else int(time.time() * 1000) + pttl)
+    return out
+
+
+def assert_same_keyspace(after: KeyspaceState, before: KeyspaceState) -> None:
+    """Same keys, types and values; expiry times within a second (none stays none)."""
+    assert set(after) == set(before)
+    for key, (kind, value, expire) in before.items():
+        akind, avalue, aexpire = after[key]
+        assert (akind, avalue) == (kind, value), key
+        assert (expire == -1) == (aexpire == -1), key
+        assert abs(aexpire - expire) <= 1000, key
