@@ -25,7 +25,7 @@ from aml.backup import (
     restore,
     rotate,
 )
-from aml.store.timestamps import parse_timestamp
+from aml.store.timestamps import parse_timestamp, utc_iso_z
 from models import queries
 from tasks import keyspace as keyspace_tasks
 from tasks.base import AmlTask, Catalog, run_operation, store_path
@@ -110,7 +110,7 @@ def list_(self: Task, store: str) -> dict[str, Any]:
             row = rows.get(info.backup_id)
             d["stored_size_bytes"] = row.stored_size_bytes if row else None
             d["verify_status"] = row.verify_status if row else None
-            d["verified_at"] = row.verified_at.isoformat().replace("+00:00", "Z") if row and row.verified_at else None
+            d["verified_at"] = utc_iso_z(row.verified_at) if row and row.verified_at else None
             out.append(d)
     return {"repository": str(repo.path), "store": store_id, "snapshots": out, "damaged": damaged}
 

@@ -48,6 +48,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from aml.store.timestamps import utc_iso_z
+
 __all__ = ["KIB", "SEED_ROLES", "analyze_memory_usage", "memory_export"]
 
 KIB = 1024
@@ -252,7 +254,7 @@ def analyze_memory_usage(memory: Any) -> dict[str, Any]:
         "tools": _tool_stats(executions),
         "reasoning": {"total_steps": len(steps), "step_distribution": dict(distribution)},
         "memory_size": memory_size,
-        "analysis_timestamp": datetime.now(UTC).isoformat().replace("+00:00", "Z"),
+        "analysis_timestamp": utc_iso_z(datetime.now(UTC)),
         "session": {k: _text(_field(data, k)) or None
                     for k in ("session_id", "agent_name", "created_at", "last_updated")},
     }

@@ -1,4 +1,7 @@
-"""Small helpers shared by the backup modules: time formatting, canonical JSON, hashing."""
+"""Small helpers shared by the backup modules: canonical JSON, hashing, host name.
+
+Times are formatted and parsed by :mod:`aml.store.timestamps` (``utc_iso_z``, ``require_timestamp``).
+"""
 
 from __future__ import annotations
 
@@ -6,7 +9,6 @@ import hashlib
 import json
 import os
 import socket
-from datetime import UTC, datetime
 from typing import Any
 
 from aml.store.atomic import TMP_PREFIX
@@ -15,52 +17,8 @@ __all__ = [
     "TMP_PREFIX",
     "canonical_json",
     "hostname",
-    "iso_z",
-    "parse_time",
     "sha256_hex",
 ]
-
-
-def iso_z(when: datetime) -> str:
-    """Format an instant as ISO 8601 UTC with a ``Z`` suffix and microseconds when non-zero.
-
-    Args:
-        when: aware datetime (naive values are taken as UTC).
-
-    Returns:
-        e.g. ``"2026-11-22T10:48:19.384477Z"`` or ``"2026-11-22T10:48:19Z"``.
-    """
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=UTC)
-    when = when.astimezone(UTC)
-    text = when.strftime("%Y-%m-%dT%H:%M:%S")
-    if when.microsecond:
-        text += f".{when.microsecond:06d}"
-    return text + "Z"
-
-
-def parse_time(value: str | int | float | datetime) -> datetime:
-    """Parse a timestamp in any form the origin systems write and return an aware UTC datetime.
-
-    Accepts ``...Z``, ``+00:00`` offsets, naive ISO (taken as UTC), and epoch seconds or milliseconds
-    (numbers above 10**11 are milliseconds).
-
-    Raises:
-        ValueError: if the value is not a timestamp.
-    """
-    if isinstance(value, datetime):
-        dt = value
-    elif isinstance(value, int | float):
-        seconds = value / 1000.0 if abs(value) > 1e11 else float(value)
-        dt = datetime.fromtimestamp(seconds, UTC)
-    else:
-        text = value.strip()
-        if text.endswith(("Z", "z")):
-            text = text[:-1] + "+00:00"
-        dt = datetime.fromisoformat(text)
-    if dt.tzinfo is None:
-        dt = dt.replace(tzinfo=UTC)
-    return dt.astimezone(UTC)
 
 
 def canonical_json(obj: Any) -> bytes:

@@ -28,8 +28,9 @@ import zstandard
 
 from aml.store.atomic import atomic_write
 from aml.store.documents import AGENT_FILES, base_name, read_document
+from aml.store.timestamps import require_timestamp, utc_iso_z
 
-from ._common import TMP_PREFIX, hostname, iso_z, parse_time
+from ._common import TMP_PREFIX, hostname
 from ._fs import DirFds, open_root
 from .errors import BackupError, CorruptionError, SnapshotNotFound
 from .index import load_index, write_index
@@ -428,7 +429,7 @@ def create_snapshot(
         raise BackupError(f"store {source!r} is not a directory")
     tags = [str(t) for t in tags]
     with repo.lock(exclusive=False, operation="backup", wait=lock_wait) as lock:
-        start = datetime.now(UTC) if snapshot_time is None else parse_time(snapshot_time)
+        start = datetime.now(UTC) if snapshot_time is None else require_timestamp(snapshot_time)
         parent_m = _find_parent(repo, parent, source) if incremental else None
         backup_type = "incremental" if parent_m is not None else "full"
         index = load_index(root, strict=False, include_damaged=False)
@@ -651,7 +652,7 @@ def create_snapshot(
         backup_id=backup_id,
         backup_type=backup_type,
         parent_backup_id=m.parent_backup_id,
-        time=iso_z(start),
+        time=utc_iso_z(start),
         source_path=source,
         repository=str(root),
         file_count=len(table),

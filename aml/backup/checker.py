@@ -33,8 +33,9 @@ from typing import Any
 import zstandard
 
 from aml.store.atomic import atomic_write
+from aml.store.timestamps import utc_iso_z
 
-from ._common import TMP_PREFIX, iso_z
+from ._common import TMP_PREFIX
 from .errors import BackupError, CorruptionError, SnapshotNotFound, UnsafePathError
 from .index import list_pack_ids, load_index
 from .manifest import Manifest, load_body, read_header
@@ -377,7 +378,7 @@ def check(
             rep = Reporter(progress, "check")
             rep.state.files_total = sum(len(index.pack_entries[p]) for p in chosen)
             rep.state.bytes_total = sum(index.packs[p] for p in chosen)
-            now = iso_z(datetime.now(UTC))
+            now = utc_iso_z(datetime.now(UTC))
             for pack_id, outcome in zip(chosen, jobs, strict=True):
                 loc = f"packs/{pack_id[:2]}/{pack_id}"
                 if outcome.error:

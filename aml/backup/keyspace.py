@@ -42,9 +42,10 @@ from datetime import UTC, datetime
 import redis
 import redis.exceptions
 
+from aml.store.timestamps import require_timestamp, utc_iso_z
 from aml.trace.keyspace import Entry, scan_entries
 
-from ._common import hostname, iso_z, parse_time
+from ._common import hostname
 from .archiver import SnapshotResult, _find_parent, _taken_names
 from .errors import BackupError
 from .index import load_index, write_index
@@ -195,7 +196,7 @@ def create_keyspace_snapshot(
     cfg, root = repo.config, repo.path
     tags = [str(t) for t in tags]
     with repo.lock(exclusive=False, operation="backup", wait=lock_wait) as lock:
-        start = datetime.now(UTC) if snapshot_time is None else parse_time(snapshot_time)
+        start = datetime.now(UTC) if snapshot_time is None else require_timestamp(snapshot_time)
         parent_m = _find_parent(repo, parent, source) if incremental else None
         prev: dict[str, str] = {}
         if parent_m is not None and parent_m.files is not None:
@@ -268,7 +269,7 @@ def create_keyspace_snapshot(
         backup_id = write_manifest(root, m, taken=_taken_names(repo).__contains__)
         update_summary(root, add=[summary_entry(root, m)])
     return KeyspaceSnapshotResult(
-        backup_id=backup_id, backup_type=backup_type, parent_backup_id=m.parent_backup_id, time=iso_z(start),
+        backup_id=backup_id, backup_type=backup_type, parent_backup_id=m.parent_backup_id, time=utc_iso_z(start),
         source_path=source, repository=str(root), file_count=len(table), dir_count=0, total_size_bytes=total,
         files_read=len(rows), bytes_read=total, files_unchanged=unchanged, objects_added=len(added),
         bytes_added=bytes_added, stored_bytes=stored_bytes, packs_written=len(packs), index_id=index_id,

@@ -20,9 +20,9 @@ from typing import Any
 
 import redis
 
+from aml.store.timestamps import require_timestamp
 from aml.trace.keyspace import Entry, import_entries
 
-from ._common import parse_time
 from .errors import BackupError, CorruptionError, SnapshotNotFound
 from .index import load_index
 from .keyspace import decode_object, is_keyspace_manifest, path_to_key
@@ -127,7 +127,7 @@ def resolve_keyspace_at(repo: Repository | str | os.PathLike[str], source: str, 
     Raises:
         SnapshotNotFound: none is that old.
     """
-    instant = parse_time(when)
+    instant = require_timestamp(when)
     best = None
     for s in list_snapshots(as_repository(repo), include_legacy=False):
         if s.source_path == source and s.time <= instant and (best is None or (s.time, s.backup_id) >

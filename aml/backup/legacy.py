@@ -38,7 +38,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from ._common import parse_time
+from aml.store.timestamps import require_timestamp, utc_iso_z
+
 from .errors import BackupError, CorruptionError, SnapshotNotFound, UnsafePathError
 from .manifest import DirTable, FileTable, check_relpath
 from .repository import Repository, as_repository
@@ -90,7 +91,7 @@ class LegacyBackup:
     def to_dict(self) -> dict[str, Any]:
         """Return a JSON-ready dict."""
         d = asdict(self)
-        d["time"] = self.time.isoformat().replace("+00:00", "Z")
+        d["time"] = utc_iso_z(self.time)
         d["location"] = str(self.location)
         d["checksums"] = len(self.checksums)
         return d
@@ -129,7 +130,7 @@ def find_legacy(repo: Repository | str | os.PathLike[str]) -> list[LegacyBackup]
         if not location.is_dir():
             continue
         try:
-            when = parse_time(e["timestamp"])
+            when = require_timestamp(e["timestamp"])
         except (KeyError, ValueError, TypeError):
             continue
         out[bid] = LegacyBackup(
@@ -169,7 +170,7 @@ def find_legacy(repo: Repository | str | os.PathLike[str]) -> list[LegacyBackup]
             try:
                 meta = json.loads((root / name).read_bytes())
                 bid = str(meta["id"])
-                when = parse_time(meta["timestamp"])
+                when = require_timestamp(meta["timestamp"])
             except (ValueError, KeyError, TypeError, OSError):
                 continue
             if not _TS_ID.match(bid) or bid + ".meta.json" != name:

@@ -7,7 +7,8 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from ._common import iso_z
+from aml.store.timestamps import utc_iso_z
+
 from .errors import CorruptionError, SnapshotNotFound
 from .legacy import find_legacy
 from .manifest import read_header
@@ -54,7 +55,7 @@ class SnapshotInfo:
         return {
             "backup_id": self.backup_id,
             "backup_type": self.backup_type,
-            "time": iso_z(self.time),
+            "time": utc_iso_z(self.time),
             "parent_backup_id": self.parent_backup_id,
             "source_path": self.source_path,
             "hostname": self.hostname,

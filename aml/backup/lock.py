@@ -23,8 +23,9 @@ from pathlib import Path
 from typing import Any
 
 from aml.store.atomic import atomic_write
+from aml.store.timestamps import require_timestamp, utc_iso_z
 
-from ._common import TMP_PREFIX, hostname, iso_z, parse_time
+from ._common import TMP_PREFIX, hostname
 from .errors import LockError
 
 STALE_AFTER = 30 * 60
@@ -89,7 +90,7 @@ class RepositoryLock:
             "hostname": hostname(),
             "pid": pid,
             "pid_start": process_start_time(pid),
-            "time": iso_z(datetime.now(UTC)),
+            "time": utc_iso_z(datetime.now(UTC)),
         }
 
     def _is_stale(self, doc: dict[str, Any]) -> bool:
@@ -100,7 +101,7 @@ class RepositoryLock:
             start = doc.get("pid_start")
             return start is not None and process_start_time(pid) not in (None, start)
         try:
-            age = (datetime.now(UTC) - parse_time(doc["time"])).total_seconds()
+            age = (datetime.now(UTC) - require_timestamp(doc["time"])).total_seconds()
         except (KeyError, ValueError, TypeError):
             return False
         return age > STALE_AFTER

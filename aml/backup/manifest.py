@@ -40,8 +40,9 @@ from typing import Any
 import zstandard
 
 from aml.store.atomic import atomic_write, fsync_dir
+from aml.store.timestamps import require_timestamp, utc_iso_z
 
-from ._common import TMP_PREFIX, canonical_json, iso_z, parse_time
+from ._common import TMP_PREFIX, canonical_json
 from .errors import CorruptionError, SnapshotNotFound, UnsafePathError
 
 MANIFEST_FORMAT = "aml-snapshot"
@@ -209,8 +210,8 @@ class Manifest:
             "backup_id": self.backup_id,
             "backup_type": self.backup_type,
             "parent_backup_id": self.parent_backup_id,
-            "time": iso_z(self.time),
-            "end_time": iso_z(self.end_time) if self.end_time else None,
+            "time": utc_iso_z(self.time),
+            "end_time": utc_iso_z(self.end_time) if self.end_time else None,
             "source_path": self.source_path,
             "hostname": self.hostname,
             "tags": list(self.tags),
@@ -241,11 +242,11 @@ class Manifest:
         return cls(
             backup_id=str(doc["backup_id"]),
             backup_type=str(doc["backup_type"]),
-            time=parse_time(doc["time"]),
+            time=require_timestamp(doc["time"]),
             source_path=str(doc["source_path"]),
             hostname=str(doc.get("hostname", "")),
             parent_backup_id=doc.get("parent_backup_id"),
-            end_time=parse_time(doc["end_time"]) if doc.get("end_time") else None,
+            end_time=require_timestamp(doc["end_time"]) if doc.get("end_time") else None,
             tags=[str(t) for t in doc.get("tags", [])],
             description=doc.get("description"),
             file_count=int(doc["file_count"]),

@@ -31,8 +31,9 @@ from pathlib import Path
 from typing import Any
 
 from aml.store.atomic import atomic_write, fsync_dir
+from aml.store.timestamps import utc_iso_z
 
-from ._common import TMP_PREFIX, iso_z
+from ._common import TMP_PREFIX
 from .errors import BackupError, RepositoryFormatError, RepositoryNotFound
 from .lock import RepositoryLock
 
@@ -219,7 +220,7 @@ class Repository:
             fsync_dir(d)
         config = RepositoryConfig(
             id=uuid.uuid4().hex,
-            created=iso_z(datetime.now(UTC)),
+            created=utc_iso_z(datetime.now(UTC)),
             pack_size=pack_size,
             chunk_size=chunk_size,
             compression_level=compression_level,

@@ -881,10 +881,11 @@ def resolve_at(repo: Repository | str | os.PathLike[str], when: datetime | str) 
     Raises:
         SnapshotNotFound: no snapshot is that old.
     """
-    from ._common import parse_time
+    from aml.store.timestamps import require_timestamp
+
     from .listing import list_snapshots
 
-    instant = parse_time(when)
+    instant = require_timestamp(when)
     best = None
     for s in list_snapshots(repo):
         if s.time <= instant and (

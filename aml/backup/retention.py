@@ -51,8 +51,9 @@ from pathlib import Path
 from typing import Any
 
 from aml.store.atomic import fsync_dir
+from aml.store.timestamps import utc_iso_z
 
-from ._common import TMP_PREFIX, iso_z
+from ._common import TMP_PREFIX
 from .errors import CorruptionError, SnapshotNotFound
 from .index import list_index_ids, list_pack_ids, load_index, write_index
 from .manifest import load_body, read_header
@@ -208,7 +209,8 @@ class Decision:
 
     def to_dict(self) -> dict[str, Any]:
         """Return a JSON-ready dict."""
-        return {"backup_id": self.backup_id, "time": iso_z(self.time), "keep": self.keep, "reasons": list(self.reasons)}
+        return {"backup_id": self.backup_id, "time": utc_iso_z(self.time), "keep": self.keep,
+                "reasons": list(self.reasons)}
 
 
 @dataclass

@@ -32,8 +32,9 @@ from pathlib import Path
 from typing import Any
 
 from aml.store.atomic import atomic_write
+from aml.store.timestamps import utc_iso_z
 
-from ._common import TMP_PREFIX, iso_z
+from ._common import TMP_PREFIX
 from .errors import BackupError
 from .manifest import Manifest, read_header
 
@@ -60,7 +61,7 @@ def summary_entry(root: Path, m: Manifest) -> dict[str, Any]:
     return {
         "backup_id": m.backup_id,
         "backup_type": m.backup_type,
-        "timestamp": iso_z(m.time),
+        "timestamp": utc_iso_z(m.time),
         "source_path": m.source_path,
         "backup_path": str(root / "snapshots" / f"{m.backup_id}.json"),
         "agents": list(m.agents),

@@ -226,22 +226,50 @@ class IntegrityFailure:
     reason: str
 
 
-def check_file_integrity(failures: Sequence[IntegrityFailure], documents_read: int) -> CheckResult:
-    """``file_integrity``: every document of the store parses. Fails with severity ``error``.
+def check_file_integrity(
+    failures: Sequence[IntegrityFailure],
+    documents_read: int,
+    wrong_type: Sequence[Mapping[str, Any]] = (),
+) -> CheckResult:
+    """``file_integrity``: every document of the store parses, and its records' fields have the JSON
+    types their writer puts there.
 
-    The message counts the failures and names each file with its reason.
+    A document that does not parse fails the check with severity ``error``; the message counts the
+    failures and names each file with its reason. Fields of the wrong JSON type (an integer
+    ``lastUsed``, a ``null`` ``timestamp``, a string confidence: :func:`aml.store.accessors.wrong_types`)
+    do not make the store unreadable: alone they fail the check as a ``warning``, each named in
+    ``details["wrong_type"]`` (file, record id, field, JSON type found, expected). aml reads such a field
+    as unknown and no destructive operation acts on it.
+
+    Args:
+        failures: documents that failed to parse.
+        documents_read: documents examined.
+        wrong_type: ``{"file", "record_id", "field", "found", "expected", ...}`` per field
+            (:meth:`aml.store.Record.wrong_type_findings`).
     """
     name = "file_integrity"
+    findings = [dict(w) for w in wrong_type]
+    typed = ""
+    if findings:
+        named = "; ".join(f"{w['file']} record {w['record_id']}: {w['field']} is {w['found']} "
+                          f"(expected {w['expected']})" for w in findings[:20])
+        more_w = f" and {len(findings) - 20} more" if len(findings) > 20 else ""
+        typed = (f"{len(findings)} field(s) of the wrong type, reported and left alone: {named}{more_w}")
     if not failures:
-        return _ok(name, f"all {documents_read} documents parse", documents=documents_read)
+        if findings:
+            return _fail(name, Severity.WARNING, f"all {documents_read} documents parse; {typed}",
+                         documents=documents_read, failures=[], wrong_type=findings)
+        return _ok(name, f"all {documents_read} documents parse", documents=documents_read, wrong_type=[])
     listed = "; ".join(
         f"{f.path}: {f.reason}" + (f" (byte {f.offset})" if f.offset is not None else "") for f in failures[:20]
     )
     more = f" and {len(failures) - 20} more" if len(failures) > 20 else ""
     return _fail(
-        name, Severity.ERROR, f"{len(failures)} of {documents_read} documents do not parse: {listed}{more}",
+        name, Severity.ERROR,
+        f"{len(failures)} of {documents_read} documents do not parse: {listed}{more}" + (f"; {typed}" if typed else ""),
         documents=documents_read,
         failures=[{"path": f.path, "offset": f.offset, "reason": f.reason} for f in failures],
+        wrong_type=findings,
     )
 
 

@@ -6,6 +6,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+from aml.store.timestamps import utc_iso_z
+
 
 @dataclass(frozen=True)
 class MetricSample:
@@ -28,5 +30,5 @@ class MetricSample:
 
     def to_dict(self) -> dict[str, Any]:
         """JSON form with an ISO 8601 UTC ``time``."""
-        return {"time": self.time.isoformat().replace("+00:00", "Z"), "name": self.name, "value": self.value,
+        return {"time": utc_iso_z(self.time), "name": self.name, "value": self.value,
                 "unit": self.unit, "subject": self.subject}

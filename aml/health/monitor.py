@@ -35,6 +35,7 @@ from aml.health.metrics import MetricSample
 from aml.health.probe import probe_lookups, summarize
 from aml.health.thresholds import Thresholds
 from aml.store import Document, FileStore, ScanResult
+from aml.store.timestamps import utc_iso_z
 
 CHECK_ORDER = (
     "directory_structure",
@@ -115,7 +116,7 @@ class HealthRun:
 
         checks = self.check_passed()
         return {
-            "timestamp": self.time.isoformat().replace("+00:00", "Z"),
+            "timestamp": utc_iso_z(self.time),
             "store": self.store_id,
             "status": self.status,
             "checks": checks,
@@ -239,7 +240,8 @@ def run_health(
     results += _timed(lambda: check_index_exists(_index_evidence(root, scan), now,
                                                  max_age_hours=t.index_max_age_hours))
     results += _timed(lambda: check_recent_backup(backups, now, max_age_hours=t.backup_max_age_hours))
-    results += _timed(lambda: check_file_integrity(failures, len(scan.documents)))
+    wrong_type = [finding for record in scan.records for finding in record.wrong_type_findings()]
+    results += _timed(lambda: check_file_integrity(failures, len(scan.documents), wrong_type))
     results += _timed(lambda: check_performance(
         perf, query_warning_ms=t.query_warning_ms, query_critical_ms=t.query_critical_ms,
         cache_hit_warning=t.cache_hit_warning, cache_hit_critical=t.cache_hit_critical))

@@ -28,6 +28,8 @@ from email.utils import format_datetime, make_msgid
 from typing import Any
 from urllib.parse import quote
 
+from aml.store.timestamps import utc_iso_z
+
 ZERO_TIME = "0001-01-01T00:00:00Z"
 """How Alertmanager's webhook writes the ``endsAt`` of a firing alert (Go's zero time)."""
 
@@ -37,7 +39,7 @@ def _iso(value: datetime | None) -> str | None:
         return None
     if value.tzinfo is None:
         value = value.replace(tzinfo=UTC)
-    return value.astimezone(UTC).isoformat().replace("+00:00", "Z")
+    return utc_iso_z(value)
 
 
 def notice(alert: Any, *, now: datetime, repeat_s: float, generator_base: str) -> dict[str, Any]:

@@ -2,10 +2,13 @@
 
 ``optimize gc`` (DESIGN.md, "Compress and optimize"; the seeds' ``GarbageCollector``):
 
-* a record **missing** ``id``, ``agent`` or ``timestamp`` is removed. Missing means absent, ``null``
-  or an empty string; v2.0 items may carry their creation time as ``lifecycle.created_at`` instead
-  of ``timestamp`` (read through :mod:`aml.store.accessors`). A timestamp that is present but does
-  not parse is reported (``bad_timestamp``), not removed;
+* a record **missing** ``id``, ``agent`` or ``timestamp`` is removed. For ``id`` and ``agent``
+  missing means absent, ``null`` or an empty string; for the time it means that neither
+  ``timestamp`` nor ``lifecycle.created_at`` (v2.0 items may carry their creation time there) is
+  present at all. A time that is present but not ISO 8601 text (``null``, a number, an unparseable
+  string) is a value gc could not read: the record is kept and reported (``bad_timestamps``, and
+  ``wrong_type`` for every field of the wrong JSON type, see
+  :func:`aml.store.accessors.wrong_types`);
 * an **exact duplicate** (the same JSON value, key order ignored) of an earlier record in the same
   collection document is removed; the first copy stays. Duplicates are only looked for within one
   document of one agent, never across agents (the seeds' collector kept one global set of ids and
@@ -33,6 +36,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any, Final, Literal
 
 from aml.optimize.files import QUARANTINE_DIR, WRITER_SKIP_TOP, unchanged
+from aml.store import accessors as acc
 from aml.store.atomic import atomic_write
 from aml.store.codec import Encoding, decode, encode
 from aml.store.documents import DocumentError, ErrorCode, decode_bytes, load_json, read_file_bytes
@@ -40,7 +44,7 @@ from aml.store.filestore import FileStore
 from aml.store.loomlock import loom_lock_held
 from aml.store.quarantine import quarantine
 from aml.store.records import json_pointer
-from aml.store.timestamps import parse_timestamp
+from aml.store.timestamps import parse_iso_timestamp
 
 GcReason = Literal["missing_id", "missing_agent", "missing_timestamp", "duplicate"]
 """Why a record is removed."""
@@ -112,7 +116,10 @@ class GcPlan:
         documents: collection documents with at least one removal.
         unparseable: every document that failed to read or parse (any kind, anywhere in the store).
         id_conflicts: ``{"document", "id", "pointers"}`` for ids held by different records.
-        bad_timestamps: ``{"document", "pointer", "id", "timestamp"}`` for timestamps that do not parse.
+        bad_timestamps: ``{"document", "pointer", "id", "timestamp"}`` for times that are present but
+            do not read as ISO 8601 text (``null`` and numbers included); those records are kept.
+        wrong_type: ``{"file", "record_id", "pointer", "field", "found", "expected"}`` per field of
+            the wrong JSON type (:func:`aml.store.accessors.wrong_types`); those records are kept.
         documents_checked: collection documents examined.
         records_checked: records examined.
     """
@@ -122,6 +129,7 @@ class GcPlan:
     unparseable: list[DocumentError] = field(default_factory=list)
     id_conflicts: list[dict[str, Any]] = field(default_factory=list)
     bad_timestamps: list[dict[str, Any]] = field(default_factory=list)
+    wrong_type: list[dict[str, Any]] = field(default_factory=list)
     documents_checked: int = 0
     records_checked: int = 0
 
@@ -153,6 +161,7 @@ class GcPlan:
             "unparseable": [e.as_dict() for e in self.unparseable],
             "id_conflicts": self.id_conflicts,
             "bad_timestamps": self.bad_timestamps,
+            "wrong_type": self.wrong_type,
         }
 
 
@@ -186,12 +195,23 @@ def _missing(value: Any) -> bool:
     return value is None or (isinstance(value, str) and not value.strip())
 
 
+_ABSENT: Final = object()
+
+
 def _timestamp_value(item: Mapping[str, Any]) -> Any:
-    value = item.get("timestamp")
-    if _missing(value):
-        lifecycle = item.get("lifecycle")
-        value = lifecycle.get("created_at") if isinstance(lifecycle, Mapping) else None
-    return value
+    """``timestamp``, else ``lifecycle.created_at``; :data:`_ABSENT` when neither key exists (a
+    present ``null`` or empty string is returned as is: a value, not a missing field)."""
+    if "timestamp" in item:
+        value = item["timestamp"]
+        if value is None or (isinstance(value, str) and not value.strip()):
+            lifecycle = item.get("lifecycle")
+            if isinstance(lifecycle, Mapping) and parse_iso_timestamp(lifecycle.get("created_at")) is not None:
+                return lifecycle["created_at"]
+        return value
+    lifecycle = item.get("lifecycle")
+    if isinstance(lifecycle, Mapping) and "created_at" in lifecycle:
+        return lifecycle["created_at"]
+    return _ABSENT
 
 
 def canonical(item: Any) -> str:
@@ -228,13 +248,13 @@ def plan_items(
             reason = "missing_id"
         elif _missing(agent):
             reason = "missing_agent"
-        elif _missing(_timestamp_value(item)):
+        elif _timestamp_value(item) is _ABSENT:
             reason = "missing_timestamp"
         if reason is not None:
             removals.append(GcRemoval(document, pointer, index, rid_s, agent_s, collection, reason))
             continue
         ts = _timestamp_value(item)
-        if parse_timestamp(ts) is None:
+        if parse_iso_timestamp(ts) is None:
             bad_ts.append({"document": document, "pointer": pointer, "id": rid_s, "timestamp": ts})
         text = canonical(item)
         key = (agent, text)  # never across agents: the agent is part of the key
@@ -284,6 +304,12 @@ def plan_gc(root: str | os.PathLike[str]) -> GcPlan:
         removals, conflicts, bad_ts = plan_items(doc.data, document=doc.relpath, collection=collection)
         plan.id_conflicts += conflicts
         plan.bad_timestamps += bad_ts
+        for index, item in enumerate(doc.data):
+            for wrong in acc.wrong_types(item, collection):
+                rid = acc.item_id(item) if isinstance(item, Mapping) else None
+                pointer = json_pointer(index)
+                plan.wrong_type.append({"file": doc.relpath, "record_id": rid or f"{doc.relpath}#{pointer}",
+                                        "pointer": pointer, **wrong.to_dict()})
         if removals:
             sha = hashlib.sha256(doc.path.read_bytes()).hexdigest()
             plan.documents.append(GcDocument(doc.relpath, collection, doc.encoding or "plain", doc.size_bytes,

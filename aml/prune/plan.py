@@ -113,6 +113,8 @@ class PrunePlan:
         store_bytes: bytes on disk of the whole store before the run.
         errors: documents that failed to parse (``DocumentError.as_dict()``), left alone; also Aitor
             sessions whose limits sidecar could not be read (``code`` ``bad_sidecar``), left alone.
+        wrong_type: Loom records held back from every strategy because a field has the wrong JSON
+            type: ``{"file", "record_id", "pointer", "agent", "collection", "fields"}``.
         sessions: per Aitor session (store-relative path): ``{"agent", "mode", "limits", "limit_sources",
             "before": {list: entries}, "removed": {list: entries}}`` (``session_based`` runs only).
     """
@@ -131,6 +133,7 @@ class PrunePlan:
     store_bytes: int = 0
     errors: list[dict[str, Any]] = field(default_factory=list)
     sessions: dict[str, dict[str, Any]] = field(default_factory=dict)
+    wrong_type: list[dict[str, Any]] = field(default_factory=list)
 
     def counts(self) -> dict[str, Any]:
         """``{"total", "removed", "archived", "by_reason": {...}, "by_strategy": {...}, "by_agent": {...}}``."""
@@ -146,7 +149,8 @@ class PrunePlan:
 
     def to_dict(self, *, include_actions: bool = True) -> dict[str, Any]:
         """JSON-ready form: ``{"store", "now", "strategies", "session_mode", "agents", "config", "counts",
-        "records_scanned", "agent_bytes", "store_bytes", "preserved", "errors", "sessions", "actions"}``."""
+        "records_scanned", "agent_bytes", "store_bytes", "preserved", "errors", "sessions", "wrong_type",
+        "actions"}``."""
         out: dict[str, Any] = {
             "store": self.store,
             "now": utc_iso_z(self.now),
@@ -161,6 +165,7 @@ class PrunePlan:
             "preserved": self.preserved,
             "errors": self.errors,
             "sessions": self.sessions,
+            "wrong_type": self.wrong_type,
         }
         if include_actions:
             out["actions"] = [a.to_dict() for a in self.actions]
@@ -179,8 +184,9 @@ def _candidate(agent: str, collection: str, document: str, index: int, item: Map
     if collection == "patterns":
         # the rules read the fields as stored (a missing one never matches); the value uses defaults
         success, confidence, executions = acc.success_rate(item), acc.confidence(item), acc.execution_count(item)
-        inputs = pattern_inputs(success, confidence, executions, acc.avg_time_saved_ms(item),
-                                acc.last_used_at(item) or created)
+        # an unreadable last use is unknown, not "never used": no fallback to the creation time
+        last_used = None if acc.last_used_unreadable(item) else (acc.last_used_at(item) or created)
+        inputs = pattern_inputs(success, confidence, executions, acc.avg_time_saved_ms(item), last_used)
     else:
         inputs = loom_value_inputs(collection, item)
     size = item_size(item)
@@ -192,6 +198,7 @@ def _candidate(agent: str, collection: str, document: str, index: int, item: Map
         value=value_score(inputs, now, half_life_days=config.recency_half_life_days),
         last_used=inputs.last_used if collection == "patterns" else created, created=created,
         success=success, confidence=confidence, executions=executions,
+        wrong_types=tuple(w.field for w in acc.wrong_types(item, collection)),
     )
     if collection == "solutions":
         c.worked = acc.solution_worked(item)
@@ -254,6 +261,10 @@ def build_plan(
             scale = doc.size_bytes / (sum(c.size_bytes for c in made) or 1)
             for c in made:
                 c.cost_bytes = c.size_bytes * scale
+                if c.wrong_types:
+                    plan.wrong_type.append({"file": c.document, "record_id": c.record_id,
+                                            "pointer": json_pointer(c.index), "agent": c.agent,
+                                            "collection": c.collection, "fields": list(c.wrong_types)})
             candidates.extend(made)
         elif doc.kind in ("aitor_session", "tinytroupe_spec"):
             records = records_from_document(store.store_id, doc)

@@ -19,6 +19,11 @@ Rules (first match wins within a strategy; seeds = Loom's ``scripts/aml/pruning.
     * solution older than ``solution_max_age_days`` when that is set -> removed, ``outdated_solution``.
     A record without a readable time is never pruned by age (the seeds treat it as 999 days old).
 
+Records with a field of the wrong JSON type (:attr:`Candidate.wrong_types`, e.g. an integer
+``lastUsed``, a ``null`` ``timestamp``, a string confidence) are never matched by any rule, aggressive
+or not, nor reached by space pruning: aml reports them and does not act on a value it could not read
+as intended.
+
 ``performance_based``
     * pattern with ``executions >= min_execution_count`` and ``success < min_success_rate`` ->
       removed, ``low_success_rate``; else with ``confidence < min_confidence_score`` -> removed,
@@ -67,6 +72,8 @@ class Candidate:
         success, confidence, executions: patterns: as stored (``None`` when missing).
         worked: solutions: ``effectiveness.worked``.
         negative: decisions: the outcome is negative (see ``performance_based``).
+        wrong_types: dotted paths of fields whose JSON type is not what Loom writes
+            (:func:`aml.store.accessors.wrong_types`); such a record is held back from every rule.
     """
 
     agent: str
@@ -85,6 +92,7 @@ class Candidate:
     executions: int | None = None
     worked: bool | None = None
     negative: bool = False
+    wrong_types: tuple[str, ...] = ()
 
     @property
     def action(self) -> Action:
@@ -99,6 +107,8 @@ def _older(when: datetime | None, now: datetime, days: float) -> bool:
 def time_based(candidates: Iterable[Candidate], config: PruneConfig, now: datetime) -> Iterator[tuple[Candidate, str]]:
     """Records the time rules match, with their reason (see the module docstring)."""
     for c in candidates:
+        if c.wrong_types:
+            continue
         if c.collection == "patterns":
             if _older(c.last_used, now, config.pattern_max_age_days):
                 yield c, "unused_too_long"
@@ -123,6 +133,8 @@ def time_based(candidates: Iterable[Candidate], config: PruneConfig, now: dateti
 def performance_based(candidates: Iterable[Candidate], config: PruneConfig) -> Iterator[tuple[Candidate, str]]:
     """Records the performance rules match, with their reason (see the module docstring)."""
     for c in candidates:
+        if c.wrong_types:
+            continue
         if c.collection == "patterns":
             if (c.executions or 0) < config.min_execution_count:
                 continue
@@ -160,7 +172,8 @@ def space_based(
         projected: bytes on disk now, minus what the run already frees.
         limit: the limit in bytes; nothing is pruned unless ``projected > limit``.
         target_ratio: fraction of ``limit`` to get under (0.7).
-        preserved: true for a record that must be kept (high value); it is skipped.
+        preserved: true for a record that must be kept (high value); it is skipped, and so is a
+            record with :attr:`Candidate.wrong_types`.
 
     Yields:
         The records to prune, in order; each one's ``cost_bytes`` counts as freed.
@@ -171,7 +184,7 @@ def space_based(
     for c in ordered:
         if projected < target:
             return
-        if preserved(c):
+        if c.wrong_types or preserved(c):
             continue
         projected -= c.cost_bytes
         yield c

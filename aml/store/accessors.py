@@ -10,6 +10,14 @@ both spellings. Aitor session exports and TinyTroupe agents have their own small
 Every accessor takes the parsed JSON value, never raises on a malformed item, and returns ``None``
 (or an empty container) when the field is missing or has the wrong type. Timestamps come back as
 aware UTC (see :mod:`aml.store.timestamps`).
+
+**Wrong types are reported, not interpreted.** Loom writes every item timestamp as ISO 8601 text
+(``...025Z``, ``...025000+00:00`` after migration, naive in ``metadata.last_modified``; never epoch
+numbers: DATA.md section 1), ratios and counts as JSON numbers, flags as booleans. The Loom timestamp
+accessors read ISO text only (:func:`~aml.store.timestamps.parse_iso_timestamp`): an integer
+``lastUsed`` reads as ``None``, not as a 1970 date. :func:`wrong_types` names every such field of an
+item (:class:`~aml.store.records.WrongType`); :class:`~aml.store.records.Record` carries them, and
+destructive operations leave such records alone.
 """
 
 from __future__ import annotations
@@ -20,7 +28,8 @@ from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any, Final, Literal, get_args
 
-from aml.store.timestamps import parse_timestamp
+from aml.store.records import WrongType
+from aml.store.timestamps import iso_timestamp_form, json_type, parse_iso_timestamp, parse_timestamp
 
 ItemVersion = Literal["1.0.0", "1.1.0", "1.2.0", "2.0.0"]
 """Schema version of one Loom item."""
@@ -44,6 +53,12 @@ def _get(obj: object, *path: str) -> Any:
             return None
         cur = cur.get(key)
     return cur
+
+
+def _has(obj: object, path: tuple[str, ...]) -> bool:
+    """True when the last key of ``path`` is present (with any value, ``null`` included)."""
+    parent = _get(obj, *path[:-1])
+    return isinstance(parent, Mapping) and path[-1] in parent
 
 
 def _first(obj: object, *paths: tuple[str, ...]) -> Any:
@@ -130,8 +145,9 @@ def item_agent(item: Item) -> str | None:
 
 
 def item_timestamp(item: Item) -> datetime | None:
-    """Top-level ``timestamp`` (creation time of the item) as aware UTC, or ``None``."""
-    return parse_timestamp(item.get("timestamp"))
+    """Top-level ``timestamp`` (creation time of the item) as aware UTC, or ``None`` (also when it is
+    not an ISO 8601 string: see :func:`wrong_types`)."""
+    return parse_iso_timestamp(item.get("timestamp"))
 
 
 def is_active(item: Item) -> bool:
@@ -146,7 +162,7 @@ def item_tags(item: Item) -> list[str]:
 
 def last_modified(item: Item) -> datetime | None:
     """``metadata.last_modified`` (v1.2+, written by the Python migration, naive = UTC)."""
-    return parse_timestamp(_get(item, "metadata", "last_modified"))
+    return parse_iso_timestamp(_get(item, "metadata", "last_modified"))
 
 
 # --------------------------------------------------------------------------- Loom: patterns
@@ -209,7 +225,7 @@ def created_at(item: Item) -> datetime | None:
     """Creation time: ``lifecycle.created_at`` (v2.0), ``evolution.created`` (v1.x patterns), else
     the top-level ``timestamp`` (solutions, decisions and malformed patterns)."""
     for path in (("lifecycle", "created_at"), ("evolution", "created")):
-        parsed = parse_timestamp(_get(item, *path))
+        parsed = parse_iso_timestamp(_get(item, *path))
         if parsed is not None:
             return parsed
     return item_timestamp(item)
@@ -219,10 +235,19 @@ def last_used_at(item: Item) -> datetime | None:
     """Last use of a pattern: ``lifecycle.last_used_at`` (v2.0) or ``evolution.lastUsed`` (v1.x).
 
     ``None`` when the item records no use time (solutions, decisions): callers choose their own
-    fallback (Loom's pruner falls back to ``timestamp``)."""
-    return parse_timestamp(
-        _first(item, ("lifecycle", "last_used_at"), ("evolution", "lastUsed"), ("evolution", "last_used"))
-    )
+    fallback (Loom's pruner falls back to ``timestamp``): use :func:`last_used_unreadable` first, since
+    a last-use field that is present but not ISO text also reads as ``None``."""
+    return parse_iso_timestamp(_first(item, *_LAST_USED_PATHS))
+
+
+_LAST_USED_PATHS: Final = (("lifecycle", "last_used_at"), ("evolution", "lastUsed"), ("evolution", "last_used"))
+
+
+def last_used_unreadable(item: Item) -> bool:
+    """True when the item has a last-use field (:func:`last_used_at`) that does not read as ISO 8601
+    text (a number, ``null``, an unparseable string): the last use is unknown, not absent."""
+    return any(_has(item, path) and iso_timestamp_form(_get(item, *path)) is not None
+               for path in _LAST_USED_PATHS)
 
 
 # --------------------------------------------------------------------------- Loom: solutions
@@ -322,7 +347,91 @@ def outcome_scores(item: Item) -> dict[str, float]:
 
 def reviewed_at(item: Item) -> datetime | None:
     """``reviewedAt``: when the decision's outcome was recorded (TS ``Z`` form), or ``None``."""
-    return parse_timestamp(_first(item, ("reviewedAt",), ("reviewed_at",)))
+    return parse_iso_timestamp(_first(item, ("reviewedAt",), ("reviewed_at",)))
+
+
+# --------------------------------------------------------------------------- Loom: field types
+
+TIMESTAMP_EXPECTED: Final = "string (ISO 8601 timestamp)"
+
+_ANY_ITEM: Final[tuple[tuple[tuple[str, ...], str], ...]] = (
+    (("timestamp",), "timestamp"),
+    (("metadata", "last_modified"), "timestamp"),
+    (("active",), "boolean"),
+)
+_TYPED_FIELDS: Final[dict[str, tuple[tuple[tuple[str, ...], str], ...]]] = {
+    "patterns": (
+        *_ANY_ITEM,
+        (("evolution", "created"), "timestamp"),
+        (("evolution", "lastUsed"), "timestamp"),
+        (("evolution", "last_used"), "timestamp"),
+        (("lifecycle", "created_at"), "timestamp"),
+        (("lifecycle", "last_used_at"), "timestamp"),
+        (("metrics", "successRate"), "number"),
+        (("metrics", "success_rate"), "number"),
+        (("performance", "success_rate"), "number"),
+        (("evolution", "confidenceScore"), "number"),
+        (("evolution", "confidence_score"), "number"),
+        (("lifecycle", "confidence"), "number"),
+        (("metrics", "executionCount"), "number"),
+        (("metrics", "execution_count"), "number"),
+        (("performance", "execution_count"), "number"),
+        (("metrics", "avgTimeSavedMs"), "number"),
+        (("performance", "avg_time_saved_ms"), "number"),
+    ),
+    "solutions": (
+        *_ANY_ITEM,
+        (("effectiveness", "worked"), "boolean"),
+        (("verifiedCount",), "number"),
+    ),
+    "decisions": (
+        *_ANY_ITEM,
+        (("reviewedAt",), "timestamp"),
+        (("reviewed_at",), "timestamp"),
+        (("outcome", "wouldRepeat"), "boolean"),
+        (("outcome", "would_repeat"), "boolean"),
+    ),
+}
+_TYPED_FIELDS["archived_decisions"] = _TYPED_FIELDS["decisions"]
+
+
+def _type_problem(value: object, expected: str) -> str | None:
+    """The JSON type found when ``value`` is not of kind ``expected``, else ``None``."""
+    if expected == "timestamp":
+        return iso_timestamp_form(value)
+    if expected == "number":
+        ok = isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+        return None if ok else json_type(value)
+    return None if isinstance(value, bool) else json_type(value)
+
+
+def wrong_types(item: object, collection: str) -> tuple[WrongType, ...]:
+    """Fields of a Loom item whose JSON type is not what Loom writes there.
+
+    Checked (present keys only; a missing field is not a wrong type): every timestamp (ISO 8601
+    text: a number, ``null``, a numeric or unparseable string is wrong), success rate, confidence,
+    counts and times saved (JSON numbers: a string ``"0.9"`` is wrong), and flags (``active``,
+    ``effectiveness.worked``, ``outcome.wouldRepeat``: booleans). The accessors above read each such
+    field as ``None``.
+
+    Args:
+        item: one pattern, solution or decision (anything else yields nothing).
+        collection: ``patterns``, ``solutions``, ``decisions`` or ``archived_decisions``.
+
+    Returns:
+        One :class:`~aml.store.records.WrongType` per field, in a fixed order.
+    """
+    if not isinstance(item, Mapping):
+        return ()
+    out: list[WrongType] = []
+    for path, expected in _TYPED_FIELDS.get(collection, _ANY_ITEM):
+        parent = _get(item, *path[:-1]) if len(path) > 1 else item
+        if not isinstance(parent, Mapping) or path[-1] not in parent:
+            continue
+        found = _type_problem(parent[path[-1]], expected)
+        if found is not None:
+            out.append(WrongType(".".join(path), found, TIMESTAMP_EXPECTED if expected == "timestamp" else expected))
+    return tuple(out)
 
 
 # --------------------------------------------------------------------------- Loom: store files

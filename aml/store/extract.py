@@ -2,7 +2,8 @@
 
 Only live memory yields records: Loom collections and the archive, Aitor sessions, TinyTroupe
 specs and caches. Copies (``loom_item_copy``: Loom's reset backups and backup folders), config,
-monitoring and opaque files yield none. Field lookups go through :mod:`aml.store.accessors`.
+monitoring and opaque files yield none. Field lookups go through :mod:`aml.store.accessors`; a Loom
+field of the wrong JSON type reads as ``None`` and is listed in :attr:`Record.wrong_types`.
 """
 
 from __future__ import annotations
@@ -73,6 +74,7 @@ def _loom(store: str, doc: Document) -> Iterator[Record]:
             location=RecordLocation(doc.relpath, pointer, index),
             active=acc.is_active(item),
             version=acc.detect_item_version(item),
+            wrong_types=acc.wrong_types(item, collection),
         )
 
 

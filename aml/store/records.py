@@ -62,6 +62,30 @@ class RecordLocation:
 
 
 @dataclass(frozen=True, slots=True)
+class WrongType:
+    """A field whose JSON type (or form) is not what its writer puts there: reported, never interpreted.
+
+    The record's view gets ``None`` for the field, and no destructive operation removes or rewrites
+    the record because of it (DESIGN.md; issue 12, part 4).
+
+    Attributes:
+        field: the field as a dotted path inside the item, e.g. ``"evolution.lastUsed"``.
+        found: the JSON type found (``"integer"``, ``"number"``, ``"string"``, ``"boolean"``,
+            ``"null"``, ``"array"``, ``"object"``); for a string where a timestamp belongs,
+            ``"string (epoch number)"`` or ``"string (not a timestamp)"``.
+        expected: what the writer puts there, e.g. ``"string (ISO 8601 timestamp)"``, ``"number"``.
+    """
+
+    field: str
+    found: str
+    expected: str
+
+    def to_dict(self) -> dict[str, str]:
+        """``{"field", "found", "expected"}``."""
+        return {"field": self.field, "found": self.found, "expected": self.expected}
+
+
+@dataclass(frozen=True, slots=True)
 class Record:
     """A read-only view of one memory item.
 
@@ -96,6 +120,8 @@ class Record:
         location: where the item lives (:class:`RecordLocation`).
         active: ``False`` for deactivated Loom items (``active: false``), else ``True``.
         version: Loom item schema version (``detect_item_version``), ``None`` for other formats.
+        wrong_types: fields of the item whose JSON type is not what the writer puts there
+            (:class:`WrongType`, Loom items only); each such field reads as ``None`` above.
     """
 
     store: str
@@ -114,3 +140,9 @@ class Record:
     location: RecordLocation
     active: bool = True
     version: str | None = None
+    wrong_types: tuple[WrongType, ...] = ()
+
+    def wrong_type_findings(self) -> list[dict[str, str]]:
+        """``{"file", "record_id", "pointer", "field", "found", "expected"}`` per :attr:`wrong_types`."""
+        return [{"file": self.location.document, "record_id": self.id, "pointer": self.location.pointer,
+                 **w.to_dict()} for w in self.wrong_types]

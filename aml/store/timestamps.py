@@ -8,9 +8,11 @@ Forms met in real data (data/DATA.md):
   ``isoformat`` drops the fraction when it is zero: ``2026-11-07T10:52:50``);
 * epoch seconds or milliseconds, as numbers or numeric strings.
 
-:func:`parse_timestamp` reads all of them. :func:`detect_style` and :func:`format_like` let an editor
-write a new instant in the style the document's writer used; :func:`utc_iso_z` is what aml writes
-in its own files.
+:func:`parse_timestamp` reads all of them. Fields whose writer only ever writes ISO text (every
+timestamp of a Loom item) are read with :func:`parse_iso_timestamp`, which refuses numbers, so an
+integer ``lastUsed`` is reported as a wrong type instead of being read as a 1970 date.
+:func:`detect_style` and :func:`format_like` let an editor write a new instant in the style the
+document's writer used; :func:`utc_iso_z` is what aml writes in its own files.
 """
 
 from __future__ import annotations
@@ -104,6 +106,71 @@ def parse_timestamp(value: object) -> datetime | None:
         return to_utc(datetime.fromisoformat(text))
     except (ValueError, OverflowError):
         return None
+
+
+def require_timestamp(value: object) -> datetime:
+    """:func:`parse_timestamp` for values that must be a timestamp (aml's own manifests, locks, CLI input).
+
+    Raises:
+        ValueError: ``value`` is not a timestamp :func:`parse_timestamp` reads.
+    """
+    parsed = parse_timestamp(value)
+    if parsed is None:
+        raise ValueError(f"not a timestamp: {value!r}")
+    return parsed
+
+
+def parse_iso_timestamp(value: object) -> datetime | None:
+    """Parse a timestamp that its writer always writes as ISO 8601 text.
+
+    Unlike :func:`parse_timestamp`, numbers and numeric strings (epoch forms) are not read: where
+    the writer never writes them, ``12345`` is a wrong value, not 1970-01-01T03:25:45Z.
+
+    Args:
+        value: the stored value.
+
+    Returns:
+        The instant as aware UTC, or ``None`` when ``value`` is not an ISO 8601 string aml can read
+        (see :func:`iso_timestamp_form` for why). Never raises.
+    """
+    if not isinstance(value, str) or _NUMERIC_RE.match(value.strip()):
+        return None
+    return parse_timestamp(value)
+
+
+def iso_timestamp_form(value: object) -> str | None:
+    """Why ``value`` is not an ISO 8601 timestamp string, as a JSON type name, or ``None`` when it is one.
+
+    Returns:
+        ``None`` for a string :func:`parse_iso_timestamp` reads; else ``"string (epoch number)"``,
+        ``"string (not a timestamp)"`` or the JSON type of ``value`` (``"integer"``, ``"number"``,
+        ``"null"``, ``"boolean"``, ``"array"``, ``"object"``).
+    """
+    if isinstance(value, str):
+        if _NUMERIC_RE.match(value.strip()):
+            return "string (epoch number)"
+        return None if parse_timestamp(value) is not None else "string (not a timestamp)"
+    return json_type(value)
+
+
+def json_type(value: object) -> str:
+    """The JSON type name of a decoded JSON value: ``null``, ``boolean``, ``integer``, ``number``,
+    ``string``, ``array``, ``object`` (anything else: its Python type name)."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "boolean"
+    if isinstance(value, int):
+        return "integer"
+    if isinstance(value, float):
+        return "number"
+    if isinstance(value, str):
+        return "string"
+    if isinstance(value, list | tuple):
+        return "array"
+    if isinstance(value, dict):
+        return "object"
+    return type(value).__name__
 
 
 def detect_style(value: object) -> TimestampStyle | None:
