@@ -4,12 +4,12 @@ side of ``backup create|restore`` (snapshots in the backup repository, :mod:`aml
 :mod:`tasks.backup` dispatches here for ``redis://`` stores.
 
 The import is destructive: it takes the keyspace's lock, and first saves the keys it is about to overwrite
-to ``AML_HOME/keyspace-pre-restore/<UTC time>.json`` (an import of that file undoes it).
+to ``AML_HOME/keyspace-pre-restore/<task id>.json`` (an import of that file undoes it).
 """
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +21,7 @@ from aml.backup.progress import ProgressCallback
 from aml.trace.keyspace import export_keyspace, import_entries, read_keyspace_file
 from aml.trace.live import keyspace_id, tracing_client
 from tasks.base import AmlTask, Catalog, run_operation
-from tasks.snapshots import is_keyspace, keyspace_repository
+from tasks.snapshots import is_keyspace, keyspace_repository, run_file
 from workers.app import get_settings
 
 
@@ -73,10 +73,7 @@ def import_(self: Task, store: str, path: str, pattern: str | None = None, dry_r
 
     def body(catalog: Catalog) -> dict[str, Any]:
         header, entries = read_keyspace_file(Path(path))
-        stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S%fZ")
-        pre = settings.home / "keyspace-pre-restore" / f"{stamp}.json"
-        if not dry_run:
-            pre.parent.mkdir(parents=True, exist_ok=True)
+        pre = run_file(settings, "keyspace-pre-restore", self.request.id)
         client, _db, _name = tracing_client(store)
         try:
             report = import_entries(client, entries, match=pattern, dry_run=dry_run, pre_restore=pre,
@@ -113,7 +110,7 @@ def restore_snapshot(task_id: str | None, store: str, *, backup_id: str | None, 
     ``when``) from ``store``'s repository into ``target`` (a Redis URL; default ``store`` itself).
 
     The run is recorded on, and locks, the keyspace written (``target``). The keys it overwrites are exported
-    first to ``AML_HOME/keyspace-pre-restore/<UTC time>.json`` (``backup import`` of it undoes the restore).
+    first to ``AML_HOME/keyspace-pre-restore/<task id>.json`` (``backup import`` of it undoes the restore).
 
     Returns:
         :func:`aml.backup.keyspace_restore.restore_keyspace`'s report plus ``status`` (``"failure"`` when some
@@ -132,10 +129,7 @@ def restore_snapshot(task_id: str | None, store: str, *, backup_id: str | None, 
     def body(catalog: Catalog) -> dict[str, Any]:
         repo = keyspace_repository(source_id, settings)
         chosen = backup_id or resolve_keyspace_at(repo, source_id, when)
-        stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S%fZ")
-        pre = settings.home / "keyspace-pre-restore" / f"{stamp}.json"
-        if not dry_run:
-            pre.parent.mkdir(parents=True, exist_ok=True)
+        pre = run_file(settings, "keyspace-pre-restore", task_id)
         client, _db, _name = tracing_client(target_url)
         try:
             report = restore_keyspace(repo, chosen, client, pattern=pattern, dry_run=dry_run, pre_restore=pre,

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Iterable
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 
 from sqlalchemy.orm import Session
@@ -57,6 +57,21 @@ def repository_of(store_id: str, settings: Settings) -> Repository:
     """The backup repository of any store id: :func:`keyspace_repository` or :func:`repository_for`."""
     return keyspace_repository(store_id, settings) if is_keyspace(store_id) else repository_for(
         store_path(store_id), settings)
+
+
+def run_file(settings: Settings, kind: str, task_id: str | None) -> Path:
+    """Where a keyspace task keeps the keys it is about to change: ``AML_HOME/<kind>/<task id>.json``.
+
+    Named by the Celery task id, which a redelivered task keeps, so the attempt after a killed worker finds
+    (and extends, :func:`aml.trace.keyspace.save_first_values`) what the killed one saved; without a task id,
+    by the UTC time. The directory is created.
+    """
+    name = task_id or datetime.now(UTC).strftime("%Y%m%dT%H%M%S%fZ")
+    if "/" in name or name.startswith("."):
+        raise ValueError(f"not a usable task id for a file name: {name!r}")
+    directory = settings.home / kind
+    directory.mkdir(parents=True, exist_ok=True)
+    return directory / f"{name}.json"
 
 
 def record_snapshot(session: Session, store_id: str, result: SnapshotResult) -> None:

@@ -12,7 +12,6 @@ trace alerts whose finding is gone. Appends the seed's JSONL time-series line un
 from __future__ import annotations
 
 import hashlib
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +30,7 @@ from models.tables import TaskRun
 from tasks.base import AmlTask, Catalog, normalize_store, run_operation
 from tasks.notify import notify_store
 from tasks.progress import task_progress
+from tasks.snapshots import run_file
 from workers.app import get_settings
 from workers.settings import Settings
 
@@ -146,12 +146,6 @@ def run(self: Task, store: str, pattern: str | None = None, sample: int | None =
     return result
 
 
-def _clean_snapshot_path(settings: Settings, store_id: str) -> Path:
-    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S%fZ")
-    digest = hashlib.sha256(store_id.encode()).hexdigest()[:12]
-    return settings.home / "trace-clean" / f"{stamp}-{digest}.json"
-
-
 @shared_task(base=AmlTask, bind=True, name="aml.trace.clean")
 def clean_keys(self: Task, store: str, pattern: str, ttl_zero_only: bool = False, no_ttl: bool = False,
                idle_days: float | None = None, dry_run: bool = False) -> dict[str, Any]:
@@ -166,7 +160,8 @@ def clean_keys(self: Task, store: str, pattern: str, ttl_zero_only: bool = False
         dry_run: remove nothing; report the selection.
 
     Returns:
-        ``{"selected", "removed", "snapshot" (the keyspace file under ``AML_HOME/trace-clean/``, or None),
+        ``{"selected", "removed", "snapshot" (``AML_HOME/trace-clean/<task id>.json``, or None; a redelivered
+        task adds to the one its killed attempt wrote, so undo puts back every key the run removed),
         "snapshot_sha256", "criteria", "examples", "dry_run", "status", "task_run_id", ...}``;
         ``aml.trace.undo_clean`` with this ``task_run_id`` puts the keys back.
 
@@ -179,9 +174,7 @@ def clean_keys(self: Task, store: str, pattern: str, ttl_zero_only: bool = False
     criteria = CleanCriteria(pattern, ttl_zero_only=ttl_zero_only, no_ttl=no_ttl, idle_days=idle_days)
 
     def body(catalog: Catalog) -> dict[str, Any]:
-        path = _clean_snapshot_path(settings, store_id)
-        if not dry_run:
-            path.parent.mkdir(parents=True, exist_ok=True)
+        path = run_file(settings, "trace-clean", self.request.id)
         client, _db, _name = tracing_client(store)
         try:
             result = clean(client, criteria, path, dry_run=dry_run, source=store_id)

@@ -228,3 +228,49 @@ def test_cli_export_import_clean_and_undo(tmp_path: Path, keyspace: tuple[str, r
     assert wrong.returncode == 2 and "for Redis keyspaces" in wrong.stderr
     missing = aml(url, "trace", "clean")
     assert missing.returncode == 2 and "--pattern" in missing.stderr
+
+
+def test_a_clean_killed_part_way_then_redelivered_is_undone_exactly(
+        aml_settings: Settings, keyspace: tuple[str, redis.Redis], monkeypatch: pytest.MonkeyPatch) -> None:
+    """The worker dies after the first UNLINK batch (a fault injected: the connection is lost); the task comes
+    back with the same id, removes the rest, and its one snapshot holds every key both attempts removed."""
+    from tasks import trace
+
+    url, client = keyspace
+    for i in range(1200):  # more than one UNLINK batch
+        client.set(f"scratch:{i}", f"v{i}")
+    before = {k: client.get(k) for k in client.scan_iter(match="scratch:*")}
+    real_unlink = redis.Redis.unlink
+    calls = {"n": 0}
+
+    def dying_unlink(self: redis.Redis, *names: bytes) -> int:
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise redis.ConnectionError("worker killed")
+        return int(real_unlink(self, *names))
+
+    monkeypatch.setattr(redis.Redis, "unlink", dying_unlink)
+    with pytest.raises(redis.ConnectionError):
+        trace.clean_keys.apply(kwargs={"store": url, "pattern": "scratch:*"}, task_id="clean-1", throw=True).get()
+    assert 0 < len(list(client.scan_iter(match="scratch:*"))) < 1200  # the first batch is gone
+    monkeypatch.setattr(redis.Redis, "unlink", real_unlink)
+    done = trace.clean_keys.apply(kwargs={"store": url, "pattern": "scratch:*"}, task_id="clean-1",
+                                  throw=True).get()
+    assert done["snapshot_keys"] == 1200 and not list(client.scan_iter(match="scratch:*"))
+    undone = trace.undo_clean_keys.apply(kwargs={"store": url, "run_id": done["task_run_id"]}, throw=True).get()
+    assert undone["written"] == 1200
+    assert {k: client.get(k) for k in client.scan_iter(match="scratch:*")} == before
+
+
+def test_a_redelivered_import_keeps_the_values_from_before_its_first_attempt(
+        aml_settings: Settings, keyspace: tuple[str, redis.Redis], tmp_path: Path) -> None:
+    from aml.trace.keyspace import Entry, import_entries, read_keyspace_file
+
+    _url, client = keyspace
+    client.set("agent:coder:turn:1", "original")
+    entries = [Entry(b"agent:coder:turn:1", "string", b"imported")]
+    pre = tmp_path / "pre.json"
+    import_entries(client, entries, pre_restore=pre)  # the first attempt: it finished its writes, then died
+    import_entries(client, entries, pre_restore=pre)  # the redelivered attempt, same file
+    saved = {e.key: e.value for e in read_keyspace_file(pre)[1]}
+    assert saved == {b"agent:coder:turn:1": b"original"}  # not the value the first attempt wrote

@@ -17,7 +17,7 @@ from typing import Any
 
 import redis
 
-from aml.trace.keyspace import BATCH, import_entries, read_keyspace_file, scan_entries, write_entries
+from aml.trace.keyspace import BATCH, import_entries, read_keyspace_file, save_first_values, scan_entries
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,7 +96,9 @@ def clean(client: redis.Redis, criteria: CleanCriteria, snapshot: Path, *, dry_r
         client: the Redis database to clean.
         criteria: which keys.
         snapshot: where the keys are exported before removal (written atomically; not written on a dry run
-            or when nothing is selected).
+            or when nothing is selected). A snapshot already there is an earlier, interrupted attempt of the same
+            run (the tasks name it by task id): its keys are kept and the new ones added, so one snapshot holds
+            every key the run removed, across a redelivery.
         dry_run: select and report only.
         source: the keyspace's name (its URL without password) for the snapshot's header.
 
@@ -113,9 +115,14 @@ def clean(client: redis.Redis, criteria: CleanCriteria, snapshot: Path, *, dry_r
         "selected": len(keys), "removed": 0, "snapshot": None, "dry_run": dry_run, "criteria": criteria.describe(),
         "examples": [k.decode("utf-8", "backslashreplace") for k in keys[:5]],
     }
-    if dry_run or not keys:
+    if dry_run:
         return result
-    saved = write_entries(snapshot, scan_entries(client, keys=keys), source=source)
+    if not keys:
+        if snapshot.exists():  # an earlier attempt of this run removed them all: its snapshot is the run's
+            result["snapshot"] = str(snapshot)
+            result["snapshot_keys"] = len(read_keyspace_file(snapshot)[1])
+        return result
+    saved = save_first_values(snapshot, scan_entries(client, keys=keys), source=source)
     result["snapshot"] = str(saved.path)
     result["snapshot_keys"] = saved.keys
     for start in range(0, len(keys), BATCH):

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import base64
 import fnmatch
+import itertools
 import json
 import math
 import time
@@ -226,6 +227,22 @@ def write_entries(path: Path, entries: Iterable[Entry], *, source: str, redis_ve
     return result
 
 
+def save_first_values(path: Path, entries: Iterable[Entry], *, source: str) -> ExportResult:
+    """Save ``entries`` to ``path`` as :func:`write_entries` does, but when ``path`` already exists (written by an
+    earlier, interrupted attempt of the same run) keep every entry it holds and add only the keys it lacks: the
+    value a key had before the run's first attempt is the one kept, so an undo from the file is exact.
+
+    Raises:
+        KeyspaceFileError: ``path`` exists but is not a readable keyspace file (nothing is written).
+        OSError: the file cannot be written (the previous one is unchanged).
+    """
+    if not path.exists():
+        return write_entries(path, entries, source=source)
+    _header, earlier = read_keyspace_file(path)
+    kept = {e.key for e in earlier}
+    return write_entries(path, itertools.chain(earlier, (e for e in entries if e.key not in kept)), source=source)
+
+
 def export_keyspace(client: redis.Redis, path: Path, *, match: str | None = None, source: str = "") -> ExportResult:
     """Export every key (or those matching ``match``) of the client's database to ``path``.
 
@@ -298,7 +315,8 @@ def import_entries(client: redis.Redis, entries: Iterable[Entry], *, match: str 
         match: only keys matching this glob (Redis ``MATCH`` syntax, on the key as text).
         dry_run: write nothing; say what would be written, overwritten and skipped.
         pre_restore: before any write, export the keys about to be overwritten to this file (skipped when
-            none would be); ``None`` writes no such copy.
+            none would be); ``None`` writes no such copy. If it exists (an earlier attempt of the same run, killed
+            part-way), its values are kept: see :func:`save_first_values`.
         skip_existing: leave keys that exist untouched instead of replacing them.
         source: what the entries came from, for the pre-restore file's header.
         now_ms: the time expiry is judged against (default now).
@@ -342,7 +360,7 @@ def import_entries(client: redis.Redis, entries: Iterable[Entry], *, match: str 
     if dry_run:
         return report
     if pre_restore is not None and overwritten:
-        saved = write_entries(pre_restore, scan_entries(client, keys=overwritten), source=source)
+        saved = save_first_values(pre_restore, scan_entries(client, keys=overwritten), source=source)
         report["pre_restore"] = {"path": str(saved.path), "keys": saved.keys}
     for start in range(0, len(to_write), BATCH):
         pipe = client.pipeline(transaction=True)
