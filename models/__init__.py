@@ -1,10 +1,11 @@
-"""The aml catalog: SQLAlchemy models of task runs, backups, alerts, metric samples, prune actions.
+"""The aml catalog: SQLAlchemy models of task runs, backups, alerts, metric samples, prune actions, restore
+drills and remediations.
 
 ``models`` imports only SQLAlchemy and the standard library. The schema is created and upgraded
 by Alembic (``alembic/``, driven by ``workers.catalog``), never by ``create_all`` outside tests.
 
 - :mod:`models.base`: declarative base, naming convention, :class:`UTCDateTime`.
-- :mod:`models.tables`: the five tables and their allowed values.
+- :mod:`models.tables`: the seven tables and their allowed values.
 - :mod:`models.engine`: :func:`make_engine` (SQLite WAL, busy timeout, foreign keys), :func:`session_factory`.
 - :mod:`models.queries`: the data-access functions the tasks use.
 """
@@ -17,9 +18,13 @@ from models.tables import (
     Alert,
     Backup,
     BackupType,
+    DrillStatus,
     MetricSample,
     PruneAction,
     PruneActionKind,
+    Remediation,
+    RemediationStatus,
+    RestoreDrill,
     Severity,
     TaskRun,
     TaskStatus,
@@ -35,9 +40,13 @@ __all__ = [
     "Backup",
     "BackupType",
     "Base",
+    "DrillStatus",
     "MetricSample",
     "PruneAction",
     "PruneActionKind",
+    "Remediation",
+    "RemediationStatus",
+    "RestoreDrill",
     "Severity",
     "TaskRun",
     "TaskStatus",

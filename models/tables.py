@@ -1,4 +1,5 @@
-"""The catalog's tables: task runs, backups, alerts, metric samples, prune actions.
+"""The catalog's tables: task runs, backups, alerts, metric samples, prune actions, restore drills,
+remediations.
 
 Units everywhere: sizes in bytes, durations in seconds, ratios 0-1, instants aware UTC
 (:class:`models.base.UTCDateTime`). Enumerated columns are plain strings guarded by ``CHECK``
@@ -291,3 +292,94 @@ class PruneAction(Base):
 
     def __repr__(self) -> str:
         return f"<PruneAction {self.run_id} {self.action} {self.agent}/{self.collection}/{self.record_id}>"
+
+
+class DrillStatus(enum.StrEnum):
+    """Outcome of a restore drill: every file matched (``passed``), a file did not (``failed``), or the
+    drill could not run (``error``: no snapshot, unreadable repository)."""
+
+    RUNNING = "running"
+    PASSED = "passed"
+    FAILED = "failed"
+    ERROR = "error"
+
+
+class RestoreDrill(Base):
+    """One restore drill (``aml <store> backup drill``, beat's weekly ``aml.backup.drill``): a snapshot, or
+    one agent of it, restored into a scratch directory and every file checked against the manifest.
+
+    ``files_checked``/``bytes_checked`` count what was compared; ``failures`` lists
+    ``{"path", "reason"}`` per file that did not match; ``error`` is why a drill could not run.
+    """
+
+    __tablename__ = "restore_drills"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    store: Mapped[str] = mapped_column(Text)
+    repository: Mapped[str | None] = mapped_column(Text)
+    backup_id: Mapped[str | None] = mapped_column(String(64))
+    agent: Mapped[str | None] = mapped_column(Text)
+    task_id: Mapped[str | None] = mapped_column(String(255))
+    status: Mapped[str] = mapped_column(String(16), default=DrillStatus.RUNNING.value)
+    started_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    duration_s: Mapped[float | None] = mapped_column(Float)
+    files_checked: Mapped[int] = mapped_column(BigInteger, default=0)
+    bytes_checked: Mapped[int] = mapped_column(BigInteger, default=0)
+    failures: Mapped[list[dict[str, Any]]] = mapped_column(JSON, default=list)
+    error: Mapped[str | None] = mapped_column(Text)
+
+    __table_args__ = (
+        CheckConstraint(_in("status", DrillStatus), name="status"),
+        Index("ix_restore_drills_store_started_at", "store", "started_at"),
+    )
+
+    def __repr__(self) -> str:
+        return f"<RestoreDrill {self.id} {self.store!r} {self.backup_id} {self.status}>"
+
+
+class RemediationStatus(enum.StrEnum):
+    """State of a remediation: ``planned`` (dry-run: what would run), ``queued``/``running``, a terminal
+    ``success``/``failure``, ``skipped`` (a cooldown, a chain already in flight) or ``refused`` (the rule's
+    previous run could not improve the cause: the alert's severity is raised instead)."""
+
+    PLANNED = "planned"
+    QUEUED = "queued"
+    RUNNING = "running"
+    SUCCESS = "success"
+    FAILURE = "failure"
+    SKIPPED = "skipped"
+    REFUSED = "refused"
+
+
+class Remediation(Base):
+    """One decision of the remediation policy (``aml.health.remediate``): the alert that caused it
+    (``fingerprint``, its state before and after), the rule, the actions (task names with arguments),
+    the task id of the chain, the outcome and why.
+    """
+
+    __tablename__ = "remediations"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    store: Mapped[str] = mapped_column(Text)
+    rule: Mapped[str] = mapped_column(String(64))
+    fingerprint: Mapped[str | None] = mapped_column(String(64))
+    mode: Mapped[str] = mapped_column(String(16))
+    actions: Mapped[list[dict[str, Any]]] = mapped_column(JSON, default=list)
+    task_id: Mapped[str | None] = mapped_column(String(255))
+    status: Mapped[str] = mapped_column(String(16))
+    reason: Mapped[str] = mapped_column(Text)
+    result: Mapped[dict[str, Any] | None] = mapped_column(JSON(none_as_null=True))
+    alert_before: Mapped[dict[str, Any] | None] = mapped_column(JSON(none_as_null=True))
+    alert_after: Mapped[dict[str, Any] | None] = mapped_column(JSON(none_as_null=True))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+
+    __table_args__ = (
+        CheckConstraint(_in("status", RemediationStatus), name="status"),
+        Index("ix_remediations_store_rule_created_at", "store", "rule", "created_at"),
+        Index("ix_remediations_task_id", "task_id"),
+    )
+
+    def __repr__(self) -> str:
+        return f"<Remediation {self.id} {self.rule} {self.store!r} {self.status}>"

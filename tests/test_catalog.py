@@ -29,7 +29,8 @@ from tests.catalog_helpers import empty_catalog
 from workers import catalog
 
 REPO = Path(__file__).resolve().parent.parent
-CATALOG_TABLES = {"task_runs", "backups", "alerts", "metric_samples", "prune_actions"}
+CATALOG_TABLES = {"task_runs", "backups", "alerts", "metric_samples", "prune_actions", "restore_drills",
+                  "remediations"}
 T0 = datetime(2026, 1, 2, 3, 4, 5, 678901, tzinfo=UTC)
 
 
@@ -58,7 +59,7 @@ def _tables(url: str) -> set[str]:
 def test_upgrade_downgrade_upgrade(db_url: str) -> None:
     assert catalog.current_revision(db_url) is None
     catalog.upgrade(db_url)
-    assert catalog.current_revision(db_url) == catalog.head_revision() == "0004"
+    assert catalog.current_revision(db_url) == catalog.head_revision() == "0005"
     assert _tables(db_url) >= CATALOG_TABLES
 
     catalog.downgrade(db_url, "base")
@@ -158,7 +159,7 @@ def test_alembic_config_works_from_any_directory(tmp_path: Path, monkeypatch: py
     monkeypatch.chdir(tmp_path)
     cfg = catalog.alembic_config("sqlite://")
     assert Path(str(cfg.get_main_option("script_location"))) == REPO / "models" / "migrations"
-    assert catalog.head_revision() == "0004"
+    assert catalog.head_revision() == "0005"
 
 
 def test_top_level_alembic_is_the_shipped_migrations() -> None:
