@@ -355,7 +355,8 @@ class RemediationStatus(enum.StrEnum):
 class Remediation(Base):
     """One decision of the remediation policy (``aml.health.remediate``): the alert that caused it
     (``fingerprint``, its state before and after), the rule, the actions (task names with arguments),
-    the task id of the chain, the outcome and why.
+    the task id of the chain, the outcome and why. At most one row per store is ``queued`` or ``running``
+    (partial unique index ``ux_remediations_store_in_flight``).
     """
 
     __tablename__ = "remediations"
@@ -379,6 +380,10 @@ class Remediation(Base):
         CheckConstraint(_in("status", RemediationStatus), name="status"),
         Index("ix_remediations_store_rule_created_at", "store", "rule", "created_at"),
         Index("ix_remediations_task_id", "task_id"),
+        # at most one chain in flight per store, enforced by the database (the policy's no-runaway rule)
+        Index("ux_remediations_store_in_flight", "store", unique=True,
+              sqlite_where=text("status IN ('queued', 'running')"),
+              postgresql_where=text("status IN ('queued', 'running')")),
     )
 
     def __repr__(self) -> str:

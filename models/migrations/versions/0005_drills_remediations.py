@@ -8,7 +8,8 @@ Create Date: 2026-12-02
 directory and checked file by file against its manifest); health's ``restore_tested`` check reads them.
 ``remediations``: one row per decision of the remediation policy (the decision matrix of the seeds' quick
 reference): the rule, the alert that caused it and its state before and after, the actions, the task id,
-the outcome and why. Both are new tables; the downgrade drops them.
+the outcome and why; at most one row per store is in flight
+(``queued``/``running``: partial unique index ``ux_remediations_store_in_flight``). Both are new tables; the downgrade drops them.
 """
 
 from __future__ import annotations
@@ -74,10 +75,14 @@ def upgrade() -> None:
     )
     op.create_index("ix_remediations_store_rule_created_at", "remediations", ["store", "rule", "created_at"])
     op.create_index("ix_remediations_task_id", "remediations", ["task_id"])
+    in_flight = sa.text("status IN ('queued', 'running')")
+    op.create_index("ux_remediations_store_in_flight", "remediations", ["store"], unique=True,
+                    sqlite_where=in_flight, postgresql_where=in_flight)
 
 
 def downgrade() -> None:
     """Drop both tables and their indexes."""
+    op.drop_index("ux_remediations_store_in_flight", table_name="remediations")
     op.drop_index("ix_remediations_task_id", table_name="remediations")
     op.drop_index("ix_remediations_store_rule_created_at", table_name="remediations")
     op.drop_table("remediations")
