@@ -52,7 +52,7 @@ def reserialise(root: Path, *, write: bool) -> int:
     touched: set[Path] = set()
     for relpath, _, _ in collection_files(store):
         loaded = load_collection(root, relpath, agents)
-        data = render(loaded.data, loaded.style, loaded.encoding)
+        data = render(loaded, dict(enumerate(loaded.data)))  # every item serialised anew
         records += len(loaded.data)
         if write:
             atomic_write(root / relpath, data, sync_dir=False)

@@ -12,7 +12,6 @@ import contextlib
 import functools
 import hashlib
 import logging
-import os
 import time
 import traceback
 from collections.abc import Callable, Iterator
@@ -26,6 +25,7 @@ from celery import Task
 from sqlalchemy.orm import Session
 
 from aml.store.guard import WriteRevoked
+from aml.store.storeid import normalise_store_id
 from models import queries
 from models.tables import TaskRun
 from workers.app import get_settings
@@ -46,21 +46,10 @@ The dict may set ``"status"`` to ``"success"``, ``"warning"`` or ``"failure"`` (
 """
 
 
-def normalize_store(store: str) -> str:
-    """Normalise a store argument into its store id.
-
-    Paths become absolute with symlinks resolved (``os.path.realpath``); URLs (``redis://...``) are
-    kept as given apart from surrounding whitespace.
-
-    Raises:
-        ValueError: empty store argument.
-    """
-    store = store.strip()
-    if not store:
-        raise ValueError("store is empty")
-    if "://" in store:
-        return store
-    return os.path.realpath(os.path.expanduser(store))
+normalize_store = normalise_store_id
+"""Normalise a store argument into its store id: the engine's one normaliser,
+:func:`aml.store.storeid.normalise_store_id` (paths absolute with symlinks resolved, URLs as given
+apart from surrounding whitespace; ``ValueError`` for an empty argument)."""
 
 
 TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (

@@ -262,3 +262,44 @@ def test_current_index_vouches_for_unchanged_documents(tmp_path: Path) -> None:
     assert [e["relpath"] for e in result.errors] == ["code-reviewer/patterns.json"]  # parsed: still refused
     assert FileStore(root).scan().records == before_records
     assert compress_store(root, decompress=True, use_index=False).parsed_by_index == 0
+
+
+def test_writes_in_flight_a_failed_write_and_a_file_changed_before_its_write(tmp_path: Path, monkeypatch) -> None:
+    """Writes run on threads while the next files are encoded: a file that changed after it was read is
+    left alone (``changed``); a write that fails stops the run with that error, after the writes in flight
+    finished; every file is then either its old bytes or its compressed self, never torn."""
+    import aml.optimize.compress as compress_module
+
+    root = extract_loom("loom-plain-v1.0", tmp_path)
+    before = files(root)
+    real_unchanged, real_write = compress_module.unchanged, compress_module.atomic_write
+    monkeypatch.setattr(compress_module, "unchanged",
+                        lambda path, st: path.name != "solutions.json" and real_unchanged(path, st))
+    result = compress_store(root, age_days=0, now=2e9)
+    assert result.skipped["changed"] == 4  # the 4 agents' solutions.json, left alone
+    assert len(result.changed) == 9 and not any(c.relpath.endswith("solutions.json") for c in result.changed)
+    assert [c.relpath for c in result.changed] == sorted(c.relpath for c in result.changed)  # in walk order
+    after = files(root)
+    for rel, (raw, mtime) in before.items():
+        assert after[rel][1] == mtime and decoded(after[rel][0]) == decoded(raw)
+        assert (sniff(after[rel][0]) == "gzip") == (rel in {c.relpath for c in result.changed})
+
+    compress_store(root, decompress=True)
+    calls = []
+
+    def failing_write(path, data, **kw):
+        calls.append(path)
+        if len(calls) == 3:
+            raise OSError(28, "No space left on device")
+        real_write(path, data, **kw)
+
+    monkeypatch.setattr(compress_module, "unchanged", real_unchanged)
+    monkeypatch.setattr(compress_module, "atomic_write", failing_write)
+    with pytest.raises(OSError, match="No space left"):
+        compress_store(root, age_days=0, now=2e9)
+    after = files(root)
+    assert sum(sniff(raw) == "gzip" for raw, _ in after.values()) in range(2, 2 + compress_module.MAX_IN_FLIGHT)
+    assert sniff(after[Path(calls[2]).relative_to(root).as_posix()][0]) == "plain"  # the failed one: unchanged
+    for rel, (raw, mtime) in before.items():
+        assert after[rel][1] == mtime and decoded(after[rel][0]) == decoded(raw)
+    assert not list(root.rglob(".aml-tmp-*"))

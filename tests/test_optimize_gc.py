@@ -5,13 +5,18 @@ from __future__ import annotations
 import copy
 import json
 import os
+import shutil
+import zlib
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from aml.optimize import apply_gc, plan_gc, quarantine_unparseable
-from aml.optimize.gc import canonical
+from aml.optimize.gc import GcPlan, canonical
+from aml.prune import DocumentState, PlannedAction, PruneConfig, PrunePlan, apply_plan
+from aml.store import item_size
 from aml.store.codec import decode, encode, sniff
 from tests.realdata import LOOM_COUNTS, extract_loom, snapshot_tree
 
@@ -40,13 +45,15 @@ def crafted_store(root: Path) -> dict[str, list[Any]]:
     conflict = {**a[3], "pattern": {"type": "other"}}  # same id, other content: reported, kept
     no_id = {k: v for k, v in item("alpha", 90).items() if k != "id"}
     empty_id = {**item("alpha", 91), "id": ""}
-    no_agent = {**item("alpha", 92), "agent": None}
+    no_agent = {k: v for k, v in item("alpha", 92).items() if k != "agent"}
+    null_id = {**item("alpha", 96), "id": None}  # present but null: a wrong type, reported and kept
+    null_agent = {**item("alpha", 97), "agent": None}
     no_ts = {k: v for k, v in item("alpha", 93).items() if k != "timestamp"}
     v2 = {k: v for k, v in item("alpha", 94).items() if k != "timestamp"}
     v2 |= {"version": "2.0.0", "lifecycle": {"created_at": "2026-01-01T00:00:00+00:00"}}  # v2: kept
     bad_ts = {**item("alpha", 95), "timestamp": "yesterday"}  # present but unparseable: reported, kept
     alpha = [a[0], a[1], dup, a[2], reordered, no_id, a[3], conflict, empty_id, no_agent, no_ts, a[4], v2, bad_ts,
-             dup]
+             dup, null_id, null_agent]
     write(root / "alpha" / "patterns.json", alpha)
     # another agent holds exact copies of alpha's records: never deduplicated across agents
     beta = [copy.deepcopy(a[0]), copy.deepcopy(a[1]), item("beta", 1), item("beta", 1)]
@@ -58,7 +65,7 @@ def crafted_store(root: Path) -> dict[str, list[Any]]:
     write(root / "backup" / "alpha-2026-01-01T00-00-00-000Z" / "patterns.json", [a[0], a[0]])
     (root / "config.json").write_text('{"version": "1.0.0"}')
     return {
-        "alpha/patterns.json": [a[0], a[1], a[2], a[3], conflict, a[4], v2, bad_ts],
+        "alpha/patterns.json": [a[0], a[1], a[2], a[3], conflict, a[4], v2, bad_ts, null_id, null_agent],
         "beta/patterns.json": [beta[0], beta[1], beta[2]],
         "global/archived-decisions.json": [archive[0], archive[1]],
     }
@@ -77,6 +84,8 @@ def test_plan_and_apply_on_crafted_store(tmp_path: Path) -> None:
     assert by_doc["alpha/patterns.json"].removals[0].duplicate_of == "/1"
     assert [c["id"] for c in plan.id_conflicts] == ["alpha-0003"]
     assert [b["timestamp"] for b in plan.bad_timestamps] == ["yesterday"]
+    assert [(w["pointer"], w["field"], w["found"]) for w in plan.wrong_type] == [
+        ("/13", "timestamp", "string (not a timestamp)"), ("/15", "id", "null"), ("/16", "agent", "null")]
     untouched = {rel: (root / rel).read_bytes() for rel in ("beta/solutions.json", "config.json",
                                                            "backup/alpha-2026-01-01T00-00-00-000Z/patterns.json")}
     result = apply_gc(root, plan)
@@ -102,6 +111,57 @@ def test_oracle_never_removes_across_agents(tmp_path: Path) -> None:
         assert len(values) == len(set(values)), rel
     # beta still holds its copies of alpha's records
     assert [x["id"] for x in read(root / "beta" / "patterns.json")][:2] == ["alpha-0000", "alpha-0001"]
+
+
+HAND_WRITTEN = (  # a writer that is neither Python's json.dumps nor JSON.stringify: four spaces, odd number
+    # forms, an escape, a trailing newline. gc used to re-serialise the whole document (guessing dumps settings)
+    '[\n    {"id": "d-1", "agent": "delta", "timestamp": "2026-01-01T00:00:00Z", "n": 1.50, "s": "caf\\u00e9"},\n'
+    '    {"id": "d-1", "agent": "delta", "timestamp": "2026-01-01T00:00:00Z", "n": 1.50, "s": "caf\\u00e9"},\n'
+    '    {"agent": "delta", "timestamp": "2026-01-01T00:00:00Z"},\n'
+    '    {"id": "d-2", "agent": "delta", "timestamp": "2026-01-02T00:00:00Z", "n": 1E3}\n]\n')
+
+
+def prune_plan_removing(root: Path, plan: GcPlan) -> PrunePlan:
+    """A prune plan that removes exactly the records of a gc plan (as prune's strategies would name them)."""
+    out = PrunePlan(str(root), root, PruneConfig(), datetime.now(UTC), (), None)
+    for gdoc in plan.documents:
+        out.documents[gdoc.relpath] = DocumentState(gdoc.size_bytes, gdoc.mtime_ns, "loom_collection")
+        items = read(root / gdoc.relpath)
+        for r in gdoc.removals:
+            rid = r.id or f"{r.document}#{r.pointer}"
+            out.actions.append(PlannedAction("gc", r.reason, "removed", r.agent or "", r.collection, rid, "pattern",
+                                             r.document, "", r.index, None, item_size(items[r.index])))
+    return out
+
+
+def test_gc_and_prune_removing_the_same_records_write_the_same_bytes(tmp_path: Path) -> None:
+    """One splice for both (aml.store.rewrite): the same records removed give the same file, byte for byte,
+    for Loom's JSON.stringify layout, pako gzip, isal gzip and a hand-written layout alike."""
+    by_gc, by_prune = tmp_path / "gc" / "m", tmp_path / "prune" / "m"
+    crafted_store(by_gc)
+    items = read(by_gc / "alpha" / "patterns.json")
+    loom_gz = json.dumps(items, indent=2, ensure_ascii=False).encode()
+    (by_gc / "alpha" / "solutions.json").write_bytes(zlib.compress(loom_gz, 6, wbits=31))  # Loom's runtime: pako 6
+    (by_gc / "delta").mkdir()
+    (by_gc / "delta" / "patterns.json").write_text(HAND_WRITTEN, encoding="utf-8")
+    shutil.copytree(by_gc, by_prune, copy_function=shutil.copy2)
+    before = {p.relative_to(by_gc).as_posix(): p.read_bytes() for p in by_gc.rglob("*") if p.is_file()}
+
+    plan = plan_gc(by_gc)
+    assert {d.relpath for d in plan.documents} >= {"alpha/solutions.json", "delta/patterns.json"}
+    gc_result = apply_gc(by_gc, plan)
+    pruned = apply_plan(prune_plan_removing(by_prune, plan), run_id="same-records")
+    assert not pruned.conflicts and pruned.error is None
+    assert sorted(pruned.documents) == sorted(w["relpath"] for w in gc_result.written)
+    after_gc = {p.relative_to(by_gc).as_posix(): p.read_bytes() for p in by_gc.rglob("*") if p.is_file()}
+    after_prune = {p.relative_to(by_prune).as_posix(): p.read_bytes() for p in by_prune.rglob("*") if p.is_file()}
+    assert after_gc == after_prune
+    assert after_gc != before
+    # the hand-written document keeps every byte of what stays (the old gc re-laid it out, 1E3 as 1000.0)
+    lines = HAND_WRITTEN.split("\n")
+    assert after_gc["delta/patterns.json"].decode() == "\n".join([lines[0], lines[1], *lines[4:]])
+    # pako-written gzip stays what pako (zlib level 6) writes for the new text
+    assert after_gc["alpha/solutions.json"] == zlib.compress(after_gc["alpha/patterns.json"], 6, wbits=31)
 
 
 def test_apply_skips_documents_changed_since_the_plan(tmp_path: Path) -> None:

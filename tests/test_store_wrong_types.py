@@ -252,3 +252,45 @@ def test_random_json_types_never_cause_a_removal(case: tuple[str, tuple[str, ...
         assert matched == [] and removals == []
     # whatever the value, a present field never makes gc drop the record
     assert removals == []
+
+
+def test_null_ids_and_agents_are_wrong_types_kept_by_gc_and_read_safely_by_index_and_query(odd_store) -> None:
+    """A null or numeric ``id`` or ``agent`` is a wrong type, like a null timestamp: gc reports and keeps the
+    record (only an absent or empty one is missing), and the index and ``query`` read every odd field as
+    unknown (never a 1970 date, never a confidence of a string) without failing."""
+    from aml.optimize import build_index
+    from aml.optimize.query import Query, QueryEngine
+
+    root, injected = odd_store
+    rel = f"{AGENT}/patterns.json"
+    patterns = _load(root / rel)
+    base = patterns[-1]
+    odd = [{**base, "id": None}, {**base, "id": 42}, {**base, "id": "p-null-agent", "agent": None}]
+    _dump(root / rel, [*patterns, *odd])
+    first_odd = len(patterns)
+
+    plan = plan_gc(root)
+    assert plan.removals == []
+    found = {(w["pointer"], w["field"], w["found"]) for w in plan.wrong_type if w["file"] == rel}
+    assert {(f"/{first_odd}", "id", "null"), (f"/{first_odd + 1}", "id", "integer"),
+            (f"/{first_odd + 2}", "agent", "null")} <= found
+
+    build_index(root)
+    with QueryEngine(root) as engine:
+        hits = engine.search(Query(agent=AGENT, limit=100_000), with_items=False).hits
+        assert len(hits) == sum(len(_load(root / f"{AGENT}/{c}.json")) for c in ("patterns", "solutions", "decisions"))
+        assert not [h for h in hits if (h.created_at or "").startswith("1970")
+                    or (h.last_used_at or "").startswith("1970")]
+        by_id = {h.id: h for h in hits}
+        for (_file, rid), fields in injected.items():
+            hit = by_id[rid]
+            if "evolution.lastUsed" in fields:
+                assert hit.last_used_at is None
+            if "evolution.confidenceScore" in fields:
+                assert hit.confidence is None
+                assert rid not in {h.id for h in engine.search(Query(min_confidence=0.0, limit=100_000),
+                                                               with_items=False).hits}
+        for n, item in enumerate(odd):
+            positional = f"{rel}#/{first_odd + n}"
+            hit = engine.lookup(item["id"] if isinstance(item["id"], str) else positional)
+            assert hit is not None and hit.item == item and hit.agent == AGENT

@@ -47,6 +47,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from aml.agent.shapes import MemoryMeasure, measure, with_limit
+from aml.store.storeid import normalise_store_id
 
 __all__ = ["AlertCallback", "MemoryAlert", "MemoryMonitor", "default_store_id"]
 
@@ -67,14 +68,6 @@ def default_store_id() -> str:
     (``<program>`` is the script's name without extension, ``python`` for an interactive session)."""
     program = Path(sys.argv[0]).stem if sys.argv and sys.argv[0] not in ("", "-c", "-m") else "python"
     return f"agent://{socket.gethostname()}/{program or 'python'}"
-
-
-def _store_id(store: str) -> str:
-    store = store.strip()
-    if not store:
-        raise ValueError("store is empty")
-    # as tasks.base.normalize_store (not imported: it pulls in Celery): URLs as given, paths resolved
-    return store if "://" in store else os.path.realpath(os.path.expanduser(store))
 
 
 @dataclass(frozen=True)
@@ -175,7 +168,7 @@ class MemoryMonitor:
         self.max_snapshots = int(max_snapshots)
         self.max_alerts = int(max_alerts)
         self.catalog_url = catalog_url or os.environ.get("AML_CATALOG_URL") or None
-        self.store = _store_id(store) if store is not None else default_store_id()
+        self.store = normalise_store_id(store) if store is not None else default_store_id()
         self.catalog_errors: deque[str] = deque(maxlen=100)
         """The last catalog failures (the monitor goes on in memory)."""
         self._agents: dict[str, _AgentState] = {}

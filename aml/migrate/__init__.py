@@ -7,8 +7,8 @@ One concern per module:
   aml differs from Loom's own migration;
 * :mod:`~aml.migrate.legacy` - what an upgrade drops, kept under ``metadata.aml_legacy``;
 * :mod:`~aml.migrate.chain` - one item through the steps; the loss check of downgrades;
-* :mod:`~aml.migrate.files` - the files in scope; reading them; writing them in their own encoding;
-* :mod:`~aml.migrate.jsonstyle` - keeping a document's JSON layout;
+* :mod:`~aml.migrate.files` - the files in scope; reading them; writing them in their own layout and
+  encoding (through :mod:`aml.store.rewrite`, like every writer);
 * :mod:`~aml.migrate.detect` - ``migrate detect``;
 * :mod:`~aml.migrate.plan` - what a migration would do (``--dry-run``);
 * :mod:`~aml.migrate.journal` - resume or roll back after a kill;

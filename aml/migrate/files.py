@@ -7,9 +7,11 @@ accepted, as everywhere in aml). Left alone, as Loom leaves them: ``global/archi
 ``backup/<agent>-<time>/`` reset copies and any other copy of items. :mod:`aml.migrate.detect`
 reports their versions separately.
 
-Reading keeps what a rewrite needs to look like the original: the encoding (sniffed, so gzip under a
-``.json`` name stays gzip), the JSON layout (:mod:`aml.migrate.jsonstyle`), and the SHA-256 of the
-bytes on disk (the journal's proof of which version of a file is there).
+Reading keeps what a rewrite needs to look like the original: the decoded text and the encoding
+(sniffed, so gzip under a ``.json`` name stays gzip), the JSON layout, and the SHA-256 of the bytes on
+disk (the journal's proof of which version of a file is there). A rewrite (:func:`render`) goes
+through :mod:`aml.store.rewrite`, as prune's and gc's do: only the items a step changed are
+serialised anew, in the file's own layout; every other byte stays as the writer wrote it.
 """
 
 from __future__ import annotations
@@ -17,12 +19,12 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any, Final
 
-from aml.migrate.jsonstyle import JsonStyle, detect_style, dumps
-from aml.store.codec import Encoding, encode
+from aml.store.codec import Encoding
 from aml.store.documents import (
     DEFAULT_MAX_BYTES,
     DocumentError,
@@ -34,6 +36,7 @@ from aml.store.documents import (
     read_file_bytes,
 )
 from aml.store.filestore import FileStore
+from aml.store.rewrite import DocumentText, JsonStyle, detect_json_style, document_text, find_list, replace_elements
 
 COLLECTIONS: Final = ("patterns", "solutions", "decisions")
 """The per-agent collections a migration changes."""
@@ -80,6 +83,7 @@ class LoadedFile:
         encoding: ``plain``, ``gzip`` or ``zstd`` (sniffed).
         style: the JSON layout of the decoded text.
         data: the parsed list of items.
+        text: the decoded text, for :func:`render`.
     """
 
     relpath: str
@@ -90,6 +94,7 @@ class LoadedFile:
     encoding: Encoding
     style: JsonStyle
     data: list[Any]
+    text: DocumentText
 
 
 def load_collection(root: Path, relpath: str, agents: frozenset[str], *,
@@ -116,17 +121,24 @@ def load_collection(root: Path, relpath: str, agents: frozenset[str], *,
     data = load_json(decoded, path, relpath=relpath)
     classify(data, parts, place(parts, agents), path)
     try:
-        text = decoded.decode("utf-8-sig")
-    except UnicodeDecodeError as exc:  # load_json accepted it, so this cannot happen
-        raise DocumentError(path, exc.start, "not UTF-8", code="not_utf8", relpath=relpath) from exc
-    style = detect_style(("\ufeff" if decoded.startswith(b"\xef\xbb\xbf") else "") + text[:65536] + (
-        "\n" if text.endswith("\n") else ""))
-    return LoadedFile(relpath, path, sha256(raw), st.st_size, st.st_mtime_ns, encoding, style, data)
+        text = document_text(raw, st, decoded, encoding, path)
+    except ValueError as exc:  # load_json accepted it, so this cannot happen
+        raise DocumentError(path, None, "not UTF-8", code="not_utf8", relpath=relpath) from exc
+    return LoadedFile(relpath, path, sha256(raw), st.st_size, st.st_mtime_ns, encoding,
+                      detect_json_style(text.text), data, text)
 
 
-def render(data: Any, style: JsonStyle, encoding: Encoding) -> bytes:
-    """Serialise ``data`` in ``style`` and encode it as ``encoding`` (the bytes to write)."""
-    return encode(dumps(data, style).encode("utf-8"), encoding)
+def render(loaded: LoadedFile, changed: Mapping[int, Any]) -> bytes:
+    """The bytes to write for ``loaded`` with the items at the indexes of ``changed`` replaced by its
+    values (:func:`aml.store.rewrite.replace_elements`: new items in the file's own JSON layout, every
+    other byte as it was), encoded as the file was.
+
+    Raises:
+        aml.store.rewrite.SpliceError: the text is not the list it was when read (cannot happen for
+            a :class:`LoadedFile`).
+    """
+    span = find_list(loaded.text.text, "")
+    return loaded.text.encoded(replace_elements(loaded.text.text, span, changed, loaded.style))
 
 
 def read_schema_file(root: Path) -> tuple[dict[str, Any] | None, DocumentError | None]:

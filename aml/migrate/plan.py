@@ -217,9 +217,8 @@ def plan_file(root: Path, relpath: str, agent: str, collection: str, agents: fro
     loaded = load_collection(root, relpath, agents)
     kind = KIND_OF_COLLECTION[collection]
     versions: Counter[str] = Counter()
-    new_items: list[Any] = []
+    new_items: dict[int, Any] = {}
     lost: list[dict[str, Any]] = []
-    changed = 0
     for index, item in enumerate(loaded.data):
         try:
             result = migrate_item(item, kind, target, ctx, check_loss=check_loss)
@@ -228,14 +227,14 @@ def plan_file(root: Path, relpath: str, agent: str, collection: str, agents: fro
         except ValueError as exc:  # metadata.aml_legacy that is not aml's
             raise ItemProblem(loaded.path, index, str(exc), "legacy_conflict", relpath) from exc
         versions[result.source] += 1
-        new_items.append(result.item)
         if result.changed:
-            changed += 1
+            new_items[index] = result.item
         if result.lost:
             lost.append({"index": index, "id": item.get("id"), "lost": result.lost})
-    new_bytes = render(new_items, loaded.style, loaded.encoding) if changed and keep_bytes else None
+    new_bytes = render(loaded, new_items) if new_items and keep_bytes else None
     return FilePlan(relpath, agent, collection, loaded.encoding, loaded.sha256, loaded.size_bytes,
-                    loaded.mtime_ns, len(loaded.data), dict(sorted(versions.items())), changed, lost, new_bytes)
+                    loaded.mtime_ns, len(loaded.data), dict(sorted(versions.items())), len(new_items), lost,
+                    new_bytes)
 
 
 class ItemProblem(DocumentError):

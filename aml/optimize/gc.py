@@ -3,12 +3,12 @@
 ``optimize gc`` (DESIGN.md, "Compress and optimize"; the seeds' ``GarbageCollector``):
 
 * a record **missing** ``id``, ``agent`` or ``timestamp`` is removed. For ``id`` and ``agent``
-  missing means absent, ``null`` or an empty string; for the time it means that neither
+  missing means absent or an empty (or blank) string; for the time it means that neither
   ``timestamp`` nor ``lifecycle.created_at`` (v2.0 items may carry their creation time there) is
-  present at all. A time that is present but not ISO 8601 text (``null``, a number, an unparseable
-  string) is a value gc could not read: the record is kept and reported (``bad_timestamps``, and
-  ``wrong_type`` for every field of the wrong JSON type, see
-  :func:`aml.store.accessors.wrong_types`);
+  present at all. A value that is present but of a type Loom never writes there (a ``null`` or
+  numeric ``id`` or ``agent``; a ``null``, numeric or unparseable time) is a value gc could not
+  read, not a missing one: the record is kept and reported (``wrong_type`` for every field of the
+  wrong JSON type, see :func:`aml.store.accessors.wrong_types`, and ``bad_timestamps`` for times);
 * an **exact duplicate** (the same JSON value, key order ignored) of an earlier record in the same
   collection document is removed; the first copy stays. Duplicates are only looked for within one
   document of one agent, never across agents (the seeds' collector kept one global set of ids and
@@ -35,15 +35,16 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any, Final, Literal
 
-from aml.optimize.files import QUARANTINE_DIR, WRITER_SKIP_TOP, unchanged
+from aml.optimize.files import QUARANTINE_DIR, WRITER_SKIP_TOP
 from aml.store import accessors as acc
 from aml.store.atomic import atomic_write
-from aml.store.codec import Encoding, decode, encode
-from aml.store.documents import DocumentError, ErrorCode, decode_bytes, load_json, read_file_bytes
+from aml.store.codec import Encoding, decode
+from aml.store.documents import DocumentError, ErrorCode
 from aml.store.filestore import FileStore
 from aml.store.loomlock import loom_lock_held
 from aml.store.quarantine import quarantine
 from aml.store.records import json_pointer
+from aml.store.rewrite import SpliceError, find_list, read_text, remove_elements
 from aml.store.timestamps import parse_iso_timestamp
 
 GcReason = Literal["missing_id", "missing_agent", "missing_timestamp", "duplicate"]
@@ -191,8 +192,12 @@ class GcResult:
 # --------------------------------------------------------------------------------- rules
 
 
-def _missing(value: Any) -> bool:
-    return value is None or (isinstance(value, str) and not value.strip())
+def _missing(item: Mapping[str, Any], key: str) -> bool:
+    """``key`` is absent or an empty/blank string (``null`` or a number is a wrong type, not missing)."""
+    if key not in item:
+        return True
+    value = item[key]
+    return isinstance(value, str) and not value.strip()
 
 
 _ABSENT: Final = object()
@@ -234,7 +239,7 @@ def plan_items(
     """
     removals: list[GcRemoval] = []
     bad_ts: list[dict[str, Any]] = []
-    first_copy: dict[tuple[Any, str], str] = {}
+    first_copy: dict[str, str] = {}
     by_id: dict[str, dict[str, str]] = {}
     for index, item in enumerate(items):
         pointer = json_pointer(index)
@@ -244,9 +249,9 @@ def plan_items(
         rid_s = rid if isinstance(rid, str) else None
         agent_s = agent if isinstance(agent, str) else None
         reason: GcReason | None = None
-        if _missing(rid):
+        if _missing(item, "id"):
             reason = "missing_id"
-        elif _missing(agent):
+        elif _missing(item, "agent"):
             reason = "missing_agent"
         elif _timestamp_value(item) is _ABSENT:
             reason = "missing_timestamp"
@@ -257,12 +262,11 @@ def plan_items(
         if parse_iso_timestamp(ts) is None:
             bad_ts.append({"document": document, "pointer": pointer, "id": rid_s, "timestamp": ts})
         text = canonical(item)
-        key = (agent, text)  # never across agents: the agent is part of the key
-        kept = first_copy.get(key)
+        kept = first_copy.get(text)  # the whole value, agent included: never a duplicate across agents
         if kept is not None:
             removals.append(GcRemoval(document, pointer, index, rid_s, agent_s, collection, "duplicate", kept))
             continue
-        first_copy[key] = pointer
+        first_copy[text] = pointer
         if rid_s is not None:
             by_id.setdefault(rid_s, {}).setdefault(text, pointer)
     conflicts = [{"document": document, "id": rid, "pointers": sorted(copies.values(), key=_pointer_index)}
@@ -359,55 +363,16 @@ def quarantine_unparseable(
 # --------------------------------------------------------------------------------- apply
 
 
-def json_style(decoded: bytes, data: Any) -> dict[str, Any]:
-    """The :func:`json.dumps` arguments that reproduce ``decoded`` from ``data``, as far as they can
-    be found: Loom's runtime writes ``JSON.stringify(x, null, 2)`` (Python ``indent=2``, non-ASCII
-    kept, no trailing newline); Python tools write ``indent=2`` with ASCII escapes.
-
-    Returns:
-        ``{"indent", "separators", "ensure_ascii", "newline"}``; when no candidate reproduces the
-        bytes exactly, the indentation seen on the second line (default 2), non-ASCII kept.
-    """
-    text = decoded.decode("utf-8-sig", errors="replace")
-    newline = text.endswith("\n")
-    body = text.rstrip("\n")
-    candidates: list[dict[str, Any]] = []
-    for ensure_ascii in (False, True):
-        for width, seps in ((2, None), (4, None), ("\t", None), (None, (",", ":")), (None, (", ", ": ")), (1, None)):
-            candidates.append({"indent": width, "separators": seps, "ensure_ascii": ensure_ascii})
-    for cand in candidates:
-        try:
-            if json.dumps(data, **cand) == body:
-                return {**cand, "newline": newline}
-        except (TypeError, ValueError):
-            continue
-    lines = body.split("\n", 2)
-    indent: int | str | None = 2
-    if len(lines) < 2:
-        indent = None
-    else:
-        second = lines[1]
-        lead = second[: len(second) - len(second.lstrip(" \t"))]
-        indent = "\t" if lead.startswith("\t") else (len(lead) or 2)
-    seps = (",", ":") if indent is None else None
-    return {"indent": indent, "separators": seps, "ensure_ascii": False, "newline": newline}
-
-
-def dumps_like(data: Any, style: Mapping[str, Any]) -> bytes:
-    """Serialise ``data`` in a style from :func:`json_style`, as UTF-8 bytes."""
-    text = json.dumps(data, indent=style["indent"], separators=style["separators"],
-                      ensure_ascii=style["ensure_ascii"])
-    return (text + ("\n" if style["newline"] else "")).encode("utf-8")
-
-
 def apply_gc(root: str | os.PathLike[str], plan: GcPlan, *, fsync: bool = True) -> GcResult:
     """Remove the planned records, one atomic rewrite per document.
 
     Each document is re-read; if its bytes differ from the plan's (sha256), it is skipped
     (``changed``): run gc again. A document Loom's runtime holds its lock on is skipped (``locked``).
-    The rest of the document is kept as it was: every other record and field, the JSON style its
-    writer used, and its encoding (gzip stays gzip, readable by Loom's runtime). Applying the same
-    plan twice removes nothing the second time.
+    The records are cut out of the decoded text by :func:`aml.store.rewrite.remove_elements`, the
+    splice prune uses: every other byte stays the writer's (records, fields, key order, number
+    formats, indentation), so gc and prune removing the same records write the same bytes; the
+    encoding is kept (gzip stays gzip, readable by Loom's runtime). Applying the same plan twice
+    removes nothing the second time.
 
     Args:
         root: the store directory.
@@ -429,26 +394,27 @@ def apply_gc(root: str | os.PathLike[str], plan: GcPlan, *, fsync: bool = True) 
             result.skipped.append({"relpath": gdoc.relpath, "reason": "locked"})
             continue
         try:
-            raw, st = read_file_bytes(path, relpath=gdoc.relpath)
-            if hashlib.sha256(raw).hexdigest() != gdoc.sha256:
+            doc = read_text(path, relpath=gdoc.relpath)
+            if hashlib.sha256(doc.raw).hexdigest() != gdoc.sha256:
                 result.skipped.append({"relpath": gdoc.relpath, "reason": "changed"})
                 continue
-            decoded, encoding = decode_bytes(raw, path, relpath=gdoc.relpath)
-            data = load_json(decoded, path, relpath=gdoc.relpath)
-        except DocumentError as exc:
-            result.skipped.append({"relpath": gdoc.relpath, "reason": f"unreadable: {exc.reason}"})
+            span = find_list(doc.text, "")
+        except (DocumentError, SpliceError) as exc:
+            reason = exc.reason if isinstance(exc, DocumentError) else str(exc)
+            result.skipped.append({"relpath": gdoc.relpath, "reason": f"unreadable: {reason}"})
             continue
         drop = {r.index for r in gdoc.removals}
-        kept = [item for i, item in enumerate(data) if i not in drop]
-        new = encode(dumps_like(kept, json_style(decoded, data)), encoding)
+        new_text = remove_elements(doc.text, span, drop)  # the same splice as prune: same records, same bytes
+        new = doc.encoded(new_text)
+        kept = [item for i, item in enumerate(span.items) if i not in drop]
         if json.loads(decode(new)[0]) != kept:
             raise RuntimeError(f"{gdoc.relpath}: rewritten document does not read back")
-        if not unchanged(path, st):
+        if not doc.unchanged_on_disk(path):
             result.skipped.append({"relpath": gdoc.relpath, "reason": "changed"})
             continue
-        atomic_write(path, new, fsync=fsync)
+        atomic_write(path, new, mode=doc.mode, fsync=fsync)
         result.removed.extend(gdoc.removals)
-        result.written.append({"relpath": gdoc.relpath, "removed": len(drop), "bytes_before": len(raw),
+        result.written.append({"relpath": gdoc.relpath, "removed": len(drop), "bytes_before": len(doc.raw),
                                "bytes_after": len(new)})
     result.duration_s = time.perf_counter() - started
     return result

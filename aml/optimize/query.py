@@ -38,7 +38,7 @@ from aml.optimize.bloom import BloomFormatError, IdBloom
 from aml.optimize.cache import DEFAULT_CACHE_BYTES, CacheStats, DocStamp, LRUCache
 from aml.optimize.index import FORMAT, IndexMissingError, bloom_path, connect, index_path, read_meta, resolve_pointer
 from aml.store.codec import decode
-from aml.store.filestore import normalise_store_id
+from aml.store.storeid import normalise_store_id
 
 DEFAULT_LIMIT: Final = 20
 """Results returned when no limit is given."""

@@ -8,7 +8,6 @@ One concern per module:
 * :mod:`~aml.prune.sessions` - Aitor session rules (``session_based``);
 * :mod:`~aml.prune.tinytroupe` - TinyTroupe episodic-memory rule (``session_based``);
 * :mod:`~aml.prune.plan` - :func:`build_plan`: record, collection, reason, value (the dry run);
-* :mod:`~aml.prune.splice` - editing a list inside a JSON document without re-serialising it;
 * :mod:`~aml.prune.archive` - archived decisions in the backup repository's ``archives/<agent>/``;
 * :mod:`~aml.prune.apply` - :func:`apply_plan`: atomic rewrites, decisions archived first, undo rows
   handed to the caller before each rewrite (write-ahead);
@@ -23,9 +22,9 @@ from aml.prune.apply import AppliedRecord, ApplyResult, apply_plan
 from aml.prune.archive import ARCHIVE_DIR, archive_file, read_archive
 from aml.prune.config import DEFAULT_STRATEGIES, MIB, STRATEGIES, PruneConfig, Strategy, normalise_strategies
 from aml.prune.plan import DocumentState, PlannedAction, PrunePlan, build_plan
-from aml.prune.splice import SpliceError
 from aml.prune.undo import UndoEntry, UndoResult, present_entries, undo_entries
 from aml.prune.value import ValueInputs, loom_value, loom_value_inputs, value_score
+from aml.store.rewrite import SpliceError
 
 __all__ = [
     "ARCHIVE_DIR",

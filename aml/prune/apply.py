@@ -8,8 +8,8 @@ For each document of the plan, in path order:
 2. write the decisions to archive into ``<archive_root>/<agent>/decisions_<run_id>.json.gz``
    (:mod:`aml.prune.archive`), atomically;
 3. rebuild the document's lists without the planned records by splicing the decoded text
-   (:mod:`aml.prune.splice`: every other byte stays as the writer wrote it), check the result parses,
-   and encode it as the file was encoded (gzip stays gzip);
+   (:func:`aml.store.rewrite.remove_elements`, as ``optimize gc`` does: every other byte stays as the
+   writer wrote it), check the result parses, and encode it as the file was encoded (gzip stays gzip);
 4. hand the document's :class:`AppliedRecord` rows to ``before_publish`` (write-ahead: the caller
    records them durably, so that undo can find them, *before* the records leave the document);
 5. replace the file atomically (temp file, fsync, rename, fsync directory).
@@ -24,7 +24,6 @@ The caller takes the pre-prune snapshot before calling :func:`apply_plan`; the `
 
 from __future__ import annotations
 
-import json
 from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -33,19 +32,19 @@ from typing import Any
 
 from aml.prune.archive import add_to_archive, archive_file
 from aml.prune.plan import PlannedAction, PrunePlan
-from aml.prune.splice import (
-    ListSpan,
-    SpliceError,
-    element_key,
-    encode_text,
-    find_list,
-    read_text,
-    rebuild,
-)
 from aml.store.atomic import atomic_write
 from aml.store.documents import DocumentError
 from aml.store.loomlock import loom_lock_held
 from aml.store.records import item_size
+from aml.store.rewrite import (
+    ListSpan,
+    SpliceError,
+    check_parses,
+    element_key,
+    find_list,
+    read_text,
+    remove_elements,
+)
 
 PAYLOAD_VERSION = 1
 """Version of the ``prune_actions.record`` payload written by :func:`apply_plan`."""
@@ -237,18 +236,13 @@ def _apply_document(plan: PrunePlan, relpath: str, actions: list[PlannedAction],
                 "layout": layout.to_dict() if layout is not None else None,
                 "archive": archive_rel,
             }))
-        elements = [(span.element_text(text, i), span.sep_after(text, i)) for i in range(len(span))
-                    if i not in removed]
-        new_text = rebuild(new_text, span, elements)
-    try:
-        json.loads(new_text[1:] if new_text.startswith("\ufeff") else new_text)
-    except ValueError as exc:  # never write a document that would not parse
-        raise SpliceError(f"{relpath}: edited text does not parse ({exc}); left alone") from exc
+        new_text = remove_elements(new_text, span, removed)
+    check_parses(new_text, relpath)  # never write a document that would not parse
     for archive_rel, items in sorted(archived.items()):
         assert archive_root is not None
         add_to_archive(archive_root / archive_rel, items)
         result.archives.append(str(archive_root / archive_rel))
-    data = encode_text(new_text, doc.encoding, doc.gzip_level)
+    data = doc.encoded(new_text)
     if before_publish is not None:
         before_publish(relpath, applied)  # write-ahead: the undo rows exist before the records leave
     atomic_write(path, data, mode=doc.mode)

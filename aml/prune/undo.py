@@ -23,7 +23,7 @@ exact text. For each document, in order of original index, a record is put back:
 * else right before its ``next`` element if that is present;
 * else at ``min(index, len)``.
 
-Only the list region changes, spliced as in :mod:`aml.prune.splice`: records other than the restored
+Only the list region changes, spliced as in :mod:`aml.store.rewrite`: records other than the restored
 ones, including changes an agent made after the prune, stay exactly as they are now. When nothing
 else changed, the document comes back byte-identical (gzip included). Restored decisions are then
 removed from the run's archive file. Documents that are missing or no longer parse are reported and
@@ -36,7 +36,6 @@ nothing for them. :func:`present_entries` applies the same test without writing,
 
 from __future__ import annotations
 
-import json
 from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -44,18 +43,18 @@ from pathlib import Path
 from typing import Any
 
 from aml.prune.archive import remove_from_archive
-from aml.prune.splice import (
+from aml.store.atomic import atomic_write
+from aml.store.documents import DocumentError
+from aml.store.rewrite import (
     Layout,
     ListSpan,
     SpliceError,
+    check_parses,
     element_key,
-    encode_text,
     find_list,
     read_text,
     rebuild,
 )
-from aml.store.atomic import atomic_write
-from aml.store.documents import DocumentError
 
 
 @dataclass(frozen=True, slots=True)
@@ -276,11 +275,8 @@ def _undo_document(root: Path, relpath: str, entries: list[UndoEntry], result: U
         new_text = rebuild(new_text, span, elements, layout=layout)
         changed = True
     if changed:
-        try:
-            json.loads(new_text[1:] if new_text.startswith("\ufeff") else new_text)
-        except ValueError as exc:
-            raise SpliceError(f"{relpath}: restored text does not parse ({exc}); left alone") from exc
-        atomic_write(path, encode_text(new_text, doc.encoding, doc.gzip_level), mode=doc.mode)
+        check_parses(new_text, relpath)
+        atomic_write(path, doc.encoded(new_text), mode=doc.mode)
         result.documents.append(relpath)
     result.restored.extend(restored)
     result.already_present.extend(present)

@@ -10,6 +10,8 @@ Modules, one concern each:
 * :mod:`aml.store.documents`: reading and classifying one file, :class:`DocumentError`;
 * :mod:`aml.store.extract`: records from a parsed document;
 * :mod:`aml.store.filestore`: :class:`FileStore` and :class:`ScanResult`;
+* :mod:`aml.store.storeid`: the store id of a path or URL (the one normaliser);
+* :mod:`aml.store.rewrite`: the one way a document is rewritten (splicing its text, in its writer's style);
 * :mod:`aml.store.quarantine`: copy a bad document aside, never moving it;
 * :mod:`aml.store.loomlock`: Loom's own writer lock (``<file>.lock``), which every aml writer respects.
 """
@@ -29,9 +31,10 @@ from aml.store.documents import (
     read_document,
 )
 from aml.store.extract import records_from_document
-from aml.store.filestore import FileStore, ScanResult, normalise_store_id
+from aml.store.filestore import FileStore, ScanResult
 from aml.store.quarantine import quarantine
 from aml.store.records import COLLECTIONS, Record, RecordLocation, item_size, json_pointer
+from aml.store.storeid import normalise_store_id
 from aml.store.timestamps import (
     PY_AWARE_STYLE,
     PY_NAIVE_STYLE,

@@ -355,6 +355,8 @@ def reviewed_at(item: Item) -> datetime | None:
 TIMESTAMP_EXPECTED: Final = "string (ISO 8601 timestamp)"
 
 _ANY_ITEM: Final[tuple[tuple[tuple[str, ...], str], ...]] = (
+    (("id",), "string"),
+    (("agent",), "string"),
     (("timestamp",), "timestamp"),
     (("metadata", "last_modified"), "timestamp"),
     (("active",), "boolean"),
@@ -402,13 +404,16 @@ def _type_problem(value: object, expected: str) -> str | None:
     if expected == "number":
         ok = isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
         return None if ok else json_type(value)
+    if expected == "string":
+        return None if isinstance(value, str) else json_type(value)
     return None if isinstance(value, bool) else json_type(value)
 
 
 def wrong_types(item: object, collection: str) -> tuple[WrongType, ...]:
     """Fields of a Loom item whose JSON type is not what Loom writes there.
 
-    Checked (present keys only; a missing field is not a wrong type): every timestamp (ISO 8601
+    Checked (present keys only; a missing field is not a wrong type): ``id`` and ``agent`` (strings:
+    ``null`` or a number is wrong), every timestamp (ISO 8601
     text: a number, ``null``, a numeric or unparseable string is wrong), success rate, confidence,
     counts and times saved (JSON numbers: a string ``"0.9"`` is wrong), and flags (``active``,
     ``effectiveness.worked``, ``outcome.wouldRepeat``: booleans). The accessors above read each such

@@ -392,9 +392,11 @@ def place(parts: tuple[str, ...], loom_agents: frozenset[str]) -> Placement:
     return Placement(None, agent)
 
 
-_LIST_KINDS: Final = frozenset({"loom_collection", "loom_archive"})
-_DICT_KINDS: Final = frozenset({"loom_config", "loom_schema_version"})
-_CONTENT_FIRST: Final = frozenset({"loom_global", "loom_monitoring"})
+LIST_KINDS: Final[frozenset[DocumentKind]] = frozenset({"loom_collection", "loom_archive"})
+"""Positional kinds whose content must be a list of objects."""
+DICT_KINDS: Final[frozenset[DocumentKind]] = frozenset({"loom_config", "loom_schema_version"})
+"""Positional kinds whose content must be an object."""
+CONTENT_FIRST_KINDS: Final[frozenset[DocumentKind]] = frozenset({"loom_global", "loom_monitoring"})
 """Positional kinds that yield to an Aitor session or TinyTroupe content found at their place."""
 
 
@@ -424,10 +426,10 @@ def classify(
     """
     relpath = "/".join(parts)
     kind = placement.kind
-    if kind in _LIST_KINDS:
+    if kind in LIST_KINDS:
         _require_list_of_objects(data, path, relpath, what=f"{parts[-1]} ({placement.collection})")
         return kind, placement.agent
-    if kind in _DICT_KINDS:
+    if kind in DICT_KINDS:
         if not isinstance(data, Mapping):
             raise DocumentError(
                 path,
@@ -437,7 +439,7 @@ def classify(
                 relpath=relpath,
             )
         return kind, None
-    if kind in _CONTENT_FIRST and (acc.is_aitor_session(data) or acc.is_tinytroupe_spec(data)
+    if kind in CONTENT_FIRST_KINDS and (acc.is_aitor_session(data) or acc.is_tinytroupe_spec(data)
                                    or acc.is_tinytroupe_cache(data)):
         kind = None  # a session or spec placed in global/ or monitoring/ is still one ("anywhere below the root")
     if kind is not None:

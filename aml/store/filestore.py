@@ -33,15 +33,10 @@ from aml.store.documents import (
 )
 from aml.store.extract import records_from_document
 from aml.store.records import Record
+from aml.store.storeid import normalise_store_id
 
 AML_PREFIX = ".aml"
 """Entries whose name starts with this belong to aml (temp files, own folders) and are skipped."""
-
-
-def normalise_store_id(root: str | os.PathLike[str]) -> str:
-    """The store id of a directory: its absolute path with symlinks resolved and no trailing
-    separator (``~`` expanded). The directory need not exist."""
-    return str(Path(root).expanduser().resolve(strict=False))
 
 
 @dataclass(slots=True)
@@ -131,7 +126,8 @@ class FileStore:
 
     Attributes:
         root: the directory as an absolute resolved :class:`~pathlib.Path`.
-        store_id: ``str(root)``: the id used in locks, catalog rows and metric labels.
+        store_id: ``str(root)``: the id used in locks, catalog rows and metric labels
+            (:func:`aml.store.storeid.normalise_store_id`).
     """
 
     def __init__(
@@ -142,6 +138,8 @@ class FileStore:
         max_decoded_bytes: int | None = None,
     ) -> None:
         self.store_id = normalise_store_id(root)
+        if "://" in self.store_id:
+            raise ValueError(f"{self.store_id} is a URL, not a file store directory")
         self.root = Path(self.store_id)
         self.max_bytes = max_bytes
         self.max_decoded_bytes = max_decoded_bytes

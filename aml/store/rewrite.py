@@ -1,27 +1,38 @@
-"""Editing one list inside a JSON document by splicing its text, so everything else stays byte-identical.
+"""The one way aml rewrites a JSON document: splice its text, so every byte it does not change stays the writer's.
 
-Prune removes items from a list (a Loom collection, an Aitor session's ``conversation_history``, a
-TinyTroupe agent's ``episodic_memory.memory``) and undo puts them back. Neither re-serialises the
-document: the list's elements are located by their character spans in the decoded text, and the
-list region is rebuilt from the exact text of the elements that stay, with the separators the
-writer used. Fields aml does not know, key order, number formatting, escapes and indentation are
-therefore kept as the writer wrote them, and an undo restores the original bytes exactly.
+Every writer of memory documents goes through this module: prune removes items from a list (a Loom
+collection, an Aitor session's ``conversation_history``, a TinyTroupe agent's
+``episodic_memory.memory``) and its undo puts them back; ``optimize gc`` removes invalid and duplicate
+records; ``migrate`` replaces the records it changes. None of them re-serialises the document: the
+list's elements are located by their character spans in the decoded text (:func:`find_list`), and the
+list region is rebuilt (:func:`rebuild`, :func:`remove_elements`, :func:`replace_elements`) from the
+exact text of the elements that stay, with the separators the writer used. Fields aml does not know,
+key order, number formatting, escapes, indentation, a byte order mark and a trailing newline are
+therefore kept as the writer wrote them, two writers removing the same records produce the same
+bytes, and an undo restores the original bytes exactly.
 
-The file's encoding is kept too: gzip files written by zlib or pako are recompressed with zlib at the
-level their header names (Loom's runtime writes pako level 6, which zlib level 6 reproduces byte for
-byte), so that a prune followed by its undo gives back the identical file.
+A record whose content changes (a migration) has to be serialised anew: :func:`detect_json_style`
+reads the writer's layout (indentation unit, separators, ASCII escapes) from the document and
+:func:`dumps_element` writes the new record in it, indented to the column the old one started at.
+Loom's runtime (``JSON.stringify(data, null, 2)``) and its Python tools (``json.dump(data, f,
+indent=2, ensure_ascii=False)``) both write two-space indentation, non-ASCII characters as is.
+
+The file's encoding is kept too (:func:`encode_text`): gzip files written by zlib or pako are
+recompressed with zlib at the level their header names (Loom's runtime writes pako level 6, which zlib
+level 6 reproduces byte for byte), so that a prune followed by its undo gives back the identical file.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
+import stat
 import zlib
-from collections.abc import Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from json.decoder import scanstring  # type: ignore[attr-defined]
-from pathlib import Path
 from typing import Any, Final
 
 from aml.store.codec import Encoding, encode
@@ -117,6 +128,7 @@ class DocumentText:
         size: ``st_size`` when read.
         mtime_ns: ``st_mtime_ns`` when read.
         mode: permission bits.
+        ino: ``st_ino`` when read (an atomic rewrite by anyone changes it).
     """
 
     raw: bytes
@@ -126,6 +138,19 @@ class DocumentText:
     size: int
     mtime_ns: int
     mode: int
+    ino: int = 0
+
+    def unchanged_on_disk(self, path: str | os.PathLike[str]) -> bool:
+        """True if ``path`` still has the size, mtime and inode it had when this text was read."""
+        try:
+            st = os.lstat(path)
+        except OSError:
+            return False
+        return (st.st_size, st.st_mtime_ns, st.st_ino) == (self.size, self.mtime_ns, self.ino)
+
+    def encoded(self, text: str) -> bytes:
+        """``text`` encoded the way this document was (:func:`encode_text`)."""
+        return encode_text(text, self.encoding, self.gzip_level)
 
 
 def pointer_tokens(pointer: str) -> list[str]:
@@ -141,23 +166,32 @@ def pointer_tokens(pointer: str) -> list[str]:
     return [t.replace("~1", "/").replace("~0", "~") for t in pointer[1:].split("/")]
 
 
-def read_text(path: Path) -> DocumentText:
-    """Read, decode and (for gzip) fingerprint a document for editing.
+def read_text(path: str | os.PathLike[str], *, relpath: str | None = None) -> DocumentText:
+    """Read, decode and (for gzip) fingerprint a document for editing (never follows a symlink).
 
     Raises:
         aml.store.DocumentError: unreadable, symlink, oversize, or corrupt compression.
         SpliceError: not UTF-8.
     """
-    import stat as _stat
+    raw, st = read_file_bytes(path, relpath=relpath)
+    decoded, encoding = decode_bytes(raw, path, relpath=relpath)
+    return document_text(raw, st, decoded, encoding, path)
 
-    raw, st = read_file_bytes(path)
-    decoded, encoding = decode_bytes(raw, path)
+
+def document_text(raw: bytes, st: os.stat_result, decoded: bytes, encoding: Encoding,
+                  path: str | os.PathLike[str]) -> DocumentText:
+    """The :class:`DocumentText` of a file already read (``raw``, ``st``) and decoded.
+
+    Raises:
+        SpliceError: ``decoded`` is not UTF-8.
+    """
     try:
         text = decoded.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise SpliceError(f"{path}: not UTF-8 at byte {exc.start}") from exc
     level = gzip_level_of(raw) if encoding == "gzip" else None
-    return DocumentText(raw, encoding, level, text, st.st_size, st.st_mtime_ns, _stat.S_IMODE(st.st_mode))
+    return DocumentText(raw, encoding, level, text, st.st_size, st.st_mtime_ns, stat.S_IMODE(st.st_mode),
+                        st.st_ino)
 
 
 def gzip_level_of(raw: bytes) -> int | None:
@@ -330,3 +364,125 @@ def element_key(item: Any, element_text: str) -> tuple[str, str]:
     if isinstance(item, dict) and isinstance(item.get("id"), str):
         return "id", item["id"]
     return "sha256", hashlib.sha256(element_text.encode("utf-8")).hexdigest()
+
+
+def kept_elements(text: str, span: ListSpan, removed: Collection[int]) -> list[tuple[str, str | None]]:
+    """The elements of ``span`` that stay when ``removed`` (indexes) go: ``(exact text, the
+    separator that followed it)`` each, ready for :func:`rebuild`."""
+    return [(span.element_text(text, i), span.sep_after(text, i)) for i in range(len(span)) if i not in removed]
+
+
+def remove_elements(text: str, span: ListSpan, removed: Collection[int]) -> str:
+    """``text`` without the elements of ``span`` at the indexes ``removed``; every other byte as it was.
+
+    Between two elements that stay, the separator is the one the writer put after the first of them;
+    an emptied list becomes ``[]``. Prune and gc both remove records with this, so removing the same
+    records gives the same bytes whichever of them does it.
+    """
+    return rebuild(text, span, kept_elements(text, span, removed))
+
+
+def replace_elements(text: str, span: ListSpan, new: Mapping[int, Any], style: JsonStyle) -> str:
+    """``text`` with the elements of ``span`` at the indexes of ``new`` replaced by its values,
+    serialised in ``style`` (:func:`dumps_element`) at the column the old element started at. The
+    other elements, the separators and everything outside the list keep their exact text.
+    """
+    if not new:
+        return text
+    elements: list[tuple[str, str | None]] = []
+    for i in range(len(span)):
+        sep = span.sep_after(text, i)
+        if i in new:
+            line_start = text.rfind("\n", 0, span.starts[i]) + 1
+            lead = text[line_start : span.starts[i]]
+            prefix = lead[: len(lead) - len(lead.lstrip(" \t"))]
+            elements.append((dumps_element(new[i], style, prefix), sep))
+        else:
+            elements.append((span.element_text(text, i), sep))
+    return rebuild(text, span, elements)
+
+
+def check_parses(text: str, what: str) -> None:
+    """Raise :class:`SpliceError` unless ``text`` (a leading BOM allowed) parses as JSON: an edited
+    text is never written if it would not."""
+    try:
+        json.loads(text[1:] if text.startswith(_BOM) else text)
+    except ValueError as exc:
+        raise SpliceError(f"{what}: edited text does not parse ({exc}); left alone") from exc
+
+
+# ------------------------------------------------------------------------------ the writer's style
+
+_NON_ASCII_ESCAPE: Final = re.compile(
+    r"\\u(?:00[89a-fA-F][0-9a-fA-F]|0[1-9a-fA-F][0-9a-fA-F]{2}|[1-9a-fA-F][0-9a-fA-F]{3})"
+)
+"""A ``\\uXXXX`` escape of a non-ASCII character (U+0080 and above)."""
+_KEY_SPACED: Final = re.compile(r'":[ \t]')
+_KEY_TIGHT: Final = re.compile(r'":[^ \t]')
+_ITEM_SPACED: Final = re.compile(r'[}\]"], [{\["]')
+_ITEM_TIGHT: Final = re.compile(r'[}\]"],[{\["]')
+_STYLE_SAMPLE: Final = 65536
+"""Characters of a document :func:`detect_json_style` looks at (its layout is uniform)."""
+
+
+def _count(pattern: re.Pattern[str], text: str) -> int:
+    return sum(1 for _ in pattern.finditer(text))
+
+
+@dataclass(frozen=True, slots=True)
+class JsonStyle:
+    """How a writer lays out JSON.
+
+    Attributes:
+        indent: the indentation unit (e.g. ``"  "`` or ``"\\t"``), or ``None`` for one line.
+        item_sep: separator between items on one line (``","`` or ``", "``; only when ``indent`` is None).
+        key_sep: separator between a key and its value (``":"`` or ``": "``).
+        ensure_ascii: non-ASCII characters written as ``\\uXXXX`` escapes.
+    """
+
+    indent: str | None = "  "
+    item_sep: str = ","
+    key_sep: str = ": "
+    ensure_ascii: bool = False
+
+
+LOOM_STYLE: Final = JsonStyle()
+"""What Loom writes: two spaces, ``": "``, UTF-8 as is."""
+
+
+def detect_json_style(text: str) -> JsonStyle:
+    """The layout of ``text`` (a JSON document), read from its first 64 KiB.
+
+    Returns:
+        Its :class:`JsonStyle`; :data:`LOOM_STYLE` choices where the text does not show them (e.g.
+        ``[]`` says nothing about indentation).
+    """
+    body = text[1:] if text.startswith(_BOM) else text
+    stripped = body[:_STYLE_SAMPLE].strip()
+    indent: str | None = LOOM_STYLE.indent
+    item_sep, key_sep = LOOM_STYLE.item_sep, LOOM_STYLE.key_sep
+    if len(stripped) > 2 and stripped[0] in "[{":
+        rest = stripped[1:]
+        first_line_end = rest.find("\n")
+        head = stripped[:4096]
+        key_sep = ": " if _count(_KEY_SPACED, head) >= _count(_KEY_TIGHT, head) else ":"
+        if first_line_end == -1 or rest[:first_line_end].strip():
+            indent = None
+            item_sep = ", " if _count(_ITEM_SPACED, head) > _count(_ITEM_TIGHT, head) else ","
+        else:
+            line = rest[first_line_end + 1 :]
+            unit = line[: len(line) - len(line.lstrip(" \t"))]
+            indent = unit or LOOM_STYLE.indent
+    sample = body[:_STYLE_SAMPLE]
+    ensure_ascii = sample.isascii() and _NON_ASCII_ESCAPE.search(sample) is not None
+    return JsonStyle(indent, item_sep, key_sep, ensure_ascii)
+
+
+def dumps_element(value: Any, style: JsonStyle = LOOM_STYLE, prefix: str = "") -> str:
+    """Serialise ``value`` in ``style`` as an element that starts at a line indented by ``prefix``
+    (its inner lines are indented by ``prefix`` plus the style's units, as the writer's serialiser
+    would have put them at that depth)."""
+    if style.indent is None:
+        return json.dumps(value, ensure_ascii=style.ensure_ascii, separators=(style.item_sep, style.key_sep))
+    out = json.dumps(value, ensure_ascii=style.ensure_ascii, indent=style.indent, separators=(",", style.key_sep))
+    return out.replace("\n", "\n" + prefix) if prefix else out  # JSON strings hold no raw newline

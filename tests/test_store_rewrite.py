@@ -1,0 +1,131 @@
+"""aml.store.rewrite, the one way aml rewrites a JSON document (prune, undo, gc and migrate all use it).
+
+Properties, on documents written by ``json.dumps`` in every layout writers use (Loom's two-space
+indent, four spaces, tabs, one line with or without spaces, ASCII escapes or not, a BOM, a trailing
+newline): removing elements by splicing gives exactly what the writer would have written for the
+shorter list; replacing elements gives exactly what it would have written for the new list, at any
+depth; everything else keeps its bytes, gzip written by zlib/pako included.
+"""
+
+from __future__ import annotations
+
+import json
+import zlib
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from aml.store.rewrite import (
+    LOOM_STYLE,
+    DocumentText,
+    JsonStyle,
+    SpliceError,
+    check_parses,
+    detect_json_style,
+    find_list,
+    gzip_level_of,
+    read_text,
+    remove_elements,
+    replace_elements,
+)
+
+LAYOUTS: list[dict[str, Any]] = [
+    {"indent": 2}, {"indent": 4}, {"indent": "\t"}, {"indent": None, "separators": (",", ":")},
+    {"indent": None, "separators": (", ", ": ")}, {"indent": 2, "separators": (",", ":")},
+]
+
+scalars = st.one_of(st.none(), st.booleans(), st.integers(-10**6, 10**6),
+                    st.floats(allow_nan=False, allow_infinity=False), st.text(max_size=12))
+values = st.recursive(scalars, lambda inner: st.lists(inner, max_size=3)
+                      | st.dictionaries(st.text(max_size=6), inner, max_size=3), max_leaves=8)
+records = st.dictionaries(st.sampled_from(["id", "agent", "timestamp", "pattern", "métrique", "n"]), values,
+                          min_size=1, max_size=5)
+
+
+def write(data: Any, layout: dict[str, Any], ensure_ascii: bool, bom: bool, newline: bool) -> str:
+    return ("\ufeff" if bom else "") + json.dumps(data, ensure_ascii=ensure_ascii, **layout) + ("\n" if newline else "")
+
+
+@settings(max_examples=200, deadline=None)
+@given(items=st.lists(records, max_size=8), layout=st.sampled_from(LAYOUTS), ensure_ascii=st.booleans(),
+       bom=st.booleans(), newline=st.booleans(), data=st.data())
+def test_removing_by_splice_is_what_the_writer_writes(items: list[Any], layout: dict[str, Any], ensure_ascii: bool,
+                                                      bom: bool, newline: bool, data: st.DataObject) -> None:
+    text = write(items, layout, ensure_ascii, bom, newline)
+    removed = data.draw(st.sets(st.integers(0, max(0, len(items) - 1)), max_size=len(items)))
+    span = find_list(text, "")
+    assert span.items == items
+    kept = [x for i, x in enumerate(items) if i not in removed]
+    new = remove_elements(text, span, removed)
+    assert new == write(kept, layout, ensure_ascii, bom, newline)  # an emptied list is "[]", as json.dumps has it
+
+
+def style_of(layout: dict[str, Any], ensure_ascii: bool) -> JsonStyle:
+    """The :class:`JsonStyle` of a ``json.dumps`` layout."""
+    indent = layout["indent"]
+    item_sep, key_sep = layout.get("separators") or ((",", ": ") if indent is not None else (", ", ": "))
+    unit = " " * indent if isinstance(indent, int) else indent
+    return JsonStyle(unit, item_sep if unit is None else ",", key_sep, ensure_ascii)
+
+
+@settings(max_examples=200, deadline=None)
+@given(items=st.lists(records, min_size=1, max_size=6), layout=st.sampled_from(LAYOUTS), ensure_ascii=st.booleans(),
+       nested=st.booleans(), data=st.data())
+def test_replacing_in_the_writers_style_at_any_depth(items: list[Any], layout: dict[str, Any], ensure_ascii: bool,
+                                                     nested: bool, data: st.DataObject) -> None:
+    def document(episodes: list[Any]) -> Any:
+        return {"meta": {"version": "1.0.0"}, "memory": {"episodes": episodes}, "n": 1} if nested else episodes
+
+    text = write(document(items), layout, ensure_ascii, False, False)
+    new_values = data.draw(st.dictionaries(st.integers(0, len(items) - 1), records, max_size=len(items)))
+    span = find_list(text, "/memory/episodes" if nested else "")
+    new = replace_elements(text, span, new_values, style_of(layout, ensure_ascii))
+    updated = [new_values.get(i, x) for i, x in enumerate(items)]
+    assert new == write(document(updated), layout, ensure_ascii, False, False)
+
+
+@pytest.mark.parametrize("ensure_ascii", [False, True])
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_detects_the_layouts_writers_use(layout: dict[str, Any], ensure_ascii: bool) -> None:
+    doc = [{"id": f"p-{n}", "agent": "débogueur", "metrics": {"successRate": 0.5, "tags": ["a", "b"]}}
+           for n in range(3)]
+    text = write(doc, layout, ensure_ascii, False, True)
+    assert detect_json_style(text) == style_of(layout, ensure_ascii)
+    assert detect_json_style("[]") == LOOM_STYLE
+
+
+def test_unchanged_elements_keep_their_exact_text() -> None:
+    """Hand-written text (odd number forms, escapes, spacing) survives every splice of its neighbours."""
+    text = '[\n  {"id": "a", "n": 1.50, "s": "caf\\u00e9"},\n  {"id": "b",   "n": 1E3},\n  {"id": "c"}\n]\n'
+    span = find_list(text, "")
+    assert remove_elements(text, span, {2}) == ('[\n  {"id": "a", "n": 1.50, "s": "caf\\u00e9"},\n'
+                                                '  {"id": "b",   "n": 1E3}\n]\n')
+    assert remove_elements(text, span, {0, 1, 2}) == "[]\n"
+    replaced = replace_elements(text, span, {2: {"id": "c", "x": [1]}}, detect_json_style(text))
+    assert replaced == ('[\n  {"id": "a", "n": 1.50, "s": "caf\\u00e9"},\n  {"id": "b",   "n": 1E3},\n'
+                        '  {\n    "id": "c",\n    "x": [\n      1\n    ]\n  }\n]\n')
+
+
+def test_gzip_written_by_zlib_keeps_its_level(tmp_path) -> None:
+    path = tmp_path / "patterns.json"
+    body = json.dumps([{"id": str(i), "v": "x" * i} for i in range(50)], indent=2)
+    path.write_bytes(zlib.compress(body.encode(), 6, wbits=31))  # pako level 6, as Loom's runtime writes
+    doc = read_text(path)
+    assert (doc.encoding, doc.gzip_level, doc.text) == ("gzip", 6, body)
+    assert doc.encoded(doc.text) == path.read_bytes()  # re-encoding gives the writer's bytes
+    assert doc.unchanged_on_disk(path)
+    assert gzip_level_of(zlib.compress(b"[]", 9, wbits=31)) == 9 and gzip_level_of(b"[]") is None
+    path.write_bytes(b"[]")
+    assert not doc.unchanged_on_disk(path)
+    assert isinstance(doc, DocumentText)
+
+
+def test_splice_errors() -> None:
+    with pytest.raises(SpliceError):
+        find_list('{"a": 1}', "/a")
+    with pytest.raises(SpliceError):
+        find_list('[{"a": 1}, ', "")
+    with pytest.raises(SpliceError):
+        check_parses('[1,,2]', "doc")
