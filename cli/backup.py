@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from cli.common import (
@@ -39,6 +40,28 @@ def _human(n: int | None) -> str:
     return f"{n} B"
 
 
+ExcludeOpt = Annotated[list[str] | None, typer.Option(
+    "--exclude", metavar="PATTERN", help="Leave out paths matching PATTERN (restic's syntax, relative to the store: "
+    "'*.tmp' at any depth, '/cache' at the root, 'a/**/b'; repeatable).")]
+ExcludeFileOpt = Annotated[list[Path] | None, typer.Option(
+    "--exclude-file", metavar="FILE", help="Read exclude patterns from FILE, one per line ('#' comments; "
+    "repeatable).")]
+
+
+def _excludes(patterns: list[str] | None, files: list[Path] | None) -> list[str]:
+    """``--exclude`` patterns plus those read from the ``--exclude-file`` files (read here, so that an enqueued
+    backup does not need the file on the worker)."""
+    from aml.backup import read_exclude_file
+
+    out = list(patterns or [])
+    for f in files or []:
+        try:
+            out += read_exclude_file(f)
+        except OSError as exc:
+            raise typer.BadParameter(f"cannot read {f}: {exc.strerror or exc}", param_hint="--exclude-file") from exc
+    return out
+
+
 def _run(task: Any, kwargs: dict[str, Any], as_json: bool, enqueue: bool, wait: bool,
          timeout: float) -> dict[str, Any] | None:
     with progress_bar(not as_json and not enqueue):
@@ -53,11 +76,18 @@ def create(
     = False,
     tag: Annotated[list[str] | None, typer.Option("--tag", help="Label (repeatable).")] = None,
     description: Annotated[str | None, typer.Option("--description", help="Free text.")] = None,
+    exclude: ExcludeOpt = None, exclude_file: ExcludeFileOpt = None,
     as_json: JsonOpt = False, enqueue: EnqueueOpt = False, wait: WaitOpt = False, timeout: TimeoutOpt = 6 * 3600.0,
 ) -> None:
-    """Take a snapshot (full, or incremental: only new contents are stored; every snapshot is complete)."""
+    """Take a snapshot (full, or incremental: only new contents are stored; every snapshot is complete).
+
+    Symlinks are stored as links, names byte-exact; aml's own derived files (.aml/index.*) are excluded, and so
+    are the paths matching --exclude / --exclude-file (restic's patterns, relative to the store).
+    """
     result = _run(backup_tasks.create, {"store": store_of(ctx), "incremental": incremental, "tags": tag or [],
-                                        "description": description}, as_json, enqueue, wait, timeout)
+                                        "description": description,
+                                        "excludes": _excludes(exclude, exclude_file) or None},
+                  as_json, enqueue, wait, timeout)
     if result is None:
         return
     exit_if_skipped(result, "backup create", as_json)
@@ -75,10 +105,13 @@ def create(
                       f"files, {_human(result['total_size_bytes'])}; read {result['files_read']} files, "
                       f"{result['files_unchanged']} unchanged; added {_human(result['stored_bytes'])} to "
                       f"{result['repository']} in {result['duration_seconds']:.2f} s")
+        if result.get("link_count") or result.get("excluded"):
+            console.print(f"  {result.get('link_count', 0)} symlinks stored as links; {result.get('excluded', 0)} "
+                          f"entries excluded ({', '.join(result.get('excludes', []))})", soft_wrap=True)
         for err in result["errors"]:
-            console.print(f"  [yellow]not stored[/] {err['path']}: {err['reason']}")
+            console.print(f"  [yellow]not stored[/] {escape(err['path'])}: {escape(err['reason'])}", soft_wrap=True)
         for warn in result.get("warnings", []):
-            console.print(f"  [yellow]changed while read[/] {warn['path']}: {warn['reason']}")
+            console.print(f"  [yellow]warning[/] {escape(warn['path'])}: {escape(warn['reason'])}", soft_wrap=True)
     exit_for_status(result)
 
 
@@ -200,14 +233,28 @@ def verify(
                       f"{result['packs_checked']} packs, {result['objects_read']} objects read "
                       f"({_human(result['bytes_read'])}) in {result['duration_seconds']:.2f} s")
         for p in result["errors"]:
-            console.print(f"  [red]{p['kind']}[/] {p['location']}: {p['message']}")
+            console.print(f"  [red]{p['kind']}[/] {p['location']}: {escape(p['message'])}", soft_wrap=True)
             if p["files"]:
                 shown = ", ".join(p["files"][:10]) + (" ..." if len(p["files"]) > 10 else "")
-                console.print(f"    affects {shown}")
+                console.print(f"    affects {escape(shown)}", soft_wrap=True)
         for sid, state in result["verified"].items():
             if state == "failed":
                 console.print(f"  snapshot {sid}: [red]failed[/]")
+        _print_orphans(result.get("orphans") or {})
     exit_for_status(result)
+
+
+def _print_orphans(o: dict[str, Any]) -> None:
+    """verify's line about the packs in no index (killed backups' leftovers) and unused packs."""
+    if o.get("packs"):
+        grace_h = o["grace_seconds"] / 3600
+        console.print(f"  [yellow]orphan packs[/]: {o['packs']} in no index ({_human(o['bytes'])}; oldest "
+                      f"{o['oldest_age_seconds'] / 3600:.1f} h, newest {o['newest_age_seconds'] / 3600:.1f} h old), "
+                      f"left by interrupted backups; {o['removable_packs']} ({_human(o['removable_bytes'])}) older "
+                      f"than {grace_h:g} h: the next `backup rotate` removes them", soft_wrap=True)
+    if o.get("unused_packs"):
+        console.print(f"  unused packs: {o['unused_packs']} indexed packs ({_human(o['unused_bytes'])}) hold no "
+                      "object any snapshot needs; `backup rotate` removes them", soft_wrap=True)
 
 
 @backup_app.command("rotate")
@@ -248,14 +295,23 @@ def rotate(
     if prune:
         console.print(f"repository {_human(prune['bytes_before'])} -> {_human(prune['bytes_after'])}: "
                       f"{prune['packs_deleted']} packs deleted, {prune['packs_repacked']} repacked")
+        if prune.get("unindexed_packs_deleted") or prune.get("unindexed_packs_kept"):
+            gone = "would be removed" if result["dry_run"] else "removed"
+            console.print(f"orphan packs (in no index): {prune['unindexed_packs_deleted']} "
+                          f"({_human(prune['unindexed_bytes_deleted'])}) {gone}, "
+                          f"{prune['unindexed_packs_kept']} ({_human(prune['unindexed_bytes_kept'])}) kept: younger "
+                          f"than {prune['orphan_grace_seconds'] / 3600:g} h (a backup may still be writing them)",
+                          soft_wrap=True)
     exit_for_status(result)
 
 
 @backup_app.command("auto")
-def auto(ctx: typer.Context, as_json: JsonOpt = False, enqueue: EnqueueOpt = False, wait: WaitOpt = False,
+def auto(ctx: typer.Context, exclude: ExcludeOpt = None, exclude_file: ExcludeFileOpt = None,
+         as_json: JsonOpt = False, enqueue: EnqueueOpt = False, wait: WaitOpt = False,
          timeout: TimeoutOpt = 6 * 3600.0) -> None:
     """The seeds' daily job: incremental backup (full when none exists), then rotate."""
-    result = _run(backup_tasks.auto, {"store": store_of(ctx)}, as_json, enqueue, wait, timeout)
+    result = _run(backup_tasks.auto, {"store": store_of(ctx), "excludes": _excludes(exclude, exclude_file) or None},
+                  as_json, enqueue, wait, timeout)
     if result is None:
         return
     exit_if_skipped(result, "backup auto", as_json)

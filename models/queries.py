@@ -85,6 +85,38 @@ def _now(now: datetime | None) -> datetime:
     return utcnow() if now is None else as_utc(now)
 
 
+def _text(value: str) -> str:
+    """``value`` as valid text for a column: a file name's bytes that are not UTF-8 (Python's surrogateescape
+    code points) written ``\\xNN``; valid text unchanged. The same rule as :func:`aml.store.names.text_name`
+    (``models`` imports nothing of ``aml``): SQLite and PostgreSQL refuse lone surrogates, and an agent or a
+    path named with such bytes must not stop a run from being recorded."""
+    if value.isascii():
+        return value
+    try:
+        value.encode("utf-8")
+        return value
+    except UnicodeEncodeError:
+        try:
+            return value.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+        except UnicodeEncodeError:
+            return value.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+def _opt_text(value: str | None) -> str | None:
+    return None if value is None else _text(value)
+
+
+def _clean(value: Any) -> Any:
+    """A JSON value with :func:`_text` applied to every string (dict keys too)."""
+    if isinstance(value, str):
+        return _text(value)
+    if isinstance(value, Mapping):
+        return {_clean(k): _clean(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_clean(v) for v in value]
+    return value
+
+
 # --------------------------------------------------------------------------------- task runs
 
 
@@ -112,8 +144,8 @@ def queue_task_run(
     run = TaskRun(
         task_id=task_id,
         operation=operation,
-        store=store,
-        arguments=dict(arguments or {}),
+        store=_text(store),
+        arguments=_clean(dict(arguments or {})),
         status=TaskStatus.PENDING.value,
         attempts=0,
         queued_at=_now(now),
@@ -147,8 +179,8 @@ def start_task_run(
         run = TaskRun(task_id=task_id, queued_at=at, attempts=0)
         session.add(run)
     run.operation = operation
-    run.store = store
-    run.arguments = dict(arguments or {})
+    run.store = _text(store)
+    run.arguments = _clean(dict(arguments or {}))
     run.status = TaskStatus.RUNNING.value
     run.attempts = (run.attempts or 0) + 1
     run.started_at = at
@@ -190,8 +222,8 @@ def finish_task_run(
     run.finished_at = at
     started = run.started_at or run.queued_at
     run.duration_s = max(0.0, (at - started).total_seconds()) if started is not None else None
-    run.result = dict(result) if result is not None else None
-    run.error = error
+    run.result = _clean(dict(result)) if result is not None else None
+    run.error = _opt_text(error)
     session.flush()
     return run
 
@@ -222,9 +254,11 @@ def recent_task_runs(
 def alert_fingerprint(store: str, agent: str | None, check: str) -> str:
     """The identity of an alert: SHA-256 (hex) of ``[store, agent, check]`` as JSON.
 
-    ``agent=None`` (a store-wide check) and ``agent=""`` are different fingerprints.
+    ``agent=None`` (a store-wide check) and ``agent=""`` are different fingerprints. A name holding bytes
+    that are not UTF-8 is taken in its escaped form (:func:`_text`), the one the alert row stores, so the
+    fingerprint of a row's own ``store``/``agent``/``check`` is the row's fingerprint.
     """
-    raw = json.dumps([store, agent, check], ensure_ascii=False, separators=(",", ":"))
+    raw = json.dumps([_text(store), _opt_text(agent), _text(check)], ensure_ascii=False, separators=(",", ":"))
     return hashlib.sha256(raw.encode("utf-8")).hexdigest()
 
 
@@ -285,7 +319,8 @@ def observe_check(
         return _update_open_alert(session, fingerprint, {"resolved_at": at})
 
     level = _choice(severity, Severity, "severity")
-    payload = dict(details or {})
+    payload = _clean(dict(details or {}))
+    message = _text(message)
     for _attempt in range(3):
         alert = _update_open_alert(session, fingerprint, {"count": Alert.count + 1, "last_seen": at,
                                                           "severity": level, "message": message, "details": payload})
@@ -293,9 +328,9 @@ def observe_check(
             return alert
         alert = Alert(
             fingerprint=fingerprint,
-            store=store,
-            agent=agent,
-            check=check,
+            store=_text(store),
+            agent=_opt_text(agent),
+            check=_text(check),
             severity=level,
             message=message,
             details=payload,
@@ -432,8 +467,8 @@ def add_metric_samples(
         rows.append(
             {
                 "time": as_utc(s.time) if s.time is not None else at,
-                "store": s.store,
-                "subject": s.subject,
+                "store": _text(s.store),
+                "subject": _opt_text(s.subject),
                 "name": s.name,
                 "value": float(s.value),
                 "unit": _choice(s.unit, Unit, "unit"),
@@ -545,9 +580,9 @@ def record_backup(
     row.file_count = int(file_count)
     row.total_size_bytes = int(total_size_bytes)
     row.stored_size_bytes = int(stored_size_bytes)
-    row.agents = list(agents)
-    row.tags = list(tags)
-    row.description = description
+    row.agents = [_text(a) for a in agents]
+    row.tags = [_text(t) for t in tags]
+    row.description = _opt_text(description)
     session.flush()
     return row
 
@@ -574,7 +609,7 @@ def set_backup_verification(
         return None
     row.verify_status = value
     row.verified_at = _now(verified_at)
-    row.verify_detail = dict(detail) if detail is not None else None
+    row.verify_detail = _clean(dict(detail)) if detail is not None else None
     session.flush()
     return row
 
@@ -664,13 +699,13 @@ def add_prune_actions(
             "task_run_id": task_run_id,
             "backup_id": backup_id,
             "store": store,
-            "agent": r.agent,
+            "agent": _text(r.agent),
             "collection": r.collection,
-            "record_id": r.record_id,
-            "reason": r.reason,
+            "record_id": _text(r.record_id),
+            "reason": _text(r.reason),
             "score": r.score,
             "action": _choice(r.action, PruneActionKind, "action"),
-            "document_path": r.document_path,
+            "document_path": _text(r.document_path),
             "record": r.record,
             "created_at": at,
             "undone_at": None,

@@ -16,6 +16,7 @@ from typing import Any
 from celery import Task, shared_task
 
 from aml.backup import (
+    Excludes,
     RetentionPolicy,
     SnapshotResult,
     create_snapshot,
@@ -25,6 +26,7 @@ from aml.backup import (
     restore,
     rotate,
 )
+from aml.backup.excludes import read_exclude_file
 from aml.store.timestamps import parse_timestamp, utc_iso_z
 from models import queries
 from tasks import keyspace as keyspace_tasks
@@ -41,10 +43,30 @@ def _snapshot_result(result: SnapshotResult) -> dict[str, Any]:
     return out
 
 
+def _exclude_patterns(store: str, excludes: list[str] | None, exclude_files: list[str] | None) -> list[str]:
+    """The ``--exclude`` patterns plus those of the ``--exclude-file`` files (read here, on the worker),
+    checked (a bad pattern or an unreadable file fails before the store is locked).
+
+    Raises:
+        ValueError: a malformed pattern, an unreadable exclude file, or excludes for a Redis keyspace.
+    """
+    patterns = [str(p) for p in excludes or []]
+    for f in exclude_files or []:
+        try:
+            patterns += read_exclude_file(f)
+        except OSError as exc:
+            raise ValueError(f"exclude file {f!r}: {exc.strerror or exc}") from exc
+    if patterns and is_keyspace(store):
+        raise ValueError("--exclude / --exclude-file are for file stores; a keyspace snapshot takes every key")
+    Excludes(patterns)  # raises ValueError naming a malformed pattern
+    return patterns
+
+
 def _create(task: Task, store_id: str, incremental: bool, tags: list[str], description: str | None,
-            catalog: Catalog, url: str | None = None) -> SnapshotResult:
+            catalog: Catalog, url: str | None = None, excludes: list[str] | None = None) -> SnapshotResult:
     """Take and record a snapshot; a keyspace (``url``: its URL, password included) goes to
-    :func:`tasks.keyspace.snapshot_keyspace`."""
+    :func:`tasks.keyspace.snapshot_keyspace`. ``excludes``: restic-style patterns (file stores; aml's derived
+    files are always excluded, :data:`aml.backup.excludes.DEFAULT_EXCLUDES`)."""
     if is_keyspace(store_id):
         result: SnapshotResult = keyspace_tasks.snapshot_keyspace(
             url or store_id, incremental=incremental, tags=tags, description=description,
@@ -52,7 +74,7 @@ def _create(task: Task, store_id: str, incremental: bool, tags: list[str], descr
     else:
         root = store_path(store_id)
         result = create_snapshot(root, repository_for(root, get_settings()), incremental=incremental, tags=tags,
-                                 description=description, progress=task_progress(task))
+                                 description=description, progress=task_progress(task), excludes=excludes or ())
     with catalog() as session:
         record_snapshot(session, store_id, result)
     return result
@@ -60,7 +82,8 @@ def _create(task: Task, store_id: str, incremental: bool, tags: list[str], descr
 
 @shared_task(base=AmlTask, bind=True, name="aml.backup.create")
 def create(self: Task, store: str, incremental: bool = False, tags: list[str] | None = None,
-           description: str | None = None) -> dict[str, Any]:
+           description: str | None = None, excludes: list[str] | None = None,
+           exclude_files: list[str] | None = None) -> dict[str, Any]:
     """Take a snapshot of a file store or of a Redis keyspace (:mod:`aml.backup.keyspace`).
 
     Args:
@@ -69,6 +92,10 @@ def create(self: Task, store: str, incremental: bool = False, tags: list[str] | 
             the parent manifest's); the snapshot is still complete.
         tags: labels stored with the snapshot.
         description: free text stored with the snapshot.
+        excludes: restic ``--exclude`` patterns, relative to the store root (``*.tmp``, ``/cache``,
+            ``a/**/b``: :mod:`aml.backup.excludes`); aml's own derived files (``.aml/index.*``) are
+            always excluded. File stores only.
+        exclude_files: files of patterns, one per line (restic ``--exclude-file``), read by the worker.
 
     Returns:
         :class:`aml.backup.SnapshotResult` as a dict, plus ``status`` (``"warning"`` when some
@@ -76,13 +103,15 @@ def create(self: Task, store: str, incremental: bool = False, tags: list[str] | 
         ``warnings``) and the task run fields.
     """
     store_id = store_id_of(store)
+    patterns = _exclude_patterns(store, excludes, exclude_files)  # bad patterns fail before the store is locked
 
     def body(catalog: Catalog) -> dict[str, Any]:
         return _snapshot_result(_create(self, store_id, incremental, list(tags or []), description, catalog,
-                                        url=store))
+                                        url=store, excludes=patterns))
 
     return run_operation(task_id=self.request.id, operation="backup", store=store_id,
-                         arguments={"incremental": incremental, "tags": tags, "description": description},
+                         arguments={"incremental": incremental, "tags": tags, "description": description,
+                                    "excludes": patterns or None},
                          body=body, destructive=True)
 
 
@@ -229,8 +258,11 @@ def _policy(keep: dict[str, Any] | None, settings: Settings | None = None) -> Re
 
 
 def _rotate(store_id: str, policy: RetentionPolicy, dry_run: bool, catalog: Catalog) -> dict[str, Any]:
-    repo = repository_of(store_id, get_settings())
-    result = rotate(repo, policy, dry_run=dry_run)
+    settings = get_settings()
+    repo = repository_of(store_id, settings)
+    # packs in no index (killed backups) go once older than AML_BACKUP_ORPHAN_GRACE_HOURS: a younger one may
+    # belong to a backup still writing (aml.backup.retention, "Orphans and the grace period")
+    result = rotate(repo, policy, dry_run=dry_run, orphan_grace=settings.backup_orphan_grace_hours * 3600)
     if not dry_run and result.removed:
         with catalog() as session:
             queries.delete_backups(session, [d.backup_id for d in result.removed], repository=str(repo.path))
@@ -249,7 +281,8 @@ def rotate_(self: Task, store: str, keep: dict[str, Any] | None = None, dry_run:
             ``keep_*`` options the seeds' rule applies: ``retention_days`` (default 30,
             ``AML_RETENTION_DAYS``); with them, they decide (restic semantics). Either way
             ``max_backups`` (default 100, ``AML_MAX_BACKUPS``) caps the kept set to the newest N, and
-            the newest snapshot is always kept.
+            the newest snapshot is always kept. Then unreferenced data is removed, including orphan packs
+            (in no index: left by killed backups) older than ``AML_BACKUP_ORPHAN_GRACE_HOURS`` (24 h).
         dry_run: report the decisions only.
 
     Returns:
@@ -267,19 +300,26 @@ def rotate_(self: Task, store: str, keep: dict[str, Any] | None = None, dry_run:
 
 
 @shared_task(base=AmlTask, bind=True, name="aml.backup.auto")
-def auto(self: Task, store: str) -> dict[str, Any]:
+def auto(self: Task, store: str, excludes: list[str] | None = None,
+         exclude_files: list[str] | None = None) -> dict[str, Any]:
     """The seeds' daily job: an incremental backup (full when none exists), then rotate.
+
+    Args:
+        store: store path, or a Redis URL.
+        excludes, exclude_files: as for :func:`create`.
 
     Returns:
         ``{"backup": SnapshotResult dict, "rotate": ForgetResult dict, ...}``.
     """
     store_id = store_id_of(store)
+    patterns = _exclude_patterns(store, excludes, exclude_files)
 
     def body(catalog: Catalog) -> dict[str, Any]:
-        snap = _create(self, store_id, True, ["auto"], "daily automatic backup", catalog, url=store)
+        snap = _create(self, store_id, True, ["auto"], "daily automatic backup", catalog, url=store,
+                       excludes=patterns)
         rotated = _rotate(store_id, _policy(None), False, catalog)
         return {"backup": snap.to_dict(), "rotate": rotated, "backup_id": snap.backup_id,
                 "status": "warning" if snap.errors or snap.warnings else "success"}
 
     return run_operation(task_id=self.request.id, operation="backup", store=store_id,
-                         arguments={"action": "auto"}, body=body, destructive=True)
+                         arguments={"action": "auto", "excludes": patterns or None}, body=body, destructive=True)

@@ -25,6 +25,7 @@ from celery import Task
 from sqlalchemy.orm import Session
 
 from aml.store.guard import WriteRevoked
+from aml.store.names import text_names
 from aml.store.storeid import normalise_store_id
 from models import queries
 from models.tables import TaskRun
@@ -153,7 +154,9 @@ def run_operation(
 
     Returns:
         ``body``'s result dict plus ``{"task_run_id", "operation", "store", "status",
-        "duration_s"}``. Inline, a store that stays locked gives ``status == "skipped"``.
+        "duration_s"}``. Inline, a store that stays locked gives ``status == "skipped"``. File names whose
+        bytes are not valid UTF-8 are escaped (``\\xNN``, :func:`aml.store.names.text_names`): a result is
+        text, for people and JSON consumers; the backup repository keeps the exact names.
 
     Raises:
         StoreLocked: on a worker, a live operation held the store (the task retries with backoff).
@@ -199,6 +202,7 @@ def run_operation(
             raise NotRetried(f"{operation} on {store} stopped after it began changing the store ({exc}); not "
                              "retried automatically: check the store and its task run, then run it again") from exc
         raise
+    result = text_names(result)
     status = str(result.get("status", "success"))
     result.update({"task_run_id": run_id, "operation": operation, "store": store, "status": status,
                    "duration_s": round(time.perf_counter() - started, 6)})

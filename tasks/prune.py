@@ -41,6 +41,7 @@ from aml.prune import (
 )
 from aml.prune.archive import ARCHIVE_DIR
 from aml.prune.sessions import parse_limits
+from aml.store.names import resolve_text_path, text_name
 from models import queries
 from tasks.base import AmlTask, Catalog, normalize_store, run_operation, store_path
 from tasks.snapshots import repository_for, safety_snapshot
@@ -108,10 +109,11 @@ def drop_unpublished(catalog: Catalog, root: Path, store_id: str, run_id: str,
     Returns:
         ``{"kept", "dropped"}``: rows kept and rows deleted.
     """
+    wanted = None if documents is None else {text_name(d) for d in documents}  # the catalog keeps paths as text
     with catalog(write=False) as session:
-        entries = [UndoEntry(r.id, r.document_path, r.record_id, dict(r.record or {}))
+        entries = [UndoEntry(r.id, resolve_text_path(root, r.document_path), r.record_id, dict(r.record or {}))
                    for r in queries.prune_actions_for_run(session, run_id)
-                   if r.store == store_id and (documents is None or r.document_path in documents)]
+                   if r.store == store_id and (wanted is None or r.document_path in wanted)]
     stale = present_entries(root, entries) if entries else []
     if stale:
         with catalog() as session:
@@ -262,7 +264,8 @@ def undo_body(store_id: str, run_id: str) -> Any:
         with catalog(write=False) as session:
             rows = [r for r in queries.prune_actions_for_run(session, run_id, include_undone=True)
                     if r.store == store_id]
-            entries = [UndoEntry(r.id, r.document_path, r.record_id, dict(r.record or {}))
+            # a document named with bytes that are not UTF-8 is recorded escaped: find the file again
+            entries = [UndoEntry(r.id, resolve_text_path(root, r.document_path), r.record_id, dict(r.record or {}))
                        for r in rows if r.undone_at is None]
         if not rows:
             raise ValueError(_no_rows_message(catalog, store_id, run_id))

@@ -34,7 +34,9 @@ def verify(self: Task, store: str, backup_id: str | None = None, read_data: bool
         read_data_subset: ``"10%"``/``"0.1"`` (rotating, least recently read packs first) or ``"n/N"``.
 
     Returns:
-        :class:`aml.backup.CheckResult` as a dict plus ``verified`` (snapshot id -> ``"ok"`` or
+        :class:`aml.backup.CheckResult` as a dict (with ``orphans``: packs in no index, left by killed
+        backups: count, bytes, ages, and how many are older than ``AML_BACKUP_ORPHAN_GRACE_HOURS`` so that
+        the next rotate removes them) plus ``verified`` (snapshot id -> ``"ok"`` or
         ``"failed"``; a snapshot whose manifest is damaged is listed by the id of its file and
         ``"failed"``) and the task run fields; ``status`` is ``"failure"`` when damage was found
         (for ``backup_id``: damage affecting that snapshot). Each snapshot's catalog row gets the state,
@@ -48,9 +50,11 @@ def verify(self: Task, store: str, backup_id: str | None = None, read_data: bool
     store_id = store_id_of(store)
 
     def body(catalog: Catalog) -> dict[str, Any]:
-        repo = repository_of(store_id, get_settings())
+        settings = get_settings()
+        repo = repository_of(store_id, settings)
         result = check(repo, read_data=read_data or read_data_subset is not None,
-                       read_data_subset=read_data_subset, progress=task_progress(self))
+                       read_data_subset=read_data_subset, progress=task_progress(self),
+                       orphan_grace=settings.backup_orphan_grace_hours * 3600)
         now = datetime.now(UTC)
         states: dict[str, str] = {}
         # every listed snapshot, plus those check() found damaged that listing cannot parse (a damaged

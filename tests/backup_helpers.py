@@ -29,7 +29,7 @@ def tree_state(root: Path, *, skip: tuple[str, ...] = ()) -> dict[str, Entry]:
             full = os.path.join(dirpath, name)
             st = os.lstat(full)
             if stat.S_ISLNK(st.st_mode):
-                out[rel] = ("l", os.readlink(full).encode(), 0, 0)
+                out[rel] = ("l", os.fsencode(os.readlink(full)), 0, 0)
             elif stat.S_ISDIR(st.st_mode):
                 out[rel] = ("d", None, st.st_mtime_ns, st.st_mode & 0o7777)
             else:

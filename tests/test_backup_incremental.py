@@ -107,7 +107,7 @@ def test_contents_are_stored_once(tmp_path: Path) -> None:
     assert len(load_index(repo.path)) == 4
 
 
-def test_links_special_and_temp_files_are_never_stored(tmp_path: Path) -> None:
+def test_links_are_stored_as_links_special_and_temp_files_never(tmp_path: Path) -> None:
     outside = tmp_path / "outside"
     outside.mkdir()
     (outside / "secret.txt").write_text("not part of the store")
@@ -119,16 +119,20 @@ def test_links_special_and_temp_files_are_never_stored(tmp_path: Path) -> None:
     repo = small_repo(tmp_path / "repo")
     res = create_snapshot(store, repo, incremental=False)
     errors = {e["path"]: e["reason"] for e in res.errors}
-    assert set(errors) == {"agent-0/link.json", "linkdir", "agent-0/pipe"}
-    assert "symlink" in errors["linkdir"]
-    assert res.skipped_temp == 1
+    assert set(errors) == {"agent-0/pipe"}
+    assert res.skipped_temp == 1 and res.link_count == 2
     m = load_manifest(repo.path, res.backup_id)
-    assert m.files is not None and m.dirs is not None
+    assert m.files is not None and m.dirs is not None and m.links is not None
+    # the links themselves, never what they point to
+    assert dict(zip(m.links.path, m.links.target, strict=True)) == {
+        "agent-0/link.json": str(outside / "secret.txt"), "linkdir": str(outside)}
     assert not any("secret" in p or "link" in p or "pipe" in p or "aml-tmp" in p for p in m.files.path + m.dirs.path)
     assert m.errors == res.errors
     out = tmp_path / "out"
     assert restore(repo, res.backup_id, out).ok
-    assert not (out / "linkdir").exists() and not (out / "agent-0" / "link.json").exists()
+    assert (out / "linkdir").is_symlink() and os.readlink(out / "linkdir") == str(outside)
+    assert os.readlink(out / "agent-0" / "link.json") == str(outside / "secret.txt")
+    assert not (out / "agent-0" / "pipe").exists()
 
 
 def test_ids_follow_the_seeds_form_with_suffixes(tmp_path: Path) -> None:

@@ -88,6 +88,9 @@ class Settings(BaseSettings):
     index_max_age_hours: float = Field(24.0, description="an index older than this is stale, hours")
     retention_days: int = Field(30, description="backup retention, days")
     max_backups: int = Field(100, description="maximum snapshots kept")
+    backup_orphan_grace_hours: float = Field(24.0, ge=0, description="rotate: packs in no index (left by killed "
+                                             "backups) are removed once older than this; a younger one may belong "
+                                             "to a backup still running, hours")
     metrics_raw_days: float = Field(7.0, description="catalog: metric samples kept raw, days; older ones are "
                                     "rolled up to hourly means")
     metrics_hourly_days: float = Field(90.0, description="catalog: hourly roll-ups kept, days; older ones are deleted")

@@ -7,6 +7,7 @@ One concern per module:
 * :mod:`~aml.backup.index` - object id -> (pack, offset, length, size)
 * :mod:`~aml.backup.manifest` - snapshot manifests (header + compressed column body)
 * :mod:`~aml.backup.archiver` - :func:`create_snapshot`
+* :mod:`~aml.backup.excludes` - what a backup leaves out (aml's derived files, restic ``--exclude`` patterns)
 * :mod:`~aml.backup.checker` - :func:`check`
 * :mod:`~aml.backup.restorer` - :func:`restore`, :func:`resolve_at`
 * :mod:`~aml.backup.retention` - :func:`forget`, :func:`rotate`, :func:`prune_unreferenced`
@@ -29,10 +30,11 @@ from .errors import (
     SnapshotNotFound,
     UnsafePathError,
 )
+from .excludes import DEFAULT_EXCLUDES, Excludes, read_exclude_file
 from .index import Index, load_index, rebuild_index
 from .legacy import LegacyBackup, find_legacy
 from .listing import DamagedSnapshot, SnapshotInfo, list_damaged_snapshots, list_snapshots
-from .manifest import DirTable, FileTable, Manifest, load_manifest, read_header, write_manifest
+from .manifest import DirTable, FileTable, LinkTable, Manifest, load_manifest, read_header, write_manifest
 from .progress import Progress, ProgressCallback
 from .repository import (
     DEFAULT_CHUNK_SIZE,
@@ -44,6 +46,7 @@ from .repository import (
 )
 from .restorer import RestoreResult, resolve_at, restore
 from .retention import (
+    ORPHAN_GRACE,
     Decision,
     ForgetResult,
     PruneResult,
@@ -57,19 +60,23 @@ from .retention import (
 
 __all__ = [
     "DEFAULT_CHUNK_SIZE",
+    "DEFAULT_EXCLUDES",
     "DEFAULT_LEVEL",
     "DEFAULT_PACK_SIZE",
     "NON_AGENT_DIRS",
+    "ORPHAN_GRACE",
     "BackupError",
     "CheckResult",
     "CorruptionError",
     "DamagedSnapshot",
     "Decision",
     "DirTable",
+    "Excludes",
     "FileTable",
     "ForgetResult",
     "Index",
     "LegacyBackup",
+    "LinkTable",
     "LockError",
     "Manifest",
     "Problem",
@@ -98,6 +105,7 @@ __all__ = [
     "load_manifest",
     "parse_duration",
     "prune_unreferenced",
+    "read_exclude_file",
     "read_header",
     "rebuild_index",
     "resolve_at",

@@ -22,8 +22,13 @@ __all__ = [
 
 
 def canonical_json(obj: Any) -> bytes:
-    """Serialise ``obj`` to canonical JSON bytes (sorted keys, no spaces, UTF-8): the form hashed."""
-    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+    """Serialise ``obj`` to canonical JSON bytes (sorted keys, no spaces, UTF-8): the form hashed.
+
+    A string holding a file name's non-UTF-8 bytes (surrogateescape code points, see
+    :mod:`aml.backup.manifest`) is encoded with ``surrogatepass``: never an error, and valid text gives
+    exactly the bytes it always gave (existing checksums still match).
+    """
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode("utf-8", "surrogatepass")
 
 
 def sha256_hex(data: bytes) -> str:

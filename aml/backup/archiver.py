@@ -8,6 +8,12 @@ Hot path: one scan (``scandir`` + ``lstat``), then per file ``openat(O_NOFOLLOW)
 ``fstat`` (the file must still be as scanned, else it is re-read with care), ``close``; sha256 of the
 bytes; objects not yet in the repository are zstd-compressed into an in-memory pack that is written
 once it reaches the pack size. No per-file fsync, no per-object file.
+
+Every kind of entry a store holds is kept: regular files (content, mode, mtime), directories (empty
+ones too, with mode and mtime), symlinks as links (``readlink``; never followed), names with any bytes
+(exact; see :mod:`aml.backup.manifest`). Fifos, sockets and devices are listed in ``errors``, not stored.
+Excluded paths (:mod:`aml.backup.excludes`: aml's derived files by default, plus ``excludes``) are not
+descended into nor stored.
 """
 
 from __future__ import annotations
@@ -28,13 +34,15 @@ import zstandard
 
 from aml.store.atomic import atomic_write
 from aml.store.documents import AGENT_FILES, base_name, read_document
+from aml.store.names import text_names
 from aml.store.timestamps import require_timestamp, utc_iso_z
 
 from ._common import TMP_PREFIX, hostname
 from ._fs import DirFds, open_root
 from .errors import BackupError, CorruptionError, SnapshotNotFound
+from .excludes import Excludes
 from .index import load_index, write_index
-from .manifest import DirTable, FileTable, Manifest, load_manifest, read_header, write_manifest
+from .manifest import DirTable, FileTable, LinkTable, Manifest, load_manifest, read_header, write_manifest
 from .pack import Dictionary, PackWriter, train_dictionary
 from .progress import ProgressCallback, Reporter
 from .repository import Repository, as_repository
@@ -62,19 +70,22 @@ class SnapshotResult:
         time: backup start time.
         source_path: absolute store path.
         repository: absolute repository path.
-        file_count, dir_count, total_size_bytes: what the snapshot contains.
+        file_count, dir_count, link_count, total_size_bytes: what the snapshot contains (regular files,
+            directories, symlinks; bytes of the files).
         files_read, bytes_read: files whose content was read (not skipped as unchanged).
         files_unchanged: files taken from the parent manifest without reading.
         objects_added, bytes_added: new objects stored (uncompressed bytes).
         stored_bytes: bytes of new pack files written.
         packs_written: number of new pack files.
         index_id: the new index file, or None if no pack was written.
-        errors: ``[{"path", "reason"}]``: entries not stored (unreadable, symlink, special file).
+        errors: ``[{"path", "reason"}]``: entries not stored (unreadable, special file such as a fifo).
         warnings: ``[{"path", "reason"}]``: files stored but changed while being read (restic's rule:
             the entry holds exactly the bytes read, its size and sha256 describe them, and its mtime is
             the scan's so the next incremental reads the file again). The manifest counts them in
             ``stats["files_changed_during_read"]``.
         skipped_temp: aml temporary files (``.aml-tmp-*``) skipped.
+        excluded: entries left out by an exclude pattern (an excluded directory counts once).
+        excludes: the patterns applied (:mod:`aml.backup.excludes`), recorded in the manifest.
         agents: agent directories found.
         tags, description: as given.
         duration_seconds: wall time.
@@ -104,10 +115,13 @@ class SnapshotResult:
     tags: list[str] = field(default_factory=list)
     description: str | None = None
     duration_seconds: float = 0.0
+    link_count: int = 0
+    excluded: int = 0
+    excludes: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
-        """Return a JSON-ready dict."""
-        return asdict(self)
+        """Return a JSON-ready dict (names that are not valid UTF-8 escaped as ``\\xNN``)."""
+        return text_names(asdict(self))
 
 
 @dataclass
@@ -116,28 +130,34 @@ class _Scan:
     dirs: list[tuple[str, int, int]]  # path, mode, mtime_ns
     errors: list[dict[str, str]]
     skipped_temp: int
+    links: list[tuple[str, str, int]] = field(default_factory=list)  # path, target, mtime_ns
+    excluded: int = 0
 
 
 def scan_store(
-    store_root: str | os.PathLike[str], *, exclude: Iterable[str | os.PathLike[str]] = ()
+    store_root: str | os.PathLike[str],
+    *,
+    exclude: Iterable[str | os.PathLike[str]] = (),
+    patterns: Excludes | None = None,
 ) -> tuple[list[tuple[str, int, int, int, int]], list[tuple[str, int, int]], list[dict[str, str]], int]:
     """Walk a store without following symlinks.
 
     Args:
         store_root: the store directory.
         exclude: directories to leave out (e.g. a repository inside the store).
+        patterns: exclude patterns (default: none).
 
     Returns:
         ``(files, dirs, errors, skipped_temp)``: files as ``(path, size, mtime_ns, mode, inode)`` and dirs
         as ``(path, mode, mtime_ns)``, paths relative and ``/``-separated, both sorted by path; errors as
-        ``{"path", "reason"}`` for symlinks, special files and unreadable directories; the number of
-        ``.aml-tmp-*`` files skipped.
+        ``{"path", "reason"}`` for special files and unreadable directories or links; the number of
+        ``.aml-tmp-*`` files skipped. (Symlinks are not in this summary; backups store them.)
     """
-    s = _scan(os.path.realpath(os.fspath(store_root)), exclude)
+    s = _scan(os.path.realpath(os.fspath(store_root)), exclude, patterns or Excludes(defaults=False))
     return s.files, s.dirs, s.errors, s.skipped_temp
 
 
-def _scan(root: str, exclude: Iterable[str | os.PathLike[str]]) -> _Scan:
+def _scan(root: str, exclude: Iterable[str | os.PathLike[str]], patterns: Excludes) -> _Scan:
     excluded: set[tuple[int, int]] = set()
     for ex in exclude:
         try:
@@ -147,8 +167,9 @@ def _scan(root: str, exclude: Iterable[str | os.PathLike[str]]) -> _Scan:
             pass
     files: list[tuple[str, int, int, int, int]] = []
     dirs: list[tuple[str, int, int]] = []
+    links: list[tuple[str, str, int]] = []
     errors: list[dict[str, str]] = []
-    skipped = 0
+    skipped = n_excluded = 0
     stack: list[tuple[str, str]] = [("", root)]
     while stack:
         rel_dir, abs_dir = stack.pop()
@@ -158,11 +179,16 @@ def _scan(root: str, exclude: Iterable[str | os.PathLike[str]]) -> _Scan:
             errors.append({"path": rel_dir or ".", "reason": f"directory not readable: {exc.strerror or exc}"})
             continue
         prefix = rel_dir + "/" if rel_dir else ""
+        slashed = "/" + prefix
+        match = patterns.for_dir(rel_dir)  # None: no pattern can match here (one check per directory)
         with it:
             for entry in it:
                 name = entry.name
                 if name.startswith(TMP_PREFIX):
                     skipped += 1
+                    continue
+                if match is not None and match(slashed + name):
+                    n_excluded += 1
                     continue
                 rel = prefix + name
                 try:
@@ -176,14 +202,16 @@ def _scan(root: str, exclude: Iterable[str | os.PathLike[str]]) -> _Scan:
                         st = entry.stat(follow_symlinks=False)
                         files.append((rel, st.st_size, st.st_mtime_ns, st.st_mode & 0o7777, st.st_ino))
                     elif entry.is_symlink():
-                        errors.append({"path": rel, "reason": "symlink: not followed, not stored"})
+                        st = entry.stat(follow_symlinks=False)
+                        links.append((rel, os.readlink(entry.path), st.st_mtime_ns))
                     else:
-                        errors.append({"path": rel, "reason": "not a regular file or directory: not stored"})
+                        errors.append({"path": rel, "reason": "not a regular file, directory or symlink: not stored"})
                 except OSError as exc:
                     errors.append({"path": rel, "reason": f"cannot stat: {exc.strerror or exc}"})
     files.sort()
     dirs.sort()
-    return _Scan(files, dirs, errors, skipped)
+    links.sort()
+    return _Scan(files, dirs, errors, skipped, links, n_excluded)
 
 
 def summary_agents(
@@ -383,13 +411,17 @@ def create_snapshot(
     progress: ProgressCallback | None = None,
     lock_wait: float = 0.0,
     snapshot_time: datetime | None = None,
+    excludes: Iterable[str] = (),
+    default_excludes: bool = True,
 ) -> SnapshotResult:
     """Back up a file store into a repository as one complete, deduplicated snapshot.
 
     Every file below ``store_root`` is recorded (path relative to the root, sha256, size, mtime_ns, mode,
-    inode), and every directory (so empty ones are restored). Symlinks are never followed: they, special
-    files and unreadable files are listed in the manifest's ``errors`` and not stored. aml temporary files
-    (``.aml-tmp-*``) are skipped. A repository located inside the store is excluded.
+    inode), every directory (so empty ones are restored), and every symlink as a link (its target, never
+    followed). Names are kept byte-exact. Special files (fifos, sockets, devices) and unreadable files are
+    listed in the manifest's ``errors`` and not stored. aml temporary files (``.aml-tmp-*``) are skipped.
+    A repository located inside the store is excluded, and so are the paths matching the exclude
+    patterns (:mod:`aml.backup.excludes`; aml's derived files by default).
 
     A file that is not as scanned after its read (size, mtime_ns or inode differ) is read again from its
     start, streaming into ``chunk_size`` objects whatever size it grew to. A stable second read is stored
@@ -410,17 +442,21 @@ def create_snapshot(
         lock_wait: seconds to wait for a conflicting exclusive lock (prune) before failing.
         snapshot_time: record this instant as the snapshot's time (and id) instead of now, like
             restic's ``backup --time`` (imports, tests); naive values are UTC.
+        excludes: restic-style exclude patterns (``--exclude``), relative to the store root.
+        default_excludes: also exclude aml's own derived files (:data:`~aml.backup.excludes.DEFAULT_EXCLUDES`).
 
     Returns:
         A :class:`SnapshotResult`.
 
     Raises:
+        ValueError: a malformed exclude pattern (before anything is written).
         BackupError: the store is not a directory.
         SnapshotNotFound: ``parent`` was given and does not exist.
         LockError: an exclusive lock is held.
         OSError: repository write failure (the snapshot is then not visible).
     """
     t0 = time.monotonic()
+    patterns = Excludes(excludes, defaults=default_excludes)
     repo = as_repository(repo).open_or_init()
     cfg = repo.config
     root = repo.path
@@ -435,7 +471,7 @@ def create_snapshot(
         index = load_index(root, strict=False, include_damaged=False)
 
         scan_rep = Reporter(progress, "scan")
-        scan = _scan(os.path.realpath(source), [root])
+        scan = _scan(os.path.realpath(source), [root], patterns)
         scan_rep.state.files_done = scan_rep.state.files_total = len(scan.files)
         scan_rep.state.bytes_done = scan_rep.state.bytes_total = sum(f[1] for f in scan.files)
         scan_rep.done()
@@ -612,6 +648,7 @@ def create_snapshot(
         index_id = write_index(root, packs) if packs else None
 
         dirs = DirTable([d[0] for d in scan.dirs], [d[1] for d in scan.dirs], [d[2] for d in scan.dirs])
+        links = LinkTable([x[0] for x in scan.links], [x[1] for x in scan.links], [x[2] for x in scan.links])
         agents = summary_agents(os.path.realpath(source), scan.files, scan.dirs)
         stats = {
             "files_read": files_read,
@@ -623,6 +660,7 @@ def create_snapshot(
             "packs_written": len(packs),
             "skipped_temp": scan.skipped_temp,
             "files_changed_during_read": changed,
+            "excluded": scan.excluded,
         }
         prefix = "incr" if backup_type == "incremental" else "full"
         m = Manifest(
@@ -643,10 +681,19 @@ def create_snapshot(
             stats=stats,
             files=table,
             dirs=dirs,
+            links=links,
+            link_count=len(links),
+            excludes=list(patterns.patterns),
         )
         taken = _taken_names(repo)
         backup_id = write_manifest(root, m, taken=taken.__contains__)
-        update_summary(root, add=[summary_entry(root, m)])
+        try:
+            update_summary(root, add=[summary_entry(root, m)])
+        except (OSError, ValueError) as exc:
+            # the snapshot is published (its header is the commit point): say so, never fail it; the next
+            # write of the summary adds the missing entry (update_summary reconciles with snapshots/)
+            warnings.append({"path": "backup_metadata.json",
+                             "reason": f"summary not updated ({exc}); snapshot {backup_id} is complete"})
 
     return SnapshotResult(
         backup_id=backup_id,
@@ -673,6 +720,9 @@ def create_snapshot(
         tags=tags,
         description=description,
         duration_seconds=round(time.monotonic() - t0, 6),
+        link_count=len(links),
+        excluded=scan.excluded,
+        excludes=list(patterns.patterns),
     )
 
 

@@ -13,6 +13,14 @@ and re-hashed. Damage is reported with the pack, the objects, and the snapshots 
 
 ``verify_state.json`` records when each pack was last read, so a daily ``read_data_subset=0.1`` reads
 the packs least recently verified first and covers the whole repository every ten days.
+
+Orphans (a warning, not damage): packs that no index file names are what a killed (or a still running)
+backup leaves; :attr:`CheckResult.orphans` gives their count, bytes and ages, and how many are older
+than the grace period after which ``rotate`` removes them (:data:`~aml.backup.retention.ORPHAN_GRACE`).
+Indexed packs that no snapshot references (a backup killed after its index, or ``forget`` without
+prune) are counted there too, as ``unused``.
+
+Symlink entries are checked like every path (safe, no entry below a link); they hold no object.
 """
 
 from __future__ import annotations
@@ -33,6 +41,7 @@ from typing import Any
 import zstandard
 
 from aml.store.atomic import atomic_write
+from aml.store.names import text_names
 from aml.store.timestamps import utc_iso_z
 
 from ._common import TMP_PREFIX
@@ -43,6 +52,7 @@ from .pack import PackReader, pack_path
 from .progress import ProgressCallback, Reporter
 from .repository import Repository, as_repository
 from .restorer import validate_tables
+from .retention import ORPHAN_GRACE
 
 VERIFY_STATE = "verify_state.json"
 
@@ -91,6 +101,10 @@ class CheckResult:
         snapshots_checked, packs_checked: structure checks done.
         packs_read, objects_read, bytes_read: data read back (bytes of pack files).
         read_data: whether data was read; ``subset`` describes the selection.
+        orphans: packs in no index file: ``{"packs", "bytes", "oldest", "newest"`` (mtimes, ISO 8601 UTC, or
+            None), ``"oldest_age_seconds", "newest_age_seconds", "grace_seconds", "removable_packs",
+            "removable_bytes"`` (older than the grace period: the next ``rotate`` removes them),
+            ``"unused_packs", "unused_bytes"}`` (indexed packs holding no object any snapshot references).
         duration_seconds: wall time.
     """
 
@@ -105,11 +119,12 @@ class CheckResult:
     bytes_read: int = 0
     read_data: bool = False
     subset: str | None = None
+    orphans: dict[str, Any] = field(default_factory=dict)
     duration_seconds: float = 0.0
 
     def to_dict(self) -> dict[str, Any]:
-        """Return a JSON-ready dict."""
-        return {
+        """Return a JSON-ready dict (file names that are not valid UTF-8 escaped as ``\\xNN``)."""
+        return text_names({
             "ok": self.ok,
             "errors": [p.to_dict() for p in self.errors],
             "warnings": [p.to_dict() for p in self.warnings],
@@ -121,8 +136,9 @@ class CheckResult:
             "bytes_read": self.bytes_read,
             "read_data": self.read_data,
             "subset": self.subset,
+            "orphans": dict(self.orphans),
             "duration_seconds": self.duration_seconds,
-        }
+        })
 
 
 def parse_subset(subset: float | str) -> tuple[float | None, tuple[int, int] | None]:
@@ -172,6 +188,7 @@ def check(
     include_legacy: bool = True,
     progress: ProgressCallback | None = None,
     lock_wait: float = 0.0,
+    orphan_grace: float = ORPHAN_GRACE,
 ) -> CheckResult:
     """Check a repository's structure and, optionally, read its data back.
 
@@ -186,6 +203,8 @@ def check(
         progress: called with :class:`~aml.backup.progress.Progress` events (phase ``"check"``; files =
             objects, bytes = pack bytes).
         lock_wait: seconds to wait for a conflicting exclusive lock before failing.
+        orphan_grace: seconds after which an orphan pack counts as removable by ``rotate`` (reported in
+            :attr:`CheckResult.orphans`).
 
     Returns:
         A :class:`CheckResult`; ``ok`` is False if any damage was found.
@@ -251,14 +270,26 @@ def check(
                 pack_ok[pack_id] = False
                 continue
             pack_ok[pack_id] = True
+        now_s = time.time()
+        orphan_stats: list[tuple[str, int, float]] = []  # (pack id, bytes, mtime)
         for pack_id in sorted(on_disk - set(index.packs)):
+            try:
+                pst = os.stat(pack_path(root, pack_id))
+            except FileNotFoundError:
+                continue  # removed meanwhile
+            orphan_stats.append((pack_id, pst.st_size, pst.st_mtime))
+            age = max(0.0, now_s - pst.st_mtime)
+            when = "rotate removes it" if age > orphan_grace else (
+                f"rotate removes it once older than {orphan_grace / 3600:g} h (a backup may still be writing it)")
             res.warnings.append(
                 Problem(
                     "pack_unindexed",
                     f"packs/{pack_id[:2]}/{pack_id}",
-                    "pack in no index file (interrupted backup); prune removes it",
+                    f"pack in no index file ({pst.st_size} bytes, {age / 3600:.1f} h old; left by an interrupted "
+                    f"backup); {when}",
                 )
             )
+        res.orphans = _orphan_summary(orphan_stats, now_s, orphan_grace)
 
         # ---- packs: data (read by worker threads while this thread checks the manifests)
         chosen: list[str] = []
@@ -302,7 +333,7 @@ def check(
             try:
                 load_body(root, m)
                 assert m.files is not None and m.dirs is not None
-                validate_tables(m.files, m.dirs)
+                validate_tables(m.files, m.dirs, m.links)
             except CorruptionError as exc:
                 res.errors.append(Problem("body_corrupt", exc.location or "", str(exc), snapshots=[backup_id]))
                 res.damaged_snapshots[backup_id] = ["<manifest>"]
@@ -358,6 +389,11 @@ def check(
             res.errors.append(prob)
             for o in prob.objects:
                 damaged_objects.setdefault(o, []).append(prob)
+        # indexed packs holding no referenced object (a backup killed after its index; forget without prune)
+        unused = [p for p, entries in index.pack_entries.items()
+                  if not any(e[0] in referenced and index.objects[e[0]][0] == p for e in entries)]
+        res.orphans["unused_packs"] = len(unused)
+        res.orphans["unused_bytes"] = sum(index.packs[p] for p in unused)
         # orphan bodies (a backup killed between body and header): harmless
         try:
             body_names = [n for n in os.listdir(repo.bodies_dir) if not n.startswith(TMP_PREFIX)]
@@ -444,6 +480,28 @@ def check(
     res.ok = not res.errors
     res.duration_seconds = round(time.monotonic() - t0, 6)
     return res
+
+
+def _orphan_summary(orphans: list[tuple[str, int, float]], now: float, grace: float) -> dict[str, Any]:
+    """Count, bytes and ages of the packs in no index (see :attr:`CheckResult.orphans`)."""
+    mtimes = [m for _, _, m in orphans]
+    removable = [(size, m) for _, size, m in orphans if now - m > grace]
+
+    def iso(t: float | None) -> str | None:
+        return utc_iso_z(datetime.fromtimestamp(t, UTC)) if t is not None else None
+
+    oldest, newest = (min(mtimes), max(mtimes)) if mtimes else (None, None)
+    return {
+        "packs": len(orphans),
+        "bytes": sum(size for _, size, _ in orphans),
+        "oldest": iso(oldest),
+        "newest": iso(newest),
+        "oldest_age_seconds": round(max(0.0, now - oldest), 3) if oldest is not None else None,
+        "newest_age_seconds": round(max(0.0, now - newest), 3) if newest is not None else None,
+        "grace_seconds": grace,
+        "removable_packs": len(removable),
+        "removable_bytes": sum(size for size, _ in removable),
+    }
 
 
 CHECK_THREADS = 2

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+from aml.store.names import text_names
 from aml.store.timestamps import utc_iso_z
 
 from .errors import CorruptionError, SnapshotNotFound
@@ -51,8 +52,8 @@ class SnapshotInfo:
     legacy_origin: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        """Return a JSON-ready dict (time as ISO 8601 UTC ``Z``)."""
-        return {
+        """Return a JSON-ready dict (time as ISO 8601 UTC ``Z``; names that are not UTF-8 escaped ``\\xNN``)."""
+        return text_names({
             "backup_id": self.backup_id,
             "backup_type": self.backup_type,
             "time": utc_iso_z(self.time),
@@ -67,7 +68,7 @@ class SnapshotInfo:
             "errors": self.errors,
             "legacy": self.legacy,
             "legacy_origin": self.legacy_origin,
-        }
+        })
 
 
 @dataclass

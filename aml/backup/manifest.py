@@ -1,4 +1,4 @@
-"""Snapshot manifests: the complete list of a store's files at one instant.
+r"""Snapshot manifests: the complete list of a store's files at one instant.
 
 A manifest is two files, written in this order:
 
@@ -9,18 +9,36 @@ A manifest is two files, written in this order:
                   "sha256": "<hex><hex>...",     # 64 hex chars per file: sha256 of the whole content
                   "size": [...], "mtime_ns": [...], "mode": [...], "inode": [...],
                   "chunks": {"<i>": "<hex><hex>..."}},   # only files above the chunk size: object ids
-        "dirs":  {"path": [...], "mode": [...], "mtime_ns": [...]}}   # every directory, empty or not
+        "dirs":  {"path": [...], "mode": [...], "mtime_ns": [...]},   # every directory, empty or not
+        "links": {"path": [...], "target": [...], "mtime_ns": [...]}} # symlinks; the key only when there are some
 
    Its name is the sha256 of the stored (compressed) bytes. Columns compress and parse far better than
    one JSON object per file: ~100,000 files take a few MB and load in well under a second. A file's
-   content is object ``sha256`` (or the ``chunks`` list for large files). Non-ASCII names are written
-   as JSON escapes, so names that are not valid UTF-8 round-trip.
+   content is object ``sha256`` (or the ``chunks`` list for large files).
+
+   **Symlinks** (``links``) are stored as links: the target exactly as ``readlink`` returned it (relative,
+   absolute, dangling or pointing outside the store: it is never followed, at backup or at restore) and
+   the link's own mtime. A link holds no object. No other entry may lie below a link. A body with a
+   ``links`` table is refused by aml versions before it (they reject unknown entry kinds), so an older
+   restore never silently drops links; bodies without links are unchanged, byte for byte.
+
+   **Names are bytes.** A path or link target is a JSON string; a byte that is not part of valid UTF-8
+   is the code point U+DC80 + (byte - 0x80) (Python's ``surrogateescape``, PEP 383: what ``os.scandir``
+   returns), always written as the ASCII escape ``\udcXX`` (the body is ``ensure_ascii`` JSON). Valid
+   UTF-8 names are plain strings, so every body written before this note reads the same, and a name
+   with any bytes but ``/`` and NUL is restored byte-exact. (Text shown to people escapes those bytes as
+   ``\xNN`` instead: :func:`aml.store.names.text_name`.) The same encoding applies to the header's
+   ``source_path``, ``agents`` and ``errors[].path``. An encrypted repository can hold the body as it
+   is: it is just bytes to encrypt.
 
 2. the **header** ``snapshots/<backup_id>.json``: small, human-readable JSON with the snapshot's
    summary (``backup_id, backup_type, parent_backup_id, time, end_time, source_path, hostname, tags,
-   description, file_count, dir_count, total_size_bytes, agents, errors, stats``), the body's sha256 and
-   size, and ``sha256``: the sha256 of the header's canonical JSON (sorted keys, no spaces) without that
-   field. It is published last, with a no-clobber link, so a snapshot is visible only when complete.
+   description, file_count, dir_count, link_count, total_size_bytes, agents, errors, excludes, stats``),
+   the body's sha256 and size, and ``sha256``: the sha256 of the header's canonical JSON (sorted keys, no
+   spaces; surrogates as their ``surrogatepass`` bytes) without that field. It is published last, with a
+   no-clobber link, so a snapshot is visible only when complete. ``link_count`` and ``excludes`` (the
+   exclude patterns the backup applied, :mod:`aml.backup.excludes`; an exact restore leaves matching
+   paths of the target alone) are absent from older headers and read as ``0`` / ``[]``.
 
 A flipped bit in a header or body is detected even when the JSON still parses.
 """
@@ -54,6 +72,7 @@ BODY_LEVEL = 1
 __all__ = [
     "DirTable",
     "FileTable",
+    "LinkTable",
     "Manifest",
     "check_relpath",
     "decode_body",
@@ -66,7 +85,7 @@ __all__ = [
 
 
 def check_relpath(path: str) -> None:
-    """Check that a manifest path is safe to join below a restore target.
+    """Check that a manifest path is safe to join below a restore target (any bytes but NUL per name).
 
     Raises:
         UnsafePathError: empty, absolute, contains a NUL byte, or has an empty, ``.`` or ``..``
@@ -159,6 +178,25 @@ class DirTable:
 
 
 @dataclass
+class LinkTable:
+    """The symlinks of a snapshot, as parallel columns (stored as links, never followed).
+
+    Attributes:
+        path: relative paths (``/``-separated) of the links themselves.
+        target: each link's target exactly as ``readlink`` returned it (any bytes but NUL; may be
+            absolute, relative, dangling or outside the store).
+        mtime_ns: the links' own modification times, nanoseconds since the epoch.
+    """
+
+    path: list[str] = field(default_factory=list)
+    target: list[str] = field(default_factory=list)
+    mtime_ns: list[int] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.path)
+
+
+@dataclass
 class Manifest:
     """One snapshot: header fields, plus the file and directory tables once the body is loaded.
 
@@ -171,15 +209,18 @@ class Manifest:
         parent_backup_id: the snapshot used for change detection (incremental), else None.
         end_time: end of the backup (aware UTC).
         tags, description: user labels.
-        file_count, dir_count: entries stored.
+        file_count, dir_count, link_count: entries stored (regular files, directories, symlinks).
         total_size_bytes: sum of the stored files' sizes (uncompressed bytes).
         agents: top-level directories that are agents (not ``global``, ``config``, ...).
         errors: ``[{"path", "reason"}]``: entries that were seen but not stored (unreadable files,
-            symlinks, special files). The snapshot never claims a file it did not store.
+            special files such as fifos and sockets). The snapshot never claims a file it did not store.
+        excludes: the exclude patterns the backup applied (restic's syntax, :mod:`aml.backup.excludes`);
+            paths of a restore target that match them are not the snapshot's to remove.
         stats: counters of the run (files_read, bytes_read, files_unchanged, objects_added,
             bytes_added, stored_bytes).
         body_sha256, body_size: the body file's name and size in bytes.
-        files, dirs: the tables (None until :func:`load_body`).
+        files, dirs, links: the tables (None until :func:`load_body`; ``links`` is an empty table for a
+            snapshot without symlinks).
     """
 
     backup_id: str
@@ -201,6 +242,9 @@ class Manifest:
     body_size: int = 0
     files: FileTable | None = None
     dirs: DirTable | None = None
+    links: LinkTable | None = None
+    link_count: int = 0
+    excludes: list[str] = field(default_factory=list)
 
     def header(self) -> dict[str, Any]:
         """The header document without its ``sha256`` field."""
@@ -218,9 +262,11 @@ class Manifest:
             "description": self.description,
             "file_count": self.file_count,
             "dir_count": self.dir_count,
+            "link_count": self.link_count,
             "total_size_bytes": self.total_size_bytes,
             "agents": list(self.agents),
             "errors": list(self.errors),
+            "excludes": list(self.excludes),
             "stats": dict(self.stats),
             "body": {"sha256": self.body_sha256, "size": self.body_size, "codec": "zstd+json"},
         }
@@ -257,6 +303,8 @@ class Manifest:
             stats=dict(doc.get("stats", {})),
             body_sha256=str(body["sha256"]),
             body_size=int(body["size"]),
+            link_count=int(doc.get("link_count", 0)),
+            excludes=[str(p) for p in doc.get("excludes", [])],
         )
 
     def referenced_objects(self) -> set[str]:
@@ -281,9 +329,13 @@ def _split_hex(s: str) -> list[str]:
     return [s[i : i + 64] for i in range(0, len(s), 64)]
 
 
-def encode_body(files: FileTable, dirs: DirTable, *, level: int = BODY_LEVEL) -> bytes:
-    """Encode the tables as body bytes (zstd-compressed column JSON; see module docstring)."""
-    doc = {
+def encode_body(files: FileTable, dirs: DirTable, links: LinkTable | None = None, *, level: int = BODY_LEVEL) -> bytes:
+    """Encode the tables as body bytes (zstd-compressed column JSON; see module docstring).
+
+    The ``links`` key is written only when there are symlinks, so a body without any is the same as
+    before links were stored.
+    """
+    doc: dict[str, Any] = {
         "format": BODY_FORMAT,
         "version": MANIFEST_VERSION,
         "files": {
@@ -297,23 +349,29 @@ def encode_body(files: FileTable, dirs: DirTable, *, level: int = BODY_LEVEL) ->
         },
         "dirs": {"path": dirs.path, "mode": dirs.mode, "mtime_ns": dirs.mtime_ns},
     }
+    if links:
+        doc["links"] = {"path": links.path, "target": links.target, "mtime_ns": links.mtime_ns}
+    # ensure_ascii: a name's non-UTF-8 bytes (surrogateescape code points) become "\udcXX" escapes
     raw = json.dumps(doc, separators=(",", ":"), ensure_ascii=True).encode("ascii")
     return zstandard.ZstdCompressor(level=level, write_content_size=True).compress(raw)
 
 
-def decode_body(data: bytes) -> tuple[FileTable, DirTable]:
+def decode_body(data: bytes) -> tuple[FileTable, DirTable, LinkTable]:
     """Decode body bytes.
 
+    Returns:
+        ``(files, dirs, links)``; ``links`` is empty for a body without symlinks.
+
     Raises:
-        UnsafePathError: the body declares entry kinds aml never writes (symlinks, devices...).
+        UnsafePathError: the body declares entry kinds aml does not know (devices, a later format...).
         ValueError, KeyError, TypeError, zstandard.ZstdError: malformed body.
     """
     doc = json.loads(zstandard.ZstdDecompressor().decompress(data))
     if doc.get("format") != BODY_FORMAT or doc.get("version") != MANIFEST_VERSION:
         raise ValueError("not an aml snapshot body of a supported version")
-    extra = set(doc) - {"format", "version", "files", "dirs"}
+    extra = set(doc) - {"format", "version", "files", "dirs", "links"}
     if extra:
-        raise UnsafePathError(f"manifest declares unsupported entry kinds {sorted(extra)} (e.g. symlinks)")
+        raise UnsafePathError(f"manifest declares unsupported entry kinds {sorted(extra)} (e.g. devices)")
     f = doc["files"]
     files = FileTable(
         path=[str(p) for p in f["path"]],
@@ -331,7 +389,14 @@ def decode_body(data: bytes) -> tuple[FileTable, DirTable]:
     dirs = DirTable(path=[str(p) for p in d["path"]], mode=list(d["mode"]), mtime_ns=list(d["mtime_ns"]))
     if not (len(dirs.mode) == len(dirs.mtime_ns) == len(dirs.path)):
         raise ValueError("dir columns differ in length")
-    return files, dirs
+    links = LinkTable()
+    lk = doc.get("links")
+    if lk is not None:
+        links = LinkTable(path=[str(p) for p in lk["path"]], target=[str(t) for t in lk["target"]],
+                          mtime_ns=[int(t) for t in lk["mtime_ns"]])
+        if not (len(links.target) == len(links.mtime_ns) == len(links.path)):
+            raise ValueError("link columns differ in length")
+    return files, dirs, links
 
 
 def _header_bytes(m: Manifest) -> bytes:
@@ -364,7 +429,7 @@ def write_manifest(
     """
     root = Path(root)
     assert m.files is not None and m.dirs is not None
-    body = encode_body(m.files, m.dirs)
+    body = encode_body(m.files, m.dirs, m.links)
     m.body_sha256 = hashlib.sha256(body).hexdigest()
     m.body_size = len(body)
     bodies = root / "snapshots" / "bodies"
@@ -441,7 +506,7 @@ def load_body(root: Path | str, m: Manifest) -> Manifest:
 
     Raises:
         CorruptionError: body missing, checksum mismatch, or undecodable.
-        UnsafePathError: the body declares symlinks or other entry kinds aml never stores.
+        UnsafePathError: the body declares entry kinds aml does not know (devices, a later format...).
     """
     root = Path(root)
     location = f"snapshots/bodies/{m.body_sha256}.zst"
@@ -456,7 +521,7 @@ def load_body(root: Path | str, m: Manifest) -> Manifest:
             f"{location}: manifest body of {m.backup_id}: checksum mismatch", location=location, snapshots=[m.backup_id]
         )
     try:
-        m.files, m.dirs = decode_body(data)
+        m.files, m.dirs, m.links = decode_body(data)
     except UnsafePathError:
         raise
     except (ValueError, KeyError, TypeError, zstandard.ZstdError) as exc:

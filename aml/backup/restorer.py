@@ -1,12 +1,17 @@
 """Restoring a snapshot (native or legacy) into a directory.
 
-* Files come back byte-identical with their modes and mtimes; directories (empty ones too) with theirs.
+* Files come back byte-identical with their modes and mtimes; directories (empty ones too) with theirs;
+  symlinks as symlinks (the same target, the link's own mtime), names byte-exact.
 * Exact by default: entries in the target that the snapshot does not have are removed, but only inside
-  the restored scope (the whole target, one agent's directory, or the paths matching the globs).
+  the restored scope (the whole target, one agent's directory, or the paths matching the globs), and
+  never the paths the snapshot's backup excluded (its ``excludes`` patterns: aml's derived files by
+  default), nor a directory that holds such a path (only its other entries are removed).
 * Safe: every path of the manifest is validated before anything is written (no ``..``, no absolute
-  paths, no empty components, no file used as a directory, no symlink entries); the target is accessed
-  only through directory descriptors opened with ``O_NOFOLLOW`` one component at a time, so a symlink in
-  the target is never followed (in exact mode it is replaced, only the link itself is removed). A target
+  paths, no empty components, no file used as a directory, no entry below a symlink entry); the target
+  is accessed only through directory descriptors opened with ``O_NOFOLLOW`` one component at a time, so
+  a symlink in the target is never followed (in exact mode it is replaced, only the link itself is
+  removed). A snapshot's symlink is created as a link with ``symlinkat`` and renamed into place: its
+  target, whatever it is (``../../etc``, an absolute path), is never opened or written through. A target
   inside the repository, or one that contains the snapshot's source store or the repository without being
   the source store itself (``<store>/..``), is refused (:func:`check_target`).
 * Fast and crash-safe: each file is written to a temporary name and renamed into place, without a
@@ -38,12 +43,14 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from aml.store.guard import check_write
+from aml.store.names import text_names
 
 from ._common import TMP_PREFIX
 from ._fs import DirFds, open_root
 from .errors import BackupError, CorruptionError, SnapshotNotFound, UnsafePathError
+from .excludes import Excludes
 from .index import Index, load_index
-from .manifest import DirTable, FileTable, check_relpath, load_manifest
+from .manifest import DirTable, FileTable, LinkTable, check_relpath, load_manifest
 from .pack import PackReader, pack_path, read_pack
 from .progress import ProgressCallback, Reporter
 from .repository import Repository, as_repository
@@ -60,8 +67,8 @@ class RestoreResult:
         target: absolute target directory.
         dry_run, exact, legacy: as requested / whether the snapshot is a legacy Loom backup.
         added: paths created (directories end with ``/``).
-        changed: paths whose content or type differed and were replaced.
-        metadata: paths whose content matched but whose mode or mtime was reset.
+        changed: paths whose content, link target or type differed and were replaced.
+        metadata: paths whose content (or link target) matched but whose mode or mtime was reset.
         removed: paths removed because the snapshot does not have them (exact mode; dirs end with ``/``).
         unchanged: number of files already identical.
         files_written, bytes_written: files and bytes actually written.
@@ -90,10 +97,10 @@ class RestoreResult:
         return not self.errors
 
     def to_dict(self) -> dict[str, Any]:
-        """Return a JSON-ready dict (with ``ok``)."""
+        """Return a JSON-ready dict (with ``ok``; names that are not valid UTF-8 escaped as ``\\xNN``)."""
         d = asdict(self)
         d["ok"] = self.ok
-        return d
+        return text_names(d)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -115,12 +122,13 @@ def _all_paths_safe(paths: list[str]) -> bool:
     return not any(u in joined for u in _UNSAFE + _UNSAFE_WHOLE)
 
 
-def validate_tables(files: FileTable, dirs: DirTable) -> None:
+def validate_tables(files: FileTable, dirs: DirTable, links: LinkTable | None = None) -> None:
     """Refuse a manifest that could write outside the target or is self-contradictory.
 
     Raises:
         UnsafePathError: unsafe path (see :func:`~aml.backup.manifest.check_relpath`), duplicate path,
-            or a file that another entry uses as a directory.
+            a file or symlink that another entry uses as a directory, or a symlink with an empty target
+            or one holding a NUL byte.
     """
     file_set = set(files.path)
     if len(file_set) != len(files.path):
@@ -129,6 +137,25 @@ def validate_tables(files: FileTable, dirs: DirTable) -> None:
     if not _all_paths_safe(files.path) or not _all_paths_safe(dirs.path):
         for p in [*dirs.path, *files.path]:
             check_relpath(p)  # raises with the offending path
+    if links:
+        if not _all_paths_safe(links.path):
+            for p in links.path:
+                check_relpath(p)
+        link_set = set(links.path)
+        if len(link_set) != len(links.path) or link_set & file_set or link_set & dir_set:
+            dup = sorted(link_set & (file_set | dir_set)) or [p for p in links.path if links.path.count(p) > 1]
+            raise UnsafePathError(f"manifest lists {dup[0]!r} twice (as a symlink and another entry)")
+        for p, t in zip(links.path, links.target, strict=True):
+            if not t or "\x00" in t:
+                raise UnsafePathError(f"manifest gives symlink {p!r} an empty target or one with a NUL byte")
+        # nothing may be written below a link: that would go through it, wherever it points
+        for p in [*files.path, *dirs.path, *links.path]:
+            parent = p.rpartition("/")[0]
+            while parent:
+                if parent in link_set:
+                    raise UnsafePathError(f"manifest places {p!r} below the symlink {parent!r}; nothing is written "
+                                          "through a link")
+                parent = parent.rpartition("/")[0]
     for p in dirs.path:
         if p in file_set:
             raise UnsafePathError(f"manifest lists {p!r} as both a file and a directory")
@@ -183,6 +210,15 @@ def _select(files: FileTable, dirs: DirTable, scope: _Scope) -> tuple[list[int],
     return fsel, dsel
 
 
+def _under(path: str, paths: set[str]) -> bool:
+    """True if ``path`` or one of its ancestors is in ``paths``."""
+    while path:
+        if path in paths:
+            return True
+        path = path.rpartition("/")[0]
+    return False
+
+
 # ----------------------------------------------------------------------------------------------------
 # target inspection
 
@@ -220,6 +256,13 @@ def _lstat_target(target: str, roots: Iterable[str], depth: int | None) -> dict[
                     if stat.S_ISDIR(est.st_mode) and (depth is None or d + 1 < depth):
                         stack.append((rel, e.path, d + 1))
     return out
+
+
+def _readlink(target: str, rel: str) -> str | None:
+    try:
+        return os.readlink(os.path.join(target, rel))
+    except OSError:
+        return None
 
 
 def _hash_file(target: str, rel: str) -> str | None:
@@ -430,6 +473,32 @@ class _Writer:
             os.unlink(tmp, dir_fd=dfd)
             raise
 
+    def link(self, rel: str, target: str, mtime_ns: int) -> None:
+        """Create symlink ``rel`` -> ``target`` under a temporary name, then rename it into place (replacing
+        a file or link there, never following one). The target is never opened."""
+        dname, _, fname = rel.rpartition("/")
+        dfd = self.dirfds.get(dname)
+        while True:
+            self.counter += 1
+            tmp = f"{self.prefix}{self.counter}"
+            try:
+                os.symlink(target, tmp, dir_fd=dfd)
+                break
+            except FileExistsError:
+                continue
+        try:
+            os.utime(tmp, ns=(mtime_ns, mtime_ns), dir_fd=dfd, follow_symlinks=False)
+            check_write()
+            os.rename(tmp, fname, src_dir_fd=dfd, dst_dir_fd=dfd)
+        except BaseException:
+            os.unlink(tmp, dir_fd=dfd)
+            raise
+
+    def set_link_mtime(self, rel: str, mtime_ns: int) -> None:
+        """Reset a symlink's own mtime (not its target's)."""
+        dname, _, fname = rel.rpartition("/")
+        os.utime(fname, ns=(mtime_ns, mtime_ns), dir_fd=self.dirfds.get(dname), follow_symlinks=False)
+
     def set_meta(self, rel: str, mode: int, mtime_ns: int) -> None:
         dname, _, fname = rel.rpartition("/")
         fd = os.open(fname, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=self.dirfds.get(dname))
@@ -597,14 +666,18 @@ def _restore_tables(
     progress: ProgressCallback | None,
     repository: Path,
     source_path: str | None,
+    links: LinkTable | None = None,
+    excludes: Excludes | None = None,
 ) -> RestoreResult:
     t0 = time.monotonic()
-    validate_tables(files, dirs)
+    links = links or LinkTable()
+    validate_tables(files, dirs, links)
     target_abs = os.path.abspath(os.fspath(target))
     protected = check_target(target_abs, repository, source_path)  # never touched by an exact restore
     res = RestoreResult(backup_id=backup_id, target=target_abs, dry_run=dry_run, exact=exact, legacy=legacy)
     fsel, dsel = _select(files, dirs, scope)
-    if scope.agent is not None and not fsel and not dsel:
+    lsel = [i for i, p in enumerate(links.path) if scope.covers(p)]
+    if scope.agent is not None and not fsel and not dsel and not lsel:
         raise SnapshotNotFound(f"agent {scope.agent!r} is not in snapshot {backup_id}")
 
     # ---- plan
@@ -622,10 +695,38 @@ def _restore_tables(
         while p and p not in need_dirs:
             need_dirs.add(p)
             p = p.rpartition("/")[0]
+    for i in lsel:
+        p = links.path[i].rpartition("/")[0]
+        while p and p not in need_dirs:
+            need_dirs.add(p)
+            p = p.rpartition("/")[0]
     to_write: list[int] = []
     to_meta: list[int] = []
+    to_link: list[int] = []
+    to_link_meta: list[int] = []
     to_remove: list[tuple[str, bool]] = []
     snap_files = {files.path[i] for i in fsel}
+    snap_links = {links.path[i] for i in lsel}
+    for i in lsel:
+        p = links.path[i]
+        st = existing.get(p)
+        if st is None:
+            res.added.append(p)
+            to_link.append(i)
+        elif stat.S_ISLNK(st.st_mode) and _readlink(target_abs, p) == links.target[i]:
+            if st.st_mtime_ns != links.mtime_ns[i]:
+                res.metadata.append(p)
+                to_link_meta.append(i)
+            else:
+                res.unchanged += 1
+        else:
+            if stat.S_ISDIR(st.st_mode):
+                if not exact:
+                    res.errors.append({"path": p, "reason": "a directory is in the way (use exact mode to replace it)"})
+                    continue
+                to_remove.append((p, True))
+            res.changed.append(p)
+            to_link.append(i)
     for i in fsel:
         p = files.path[i]
         st = existing.get(p)
@@ -655,11 +756,23 @@ def _restore_tables(
             if st is not None:
                 res.changed.append(d)
     if exact:
+        # what the snapshot's backup excluded is not the snapshot's to remove, nor the directories holding it
+        kept: set[str] = set()
+        keep_dirs: set[str] = set()
+        if excludes:
+            kept = {p for p in existing if excludes(p)}
+            for p in kept:
+                a = p.rpartition("/")[0]
+                while a and a not in keep_dirs:
+                    keep_dirs.add(a)
+                    a = a.rpartition("/")[0]
         for p, st in existing.items():
             is_dir = stat.S_ISDIR(st.st_mode)
-            if p in snap_files or (is_dir and p in need_dirs):
+            if p in snap_files or p in snap_links or (is_dir and p in need_dirs):
                 continue
             if protected and (p == protected or protected.startswith(p + "/") or p.startswith(protected + "/")):
+                continue
+            if kept and (p in keep_dirs or _under(p, kept)):
                 continue
             if not scope.covers(p):
                 continue
@@ -670,10 +783,11 @@ def _restore_tables(
             skip = False
             while parent:
                 pst = existing.get(parent)
-                if parent in snap_files or (
+                if parent in snap_files or parent in snap_links or (
                     pst is not None
                     and stat.S_ISDIR(pst.st_mode)
                     and parent not in need_dirs
+                    and parent not in keep_dirs
                     and scope.covers(parent)
                     and (scope.removal is None or scope.removal(parent, True))
                 ):
@@ -719,6 +833,16 @@ def _restore_tables(
                 writer.set_meta(files.path[i], files.mode[i], files.mtime_ns[i])
             except (OSError, BackupError) as exc:
                 res.errors.append({"path": files.path[i], "reason": f"cannot set mode/mtime: {exc}"})
+        for i in to_link:
+            try:
+                writer.link(links.path[i], links.target[i], links.mtime_ns[i])
+            except (OSError, BackupError) as exc:
+                res.errors.append({"path": links.path[i], "reason": f"cannot create symlink: {exc}"})
+        for i in to_link_meta:
+            try:
+                writer.set_link_mtime(links.path[i], links.mtime_ns[i])
+            except (OSError, BackupError) as exc:
+                res.errors.append({"path": links.path[i], "reason": f"cannot set symlink mtime: {exc}"})
         for i in sorted(dsel, key=lambda k: dirs.path[k].count("/"), reverse=True):
             d = dirs.path[i]
             try:
@@ -827,7 +951,7 @@ def restore(
     with repo.lock(exclusive=False, operation="restore", wait=lock_wait):
         m = load_manifest(repo.path, backup_id)
         assert m.files is not None and m.dirs is not None
-        validate_tables(m.files, m.dirs)
+        validate_tables(m.files, m.dirs, m.links)
         index = load_index(repo.path, strict=False, include_damaged=False)
         fsel, _ = _select(m.files, m.dirs, scope)
         needed_packs = {index.objects[o][0] for i in fsel for o in m.files.objects_of(i) if o in index.objects}
@@ -865,6 +989,8 @@ def restore(
             progress=progress,
             repository=repo.path,
             source_path=m.source_path,
+            links=m.links,
+            excludes=Excludes(m.excludes, defaults=False),
         )
 
 

@@ -34,8 +34,22 @@ never removed by aml.
 ``prune_unreferenced`` deletes objects that no manifest references: packs with no referenced object are
 deleted, packs with some are repacked (referenced frames copied as they are, after re-verifying them),
 leftovers of interrupted backups (packs in no index, orphan manifest bodies, temporary files) are
-removed. Order: new packs (fsynced) -> one new index that supersedes all old ones -> old index files
-deleted -> old packs deleted. A crash at any point leaves a consistent repository.
+removed once older than a grace period. Order: new packs (fsynced) -> one new index that supersedes all
+old ones -> old index files deleted -> old packs deleted. A crash at any point leaves a consistent
+repository.
+
+**Orphans and the grace period.** A backup writes all its packs first and the one index file naming them
+only at its end (then the manifest body, then the header): for the whole run, up to the backup task's
+6 h time limit, its packs are in no index, exactly like the leftovers of a backup that was killed. restic
+deletes such packs at once, relying on its lock alone. aml's exclusive lock keeps a running backup out
+too (a backup holds a shared lock), but a lock from another host counts as stale after 30 minutes
+without a refresh (:mod:`aml.backup.lock`), and a stalled backup (a paused VM, a stopped process, a
+partitioned NFS client) resumes after its lock was taken over. So a pack in no index, an orphan body and
+a temporary file are removed only when their mtime is older than ``orphan_grace`` seconds (default
+:data:`ORPHAN_GRACE`, 24 h: well above the 6 h time limit and the 12 h Redis visibility timeout after
+which a task can run a second time, and a killed nightly backup's leftovers are gone by the next
+night's or the one after's rotate). The grace period is the safeguard for lock failures; the lock
+still prevents the usual race (an object in the index that a running backup deduplicated against).
 """
 
 from __future__ import annotations
@@ -62,7 +76,12 @@ from .progress import ProgressCallback, Reporter
 from .repository import Repository, as_repository
 from .summary import update_summary
 
+ORPHAN_GRACE = 24 * 3600.0
+"""Seconds a pack in no index (or an orphan manifest body, a temporary file) must have existed before it is
+removed (see the module docstring)."""
+
 __all__ = [
+    "ORPHAN_GRACE",
     "Decision",
     "ForgetResult",
     "PruneResult",
@@ -339,11 +358,15 @@ class PruneResult:
         packs_deleted: packs with no referenced object (deleted whole).
         packs_repacked: partly used packs rewritten into new packs.
         packs_written: new packs.
-        unindexed_packs_deleted: packs in no index file (interrupted backups).
+        unindexed_packs_deleted, unindexed_bytes_deleted: packs in no index file (interrupted backups)
+            older than the grace period, and their bytes.
+        unindexed_packs_kept, unindexed_bytes_kept: packs in no index file younger than the grace
+            period (perhaps a backup still running), kept.
+        orphan_grace_seconds: the grace period applied.
         objects_removed: unreferenced (or duplicate) objects dropped.
         bytes_before, bytes_after: total pack bytes.
-        bodies_deleted: orphan manifest bodies removed.
-        temp_files_deleted: stale ``.aml-tmp-*`` files removed.
+        bodies_deleted: orphan manifest bodies removed (older than the grace period).
+        temp_files_deleted: stale ``.aml-tmp-*`` files removed (older than the grace period).
         index_files_replaced: old index files superseded by the new one.
         duration_seconds: wall time.
     """
@@ -355,6 +378,10 @@ class PruneResult:
     packs_repacked: int = 0
     packs_written: int = 0
     unindexed_packs_deleted: int = 0
+    unindexed_bytes_deleted: int = 0
+    unindexed_packs_kept: int = 0
+    unindexed_bytes_kept: int = 0
+    orphan_grace_seconds: float = ORPHAN_GRACE
     objects_removed: int = 0
     bytes_before: int = 0
     bytes_after: int = 0
@@ -405,6 +432,7 @@ def forget(
     dry_run: bool = False,
     prune: bool = True,
     lock_wait: float = 0.0,
+    orphan_grace: float = ORPHAN_GRACE,
 ) -> ForgetResult:
     """Remove snapshots by policy (or by id), then, by default, prune unreferenced data.
 
@@ -418,6 +446,8 @@ def forget(
         dry_run: report only.
         prune: run :func:`prune_unreferenced` afterwards.
         lock_wait: seconds to wait for other locks before failing.
+        orphan_grace: (prune) packs in no index, orphan bodies and temporary files younger than this many
+            seconds are kept (default :data:`ORPHAN_GRACE`; see the module docstring).
 
     Returns:
         A :class:`ForgetResult`.
@@ -480,6 +510,7 @@ def forget(
                 repack_threshold=0.0,
                 progress=None,
                 without={d.backup_id for d in res.removed},
+                orphan_grace=orphan_grace,
             )
     return res
 
@@ -491,12 +522,15 @@ def rotate(
     now: datetime | None = None,
     dry_run: bool = False,
     lock_wait: float = 0.0,
+    orphan_grace: float = ORPHAN_GRACE,
 ) -> ForgetResult:
     """Apply a retention policy and prune: the ``backup rotate`` operation (DESIGN.md).
 
-    Same as ``forget(repo, policy, prune=True)``; see :func:`forget`.
+    Same as ``forget(repo, policy, prune=True)``; see :func:`forget`. Orphan packs (in no index: left by
+    killed backups) older than ``orphan_grace`` seconds are removed, younger ones kept.
     """
-    return forget(repo, policy, now=now, dry_run=dry_run, prune=True, lock_wait=lock_wait)
+    return forget(repo, policy, now=now, dry_run=dry_run, prune=True, lock_wait=lock_wait,
+                  orphan_grace=orphan_grace)
 
 
 def prune_unreferenced(
@@ -507,6 +541,7 @@ def prune_unreferenced(
     repack: Iterable[str] = (),
     progress: ProgressCallback | None = None,
     lock_wait: float = 0.0,
+    orphan_grace: float = ORPHAN_GRACE,
 ) -> PruneResult:
     """Remove every object that no manifest references, repacking partly used packs.
 
@@ -519,6 +554,9 @@ def prune_unreferenced(
             found damaged while every object still verifies).
         progress: called with ``"prune"`` progress events (files = objects copied).
         lock_wait: seconds to wait for other locks before failing.
+        orphan_grace: packs in no index, orphan manifest bodies and temporary files are removed only when
+            older than this many seconds (default :data:`ORPHAN_GRACE`, 24 h; 0 removes them all: only
+            when no backup can be running, see the module docstring).
 
     Returns:
         A :class:`PruneResult`.
@@ -532,7 +570,8 @@ def prune_unreferenced(
     repo = as_repository(repo).open()
     with repo.lock(exclusive=True, operation="prune", wait=lock_wait):
         return _prune_locked(
-            repo, dry_run=dry_run, repack_threshold=repack_threshold, progress=progress, force=set(repack)
+            repo, dry_run=dry_run, repack_threshold=repack_threshold, progress=progress, force=set(repack),
+            orphan_grace=orphan_grace,
         )
 
 
@@ -544,10 +583,12 @@ def _prune_locked(
     progress: ProgressCallback | None,
     without: set[str] | None = None,
     force: set[str] | None = None,
+    orphan_grace: float = ORPHAN_GRACE,
 ) -> PruneResult:
     t0 = time.monotonic()
     root = repo.path
-    res = PruneResult(dry_run=dry_run)
+    res = PruneResult(dry_run=dry_run, orphan_grace_seconds=orphan_grace)
+    cutoff = time.time() - orphan_grace  # orphans with an mtime at or after this may belong to a running backup
     index = load_index(root, strict=False, include_damaged=False)
     if index.problems:
         raise CorruptionError(
@@ -578,13 +619,24 @@ def _prune_locked(
     on_disk = list_pack_ids(root)
     res.packs_before = len(on_disk)
     sizes = {}
+    mtimes = {}
     for p in on_disk:
         try:
-            sizes[p] = os.stat(pack_path(root, p)).st_size
+            st = os.stat(pack_path(root, p))
+            sizes[p], mtimes[p] = st.st_size, st.st_mtime
         except FileNotFoundError:
-            sizes[p] = 0
+            sizes[p], mtimes[p] = 0, 0.0
     res.bytes_before = sum(sizes.values())
-    unindexed = [p for p in on_disk if p not in index.packs]
+    unindexed = []
+    for p in on_disk:
+        if p in index.packs:
+            continue
+        if mtimes[p] < cutoff:
+            unindexed.append(p)
+            res.unindexed_bytes_deleted += sizes[p]
+        else:
+            res.unindexed_packs_kept += 1
+            res.unindexed_bytes_kept += sizes[p]
     keep: list[str] = []
     delete: list[str] = []
     repack: list[str] = []
@@ -616,11 +668,12 @@ def _prune_locked(
             n
             for n in os.listdir(repo.bodies_dir)
             if n.endswith(".zst") and n[:-4] not in bodies and not n.startswith(TMP_PREFIX)
+            and _older(repo.bodies_dir / n, cutoff)
         ]
     except FileNotFoundError:
         body_files = []
     res.bodies_deleted = len(body_files)
-    temps = _temp_files(repo)
+    temps = [t for t in _temp_files(repo) if _older(t, cutoff)]
     res.temp_files_deleted = len(temps)
     changed = bool(delete or repack)
     if dry_run:
@@ -697,6 +750,14 @@ def _prune_locked(
     res.bytes_after = sum(os.stat(pack_path(root, p)).st_size for p in after)
     res.duration_seconds = round(time.monotonic() - t0, 6)
     return res
+
+
+def _older(path: Path, cutoff: float) -> bool:
+    """True if ``path``'s mtime is before ``cutoff`` (epoch seconds); False if it is gone."""
+    try:
+        return os.stat(path, follow_symlinks=False).st_mtime < cutoff
+    except FileNotFoundError:
+        return False
 
 
 def _temp_files(repo: Repository) -> list[Path]:

@@ -12,7 +12,9 @@ For aml snapshots: ``timestamp`` is ISO 8601 UTC with ``Z``; ``backup_path`` is 
 incremental only in what it stored); ``checksums`` maps each path to its sha256 only when the snapshot
 has at most :data:`CHECKSUMS_INLINE_MAX` files, and is ``{}`` above that (the manifest has them all:
 100,000 inline checksums would make this file ~10 MB per snapshot). Legacy entries written by the seeds
-are preserved unchanged. The file is rewritten atomically under an ``flock``.
+are preserved unchanged. The file is rewritten atomically under an ``flock``. It is UTF-8 text for older
+tools: a path, agent or store name whose bytes are not valid UTF-8 is written escaped (``\\xNN``,
+:func:`aml.store.names.text_name`); the manifest keeps the exact name.
 
 A file that does not parse is never deleted: it is kept as ``backup_metadata.json.corrupt-<UTC time>``
 and the entries that can still be decoded from it (see :func:`salvage_entries`) are carried over, so
@@ -32,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from aml.store.atomic import atomic_write
+from aml.store.names import text_name, text_names
 from aml.store.timestamps import utc_iso_z
 
 from ._common import TMP_PREFIX
@@ -57,14 +60,14 @@ def summary_entry(root: Path, m: Manifest) -> dict[str, Any]:
     """Return the ``backup_metadata.json`` entry for an aml snapshot (tables loaded or not)."""
     checksums: dict[str, str] = {}
     if m.files is not None and len(m.files) <= CHECKSUMS_INLINE_MAX:
-        checksums = dict(zip(m.files.path, m.files.sha256, strict=True))
+        checksums = {text_name(p): sha for p, sha in zip(m.files.path, m.files.sha256, strict=True)}
     return {
         "backup_id": m.backup_id,
         "backup_type": m.backup_type,
         "timestamp": utc_iso_z(m.time),
-        "source_path": m.source_path,
-        "backup_path": str(root / "snapshots" / f"{m.backup_id}.json"),
-        "agents": list(m.agents),
+        "source_path": text_name(m.source_path),
+        "backup_path": text_name(str(root / "snapshots" / f"{m.backup_id}.json")),
+        "agents": [text_name(a) for a in m.agents],
         "total_size_bytes": m.total_size_bytes,
         "file_count": m.file_count,
         "checksums": checksums,
@@ -222,4 +225,5 @@ def update_summary(root: Path, add: Iterable[dict[str, Any]] = (), remove: Itera
                 doc["backups"].append(summary_entry(root, read_header(root, bid)))
             except BackupError:
                 continue
-        atomic_write(path, json.dumps(doc, indent=2, ensure_ascii=False).encode("utf-8"))
+        # text_names: a legacy entry read back with a "\udcXX" escape must not stop the write either
+        atomic_write(path, json.dumps(text_names(doc), indent=2, ensure_ascii=False).encode("utf-8"))
