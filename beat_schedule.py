@@ -111,7 +111,10 @@ def beat_schedule(stores: tuple[str, ...], overrides: Mapping[str, str] | None =
     Source: the seeds' cron table (daily backup 02:00, weekly prune Sunday 03:00, daily health 06:00
     UTC) and DESIGN.md (a weekly verify: Saturday 05:00 UTC, reading the least recently verified 15 %
     of the packs, so every pack is re-read at least every seven weeks; the catalog's retention daily at
-    01:00 UTC).
+    01:00 UTC). A weekly restore drill (``aml.backup.drill``, the seeds' best practice "Test restores
+    occasionally to verify backup integrity"): Sunday 04:30 UTC, after the day's backup and rotate (02:00)
+    and the weekly prune (03:00) have finished, off the hours of every other entry, and before health (06:00)
+    judges ``restore_tested``; it restores the newest snapshot (that day's backup, or the prune's pre-prune one).
 
     Args:
         stores: store paths/ids to maintain.
@@ -170,6 +173,12 @@ def beat_schedule(stores: tuple[str, ...], overrides: Mapping[str, str] | None =
         schedule[f"prune {store}"] = {  # the seeds' weekly prune: Sunday 03:00 UTC
             "task": "aml.prune.run",
             "schedule": crontab(minute="0", hour="3", day_of_week="sun"),
+            "kwargs": {"store": store},
+            "options": {"queue": "heavy"},
+        }
+        schedule[f"drill {store}"] = {  # weekly restore drill: Sunday 04:30 UTC
+            "task": "aml.backup.drill",
+            "schedule": crontab(minute="30", hour="4", day_of_week="sun"),
             "kwargs": {"store": store},
             "options": {"queue": "heavy"},
         }

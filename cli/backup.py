@@ -1,4 +1,4 @@
-"""``aml <memory_path> backup create|list|restore|verify|rotate|auto``: the seeds' backup commands."""
+"""``aml <memory_path> backup create|list|restore|verify|drill|rotate|auto``: the seeds' backup commands."""
 
 from __future__ import annotations
 
@@ -20,12 +20,15 @@ from cli.common import (
     run_task,
     store_of,
 )
+from cli.lazy import lazy_module
 from cli.progressbar import progress_bar
 from cli.render import console, err_console, print_json, styled
-from tasks import backup as backup_tasks
-from tasks import verify as verify_tasks
 
-backup_app = typer.Typer(help="Snapshots: create, list, restore (point in time), verify, rotate.",
+backup_tasks = lazy_module("tasks.backup")
+drill_tasks = lazy_module("tasks.drill")
+verify_tasks = lazy_module("tasks.verify")
+
+backup_app = typer.Typer(help="Snapshots: create, list, restore (point in time), verify, drill, rotate.",
                          no_args_is_help=True)
 
 
@@ -255,6 +258,43 @@ def _print_orphans(o: dict[str, Any]) -> None:
     if o.get("unused_packs"):
         console.print(f"  unused packs: {o['unused_packs']} indexed packs ({_human(o['unused_bytes'])}) hold no "
                       "object any snapshot needs; `backup rotate` removes them", soft_wrap=True)
+
+
+@backup_app.command("drill")
+def drill(
+    ctx: typer.Context,
+    backup_id: Annotated[str | None, typer.Option("--backup-id", help="Snapshot to drill (default: the newest).")]
+    = None,
+    agent: Annotated[str | None, typer.Option("--agent", help="Drill only this agent.")] = None,
+    as_json: JsonOpt = False, enqueue: EnqueueOpt = False, wait: WaitOpt = False, timeout: TimeoutOpt = 6 * 3600.0,
+) -> None:
+    """Restore drill: restore a snapshot (or --agent) into a scratch directory, check every file against the
+    manifest (size, sha256), remove the copy, record the result. Exit 2 when it fails or cannot run."""
+    result = _run(drill_tasks.drill, {"store": store_of(ctx), "backup_id": backup_id, "agent": agent}, as_json,
+                  enqueue, wait, timeout)
+    if result is None:
+        return
+    emit(result, as_json, _print_drill)
+
+
+def _print_drill(r: dict[str, Any]) -> None:
+    what = (f" of [bold]{escape(r['backup_id'])}[/]" if r.get("backup_id") else "") + (
+        f" agent {escape(r['agent'])}" if r.get("agent") else "")
+    if r["drill_status"] == "error":
+        console.print(f"restore drill{what}: {styled('error')}: could not run: {escape(str(r['error']))}",
+                      soft_wrap=True)
+        return
+    verdict = "[green]passed[/]" if r["passed"] else "[red]failed[/]"
+    console.print(f"restore drill{what}: {verdict}; {r['files_checked']:,} of {r['files_expected']:,} files "
+                  f"checked (size and sha256), {_human(r['bytes_checked'])} read back, in "
+                  f"{r['duration_seconds']:.2f} s (restore {r['restore_seconds']:.2f} s, check "
+                  f"{r['check_seconds']:.2f} s); scratch copy {'removed' if r['scratch_removed'] else 'NOT removed'}",
+                  soft_wrap=True)
+    for f in r["failures"]:
+        console.print(f"  [red]failed[/] {escape(f['path'])}: {escape(f['reason'])}", soft_wrap=True)
+    more = r.get("failures_total", len(r["failures"])) - len(r["failures"])
+    if more > 0:
+        console.print(f"  ... and {more:,} more (see --json or the catalog's restore_drills)")
 
 
 @backup_app.command("rotate")

@@ -66,8 +66,10 @@ def _tree(root: Path) -> dict[str, tuple[bytes, int]]:
 
 
 def step_backup(ctx: DemoContext) -> None:
-    """backup: a full snapshot, a few changed files, an incremental one, verify, restore to a new folder."""
+    """backup: a full snapshot, a few changed files, an incremental one, verify, a restore drill, restore to a
+    new folder."""
     from tasks import backup as backup_tasks
+    from tasks import drill as drill_tasks
     from tasks import verify as verify_tasks
 
     store = str(ctx.root)
@@ -88,6 +90,14 @@ def step_backup(ctx: DemoContext) -> None:
     checked = run_task(verify_tasks.verify, store=store, read_data=True)
     console.print(f"verify --read-data: {styled(checked['status'])}, "
                   + ", ".join(f"{k} {v}" for k, v in checked["verified"].items()))
+    drilled = run_task(drill_tasks.drill, store=store)
+    console.print(f"drill: {drilled['backup_id']} restored into a scratch directory, {drilled['files_checked']} of "
+                  f"{drilled['files_expected']} files checked against the manifest (size, sha256): "
+                  + ("[green]passed[/]" if drilled["passed"] else f"[red]{drilled['drill_status']}[/]")
+                  + f", scratch copy {'removed' if drilled.get('scratch_removed') else 'NOT removed'}")
+    if not drilled["passed"]:
+        why = drilled.get("error") or drilled["failures"][:3]
+        raise RuntimeError(f"restore drill {drilled['drill_status']}: {why}")
     target = ctx.directory / "restored"
     if target.exists():
         shutil.rmtree(target)

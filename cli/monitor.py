@@ -12,8 +12,19 @@ import typer
 from aml.health.report_html import render_html
 from aml.store.atomic import atomic_write
 from cli.common import EnqueueOpt, JsonOpt, TimeoutOpt, WaitOpt, run_task, store_of
-from cli.render import console, print_json, render_alerts, render_health, render_metrics
-from tasks import health as health_tasks
+from cli.lazy import lazy_module
+from cli.render import (
+    console,
+    err_console,
+    print_json,
+    render_alerts,
+    render_health,
+    render_metrics,
+    render_remediations,
+    styled,
+)
+
+health_tasks = lazy_module("tasks.health")
 
 monitor_app = typer.Typer(help="Health checks, alerts, metrics and reports.", no_args_is_help=True)
 
@@ -26,18 +37,48 @@ def health(
     wait: WaitOpt = False,
     timeout: TimeoutOpt = 600.0,
     lookups: Annotated[int, typer.Option(help="Record lookups timed by the performance check.")] = 50,
+    remediate: Annotated[bool, typer.Option("--remediate", help="Run what the decision matrix calls for, here "
+                                            "(AML_REMEDIATE=on; with dry-run it only lists).")] = False,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="With --remediate: list what would run and why; "
+                                          "run nothing.")] = False,
 ) -> None:
-    """Run the six health checks; raise/resolve alerts; record metrics. Exit 0 healthy, 1 warning, 2 critical."""
-    result = run_task(health_tasks.check, {"store": store_of(ctx), "lookup_sample": lookups},
-                      enqueue=enqueue, wait=wait, timeout=timeout, as_json=as_json)
+    """Run the health checks; raise/resolve alerts; record metrics; list (or, with --remediate, run) what the
+    seeds' decision matrix calls for. Exit 0 healthy, 1 warning, 2 critical (of the last health run)."""
+    from workers.app import current_aml_app
+
+    if dry_run and not remediate:
+        raise typer.BadParameter("--dry-run goes with --remediate")
+    mode = current_aml_app().conf.aml_settings.remediate
+    if remediate and not dry_run and mode != "on":
+        err_console.print(f"remediation is {mode} (AML_REMEDIATE={mode}): listing what would run; set "
+                          "AML_REMEDIATE=on to run it")
+    # only --remediate acts (a health run on a worker otherwise would, with AML_REMEDIATE=on: beat's runs do)
+    kwargs: dict[str, Any] = {"store": store_of(ctx), "lookup_sample": lookups, "remediate": remediate and not dry_run}
+    result = run_task(health_tasks.check, kwargs, enqueue=enqueue, wait=wait, timeout=timeout, as_json=as_json)
     if result is None:
         return
     report = result["report"]
+    run = result.get("remediation_run")
+    final = report
     if as_json:
-        print_json(report)
+        print_json({**report, "remediation_run": run} if run else report)
     else:
         render_health(report)
-    raise typer.Exit(int(report["status_code"]))
+    while run and not run.get("enqueued") and run.get("closing"):  # inline chains: each closing health run
+        for step in run.get("steps", []):
+            if not as_json:
+                console.print(f"  step {step['action']} (task {step['task_id']}): {styled(step['status'])}"
+                              + (f": {step['error']}" if step.get("error") else ""))
+        final = run["closing"]["report"]
+        if not as_json:
+            console.print("[bold]after remediation:[/]")
+            render_health(final)
+        run = run["closing"].get("remediation_run")
+    if run and run.get("enqueued") and not as_json:
+        console.print(f"  remediation chain enqueued: {', '.join(run['task_ids'])}")
+    if run and run.get("error") and not as_json:
+        err_console.print(f"remediation failed: {run['error']}")
+    raise typer.Exit(int(final["status_code"]))
 
 
 CHART_METRICS = ("store_bytes", "store_records", "integrity_failures", "lookup_time", "query_time",
@@ -76,8 +117,8 @@ def report(
     if fmt not in ("json", "text", "html"):
         raise typer.BadParameter("--format must be json, text or html")
     store = store_of(ctx)
-    result = run_task(health_tasks.check, {"store": store}, enqueue=enqueue, wait=wait, timeout=timeout,
-                      as_json=fmt == "json")
+    result = run_task(health_tasks.check, {"store": store, "remediate": False}, enqueue=enqueue, wait=wait,
+                      timeout=timeout, as_json=fmt == "json")
     if result is None:
         return
     data = result["report"]
@@ -116,6 +157,22 @@ def alerts(
         print_json(result)
     else:
         render_alerts(result["alerts"])
+
+
+@monitor_app.command("remediations")
+def remediations(
+    ctx: typer.Context,
+    as_json: JsonOpt = False,
+    limit: Annotated[int, typer.Option(help="Maximum rows listed.")] = 50,
+) -> None:
+    """List what the decision matrix did on the store (AML_REMEDIATE=on), newest first: rule, outcome, why."""
+    result = run_task(health_tasks.remediations, {"store": store_of(ctx), "limit": limit}, enqueue=False,
+                      wait=False, timeout=0, as_json=as_json)
+    assert result is not None
+    if as_json:
+        print_json(result)
+    else:
+        render_remediations(result["remediations"])
 
 
 @monitor_app.command("metrics")

@@ -50,6 +50,7 @@ def render_health(report: dict[str, Any]) -> None:
     alerts = report["alerts"]
     levels = ", ".join(f"{k} {v}" for k, v in alerts["by_level"].items() if v)
     console.print(f"  alerts open: {alerts['active']}" + (f" ({levels})" if levels else ""))
+    render_remediation(report.get("remediation"))
 
 
 def render_alerts(alerts: list[dict[str, Any]]) -> None:
@@ -80,4 +81,63 @@ def render_metrics(samples: list[dict[str, Any]]) -> None:
     for key in sorted(latest):
         s = latest[key]
         table.add_row(key[0], key[1] or "-", f"{s['value']:,.6g}", s["unit"], str(points[key]), s["time"])
+    console.print(table)
+
+
+DECISION_LABEL = {"would_run": "would run", "run": "started", "skipped": "skipped", "refused": "refused",
+                  "off": "rule off"}
+
+
+def render_remediation(section: dict[str, Any] | None) -> None:
+    """Print the report's ``remediation`` section: the mode, each decision (rule, actions, status, why), the
+    chain closed by this run and what was started."""
+    if not section or section.get("mode") in (None, "off"):
+        return
+    if section.get("error"):
+        console.print(f"  remediation: [red]policy error[/] {section['error']} (health itself completed)")
+        return
+    closed = section.get("closed")
+    if closed:
+        res = closed.get("result") or {}
+        console.print(f"  remediation #{closed['id']} ({closed['rule']}) closed: {styled(closed['status'])}; effect "
+                      f"{res.get('effect')}, measure {_measure(res.get('measure_before'))} -> "
+                      f"{_measure(res.get('measure_after'))}"
+                      + ("" if res.get("still_fires", True) else " (the rule no longer fires)"))
+    for item in section.get("reconciled") or []:
+        console.print(f"  remediation #{item['remediation_id']} ({item['rule']}) finished as failure: {item['reason']}")
+    decisions = section.get("decisions") or []
+    if not decisions:
+        return
+    listing = "" if section.get("acting") else (" (listed only: AML_REMEDIATE=on and --remediate run it)"
+                                                if section["mode"] == "on" else " (AML_REMEDIATE=dry-run)")
+    console.print(f"  remediation{listing}:")
+    for d in decisions:
+        actions = " -> ".join(a["summary"] for a in d["actions"]) or "-"
+        label = DECISION_LABEL.get(d["status"], d["status"])
+        console.print(f"    [bold]{d['rule']}[/]: {styled(label) if d['status'] != 'would_run' else label} "
+                      f"{actions}")
+        console.print(f"      why: {d['why']}")
+
+
+def _measure(value: Any) -> str:
+    return f"{value:.4g}" if isinstance(value, int | float) else "-"
+
+
+def render_remediations(items: list[dict[str, Any]]) -> None:
+    """Print remediation rows as a table: when, rule, status, effect, measure before/after, alert after, why."""
+    if not items:
+        console.print("no remediation recorded (AML_REMEDIATE=on records them)")
+        return
+    table = Table(show_header=True, header_style="bold")
+    for col in ("id", "created", "rule", "status", "effect", "measure", "alert after", "why"):
+        table.add_column(col, overflow="fold")
+    for r in items:
+        res = r.get("result") or {}
+        after = r.get("alert_after") or {}
+        alert = "-" if not after else ("open " + str(after.get("severity")) if after.get("open") else "resolved")
+        measure = _measure(res.get("measure_before"))
+        if "measure_after" in res:
+            measure += " -> " + _measure(res["measure_after"]) + ("" if res.get("still_fires", True) else " (cleared)")
+        table.add_row(str(r["id"]), r["created_at"], r["rule"], styled(r["status"]), str(res.get("effect", "-")),
+                      measure, alert, r["reason"])
     console.print(table)

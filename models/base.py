@@ -40,6 +40,13 @@ def as_utc(value: datetime) -> datetime:
     return value.astimezone(UTC)
 
 
+def iso_z(value: datetime | None) -> str | None:
+    """``value`` as ISO 8601 UTC with ``Z`` (what aml writes everywhere), ``None`` for ``None``; a naive value is
+    taken as UTC. (The engine's :func:`aml.store.timestamps.utc_iso_z` does the same; ``models`` imports
+    nothing of ``aml``.)"""
+    return None if value is None else as_utc(value).isoformat().replace("+00:00", "Z")
+
+
 class UTCDateTime(TypeDecorator[datetime]):
     """An instant, stored in UTC, always read back as an aware UTC ``datetime``.
 

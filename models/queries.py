@@ -21,16 +21,18 @@ from sqlalchemy import Table, case, delete, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from models.base import as_utc, utcnow
+from models.base import as_utc, iso_z, utcnow
 from models.tables import (
     SEVERITY_RANK,
     TERMINAL_STATUSES,
     Alert,
     Backup,
     BackupType,
+    DrillStatus,
     MetricSample,
     PruneAction,
     PruneActionKind,
+    RestoreDrill,
     Severity,
     TaskRun,
     TaskStatus,
@@ -47,11 +49,13 @@ __all__ = [
     "alert_history",
     "delete_backups",
     "delete_prune_actions",
+    "finish_restore_drill",
     "finish_task_run",
     "get_backup",
     "get_task_run",
     "latest_backup",
     "list_backups",
+    "list_restore_drills",
     "mark_prune_actions_undone",
     "metric_series",
     "observe_check",
@@ -61,7 +65,9 @@ __all__ = [
     "queue_task_run",
     "recent_task_runs",
     "record_backup",
+    "restore_drill_to_dict",
     "set_backup_verification",
+    "start_restore_drill",
     "start_task_run",
 ]
 
@@ -762,8 +768,7 @@ def mark_prune_actions_undone(
 # ----------------------------------------------------------------------------------- views
 
 
-def _iso(dt: datetime | None) -> str | None:
-    return None if dt is None else as_utc(dt).isoformat().replace("+00:00", "Z")
+_iso = iso_z
 
 
 def alert_to_dict(alert: Alert) -> dict[str, Any]:
@@ -810,3 +815,140 @@ def latest_value(
     """The newest store-wide sample of metric ``name`` (at or after ``since``), or ``None``."""
     series = metric_series(session, store=store, name=name, since=since)
     return series[-1] if series else None
+
+
+# --------------------------------------------------------------------------------- restore drills
+
+
+def start_restore_drill(
+    session: Session,
+    *,
+    store: str,
+    repository: str | None,
+    backup_id: str | None = None,
+    agent: str | None = None,
+    task_id: str | None = None,
+    now: datetime | None = None,
+) -> RestoreDrill:
+    """Record a restore drill as ``running`` (``started_at`` = now).
+
+    A row of the same ``task_id`` still ``running`` (the task was redelivered after its worker died) is
+    reused, so a killed drill does not stay ``running`` forever; ``task_id=None`` always creates a row.
+
+    Returns:
+        The :class:`RestoreDrill`, flushed (its ``id`` is set).
+    """
+    row = None
+    if task_id is not None:
+        row = session.scalars(select(RestoreDrill).where(RestoreDrill.task_id == task_id,
+                                                         RestoreDrill.status == DrillStatus.RUNNING.value)
+                              .order_by(RestoreDrill.id.desc()).limit(1)).first()
+    if row is None:
+        row = RestoreDrill(task_id=task_id)
+        session.add(row)
+    row.store = store
+    row.repository = repository
+    row.backup_id = backup_id
+    row.agent = agent
+    row.status = DrillStatus.RUNNING.value
+    row.started_at = _now(now)
+    row.finished_at = None
+    row.duration_s = None
+    row.files_checked = 0
+    row.bytes_checked = 0
+    row.failures = []
+    row.error = None
+    session.flush()
+    return row
+
+
+def finish_restore_drill(
+    session: Session,
+    drill_id: int,
+    *,
+    status: str | DrillStatus,
+    backup_id: str | None = None,
+    duration_s: float | None = None,
+    files_checked: int = 0,
+    bytes_checked: int = 0,
+    failures: Sequence[Mapping[str, Any]] = (),
+    error: str | None = None,
+    now: datetime | None = None,
+) -> RestoreDrill:
+    """Record the outcome of drill ``drill_id``: ``passed``, ``failed`` or ``error``.
+
+    Args:
+        drill_id: the row :func:`start_restore_drill` created.
+        status: ``passed`` (every file matched its manifest), ``failed`` (some did not: ``failures``) or
+            ``error`` (the drill could not run: ``error``).
+        backup_id: the snapshot drilled (set when it was chosen by the drill), else the row's is kept.
+        duration_s: wall time of the drill, seconds (default: from ``started_at`` to now).
+        files_checked, bytes_checked: files and bytes read back and compared.
+        failures: ``{"path", "reason"}`` per entry that did not match.
+        error: why the drill could not run.
+
+    Raises:
+        ValueError: ``status`` is ``running`` or unknown; no drill has that id.
+    """
+    value = _choice(status, DrillStatus, "status")
+    if value == DrillStatus.RUNNING.value:
+        raise ValueError("status 'running' is not an outcome: expected passed, failed or error")
+    row = session.get(RestoreDrill, drill_id)
+    if row is None:
+        raise ValueError(f"no restore drill {drill_id}")
+    at = _now(now)
+    row.status = value
+    row.finished_at = at
+    if backup_id is not None:
+        row.backup_id = backup_id
+    started = as_utc(row.started_at) if row.started_at is not None else None
+    row.duration_s = duration_s if duration_s is not None else (
+        max(0.0, (at - started).total_seconds()) if started is not None else None)
+    row.files_checked = int(files_checked)
+    row.bytes_checked = int(bytes_checked)
+    row.failures = [{"path": str(f.get("path", "")), "reason": str(f.get("reason", ""))} for f in failures]
+    row.error = error
+    session.flush()
+    return row
+
+
+def list_restore_drills(
+    session: Session,
+    *,
+    store: str | None = None,
+    repository: str | None = None,
+    since: datetime | None = None,
+    statuses: Iterable[str | DrillStatus] | None = None,
+    limit: int = 100,
+) -> list[RestoreDrill]:
+    """Restore drills, newest first (by ``started_at``).
+
+    Args:
+        store: one store's drills, or ``None`` for every store.
+        repository: only drills of this repository (and those that recorded none).
+        since: only drills started at or after this instant.
+        statuses: only these statuses (``running``, ``passed``, ``failed``, ``error``).
+        limit: at most this many rows.
+    """
+    stmt = select(RestoreDrill)
+    if store is not None:
+        stmt = stmt.where(RestoreDrill.store == store)
+    if repository is not None:
+        stmt = stmt.where((RestoreDrill.repository == repository) | RestoreDrill.repository.is_(None))
+    if since is not None:
+        stmt = stmt.where(RestoreDrill.started_at >= as_utc(since))
+    if statuses is not None:
+        stmt = stmt.where(RestoreDrill.status.in_([_choice(s, DrillStatus, "status") for s in statuses]))
+    return list(session.scalars(stmt.order_by(RestoreDrill.started_at.desc(), RestoreDrill.id.desc()).limit(limit)))
+
+
+def restore_drill_to_dict(drill: RestoreDrill) -> dict[str, Any]:
+    """JSON form of a drill: ``{id, store, repository, backup_id, agent, task_id, status, started_at,
+    finished_at, duration_s, files_checked, bytes_checked, failures, error}`` (times ISO 8601 UTC ``Z``)."""
+    return {
+        "id": drill.id, "store": drill.store, "repository": drill.repository, "backup_id": drill.backup_id,
+        "agent": drill.agent, "task_id": drill.task_id, "status": drill.status,
+        "started_at": _iso(drill.started_at), "finished_at": _iso(drill.finished_at),
+        "duration_s": drill.duration_s, "files_checked": drill.files_checked, "bytes_checked": drill.bytes_checked,
+        "failures": list(drill.failures or []), "error": drill.error,
+    }

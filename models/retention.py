@@ -16,7 +16,17 @@ from sqlalchemy import ColumnElement, and_, case, delete, exists, func, insert, 
 from sqlalchemy.orm import Session
 
 from models.base import as_utc, utcnow
-from models.tables import TERMINAL_STATUSES, MetricSample, PruneAction, Resolution, TaskRun
+from models.remediations import IN_FLIGHT
+from models.tables import (
+    TERMINAL_STATUSES,
+    DrillStatus,
+    MetricSample,
+    PruneAction,
+    Remediation,
+    Resolution,
+    RestoreDrill,
+    TaskRun,
+)
 
 __all__ = ["RetentionResult", "apply_retention", "hour_start"]
 
@@ -36,6 +46,10 @@ class RetentionResult:
         samples_deleted: samples older than the hourly horizon deleted: hourly rows, and raw rows
             that old (never rolled up because retention had not run while they were younger).
         task_runs_deleted: finished task runs deleted.
+        remediations_deleted: finished remediation rows deleted (with the same horizon as task runs: the
+            task runs they name are gone by then).
+        drills_deleted: finished restore drills deleted (same horizon; health's ``restore_tested`` looks back
+            14 days).
         raw_cutoff, hourly_cutoff, task_runs_cutoff: the instants used (the first two are hour starts).
     """
 
@@ -46,6 +60,8 @@ class RetentionResult:
     raw_cutoff: datetime
     hourly_cutoff: datetime
     task_runs_cutoff: datetime
+    remediations_deleted: int = 0
+    drills_deleted: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         """JSON form: the counts, and the cutoffs as ISO 8601 UTC ``Z`` strings."""
@@ -109,6 +125,8 @@ def apply_retention(
        deleted, nor is any run that prune actions refer to (``prune_actions.task_run_id``, or
        ``prune_actions.run_id`` = its ``task_id``): ``prune undo`` and the audit of what a prune
        did keep their run, however old.
+    4. Finished remediation rows (not ``queued``/``running``) and finished restore drills (not ``running``)
+       that finished before the same instant are deleted.
 
     Roll-ups are ordinary samples for :func:`models.queries.metric_series` and the other readers:
     one point per hour. Concurrency: on SQLite use a write session (``BEGIN IMMEDIATE``); on
@@ -186,6 +204,19 @@ def apply_retention(
         )
         .execution_options(synchronize_session=False)
     )
+    # 4. finished remediations, on the task runs' horizon
+    remediations = session.execute(
+        delete(Remediation)
+        .where(Remediation.status.not_in(IN_FLIGHT),
+               func.coalesce(Remediation.finished_at, Remediation.created_at) < runs_cutoff)
+        .execution_options(synchronize_session=False)
+    )
+    drills = session.execute(
+        delete(RestoreDrill)
+        .where(RestoreDrill.status != DrillStatus.RUNNING.value,
+               func.coalesce(RestoreDrill.finished_at, RestoreDrill.started_at) < runs_cutoff)
+        .execution_options(synchronize_session=False)
+    )
     session.flush()
     return RetentionResult(
         samples_rolled_up=_rowcount(rolled),
@@ -195,4 +226,6 @@ def apply_retention(
         raw_cutoff=raw_cutoff,
         hourly_cutoff=hourly_cutoff,
         task_runs_cutoff=runs_cutoff,
+        remediations_deleted=_rowcount(remediations),
+        drills_deleted=_rowcount(drills),
     )

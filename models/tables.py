@@ -339,11 +339,10 @@ class RestoreDrill(Base):
 
 
 class RemediationStatus(enum.StrEnum):
-    """State of a remediation: ``planned`` (dry-run: what would run), ``queued``/``running``, a terminal
-    ``success``/``failure``, ``skipped`` (a cooldown, a chain already in flight) or ``refused`` (the rule's
-    previous run could not improve the cause: the alert's severity is raised instead)."""
+    """State of a remediation: ``queued``/``running``, a terminal ``success``/``failure``, ``skipped`` (a chain
+    in flight, a cooldown, the budget) or ``refused`` (the rule's previous chain could not improve the cause:
+    the alert's severity is raised instead). Dry runs write no row."""
 
-    PLANNED = "planned"
     QUEUED = "queued"
     RUNNING = "running"
     SUCCESS = "success"

@@ -97,6 +97,24 @@ class AmlTask(Task):
                              max_retries=max_retries, **options)
 
 
+CAUSE_HEADER = "aml_cause"
+"""Message header naming what started a task: the remediation chain's ``{"remediation_id", "rule",
+"fingerprint"}`` (:mod:`tasks.remediate`); recorded under ``cause`` in the task run's arguments."""
+
+
+def _cause() -> dict[str, Any] | None:
+    """The running task's :data:`CAUSE_HEADER`, if any (a worker merges custom headers into the request; an
+    inline ``apply(headers=...)`` keeps them in ``request.headers``)."""
+    from celery import current_task
+
+    task = current_task._get_current_object()
+    if task is None:
+        return None
+    request = task.request
+    cause = getattr(request, CAUSE_HEADER, None) or (getattr(request, "headers", None) or {}).get(CAUSE_HEADER)
+    return dict(cause) if isinstance(cause, dict) else None
+
+
 def _is_eager() -> bool:
     """Whether the running task was applied inline (``task.apply()``), or no task is running at all."""
     from celery import current_task
@@ -168,6 +186,9 @@ def run_operation(
     """
     settings = settings or get_settings()
     url = settings.catalog_url
+    cause = _cause()
+    if cause is not None:
+        arguments = {**arguments, "cause": cause}
     with session_scope(url) as session:
         run = queries.start_task_run(session, task_id=task_id, operation=operation, store=store,
                                      arguments=arguments)

@@ -137,7 +137,10 @@ def run_body(store_id: str, run_id: str, *, strategies: Sequence[str] | None, ag
         result: dict[str, Any] = {"run_id": run_id, "dry_run": dry_run, "plan": planned, "backup_id": None,
                                   "applied": None,
                                   "resumed": resumed if resumed is not None and any(resumed.values()) else None}
-        if dry_run or not plan.actions:
+        if dry_run:
+            return result
+        if not plan.actions:  # nothing to remove: a known zero (the remediation policy reads it)
+            result.update(records_removed=0, records_archived=0)
             return result
         snapshot = safety_snapshot(catalog, store_id, root, settings, reason="pre-prune", tags=[f"prune:{run_id}"])
         result["backup_id"] = snapshot.backup_id
@@ -175,6 +178,9 @@ def run_body(store_id: str, run_id: str, *, strategies: Sequence[str] | None, ag
         if unpublished():  # a failed write (applied.error): its document may or may not have been replaced
             drop_unpublished(catalog, root, store_id, run_id, unpublished())
         result["applied"] = applied.to_dict()
+        # scalars a task-run summary always keeps (``applied`` lists documents and may be left out of it)
+        result["records_removed"] = result["applied"]["removed"]
+        result["records_archived"] = result["applied"]["archived"]
         if applied.error:
             result["status"] = "failure"
             result["error"] = applied.error

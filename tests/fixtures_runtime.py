@@ -134,6 +134,38 @@ class Worker:
     log: Path
 
 
+def spawn_worker(env: dict[str, str], log: Path, *args: str) -> subprocess.Popen[bytes]:
+    """Start ``aml worker -Q heavy,fast -c 1 --pool solo -l info`` (plus ``args``) with ``env``, its output in
+    ``log``, and return it once it is ready (it has bound its queues).
+
+    Raises:
+        RuntimeError: the worker died or was not ready within 60 s (its log is in the message).
+    """
+    with open(log, "wb") as fh:
+        proc = subprocess.Popen([sys.executable, "-m", "cli.main", "worker", "-Q", "heavy,fast", "-c", "1",
+                                 "--pool", "solo", "-l", "info", *args], cwd=REPO, env=env, stdout=fh, stderr=fh)
+    deadline = time.monotonic() + 60
+    while True:  # ready when the worker has registered itself (kombu binding of its queues)
+        if proc.poll() is not None:
+            raise RuntimeError("worker died:\n" + log.read_text(errors="replace"))
+        if b"ready." in log.read_bytes():
+            return proc
+        if time.monotonic() > deadline:
+            proc.kill()
+            raise RuntimeError("worker not ready:\n" + log.read_text(errors="replace"))
+        time.sleep(0.2)
+
+
+def stop_process(proc: subprocess.Popen[bytes]) -> None:
+    """Terminate ``proc`` and wait for it (killed after 20 s)."""
+    proc.terminate()
+    try:
+        proc.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
 @pytest.fixture
 def celery_worker_process(tmp_path: Path, redis_server: RedisServer) -> Iterator[Worker]:
     """A real worker process (``aml worker``) consuming both queues from the private Redis."""
@@ -141,25 +173,6 @@ def celery_worker_process(tmp_path: Path, redis_server: RedisServer) -> Iterator
     home.mkdir()
     env = runtime_env(home, redis_server.url(3))
     log = tmp_path / "worker.log"
-    with open(log, "wb") as fh:
-        proc = subprocess.Popen([sys.executable, "-m", "cli.main", "worker", "-Q", "heavy,fast", "-c", "1",
-                                 "--pool", "solo", "-l", "info"], cwd=REPO, env=env, stdout=fh, stderr=fh)
-    client = redis.Redis.from_url(redis_server.url(3))
-    deadline = time.monotonic() + 60
-    while True:  # ready when the worker has registered itself (kombu binding of its queues)
-        if proc.poll() is not None:
-            raise RuntimeError("worker died:\n" + log.read_text(errors="replace"))
-        if b"ready." in log.read_bytes():
-            break
-        if time.monotonic() > deadline:
-            proc.kill()
-            raise RuntimeError("worker not ready:\n" + log.read_text(errors="replace"))
-        time.sleep(0.2)
-    del client
+    proc = spawn_worker(env, log)
     yield Worker(proc, env, home, log)
-    proc.terminate()
-    try:
-        proc.wait(timeout=20)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
+    stop_process(proc)

@@ -58,7 +58,7 @@ def test_health_on_real_loom_store_counts_agents(name: str, tmp_path: Path, aml_
     # No aml index and no Loom global/index.json in these stores: a warning, not an error.
     assert report["checks"]["index_exists"] is False
     assert report["status"] in ("warning", "critical")
-    assert report["health_checks"]["total"] == 6
+    assert report["health_checks"]["total"] == 7  # the seeds' six and restore_tested
     assert snapshot_tree(store.parent) == before, "health must not write into the store"
 
 

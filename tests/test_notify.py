@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 from pydantic import SecretStr
 
-from tests.fixtures_runtime import REPO
+from tests.fixtures_runtime import REPO, spawn_worker, stop_process
 
 TOKEN = "tok-S3CRET-webhook-4242"
 SMTP_PASSWORD = "pa$$-S3CRET-smtp"
@@ -288,14 +288,8 @@ def test_worker_retries_a_500_and_health_is_not_held(tmp_path: Path, recorder, m
     celery_worker_process.proc.terminate()
     celery_worker_process.proc.wait(timeout=30)
     log = tmp_path / "worker2.log"
-    with open(log, "wb") as fh:
-        proc = subprocess.Popen([sys.executable, "-m", "cli.main", "worker", "-Q", "heavy,fast", "-c", "1",
-                                 "--pool", "solo", "-l", "info"], cwd=REPO, env=env, stdout=fh, stderr=fh)
+    proc = spawn_worker(env, log)
     try:
-        deadline = time.monotonic() + 60
-        while b"ready." not in log.read_bytes():
-            assert proc.poll() is None and time.monotonic() < deadline, log.read_text()
-            time.sleep(0.2)
         store = extract_loom("loom-plain-v1.0", tmp_path)
         out = subprocess.run([sys.executable, "-m", "cli.main", str(store), "monitor", "health", "--enqueue",
                               "--wait", "--timeout", "120", "--json"], cwd=REPO, env=env, capture_output=True,
@@ -310,12 +304,7 @@ def test_worker_retries_a_500_and_health_is_not_held(tmp_path: Path, recorder, m
         text = log.read_text()
         assert "aml.notify.send" in text and "retry 1" in text
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop_process(proc)
 
 
 # ------------------------------------------------------------------------------------- SMTP

@@ -39,7 +39,7 @@ TIME_LIMITS: dict[str, tuple[int, int]] = {
 visibility timeout (12 h), as Celery's Redis transport documentation requires for late acks."""
 
 TASK_MODULES = ["tasks.health", "tasks.backup", "tasks.verify", "tasks.compress", "tasks.query", "tasks.prune",
-                "tasks.migrate", "tasks.catalog", "tasks.trace", "tasks.keyspace", "tasks.notify"]
+                "tasks.migrate", "tasks.catalog", "tasks.trace", "tasks.keyspace", "tasks.notify", "tasks.drill"]
 """Modules holding the Celery tasks (imported by workers; the CLI imports them directly)."""
 
 

@@ -13,7 +13,7 @@ import dataclasses
 import socket
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, PydanticBaseSettingsSource, SettingsConfigDict
@@ -86,6 +86,8 @@ class Settings(BaseSettings):
     cache_hit_critical: float = Field(0.5, description="cache hit rate critical below, ratio 0-1")
     backup_max_age_hours: float = Field(24.0, description="a backup older than this is not recent, hours")
     index_max_age_hours: float = Field(24.0, description="an index older than this is stale, hours")
+    drill_max_age_days: float = Field(14.0, gt=0, description="health: warn when no restore drill passed in "
+                                      "this long (`restore_tested`), days")
     retention_days: int = Field(30, description="backup retention, days")
     max_backups: int = Field(100, description="maximum snapshots kept")
     backup_orphan_grace_hours: float = Field(24.0, ge=0, description="rotate: packs in no index (left by killed "
@@ -132,6 +134,25 @@ class Settings(BaseSettings):
     alert_timeout: float = Field(5.0, gt=0, description="notify: timeout of one delivery attempt, seconds")
     alert_retries: int = Field(5, ge=0, description="notify: retries of a failed delivery on a worker "
                                "(exponential backoff, full jitter)")
+    remediate: Literal["off", "dry-run", "on"] = Field(
+        "dry-run", description="remediation: `off`, `dry-run` (health lists what the decision matrix would run "
+        "and why) or `on` (beat's health runs enqueue it; `monitor health --remediate` runs it)")
+    remediate_policy: str = Field("", description="remediation: `;`-separated `RULE=ACTION[,ACTION]` over the "
+                                  "seeds' matrix, `none` turns a rule off, e.g. `slow_lookups=optimize_index; "
+                                  "low_cache_hit=none`")
+    remediate_cooldown: str = Field("", description="remediation: `;`-separated `RULE=SECONDS` before a rule "
+                                    "runs again on a store (defaults: 86400 for prune and gc, 21600 for index "
+                                    "and cache)")
+    remediate_prune_ratio: float = Field(0.70, gt=0, description="remediation: prune (time + performance) above "
+                                         "this share of the critical size, ratio (seeds: 70 %)")
+    remediate_aggressive_ratio: float = Field(0.85, gt=0, description="remediation: prune (all strategies, "
+                                              "aggressive) above this share, ratio (seeds: 85 %)")
+    remediate_lookup_ms: float = Field(50.0, gt=0, description="remediation: rebuild the index and warm the "
+                                       "cache when lookups take longer, ms (seeds: 50)")
+    remediate_cache_hit: float = Field(0.60, ge=0, le=1, description="remediation: warm more records when the "
+                                       "cache hit rate is below, ratio (seeds: 60 %)")
+    remediate_max_per_hour: int = Field(6, ge=1, description="remediation: most chains started on one store in "
+                                        "any hour, whatever the cooldowns, count")
 
     @field_validator("home", mode="after")
     @classmethod

@@ -15,7 +15,8 @@ class Progress:
     """A progress event. Counts are files (or objects for ``check``), sizes are bytes.
 
     Attributes:
-        phase: ``"scan"``, ``"backup"``, ``"restore"``, ``"check"`` or ``"prune"``.
+        phase: ``"scan"``, ``"backup"``, ``"restore"``, ``"check"``, ``"prune"`` or ``"drill"`` (a restore
+            drill reading its restored files back).
         files_done, files_total: items processed / to process (total 0 while unknown).
         bytes_done, bytes_total: bytes processed / to process (uncompressed).
         files_read, bytes_read: items whose content was actually read from disk (backup: files not

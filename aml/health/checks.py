@@ -1,10 +1,12 @@
-"""The six health checks of the seeds (Loom ``scripts/aml/monitoring.py`` ``run_health_check``).
+"""The six health checks of the seeds (Loom ``scripts/aml/monitoring.py`` ``run_health_check``), and aml's
+seventh, ``restore_tested``.
 
-Each check is a pure function of what was measured (a store scan, backup evidence, lookup timings)
-and returns one or more :class:`CheckResult`. Check names are the seeds' keys:
+Each check is a pure function of what was measured (a store scan, backup evidence, restore drills, lookup
+timings) and returns one or more :class:`CheckResult`. Check names are the seeds' keys:
 ``directory_structure``, ``memory_within_limits``, ``index_exists``, ``recent_backup``,
-``file_integrity``, ``performance_ok``. Sizes in bytes (thresholds in MiB = 1024² bytes), times in
-seconds unless a name says ``_ms``, instants aware UTC.
+``file_integrity``, ``performance_ok``; plus ``restore_tested`` (the seeds' best practice "Test restores
+occasionally to verify backup integrity", judged from restore drills). Sizes in bytes (thresholds in MiB =
+1024² bytes), times in seconds unless a name says ``_ms``, instants aware UTC.
 """
 
 from __future__ import annotations
@@ -41,7 +43,7 @@ class CheckResult:
     """Outcome of one check, for the store or one agent.
 
     Attributes:
-        check: check name (one of the seeds' six).
+        check: check name (one of the seeds' six, or ``restore_tested``).
         passed: ``True`` when the check holds.
         severity: severity of the failure (``INFO`` when passed).
         message: one human sentence saying what was found.
@@ -332,3 +334,103 @@ def check_performance(
         return _ok(name, "no records to look up", **details)
     hit = "no query traffic recorded" if rate is None else f"cache hit rate {rate:.0%}"
     return _ok(name, f"record lookups take {perf.avg_ms:.2f} ms on average; {hit}", **details)
+
+
+@dataclass(frozen=True)
+class DrillEvidence:
+    """One finished restore drill of the store (:mod:`aml.backup.drill`).
+
+    Attributes:
+        time: when it finished (aware UTC).
+        status: ``"passed"``, ``"failed"`` or ``"error"`` (it could not run: no verdict on the data).
+        backup_id: the snapshot drilled.
+        agent: the agent drilled, or ``None`` for the whole snapshot.
+        failures: number of files that did not match their manifest.
+        error: why it could not run (``"error"`` only).
+    """
+
+    time: datetime
+    status: str
+    backup_id: str | None = None
+    agent: str | None = None
+    failures: int = 0
+    error: str | None = None
+
+    def describe(self) -> str:
+        """``"<backup_id>[ agent <agent>] at <time>"`` for messages."""
+        what = self.backup_id or "?"
+        if self.agent:
+            what += f" agent {self.agent}"
+        return f"{what} at {self.time.strftime('%Y-%m-%d %H:%M')} UTC"
+
+
+def check_restore_tested(
+    drills: Sequence[DrillEvidence],
+    backups: Sequence[BackupEvidence],
+    now: datetime,
+    *,
+    max_age_days: float,
+) -> CheckResult:
+    """``restore_tested``: a restore drill proved recently that the store's backups restore.
+
+    Source: the seeds' best practice "Test restores occasionally to verify backup integrity" (Loom
+    ``scripts/aml`` README, Best Practices 6); beat drills every file store weekly (Sunday 04:30 UTC), so
+    ``max_age_days`` (``AML_DRILL_MAX_AGE_DAYS``, 14) allows one missed drill.
+
+    Rules, in order:
+
+    1. **critical** when the most recent conclusive drill (``passed`` or ``failed``; drills that could not
+       run prove nothing either way) failed: a backup did not restore identically. It stays critical until a
+       drill passes, however old the failure.
+    2. **passed** when a drill passed within ``max_age_days``.
+    3. **passed** when the store has no backup at all: there is nothing to drill, and ``recent_backup``
+       already warns "no backups found" (one cause, one warning).
+    4. **passed** (grace) when the oldest known backup is younger than ``max_age_days`` and no drill since
+       it failed to run: the weekly drill has not had a full window yet (a store backed up for the first
+       time today is not "untested" yet).
+    5. otherwise **warning**: no drill passed in the last ``max_age_days`` days (the message names the last
+       passed drill, if any, and the last drill that could not run, with its error).
+
+    Args:
+        drills: the store's finished drills (any order), at least those of the last ``max_age_days`` and
+            the most recent conclusive one.
+        backups: the store's known snapshots (:func:`check_recent_backup`'s evidence).
+        now: the run's instant, aware UTC.
+        max_age_days: a passed drill older than this no longer counts, days.
+    """
+    name = "restore_tested"
+    ordered = sorted(drills, key=lambda d: d.time, reverse=True)
+    conclusive = [d for d in ordered if d.status in ("passed", "failed")]
+    passed = [d for d in ordered if d.status == "passed"]
+    errors = [d for d in ordered if d.status == "error"]
+    details: dict[str, Any] = {
+        "max_age_days": max_age_days,
+        "last_passed": passed[0].describe() if passed else None,
+        "last_passed_at": passed[0].time.isoformat().replace("+00:00", "Z") if passed else None,
+        "last_drill_status": ordered[0].status if ordered else None,
+        "drills": len(ordered),
+    }
+    if conclusive and conclusive[0].status == "failed":
+        last = conclusive[0]
+        return _fail(name, Severity.CRITICAL, f"the last restore drill ({last.describe()}) failed: {last.failures} "
+                     "file(s) did not come back identical; run `backup verify --read-data` to locate the damage "
+                     "and `backup drill` again once repaired", failed_backup_id=last.backup_id,
+                     failed_agent=last.agent, failures=last.failures, **details)
+    if passed:
+        age_d = (now - passed[0].time).total_seconds() / 86400
+        details["age_days"] = round(age_d, 2)
+        if age_d <= max_age_days:
+            return _ok(name, f"restore drill of {passed[0].describe()} passed {age_d:.1f} days ago", **details)
+    if not backups:
+        return _ok(name, "no backups yet: nothing to drill (recent_backup reports it)", **details)
+    oldest = min(b.time for b in backups)
+    first_age_d = (now - oldest).total_seconds() / 86400
+    broken = [e for e in errors if e.time >= oldest]  # drills that could not run while there were backups
+    if not passed and first_age_d < max_age_days and not broken:
+        return _ok(name, f"no restore drill yet; the oldest backup is {first_age_d:.1f} days old (a drill is due "
+                   f"within {max_age_days:g} days of it)", oldest_backup_age_days=round(first_age_d, 2), **details)
+    msg = f"no restore drill passed in the last {max_age_days:g} days"
+    msg += f" (last passed: {passed[0].describe()})" if passed else " (none ever passed)"
+    if broken and (not passed or broken[0].time > passed[0].time):
+        msg += f"; the last drill could not run: {broken[0].error or 'unknown error'}"
+    return _fail(name, Severity.WARNING, msg + "; run `aml <store> backup drill`", **details)

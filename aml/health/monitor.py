@@ -1,9 +1,9 @@
 """Run every health check on a file store and build the seeds' report.
 
 :func:`run_health` is the engine behind ``aml <store> monitor health``: one scan of the store, the six
-checks, the metric samples and the report. It reads only. Alerts (raising, persisting, resolving)
-belong to the catalog and are applied by ``tasks/health.py``; the report's ``alerts`` section is
-filled from there.
+checks of the seeds plus ``restore_tested`` (reported after them), the metric samples and the report. It
+reads only. Alerts (raising, persisting, resolving) belong to the catalog and are applied by
+``tasks/health.py``; the report's ``alerts`` section is filled from there.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from aml.health.checks import (
     MIB,
     BackupEvidence,
     CheckResult,
+    DrillEvidence,
     IndexEvidence,
     IntegrityFailure,
     PerformanceEvidence,
@@ -30,6 +31,7 @@ from aml.health.checks import (
     check_memory_within_limits,
     check_performance,
     check_recent_backup,
+    check_restore_tested,
 )
 from aml.health.metrics import MetricSample
 from aml.health.probe import probe_lookups, summarize
@@ -46,6 +48,13 @@ CHECK_ORDER = (
     "performance_ok",
 )
 """The seeds' six checks, in the seeds' order."""
+
+EXTRA_CHECKS = ("restore_tested",)
+"""aml's checks beyond the seeds' six, reported after them: ``restore_tested`` (a restore drill passed
+recently: the seeds' best practice "Test restores occasionally to verify backup integrity")."""
+
+ALL_CHECKS = CHECK_ORDER + EXTRA_CHECKS
+"""Every check a health run reports, in report order: the seeds' six, then :data:`EXTRA_CHECKS`."""
 
 INDEX_CANDIDATES = (".aml/index.sqlite", "global/index.json")
 """Where an index of the store's records lives: aml's own (``optimize index``), then Loom's."""
@@ -90,8 +99,9 @@ class HealthRun:
         return {"healthy": 0, "warning": 1, "critical": 2}[self.status]
 
     def check_passed(self) -> dict[str, bool]:
-        """The seeds' ``checks`` map: check name -> passed (all of its store and agent results)."""
-        return {name: all(r.passed for r in self.results if r.check == name) for name in CHECK_ORDER}
+        """The seeds' ``checks`` map: check name -> passed (all of its store and agent results); the seeds'
+        six first, in their order, then ``restore_tested``."""
+        return {name: all(r.passed for r in self.results if r.check == name) for name in ALL_CHECKS}
 
     def report(self, alerts: dict[str, Any] | None = None) -> dict[str, Any]:
         """The JSON report, with the seeds' keys and aml's additions.
@@ -180,6 +190,7 @@ def run_health(
     root: Path,
     *,
     backups: Sequence[BackupEvidence] = (),
+    drills: Sequence[DrillEvidence] = (),
     cache_hit_rate: float | None = None,
     cache_source: str = "none",
     query_times_s: Sequence[float] = (),
@@ -187,11 +198,12 @@ def run_health(
     now: datetime | None = None,
     lookup_sample: int = 50,
 ) -> HealthRun:
-    """Run the six checks on the file store at ``root``.
+    """Run the six checks of the seeds and ``restore_tested`` on the file store at ``root``.
 
     Args:
         root: store root directory (e.g. ``.loom/memory``).
         backups: snapshots known for this store (repository and catalog), with verification state.
+        drills: the store's finished restore drills (:func:`aml.health.checks.check_restore_tested`).
         cache_hit_rate: hit rate of the record cache measured by real queries (0-1), ``None`` when
             there was no query traffic.
         cache_source: where ``cache_hit_rate`` came from, reported as is.
@@ -245,6 +257,7 @@ def run_health(
     results += _timed(lambda: check_performance(
         perf, query_warning_ms=t.query_warning_ms, query_critical_ms=t.query_critical_ms,
         cache_hit_warning=t.cache_hit_warning, cache_hit_critical=t.cache_hit_critical))
+    results += _timed(lambda: check_restore_tested(drills, backups, now, max_age_days=t.drill_max_age_days))
     run = HealthRun(store.store_id, now, results, scan, perf, duration_s=time.perf_counter() - started,
                     sessions=sessions)
     run.metrics = _samples(run, scan_s)

@@ -95,6 +95,16 @@ def render_html(report: Mapping[str, Any], series: Mapping[str, tuple[str, Serie
         f"<td>{_e(a['check'])}</td><td>{a['count']}</td><td>{_e(a['first_seen'])}</td><td>{_e(a['message'])}</td></tr>"
         for a in report["alerts"].get("open", [])
     )
+    remediation = report.get("remediation") or {}
+    decisions = "".join(
+        f"<tr><td>{_e(d['rule'])}</td><td>{_e(d['status'])}</td>"
+        f"<td>{_e(' -> '.join(a['summary'] for a in d['actions']) or '-')}</td><td>{_e(d['why'])}</td></tr>"
+        for d in remediation.get("decisions") or []
+    )
+    remedy = (f"<h2>Remediation ({_e(remediation.get('mode', 'off'))})</h2>"
+              + (f"<p class='error'>policy error: {_e(remediation['error'])}</p>" if remediation.get("error") else "")
+              + (f"<table><tr><th>rule</th><th>decision</th><th>actions</th><th>why</th></tr>{decisions}</table>"
+                 if decisions else "<p>nothing to do</p>")) if remediation.get("mode", "off") != "off" else ""
     charts = "".join(
         f"<div class='chart'><b>{_e(title)}</b> <small>{_e(unit)}, {len(points)} samples</small>"
         f"{svg_chart(points, unit=unit)}</div>"
@@ -114,6 +124,7 @@ solutions, {mem['decisions']} decisions.</p>
 <h2>Open alerts ({report['alerts']['active']})</h2>
 <table><tr><th>severity</th><th>agent</th><th>check</th><th>count</th><th>first seen</th><th>message</th></tr>
 {alerts}</table>
+{remedy}
 <h2>Time series</h2><div class="charts">{charts}</div>
 </body></html>
 """

@@ -8,8 +8,8 @@ Create Date: 2026-12-02
 directory and checked file by file against its manifest); health's ``restore_tested`` check reads them.
 ``remediations``: one row per decision of the remediation policy (the decision matrix of the seeds' quick
 reference): the rule, the alert that caused it and its state before and after, the actions, the task id,
-the outcome and why; at most one row per store is in flight
-(``queued``/``running``: partial unique index ``ux_remediations_store_in_flight``). Both are new tables; the downgrade drops them.
+the outcome and why; at most one row per store is in flight (``queued``/``running``: partial unique index
+``ux_remediations_store_in_flight``). Both are new tables; the downgrade drops them.
 """
 
 from __future__ import annotations
@@ -69,7 +69,7 @@ def upgrade() -> None:
         sa.Column("created_at", _utc(), nullable=False),
         sa.Column("finished_at", _utc(), nullable=True),
         sa.CheckConstraint(
-            "status IN ('planned', 'queued', 'running', 'success', 'failure', 'skipped', 'refused')",
+            "status IN ('queued', 'running', 'success', 'failure', 'skipped', 'refused')",
             name=op.f("ck_remediations_status")),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_remediations")),
     )
