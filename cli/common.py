@@ -3,17 +3,15 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
-from celery import Task
-from celery.exceptions import TimeoutError as CeleryTimeoutError
 from rich.markup import escape
 
 from cli.render import err_console, print_json, styled
-from workers.app import current_aml_app
-from workers.dispatch import NoConsumer, Outcome, execute
-from workers.locks import LockUnavailable
+
+if TYPE_CHECKING:
+    from celery import Task
 
 EXIT_UNAVAILABLE = 69
 """Exit code when a service aml needs does not answer (the lock Redis, or no worker consumes the queue):
@@ -48,9 +46,16 @@ def run_task(task: Task, kwargs: dict[str, Any], *, enqueue: bool, wait: bool, t
         typer.Exit: code 2 when the task raised (its error is printed); 69 (:data:`EXIT_UNAVAILABLE`) when
             the lock Redis does not answer or no worker consumes the queue; 75 when ``--wait`` timed out.
     """
+    # imported here: the CLI's start-up (--help) pays for Celery and the catalog only when a command runs
+    from celery.exceptions import TimeoutError as CeleryTimeoutError
+
+    from workers.app import current_aml_app
+    from workers.dispatch import NoConsumer, execute
+    from workers.locks import LockUnavailable
+
     current_aml_app()
     try:
-        outcome: Outcome = execute(task, kwargs, enqueue=enqueue, wait=wait, timeout=timeout)
+        outcome = execute(task, kwargs, enqueue=enqueue, wait=wait, timeout=timeout)
     except (LockUnavailable, NoConsumer) as exc:  # a service aml needs is not there: nothing ran
         err_console.print(f"[red]refused[/]: {escape(str(exc))}", soft_wrap=True)
         raise typer.Exit(EXIT_UNAVAILABLE) from None

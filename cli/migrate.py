@@ -26,8 +26,10 @@ from cli.common import (
     run_task,
     store_of,
 )
+from cli.lazy import lazy_module
 from cli.render import console, styled
-from tasks import migrate as migrate_tasks
+
+migrate_tasks = lazy_module("tasks.migrate")
 
 migrate_app = typer.Typer(help="Schema versions of a Loom store: detect, migrate (both ways), migrate-latest.",
                           no_args_is_help=True)

@@ -23,9 +23,11 @@ from cli.common import (
     run_task,
     store_of,
 )
+from cli.lazy import lazy_module
 from cli.render import console, print_json, styled
-from tasks import compress as compress_tasks
-from tasks import query as query_tasks
+
+compress_tasks = lazy_module("tasks.compress")
+query_tasks = lazy_module("tasks.query")
 
 optimize_app = typer.Typer(help="Compress cold files, garbage-collect records, index and query the store.",
                            no_args_is_help=True)

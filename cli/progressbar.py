@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import sys
 from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
 from rich.progress import (
     BarColumn,
@@ -17,9 +18,10 @@ from rich.progress import (
     TransferSpeedColumn,
 )
 
-from aml.backup.progress import Progress as Event
 from cli.render import err_console
-from tasks.progress import progress_sink
+
+if TYPE_CHECKING:
+    from aml.backup.progress import Progress as Event
 
 
 @contextlib.contextmanager
@@ -32,6 +34,8 @@ def progress_bar(enabled: bool = True) -> Iterator[None]:
     if not enabled or not sys.stderr.isatty():
         yield
         return
+    from tasks.progress import progress_sink
+
     columns = (TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("files"),
                DownloadColumn(), TransferSpeedColumn(), TimeRemainingColumn())
     with Progress(*columns, console=err_console, transient=True) as bar:

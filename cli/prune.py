@@ -25,8 +25,10 @@ from cli.common import (
     run_task,
     store_of,
 )
+from cli.lazy import lazy_module
 from cli.render import console, print_json, styled
-from tasks import prune as prune_tasks
+
+prune_tasks = lazy_module("tasks.prune")
 
 MULTI_VALUE_OPTIONS = ("--strategies", "--agents")
 """Options that take every following word up to the next option (argparse ``nargs='+'``)."""

@@ -1,0 +1,160 @@
+"""Benchmark: every command on a large Loom store against the cost of parsing the store once (issue 12).
+
+Builds a Loom store with :func:`aml.sample.generate_loom_store` (default 8 agents x (5,000 patterns + 2,500
+solutions + 1,875 decisions) = 75,000 records, about 9-10 MB per agent, plain JSON as Loom's runtime writes
+it), then runs each command as an operator does (``aml <store> ...`` in a fresh process, inline, SQLite
+catalog) and measures its wall time and peak RSS (``getrusage`` of the child). The reference, measured in
+the same run: **parse**, a fresh Python process that reads and ``json.loads`` every document of the store
+(the floor of any command that reads the store once, interpreter start-up included). Ratio = command time /
+parse time.
+
+Targets (issue 12): health <= 2x, index build <= 3x, prune dry-run <= 2x, prune <= 4x, undo <= 3x, migrate
+dry-run <= 2x, ``aml --help`` <= 0.3 s, ``monitor health`` on a small store <= 0.8 s. Each command runs
+``--repeat`` times (default 1; prune and undo alternate) and the best time is kept.
+
+Usage::
+
+    .venv/bin/python -m benchmarks.scale                  # 75,000 records
+    .venv/bin/python -m benchmarks.scale --agents 2       # a smoke run
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from aml.sample import SampleSpec, generate_loom_store
+
+REPO = Path(__file__).resolve().parent.parent
+
+PARSE = ("import json, os, sys\n"
+         "for d, _, fs in os.walk(sys.argv[1]):\n"
+         "    for f in fs:\n"
+         "        if f.endswith('.json'):\n"
+         "            with open(os.path.join(d, f), 'rb') as fh:\n"
+         "                json.loads(fh.read())\n")
+"""The reference: read and parse every JSON document once, in a fresh interpreter."""
+
+TARGETS = {"monitor health": 2.0, "optimize index": 3.0, "prune --dry-run": 2.0, "prune": 4.0,
+           "prune undo": 3.0, "migrate --dry-run": 2.0}
+
+
+@dataclass
+class Timing:
+    """One command: best wall time (seconds), peak RSS of that run (bytes) and its output."""
+
+    name: str
+    seconds: float
+    rss: int
+    stdout: str
+
+
+def _rss_of(argv: list[str], env: dict[str, str]) -> tuple[float, int, str]:
+    """Wall time, peak RSS (bytes; 0 without GNU ``/usr/bin/time``) and stdout of one run."""
+    timer = "/usr/bin/time"  # GNU time: %M is the peak RSS of the command alone, KiB
+    if not os.path.exists(timer):
+        start = time.perf_counter()
+        proc = subprocess.run(argv, env=env, capture_output=True, text=True, cwd=REPO)
+        return time.perf_counter() - start, 0, proc.stdout
+    with tempfile.NamedTemporaryFile("r", suffix=".time") as out:
+        start = time.perf_counter()
+        proc = subprocess.run([timer, "-f", "%M", "-o", out.name, *argv], env=env, capture_output=True, text=True,
+                              cwd=REPO)
+        elapsed = time.perf_counter() - start
+        if proc.returncode not in (0, 1, 2):
+            raise RuntimeError(f"{argv} failed ({proc.returncode}):\n{proc.stdout[-2000:]}\n{proc.stderr[-4000:]}")
+        kib = int(re.findall(r"\d+", out.read())[-1])
+    return elapsed, kib * 1024, proc.stdout
+
+
+def measure(name: str, argv: list[str], env: dict[str, str], repeat: int) -> Timing:
+    """Best of ``repeat`` runs of ``argv``: wall time, and the peak RSS of that run."""
+    best: Timing | None = None
+    for _ in range(repeat):
+        seconds, rss, out = _rss_of(argv, env)
+        if best is None or seconds < best.seconds:
+            best = Timing(name, seconds, rss, out)
+    assert best is not None
+    return best
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the benchmark and print the table; exit 1 when a ratio misses its target (``--check``)."""
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
+    ap.add_argument("--agents", type=int, default=8)
+    ap.add_argument("--patterns", type=int, default=5000)
+    ap.add_argument("--solutions", type=int, default=2500)
+    ap.add_argument("--decisions", type=int, default=1875)
+    ap.add_argument("--repeat", type=int, default=1)
+    ap.add_argument("--workdir", type=Path, default=None)
+    ap.add_argument("--check", action="store_true", help="exit 1 when a ratio misses its target")
+    args = ap.parse_args(argv)
+
+    work = Path(args.workdir or tempfile.mkdtemp(prefix="aml-scale-"))
+    store = work / ".loom" / "memory"
+    small = work / "small" / ".loom" / "memory"
+    try:
+        summary = generate_loom_store(store, SampleSpec(agents=args.agents, patterns=args.patterns,
+                                                        solutions=args.solutions, decisions=args.decisions,
+                                                        gzip_every=0, days=365))
+        generate_loom_store(small, SampleSpec())
+        records = sum(a["patterns"] + a["solutions"] + a["decisions"] for a in summary["agents"].values())
+        agent_mb = [sum(p.stat().st_size for p in (store / a).glob("*.json")) / 1e6 for a in summary["agents"]]
+        env = dict(os.environ, AML_HOME=str(work / "home"), AML_BROKER_URL="redis://127.0.0.1:1/0",
+                   AML_LOCK_URL="none", AML_REMEDIATE="off", PYTHONPATH=str(REPO))
+        aml = [sys.executable, "-m", "cli.main"]
+        print(f"store: {records:,} records in {len(summary['agents'])} agents, {summary['bytes'] / 1e6:.1f} MB "
+              f"({min(agent_mb):.1f}-{max(agent_mb):.1f} MB per agent)", flush=True)
+
+        parse = measure("parse", [sys.executable, "-c", PARSE, str(store)], env, max(3, args.repeat))
+        rows: list[Timing] = [parse]
+        rows.append(measure("aml --help", [*aml, "--help"], env, 3))
+        rows.append(measure("monitor health (small store)", [*aml, str(small), "monitor", "health", "--json"], env, 3))
+        rows.append(measure("monitor health", [*aml, str(store), "monitor", "health", "--json"], env, args.repeat))
+        rows.append(measure("optimize index", [*aml, str(store), "optimize", "index", "--full"], env, args.repeat))
+        rows.append(measure("monitor health (indexed)", [*aml, str(store), "monitor", "health", "--json"], env,
+                            args.repeat))
+        rows.append(measure("prune --dry-run", [*aml, str(store), "prune", "--dry-run", "--json"], env, args.repeat))
+        rows.append(measure("migrate --dry-run", [*aml, str(store), "migrate", "--version", "2.0.0", "--dry-run",
+                                                  "--json"], env, args.repeat))
+        best_prune: Timing | None = None
+        best_undo: Timing | None = None
+        for _ in range(args.repeat):
+            pruned = measure("prune", [*aml, str(store), "prune", "--json"], env, 1)
+            run_id = json.loads(pruned.stdout)["run_id"]
+            undone = measure("prune undo", [*aml, str(store), "prune", "undo", run_id, "--json"], env, 1)
+            best_prune = pruned if best_prune is None or pruned.seconds < best_prune.seconds else best_prune
+            best_undo = undone if best_undo is None or undone.seconds < best_undo.seconds else best_undo
+        assert best_prune is not None and best_undo is not None
+        rows += [best_prune, best_undo]
+
+        health = json.loads(next(r for r in rows if r.name == "monitor health (indexed)").stdout)
+        perf = health["performance"]
+        print(f"\n{'command':32} {'time s':>8} {'peak RSS MB':>12} {'x parse':>8} {'target':>7}")
+        missed = []
+        for r in rows:
+            ratio = r.seconds / parse.seconds
+            target = TARGETS.get(r.name)
+            mark = "" if target is None else (f"<= {target:g}" + ("" if ratio <= target else " MISS"))
+            if target is not None and ratio > target:
+                missed.append(r.name)
+            print(f"{r.name:32} {r.seconds:8.2f} {r.rss / 1e6:12.0f} {ratio:8.2f} {mark:>7}")
+        print(f"\nindexed lookups: mean {perf['avg_query_time_ms']:.2f} ms, p95 {perf['p95_query_time_ms']:.2f} ms "
+              f"(target p95 <= 5 ms); aml --help target <= 0.3 s; small-store health target <= 0.8 s")
+        return 1 if args.check and missed else 0
+    finally:
+        if args.workdir is None:
+            shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
