@@ -310,7 +310,10 @@ def test_one_chain_in_flight_per_store_and_a_stale_one_is_finished(store: Path, 
     assert result["remediation_run"]["closing"]["report"]["remediation"]["closed"]["status"] == "success"
 
 
-def test_cli_remediate_prunes_and_the_next_health_is_healthy_on_memory(store: Path, tmp_path: Path) -> None:
+@pytest.mark.slow
+def test_cli_remediate_prunes_and_the_next_health_is_healthy(store: Path, tmp_path: Path) -> None:
+    """The issue's done-when: over 70 % of a lowered limit, `monitor health --remediate` prunes; the next health
+    run is healthy (exit 0) and the alert is resolved in `monitor alerts --all`."""
     env = runtime_env(tmp_path / "home", "redis://127.0.0.1:1/0")
     env.update(LOWERED, AML_REMEDIATE="on", AML_LOCK_URL="none", COLUMNS="250")
 
@@ -318,12 +321,16 @@ def test_cli_remediate_prunes_and_the_next_health_is_healthy_on_memory(store: Pa
         return subprocess.run([sys.executable, "-m", "cli.main", str(store), *args], cwd=REPO, env=env,
                               capture_output=True, text=True, timeout=300)
 
+    assert cli("optimize", "index").returncode == 0  # the only other check this Loom store fails
     listed = cli("monitor", "health", "--remediate", "--dry-run")
-    assert "would run" in listed.stdout and "prune (time + performance strategies)" in listed.stdout
+    assert listed.returncode == 1 and "would run" in listed.stdout
+    assert "prune (time + performance strategies)" in listed.stdout
     done = cli("monitor", "health", "--remediate")
     assert "started" in done.stdout and "step prune" in done.stdout and "after remediation" in done.stdout, done.stdout
-    report = json.loads(cli("monitor", "health", "--json").stdout)
-    assert report["checks"]["memory_within_limits"] is True
+    assert done.returncode == 0, done.stdout  # the exit code of the health run that closed the chain
+    after = cli("monitor", "health", "--json")
+    report = json.loads(after.stdout)
+    assert after.returncode == 0 and report["status"] == "healthy", report["results"]
     alerts = json.loads(cli("monitor", "alerts", "--all", "--json").stdout)["alerts"]
     memory = [a for a in alerts if a["check"] == "memory_within_limits"]
     assert memory and all(a["resolved_at"] for a in memory)
