@@ -255,3 +255,14 @@ def test_recorded_query_times_feed_performance_ok(tmp_path: Path, aml_settings) 
         queries.add_metric_samples(session, [queries.Sample(store_id, "query_time", 0.4, "seconds", None, now)])
     perf = next(r for r in run_health(store)["report"]["results"] if r["check"] == "performance_ok")
     assert perf["severity"] == "critical" and "recorded queries (4)" in perf["message"]
+
+
+def test_a_symlink_is_listed_not_an_integrity_failure(tmp_path: Path, aml_settings) -> None:
+    """A link is never followed and backups keep it as a link: health lists it, file_integrity passes and the
+    remediation policy has no unparseable document to act on."""
+    store = extract_loom("loom-plain-v1.0", tmp_path)
+    (store / "debugger" / "latest.json").symlink_to(store / "debugger" / "patterns.json")
+    report = run_health(store)["report"]
+    assert report["checks"]["file_integrity"] is True
+    assert report["links"] == ["debugger/latest.json"] and report["integrity_failures"] == []
+    assert all(d["rule"] != "unparsable_document" for d in report["remediation"]["decisions"])

@@ -56,6 +56,11 @@ recently: the seeds' best practice "Test restores occasionally to verify backup 
 ALL_CHECKS = CHECK_ORDER + EXTRA_CHECKS
 """Every check a health run reports, in report order: the seeds' six, then :data:`EXTRA_CHECKS`."""
 
+NOT_DOCUMENTS = frozenset({"symlink"})
+"""Scan entries that are not documents by design, so not documents that fail to parse: a symlink is never
+followed by the store reader (DESIGN.md) and a backup keeps it as a link. Health lists them under ``links``;
+``file_integrity`` and the remediation policy leave them alone."""
+
 INDEX_CANDIDATES = (".aml/index.sqlite", "global/index.json")
 """Where an index of the store's records lives: aml's own (``optimize index``), then Loom's."""
 
@@ -112,7 +117,7 @@ class HealthRun:
 
         Returns:
             ``{timestamp, store, status, checks, memory, performance, health_checks, alerts,
-            results, agents, sessions, integrity_failures, duration_s}`` (``sessions``: see
+            results, agents, sessions, integrity_failures, links, duration_s}`` (``sessions``: see
             :attr:`sessions`; sizes there in KiB); sizes in MiB where a key ends in
             ``_mb`` (1024² bytes), else bytes; times in ms where a key ends in ``_ms``.
         """
@@ -161,8 +166,9 @@ class HealthRun:
             "sessions": self.sessions,
             "integrity_failures": [
                 {"path": e.relpath or str(e.path), "offset": e.offset, "reason": e.reason, "code": e.code}
-                for e in self.scan.errors
+                for e in self.scan.errors if e.code not in NOT_DOCUMENTS
             ],
+            "links": sorted(e.relpath or str(e.path) for e in self.scan.errors if e.code in NOT_DOCUMENTS),
             "duration_s": round(self.duration_s, 3),
         }
 
@@ -241,7 +247,8 @@ def run_health(
     perf = PerformanceEvidence(len(times), avg, p95, cache_hit_rate, cache_source,
                                query_avg_ms=sum(recorded) / len(recorded) if recorded else None,
                                queries=len(recorded))
-    failures = [IntegrityFailure(e.relpath or str(e.path), e.offset, e.reason) for e in scan.errors]
+    failures = [IntegrityFailure(e.relpath or str(e.path), e.offset, e.reason) for e in scan.errors
+                if e.code not in NOT_DOCUMENTS]
     t = thresholds
     results: list[CheckResult] = []
     results += _timed(lambda: check_directory_structure(root))
@@ -270,7 +277,8 @@ def _samples(run: HealthRun, scan_s: float) -> list[MetricSample]:
         MetricSample(now, "store_bytes", float(run.scan.total_bytes), "bytes"),
         MetricSample(now, "store_records", float(len(run.scan.records)), "count"),
         MetricSample(now, "store_documents", float(len(run.scan.documents)), "count"),
-        MetricSample(now, "integrity_failures", float(len(run.scan.errors)), "count"),
+        MetricSample(now, "integrity_failures", float(sum(e.code not in NOT_DOCUMENTS for e in run.scan.errors)),
+                     "count"),
         MetricSample(now, "scan_duration", scan_s, "seconds"),
         MetricSample(now, "health_duration", run.duration_s, "seconds"),
     ]
