@@ -1,4 +1,9 @@
-"""``aml <memory_path> backup create|list|restore|verify|drill|rotate|auto``: the seeds' backup commands."""
+"""``aml <memory_path> backup create|list|restore|verify|drill|rotate|auto``: the seeds' backup commands.
+
+Plus ``backup init [--encrypt]`` and ``backup key add|list|remove`` (encrypted repositories, restic's key
+slots). ``aml <memory_path> backup --password-file FILE COMMAND`` gives the password of an encrypted
+repository to this process (inline runs; workers read their own ``AML_BACKUP_PASSWORD_FILE``).
+"""
 
 from __future__ import annotations
 
@@ -30,6 +35,114 @@ verify_tasks = lazy_module("tasks.verify")
 
 backup_app = typer.Typer(help="Snapshots: create, list, restore (point in time), verify, drill, rotate.",
                          no_args_is_help=True)
+key_app = typer.Typer(help="Key slots of an encrypted repository: add, list, remove.", no_args_is_help=True)
+backup_app.add_typer(key_app, name="key")
+
+PasswordFileOpt = Annotated[Path | None, typer.Option(
+    "--password-file", help="File whose first line is the password of an encrypted repository "
+    "(default: AML_BACKUP_PASSWORD_FILE). Used by this process only; workers read their own setting.")]
+
+
+@backup_app.callback()
+def _backup_callback(password_file: PasswordFileOpt = None) -> None:
+    if password_file is None:
+        return
+    from workers.app import current_aml_app
+
+    app = current_aml_app()  # the inline task reads the password file from the settings, never from arguments
+    app.conf["aml_settings"] = app.conf.aml_settings.replace(backup_password_file=str(password_file))
+
+
+def _repository(ctx: typer.Context) -> Any:
+    """The store's repository, with the password of the settings (``--password-file``)."""
+    from tasks.snapshots import repository_of, store_id_of
+    from workers.app import current_aml_app
+
+    return repository_of(store_id_of(store_of(ctx)), current_aml_app().conf.aml_settings)
+
+
+def _engine_call(fn: Any) -> Any:
+    """Run an engine call; a :class:`BackupError` (wrong password...) is one line and exit code 2."""
+    from aml.backup import BackupError
+
+    try:
+        return fn()
+    except BackupError as exc:
+        err_console.print(f"[red]error[/]: {escape(str(exc))}", soft_wrap=True)
+        raise typer.Exit(2) from None
+
+
+def _read_password(path: Path, option: str) -> bytes:
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise typer.BadParameter(f"cannot read {path}: {exc.strerror or exc}", param_hint=option) from None
+    password = raw.split(b"\n", 1)[0].rstrip(b"\r")
+    if not password:
+        raise typer.BadParameter(f"{path} is empty", param_hint=option)
+    return password
+
+
+@backup_app.command("init")
+def init(ctx: typer.Context,
+         encrypt: Annotated[bool, typer.Option("--encrypt", help="Create an encrypted repository (needs a "
+                                               "password: --password-file or AML_BACKUP_PASSWORD_FILE).")] = False,
+         as_json: JsonOpt = False) -> None:
+    """Create the store's backup repository (a first backup creates a plain one implicitly)."""
+    repo = _engine_call(lambda: _repository(ctx))
+    _engine_call(lambda: repo.init(encrypt=encrypt))
+    out = {"repository": str(repo.path), "encrypted": repo.encrypted, "id": repo.config.id}
+    if as_json:
+        print_json(out)
+        return
+    console.print(f"created {'[bold]encrypted[/] ' if encrypt else ''}repository {escape(out['repository'])}")
+    if encrypt:
+        console.print("keep the password safe: without it the backups cannot be read")
+
+
+@key_app.command("list")
+def key_list(ctx: typer.Context, as_json: JsonOpt = False) -> None:
+    """List key slots: id, created, host, user, KDF parameters (no secret)."""
+    repo = _engine_call(lambda: _repository(ctx))
+    keys = [k.to_dict() for k in _engine_call(repo.list_keys)]
+    if as_json:
+        print_json({"repository": str(repo.path), "keys": keys})
+        return
+    table = Table(title=str(repo.path), header_style="bold")
+    for col in ("id", "created", "host", "user", "kdf"):
+        table.add_column(col)
+    for k in keys:
+        kdf = k["kdf"]
+        table.add_row(k["id"][:12], k["created"], k["hostname"], k["username"],
+                      f"{kdf.get('name')} N={kdf.get('n')} r={kdf.get('r')} p={kdf.get('p')}")
+    console.print(table)
+
+
+@key_app.command("add")
+def key_add(ctx: typer.Context,
+            new_password_file: Annotated[Path, typer.Option("--new-password-file", help="File whose first line is "
+                                                            "the new password.")],
+            as_json: JsonOpt = False) -> None:
+    """Add a key slot for another password (the current one, --password-file, must open the repository)."""
+    repo = _engine_call(lambda: _repository(ctx))
+    new = _read_password(new_password_file, "--new-password-file")
+    key_id = _engine_call(lambda: repo.add_key(new))
+    if as_json:
+        print_json({"repository": str(repo.path), "added": key_id})
+        return
+    console.print(f"added key {key_id[:12]}")
+
+
+@key_app.command("remove")
+def key_remove(ctx: typer.Context, key_id: Annotated[str, typer.Argument(help="Key id (or a unique prefix).")],
+               as_json: JsonOpt = False) -> None:
+    """Remove a key slot (never the last one)."""
+    repo = _engine_call(lambda: _repository(ctx))
+    _engine_call(lambda: repo.remove_key(key_id))
+    if as_json:
+        print_json({"repository": str(repo.path), "removed": key_id})
+        return
+    console.print(f"removed key {key_id}")
 
 
 def _human(n: int | None) -> str:
@@ -131,6 +244,10 @@ def list_(ctx: typer.Context, as_json: JsonOpt = False) -> None:
     for d in damaged:
         err_console.print(f"[red]damaged snapshot {d['backup_id']}[/] ({d['location']}): {d['reason']}; "
                           "run `backup verify` to see what it affects")
+    if result.get("encrypted"):
+        console.print(f"repository {escape(result['repository'])} is [bold]encrypted[/]")
+    elif snaps or damaged:
+        console.print(f"repository {escape(result['repository'])} is not encrypted (plain)")
     if not snaps:
         console.print(f"no snapshots in {result['repository']}")
         if damaged:

@@ -26,6 +26,7 @@ from aml.backup import (
     restore,
     rotate,
 )
+from aml.backup.crypto import is_encrypted
 from aml.backup.excludes import read_exclude_file
 from aml.store.timestamps import parse_timestamp, utc_iso_z
 from models import queries
@@ -120,8 +121,8 @@ def list_(self: Task, store: str) -> dict[str, Any]:
     """List the snapshots of a store's repository (aml's and Loom's legacy backups), oldest first.
 
     Returns:
-        ``{"repository", "store", "snapshots": [SnapshotInfo dict + stored_size_bytes, verify_status,
-        verified_at], "damaged": [{"backup_id", "location", "reason"}]}``; catalog fields are ``None``
+        ``{"repository", "store", "encrypted", "snapshots": [SnapshotInfo dict + stored_size_bytes,
+        verify_status, verified_at], "damaged": [{"backup_id", "location", "reason"}]}``; catalog fields are ``None``
         for snapshots the catalog does not know; ``damaged`` lists snapshots whose manifest header
         cannot be read (they cannot be restored; ``backup verify`` names what they held).
     """
@@ -129,8 +130,8 @@ def list_(self: Task, store: str) -> dict[str, Any]:
 
     store_id = store_id_of(store)
     repo = repository_of(store_id, get_settings())
-    infos = list_snapshots(repo.path) if repo.path.exists() else []
-    damaged = [d.to_dict() for d in list_damaged_snapshots(repo.path)] if repo.path.exists() else []
+    infos = list_snapshots(repo) if repo.path.exists() else []
+    damaged = [d.to_dict() for d in list_damaged_snapshots(repo)] if repo.path.exists() else []
     with session_scope(get_settings().catalog_url, write=False) as session:
         rows = {b.backup_id: b for b in queries.list_backups(session, store_id) if b.repository == str(repo.path)}
         out = []
@@ -141,7 +142,8 @@ def list_(self: Task, store: str) -> dict[str, Any]:
             d["verify_status"] = row.verify_status if row else None
             d["verified_at"] = utc_iso_z(row.verified_at) if row and row.verified_at else None
             out.append(d)
-    return {"repository": str(repo.path), "store": store_id, "snapshots": out, "damaged": damaged}
+    return {"repository": str(repo.path), "store": store_id, "encrypted": is_encrypted(repo.path), "snapshots": out,
+            "damaged": damaged}
 
 
 @shared_task(base=AmlTask, bind=True, name="aml.backup.restore")

@@ -27,9 +27,32 @@ NOT_CONTENT = ("symlink:", "not a regular file")
 do not block a safety snapshot. Any other error (unreadable file or directory) does."""
 
 
+def backup_password(settings: Settings) -> bytes | None:
+    """The password of encrypted backup repositories: ``AML_BACKUP_PASSWORD_FILE``'s first line, or None.
+
+    Read by the process that opens the repository (the worker, or the CLI inline), never carried in task
+    arguments, results or the catalog.
+
+    Raises:
+        BackupError: the file is set but cannot be read, or is empty.
+    """
+    if not settings.backup_password_file:
+        return None
+    path = Path(settings.backup_password_file).expanduser()
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise BackupError(f"cannot read the backup password file {path}: {exc.strerror or exc}") from None
+    password = raw.split(b"\n", 1)[0].rstrip(b"\r")
+    if not password:
+        raise BackupError(f"the backup password file {path} is empty")
+    return password
+
+
 def repository_for(store_root: Path, settings: Settings) -> Repository:
-    """The backup repository of a file store (``AML_BACKUP_ROOT`` or ``<store>/../memory-backup``)."""
-    return Repository(repository_path(store_root, settings))
+    """The backup repository of a file store (``AML_BACKUP_ROOT`` or ``<store>/../memory-backup``), with the
+    password of ``AML_BACKUP_PASSWORD_FILE`` when set (used only if the repository is encrypted)."""
+    return Repository(repository_path(store_root, settings), password=backup_password(settings))
 
 
 def is_keyspace(store: str) -> bool:
@@ -48,9 +71,9 @@ def keyspace_repository(store: str, settings: Settings) -> Repository:
     ``$AML_HOME/keyspace-backups/<first 16 hex digits of the sha256 of the keyspace id>`` (one per
     server and database; the password never enters the name)."""
     if settings.backup_root:
-        return Repository(Path(settings.backup_root).expanduser())
+        return Repository(Path(settings.backup_root).expanduser(), password=backup_password(settings))
     digest = hashlib.sha256(keyspace_id(store).encode()).hexdigest()[:16]
-    return Repository(settings.home / "keyspace-backups" / digest)
+    return Repository(settings.home / "keyspace-backups" / digest, password=backup_password(settings))
 
 
 def repository_of(store_id: str, settings: Settings) -> Repository:

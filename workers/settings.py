@@ -32,6 +32,7 @@ DERIVED_DEFAULTS: dict[str, str] = {
     "trace_families": "empty",
     "beat_schedule": "empty",
     "backup_root": "<store>/../memory-backup",
+    "backup_password_file": "empty",
     "session_limits": "empty",
     "alertmanager_url": "empty",
     "alert_webhook_url": "empty",
@@ -70,6 +71,9 @@ class Settings(BaseSettings):
         default_factory=dict, description="beat times replacing the seeds' per task, `;`-separated: "
         "`TASK=SECONDS` or `TASK=CRON` (5 fields, UTC), e.g. `aml.health.check=300; aml.prune.run=0 4 * * sat`")
     backup_root: str | None = Field(None, description="backup repository")
+    backup_password_file: str | None = Field(None, description="file holding the password of an encrypted backup "
+                                             "repository (`backup init --encrypt`); one line, read by the process "
+                                             "that opens the repository, never passed in task arguments")
     visibility_timeout: int = Field(43200, description="Redis visibility timeout, seconds; task time limits "
                                     "stay below it")
     lock_lease: float = Field(30.0, gt=0, description="lease of a store's Redis lock, seconds; renewed every "

@@ -3,6 +3,7 @@
 One concern per module:
 
 * :mod:`~aml.backup.repository` - layout, ``config.json``, locks (:mod:`~aml.backup.lock`)
+* :mod:`~aml.backup.crypto` - encryption at rest: key slots, sealed objects, keyed object ids
 * :mod:`~aml.backup.pack` - pack files of zstd-compressed objects
 * :mod:`~aml.backup.index` - object id -> (pack, offset, length, size)
 * :mod:`~aml.backup.manifest` - snapshot manifests (header + compressed column body)
@@ -25,10 +26,12 @@ from .errors import (
     BackupError,
     CorruptionError,
     LockError,
+    PasswordRequired,
     RepositoryFormatError,
     RepositoryNotFound,
     SnapshotNotFound,
     UnsafePathError,
+    WrongPassword,
 )
 from .excludes import DEFAULT_EXCLUDES, Excludes, read_exclude_file
 from .index import Index, load_index, rebuild_index
@@ -79,6 +82,7 @@ __all__ = [
     "LinkTable",
     "LockError",
     "Manifest",
+    "PasswordRequired",
     "Problem",
     "Progress",
     "ProgressCallback",
@@ -93,6 +97,7 @@ __all__ = [
     "SnapshotNotFound",
     "SnapshotResult",
     "UnsafePathError",
+    "WrongPassword",
     "apply_policy",
     "check",
     "create_snapshot",

@@ -37,6 +37,7 @@ from aml.store.documents import AGENT_FILES, base_name, read_document
 from aml.store.names import text_names
 from aml.store.timestamps import require_timestamp, utc_iso_z
 
+from . import crypto
 from ._common import TMP_PREFIX, hostname
 from ._fs import DirFds, open_root
 from .errors import BackupError, CorruptionError, SnapshotNotFound
@@ -295,7 +296,7 @@ class _NotRegular(Exception):
 
 
 def _read_stream(
-    fd: int, chunk_size: int, store: Callable[[str, bytes], None]
+    fd: int, chunk_size: int, store: Callable[[str, bytes], None], hasher: Callable[..., Any] = hashlib.sha256
 ) -> tuple[str, int, list[str], os.stat_result, bool]:
     """Read an open file from offset 0 to its end, in objects of at most ``chunk_size`` bytes.
 
@@ -307,6 +308,7 @@ def _read_stream(
         fd: a file descriptor opened for reading.
         chunk_size: the repository's maximum object size.
         store: called with ``(sha256 hex, bytes)`` for every object, in file order.
+        hasher: makes ids: ``hashlib.sha256``, or the keyed hash of an encrypted repository.
 
     Returns:
         ``(sha256, size, chunk_ids, before, stable)``: sha256 and size of all the bytes read, the object
@@ -321,7 +323,7 @@ def _read_stream(
     if not stat.S_ISREG(before.st_mode):
         raise _NotRegular
     os.lseek(fd, 0, os.SEEK_SET)
-    whole = hashlib.sha256()
+    whole = hasher()
     chunk_ids: list[str] = []
     total = 0
     while True:
@@ -329,7 +331,7 @@ def _read_stream(
         if not data and chunk_ids:
             break
         whole.update(data)
-        cid = hashlib.sha256(data).hexdigest()
+        cid = hasher(data).hexdigest()
         chunk_ids.append(cid)
         total += len(data)
         store(cid, data)
@@ -353,16 +355,19 @@ def _dictionary(
 ) -> Dictionary | None:
     """The repository's compression dictionary, trained on a sample of the store on first use."""
     ddir = repo.path / "dicts"
+    key = crypto.key_for(repo.path)
+    hasher = crypto.id_hasher(repo.path)
     try:
         names = sorted(n for n in os.listdir(ddir) if n.endswith(".zdict"))
     except FileNotFoundError:
         names = []
     for name in reversed(names):
         try:
-            found = Dictionary((ddir / name).read_bytes())
-        except (OSError, zstandard.ZstdError):
+            raw = crypto.unseal_for(key, (ddir / name).read_bytes(), b"dict", f"dicts/{name}")
+            found = Dictionary(raw)
+        except (OSError, zstandard.ZstdError, CorruptionError):
             continue
-        if found.sha256 == name[:-6]:
+        if hasher(raw).hexdigest() == name[:-6]:
             return found
     cands = [i for i, f in enumerate(files) if i not in reuse and 64 <= f[1] <= 128 * 1024]
     if len(cands) < 64:
@@ -385,7 +390,8 @@ def _dictionary(
     d = train_dictionary(samples)
     if d is not None:
         ddir.mkdir(exist_ok=True)
-        atomic_write(ddir / f"{d.sha256}.zdict", d.raw, mode=0o444)
+        name = hasher(d.raw).hexdigest()  # the sha256 of a plain repository's dictionary, keyed if encrypted
+        atomic_write(ddir / f"{name}.zdict", crypto.seal_for(key, d.raw, b"dict"), mode=0o444)
     return d
 
 
@@ -493,7 +499,7 @@ def create_snapshot(
         if parent_m is not None and parent_m.files is not None:
             pf = parent_m.files
             pmap = {p: i for i, p in enumerate(pf.path)}
-        sha256 = hashlib.sha256
+        sha256 = crypto.id_hasher(root)
         root_fd = open_root(os.path.realpath(source))
         dirfds = DirFds(root_fd)
         files_read = bytes_read = unchanged = 0
@@ -580,7 +586,7 @@ def create_snapshot(
                             bytes_added += fsize
                         del data
                     else:  # large, or not as scanned: stream from offset 0 into chunk_size objects
-                        oid, fsize, chunk_ids, before, stable = _read_stream(fd, chunk_size, store)
+                        oid, fsize, chunk_ids, before, stable = _read_stream(fd, chunk_size, store, sha256)
                         if len(chunk_ids) > 1:
                             chunked[len(rows)] = chunk_ids
                         if stable:

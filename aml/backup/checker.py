@@ -44,11 +44,13 @@ from aml.store.atomic import atomic_write
 from aml.store.names import text_names
 from aml.store.timestamps import utc_iso_z
 
+from . import crypto
 from ._common import TMP_PREFIX
+from .crypto import parse_key_slot
 from .errors import BackupError, CorruptionError, SnapshotNotFound, UnsafePathError
 from .index import list_pack_ids, load_index
 from .manifest import Manifest, load_body, read_header
-from .pack import PackReader, pack_path
+from .pack import PackReader, open_pack, pack_path
 from .progress import ProgressCallback, Reporter
 from .repository import Repository, as_repository
 from .restorer import validate_tables
@@ -66,8 +68,9 @@ class Problem:
     Attributes:
         kind: ``index_corrupt``, ``manifest_corrupt``, ``body_corrupt``, ``manifest_unsafe``,
             ``object_missing`` (referenced, not in the index), ``pack_missing``, ``pack_size``,
-            ``pack_hash`` (pack bytes changed), ``object_corrupt`` (an object does not decode or
-            re-hash), ``legacy`` (a legacy Loom backup is damaged); warnings: ``pack_unindexed``,
+            ``pack_hash`` (pack bytes changed), ``key_corrupt`` (a key slot file changed),
+            ``object_corrupt`` (an object does not decode or re-hash), ``legacy`` (a legacy Loom backup is
+            damaged); warnings: ``pack_unindexed``,
             ``body_unreferenced``, ``snapshot_errors``.
         location: the damaged file, relative to the repository root.
         message: human-readable description.
@@ -250,6 +253,13 @@ def check(
                     objects=sorted(set(ip.objects) & index.untrusted),
                 )
             )
+
+        # ---- key slots (encrypted repositories): each file's sha256 is its name
+        for name in _key_slot_names(repo.keys_dir):
+            try:
+                parse_key_slot(name, (repo.keys_dir / name).read_bytes())
+            except (OSError, ValueError, KeyError, TypeError) as exc:
+                res.errors.append(Problem("key_corrupt", f"keys/{name}", f"key slot {name}: {exc}"))
 
         # ---- packs: structure
         on_disk = set(list_pack_ids(root))
@@ -517,6 +527,13 @@ class _PackOutcome:
     error: str = ""
 
 
+def _key_slot_names(keys_dir: Path) -> list[str]:
+    try:
+        return sorted(n for n in os.listdir(keys_dir) if not n.startswith(TMP_PREFIX))
+    except FileNotFoundError:
+        return []
+
+
 def _verify_pack(root: Path, pack_id: str, entries: list[tuple[str, int, int, int]]) -> _PackOutcome:
     out = _PackOutcome()
     try:
@@ -529,8 +546,10 @@ def _verify_pack(root: Path, pack_id: str, entries: list[tuple[str, int, int, in
         return out
     out.size = len(data)
     out.hash_ok = hashlib.sha256(data).hexdigest() == pack_id
-    view = memoryview(data)
     try:
+        key = crypto.key_for(root)
+        data = open_pack(key, pack_id, data)
+        view = memoryview(data)
         reader = PackReader(view, pack_id)
     except CorruptionError as exc:
         out.error = str(exc)
@@ -539,7 +558,7 @@ def _verify_pack(root: Path, pack_id: str, entries: list[tuple[str, int, int, in
     out.objects = len(entries)
     # the hot loop of read-data: what PackReader.decompress does, inlined
     decompress = reader.decompressor().decompress
-    sha = hashlib.sha256
+    sha = hashlib.sha256 if key is None else key.hasher()
     start, end = reader.objects_start, len(data)
     bad = out.bad
     for oid, off, ln, sz in entries:

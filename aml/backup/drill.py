@@ -35,6 +35,7 @@ from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+from . import crypto
 from ._common import hostname
 from .errors import BackupError, CorruptionError, RepositoryNotFound, SnapshotNotFound, UnsafePathError
 from .listing import list_damaged_snapshots, list_snapshots
@@ -277,7 +278,7 @@ def _walk(root: str) -> tuple[dict[str, os.stat_result], set[str]]:
     return entries, dirs
 
 
-def _sha256_file(path: str) -> tuple[str, int]:
+def _sha256_file(path: str, hasher: Any = hashlib.sha256) -> tuple[str, int]:
     """sha256 hex and byte count of a regular file (opened without following a symlink; a restored mode that
     forbids reading is lifted first: the scratch copy is the drill's own)."""
     flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC
@@ -286,7 +287,7 @@ def _sha256_file(path: str) -> tuple[str, int]:
     except PermissionError:
         os.chmod(path, 0o600)  # a regular file (lstat) in the drill's private scratch directory
         fd = os.open(path, flags)
-    h = hashlib.sha256()
+    h = hasher()
     n = 0
     try:
         while True:
@@ -302,7 +303,7 @@ def _sha256_file(path: str) -> tuple[str, int]:
 
 def _compare(scratch: str, files: FileTable, dirs: DirTable, fsel: list[int], dsel: list[int],
              links: dict[str, str], restored: RestoreResult, res: DrillResult,
-             progress: ProgressCallback | None) -> None:
+             progress: ProgressCallback | None, hasher: Any = hashlib.sha256) -> None:
     """Read every restored file back and compare it with the manifest; record failures in ``res``.
 
     ``links`` maps the symlinks of the scope (manifests that store links) to their targets: each must come
@@ -341,7 +342,7 @@ def _compare(scratch: str, files: FileTable, dirs: DirTable, fsel: list[int], ds
             fail(p, f"size {st.st_size} bytes, manifest says {files.size[i]}")
         else:
             try:
-                digest, n = _sha256_file(os.path.join(scratch, p))
+                digest, n = _sha256_file(os.path.join(scratch, p), hasher)
             except OSError as exc:
                 fail(p, f"cannot read back: {exc}")
             else:
@@ -511,5 +512,6 @@ def _drill(repo: Repository, backup_id: str, agent: str | None, scratch: str, so
         return
     res.restore_seconds = round(time.monotonic() - t_restore, 6)
     t_check = time.monotonic()
-    _compare(scratch, files, dirs, fsel, dsel, links, restored, res, progress)
+    hasher = hashlib.sha256 if res.legacy else crypto.id_hasher(repo.path)  # keyed ids when encrypted
+    _compare(scratch, files, dirs, fsel, dsel, links, restored, res, progress, hasher)
     res.check_seconds = round(time.monotonic() - t_check, 6)

@@ -62,3 +62,11 @@ class CorruptionError(BackupError):
         self.objects = list(objects)
         self.snapshots = list(snapshots)
         self.files = list(files)
+
+
+class PasswordRequired(BackupError):
+    """The repository is encrypted and no password (or unlocked key) was given."""
+
+
+class WrongPassword(BackupError):
+    """No key slot of the encrypted repository opens with the password given."""

@@ -13,6 +13,9 @@ Columns instead of one JSON object per entry keep the file small and fast to par
 An index file is written after the packs it describes are durable, and before any manifest that needs
 it. All index files are merged on load; files listed in another valid file's ``supersedes`` are ignored
 (a prune interrupted after writing its new index but before deleting the old ones stays consistent).
+
+In an encrypted repository the file's bytes are the document sealed (:mod:`aml.backup.crypto`, associated
+data ``index``), and ``index_id`` is the sha256 of the sealed bytes.
 """
 
 from __future__ import annotations
@@ -27,9 +30,10 @@ from typing import Any
 
 from aml.store.atomic import atomic_write
 
+from . import crypto
 from ._common import TMP_PREFIX
 from .errors import CorruptionError
-from .pack import PackInfo, pack_path, parse_trailer
+from .pack import PackInfo, open_pack, pack_path, parse_trailer
 
 INDEX_FORMAT = "aml-index"
 INDEX_VERSION = 1
@@ -145,7 +149,7 @@ def write_index(root: Path | str, packs: Iterable[PackInfo], supersedes: Iterabl
         OSError: on write failure.
     """
     root = Path(root)
-    data = serialize_index(packs, supersedes)
+    data = crypto.seal_for(crypto.key_for(root), serialize_index(packs, supersedes), b"index")
     index_id = hashlib.sha256(data).hexdigest()
     path = root / "index" / f"{index_id}.json"
     if not path.exists():
@@ -200,6 +204,7 @@ def load_index(root: Path | str, *, strict: bool = True, include_damaged: bool =
         OSError: if an index file cannot be read.
     """
     root = Path(root)
+    key = crypto.key_for(root)
     index = Index()
     loaded: list[tuple[str, list[str], list[tuple[str, int, list[tuple[str, int, int, int]]]], bool]] = []
     for index_id in list_index_ids(root):
@@ -211,8 +216,8 @@ def load_index(root: Path | str, *, strict: bool = True, include_damaged: bool =
         ok = hashlib.sha256(data).hexdigest() == index_id
         reason = "" if ok else "sha256 of the file differs from its name"
         try:
-            supersedes, packs = _parse(data, index_id)
-        except (ValueError, KeyError, TypeError) as exc:
+            supersedes, packs = _parse(crypto.unseal_for(key, data, b"index", f"index/{index_id}.json"), index_id)
+        except (ValueError, KeyError, TypeError, CorruptionError) as exc:
             reason = (reason + "; " if reason else "") + f"unreadable: {exc}"
             if strict:
                 raise CorruptionError(f"index/{index_id}.json: {reason}", location=f"index/{index_id}.json") from exc
@@ -262,6 +267,7 @@ def rebuild_index(root: Path | str) -> tuple[str, list[str], list[str]]:
         OSError: on write failure.
     """
     root = Path(root)
+    key = crypto.key_for(root)
     old = list_index_ids(root)
     infos: list[PackInfo] = []
     unreadable: list[str] = []
@@ -271,7 +277,7 @@ def rebuild_index(root: Path | str) -> tuple[str, list[str], list[str]]:
         if hashlib.sha256(data).hexdigest() != pack_id:
             damaged.append(pack_id)
         try:
-            entries = parse_trailer(data, location=f"packs/{pack_id[:2]}/{pack_id}")
+            entries = parse_trailer(open_pack(key, pack_id, data), location=f"packs/{pack_id[:2]}/{pack_id}")
         except CorruptionError:
             unreadable.append(pack_id)
             continue

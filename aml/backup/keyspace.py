@@ -31,7 +31,6 @@ as with ``redis-cli --scan``; a key ``SCAN`` returns twice is stored once.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import time
@@ -45,6 +44,7 @@ import redis.exceptions
 from aml.store.timestamps import require_timestamp, utc_iso_z
 from aml.trace.keyspace import Entry, scan_entries
 
+from . import crypto
 from ._common import hostname
 from .archiver import SnapshotResult, _find_parent, _taken_names
 from .errors import BackupError
@@ -208,6 +208,7 @@ def create_keyspace_snapshot(
         bytes_added = unchanged = with_expiry = duplicates = total = 0
         rep = Reporter(progress, "backup")
         writer = PackWriter(root, target_size=cfg.pack_size, level=cfg.compression_level)
+        hasher = crypto.id_hasher(root)
         try:
             try:
                 for entry in scan_entries(client, match=match):
@@ -216,7 +217,7 @@ def create_keyspace_snapshot(
                         duplicates += 1
                         continue
                     data = encode_object(entry)
-                    oid = hashlib.sha256(data).hexdigest()
+                    oid = hasher(data).hexdigest()
                     if oid not in objects and oid not in added:
                         writer.add(oid, data)
                         added.add(oid)

@@ -23,12 +23,13 @@ import redis
 from aml.store.timestamps import require_timestamp
 from aml.trace.keyspace import Entry, import_entries
 
+from . import crypto
 from .errors import BackupError, CorruptionError, SnapshotNotFound
 from .index import load_index
 from .keyspace import decode_object, is_keyspace_manifest, path_to_key
 from .listing import list_snapshots
 from .manifest import Manifest, load_manifest
-from .pack import PackReader, pack_path
+from .pack import PackReader, open_pack, pack_path
 from .repository import Repository, as_repository
 
 __all__ = ["KeyspaceEntries", "read_keyspace_snapshot", "resolve_keyspace_at", "restore_keyspace"]
@@ -92,6 +93,8 @@ def read_keyspace_snapshot(repo: Repository | str | os.PathLike[str], backup_id:
             continue
         wanted.append((i, key))
     index = load_index(root, strict=False, include_damaged=False)
+    key_ = crypto.key_for(root)
+    hasher = crypto.id_hasher(root)
     located: list[tuple[str, int, int, int, str, int, bytes]] = []
     for i, key in wanted:
         oid = files.sha256[i]
@@ -106,7 +109,7 @@ def read_keyspace_snapshot(repo: Repository | str | os.PathLike[str], backup_id:
         items = list(group)
         try:
             with open(pack_path(root, pack_id), "rb") as fh, mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as mm:
-                reader = PackReader(mm, pack_id)
+                reader = PackReader(open_pack(key_, pack_id, mm), pack_id, hasher)
                 for _, off, ln, size, oid, i, key in items:
                     expire_ns = files.mtime_ns[i]
                     try:

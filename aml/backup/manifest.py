@@ -41,6 +41,9 @@ A manifest is two files, written in this order:
    paths of the target alone) are absent from older headers and read as ``0`` / ``[]``.
 
 A flipped bit in a header or body is detected even when the JSON still parses.
+
+In an encrypted repository both files are sealed (:mod:`aml.backup.crypto`): the body with associated
+data ``body`` (named by the sha256 of the sealed bytes), the header with ``header:<backup_id>``.
 """
 
 from __future__ import annotations
@@ -60,6 +63,7 @@ import zstandard
 from aml.store.atomic import atomic_write, fsync_dir
 from aml.store.timestamps import require_timestamp, utc_iso_z
 
+from . import crypto
 from ._common import TMP_PREFIX, canonical_json
 from .errors import CorruptionError, SnapshotNotFound, UnsafePathError
 
@@ -429,7 +433,8 @@ def write_manifest(
     """
     root = Path(root)
     assert m.files is not None and m.dirs is not None
-    body = encode_body(m.files, m.dirs, m.links)
+    key = crypto.key_for(root)
+    body = crypto.seal_for(key, encode_body(m.files, m.dirs, m.links), b"body")
     m.body_sha256 = hashlib.sha256(body).hexdigest()
     m.body_size = len(body)
     bodies = root / "snapshots" / "bodies"
@@ -447,7 +452,8 @@ def write_manifest(
             continue
         m.backup_id = cand
         tmp = snaps / f"{TMP_PREFIX}{uuid.uuid4().hex}"
-        atomic_write(tmp, _header_bytes(m), mode=0o444, sync_dir=False)
+        header = crypto.seal_for(key, _header_bytes(m), b"header:" + cand.encode("utf-8", "surrogatepass"))
+        atomic_write(tmp, header, mode=0o444, sync_dir=False)
         try:
             os.link(tmp, snaps / f"{cand}.json")
         except FileExistsError:
@@ -480,6 +486,12 @@ def read_header(root: Path | str, backup_id: str) -> Manifest:
         raw = (root / "snapshots" / f"{backup_id}.json").read_bytes()
     except FileNotFoundError as exc:
         raise SnapshotNotFound(f"no snapshot {backup_id!r}") from exc
+    try:
+        raw = crypto.unseal_for(crypto.key_for(root), raw, b"header:" + backup_id.encode("utf-8", "surrogatepass"),
+                                location)
+    except CorruptionError as exc:
+        exc.snapshots = [backup_id]
+        raise
     try:
         doc = json.loads(raw)
         claimed = doc.pop("sha256")
@@ -521,7 +533,10 @@ def load_body(root: Path | str, m: Manifest) -> Manifest:
             f"{location}: manifest body of {m.backup_id}: checksum mismatch", location=location, snapshots=[m.backup_id]
         )
     try:
-        m.files, m.dirs, m.links = decode_body(data)
+        m.files, m.dirs, m.links = decode_body(crypto.unseal_for(crypto.key_for(root), data, b"body", location))
+    except CorruptionError as exc:
+        exc.snapshots = [m.backup_id]
+        raise
     except UnsafePathError:
         raise
     except (ValueError, KeyError, TypeError, zstandard.ZstdError) as exc:

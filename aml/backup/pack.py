@@ -25,6 +25,10 @@ Format (all integers little-endian)::
 * The trailer repeats the index entries of the pack (:func:`aml.backup.index.rebuild_index`).
 * A pack is written with one ``write`` to a temporary file, fsynced, renamed into place and its directory
   fsynced: one fsync per pack (~16 MiB), never one per object.
+* In an encrypted repository the whole pack (exactly the bytes above) is sealed at once
+  (:mod:`aml.backup.crypto`, associated data ``pack``); the file's name is the sha256 of the sealed bytes,
+  its size in the index is the sealed size, and offsets are offsets in the decrypted pack. Object ids are
+  then keyed (HMAC-SHA256) instead of plain sha256.
 * :class:`PackWriter` compresses in background threads and writes packs in another, so reading and
   hashing files overlaps with compression when a second core is available (zstd and sha256 release
   the GIL); on one core it costs nothing measurable.
@@ -46,6 +50,7 @@ import zstandard
 
 from aml.store.atomic import atomic_write
 
+from . import crypto
 from .errors import CorruptionError
 
 PACK_MAGIC = b"AMLPACK\x02"
@@ -71,6 +76,7 @@ __all__ = [
     "PackInfo",
     "PackReader",
     "PackWriter",
+    "open_pack",
     "pack_path",
     "parse_trailer",
     "read_pack",
@@ -207,6 +213,7 @@ class PackWriter:
         self.target_size = target_size
         self.dictionary = dictionary
         self._level = level
+        self._key = crypto.key_for(root)
         if dictionary is not None:
             self._header = PREFIX.pack(PACK_MAGIC, len(dictionary.packed()), bytes.fromhex(dictionary.sha256))
             self._header += dictionary.packed()
@@ -316,6 +323,7 @@ class PackWriter:
     def _write(self, frames: list[bytes], entries: list[tuple[str, int, int, int]]) -> PackInfo:
         trailer = b"".join(ENTRY.pack(bytes.fromhex(o), off, ln, sz) for o, off, ln, sz in entries)
         body = b"".join([self._header, *frames, trailer, FOOTER.pack(len(entries), TRAILER_MAGIC)])
+        body = crypto.seal_for(self._key, body, b"pack")
         pack_id = hashlib.sha256(body).hexdigest()
         path = pack_path(self.root, pack_id)
         if not _intact(path, pack_id):  # an identical pack may exist (repack); a damaged copy is replaced
@@ -392,13 +400,23 @@ def parse_trailer(data: bytes | memoryview, *, location: str = "pack") -> list[P
 
 
 def read_pack(root: Path, pack_id: str) -> bytes:
-    """Read a whole pack file.
+    """Read a whole pack file (decrypted, in an encrypted repository).
 
     Raises:
         FileNotFoundError: if the pack is missing.
+        CorruptionError: an encrypted pack does not authenticate.
     """
     with open(pack_path(root, pack_id), "rb", buffering=0) as fh:
-        return fh.read()
+        return open_pack(crypto.key_for(root), pack_id, fh.read())
+
+
+def open_pack(key: crypto.MasterKey | None, pack_id: str, data: Any) -> Any:
+    """The plaintext of stored pack bytes: ``data`` itself in a plain repository, else decrypted.
+
+    Raises:
+        CorruptionError: an encrypted pack does not authenticate (naming the pack file).
+    """
+    return crypto.unseal_for(key, data, b"pack", f"packs/{pack_id[:2]}/{pack_id}")
 
 
 _DICT_CACHE: OrderedDict[str, Dictionary] = OrderedDict()
@@ -430,16 +448,18 @@ class PackReader:
         objects_start: offset of the first frame.
 
     Args:
-        data: the pack file's bytes.
+        data: the pack file's (decrypted) bytes.
         pack_id: its id (for error messages).
+        hasher: makes object ids (``hashlib.sha256``, or the keyed hash of an encrypted repository).
 
     Raises:
         CorruptionError: the header or its dictionary is damaged (every object is then unreadable).
     """
 
-    def __init__(self, data: bytes | memoryview | Any, pack_id: str = "") -> None:
+    def __init__(self, data: bytes | memoryview | Any, pack_id: str = "", hasher: Any = hashlib.sha256) -> None:
         self.data = data
         self.pack_id = pack_id
+        self.hasher = hasher
         loc = f"packs/{pack_id[:2]}/{pack_id}"
         if len(data) < PREFIX.size or bytes(data[:8]) != PACK_MAGIC:
             raise CorruptionError(f"pack {pack_id}: bad header", location=loc)
@@ -486,6 +506,6 @@ class PackReader:
             raise CorruptionError(f"object {oid}: zstd frame does not decode: {exc}", objects=[oid]) from exc
         if len(data) != size:
             raise CorruptionError(f"object {oid}: decoded {len(data)} bytes, expected {size}", objects=[oid])
-        if verify and hashlib.sha256(data).hexdigest() != oid:
+        if verify and self.hasher(data).hexdigest() != oid:
             raise CorruptionError(f"object {oid}: sha256 mismatch", objects=[oid])
         return data

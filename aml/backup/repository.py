@@ -14,8 +14,13 @@ Layout (DESIGN.md, "The backup repository")::
                                      backup's files; a copy travels in every pack, so losing it loses nothing)
       archives/                      records that prune archived instead of deleting (not used here)
       locks/                         lock files (see :mod:`aml.backup.lock`)
+      keys/<key_id>                  encrypted repositories only: key slots (see :mod:`aml.backup.crypto`)
       verify_state.json              when each pack was last read back (rotating ``read_data_subset``)
       full_*/ incr_*/ backup-*.tar.gz  legacy Loom backups, left where they are (:mod:`aml.backup.legacy`)
+
+An encrypted repository (``init(encrypt=True, password=...)``) has an ``"encryption"`` member in
+``config.json`` and stores every pack, index file, manifest and dictionary sealed (:mod:`aml.backup.crypto`);
+open it with ``Repository(path, password=...)``.
 
 The default repository of a store at ``S`` is ``S/../memory-backup`` (the seeds' convention).
 """
@@ -33,8 +38,9 @@ from typing import Any
 from aml.store.atomic import atomic_write, fsync_dir
 from aml.store.timestamps import utc_iso_z
 
+from . import crypto
 from ._common import TMP_PREFIX
-from .errors import BackupError, RepositoryFormatError, RepositoryNotFound
+from .errors import BackupError, PasswordRequired, RepositoryFormatError, RepositoryNotFound, WrongPassword
 from .lock import RepositoryLock
 
 REPO_FORMAT = "aml-backup-repository"
@@ -73,6 +79,7 @@ class RepositoryConfig:
         chunk_size: maximum object size in bytes (larger files are split).
         compression_level: zstd level.
         version: repository format version.
+        encryption: ``{"cipher", "ids", "kdf"}`` for an encrypted repository, else None.
     """
 
     id: str
@@ -81,10 +88,16 @@ class RepositoryConfig:
     chunk_size: int = DEFAULT_CHUNK_SIZE
     compression_level: int = DEFAULT_LEVEL
     version: int = REPO_VERSION
+    encryption: dict[str, str] | None = None
+
+    @property
+    def encrypted(self) -> bool:
+        """Whether the repository is encrypted."""
+        return self.encryption is not None
 
     def to_dict(self) -> dict[str, Any]:
         """Return the ``config.json`` document."""
-        return {
+        doc: dict[str, Any] = {
             "format": REPO_FORMAT,
             "version": self.version,
             "id": self.id,
@@ -93,6 +106,9 @@ class RepositoryConfig:
             "chunk_size": self.chunk_size,
             "compression": {"codec": "zstd", "level": self.compression_level},
         }
+        if self.encryption is not None:
+            doc["encryption"] = dict(self.encryption)
+        return doc
 
     @classmethod
     def from_dict(cls, doc: dict[str, Any]) -> RepositoryConfig:
@@ -108,6 +124,10 @@ class RepositoryConfig:
         comp = doc.get("compression") or {}
         if comp.get("codec") != "zstd":
             raise RepositoryFormatError(f"unsupported compression {comp.get('codec')!r}")
+        enc = doc.get("encryption")
+        if enc is not None and (not isinstance(enc, dict) or enc.get("cipher") != crypto.CIPHER
+                                or enc.get("ids") != "hmac-sha256"):
+            raise RepositoryFormatError(f"unsupported encryption {enc!r}")
         try:
             return cls(
                 id=str(doc["id"]),
@@ -115,6 +135,7 @@ class RepositoryConfig:
                 pack_size=int(doc["pack_size"]),
                 chunk_size=int(doc.get("chunk_size", DEFAULT_CHUNK_SIZE)),
                 compression_level=int(comp.get("level", DEFAULT_LEVEL)),
+                encryption=None if enc is None else {str(k): str(v) for k, v in enc.items()},
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise RepositoryFormatError(f"config.json: {exc}") from exc
@@ -130,11 +151,14 @@ class Repository:
 
     Args:
         path: the repository directory.
+        password: the password of an encrypted repository (ignored by a plain one). Never stored on disk.
     """
 
-    def __init__(self, path: str | os.PathLike[str]) -> None:
+    def __init__(self, path: str | os.PathLike[str], *, password: str | bytes | None = None) -> None:
         self.path = Path(os.path.abspath(os.fspath(path)))
         self._config: RepositoryConfig | None = None
+        self._password = password.encode() if isinstance(password, str) else password
+        self._unlocked_id: str | None = None
 
     def __repr__(self) -> str:
         return f"Repository({str(self.path)!r})"
@@ -187,12 +211,17 @@ class Repository:
         chunk_size: int = DEFAULT_CHUNK_SIZE,
         compression_level: int = DEFAULT_LEVEL,
         exist_ok: bool = False,
+        encrypt: bool = False,
+        kdf: dict[str, int] | None = None,
     ) -> Repository:
         """Create the repository layout and ``config.json``.
 
         Existing content (legacy backups, ``backup_metadata.json``) is kept.
 
         Args:
+            encrypt: create an encrypted repository: a random master key in a first key slot wrapped by
+                the password given to the constructor (required).
+            kdf: scrypt parameters ``{"n", "r", "p"}`` of that slot (default :data:`crypto.DEFAULT_KDF`).
             pack_size: target pack size in bytes (default 16 MiB).
             chunk_size: files above this many bytes are split into objects of this size (16 MiB).
             compression_level: zstd level (default 3).
@@ -211,7 +240,15 @@ class Repository:
             if exist_ok:
                 return self.open()
             raise BackupError(f"{self.path}: repository already initialised")
+        if encrypt and not self._password:
+            raise PasswordRequired(f"an encrypted repository needs a password: {self.path}")
         self.path.mkdir(parents=True, exist_ok=True)
+        master: crypto.MasterKey | None = None
+        if encrypt:
+            assert self._password is not None
+            master = crypto.MasterKey.generate()
+            (self.path / "keys").mkdir(exist_ok=True)
+            self._write_key(master, self._password, kdf)
         for sub in ("snapshots/bodies", "index", "archives", "locks"):
             (self.path / sub).mkdir(parents=True, exist_ok=True)
         for i in range(256):
@@ -224,6 +261,7 @@ class Repository:
             pack_size=pack_size,
             chunk_size=chunk_size,
             compression_level=compression_level,
+            encryption=dict(crypto.ENCRYPTION_CONFIG) if encrypt else None,
         )
         data = json.dumps(config.to_dict(), indent=2).encode() + b"\n"
         # publish without clobbering a config written concurrently: temp file + link
@@ -237,6 +275,9 @@ class Repository:
             tmp.unlink(missing_ok=True)
         fsync_dir(self.path)
         self._config = None
+        if master is not None and json.loads((self.path / "config.json").read_bytes()).get("id") == config.id:
+            crypto.register(self.path, config.id, master)
+            self._unlocked_id = config.id
         return self.open()
 
     def open(self) -> Repository:
@@ -248,6 +289,8 @@ class Repository:
         Raises:
             RepositoryNotFound: no ``config.json``.
             RepositoryFormatError: unreadable or unsupported config.
+            PasswordRequired: encrypted, and no password was given (nor a key unlocked in this process).
+            WrongPassword: encrypted, and no key slot opens with the password.
         """
         path = self.path / "config.json"
         try:
@@ -258,8 +301,99 @@ class Repository:
             doc = json.loads(raw)
         except ValueError as exc:
             raise RepositoryFormatError(f"{path}: {exc}") from exc
-        self._config = RepositoryConfig.from_dict(doc)
+        config = RepositoryConfig.from_dict(doc)
+        if config.encrypted:
+            self._unlock(config)
+        self._config = config
         return self
+
+    # encryption -----------------------------------------------------------------------------------
+    @property
+    def keys_dir(self) -> Path:
+        """``keys/``: key slots of an encrypted repository."""
+        return self.path / "keys"
+
+    def _unlock(self, config: RepositoryConfig) -> None:
+        try:
+            crypto.key_for(self.path)
+            if self._password is None or self._unlocked_id == config.id:
+                return  # unlocked earlier in this process
+        except PasswordRequired:
+            if self._password is None:
+                raise
+        for _slot, doc in self._slots():
+            master = crypto.open_key_slot(doc, self._password)
+            if master is not None:
+                crypto.register(self.path, config.id, master)
+                self._unlocked_id = config.id
+                return
+        raise WrongPassword(f"wrong password or no key slot for it: {self.path}")
+
+    def _slots(self) -> list[tuple[crypto.KeySlot, dict[str, Any]]]:
+        out: list[tuple[crypto.KeySlot, dict[str, Any]]] = []
+        try:
+            names = sorted(os.listdir(self.keys_dir))
+        except FileNotFoundError:
+            return out
+        for name in names:
+            if name.startswith(TMP_PREFIX):
+                continue
+            try:
+                out.append(crypto.parse_key_slot(name, (self.keys_dir / name).read_bytes()))
+            except (OSError, ValueError, KeyError, TypeError):
+                continue  # a damaged slot opens nothing; verify names it
+        return out
+
+    def _write_key(self, master: crypto.MasterKey, password: bytes, kdf: dict[str, int] | None) -> str:
+        key_id, raw = crypto.make_key_slot(master, password, kdf=kdf)
+        atomic_write(self.keys_dir / key_id, raw, mode=0o400)
+        return key_id
+
+    @property
+    def encrypted(self) -> bool:
+        """Whether the repository is encrypted (opens it)."""
+        return self.config.encrypted
+
+    def master_key(self) -> crypto.MasterKey | None:
+        """The unlocked master key (None for a plain repository); opens the repository."""
+        self.config  # noqa: B018 - opens and unlocks
+        return crypto.key_for(self.path)
+
+    def list_keys(self) -> list[crypto.KeySlot]:
+        """The key slots (public parts only), oldest first. Opens (and so checks the password)."""
+        self.master_key()
+        return sorted((slot for slot, _ in self._slots()), key=lambda s: (s.created, s.id))
+
+    def add_key(self, password: str | bytes, *, kdf: dict[str, int] | None = None) -> str:
+        """Add a key slot for another password (the repository must open with the current one).
+
+        Returns:
+            The new key id.
+
+        Raises:
+            BackupError: the repository is not encrypted.
+        """
+        master = self.master_key()
+        if master is None:
+            raise BackupError(f"repository is not encrypted: {self.path}")
+        return self._write_key(master, password.encode() if isinstance(password, str) else password, kdf)
+
+    def remove_key(self, key_id: str) -> None:
+        """Remove a key slot (by id or unique prefix); the last one is never removed.
+
+        Raises:
+            BackupError: not encrypted, no such slot, ambiguous prefix, or it is the last slot.
+        """
+        if self.master_key() is None:
+            raise BackupError(f"repository is not encrypted: {self.path}")
+        slots = [s.id for s, _ in self._slots()]
+        match = [s for s in slots if s.startswith(key_id)] if key_id else []
+        if len(match) != 1:
+            raise BackupError(f"no key slot {key_id!r}" if not match else f"key id {key_id!r} is ambiguous")
+        if len(slots) <= 1:
+            raise BackupError(f"refusing to remove the last key slot of {self.path}")
+        (self.keys_dir / match[0]).unlink()
+        fsync_dir(self.keys_dir)
 
     def open_or_init(self, **kwargs: Any) -> Repository:
         """Open the repository, initialising it first if needed (``kwargs`` as for :meth:`init`)."""
@@ -303,9 +437,18 @@ class Repository:
         if self.is_initialized():
             out["config"] = asdict(self.config)
             out["snapshots"] = len(self.snapshot_ids())
+            out["encrypted"] = self.config.encrypted
         return out
 
 
 def as_repository(repo: Repository | str | os.PathLike[str]) -> Repository:
-    """Accept a :class:`Repository` or a path."""
-    return repo if isinstance(repo, Repository) else Repository(repo)
+    """Accept a :class:`Repository` or a path.
+
+    A :class:`Repository` given a password is opened here when it is initialised, so its key is unlocked
+    before any engine function reads or writes it by path.
+    """
+    if not isinstance(repo, Repository):
+        return Repository(repo)
+    if repo._password is not None and repo.is_initialized():
+        repo.config  # noqa: B018 - opens and unlocks (once)
+    return repo

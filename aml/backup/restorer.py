@@ -45,13 +45,14 @@ from typing import Any, TypeVar
 from aml.store.guard import check_write
 from aml.store.names import text_names
 
+from . import crypto
 from ._common import TMP_PREFIX
 from ._fs import DirFds, open_root
 from .errors import BackupError, CorruptionError, SnapshotNotFound, UnsafePathError
 from .excludes import Excludes
 from .index import Index, load_index
 from .manifest import DirTable, FileTable, LinkTable, check_relpath, load_manifest
-from .pack import PackReader, pack_path, read_pack
+from .pack import PackReader, open_pack, pack_path, read_pack
 from .progress import ProgressCallback, Reporter
 from .repository import Repository, as_repository
 
@@ -265,13 +266,13 @@ def _readlink(target: str, rel: str) -> str | None:
         return None
 
 
-def _hash_file(target: str, rel: str) -> str | None:
+def _hash_file(target: str, rel: str, hasher: Callable[..., Any] = hashlib.sha256) -> str | None:
     try:
         fd = os.open(os.path.join(target, rel), os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
     except OSError:
         return None
     try:
-        h = hashlib.sha256()
+        h = hasher()
         while True:
             b = os.read(fd, 1 << 20)
             if not b:
@@ -292,6 +293,8 @@ ContentSource = Callable[[list[int]], Iterator[tuple[list[int], bytes | None, st
 
 def _native_source(repo: Repository, index: Index, files: FileTable, verify: bool) -> ContentSource:
     root = repo.path
+    key = crypto.key_for(root)
+    hasher = crypto.id_hasher(root)
 
     def source(wanted: list[int]) -> Iterator[tuple[list[int], bytes | None, str]]:
         by_obj: dict[str, list[int]] = {}
@@ -320,7 +323,7 @@ def _native_source(repo: Repository, index: Index, files: FileTable, verify: boo
                 continue
             try:
                 try:
-                    reader = PackReader(mm, pack_id)
+                    reader = PackReader(open_pack(key, pack_id, mm), pack_id, hasher)
                 except CorruptionError as exc:
                     for it in items:
                         yield it[5], None, f"pack {pack_id} unreadable: {exc}"
@@ -342,7 +345,7 @@ def _native_source(repo: Repository, index: Index, files: FileTable, verify: boo
                     err = f"object {cid} is not in the index"
                     break
                 try:
-                    preader = PackReader(read_pack(root, loc[0]), loc[0])
+                    preader = PackReader(read_pack(root, loc[0]), loc[0], hasher)
                     parts.append(preader.decompress(cid, loc[1], loc[2], loc[3], verify=verify))
                 except (OSError, CorruptionError) as exc:
                     err = f"pack {loc[0]}: {exc}"
@@ -351,7 +354,7 @@ def _native_source(repo: Repository, index: Index, files: FileTable, verify: boo
                 yield [i], None, err
                 continue
             data = b"".join(parts)
-            if verify and hashlib.sha256(data).hexdigest() != files.sha256[i]:
+            if verify and hasher(data).hexdigest() != files.sha256[i]:
                 yield [i], None, "reassembled file does not match its sha256"
                 continue
             yield [i], data, ""
@@ -674,6 +677,7 @@ def _restore_tables(
     validate_tables(files, dirs, links)
     target_abs = os.path.abspath(os.fspath(target))
     protected = check_target(target_abs, repository, source_path)  # never touched by an exact restore
+    hasher = hashlib.sha256 if legacy else crypto.id_hasher(repository)
     res = RestoreResult(backup_id=backup_id, target=target_abs, dry_run=dry_run, exact=exact, legacy=legacy)
     fsel, dsel = _select(files, dirs, scope)
     lsel = [i for i, p in enumerate(links.path) if scope.covers(p)]
@@ -741,7 +745,7 @@ def _restore_tables(
                 to_remove.append((p, True))
             res.changed.append(p)
             to_write.append(i)
-        elif st.st_size != files.size[i] or _hash_file(target_abs, p) != files.sha256[i]:
+        elif st.st_size != files.size[i] or _hash_file(target_abs, p, hasher) != files.sha256[i]:
             res.changed.append(p)
             to_write.append(i)
         elif st.st_mtime_ns != files.mtime_ns[i] or (st.st_mode & 0o7777) != files.mode[i]:

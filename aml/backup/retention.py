@@ -67,6 +67,7 @@ from typing import Any
 from aml.store.atomic import fsync_dir
 from aml.store.timestamps import utc_iso_z
 
+from . import crypto
 from ._common import TMP_PREFIX
 from .errors import CorruptionError, SnapshotNotFound
 from .index import list_index_ids, list_pack_ids, load_index, write_index
@@ -695,9 +696,10 @@ def _prune_locked(
         cfg = repo.config
         rep = Reporter(progress, "prune")
         writers: dict[str | None, PackWriter] = {}
+        hasher = crypto.id_hasher(root)  # keyed object ids in an encrypted repository
         try:
             for pack_id in sorted(repack):
-                reader = PackReader(read_pack(root, pack_id), pack_id)
+                reader = PackReader(read_pack(root, pack_id), pack_id, hasher)
                 key = reader.dictionary.sha256 if reader.dictionary is not None else None
                 writer = writers.get(key)
                 if writer is None:

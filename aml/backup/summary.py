@@ -37,6 +37,7 @@ from aml.store.atomic import atomic_write
 from aml.store.names import text_name, text_names
 from aml.store.timestamps import utc_iso_z
 
+from . import crypto
 from ._common import TMP_PREFIX
 from .errors import BackupError
 from .manifest import Manifest, read_header
@@ -59,8 +60,14 @@ _ENTRY_START = re.compile(r'\{\s*"backup_id"\s*:')
 def summary_entry(root: Path, m: Manifest) -> dict[str, Any]:
     """Return the ``backup_metadata.json`` entry for an aml snapshot (tables loaded or not)."""
     checksums: dict[str, str] = {}
-    if m.files is not None and len(m.files) <= CHECKSUMS_INLINE_MAX:
+    encrypted = crypto.is_encrypted(root)
+    if m.files is not None and len(m.files) <= CHECKSUMS_INLINE_MAX and not encrypted:
         checksums = {text_name(p): sha for p, sha in zip(m.files.path, m.files.sha256, strict=True)}
+    if encrypted:  # this file is not encrypted: no path, agent or checksum of the store in it
+        return {"backup_id": m.backup_id, "backup_type": m.backup_type, "timestamp": utc_iso_z(m.time),
+                "source_path": "", "backup_path": text_name(str(root / "snapshots" / f"{m.backup_id}.json")),
+                "agents": [], "total_size_bytes": m.total_size_bytes, "file_count": m.file_count, "checksums": {},
+                "parent_backup_id": m.parent_backup_id, "compressed": True, "encrypted": True}
     return {
         "backup_id": m.backup_id,
         "backup_type": m.backup_type,
