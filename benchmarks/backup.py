@@ -20,6 +20,7 @@ Usage::
     .venv/bin/python -m benchmarks.backup --agents 20 --docs 1000
     .venv/bin/python -m benchmarks.backup --small         # 5 x 200, a smoke run
     .venv/bin/python -m benchmarks.backup --agents 20 --docs 1000 --repeat 3
+    .venv/bin/python -m benchmarks.backup --encrypt       # aml encrypted, as restic always is
 
 restic must be installed (``apt-get install -y restic``). ``RESTIC_PASSWORD`` is set for the run.
 """
@@ -187,13 +188,17 @@ OPERATIONS = ("full backup", "incremental (1% changed)", "verify (read all data)
 
 
 def run_once(
-    work: Path, store: Path, nfiles: int, agents: int, docs: int, rnd: int, with_restic: bool
+    work: Path, store: Path, nfiles: int, agents: int, docs: int, rnd: int, with_restic: bool, encrypt: bool = False
 ) -> tuple[dict[str, dict[str, tuple[float, float]]], dict[str, int]]:
-    """One repetition: every operation for both tools on fresh repositories. Returns times and sizes."""
+    """One repetition: every operation for both tools on fresh repositories. Returns times and sizes.
+
+    ``encrypt``: aml's repository is encrypted (``backup init --encrypt``, the password restic gets), as
+    restic's always is; its key derivation (scrypt, once per repository open) is outside the timed steps."""
     aml_repo, restic_repo = work / f"aml-repo-{rnd}", work / f"restic-repo-{rnd}"
     out_aml, out_restic = work / f"restore-aml-{rnd}", work / f"restore-restic-{rnd}"
     times: dict[str, dict[str, tuple[float, float]]] = {op: {} for op in OPERATIONS}
-    repo = Repository(aml_repo).init()
+    password = os.environ["RESTIC_PASSWORD"] if encrypt else None
+    repo = Repository(aml_repo, password=password).init(encrypt=encrypt)
     if with_restic:
         restic(restic_repo, "init")
     tools = ["aml", "restic"] if with_restic else ["aml"]
@@ -251,6 +256,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--keep", action="store_true", help="keep the store afterwards")
     ap.add_argument("--json", action="store_true", help="also print the results as JSON")
     ap.add_argument("--skip-restic", action="store_true", help="time aml only")
+    ap.add_argument("--encrypt", action="store_true", help="aml's repository encrypted too (restic's always is)")
     args = ap.parse_args(argv)
     if args.small:
         args.agents, args.docs = 5, 200
@@ -272,7 +278,7 @@ def main(argv: list[str] | None = None) -> int:
     best: dict[str, dict[str, tuple[float, float]]] = {op: {} for op in OPERATIONS}
     sizes: dict[str, int] = {}
     for rnd in range(max(1, args.repeat)):
-        times, sizes = run_once(work, store, nfiles, args.agents, args.docs, rnd, with_restic)
+        times, sizes = run_once(work, store, nfiles, args.agents, args.docs, rnd, with_restic, args.encrypt)
         for op, per_tool in times.items():
             for tool, (wall, cpu) in per_tool.items():
                 old = best[op].get(tool)
@@ -304,7 +310,8 @@ def main(argv: list[str] | None = None) -> int:
     r_text = f"{r_size / 1e6:.1f}" if r_size else "-"
     print(f"{'repository size (MB)':<28} {a_size / 1e6:>8.1f} {r_text:>9} {ratio(r_size, a_size):>7}")
     print(
-        f"store: {nfiles} files, {nbytes / 1e6:.1f} MB; best of {max(1, args.repeat)}; ratio = restic / aml "
+        f"store: {nfiles} files, {nbytes / 1e6:.1f} MB; aml {'encrypted' if args.encrypt else 'plain'}; best of "
+        f"{max(1, args.repeat)}; ratio = restic / aml "
         "(above 1: aml faster or smaller); cpu = user+sys seconds incl. threads and child processes"
     )
     if args.json:
