@@ -37,7 +37,8 @@ def render_health(report: dict[str, Any]) -> None:
     perf = report["performance"]
     rate = perf["cache_hit_rate"]
     console.print(f"  lookups {perf['avg_query_time_ms']:.2f} ms mean, {perf['p95_query_time_ms']:.2f} ms p95 "
-                  f"over {perf['lookups']}; cache hit rate "
+                  f"over {perf['lookups']}{' (through the index)' if perf.get('probe') == 'index' else ''}; "
+                  f"cache hit rate "
                   f"{'n/a (no query traffic)' if rate is None else f'{rate:.0%}'}")
     table = Table(show_header=True, header_style="bold")
     for col in ("check", "agent", "result", "message"):

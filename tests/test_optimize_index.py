@@ -14,12 +14,12 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from aml.health.probe import probe_lookups
+from aml.health.probe import LookupProbe
 from aml.optimize import IdBloom, IndexMissingError, Query, QueryEngine, build_index, measure_lookups, warm_cache
 from aml.optimize.files import BLOOM_FILE, INDEX_FILE
 from aml.optimize.index import resolve_pointer
 from aml.optimize.value import record_value
-from aml.store import FileStore, Record, RecordLocation
+from aml.store import FileStore, Record
 from aml.store.atomic import atomic_write
 from aml.store.codec import decode
 from tests.realdata import extract_loom
@@ -221,19 +221,23 @@ def test_warm_set_serves_records_without_reading_documents(tmp_path: Path) -> No
 
 def test_health_probe_uses_the_index(tmp_path: Path) -> None:
     root = extract_loom("loom-plain-v1.0", tmp_path)
-    records = FileStore(root).scan().records
-    # records whose documents are gone: the document-reading fallback cannot find them...
-    moved = [Record(**{**{f: getattr(r, f) for f in r.__dataclass_fields__},
-                       "location": RecordLocation("gone/" + r.location.document, r.location.pointer,
-                                                  r.location.index)}) for r in records]
-    assert probe_lookups(root, moved, sample=20) == []
-    # ...the index finds them by id
+
+    def probe(sample: int) -> LookupProbe:
+        with LookupProbe(root, sample=sample) as p:
+            FileStore(root).scan(visit=p.visit)
+        return p
+
+    # without an index, lookups are made in the scan's parsed documents
+    plain = probe(20)
+    assert plain.source == "documents" and len(plain.times_ms) == 20
+    # with one, through the index (by id, the value from the scan's own parse of the document)
     build_index(root)
-    times = probe_lookups(root, moved, sample=20)
-    assert len(times) == 20 and all(t >= 0 for t in times)
-    # an unusable index falls back to reading documents
+    indexed = probe(20)
+    assert indexed.source == "index" and len(indexed.times_ms) == 20 and all(t >= 0 for t in indexed.times_ms)
+    # an unusable index falls back to the documents
     (root / INDEX_FILE).write_bytes(b"not a database")
-    assert len(probe_lookups(root, records, sample=20)) == 20
+    fallback = probe(20)
+    assert fallback.source == "documents" and len(fallback.times_ms) == 20
 
 
 def test_decoded_documents_are_what_the_engine_serves(tmp_path: Path) -> None:

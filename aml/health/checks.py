@@ -279,7 +279,8 @@ def check_file_integrity(
 class PerformanceEvidence:
     """Measured record lookups: count, mean and p95 in milliseconds; cache hit rate (0-1) or None;
     and the mean time of the real queries recorded recently (``query_avg_ms``, milliseconds, over
-    ``queries`` queries; ``None`` without query traffic)."""
+    ``queries`` queries; ``None`` without query traffic). ``probe``: how the lookups were made (``index``: through
+    the record index; ``documents``: by id in the parsed documents; ``none``), see :mod:`aml.health.probe`."""
 
     lookups: int
     avg_ms: float
@@ -288,6 +289,7 @@ class PerformanceEvidence:
     cache_source: str = "none"
     query_avg_ms: float | None = None
     queries: int = 0
+    probe: str = "none"
 
 
 def check_performance(
@@ -310,7 +312,7 @@ def check_performance(
     name = "performance_ok"
     details: dict[str, Any] = {"lookups": perf.lookups, "avg_query_time_ms": round(perf.avg_ms, 3),
                                "p95_query_time_ms": round(perf.p95_ms, 3), "cache_hit_rate": perf.cache_hit_rate,
-                               "cache_source": perf.cache_source, "queries": perf.queries,
+                               "cache_source": perf.cache_source, "queries": perf.queries, "probe": perf.probe,
                                "recorded_query_time_ms": None if perf.query_avg_ms is None
                                else round(perf.query_avg_ms, 3)}
     problems: list[tuple[Severity, str]] = []

@@ -34,7 +34,7 @@ from aml.health.checks import (
     check_restore_tested,
 )
 from aml.health.metrics import MetricSample
-from aml.health.probe import probe_lookups, summarize
+from aml.health.probe import LookupProbe, summarize
 from aml.health.thresholds import Thresholds
 from aml.store import Document, FileStore, ScanResult
 from aml.store.timestamps import utc_iso_z
@@ -148,6 +148,7 @@ class HealthRun:
                 "avg_query_time_ms": self.performance.avg_ms,
                 "p95_query_time_ms": self.performance.p95_ms,
                 "lookups": self.performance.lookups,
+                "probe": self.performance.probe,
                 "cache_hit_rate": self.performance.cache_hit_rate,
             },
             "health_checks": {
@@ -239,14 +240,20 @@ def run_health(
             stats.pop("analysis_timestamp", None)  # the report has its own timestamp
             sessions[doc.relpath] = {"agent": doc.agent, **stats}
 
-    scan = store.scan(visit=session_stats) if root.is_dir() else ScanResult.empty()
+    with LookupProbe(root, sample=lookup_sample) as probe:
+
+        def visit(doc: Document) -> None:
+            session_stats(doc)
+            probe.visit(doc)  # the performance probe's lookups, on the scan's own read of the document
+
+        scan = store.scan(visit=visit) if root.is_dir() else ScanResult.empty()
     scan_s = time.perf_counter() - scan_start
-    times = probe_lookups(root, scan.records, sample=lookup_sample) if root.is_dir() else []
+    times = probe.times_ms
     avg, p95 = summarize(times)
     recorded = [t * 1000.0 for t in query_times_s]
     perf = PerformanceEvidence(len(times), avg, p95, cache_hit_rate, cache_source,
                                query_avg_ms=sum(recorded) / len(recorded) if recorded else None,
-                               queries=len(recorded))
+                               queries=len(recorded), probe=probe.source)
     failures = [IntegrityFailure(e.relpath or str(e.path), e.offset, e.reason) for e in scan.errors
                 if e.code not in NOT_DOCUMENTS]
     t = thresholds

@@ -1,105 +1,201 @@
-"""Measured record lookups for ``performance_ok``.
+"""Measured record lookups for ``performance_ok``, taken during health's one read of the store.
 
-When the store has a record index (``optimize index``: ``.aml/index.sqlite``), a lookup goes through
-it the way ``aml <store> query --id`` does: the Bloom filter and the index find the record, and its
-value comes from the record cache or the warm set, else from its document
-(:class:`aml.optimize.QueryEngine`, a new engine per probe). Without an index, or if the index cannot
-be read, a lookup is what an agent's own tools do: open the document that holds the record, decode
-it (gzip/zstd sniffed), parse the JSON and find the record by id. The probe times that for a
-deterministic sample of records and reports mean and p95 in milliseconds (time.perf_counter). It
-reads only; it never writes.
+A :class:`LookupProbe` is made before the scan and sees every document the scan reads
+(:meth:`LookupProbe.visit`, the scan's ``visit`` hook), so that no document is read or parsed a second
+time for the probe, whatever its size (issue 12: a probe that re-read a 200 MB document for each of
+its 50 lookups took 8 s per lookup).
+
+* **With a record index** (``optimize index``: ``.aml/index.sqlite``), a lookup is what
+  ``aml <store> query --id`` does: the Bloom filter and the index find the record by id, and its value
+  comes from the record cache or the warm set, else from its document (:class:`aml.optimize.QueryEngine`,
+  one new engine per probe, empty record cache). The sample is drawn from the index (records of Loom
+  collections); when the scan reaches a sampled record's document, the engine is handed that parsed
+  document (:meth:`~aml.optimize.QueryEngine.adopt_document`, only if the file still has the size
+  and mtime it was read with) and the record's lookups are timed then. ``source`` is ``"index"``.
+* **Without an index** (or one that cannot be read), a lookup is what an agent's own tools do once
+  they hold a document: find the record by id in the parsed list. A bounded sample of the Loom
+  collection documents (at most ``sample``, chosen deterministically before the scan from the agent
+  directories) is probed while the scan holds each one. ``source`` is ``"documents"``.
+
+Mean and p95 are in milliseconds (``time.perf_counter``). The probe reads only; it never writes.
 """
 
 from __future__ import annotations
 
-import json
+import os
 import random
 import sqlite3
 import statistics
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
+from aml.optimize.cache import DocStamp
 from aml.optimize.files import INDEX_FILE
 from aml.optimize.query import QueryEngine
-from aml.store import Record
-from aml.store.codec import decode
+from aml.store import Document, FileStore
+from aml.store.documents import base_name
+
+PROBE_COLLECTIONS: Final = ("patterns", "solutions", "decisions")
+"""The Loom collections whose records the probe looks up."""
+
+_COLLECTION_FILES: Final = frozenset(f"{c}.json" for c in PROBE_COLLECTIONS)
 
 
-def _find(doc: Any, record_id: str) -> bool:
+def find_by_id(doc: Any, record_id: str) -> bool:
+    """Whether a parsed Loom collection (a JSON list) holds a top-level item with this ``id``: the
+    lookup of an agent's tools that hold the document."""
     items = doc if isinstance(doc, list) else []
     return any(isinstance(item, dict) and str(item.get("id")) == record_id for item in items)
 
 
-def lookup(root: Path, relpath: str, record_id: str) -> bool:
-    """Look one record up the way an agent's tools do without an index.
+class LookupProbe:
+    """Times ``sample`` record lookups during one scan (see the module docstring).
 
     Args:
         root: store root directory.
-        relpath: the document's path relative to ``root``.
-        record_id: the record's ``id``.
-
-    Returns:
-        ``True`` if the document holds a top-level item with that id.
-
-    Raises:
-        OSError, ValueError: the document cannot be read or parsed.
-    """
-    raw = (root / relpath).read_bytes()
-    data, _ = decode(raw)
-    return _find(json.loads(data), record_id)
-
-
-def probe_lookups(root: Path, records: Sequence[Record], *, sample: int = 50, seed: int = 0) -> list[float]:
-    """Time ``sample`` record lookups (fewer if the store has fewer records).
-
-    Only records that live directly in a top-level JSON list (Loom collections) are sampled.
-
-    Args:
-        root: store root.
-        records: record views from a scan.
-        sample: number of lookups.
+        sample: number of lookups (fewer if the store has fewer records or documents).
         seed: seed of the deterministic sample, so that runs compare.
 
-    Returns:
-        Lookup durations in milliseconds, one per lookup. Lookups that fail (the file changed
-        under us) are skipped.
+    Attributes:
+        source: ``"index"`` (lookups through the record index), ``"documents"`` (lookups in the
+            parsed documents) or ``"none"`` (nothing to look up).
+        times_ms: one duration per completed lookup, milliseconds.
     """
-    candidates = [r for r in records if r.collection in ("patterns", "solutions", "decisions")]
-    if not candidates:
-        return []
-    rng = random.Random(seed)
-    chosen = rng.sample(candidates, min(sample, len(candidates)))
-    if (root / INDEX_FILE).is_file():
-        indexed = _probe_indexed(root, chosen)
-        if indexed is not None:
-            return indexed
-    times: list[float] = []
-    for record in chosen:
-        start = time.perf_counter()
+
+    def __init__(self, root: Path, *, sample: int = 50, seed: int = 0) -> None:
+        self.root = root
+        self.sample = sample
+        self.times_ms: list[float] = []
+        self.source = "none"
+        self._rng = random.Random(seed)
+        self._engine: QueryEngine | None = None
+        self._plan: dict[str, list[str]] = {}
+        self._carry = 0
+        if sample <= 0 or not root.is_dir():
+            return
+        if (root / INDEX_FILE).is_file() and self._plan_from_index():
+            self.source = "index"
+        else:
+            self._plan_documents()
+
+    # ------------------------------------------------------------------ planning
+
+    def _plan_from_index(self) -> bool:
         try:
-            lookup(root, record.location.path, record.id)
-        except (OSError, ValueError):
-            continue
-        times.append((time.perf_counter() - start) * 1000.0)
-    return times
+            engine = QueryEngine(self.root)
+        except (OSError, sqlite3.Error):
+            return False
+        try:
+            chosen = engine.sample_records(self.sample, seed=self._rng.randrange(2**32),
+                                           collections=PROBE_COLLECTIONS)
+        except (OSError, sqlite3.Error):
+            engine.close()
+            return False
+        if not chosen:
+            engine.close()
+            return False
+        for record_id, document in chosen:
+            self._plan.setdefault(document, []).append(record_id)
+        self._engine = engine
+        return True
 
+    def _plan_documents(self) -> None:
+        candidates = sorted(_collection_documents(self.root))
+        if not candidates:
+            return
+        docs = sorted(self._rng.sample(candidates, min(self.sample, len(candidates))))
+        # lookups shared in proportion to the documents' sizes (records are, roughly); a document with
+        # fewer records than its share passes the rest on to the documents after it (_visit_document)
+        total = sum(size for _, size in docs) or 1
+        shares = [self.sample * size / total for _, size in docs]
+        quotas = [int(s) for s in shares]
+        by_remainder = sorted(range(len(docs)), key=lambda i: (quotas[i] - shares[i], i))
+        for i in by_remainder[: self.sample - sum(quotas)]:
+            quotas[i] += 1
+        for (relpath, _), quota in zip(docs, quotas, strict=True):
+            self._plan[relpath] = [""] * quota  # ids are drawn from the document when the scan reads it
+        self.source = "documents"
 
-def _probe_indexed(root: Path, chosen: Sequence[Record]) -> list[float] | None:
-    """Time the lookups through the index; ``None`` when the index cannot be used (fall back)."""
-    try:
-        with QueryEngine(root) as engine:
-            times: list[float] = []
-            for record in chosen:
+    # ------------------------------------------------------------------ the scan's hook
+
+    def visit(self, doc: Document) -> None:
+        """Time the planned lookups of ``doc`` while the scan holds it (the scan's ``visit`` hook)."""
+        planned = self._plan.pop(doc.relpath, None)
+        if planned is None:
+            return
+        if self._engine is not None:
+            if doc.error is None and doc.data is not None:
+                self._visit_indexed(doc, planned)
+            return
+        wanted = len(planned) + self._carry
+        done = self._visit_document(doc, wanted) if doc.error is None and doc.data is not None else 0
+        self._carry = wanted - done
+
+    def _visit_indexed(self, doc: Document, ids: list[str]) -> None:
+        engine = self._engine
+        assert engine is not None
+        stamp = DocStamp.of(doc.path)
+        adopted = stamp is not None and (stamp.size, stamp.mtime_ns) == (doc.size_bytes, doc.mtime_ns)
+        try:
+            if adopted and stamp is not None:
+                engine.adopt_document(doc.relpath, stamp, doc.data)
+            for record_id in ids:
                 start = time.perf_counter()
-                hit = engine.lookup(record.id)
+                hit = engine.lookup(record_id)
                 elapsed = time.perf_counter() - start
                 if hit is not None and hit.item is not None:
-                    times.append(elapsed * 1000.0)
-            return times if times or not chosen else None
-    except (OSError, ValueError, sqlite3.Error):
-        return None
+                    self.times_ms.append(elapsed * 1000.0)
+        except (OSError, ValueError, sqlite3.Error):
+            return
+        finally:
+            engine.forget_document(doc.relpath)  # keep at most the scan's current document in memory
+
+    def _visit_document(self, doc: Document, n: int) -> int:
+        """Time up to ``n`` lookups in ``doc``; returns how many were made."""
+        items = doc.data if isinstance(doc.data, list) else []
+        ids = [str(item.get("id")) for item in items if isinstance(item, dict) and item.get("id") is not None]
+        made = 0
+        for record_id in self._rng.sample(ids, min(n, len(ids))):
+            start = time.perf_counter()
+            found = find_by_id(doc.data, record_id)
+            elapsed = time.perf_counter() - start
+            if found:
+                self.times_ms.append(elapsed * 1000.0)
+                made += 1
+        return made
+
+    def close(self) -> None:
+        """Release the index connection (the probe cannot be used afterwards)."""
+        if self._engine is not None:
+            self._engine.close()
+            self._engine = None
+        self._plan.clear()
+
+    def __enter__(self) -> LookupProbe:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _collection_documents(root: Path) -> list[tuple[str, int]]:
+    """``(store-relative path, size in bytes)`` of the Loom collection documents (``<agent>/patterns.json``...)
+    of ``root``: a directory listing, no document read."""
+    out = []
+    try:
+        agents = FileStore(root).agents()
+    except OSError:
+        return []
+    for agent in agents:
+        try:
+            with os.scandir(root / agent) as entries:
+                out += [(f"{agent}/{e.name}", e.stat(follow_symlinks=False).st_size) for e in entries
+                        if base_name(e.name) in _COLLECTION_FILES and e.is_file(follow_symlinks=False)]
+        except OSError:
+            continue
+    return out
 
 
 def summarize(times_ms: Sequence[float]) -> tuple[float, float]:

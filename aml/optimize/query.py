@@ -470,6 +470,38 @@ class QueryEngine:
         ids = [r[0] for r in rows]
         return random.Random(seed).sample(ids, min(n, len(ids)))
 
+    def sample_records(self, n: int, *, seed: int = 0, collections: Sequence[str] = ("patterns", "solutions",
+                                                                                         "decisions"),
+                       ) -> list[tuple[str, str]]:
+        """Like :meth:`sample_ids`, with each record's document: ``[(id, document relpath)]``."""
+        marks = ",".join("?" for _ in collections)
+        with self._lock:
+            db = self._db()
+            # row ids only (the covering index on (agent, collection) answers it), then the chosen rows
+            rids = [r[0] for r in db.execute(f"SELECT rid FROM records INDEXED BY records_agent "
+                                             f"WHERE collection IN ({marks}) ORDER BY rid", list(collections))]
+            chosen = random.Random(seed).sample(rids, min(n, len(rids)))
+            found: dict[int, tuple[str, str]] = {}
+            for start in range(0, len(chosen), 500):
+                part = chosen[start:start + 500]
+                found.update((r[0], (r[1], r[2])) for r in db.execute(
+                    f"SELECT rid, id, document FROM records WHERE rid IN ({','.join('?' for _ in part)})", part))
+        return [found[rid] for rid in chosen if rid in found]
+
+    def adopt_document(self, relpath: str, stamp: DocStamp, data: Any) -> None:
+        """Serve misses in ``relpath`` from ``data``, its document already parsed by the caller (health's
+        scan), while the file keeps ``stamp``: no second read or parse of it."""
+        with self._lock:
+            self._docs[relpath] = (stamp, data)
+            self._docs.move_to_end(relpath)
+            while len(self._docs) > DOC_CACHE_ENTRIES:
+                self._docs.popitem(last=False)
+
+    def forget_document(self, relpath: str) -> None:
+        """Drop ``relpath``'s parsed document from the engine (its cached record values stay)."""
+        with self._lock:
+            self._docs.pop(relpath, None)
+
     def count(self) -> int:
         """Records in the index."""
         with self._lock:

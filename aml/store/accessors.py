@@ -399,14 +399,33 @@ _TYPED_FIELDS["archived_decisions"] = _TYPED_FIELDS["decisions"]
 
 def _type_problem(value: object, expected: str) -> str | None:
     """The JSON type found when ``value`` is not of kind ``expected``, else ``None``."""
+    kind = type(value)
     if expected == "timestamp":
         return iso_timestamp_form(value)
     if expected == "number":
+        if kind is float or kind is int:  # the usual case, without the ABC checks below
+            return None if math.isfinite(value) else json_type(value)  # type: ignore[arg-type]
         ok = isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
         return None if ok else json_type(value)
     if expected == "string":
-        return None if isinstance(value, str) else json_type(value)
+        return None if kind is str or isinstance(value, str) else json_type(value)
     return None if isinstance(value, bool) else json_type(value)
+
+
+_TypedGroups = tuple[tuple[tuple[str, ...], tuple[tuple[int, str, str, str], ...]], ...]
+
+
+def _grouped(fields: tuple[tuple[tuple[str, ...], str], ...]) -> _TypedGroups:
+    """``fields`` grouped by parent path (each parent looked up once per item), each entry
+    ``(position in fields, key, expected, dotted path)``."""
+    groups: dict[tuple[str, ...], list[tuple[int, str, str, str]]] = {}
+    for pos, (path, expected) in enumerate(fields):
+        groups.setdefault(path[:-1], []).append((pos, path[-1], expected, ".".join(path)))
+    return tuple((parent, tuple(entries)) for parent, entries in groups.items())
+
+
+_TYPED_GROUPS: Final = {collection: _grouped(fields) for collection, fields in _TYPED_FIELDS.items()}
+_ANY_GROUPS: Final = _grouped(_ANY_ITEM)
 
 
 def wrong_types(item: object, collection: str) -> tuple[WrongType, ...]:
@@ -428,15 +447,21 @@ def wrong_types(item: object, collection: str) -> tuple[WrongType, ...]:
     """
     if not isinstance(item, Mapping):
         return ()
-    out: list[WrongType] = []
-    for path, expected in _TYPED_FIELDS.get(collection, _ANY_ITEM):
-        parent = _get(item, *path[:-1]) if len(path) > 1 else item
-        if not isinstance(parent, Mapping) or path[-1] not in parent:
+    out: list[tuple[int, WrongType]] = []
+    for parent_path, entries in _TYPED_GROUPS.get(collection, _ANY_GROUPS):
+        parent = _get(item, *parent_path) if parent_path else item
+        if type(parent) is not dict and not isinstance(parent, Mapping):
             continue
-        found = _type_problem(parent[path[-1]], expected)
-        if found is not None:
-            out.append(WrongType(".".join(path), found, TIMESTAMP_EXPECTED if expected == "timestamp" else expected))
-    return tuple(out)
+        for pos, key, expected, name in entries:
+            if key not in parent:
+                continue
+            found = _type_problem(parent[key], expected)
+            if found is not None:
+                out.append((pos, WrongType(name, found, TIMESTAMP_EXPECTED if expected == "timestamp" else expected)))
+    if not out:
+        return ()
+    out.sort(key=lambda pair: pair[0])
+    return tuple(w for _, w in out)
 
 
 # --------------------------------------------------------------------------- Loom: store files

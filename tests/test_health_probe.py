@@ -1,0 +1,97 @@
+"""The health probe's lookups (issue 12): taken on health's one read of each document, through the index
+when there is one, never by re-reading or re-parsing a document per lookup."""
+
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import aml.optimize.query as query_mod
+import aml.store.documents as documents_mod
+from aml.health.monitor import run_health
+from aml.health.probe import LookupProbe
+from aml.optimize.files import INDEX_FILE
+from aml.optimize.index import build_index
+from aml.sample import SampleSpec, generate_loom_store
+
+
+def _store(tmp_path: Path, **spec: Any) -> Path:
+    root = tmp_path / ".loom" / "memory"
+    generate_loom_store(root, SampleSpec(**{"agents": 2, "gzip_every": 0, **spec}))
+    return root
+
+
+@pytest.fixture
+def parses(monkeypatch: pytest.MonkeyPatch) -> Counter[str]:
+    """Counts every parse of a document by the store reader (per path) and every document the query
+    engine reads on its own (key ``"engine"``)."""
+    counts: Counter[str] = Counter()
+    load_json, decode = documents_mod.load_json, query_mod.decode
+
+    def counting_load_json(data: bytes, path: Any, *, relpath: str | None = None) -> Any:
+        counts[str(path)] += 1
+        return load_json(data, path, relpath=relpath)
+
+    def counting_decode(raw: bytes, **kw: Any) -> Any:
+        counts["engine"] += 1
+        return decode(raw, **kw)
+
+    monkeypatch.setattr(documents_mod, "load_json", counting_load_json)
+    monkeypatch.setattr(query_mod, "decode", counting_decode)
+    return counts
+
+
+def test_without_index_lookups_run_on_the_scans_own_parse(tmp_path: Path, parses: Counter[str]) -> None:
+    root = _store(tmp_path, agents=1, patterns=3000, solutions=5, decisions=5)  # one large document
+    run = run_health(root, lookup_sample=50)
+    perf = run.report()["performance"]
+    assert perf["probe"] == "documents" and perf["lookups"] == 50
+    assert perf["avg_query_time_ms"] > 0 and perf["p95_query_time_ms"] >= perf["avg_query_time_ms"] * 0.5
+    # every document parsed exactly once, however many lookups were made in it
+    assert parses and set(parses.values()) == {1} and "engine" not in parses
+    details = next(r.details for r in run.results if r.check == "performance_ok")
+    assert details["probe"] == "documents" and details["lookups"] == 50
+
+
+def test_with_index_lookups_go_through_it_without_reading_documents_again(tmp_path: Path,
+                                                                          parses: Counter[str]) -> None:
+    root = _store(tmp_path, patterns=400, solutions=50, decisions=50)
+    build_index(root)
+    parses.clear()
+    run = run_health(root, lookup_sample=30)
+    perf = run.report()["performance"]
+    assert perf["probe"] == "index" and perf["lookups"] == 30
+    assert set(parses.values()) == {1} and "engine" not in parses
+
+
+def test_index_lookups_find_the_sampled_records(tmp_path: Path) -> None:
+    root = _store(tmp_path)
+    build_index(root)
+    from aml.store import FileStore
+
+    with LookupProbe(root, sample=20) as probe:
+        assert probe.source == "index"
+        FileStore(root).scan(visit=probe.visit)
+        assert len(probe.times_ms) == 20 and all(t >= 0 for t in probe.times_ms)
+
+
+def test_an_unusable_index_falls_back_to_the_documents(tmp_path: Path) -> None:
+    root = _store(tmp_path)
+    (root / INDEX_FILE).parent.mkdir(parents=True, exist_ok=True)
+    (root / INDEX_FILE).write_bytes(b"not a database")
+    perf = run_health(root, lookup_sample=20).report()["performance"]
+    assert perf["probe"] == "documents" and perf["lookups"] == 20
+
+
+def test_the_sample_is_bounded_by_documents(tmp_path: Path) -> None:
+    root = _store(tmp_path, agents=3)  # 9 collection documents, 50 lookups spread over them
+    perf = run_health(root, lookup_sample=50).report()["performance"]
+    assert perf["probe"] == "documents" and perf["lookups"] == 50
+    assert run_health(root, lookup_sample=4).report()["performance"]["lookups"] == 4
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    perf = run_health(empty, lookup_sample=50).report()["performance"]
+    assert perf["probe"] == "none" and perf["lookups"] == 0
