@@ -419,7 +419,7 @@ def test_catalog_retention_deletes_old_finished_remediations_and_drills_only(aml
 def test_a_failed_step_fails_the_chain_without_refusal_and_the_cooldown_holds(store: Path, aml_settings,
                                                                                monkeypatch) -> None:
     # warm-cache without an index raises: the step fails, the closing health run records it
-    settings = _settings(monkeypatch, AML_REMEDIATE="on", AML_REMEDIATE_LOOKUP_MS="0.001",
+    settings = _settings(monkeypatch, AML_REMEDIATE="on", AML_REMEDIATE_LOOKUP_MS="0.0001",
                          AML_REMEDIATE_POLICY="slow_lookups=warm_cache")
     result = _health(store, remediate=True)
     [step] = result["remediation_run"]["steps"]

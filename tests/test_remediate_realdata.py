@@ -1,7 +1,7 @@
 """The decision matrix on every shared Loom store, each rule made to fire by lowering its line (slow: 30 runs).
 
 Memory rules: the largest agent at 78 % / 95 % of a lowered limit -> a prune that clears the rule and resolves
-the alert. Slow lookups (line at 0.05 ms) -> optimize index then warm-cache, both doing work, the mean lookup
+the alert. Slow lookups (line at 0.1 µs) -> optimize index then warm-cache, both doing work, the mean lookup
 lower after. A cut document -> gc quarantines a copy, the document is left as it is, and the snapshot taken
 before names the good copy.
 """
@@ -31,7 +31,7 @@ def _configure(monkeypatch: pytest.MonkeyPatch, store: Path, rule: str) -> None:
         critical = biggest / (0.78 if rule == "memory_high" else 0.95) / (1024 * 1024)
         env.update(AML_AGENT_CRITICAL_MB=f"{critical:.6f}", AML_AGENT_WARNING_MB=f"{critical * 0.75:.6f}")
     elif rule == "slow_lookups":
-        env["AML_REMEDIATE_LOOKUP_MS"] = "0.05"
+        env["AML_REMEDIATE_LOOKUP_MS"] = "0.0001"  # 0.1 µs: any real lookup is slower
     for key, value in env.items():
         monkeypatch.setenv(key, value)
     monkeypatch.setitem(current_aml_app().conf, "aml_settings", load_settings())
