@@ -33,6 +33,11 @@ def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
+SCHEMA_REVISION = "0005"
+"""The newest catalog migration (``models/migrations/versions``): a catalog stamped with it needs no Alembic at
+run time (:func:`workers.catalog.ensure_catalog`). A test checks it is Alembic's head."""
+
+
 def as_utc(value: datetime) -> datetime:
     """Return ``value`` as an aware UTC datetime; a naive value is taken as UTC (DESIGN.md rule)."""
     if value.tzinfo is None:

@@ -668,3 +668,27 @@ def test_prune_actions_record_and_undo(migrated: str) -> None:
     with catalog.session_scope(migrated, write=False) as session:
         assert q.prune_actions_for_run(session, "prune-1") == []
         assert len(q.prune_actions_for_run(session, "prune-1", include_undone=True)) == 3
+
+
+def test_schema_revision_is_alembics_head() -> None:
+    from models.base import SCHEMA_REVISION
+
+    assert catalog.head_revision() == SCHEMA_REVISION
+
+
+def test_a_current_catalog_is_used_without_importing_alembic(tmp_path: Path) -> None:
+    """Start-up cost: a catalog stamped with the newest revision is checked with one query; Alembic is imported
+    only for an empty, older or unknown schema."""
+    from tests.fixtures_runtime import REPO
+
+    url = f"sqlite:///{tmp_path / 'c.db'}"
+    code = ("import sys\nfrom workers.catalog import ensure_catalog, current_revision\n"
+            f"ensure_catalog({url!r})\nprint('alembic' in sys.modules)\n")
+    first = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True)
+    assert first.stdout.strip() == "True"  # created and upgraded: Alembic ran
+    again = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True)
+    assert again.stdout.strip() == "False"
+    assert catalog.current_revision(url) == catalog.head_revision()
+    catalog.downgrade(url, "0004")
+    behind = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True)
+    assert behind.stdout.strip() == "True" and catalog.current_revision(url) == catalog.head_revision()

@@ -19,18 +19,18 @@ import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from alembic.command import downgrade as _alembic_downgrade
-from alembic.command import upgrade as _alembic_upgrade
-from alembic.config import Config
-from alembic.runtime.migration import MigrationContext
-from alembic.script import ScriptDirectory
-from alembic.util.exc import CommandError
-from sqlalchemy import Engine
+from sqlalchemy import Engine, text
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session, sessionmaker
 
+from models.base import SCHEMA_REVISION
 from models.engine import SQLITE_BEGIN_OPTION, make_engine, session_factory
+
+if TYPE_CHECKING:  # Alembic is imported only when a schema must be read from scripts or changed
+    from alembic.config import Config
 
 __all__ = [
     "CatalogBehindError",
@@ -120,6 +120,8 @@ def alembic_config(url: str) -> Config:
     ``script_location`` is :func:`alembic_dir`; ``sqlalchemy.url`` is ``url`` (``alembic/env.py``
     uses it when no connection is handed over in ``config.attributes["connection"]``).
     """
+    from alembic.config import Config
+
     cfg = Config()
     cfg.set_main_option("script_location", str(alembic_dir()).replace("%", "%%"))
     cfg.set_main_option("path_separator", "os")
@@ -128,7 +130,10 @@ def alembic_config(url: str) -> Config:
 
 
 def head_revision() -> str:
-    """The newest schema revision this aml knows."""
+    """The newest schema revision this aml knows (read from the migration scripts; the code's own
+    :data:`models.base.SCHEMA_REVISION` must equal it, which a test checks)."""
+    from alembic.script import ScriptDirectory
+
     head = ScriptDirectory.from_config(alembic_config("sqlite://")).get_current_head()
     if head is None:
         raise CatalogError(f"no migrations in {alembic_dir() / 'versions'}")
@@ -155,6 +160,8 @@ def get_engine(url: str | None = None) -> Engine:
 
 def current_revision(url: str) -> str | None:
     """The schema revision the catalog at ``url`` is at, ``None`` for an empty database."""
+    from alembic.runtime.migration import MigrationContext
+
     with get_engine(url).connect() as conn:
         return MigrationContext.configure(conn).get_current_revision()
 
@@ -173,12 +180,25 @@ def _run(url: str, fn: Callable[[Config, str], None], revision: str) -> None:
 
 def upgrade(url: str, revision: str = "head") -> None:
     """Upgrade the catalog at ``url`` to ``revision`` (default: the newest), in one transaction."""
-    _run(url, _alembic_upgrade, revision)
+    from alembic.command import upgrade as alembic_upgrade
+
+    _run(url, alembic_upgrade, revision)
 
 
 def downgrade(url: str, revision: str) -> None:
     """Downgrade the catalog at ``url`` to ``revision`` (``"base"`` drops every catalog table)."""
-    _run(url, _alembic_downgrade, revision)
+    from alembic.command import downgrade as alembic_downgrade
+
+    _run(url, alembic_downgrade, revision)
+
+
+def _stamped(engine: Engine) -> list[str] | None:
+    """The revisions in the catalog's ``alembic_version`` table, ``None`` when it cannot be read (no table)."""
+    try:
+        with engine.connect() as conn:
+            return [str(v) for v in conn.execute(text("SELECT version_num FROM alembic_version")).scalars()]
+    except DBAPIError:
+        return None
 
 
 def ensure_catalog(url: str | None = None) -> Engine:
@@ -197,6 +217,12 @@ def ensure_catalog(url: str | None = None) -> Engine:
     with _LOCK:
         if key in _ENSURED:
             return engine
+        if _stamped(engine) == [SCHEMA_REVISION]:  # the common case, one query and no Alembic import
+            _ENSURED.add(key)
+            return engine
+        from alembic.script import ScriptDirectory
+        from alembic.util.exc import CommandError
+
         head = head_revision()
         current = current_revision(url)
         if current != head:
