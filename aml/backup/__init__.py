@@ -10,8 +10,12 @@ One concern per module:
 * :mod:`~aml.backup.archiver` - :func:`create_snapshot`
 * :mod:`~aml.backup.excludes` - what a backup leaves out (aml's derived files, restic ``--exclude`` patterns)
 * :mod:`~aml.backup.checker` - :func:`check`
-* :mod:`~aml.backup.restorer` - :func:`restore`, :func:`resolve_at`
-* :mod:`~aml.backup.retention` - :func:`forget`, :func:`rotate`, :func:`prune_unreferenced`
+* :mod:`~aml.backup.restorer` - :func:`restore`, :func:`resolve_at`: plans with
+  :mod:`~aml.backup.restore_plan`, reads with :mod:`~aml.backup.filerestorer`, writes with
+  :mod:`~aml.backup.fileswriter`
+* :mod:`~aml.backup.retention` - :func:`forget`, :func:`rotate`: the forget policy
+  (:mod:`~aml.backup.policy`) then the repository prune (:mod:`~aml.backup.repoprune`,
+  :func:`prune_unreferenced`)
 * :mod:`~aml.backup.legacy` - Loom's own backups (Python ``full_*/incr_*``, TypeScript ``backup-*.tar.gz``)
 * :mod:`~aml.backup.listing` - :func:`list_snapshots` (native and legacy)
 * :mod:`~aml.backup.summary` - ``backup_metadata.json``, the seeds' summary
