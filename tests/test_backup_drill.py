@@ -383,6 +383,7 @@ def test_cli_backup_drill_exit_codes(tmp_path: Path, aml_settings) -> None:
     assert failed and all(path in bad.output for path in failed) and ": failed;" in bad.output
 
 
+@pytest.mark.slow
 def test_cli_drill_in_a_subprocess_then_health_exit_code(tmp_path: Path) -> None:
     """``aml <store> backup drill`` as an operator runs it: a good repository exits 0, a damaged one 2, and the
     next ``monitor health`` exits 2 (critical)."""

@@ -360,6 +360,7 @@ def test_prune_and_undo_with_a_non_utf8_agent(tmp_path: Path, aml_settings) -> N
         k: before[k][:2] for k in before if k.startswith(BAD_DIR)}
 
 
+@pytest.mark.slow
 def test_cli_backup_create_exits_0_and_prints_escaped_names(tmp_path: Path) -> None:
     store = _bad_store(tmp_path)
     env = runtime_env(tmp_path / "home", "redis://127.0.0.1:1/0")

@@ -266,6 +266,7 @@ def test_tasks_record_the_snapshot_and_use_the_keyspace_repository(aml_settings:
     assert restored["written"] == 50 and restored["backup_id"] == made["backup_id"] and client.dbsize() == 50
 
 
+@pytest.mark.slow
 def test_cli_create_list_verify_restore(port: int, tmp_path: Path) -> None:
     client = fresh_db(port, 9)
     for i in range(30):

@@ -89,6 +89,7 @@ def restic_repo(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[da
     return repo, times
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("policy", POLICIES, ids=lambda p: ",".join(f"{k}={v}" for k, v in p.items()))
 def test_rotation_keeps_what_restic_forget_keeps(restic_repo: tuple[Path, list[datetime]],
                                                  policy: dict[str, Any]) -> None:

@@ -122,6 +122,7 @@ def test_auto_is_incremental_then_rotates(tmp_path: Path, aml_settings) -> None:
     assert listed == [two["backup_id"]]
 
 
+@pytest.mark.slow
 def test_cli_backup_round_trip_and_verify_exit_code(tmp_path: Path) -> None:
     store = extract_loom("loom-gzip-v1.0", tmp_path)
     env = runtime_env(tmp_path / "home", "redis://127.0.0.1:1/0")

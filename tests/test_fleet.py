@@ -146,6 +146,7 @@ print(json.dumps(res.get(timeout=60)["report"]["status"]))
 """
 
 
+@pytest.mark.slow
 def test_plain_celery_process_enqueues_by_name(tmp_path: Path, fleet_env: dict[str, str]) -> None:
     """A process that cannot import aml (only Celery on sys.path) sends by name, with and without a queue,
     and through the copied client module; two workers with the README's commands serve it."""
@@ -513,6 +514,7 @@ def test_kill_pool_child_during_optimize_all_redelivers_and_compresses_every_col
 
 # -- a store held by a live operation is retried, never a success ---------------------------------------
 
+@pytest.mark.slow
 def test_locked_store_is_retried_on_the_worker(tmp_path: Path, fleet_env: dict[str, str]) -> None:
     from workers.locks import store_lock
 

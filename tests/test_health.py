@@ -211,6 +211,7 @@ def test_enqueue_runs_on_real_worker_and_catalog_records_it(tmp_path: Path, cele
     assert b"aml.health.check" in celery_worker_process.log.read_bytes()
 
 
+@pytest.mark.slow
 def test_html_report_is_self_contained_with_charts(tmp_path: Path) -> None:
     store = extract_loom("loom-plain-v1.0", tmp_path)
     env = runtime_env(tmp_path / "home", "redis://127.0.0.1:1/0")

@@ -276,6 +276,7 @@ def test_send_does_not_retry_4xx(aml_settings, recorder, monkeypatch) -> None:
     assert len(recorder.on("/hook")) == 1
 
 
+@pytest.mark.slow
 def test_worker_retries_a_500_and_health_is_not_held(tmp_path: Path, recorder, monkeypatch,
                                                      celery_worker_process) -> None:
     """On a real worker: health enqueues ``aml.notify.send``; Alertmanager answers 500 then 200."""

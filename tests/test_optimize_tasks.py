@@ -163,6 +163,7 @@ def test_demo_step(tmp_path: Path, aml_settings) -> None:
     assert ctx.notes and ctx.notes[-1].startswith("optimize:") and (root / INDEX_FILE).is_file()
 
 
+@pytest.mark.slow
 def test_queues_and_worker_keeps_its_record_cache(tmp_path: Path, celery_worker_process) -> None:
     from workers.app import current_aml_app
     app = current_aml_app()

@@ -199,6 +199,7 @@ def test_keyspace_ids() -> None:
     assert redact("redis://h:1/0") == "redis://h:1/0"
 
 
+@pytest.mark.slow
 def test_cli_trace_json_and_rdb(amaos_url: str, tmp_path: Path) -> None:
     env = {"AML_HOME": str(tmp_path / "home"), "AML_LOCK_URL": "none", "PATH": "/usr/bin:/bin",
            "AML_TRACE_FAMILIES": ",".join(FAMILIES)}

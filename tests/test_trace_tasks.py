@@ -198,6 +198,7 @@ def test_trace_runs_on_a_real_worker_sent_by_name(celery_worker_process, keyspac
     assert json.loads(lines[-1])["store"] == url
 
 
+@pytest.mark.slow
 def test_cli_export_import_clean_and_undo(tmp_path: Path, keyspace: tuple[str, redis.Redis]) -> None:
     import subprocess
     import sys
