@@ -39,6 +39,7 @@ from . import crypto
 from ._common import hostname
 from .errors import BackupError, CorruptionError, RepositoryNotFound, SnapshotNotFound, UnsafePathError
 from .listing import list_damaged_snapshots, list_snapshots
+from .lock import pid_alive
 from .manifest import DirTable, FileTable, check_relpath, load_manifest
 from .progress import ProgressCallback, Reporter
 from .repository import Repository, as_repository
@@ -175,16 +176,6 @@ def choose_snapshot(repo: Repository | str | os.PathLike[str], *,
 # scratch directories
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def _make_writable(path: str) -> None:
     """Give the owner full access to every directory below ``path`` (restored modes may forbid removal)."""
     stack = [path]
@@ -238,7 +229,7 @@ def sweep_scratch(scratch_root: str | os.PathLike[str]) -> list[str]:
             continue
         pid_text, _, rest = name[len(SCRATCH_PREFIX):].partition(".")
         host = rest.rpartition(".")[0]
-        if host != me or not pid_text.isdigit() or int(pid_text) == os.getpid() or _pid_alive(int(pid_text)):
+        if host != me or not pid_text.isdigit() or int(pid_text) == os.getpid() or pid_alive(int(pid_text)):
             continue
         path = os.path.join(root, name)
         if remove_scratch(path):

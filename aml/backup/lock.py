@@ -50,7 +50,8 @@ def process_start_time(pid: int) -> int | None:
         return None
 
 
-def _pid_alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """Whether process ``pid`` exists on this host (``kill(pid, 0)``; a process of another user counts as alive)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -96,7 +97,7 @@ class RepositoryLock:
     def _is_stale(self, doc: dict[str, Any]) -> bool:
         if doc.get("hostname") == hostname():
             pid = int(doc.get("pid", -1))
-            if pid <= 0 or not _pid_alive(pid):
+            if pid <= 0 or not pid_alive(pid):
                 return True
             start = doc.get("pid_start")
             return start is not None and process_start_time(pid) not in (None, start)
