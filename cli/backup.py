@@ -91,7 +91,7 @@ def init(ctx: typer.Context,
     """Create the store's backup repository (a first backup creates a plain one implicitly)."""
     repo = _engine_call(lambda: _repository(ctx))
     _engine_call(lambda: repo.init(encrypt=encrypt))
-    out = {"repository": str(repo.path), "encrypted": repo.encrypted, "id": repo.config.id}
+    out = {"repository": repo.url, "encrypted": repo.encrypted, "id": repo.config.id}
     if as_json:
         print_json(out)
         return
@@ -106,9 +106,9 @@ def key_list(ctx: typer.Context, as_json: JsonOpt = False) -> None:
     repo = _engine_call(lambda: _repository(ctx))
     keys = [k.to_dict() for k in _engine_call(repo.list_keys)]
     if as_json:
-        print_json({"repository": str(repo.path), "keys": keys})
+        print_json({"repository": repo.url, "keys": keys})
         return
-    table = Table(title=str(repo.path), header_style="bold")
+    table = Table(title=repo.url, header_style="bold")
     for col in ("id", "created", "host", "user", "kdf"):
         table.add_column(col)
     for k in keys:
@@ -128,7 +128,7 @@ def key_add(ctx: typer.Context,
     new = _read_password(new_password_file, "--new-password-file")
     key_id = _engine_call(lambda: repo.add_key(new))
     if as_json:
-        print_json({"repository": str(repo.path), "added": key_id})
+        print_json({"repository": repo.url, "added": key_id})
         return
     console.print(f"added key {key_id[:12]}")
 
@@ -140,7 +140,7 @@ def key_remove(ctx: typer.Context, key_id: Annotated[str, typer.Argument(help="K
     repo = _engine_call(lambda: _repository(ctx))
     _engine_call(lambda: repo.remove_key(key_id))
     if as_json:
-        print_json({"repository": str(repo.path), "removed": key_id})
+        print_json({"repository": repo.url, "removed": key_id})
         return
     console.print(f"removed key {key_id}")
 

@@ -133,7 +133,7 @@ def list_(self: Task, store: str) -> dict[str, Any]:
     infos = list_snapshots(repo) if repo.path.exists() else []
     damaged = [d.to_dict() for d in list_damaged_snapshots(repo)] if repo.path.exists() else []
     with session_scope(get_settings().catalog_url, write=False) as session:
-        rows = {b.backup_id: b for b in queries.list_backups(session, store_id) if b.repository == str(repo.path)}
+        rows = {b.backup_id: b for b in queries.list_backups(session, store_id) if b.repository == repo.url}
         out = []
         for info in infos:
             d = info.to_dict()
@@ -142,7 +142,7 @@ def list_(self: Task, store: str) -> dict[str, Any]:
             d["verify_status"] = row.verify_status if row else None
             d["verified_at"] = utc_iso_z(row.verified_at) if row and row.verified_at else None
             out.append(d)
-    return {"repository": str(repo.path), "store": store_id, "encrypted": is_encrypted(repo.path), "snapshots": out,
+    return {"repository": repo.url, "store": store_id, "encrypted": is_encrypted(repo.path), "snapshots": out,
             "damaged": damaged}
 
 
@@ -267,7 +267,7 @@ def _rotate(store_id: str, policy: RetentionPolicy, dry_run: bool, catalog: Cata
     result = rotate(repo, policy, dry_run=dry_run, orphan_grace=settings.backup_orphan_grace_hours * 3600)
     if not dry_run and result.removed:
         with catalog() as session:
-            queries.delete_backups(session, [d.backup_id for d in result.removed], repository=str(repo.path))
+            queries.delete_backups(session, [d.backup_id for d in result.removed], repository=repo.url)
     return result.to_dict()
 
 

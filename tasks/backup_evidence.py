@@ -8,6 +8,7 @@ the catalog marks as failed verification stays failed whatever the summary says.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from pathlib import Path
@@ -15,17 +16,39 @@ from typing import Any
 
 from sqlalchemy.orm import Session
 
+from aml.backup.storage import is_remote_url, redact_url
 from aml.health.checks import BackupEvidence
 from aml.store.timestamps import parse_timestamp
 from models import queries
 from workers.settings import Settings
 
 
-def repository_path(store_root: Path, settings: Settings) -> Path:
-    """The backup repository of a file store: ``AML_BACKUP_ROOT`` or ``<store>/../memory-backup``."""
+def repository_path(store_root: Path, settings: Settings) -> Path | str:
+    """The backup repository of a file store: ``AML_BACKUP_ROOT`` (a directory, or an ``sftp://`` or ``s3://``
+    URL, returned as a string) or ``<store>/../memory-backup``."""
     if settings.backup_root:
+        if is_remote_url(settings.backup_root):
+            return settings.backup_root
         return Path(settings.backup_root).expanduser()
     return store_root.parent / "memory-backup"
+
+
+def repository_cache(settings: Settings, url: str) -> Path:
+    """The local cache of a remote repository: ``$AML_HOME/backup-cache/<16 hex digits of the sha256 of its
+    URL without password>``."""
+    return settings.home / "backup-cache" / hashlib.sha256(redact_url(url).encode()).hexdigest()[:16]
+
+
+def repository_files(store_root: Path, settings: Settings) -> Path:
+    """Where the store's repository's files can be read on this host: the directory, or a remote one's cache."""
+    repo = repository_path(store_root, settings)
+    return repository_cache(settings, repo) if isinstance(repo, str) else repo
+
+
+def repository_name(store_root: Path, settings: Settings) -> str:
+    """The repository as the catalog names it: its path, or its URL without password."""
+    repo = repository_path(store_root, settings)
+    return redact_url(repo) if isinstance(repo, str) else str(repo)
 
 
 def _summary_entries(repo: Path) -> list[dict[str, Any]]:
@@ -59,7 +82,7 @@ def backup_evidence(session: Session, store_id: str, store_root: Path, settings:
         on another host), are.
     """
     found: dict[str, BackupEvidence] = {}
-    repo = repository_path(store_root, settings)
+    repo = repository_files(store_root, settings)
     here = os.path.realpath(store_root)
     shared = bool(settings.backup_root)
     for entry in _summary_entries(repo):
@@ -69,7 +92,7 @@ def backup_evidence(session: Session, store_id: str, store_root: Path, settings:
             continue
         if shared and _other_store(entry.get("source_path"), here):
             continue  # another store's snapshot in a shared AML_BACKUP_ROOT
-        found[backup_id] = BackupEvidence(backup_id, when, str(repo))
+        found[backup_id] = BackupEvidence(backup_id, when, repository_name(store_root, settings))
     for row in queries.list_backups(session, store_id):
         found[row.backup_id] = BackupEvidence(row.backup_id, row.created_at, "catalog", row.verify_status)
     return sorted(found.values(), key=lambda b: b.time)

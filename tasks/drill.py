@@ -29,7 +29,7 @@ from aml.backup import BackupError
 from aml.backup.drill import run_drill
 from aml.health.checks import DrillEvidence
 from models import queries
-from tasks.backup_evidence import repository_path
+from tasks.backup_evidence import repository_name
 from tasks.base import AmlTask, Catalog, run_operation, store_path
 from tasks.progress import task_progress
 from tasks.snapshots import is_keyspace, repository_for, store_id_of
@@ -91,7 +91,7 @@ def drill(self: Task, store: str, backup_id: str | None = None, agent: str | Non
         settings = get_settings()
         repo = repository_for(root, settings)
         with catalog() as session:
-            drill_id = queries.start_restore_drill(session, store=store_id, repository=str(repo.path),
+            drill_id = queries.start_restore_drill(session, store=store_id, repository=repo.url,
                                                    backup_id=backup_id, agent=agent, task_id=self.request.id).id
         started = time.monotonic()
         try:
@@ -104,7 +104,7 @@ def drill(self: Task, store: str, backup_id: str | None = None, agent: str | Non
             with catalog() as session:
                 queries.finish_restore_drill(session, drill_id, status="error", duration_s=round(duration, 6),
                                              error=error)
-            return _error_result(drill_id, backup_id, agent, str(repo.path), error, duration)
+            return _error_result(drill_id, backup_id, agent, repo.url, error, duration)
         except BaseException as exc:  # a bug, a time limit: the row must not stay "running"
             try:
                 with catalog() as session:
@@ -146,7 +146,7 @@ def drill_evidence(session: Session, store_id: str, store_root: Path, settings: 
         passes), newest first.
     """
     now = now or datetime.now(UTC)
-    repo = str(repository_path(store_root, settings))
+    repo = repository_name(store_root, settings)
     since = now - timedelta(days=settings.drill_max_age_days)
     rows = queries.list_restore_drills(session, store=store_id, repository=repo, since=since,
                                        statuses=("passed", "failed", "error"), limit=500)

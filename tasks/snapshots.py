@@ -16,9 +16,10 @@ from sqlalchemy.orm import Session
 
 from aml.backup import BackupError, Repository, SnapshotResult, create_snapshot
 from aml.backup.progress import ProgressCallback
+from aml.backup.storage import StorageOptions, is_remote_url
 from aml.trace.live import keyspace_id
 from models import queries
-from tasks.backup_evidence import repository_path
+from tasks.backup_evidence import repository_cache, repository_path
 from tasks.base import Catalog, normalize_store, store_path
 from workers.settings import Settings
 
@@ -49,10 +50,27 @@ def backup_password(settings: Settings) -> bytes | None:
     return password
 
 
+def storage_options(settings: Settings) -> StorageOptions:
+    """How to reach a remote backup repository: ``AML_BACKUP_TIMEOUT``, ``AML_BACKUP_SFTP_KEY_FILE``,
+    ``AML_BACKUP_SFTP_KNOWN_HOSTS``."""
+    return StorageOptions(timeout=settings.backup_timeout, sftp_key_file=settings.backup_sftp_key_file,
+                          sftp_known_hosts=settings.backup_sftp_known_hosts)
+
+
+def open_repository(location: Path | str, settings: Settings) -> Repository:
+    """A :class:`Repository` at a path or remote URL, with the password of ``AML_BACKUP_PASSWORD_FILE`` when
+    set (used only if the repository is encrypted) and, for a remote one, its cache under ``AML_HOME`` and the
+    storage options of :func:`storage_options`."""
+    if isinstance(location, str) and is_remote_url(location):
+        return Repository(location, password=backup_password(settings), cache_dir=repository_cache(settings, location),
+                          storage_options=storage_options(settings))
+    return Repository(Path(location).expanduser(), password=backup_password(settings))
+
+
 def repository_for(store_root: Path, settings: Settings) -> Repository:
-    """The backup repository of a file store (``AML_BACKUP_ROOT`` or ``<store>/../memory-backup``), with the
-    password of ``AML_BACKUP_PASSWORD_FILE`` when set (used only if the repository is encrypted)."""
-    return Repository(repository_path(store_root, settings), password=backup_password(settings))
+    """The backup repository of a file store (``AML_BACKUP_ROOT`` or ``<store>/../memory-backup``), opened
+    with :func:`open_repository`."""
+    return open_repository(repository_path(store_root, settings), settings)
 
 
 def is_keyspace(store: str) -> bool:
@@ -71,7 +89,7 @@ def keyspace_repository(store: str, settings: Settings) -> Repository:
     ``$AML_HOME/keyspace-backups/<first 16 hex digits of the sha256 of the keyspace id>`` (one per
     server and database; the password never enters the name)."""
     if settings.backup_root:
-        return Repository(Path(settings.backup_root).expanduser(), password=backup_password(settings))
+        return open_repository(settings.backup_root, settings)
     digest = hashlib.sha256(keyspace_id(store).encode()).hexdigest()[:16]
     return Repository(settings.home / "keyspace-backups" / digest, password=backup_password(settings))
 

@@ -72,7 +72,7 @@ def verify(self: Task, store: str, backup_id: str | None = None, read_data: bool
                           "problems": [{"kind": p.kind, "location": p.location, "message": p.message}
                                        for p in result.errors if bid in p.snapshots][:20]}
                 queries.set_backup_verification(session, backup_id=bid, status=states[bid],
-                                                detail=detail, verified_at=now, repository=str(repo.path))
+                                                detail=detail, verified_at=now, repository=repo.url)
         if backup_id is not None and backup_id not in states:
             raise ValueError(f"no snapshot {backup_id} in {repo.path}")
         out = result.to_dict()

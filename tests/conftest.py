@@ -9,7 +9,7 @@ import pytest
 
 from tests.realdata import extract_loom
 
-pytest_plugins = ["tests.fixtures_runtime"]
+pytest_plugins = ["tests.fixtures_runtime", "tests.s3_server", "tests.sftp_server"]
 
 
 @pytest.fixture(scope="session")

@@ -33,6 +33,8 @@ DERIVED_DEFAULTS: dict[str, str] = {
     "beat_schedule": "empty",
     "backup_root": "<store>/../memory-backup",
     "backup_password_file": "empty",
+    "backup_sftp_key_file": "the SSH agent and ~/.ssh/id_*",
+    "backup_sftp_known_hosts": "~/.ssh/known_hosts",
     "session_limits": "empty",
     "alertmanager_url": "empty",
     "alert_webhook_url": "empty",
@@ -70,7 +72,16 @@ class Settings(BaseSettings):
     beat_schedule: Annotated[dict[str, str], NoDecode] = Field(
         default_factory=dict, description="beat times replacing the seeds' per task, `;`-separated: "
         "`TASK=SECONDS` or `TASK=CRON` (5 fields, UTC), e.g. `aml.health.check=300; aml.prune.run=0 4 * * sat`")
-    backup_root: str | None = Field(None, description="backup repository")
+    backup_root: str | None = Field(None, description="backup repository: a directory, "
+                                    "`sftp://[user@]host[:port]/path` or `s3://bucket[/prefix]` (S3 endpoint and "
+                                    "credentials from boto3's usual settings: AWS_ENDPOINT_URL_S3, "
+                                    "AWS_ACCESS_KEY_ID, ...)")
+    backup_timeout: float = Field(60.0, gt=0, description="seconds one operation on a remote backup repository "
+                                  "(SFTP, S3) may take before the command fails, leaving no visible broken snapshot")
+    backup_sftp_key_file: str | None = Field(None, description="private key for an `sftp://` backup repository "
+                                             "(default: the SSH agent and ~/.ssh/id_*)")
+    backup_sftp_known_hosts: str | None = Field(None, description="known_hosts file the SFTP server's host key must "
+                                                "be in (default ~/.ssh/known_hosts); an unknown key is refused")
     backup_password_file: str | None = Field(None, description="file holding the password of an encrypted backup "
                                              "repository (`backup init --encrypt`); one line, read by the process "
                                              "that opens the repository, never passed in task arguments")

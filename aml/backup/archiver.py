@@ -37,7 +37,7 @@ from aml.store.documents import AGENT_FILES, base_name, read_document
 from aml.store.names import text_names
 from aml.store.timestamps import require_timestamp, utc_iso_z
 
-from . import crypto
+from . import crypto, remote
 from ._common import TMP_PREFIX, hostname
 from ._fs import DirFds, open_root
 from .errors import BackupError, CorruptionError, SnapshotNotFound
@@ -391,7 +391,9 @@ def _dictionary(
     if d is not None:
         ddir.mkdir(exist_ok=True)
         name = hasher(d.raw).hexdigest()  # the sha256 of a plain repository's dictionary, keyed if encrypted
-        atomic_write(ddir / f"{name}.zdict", crypto.seal_for(key, d.raw, b"dict"), mode=0o444)
+        sealed = crypto.seal_for(key, d.raw, b"dict")
+        atomic_write(ddir / f"{name}.zdict", sealed, mode=0o444)
+        remote.published(repo.path, ddir / f"{name}.zdict", sealed)
     return d
 
 
@@ -707,7 +709,7 @@ def create_snapshot(
         parent_backup_id=m.parent_backup_id,
         time=utc_iso_z(start),
         source_path=source,
-        repository=str(root),
+        repository=repo.url,
         file_count=len(table),
         dir_count=len(dirs),
         total_size_bytes=total_size,

@@ -44,17 +44,18 @@ from aml.store.atomic import atomic_write
 from aml.store.names import text_names
 from aml.store.timestamps import utc_iso_z
 
-from . import crypto
+from . import crypto, remote
 from ._common import TMP_PREFIX
 from .crypto import parse_key_slot
 from .errors import BackupError, CorruptionError, SnapshotNotFound, UnsafePathError
 from .index import list_pack_ids, load_index
 from .manifest import Manifest, load_body, read_header
-from .pack import PackReader, open_pack, pack_path
+from .pack import PackReader, open_pack
 from .progress import ProgressCallback, Reporter
 from .repository import Repository, as_repository
 from .restorer import validate_tables
 from .retention import ORPHAN_GRACE
+from .storage import StorageError
 
 VERIFY_STATE = "verify_state.json"
 
@@ -272,7 +273,8 @@ def check(
                 missing_packs.append(pack_id)
                 pack_ok[pack_id] = False
                 continue
-            actual = os.stat(pack_path(root, pack_id)).st_size
+            stat = remote.pack_stat(root, pack_id)
+            actual = -1 if stat is None else stat[0]
             if actual != size:
                 # named with its objects, snapshots and files below, once the manifests are read; restore
                 # refuses such a pack, so it is not read back either
@@ -283,19 +285,19 @@ def check(
         now_s = time.time()
         orphan_stats: list[tuple[str, int, float]] = []  # (pack id, bytes, mtime)
         for pack_id in sorted(on_disk - set(index.packs)):
-            try:
-                pst = os.stat(pack_path(root, pack_id))
-            except FileNotFoundError:
+            pst = remote.pack_stat(root, pack_id)
+            if pst is None:
                 continue  # removed meanwhile
-            orphan_stats.append((pack_id, pst.st_size, pst.st_mtime))
-            age = max(0.0, now_s - pst.st_mtime)
+            size_b, mtime = pst
+            orphan_stats.append((pack_id, size_b, mtime))
+            age = max(0.0, now_s - mtime)
             when = "rotate removes it" if age > orphan_grace else (
                 f"rotate removes it once older than {orphan_grace / 3600:g} h (a backup may still be writing it)")
             res.warnings.append(
                 Problem(
                     "pack_unindexed",
                     f"packs/{pack_id[:2]}/{pack_id}",
-                    f"pack in no index file ({pst.st_size} bytes, {age / 3600:.1f} h old; left by an interrupted "
+                    f"pack in no index file ({size_b} bytes, {age / 3600:.1f} h old; left by an interrupted "
                     f"backup); {when}",
                 )
             )
@@ -471,7 +473,9 @@ def check(
             rep.done()
             state = {p: t for p, t in state.items() if p in index.packs}
             with contextlib.suppress(OSError):
-                atomic_write(root / VERIFY_STATE, json.dumps({"version": 1, "packs": state}, indent=0).encode())
+                state_doc = json.dumps({"version": 1, "packs": state}, indent=0).encode()
+                atomic_write(root / VERIFY_STATE, state_doc)
+                remote.published(root, root / VERIFY_STATE, state_doc)
             if include_legacy:
                 from .legacy import verify_legacy
 
@@ -537,9 +541,8 @@ def _key_slot_names(keys_dir: Path) -> list[str]:
 def _verify_pack(root: Path, pack_id: str, entries: list[tuple[str, int, int, int]]) -> _PackOutcome:
     out = _PackOutcome()
     try:
-        with open(pack_path(root, pack_id), "rb", buffering=0) as fh:
-            data = fh.read()
-    except OSError as exc:
+        data = remote.stored_pack(root, pack_id)
+    except (OSError, StorageError) as exc:
         out.size = -1
         out.error = f"unreadable: {exc}"
         out.bad = [e[0] for e in entries]

@@ -438,7 +438,7 @@ def run_drill(
     with lock:  # no forget/prune between choosing the snapshot and the end of its restore
         chosen = backup_id or choose_snapshot(repo, source=source)
         scratch = tempfile.mkdtemp(prefix=f"{SCRATCH_PREFIX}{os.getpid()}.{hostname()}.", dir=root)
-        res = DrillResult(backup_id=chosen, agent=agent, repository=str(repo.path), scratch=scratch)
+        res = DrillResult(backup_id=chosen, agent=agent, repository=repo.url, scratch=scratch)
         try:
             _drill(repo, chosen, agent, scratch, source, lock_wait, progress, res)
         finally:

@@ -16,14 +16,13 @@ from __future__ import annotations
 
 import itertools
 import mmap
-import os
 import queue
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
-from . import crypto
+from . import crypto, remote
 from .errors import CorruptionError
 from .index import Index
 from .manifest import FileTable
@@ -47,10 +46,8 @@ def missing_objects(root: Path, index: Index, files: FileTable, sel: list[int]) 
     needed_packs = {index.objects[o][0] for i in sel for o in files.objects_of(i) if o in index.objects}
     lost = set()
     for pack_id in needed_packs:
-        try:
-            if os.stat(pack_path(root, pack_id)).st_size != index.packs[pack_id]:
-                lost.add(pack_id)
-        except FileNotFoundError:
+        stat = remote.pack_stat(root, pack_id)
+        if stat is None or stat[0] != index.packs[pack_id]:
             lost.add(pack_id)
     needed = {o for i in sel for o in files.objects_of(i)}
     return sorted(o for o in needed if o not in index.objects or index.objects[o][0] in lost)
@@ -108,9 +105,13 @@ def _read_pack(
     verify: bool,
 ) -> Iterator[Group]:
     """Read ``items`` (objects of one pack, in offset order) from one memory-mapped pack."""
+    mm: Any
     try:
-        with open(pack_path(root, pack_id), "rb") as fh:
-            mm = mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ)
+        if remote.mirror_for(root) is None:
+            with open(pack_path(root, pack_id), "rb") as fh:
+                mm = mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ)
+        else:
+            mm = remote.stored_pack(root, pack_id)  # one download per pack
     except (OSError, ValueError) as exc:
         for it in items:
             yield it[5], None, f"pack {pack_id} unreadable: {exc}"
@@ -129,7 +130,8 @@ def _read_pack(
                 yield idxs, None, f"pack {pack_id}: {exc}"
         del reader
     finally:
-        mm.close()
+        if isinstance(mm, mmap.mmap):
+            mm.close()
 
 
 def _read_chunked(

@@ -30,10 +30,10 @@ from typing import Any
 
 from aml.store.atomic import atomic_write
 
-from . import crypto
+from . import crypto, remote
 from ._common import TMP_PREFIX
 from .errors import CorruptionError
-from .pack import PackInfo, open_pack, pack_path, parse_trailer
+from .pack import PackInfo, open_pack, parse_trailer
 
 INDEX_FORMAT = "aml-index"
 INDEX_VERSION = 1
@@ -154,6 +154,7 @@ def write_index(root: Path | str, packs: Iterable[PackInfo], supersedes: Iterabl
     path = root / "index" / f"{index_id}.json"
     if not path.exists():
         atomic_write(path, data, mode=0o444)
+        remote.published(root, path, data)
     return index_id
 
 
@@ -273,7 +274,7 @@ def rebuild_index(root: Path | str) -> tuple[str, list[str], list[str]]:
     unreadable: list[str] = []
     damaged: list[str] = []
     for pack_id in list_pack_ids(root):
-        data = pack_path(root, pack_id).read_bytes()
+        data = remote.stored_pack(root, pack_id)
         if hashlib.sha256(data).hexdigest() != pack_id:
             damaged.append(pack_id)
         try:
@@ -285,13 +286,16 @@ def rebuild_index(root: Path | str) -> tuple[str, list[str], list[str]]:
     new_id = write_index(root, infos, supersedes=old)
     for index_id in old:
         if index_id != new_id:
-            (root / "index" / f"{index_id}.json").unlink(missing_ok=True)
+            remote.removed(root, root / "index" / f"{index_id}.json")
     return new_id, unreadable, damaged
 
 
 def list_pack_ids(root: Path | str) -> list[str]:
     """Return the ids of every pack file present under ``packs/`` (sorted), skipping temporary files."""
     root = Path(root)
+    listed = remote.pack_ids(root)
+    if listed is not None:
+        return listed
     packs_dir = root / "packs"
     out: list[str] = []
     try:

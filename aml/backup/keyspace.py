@@ -271,7 +271,7 @@ def create_keyspace_snapshot(
         update_summary(root, add=[summary_entry(root, m)])
     return KeyspaceSnapshotResult(
         backup_id=backup_id, backup_type=backup_type, parent_backup_id=m.parent_backup_id, time=utc_iso_z(start),
-        source_path=source, repository=str(root), file_count=len(table), dir_count=0, total_size_bytes=total,
+        source_path=source, repository=repo.url, file_count=len(table), dir_count=0, total_size_bytes=total,
         files_read=len(rows), bytes_read=total, files_unchanged=unchanged, objects_added=len(added),
         bytes_added=bytes_added, stored_bytes=stored_bytes, packs_written=len(packs), index_id=index_id,
         tags=tags, description=description, duration_seconds=round(time.monotonic() - t0, 6),

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import fnmatch
 import itertools
-import mmap
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,13 +22,13 @@ import redis
 from aml.store.timestamps import require_timestamp
 from aml.trace.keyspace import Entry, import_entries
 
-from . import crypto
+from . import crypto, remote
 from .errors import BackupError, CorruptionError, SnapshotNotFound
 from .index import load_index
 from .keyspace import decode_object, is_keyspace_manifest, path_to_key
 from .listing import list_snapshots
 from .manifest import Manifest, load_manifest
-from .pack import PackReader, open_pack, pack_path
+from .pack import PackReader, open_pack
 from .repository import Repository, as_repository
 
 __all__ = ["KeyspaceEntries", "read_keyspace_snapshot", "resolve_keyspace_at", "restore_keyspace"]
@@ -108,7 +107,7 @@ def read_keyspace_snapshot(repo: Repository | str | os.PathLike[str], backup_id:
     for pack_id, group in itertools.groupby(located, key=lambda t: t[0]):
         items = list(group)
         try:
-            with open(pack_path(root, pack_id), "rb") as fh, mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as mm:
+            with remote.pack_buffer(root, pack_id) as mm:
                 reader = PackReader(open_pack(key_, pack_id, mm), pack_id, hasher)
                 for _, off, ln, size, oid, i, key in items:
                     expire_ns = files.mtime_ns[i]

@@ -5,6 +5,9 @@ A lock is a file ``locks/<random>.json`` holding ``{"exclusive", "operation", "h
 an exclusive lock conflicts with any other lock, a shared lock with exclusive ones. On conflict it
 removes its own file and waits (up to ``wait`` seconds) or raises :class:`LockError`.
 
+A remote repository (:mod:`aml.backup.remote`) keeps its lock files in the storage (``locks/<random>.json``
+objects), so that hosts sharing it see each other's locks; a local one in its ``locks/`` directory.
+
 Stale locks are removed: on the same host, a lock whose pid is gone or whose pid now belongs to a
 process started at another time (pid reuse); on another host, a lock not refreshed for
 :data:`STALE_AFTER` seconds (long operations call :meth:`RepositoryLock.refresh`).
@@ -25,8 +28,10 @@ from typing import Any
 from aml.store.atomic import atomic_write
 from aml.store.timestamps import require_timestamp, utc_iso_z
 
+from . import remote
 from ._common import TMP_PREFIX, hostname
 from .errors import LockError
+from .storage import StorageNotFound
 
 STALE_AFTER = 30 * 60
 """Seconds after which a lock from another host that was not refreshed counts as stale."""
@@ -107,24 +112,55 @@ class RepositoryLock:
             return False
         return age > STALE_AFTER
 
+    # where lock files live: the local locks/ directory, or a remote repository's storage
+    def _names(self) -> list[str]:
+        mirror = remote.mirror_for(self.root)
+        if mirror is not None:
+            return [o.name[len("locks/"):] for o in mirror.storage.list("locks/")]
+        return os.listdir(self.root / "locks")
+
+    def _get(self, name: str) -> bytes:
+        mirror = remote.mirror_for(self.root)
+        if mirror is not None:
+            try:
+                return mirror.storage.read(f"locks/{name}")
+            except StorageNotFound:
+                raise FileNotFoundError(name) from None
+        return (self.root / "locks" / name).read_bytes()
+
+    def _put(self, path: Path) -> None:
+        data = json.dumps(self._doc()).encode()
+        mirror = remote.mirror_for(self.root)
+        if mirror is not None:
+            mirror.storage.write(f"locks/{path.name}", data, once=False)
+        else:
+            atomic_write(path, data, fsync=False, sync_dir=False)
+
+    def _drop(self, path: Path) -> None:
+        mirror = remote.mirror_for(self.root)
+        if mirror is not None:
+            mirror.storage.delete(f"locks/{path.name}")
+        else:
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
+
     def _conflicts(self) -> list[str]:
         locks_dir = self.root / "locks"
         out = []
-        for name in os.listdir(locks_dir):
+        for name in self._names():
             if name.startswith(TMP_PREFIX) or not name.endswith(".json"):
                 continue
             path = locks_dir / name
             if self.path is not None and path == self.path:
                 continue
             try:
-                doc = json.loads(path.read_bytes())
+                doc = json.loads(self._get(name))
             except FileNotFoundError:
                 continue
             except (ValueError, OSError):
                 continue  # half-written by a crashed process: atomic writes make this rare; ignore
             if self._is_stale(doc):
-                with contextlib.suppress(FileNotFoundError):
-                    path.unlink()
+                self._drop(path)
                 self.removed_stale.append(name)
                 continue
             if self.exclusive or doc.get("exclusive"):
@@ -141,19 +177,29 @@ class RepositoryLock:
         Returns:
             self.
 
+        For a remote repository the cache is then brought up to date (:func:`aml.backup.remote.pull`).
+
         Raises:
             LockError: a conflicting live lock is still held after ``wait`` seconds.
-            OSError: if the lock file cannot be written.
+            OSError: if the lock file cannot be written (StorageError for a remote repository).
         """
         locks_dir = self.root / "locks"
         locks_dir.mkdir(parents=True, exist_ok=True)
         deadline = time.monotonic() + self.wait
         while True:
             self.path = locks_dir / f"{secrets.token_hex(16)}.json"
-            atomic_write(self.path, json.dumps(self._doc()).encode(), fsync=False, sync_dir=False)
+            self._put(self.path)
             self._refreshed = time.monotonic()
             conflicts = self._conflicts()
             if not conflicts:
+                mirror = remote.mirror_for(self.root)
+                if mirror is not None:
+                    # what other hosts wrote before this lock was held (a prune must see every snapshot)
+                    try:
+                        remote.pull(mirror)
+                    except BaseException:
+                        self.release()
+                        raise
                 return self
             self.release()
             if time.monotonic() >= deadline:
@@ -163,7 +209,7 @@ class RepositoryLock:
     def refresh(self) -> None:
         """Rewrite the lock file's time so other hosts do not consider it stale."""
         if self.path is not None:
-            atomic_write(self.path, json.dumps(self._doc()).encode(), fsync=False, sync_dir=False)
+            self._put(self.path)
             self._refreshed = time.monotonic()
 
     def maybe_refresh(self) -> None:
@@ -174,8 +220,7 @@ class RepositoryLock:
     def release(self) -> None:
         """Remove the lock file (idempotent)."""
         if self.path is not None:
-            with contextlib.suppress(FileNotFoundError):
-                self.path.unlink()
+            self._drop(self.path)
             self.path = None
 
     def __enter__(self) -> RepositoryLock:

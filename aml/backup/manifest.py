@@ -63,9 +63,10 @@ import zstandard
 from aml.store.atomic import atomic_write, fsync_dir
 from aml.store.timestamps import require_timestamp, utc_iso_z
 
-from . import crypto
+from . import crypto, remote
 from ._common import TMP_PREFIX, canonical_json
 from .errors import CorruptionError, SnapshotNotFound, UnsafePathError
+from .storage import StorageExists
 
 MANIFEST_FORMAT = "aml-snapshot"
 BODY_FORMAT = "aml-snapshot-files"
@@ -442,6 +443,7 @@ def write_manifest(
     body_path = bodies / f"{m.body_sha256}.zst"
     if not body_path.exists():
         atomic_write(body_path, body, mode=0o444)
+        remote.published(root, body_path, body)
     base = m.backup_id
     snaps = root / "snapshots"
     n = 1
@@ -461,6 +463,11 @@ def write_manifest(
         finally:
             tmp.unlink(missing_ok=True)
         fsync_dir(snaps)
+        try:
+            remote.published(root, snaps / f"{cand}.json", header)  # last: the snapshot is visible from here on
+        except StorageExists:  # another host published this name since the cache was pulled
+            (snaps / f"{cand}.json").unlink(missing_ok=True)
+            continue
         return cand
 
 

@@ -50,7 +50,7 @@ import zstandard
 
 from aml.store.atomic import atomic_write
 
-from . import crypto
+from . import crypto, remote
 from .errors import CorruptionError
 
 PACK_MAGIC = b"AMLPACK\x02"
@@ -329,6 +329,7 @@ class PackWriter:
         if not _intact(path, pack_id):  # an identical pack may exist (repack); a damaged copy is replaced
             path.parent.mkdir(parents=True, exist_ok=True)
             atomic_write(path, body, mode=0o444)
+            remote.published(self.root, path, body)
         return PackInfo(pack_id, len(body), [PackEntry(*e) for e in entries])
 
     def flush(self) -> list[PackInfo]:
@@ -406,8 +407,7 @@ def read_pack(root: Path, pack_id: str) -> bytes:
         FileNotFoundError: if the pack is missing.
         CorruptionError: an encrypted pack does not authenticate.
     """
-    with open(pack_path(root, pack_id), "rb", buffering=0) as fh:
-        return open_pack(crypto.key_for(root), pack_id, fh.read())
+    return open_pack(crypto.key_for(root), pack_id, remote.stored_pack(root, pack_id))
 
 
 def open_pack(key: crypto.MasterKey | None, pack_id: str, data: Any) -> Any:

@@ -36,7 +36,7 @@ from typing import Any
 
 from aml.store.atomic import fsync_dir
 
-from . import crypto
+from . import crypto, remote
 from ._common import TMP_PREFIX
 from .errors import CorruptionError, SnapshotNotFound
 from .index import Index, list_index_ids, list_pack_ids, load_index, write_index
@@ -241,11 +241,7 @@ def _unindexed_packs(root: Path, index: Index, cutoff: float, res: PruneResult) 
     sizes = {}
     mtimes = {}
     for p in on_disk:
-        try:
-            st = os.stat(pack_path(root, p))
-            sizes[p], mtimes[p] = st.st_size, st.st_mtime
-        except FileNotFoundError:
-            sizes[p], mtimes[p] = 0, 0.0
+        sizes[p], mtimes[p] = remote.pack_stat(root, p) or (0, 0.0)
     res.bytes_before = sum(sizes.values())
     unindexed = []
     for p in on_disk:
@@ -322,18 +318,18 @@ def _do_prune(repo: Repository, plan: _PrunePlan, res: PruneResult, progress: Pr
         new_id = write_index(root, kept_infos + new_packs, supersedes=old_ids)
         for old in old_ids:
             if old != new_id:
-                (root / "index" / f"{old}.json").unlink(missing_ok=True)
+                remote.removed(root, root / "index" / f"{old}.json")
         fsync_dir(root / "index")
         res.index_files_replaced = len([o for o in old_ids if o != new_id])
     written = {p.id for p in new_packs}  # a repacked pack can come out byte-identical: keep it
     for p in plan.delete + plan.repack + plan.unindexed:
         if p not in written:
-            pack_path(root, p).unlink(missing_ok=True)
+            remote.removed(root, pack_path(root, p))
     for n in plan.body_files:
-        (repo.bodies_dir / n).unlink(missing_ok=True)
+        remote.removed(root, repo.bodies_dir / n)
     after = list_pack_ids(root)
     res.packs_after = len(after)
-    res.bytes_after = sum(os.stat(pack_path(root, p)).st_size for p in after)
+    res.bytes_after = sum((remote.pack_stat(root, p) or (0, 0.0))[0] for p in after)
 
 
 def _repack(repo: Repository, plan: _PrunePlan, progress: ProgressCallback | None) -> list[PackInfo]:

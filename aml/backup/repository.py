@@ -23,6 +23,10 @@ An encrypted repository (``init(encrypt=True, password=...)``) has an ``"encrypt
 open it with ``Repository(path, password=...)``.
 
 The default repository of a store at ``S`` is ``S/../memory-backup`` (the seeds' convention).
+
+A repository on another host is named by URL (``sftp://user@host/path``, ``s3://bucket/prefix``, see
+:mod:`aml.backup.storage`): ``path`` is then a local cache of its small objects, written through to the
+storage (:mod:`aml.backup.remote`), and ``url`` names the repository in messages.
 """
 
 from __future__ import annotations
@@ -38,10 +42,11 @@ from typing import Any
 from aml.store.atomic import atomic_write, fsync_dir
 from aml.store.timestamps import utc_iso_z
 
-from . import crypto
+from . import crypto, remote
 from ._common import TMP_PREFIX
 from .errors import BackupError, PasswordRequired, RepositoryFormatError, RepositoryNotFound, WrongPassword
 from .lock import RepositoryLock
+from .storage import Storage, StorageExists, StorageOptions, is_remote_url, open_storage, redact_url
 
 REPO_FORMAT = "aml-backup-repository"
 REPO_VERSION = 1
@@ -150,18 +155,55 @@ class Repository:
     them without touching them.
 
     Args:
-        path: the repository directory.
+        path: the repository directory, or the URL of a remote repository (``sftp://``, ``s3://``).
         password: the password of an encrypted repository (ignored by a plain one). Never stored on disk.
+        cache_dir: a remote repository's cache directory (default
+            :func:`aml.backup.remote.default_cache_dir`); ignored for a local one.
+        storage_options: timeouts and credentials of a remote repository.
+        storage: a storage to use as the repository (any :class:`Storage`; ``path`` then only names it in
+            messages and ``cache_dir`` is required).
+
+    Raises:
+        StorageError: a malformed or unsupported URL.
     """
 
-    def __init__(self, path: str | os.PathLike[str], *, password: str | bytes | None = None) -> None:
-        self.path = Path(os.path.abspath(os.fspath(path)))
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        password: str | bytes | None = None,
+        cache_dir: str | os.PathLike[str] | None = None,
+        storage_options: StorageOptions | None = None,
+        storage: Storage | None = None,
+    ) -> None:
+        location = os.fspath(path)
+        self.storage = storage
+        if storage is not None or (isinstance(location, str) and is_remote_url(location)):
+            if storage is None:
+                self.url = redact_url(location)
+                self.storage = open_storage(location, storage_options)
+            else:
+                if cache_dir is None:
+                    raise ValueError("a Repository given a storage needs a cache_dir")
+                self.url = storage.url
+            assert self.storage is not None
+            self.path = Path(os.path.abspath(cache_dir or remote.default_cache_dir(self.url)))
+            remote.attach(self.path, self.storage)
+        else:
+            self.path = Path(os.path.abspath(location))
+            self.url = str(self.path)
         self._config: RepositoryConfig | None = None
         self._password = password.encode() if isinstance(password, str) else password
         self._unlocked_id: str | None = None
+        self._pulled = False
 
     def __repr__(self) -> str:
-        return f"Repository({str(self.path)!r})"
+        return f"Repository({self.url!r})"
+
+    @property
+    def remote(self) -> bool:
+        """Whether the repository is on another host (``path`` is then its local cache)."""
+        return self.storage is not None
 
     @classmethod
     def for_store(cls, store_root: str | os.PathLike[str]) -> Repository:
@@ -200,7 +242,13 @@ class Repository:
         return self.path / SUMMARY_FILE
 
     def is_initialized(self) -> bool:
-        """True if ``config.json`` exists."""
+        """True if ``config.json`` exists (in the storage, for a remote repository).
+
+        Raises:
+            StorageError: a remote storage cannot be reached.
+        """
+        if self.storage is not None:
+            return self.storage.stat("config.json") is not None
         return (self.path / "config.json").is_file()
 
     # lifecycle ------------------------------------------------------------------------------------
@@ -239,10 +287,12 @@ class Repository:
         if self.is_initialized():
             if exist_ok:
                 return self.open()
-            raise BackupError(f"{self.path}: repository already initialised")
+            raise BackupError(f"{self.url}: repository already initialised")
         if encrypt and not self._password:
-            raise PasswordRequired(f"an encrypted repository needs a password: {self.path}")
+            raise PasswordRequired(f"an encrypted repository needs a password: {self.url}")
         self.path.mkdir(parents=True, exist_ok=True)
+        if self.storage is not None:
+            self._pull()  # an empty cache, whatever an earlier attempt left
         master: crypto.MasterKey | None = None
         if encrypt:
             assert self._password is not None
@@ -274,6 +324,11 @@ class Repository:
         finally:
             tmp.unlink(missing_ok=True)
         fsync_dir(self.path)
+        if self.storage is not None:
+            try:
+                remote.published(self.path, self.path / "config.json", data)  # after the key slot
+            except StorageExists:  # initialised concurrently from elsewhere: that one is the repository
+                self._pull()
         self._config = None
         if master is not None and json.loads((self.path / "config.json").read_bytes()).get("id") == config.id:
             crypto.register(self.path, config.id, master)
@@ -293,10 +348,12 @@ class Repository:
             WrongPassword: encrypted, and no key slot opens with the password.
         """
         path = self.path / "config.json"
+        if self.storage is not None and not self._pulled:
+            self._pull()
         try:
             raw = path.read_bytes()
         except FileNotFoundError as exc:
-            raise RepositoryNotFound(f"{self.path}: not an aml backup repository (no config.json)") from exc
+            raise RepositoryNotFound(f"{self.url}: not an aml backup repository (no config.json)") from exc
         try:
             doc = json.loads(raw)
         except ValueError as exc:
@@ -305,6 +362,20 @@ class Repository:
         if config.encrypted:
             self._unlock(config)
         self._config = config
+        return self
+
+    def _pull(self) -> None:
+        mirror = remote.mirror_for(self.path)
+        assert mirror is not None and self.storage is not None
+        remote.pull(mirror)
+        self._pulled = True
+
+    def refresh(self) -> Repository:
+        """Re-read a remote repository's small objects into the cache (what other hosts wrote since);
+        nothing to do for a local one. Returns self."""
+        if self.storage is not None:
+            self._pull()
+            self._config = None
         return self
 
     # encryption -----------------------------------------------------------------------------------
@@ -327,7 +398,7 @@ class Repository:
                 crypto.register(self.path, config.id, master)
                 self._unlocked_id = config.id
                 return
-        raise WrongPassword(f"wrong password or no key slot for it: {self.path}")
+        raise WrongPassword(f"wrong password or no key slot for it: {self.url}")
 
     def _slots(self) -> list[tuple[crypto.KeySlot, dict[str, Any]]]:
         out: list[tuple[crypto.KeySlot, dict[str, Any]]] = []
@@ -347,6 +418,7 @@ class Repository:
     def _write_key(self, master: crypto.MasterKey, password: bytes, kdf: dict[str, int] | None) -> str:
         key_id, raw = crypto.make_key_slot(master, password, kdf=kdf)
         atomic_write(self.keys_dir / key_id, raw, mode=0o400)
+        remote.published(self.path, self.keys_dir / key_id, raw)
         return key_id
 
     @property
@@ -375,7 +447,7 @@ class Repository:
         """
         master = self.master_key()
         if master is None:
-            raise BackupError(f"repository is not encrypted: {self.path}")
+            raise BackupError(f"repository is not encrypted: {self.url}")
         return self._write_key(master, password.encode() if isinstance(password, str) else password, kdf)
 
     def remove_key(self, key_id: str) -> None:
@@ -385,14 +457,14 @@ class Repository:
             BackupError: not encrypted, no such slot, ambiguous prefix, or it is the last slot.
         """
         if self.master_key() is None:
-            raise BackupError(f"repository is not encrypted: {self.path}")
+            raise BackupError(f"repository is not encrypted: {self.url}")
         slots = [s.id for s, _ in self._slots()]
         match = [s for s in slots if s.startswith(key_id)] if key_id else []
         if len(match) != 1:
             raise BackupError(f"no key slot {key_id!r}" if not match else f"key id {key_id!r} is ambiguous")
         if len(slots) <= 1:
-            raise BackupError(f"refusing to remove the last key slot of {self.path}")
-        (self.keys_dir / match[0]).unlink()
+            raise BackupError(f"refusing to remove the last key slot of {self.url}")
+        remote.removed(self.path, self.keys_dir / match[0])
         fsync_dir(self.keys_dir)
 
     def open_or_init(self, **kwargs: Any) -> Repository:
@@ -424,7 +496,10 @@ class Repository:
         return RepositoryLock(self.path, exclusive=exclusive, operation=operation, wait=wait)
 
     def snapshot_ids(self) -> list[str]:
-        """Ids of the native snapshots (manifest headers present), sorted by name."""
+        """Ids of the native snapshots (manifest headers present), sorted by name (a remote repository is
+        opened first, so that its cache is filled)."""
+        if self.storage is not None and not self._pulled and self.is_initialized():
+            self.open()
         try:
             names = os.listdir(self.snapshots_dir)
         except FileNotFoundError:
@@ -433,7 +508,9 @@ class Repository:
 
     def info(self) -> dict[str, Any]:
         """Return a JSON-ready description: path, config, snapshot count."""
-        out: dict[str, Any] = {"path": str(self.path), "initialized": self.is_initialized()}
+        out: dict[str, Any] = {"path": self.url, "initialized": self.is_initialized()}
+        if self.storage is not None:
+            out["cache"] = str(self.path)
         if self.is_initialized():
             out["config"] = asdict(self.config)
             out["snapshots"] = len(self.snapshot_ids())
@@ -445,10 +522,12 @@ def as_repository(repo: Repository | str | os.PathLike[str]) -> Repository:
     """Accept a :class:`Repository` or a path.
 
     A :class:`Repository` given a password is opened here when it is initialised, so its key is unlocked
-    before any engine function reads or writes it by path.
+    before any engine function reads or writes it by path; so is a remote one, so that its cache is filled.
     """
     if not isinstance(repo, Repository):
         return Repository(repo)
-    if repo._password is not None and repo.is_initialized():
+    if repo.storage is not None and not repo._pulled and repo.is_initialized():
+        repo.config  # noqa: B018 - a remote repository's cache is filled when it is opened
+    elif repo._password is not None and repo.is_initialized():
         repo.config  # noqa: B018 - opens and unlocks (once)
     return repo

@@ -18,6 +18,7 @@ from typing import Any
 
 from aml.store.atomic import fsync_dir
 
+from . import remote
 from .errors import CorruptionError, SnapshotNotFound
 from .manifest import Manifest, read_header
 from .policy import Decision, Duration, RetentionPolicy, apply_policy, parse_duration
@@ -182,7 +183,7 @@ def _decide_by_policy(headers: list[Manifest], policy: RetentionPolicy, now: dat
 def _remove_snapshots(repo: Repository, backup_ids: list[str]) -> None:
     """Delete the snapshots' manifests (one directory fsync) and drop them from the seeds' summary."""
     for bid in backup_ids:
-        (repo.snapshots_dir / f"{bid}.json").unlink(missing_ok=True)
+        remote.removed(repo.path, repo.snapshots_dir / f"{bid}.json")
     fsync_dir(repo.snapshots_dir)
     update_summary(repo.path, remove=backup_ids)
 

@@ -37,7 +37,7 @@ from aml.store.atomic import atomic_write
 from aml.store.names import text_name, text_names
 from aml.store.timestamps import utc_iso_z
 
-from . import crypto
+from . import crypto, remote
 from ._common import TMP_PREFIX
 from .errors import BackupError
 from .manifest import Manifest, read_header
@@ -65,7 +65,7 @@ def summary_entry(root: Path, m: Manifest) -> dict[str, Any]:
         checksums = {text_name(p): sha for p, sha in zip(m.files.path, m.files.sha256, strict=True)}
     if encrypted:  # this file is not encrypted: no path, agent or checksum of the store in it
         return {"backup_id": m.backup_id, "backup_type": m.backup_type, "timestamp": utc_iso_z(m.time),
-                "source_path": "", "backup_path": text_name(str(root / "snapshots" / f"{m.backup_id}.json")),
+                "source_path": "", "backup_path": text_name(f"{remote.location(root)}/snapshots/{m.backup_id}.json"),
                 "agents": [], "total_size_bytes": m.total_size_bytes, "file_count": m.file_count, "checksums": {},
                 "parent_backup_id": m.parent_backup_id, "compressed": True, "encrypted": True}
     return {
@@ -73,7 +73,7 @@ def summary_entry(root: Path, m: Manifest) -> dict[str, Any]:
         "backup_type": m.backup_type,
         "timestamp": utc_iso_z(m.time),
         "source_path": text_name(m.source_path),
-        "backup_path": text_name(str(root / "snapshots" / f"{m.backup_id}.json")),
+        "backup_path": text_name(f"{remote.location(root)}/snapshots/{m.backup_id}.json"),
         "agents": [text_name(a) for a in m.agents],
         "total_size_bytes": m.total_size_bytes,
         "file_count": m.file_count,
@@ -233,4 +233,6 @@ def update_summary(root: Path, add: Iterable[dict[str, Any]] = (), remove: Itera
             except BackupError:
                 continue
         # text_names: a legacy entry read back with a "\udcXX" escape must not stop the write either
-        atomic_write(path, json.dumps(text_names(doc), indent=2, ensure_ascii=False).encode("utf-8"))
+        text = json.dumps(text_names(doc), indent=2, ensure_ascii=False).encode("utf-8")
+        atomic_write(path, text)
+        remote.published(root, path, text)
