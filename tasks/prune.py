@@ -39,12 +39,12 @@ from aml.prune import (
     present_entries,
     undo_entries,
 )
-from aml.prune.archive import ARCHIVE_DIR
 from aml.prune.sessions import parse_limits
 from aml.store.names import resolve_text_path, text_name
 from models import queries
 from tasks.base import AmlTask, Catalog, normalize_store, run_operation, store_path
-from tasks.snapshots import repository_for, safety_snapshot
+from tasks.snapshots import archive_root as archive_root_of
+from tasks.snapshots import safety_snapshot
 from workers.app import get_settings
 
 log = logging.getLogger("aml.tasks.prune")
@@ -144,7 +144,7 @@ def run_body(store_id: str, run_id: str, *, strategies: Sequence[str] | None, ag
             return result
         snapshot = safety_snapshot(catalog, store_id, root, settings, reason="pre-prune", tags=[f"prune:{run_id}"])
         result["backup_id"] = snapshot.backup_id
-        archive_root = repository_for(root, settings).path / ARCHIVE_DIR
+        archive_root = archive_root_of(root, settings)
         with catalog(write=False) as session:
             task_run = queries.get_task_run(session, run_id)
             task_run_id = task_run.id if task_run is not None else None
@@ -280,7 +280,7 @@ def undo_body(store_id: str, run_id: str) -> Any:
         if not entries:
             return result
         snapshot = safety_snapshot(catalog, store_id, root, settings, reason="pre-undo", tags=[f"undo:{run_id}"])
-        undone = undo_entries(root, entries, archive_root=repository_for(root, settings).path / ARCHIVE_DIR)
+        undone = undo_entries(root, entries, archive_root=archive_root_of(root, settings))
         with catalog() as session:
             queries.mark_prune_actions_undone(session, run_id, ids=undone.done)
         result.update(undone.to_dict())

@@ -17,6 +17,7 @@ from sqlalchemy.orm import Session
 from aml.backup import BackupError, Repository, SnapshotResult, create_snapshot
 from aml.backup.progress import ProgressCallback
 from aml.backup.storage import StorageOptions, is_remote_url
+from aml.prune.archive import ARCHIVE_DIR
 from aml.trace.live import keyspace_id
 from models import queries
 from tasks.backup_evidence import repository_cache, repository_path
@@ -71,6 +72,17 @@ def repository_for(store_root: Path, settings: Settings) -> Repository:
     """The backup repository of a file store (``AML_BACKUP_ROOT`` or ``<store>/../memory-backup``), opened
     with :func:`open_repository`."""
     return open_repository(repository_path(store_root, settings), settings)
+
+
+def archive_root(store_root: Path, settings: Settings) -> Path:
+    """Where prune archives a file store's decisions (and ``prune undo`` finds them): the repository's
+    ``archives/`` for a local repository; for a remote one (whose local directory is a disposable cache),
+    ``$AML_HOME/prune-archives/<16 hex digits of the sha256 of the store id>``."""
+    repo = repository_path(store_root, settings)
+    if isinstance(repo, str):
+        digest = hashlib.sha256(normalize_store(str(store_root)).encode()).hexdigest()[:16]
+        return settings.home / "prune-archives" / digest
+    return Path(repo) / ARCHIVE_DIR
 
 
 def is_keyspace(store: str) -> bool:

@@ -542,7 +542,9 @@ def _verify_pack(root: Path, pack_id: str, entries: list[tuple[str, int, int, in
     out = _PackOutcome()
     try:
         data = remote.stored_pack(root, pack_id)
-    except (OSError, StorageError) as exc:
+    except StorageError:
+        raise  # the storage did not answer: an operation error, not damage (FileNotFoundError is a missing pack)
+    except OSError as exc:
         out.size = -1
         out.error = f"unreadable: {exc}"
         out.bad = [e[0] for e in entries]

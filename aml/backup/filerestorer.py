@@ -28,6 +28,7 @@ from .index import Index
 from .manifest import FileTable
 from .pack import PackReader, open_pack, pack_path, read_pack
 from .repository import Repository
+from .storage import StorageError
 
 __all__ = ["ContentSource", "memory_source", "missing_objects", "native_source", "prefetch"]
 
@@ -112,6 +113,8 @@ def _read_pack(
                 mm = mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ)
         else:
             mm = remote.stored_pack(root, pack_id)  # one download per pack
+    except StorageError:
+        raise  # the storage did not answer: the restore fails as a whole, no file is called damaged
     except (OSError, ValueError) as exc:
         for it in items:
             yield it[5], None, f"pack {pack_id} unreadable: {exc}"
@@ -146,6 +149,8 @@ def _read_chunked(
         try:
             preader = PackReader(read_pack(root, loc[0]), loc[0], hasher)
             parts.append(preader.decompress(cid, loc[1], loc[2], loc[3], verify=verify))
+        except StorageError:
+            raise
         except (OSError, CorruptionError) as exc:
             return [i], None, f"pack {loc[0]}: {exc}"
     data = b"".join(parts)

@@ -30,6 +30,7 @@ from .listing import list_snapshots
 from .manifest import Manifest, load_manifest
 from .pack import PackReader, open_pack
 from .repository import Repository, as_repository
+from .storage import StorageError
 
 __all__ = ["KeyspaceEntries", "read_keyspace_snapshot", "resolve_keyspace_at", "restore_keyspace"]
 
@@ -117,6 +118,8 @@ def read_keyspace_snapshot(repo: Repository | str | os.PathLike[str], backup_id:
                     except (CorruptionError, ValueError, TypeError) as exc:
                         out.errors.append({"key": _key_text(key), "reason": f"pack {pack_id}: {exc}"})
                 del reader
+        except StorageError:
+            raise  # the storage did not answer: the restore fails, no key is called damaged
         except (OSError, ValueError, CorruptionError) as exc:
             out.errors.extend({"key": _key_text(t[6]), "reason": f"pack {pack_id} unreadable: {exc}"} for t in items)
     out.entries = [found[i] for i, _ in wanted if i in found]

@@ -20,6 +20,7 @@ import json
 import os
 import random
 import secrets
+import threading
 import time
 from datetime import UTC, datetime
 from pathlib import Path
@@ -31,7 +32,7 @@ from aml.store.timestamps import require_timestamp, utc_iso_z
 from . import remote
 from ._common import TMP_PREFIX, hostname
 from .errors import LockError
-from .storage import StorageNotFound
+from .storage import StorageError, StorageNotFound
 
 STALE_AFTER = 30 * 60
 """Seconds after which a lock from another host that was not refreshed counts as stale."""
@@ -87,6 +88,8 @@ class RepositoryLock:
         self.path: Path | None = None
         self.removed_stale: list[str] = []
         self._refreshed = 0.0
+        self._stop_refresh: threading.Event | None = None
+        self._mutex = threading.Lock()  # a refresh never re-creates a lock file that release removed
 
     def _doc(self) -> dict[str, Any]:
         pid = os.getpid()
@@ -157,6 +160,9 @@ class RepositoryLock:
                 doc = json.loads(self._get(name))
             except FileNotFoundError:
                 continue
+            except StorageError as exc:  # a remote lock that cannot be read may be live: never assume it is not
+                out.append(f"lock {name} could not be read ({exc})")
+                continue
             except (ValueError, OSError):
                 continue  # half-written by a crashed process: atomic writes make this rare; ignore
             if self._is_stale(doc):
@@ -200,6 +206,7 @@ class RepositoryLock:
                     except BaseException:
                         self.release()
                         raise
+                    self._start_refresher()
                 return self
             self.release()
             if time.monotonic() >= deadline:
@@ -208,9 +215,23 @@ class RepositoryLock:
 
     def refresh(self) -> None:
         """Rewrite the lock file's time so other hosts do not consider it stale."""
-        if self.path is not None:
-            self._put(self.path)
-            self._refreshed = time.monotonic()
+        with self._mutex:
+            if self.path is not None:
+                self._put(self.path)
+                self._refreshed = time.monotonic()
+
+    def _start_refresher(self) -> None:
+        """Refresh a remote lock every :data:`REFRESH_EVERY` seconds from a daemon thread until released: other
+        hosts judge it by its time alone, and a verify, restore or prune over a network can outlast
+        :data:`STALE_AFTER` (restic refreshes its locks the same way)."""
+        stop = self._stop_refresh = threading.Event()
+
+        def run() -> None:
+            while not stop.wait(REFRESH_EVERY):
+                with contextlib.suppress(OSError):  # a failed refresh is retried; the lock stays held
+                    self.refresh()
+
+        threading.Thread(target=run, name="aml-lock-refresh", daemon=True).start()
 
     def maybe_refresh(self) -> None:
         """Refresh if :data:`REFRESH_EVERY` seconds have passed since the last refresh (cheap to call)."""
@@ -219,9 +240,13 @@ class RepositoryLock:
 
     def release(self) -> None:
         """Remove the lock file (idempotent)."""
-        if self.path is not None:
-            self._drop(self.path)
-            self.path = None
+        if self._stop_refresh is not None:
+            self._stop_refresh.set()
+            self._stop_refresh = None
+        with self._mutex:
+            if self.path is not None:
+                self._drop(self.path)
+                self.path = None
 
     def __enter__(self) -> RepositoryLock:
         return self.acquire()

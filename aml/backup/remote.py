@@ -68,12 +68,13 @@ class RemoteMirror:
     Attributes:
         root: the cache directory (the engine's repository root).
         storage: where the repository is.
-        packs: pack id -> its object (size in bytes, mtime), from the last listing plus what was written.
+        packs: pack id -> its object (size in bytes, mtime), from the last listing plus what was written;
+            None until the first :func:`pull` (reading it pulls).
     """
 
     root: Path
     storage: Storage
-    packs: dict[str, ObjectInfo] = field(default_factory=dict)
+    packs: dict[str, ObjectInfo] | None = None
     lock: threading.Lock = field(default_factory=threading.Lock)
 
 
@@ -92,9 +93,9 @@ def attach(root: Path, storage: Storage) -> RemoteMirror:
     root = Path(os.path.abspath(root))
     root.mkdir(parents=True, exist_ok=True)
     mirror = _MIRRORS.get(str(root))
-    if mirror is None or mirror.storage is not storage:
+    if mirror is None or mirror.storage.url != storage.url:
         mirror = _MIRRORS[str(root)] = RemoteMirror(root, storage)
-    return mirror
+    return mirror  # another Repository on the same cache shares the mirror (its listing, its connection)
 
 
 def mirror_for(root: Path | str) -> RemoteMirror | None:
@@ -106,12 +107,18 @@ def _cached(name: str) -> bool:
     return name in CACHED_FILES or name.startswith(CACHED_PREFIXES)
 
 
+TEMP_GRACE = 3600.0
+"""Seconds after which a temporary file or a pack left in the cache (a failed upload) is removed by
+:func:`pull`; a younger one may belong to another process of this host writing right now."""
+
+
 def pull(mirror: RemoteMirror) -> None:
     """Bring the cache in line with the storage (one listing; downloads only what changed).
 
     Small objects present remotely and absent (or of another size) locally are downloaded; the mutable
-    summaries always are; cached objects the storage no longer has are removed from the cache, and so is
-    any pack file in the cache. The pack listing is recorded in ``mirror.packs``.
+    summaries always are; cached objects the storage no longer has are removed from the cache (exactly:
+    a prune holding the exclusive lock must not see an index file another host deleted), and so are
+    temporary files and packs older than :data:`TEMP_GRACE`. The pack listing is recorded in ``mirror.packs``.
 
     Raises:
         StorageError: the storage cannot be listed or read.
@@ -137,12 +144,18 @@ def pull(mirror: RemoteMirror) -> None:
                 continue  # deleted since the listing
             path.parent.mkdir(parents=True, exist_ok=True)
             atomic_write(path, data, sync_dir=False)
+    old = time.time() - TEMP_GRACE
     for dirpath, _dirs, files in os.walk(root):
         for fn in files:
-            rel = os.path.relpath(os.path.join(dirpath, fn), root).replace(os.sep, "/")
-            if rel.startswith("packs/") or (_cached(rel) and rel not in remote) or fn.startswith(TMP_PREFIX):
+            full = os.path.join(dirpath, fn)
+            rel = os.path.relpath(full, root).replace(os.sep, "/")
+            if fn.startswith(TMP_PREFIX) or rel.startswith("packs/"):
                 with contextlib.suppress(FileNotFoundError):
-                    os.unlink(os.path.join(dirpath, fn))
+                    if os.stat(full).st_mtime < old:
+                        os.unlink(full)
+            elif _cached(rel) and rel not in remote:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(full)
     for sub in ("snapshots/bodies", "index", "dicts", "keys", "locks"):
         (root / sub).mkdir(parents=True, exist_ok=True)
     with mirror.lock:
@@ -176,12 +189,15 @@ def published(root: Path | str, path: Path | str, data: bytes | None = None) -> 
     try:
         mirror.storage.write(rel, data, once=rel not in MUTABLE)
     except StorageExists:
-        if not rel.startswith(CONTENT_ADDRESSED):
+        # content-addressed: the same bytes are there; else only our own write counts (a retried request
+        # whose first answer was lost finds its own object)
+        if not rel.startswith(CONTENT_ADDRESSED) and mirror.storage.read(rel) != data:
             raise
     if rel.startswith("packs/"):
         pack_id = rel.rsplit("/", 1)[-1]
         with mirror.lock:
-            mirror.packs[pack_id] = ObjectInfo(rel, len(data), time.time())
+            if mirror.packs is not None:
+                mirror.packs[pack_id] = ObjectInfo(rel, len(data), time.time())
         with contextlib.suppress(FileNotFoundError):
             os.unlink(path)
 
@@ -201,7 +217,8 @@ def removed(root: Path | str, path: Path | str) -> None:
     mirror.storage.delete(rel)
     if rel.startswith("packs/"):
         with mirror.lock:
-            mirror.packs.pop(rel.rsplit("/", 1)[-1], None)
+            if mirror.packs is not None:
+                mirror.packs.pop(rel.rsplit("/", 1)[-1], None)
 
 
 def location(root: Path | str) -> str:
@@ -215,8 +232,14 @@ def pack_ids(root: Path | str) -> list[str] | None:
     mirror = mirror_for(root)
     if mirror is None:
         return None
+    _ensure_listed(mirror)
     with mirror.lock:
-        return sorted(mirror.packs)
+        return sorted(mirror.packs or ())
+
+
+def _ensure_listed(mirror: RemoteMirror) -> None:
+    if mirror.packs is None:
+        pull(mirror)
 
 
 def pack_stat(root: Path | str, pack_id: str) -> tuple[int, float] | None:
@@ -228,8 +251,9 @@ def pack_stat(root: Path | str, pack_id: str) -> tuple[int, float] | None:
         except FileNotFoundError:
             return None
         return st.st_size, st.st_mtime
+    _ensure_listed(mirror)
     with mirror.lock:
-        obj = mirror.packs.get(pack_id)
+        obj = (mirror.packs or {}).get(pack_id)
     return None if obj is None else (obj.size, obj.mtime)
 
 

@@ -294,11 +294,12 @@ class Repository:
         if self.storage is not None:
             self._pull()  # an empty cache, whatever an earlier attempt left
         master: crypto.MasterKey | None = None
+        key_id: str | None = None
         if encrypt:
             assert self._password is not None
             master = crypto.MasterKey.generate()
             (self.path / "keys").mkdir(exist_ok=True)
-            self._write_key(master, self._password, kdf)
+            key_id = self._write_key(master, self._password, kdf)
         for sub in ("snapshots/bodies", "index", "archives", "locks"):
             (self.path / sub).mkdir(parents=True, exist_ok=True)
         for i in range(256):
@@ -319,15 +320,20 @@ class Repository:
         atomic_write(tmp, data, sync_dir=False)
         try:
             os.link(tmp, self.path / "config.json")
-        except FileExistsError:
-            pass
+        except FileExistsError:  # initialised concurrently: that config wins, and our key slot goes
+            if key_id is not None:
+                (self.keys_dir / key_id).unlink(missing_ok=True)
+            master = None
         finally:
             tmp.unlink(missing_ok=True)
         fsync_dir(self.path)
         if self.storage is not None:
             try:
                 remote.published(self.path, self.path / "config.json", data)  # after the key slot
-            except StorageExists:  # initialised concurrently from elsewhere: that one is the repository
+            except StorageExists:  # initialised concurrently from elsewhere: that one is the repository,
+                if key_id is not None:  # and our key slot (for a master key nobody uses) goes
+                    remote.removed(self.path, self.keys_dir / key_id)
+                master = None
                 self._pull()
         self._config = None
         if master is not None and json.loads((self.path / "config.json").read_bytes()).get("id") == config.id:
