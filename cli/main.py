@@ -12,6 +12,7 @@ them to the workers. Exit codes: 0 ok, 1 warning, 2 critical/failure.
 
 from __future__ import annotations
 
+import importlib
 import sys
 
 import typer
@@ -19,31 +20,44 @@ import typer
 SERVICE_COMMANDS = frozenset({"worker", "beat", "flower", "exporter", "db", "demo", "trace"})
 
 
-def build_store_app() -> typer.Typer:
+_STORE_COMMANDS: dict[str, tuple[str, str]] = {
+    "monitor": ("cli.monitor", "monitor_app"),
+    "backup": ("cli.backup", "backup_app"),
+    "optimize": ("cli.optimize", "optimize_app"),
+    "prune": ("cli.prune", "prune_app"),
+    "migrate": ("cli.migrate", "migrate_app"),
+    "trace": ("cli.trace", "trace_app"),
+    "query": ("cli.optimize", "query"),
+}
+"""The store app's commands, in their help order: the module and attribute (a Typer group or a command)."""
+STORE_COMMANDS = tuple(_STORE_COMMANDS)
+
+
+def _add_store_command(app: typer.Typer, name: str) -> None:
+    """Register the store command ``name`` on ``app`` (importing its module only now)."""
+    module, attr = _STORE_COMMANDS[name]
+    obj = getattr(importlib.import_module(module), attr)
+    if isinstance(obj, typer.Typer):
+        app.add_typer(obj, name=name)
+    else:
+        app.command(name)(obj)
+
+
+def build_store_app(only: str | None = None) -> typer.Typer:
     """The ``aml <memory_path> COMMAND`` app: monitor, backup, optimize, prune, migrate, trace, query.
 
-    Built on demand: the service commands (and ``aml --help``) never import the store commands' modules."""
-    from cli.backup import backup_app
-    from cli.migrate import migrate_app
-    from cli.monitor import monitor_app
-    from cli.optimize import optimize_app
-    from cli.optimize import query as query_command
-    from cli.prune import prune_app
-    from cli.trace import trace_app
-
+    Built on demand: the service commands (and ``aml --help``) never import the store commands' modules.
+    ``only`` (one of :data:`STORE_COMMANDS`) registers that command alone: ``aml <store> monitor health``
+    does not import the modules of backup, prune, migrate... (issue 12: a command's start-up pays for
+    what it runs)."""
     app = typer.Typer(
         name="aml <memory_path>",
         help="Operations on one memory store: aml <memory_path> COMMAND ...",
         no_args_is_help=True,
         add_completion=False,
     )
-    app.add_typer(monitor_app, name="monitor")
-    app.add_typer(backup_app, name="backup")
-    app.add_typer(optimize_app, name="optimize")
-    app.add_typer(prune_app, name="prune")
-    app.add_typer(migrate_app, name="migrate")
-    app.add_typer(trace_app, name="trace")
-    app.command("query")(query_command)
+    for name in STORE_COMMANDS if only is None else (only,):
+        _add_store_command(app, name)
 
     @app.callback()
     def _store_callback(ctx: typer.Context) -> None:
@@ -70,7 +84,10 @@ def main(argv: list[str] | None = None) -> None:
         service_app(args=args, prog_name="aml")
         return
     store, rest = args[0], args[1:]
-    build_store_app()(args=rest, prog_name=f"aml {store}", obj={"store": store})
+    # a known command word first: only its module is imported (anything else, e.g. --help or a typo, gets
+    # the whole app, for its listing of the commands)
+    only = rest[0] if rest and rest[0] in STORE_COMMANDS else None
+    build_store_app(only)(args=rest, prog_name=f"aml {store}", obj={"store": store})
 
 
 if __name__ == "__main__":  # pragma: no cover

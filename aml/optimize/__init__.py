@@ -15,15 +15,50 @@ Modules, one concern each (DESIGN.md, "Compress and optimize"):
 No Celery and no catalog here: ``tasks/compress.py`` and ``tasks/query.py`` record runs and metrics.
 """
 
-from aml.optimize.bloom import IdBloom
-from aml.optimize.cache import CacheStats, LRUCache
-from aml.optimize.compress import CODECS, SCOPES, CompressResult, compress_store
-from aml.optimize.files import BLOOM_FILE, INDEX_FILE, QUARANTINE_DIR
-from aml.optimize.gc import GcPlan, GcResult, apply_gc, plan_gc, quarantine_unparseable
-from aml.optimize.index import IndexMissingError, IndexResult, build_index
-from aml.optimize.query import Query, QueryEngine, QueryHit, QueryResult, measure_lookups, shared_engine
-from aml.optimize.value import record_value
-from aml.optimize.warm import WarmResult, warm_cache
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from aml.optimize.bloom import IdBloom
+    from aml.optimize.cache import CacheStats, LRUCache
+    from aml.optimize.compress import CODECS, SCOPES, CompressResult, compress_store
+    from aml.optimize.files import BLOOM_FILE, INDEX_FILE, QUARANTINE_DIR
+    from aml.optimize.gc import GcPlan, GcResult, apply_gc, plan_gc, quarantine_unparseable
+    from aml.optimize.index import IndexMissingError, IndexResult, build_index
+    from aml.optimize.query import Query, QueryEngine, QueryHit, QueryResult, measure_lookups, shared_engine
+    from aml.optimize.value import record_value
+    from aml.optimize.warm import WarmResult, warm_cache
+
+_SOURCES = {
+    "IdBloom": "bloom",
+    "CacheStats": "cache", "LRUCache": "cache",
+    "CODECS": "compress", "SCOPES": "compress", "CompressResult": "compress", "compress_store": "compress",
+    "BLOOM_FILE": "files", "INDEX_FILE": "files", "QUARANTINE_DIR": "files",
+    "GcPlan": "gc", "GcResult": "gc", "apply_gc": "gc", "plan_gc": "gc", "quarantine_unparseable": "gc",
+    "IndexMissingError": "index", "IndexResult": "index", "build_index": "index",
+    "Query": "query", "QueryEngine": "query", "QueryHit": "query", "QueryResult": "query",
+    "measure_lookups": "query", "shared_engine": "query",
+    "record_value": "value",
+    "WarmResult": "warm", "warm_cache": "warm",
+}
+"""Where each public name lives: the package imports a submodule on first use of one of its names (PEP 562),
+so ``aml.health``'s lookup probe (``aml.optimize.cache``, ``.query``) does not import compress, gc, warm..."""
+
+
+def __getattr__(name: str) -> Any:
+    module = _SOURCES.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"{__name__}.{module}"), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__all__})
+
 
 __all__ = [
     "BLOOM_FILE",
