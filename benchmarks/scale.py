@@ -58,6 +58,14 @@ class Timing:
     stdout: str
 
 
+def _is_json(text: str) -> bool:
+    try:
+        json.loads(text)
+    except ValueError:
+        return False
+    return True
+
+
 def _rss_of(argv: list[str], env: dict[str, str]) -> tuple[float, int, str]:
     """Wall time, peak RSS (bytes; 0 without GNU ``/usr/bin/time``) and stdout of one run."""
     timer = "/usr/bin/time"  # GNU time: %M is the peak RSS of the command alone, KiB
@@ -70,7 +78,8 @@ def _rss_of(argv: list[str], env: dict[str, str]) -> tuple[float, int, str]:
         proc = subprocess.run([timer, "-f", "%M", "-o", out.name, *argv], env=env, capture_output=True, text=True,
                               cwd=REPO)
         elapsed = time.perf_counter() - start
-        if proc.returncode not in (0, 1, 2):
+        if proc.returncode not in (0, 1, 2) or ("--json" in argv and not _is_json(proc.stdout)):
+            # exit 1/2 report warnings/critical findings; a usage error prints no JSON
             raise RuntimeError(f"{argv} failed ({proc.returncode}):\n{proc.stdout[-2000:]}\n{proc.stderr[-4000:]}")
         kib = int(re.findall(r"\d+", out.read())[-1])
     return elapsed, kib * 1024, proc.stdout
@@ -124,8 +133,8 @@ def main(argv: list[str] | None = None) -> int:
         rows.append(measure("monitor health (indexed)", [*aml, str(store), "monitor", "health", "--json"], env,
                             args.repeat))
         rows.append(measure("prune --dry-run", [*aml, str(store), "prune", "--dry-run", "--json"], env, args.repeat))
-        rows.append(measure("migrate --dry-run", [*aml, str(store), "migrate", "--version", "2.0.0", "--dry-run",
-                                                  "--json"], env, args.repeat))
+        rows.append(measure("migrate --dry-run", [*aml, str(store), "migrate", "migrate", "--version", "2.0.0",
+                                                  "--dry-run", "--json"], env, args.repeat))
         best_prune: Timing | None = None
         best_undo: Timing | None = None
         for _ in range(args.repeat):

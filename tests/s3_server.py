@@ -8,6 +8,8 @@ Fixtures (import them by name into a test module:
   (and subprocesses started with ``os.environ``) reaches it; returns the :class:`S3Server`;
 - ``s3_storage`` (function): a fresh :class:`~aml.backup.storage.s3.S3Storage` on a new bucket and prefix,
   closed at teardown.
+
+Outside pytest (benchmarks), :func:`start_moto` starts the same server and :meth:`S3Server.stop` ends it.
 """
 
 from __future__ import annotations
@@ -34,7 +36,7 @@ from aml.backup.storage.s3 import S3Storage
 if TYPE_CHECKING:
     from mypy_boto3_s3.client import S3Client
 
-__all__ = ["S3Server", "s3_env", "s3_server", "s3_storage"]
+__all__ = ["S3Server", "s3_env", "s3_server", "s3_storage", "start_moto"]
 
 START_TIMEOUT = 30.0
 
@@ -88,6 +90,7 @@ class S3Server:
         return f"s3://{bucket}/{prefix}" if prefix else f"s3://{bucket}"
 
     def stop(self) -> None:
+        """Terminate the server (killed if it does not exit within 10 s). Idempotent."""
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGCONT)  # in case a test left it stopped
             self.proc.terminate()
@@ -104,7 +107,15 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def _start(log_dir: Path) -> S3Server:
+def start_moto(log_dir: Path) -> S3Server:
+    """Start ``python -m moto.server`` on a free 127.0.0.1 port, its output in ``log_dir/moto-N.log``.
+
+    Call :meth:`S3Server.stop` when done.
+
+    Raises:
+        RuntimeError: the server did not answer within ``START_TIMEOUT`` seconds (three attempts).
+    """
+    log_dir.mkdir(parents=True, exist_ok=True)
     last = ""
     for attempt in range(3):  # the free port may be taken between the probe and the server's bind
         port = _free_port()
@@ -135,7 +146,7 @@ def _start(log_dir: Path) -> S3Server:
 @pytest.fixture(scope="session")
 def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
     """A moto S3 server in its own process for the whole session (terminated at the end)."""
-    server = _start(tmp_path_factory.mktemp("moto"))
+    server = start_moto(tmp_path_factory.mktemp("moto"))
     try:
         yield server
     finally:

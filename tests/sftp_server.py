@@ -7,7 +7,8 @@ Import the fixtures into a test module (``from tests.sftp_server import sftp_ser
 - ``sftp_storage`` (function): a fresh :class:`~aml.backup.storage.sftp.SFTPStorage` on a new directory of
   that server, closed at teardown.
 
-Skips when ``/usr/sbin/sshd`` is not installed.
+Skips when ``/usr/sbin/sshd`` is not installed. Outside pytest (benchmarks), :func:`start_sshd` starts
+the same server and :meth:`SFTPServer.stop` ends it.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import subprocess
 import time
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
@@ -45,6 +46,7 @@ class SFTPServer:
         root: a directory on "the server" (local disk) where repositories go.
         options: StorageOptions with the key file, known_hosts and ``timeout=10``.
         log: sshd's log file.
+        proc: the sshd process (None when built by hand: :meth:`stop` then does nothing).
     """
 
     port: int
@@ -55,10 +57,23 @@ class SFTPServer:
     root: Path
     options: StorageOptions
     log: Path
+    proc: subprocess.Popen[bytes] | None = field(default=None, repr=False)
 
     def url(self, name: str) -> str:
         """``sftp://<user>@127.0.0.1:<port><root>/<name>``."""
         return f"sftp://{self.user}@127.0.0.1:{self.port}{self.root}/{name}"
+
+    def stop(self) -> None:
+        """Terminate sshd (killed if it does not exit within 5 s). Idempotent."""
+        proc = self.proc
+        if proc is None or proc.poll() is not None:
+            return
+        proc.terminate()
+        try:
+            proc.wait(5)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)
 
     def descendants(self) -> list[int]:
         """Process ids of sshd's children, grandchildren ... (the processes serving connections)."""
@@ -105,14 +120,20 @@ def _wait_for_port(port: int, proc: subprocess.Popen[bytes], log: Path, deadline
     return False
 
 
-@pytest.fixture(scope="session")
-def sftp_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SFTPServer]:
-    """A real OpenSSH sshd on 127.0.0.1 serving SFTP (``internal-sftp``) for the current user."""
+def start_sshd(base: Path) -> SFTPServer:
+    """Start an sshd serving SFTP for the current user on a free 127.0.0.1 port; its files go in ``base``.
+
+    ``base`` (created if missing) receives the host and client keys, authorized_keys, known_hosts, the
+    config, the log and ``srv/`` (:attr:`SFTPServer.root`). Call :meth:`SFTPServer.stop` when done.
+
+    Raises:
+        RuntimeError: sshd or ssh-keygen is not installed, or sshd did not start.
+    """
     if not os.path.exists(SSHD):
-        pytest.skip("sshd not installed (apt-get install openssh-server)")
+        raise RuntimeError("sshd not installed (apt-get install openssh-server)")
     if not os.path.exists(SSH_KEYGEN):
-        pytest.skip("ssh-keygen not installed (apt-get install openssh-client)")
-    base = tmp_path_factory.mktemp("sshd")
+        raise RuntimeError("ssh-keygen not installed (apt-get install openssh-client)")
+    base.mkdir(parents=True, exist_ok=True)
     host_key, client_key = base / "host_ed25519", base / "client_ed25519"
     _keygen(host_key, "aml-test-host")
     _keygen(client_key, "aml-test-client")
@@ -162,11 +183,11 @@ def sftp_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SFTPServer
             proc.wait(5)
         proc = None
     if proc is None:
-        pytest.fail(f"sshd did not start; its log:\n{log.read_text(errors='replace')[-3000:]}")
+        raise RuntimeError(f"sshd did not start; its log:\n{log.read_text(errors='replace')[-3000:]}")
     host_pub = (base / "host_ed25519.pub").read_text().split()
     known_hosts = base / "known_hosts"
     known_hosts.write_text(f"[127.0.0.1]:{port} {host_pub[0]} {host_pub[1]}\n")
-    server = SFTPServer(
+    return SFTPServer(
         port=port,
         pid=proc.pid,
         user=user,
@@ -175,16 +196,25 @@ def sftp_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SFTPServer
         root=root,
         options=StorageOptions(timeout=10, sftp_key_file=str(client_key), sftp_known_hosts=str(known_hosts)),
         log=log,
+        proc=proc,
     )
+
+
+@pytest.fixture(scope="session")
+def sftp_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SFTPServer]:
+    """A real OpenSSH sshd on 127.0.0.1 serving SFTP (``internal-sftp``) for the current user."""
+    if not os.path.exists(SSHD):
+        pytest.skip("sshd not installed (apt-get install openssh-server)")
+    if not os.path.exists(SSH_KEYGEN):
+        pytest.skip("ssh-keygen not installed (apt-get install openssh-client)")
+    try:
+        server = start_sshd(tmp_path_factory.mktemp("sshd"))
+    except RuntimeError as exc:
+        pytest.fail(str(exc))
     try:
         yield server
     finally:
-        proc.terminate()
-        try:
-            proc.wait(5)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(5)
+        server.stop()
 
 
 @pytest.fixture
