@@ -257,3 +257,37 @@ def test_cli_over_sftp_through_the_settings(sftp_server: Any, loom_store: Path, 
     unknown = aml("list", AML_BACKUP_SFTP_KNOWN_HOSTS=str(empty))
     text = unknown.stdout + unknown.stderr
     assert unknown.returncode == 2 and "127.0.0.1" in text and "Traceback" not in text, text
+
+
+def test_drill_and_a_keyspace_snapshot_on_a_remote_repository(s3_env: Any, loom_store: Path, tmp_path: Path) -> None:
+    """The other users of a repository work on a remote one too: a restore drill of a file snapshot, and a
+    Redis keyspace snapshot restored into another database of a private redis-server."""
+    import redis
+
+    from aml.backup.drill import run_drill
+    from aml.backup.keyspace import create_keyspace_snapshot
+    from aml.backup.keyspace_restore import restore_keyspace
+    from tests.fixtures_runtime import start_redis_server
+
+    backend = Backend("s3", s3_env.url(s3_env.new_bucket(), "shared"), StorageOptions(timeout=10), None)
+    repo = _repo(backend, tmp_path / "cache").init(encrypt=True)
+    snap = create_snapshot(loom_store, repo, incremental=False)
+    drill = run_drill(_repo(backend, tmp_path / "cache-drill"), snap.backup_id, scratch_root=tmp_path / "scratch")
+    assert drill.passed and drill.files_checked > 10 and drill.failures == [] and drill.repository == backend.url
+
+    (tmp_path / "redis").mkdir()
+    proc, port = start_redis_server(tmp_path / "redis")
+    try:
+        source, target = redis.Redis(port=port, db=1), redis.Redis(port=port, db=2)
+        for i in range(50):
+            source.set(f"agent:mem:{i}", f"value {i}".encode(), ex=3600)
+        source.hset("agent:profile", mapping={"name": "coder", "turns": "42"})
+        ks = create_keyspace_snapshot(source, repo, source=f"redis://127.0.0.1:{port}/1")
+        assert ks.keys == 51 and ks.repository == backend.url
+        report = restore_keyspace(_repo(backend, tmp_path / "cache-ks"), ks.backup_id, target,
+                                  target=f"redis://127.0.0.1:{port}/2")
+        assert report["written"] == 51 and target.get("agent:mem:7") == b"value 7"
+        assert target.hgetall("agent:profile") == {b"name": b"coder", b"turns": b"42"}
+    finally:
+        proc.kill()
+        proc.wait()
