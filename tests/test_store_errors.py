@@ -169,3 +169,45 @@ def test_error_is_picklable_and_comparable() -> None:
         "code": "truncated_json",
         "reason": "truncated JSON: boom",
     }
+
+
+def test_document_limit_is_a_setting_named_in_the_error_and_nothing_destructive_touches_the_file(
+        tmp_path: Path, aml_settings, monkeypatch: pytest.MonkeyPatch) -> None:
+    """AML_MAX_DOCUMENT_MB (issue 12: a document too large for the machine is refused with a clear message and
+    the setting that raises the limit): health reports it, prune and gc leave it byte-identical, and a gzip
+    document that decodes past 4x the limit is too large, never "corrupt" (gc quarantines corrupt files)."""
+    from typer.testing import CliRunner
+
+    from cli.main import build_store_app
+    from tests.realdata import extract_loom
+
+    store = extract_loom("loom-plain-v1.0", tmp_path / "p")
+    # code-reviewer/patterns.json is 24,605 bytes: over a 0.02 MiB (20,971-byte) limit
+    bomb = store / "debugger" / "solutions.json"
+    bomb.write_bytes(gzip.compress(json.dumps([{"id": f"s{i}", "pad": " " * 900} for i in range(100)]).encode()))
+    monkeypatch.setenv("AML_MAX_DOCUMENT_MB", "0.02")
+    before = snapshot_tree(store)
+
+    errors = {e.relpath: e for e in FileStore(store).scan().errors}
+    assert errors["code-reviewer/patterns.json"].code == "too_large"
+    assert "AML_MAX_DOCUMENT_MB=0.02" in errors["code-reviewer/patterns.json"].reason
+    assert errors["debugger/solutions.json"].code == "too_large"  # ~90 KB decoded > 4 x 20,971 bytes
+    assert "AML_MAX_DOCUMENT_MB" in errors["debugger/solutions.json"].reason
+
+    runner = CliRunner()
+    health = runner.invoke(build_store_app(), ["monitor", "health", "--json"], obj={"store": str(store)})
+    assert "AML_MAX_DOCUMENT_MB=0.02" in health.stdout and "too_large" in health.stdout
+    for args in (["prune", "--json"], ["optimize", "gc", "--json"]):
+        res = runner.invoke(build_store_app(), args, obj={"store": str(store)})
+        assert res.exit_code in (0, 1, 2), res.output
+        assert "Traceback" not in res.output
+    after = snapshot_tree(store)
+    assert after["code-reviewer/patterns.json"] == before["code-reviewer/patterns.json"]
+    assert after["debugger/solutions.json"] == before["debugger/solutions.json"]
+    from aml.optimize import QUARANTINE_DIR
+
+    assert not (store / QUARANTINE_DIR).exists() or not list((store / QUARANTINE_DIR).rglob("*solutions.json*"))
+
+    monkeypatch.setenv("AML_MAX_DOCUMENT_MB", "1")  # raised: both read again
+    assert not {e.relpath for e in FileStore(store).scan().errors} & {"code-reviewer/patterns.json",
+                                                                       "debugger/solutions.json"}

@@ -100,6 +100,9 @@ class Settings(BaseSettings):
     cache_hit_warning: float = Field(0.6, description="cache hit rate warning below, ratio 0-1")
     cache_hit_critical: float = Field(0.5, description="cache hit rate critical below, ratio 0-1")
     backup_max_age_hours: float = Field(24.0, description="a backup older than this is not recent, hours")
+    max_document_mb: float = Field(256.0, gt=0, description="largest document (file) any command reads, MiB on "
+                                   "disk (4x that decoded); a larger one is reported `too_large` and left alone, "
+                                   "naming this setting")
     index_max_age_hours: float = Field(24.0, description="an index older than this is stale, hours")
     drill_max_age_days: float = Field(14.0, gt=0, description="health: warn when no restore drill passed in "
                                       "this long (`restore_tested`), days")

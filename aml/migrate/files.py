@@ -26,12 +26,13 @@ from typing import Any, Final
 
 from aml.store.codec import Encoding
 from aml.store.documents import (
-    DEFAULT_MAX_BYTES,
+    DEFAULT_DECODE_RATIO,
     DocumentError,
     base_name,
     classify,
     decode_bytes,
     load_json,
+    max_document_bytes,
     place,
     read_file_bytes,
 )
@@ -98,14 +99,14 @@ class LoadedFile:
 
 
 def load_collection(root: Path, relpath: str, agents: frozenset[str], *,
-                    max_bytes: int = DEFAULT_MAX_BYTES) -> LoadedFile:
+                    max_bytes: int | None = None) -> LoadedFile:
     """Read, decode, parse and shape-check one collection file (never follows a symlink).
 
     Args:
         root: the store root.
         relpath: store-relative path from :func:`collection_files`.
         agents: the store's Loom agents (decides the file's placement).
-        max_bytes: on-disk size limit in bytes.
+        max_bytes: on-disk size limit in bytes (default ``AML_MAX_DOCUMENT_MB``).
 
     Returns:
         The :class:`LoadedFile`.
@@ -116,8 +117,10 @@ def load_collection(root: Path, relpath: str, agents: frozenset[str], *,
     """
     path = root / relpath
     parts = PurePosixPath(relpath).parts
+    if max_bytes is None:
+        max_bytes = max_document_bytes()
     raw, st = read_file_bytes(path, max_bytes=max_bytes, relpath=relpath)
-    decoded, encoding = decode_bytes(raw, path, max_output=4 * max_bytes, relpath=relpath)
+    decoded, encoding = decode_bytes(raw, path, max_output=DEFAULT_DECODE_RATIO * max_bytes, relpath=relpath)
     data = load_json(decoded, path, relpath=relpath)
     classify(data, parts, place(parts, agents), path)
     try:

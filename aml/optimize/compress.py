@@ -58,7 +58,6 @@ from aml.optimize.index import connect, read_meta
 from aml.store.atomic import atomic_write, fsync_dir
 from aml.store.codec import Encoding, encode, sniff
 from aml.store.documents import (
-    DEFAULT_MAX_BYTES,
     DocumentError,
     DocumentKind,
     base_name,
@@ -215,7 +214,7 @@ def compress_store(
     dry_run: bool = False,
     now: float | None = None,
     fsync: bool = True,
-    max_bytes: int = DEFAULT_MAX_BYTES,
+    max_bytes: int | None = None,
     use_index: bool = True,
     quick_check: bool = True,
     progress: ProgressCallback | None = None,
@@ -239,7 +238,8 @@ def compress_store(
         now: current time, seconds since the epoch (default: now; tests pin it).
         fsync: fsync each new file before its rename (turn off only for benchmarks of the codec);
             directories are fsynced once each at the end.
-        max_bytes: files larger than this on disk are skipped as unreadable, bytes.
+        max_bytes: files larger than this on disk are skipped as unreadable, bytes (default
+            ``AML_MAX_DOCUMENT_MB``, :func:`aml.store.documents.max_document_bytes`).
         use_index: skip the JSON parse of a document that the store's index (``optimize index``)
             parsed without error at exactly its current size, mtime and inode (an atomic rewrite
             always changes the inode, an edit the mtime). Cold files are by definition unchanged
@@ -269,8 +269,9 @@ def compress_store(
                             None if decompress else age_days, scope, dry_run)
     now_s = time.time() if now is None else now
     check = QuickCheck(enabled=quick_check)
+    limit = store.max_bytes if max_bytes is None else max_bytes
     run = _Compressor(result, target, level, decompress, scope, dry_run, int((now_s - age_days * _DAY_S) * 1e9),
-                      frozenset(store.agents()), max_bytes, indexed_documents(store.root) if use_index else {}, check)
+                      frozenset(store.agents()), limit, indexed_documents(store.root) if use_index else {}, check)
     writes = _Writes(result, fsync)
     try:
         for f in iter_store_files(store.root, skip_top=WRITER_SKIP_TOP):

@@ -42,12 +42,14 @@ class CodecError(ValueError):
     Attributes:
         encoding: the encoding that was sniffed.
         reason: a short human-readable explanation.
+        over_limit: the data is sound but decodes to more than the ``max_output`` asked for.
     """
 
-    def __init__(self, encoding: Encoding, reason: str) -> None:
-        super().__init__(f"corrupt {encoding}: {reason}")
+    def __init__(self, encoding: Encoding, reason: str, *, over_limit: bool = False) -> None:
+        super().__init__(f"{encoding} {reason}" if over_limit else f"corrupt {encoding}: {reason}")
         self.encoding: Encoding = encoding
         self.reason = reason
+        self.over_limit = over_limit
 
 
 def sniff(raw: bytes) -> Encoding:
@@ -88,7 +90,7 @@ def decode(raw: bytes, *, max_output: int | None = None) -> tuple[bytes, Encodin
     if encoding == "zstd":
         return _unzstd(raw, max_output), encoding
     if max_output is not None and len(raw) > max_output:
-        raise CodecError("plain", f"more than {max_output} bytes")
+        raise CodecError("plain", f"more than {max_output} bytes", over_limit=True)
     return raw, encoding
 
 
@@ -126,7 +128,7 @@ def _gunzip(raw: bytes, max_output: int | None) -> bytes:
     except _GZIP_ERRORS as exc:
         raise CodecError("gzip", str(exc) or type(exc).__name__) from exc
     if max_output is not None and len(out) > max_output:
-        raise CodecError("gzip", f"decodes to more than {max_output} bytes")
+        raise CodecError("gzip", f"decodes to more than {max_output} bytes", over_limit=True)
     return out
 
 
@@ -144,7 +146,7 @@ def _unzstd(raw: bytes, max_output: int | None) -> bytes:
                 out += dobj.decompress(rest[pos : pos + _ZSTD_CHUNK])
                 pos += _ZSTD_CHUNK
                 if max_output is not None and len(out) > max_output:
-                    raise CodecError("zstd", f"decodes to more than {max_output} bytes")
+                    raise CodecError("zstd", f"decodes to more than {max_output} bytes", over_limit=True)
             if not dobj.eof:
                 raise CodecError("zstd", "truncated frame")
             rest = dobj.unused_data + rest[pos:]

@@ -21,10 +21,31 @@ from aml.store import accessors as acc
 from aml.store.codec import CodecError, Encoding, decode, sniff
 
 DEFAULT_MAX_BYTES: Final = 256 * 1024 * 1024
-"""Files larger than this (256 MiB, on disk) are reported as ``too_large`` and not read."""
+"""Files larger than this (256 MiB, on disk) are reported as ``too_large`` and not read, unless
+``AML_MAX_DOCUMENT_MB`` says otherwise (:func:`max_document_bytes`)."""
+
+MAX_DOCUMENT_SETTING: Final = "AML_MAX_DOCUMENT_MB"
+"""The environment variable (MiB) that sets the limit of one document; named in every ``too_large`` error."""
 
 DEFAULT_DECODE_RATIO: Final = 4
-"""A compressed file may decode to at most this many times :data:`DEFAULT_MAX_BYTES`."""
+"""A compressed file may decode to at most this many times the on-disk limit."""
+
+
+def max_document_bytes() -> int:
+    """The on-disk size limit of one document, bytes: ``AML_MAX_DOCUMENT_MB`` (MiB, read from the environment
+    at each call, so a worker and the CLI agree with their settings) or :data:`DEFAULT_MAX_BYTES`. A value
+    that is not a positive number is ignored here (the settings refuse it at start-up)."""
+    raw = os.environ.get(MAX_DOCUMENT_SETTING, "").strip()
+    try:
+        mib = float(raw) if raw else 0.0
+    except ValueError:
+        mib = 0.0
+    return int(mib * 1024 * 1024) if mib > 0 else DEFAULT_MAX_BYTES
+
+
+def _limit_text(limit: int) -> str:
+    return (f"the {limit}-byte limit of one document ({MAX_DOCUMENT_SETTING}={limit / (1024 * 1024):.4g}; "
+            "raise it to read this file)")
 
 DocumentKind = Literal[
     "loom_collection",  # <agent>/patterns.json | solutions.json | decisions.json (list of items)
@@ -223,14 +244,15 @@ def base_name(name: str) -> str:
 
 
 def read_file_bytes(
-    path: str | os.PathLike[str], *, max_bytes: int = DEFAULT_MAX_BYTES, relpath: str | None = None
+    path: str | os.PathLike[str], *, max_bytes: int | None = None, relpath: str | None = None
 ) -> tuple[bytes, os.stat_result]:
     """Read a regular file without following symlinks, without blocking on FIFOs and, where the
     OS allows, without updating its access time.
 
     Args:
         path: the file.
-        max_bytes: refuse files whose size on disk exceeds this many bytes.
+        max_bytes: refuse files whose size on disk exceeds this many bytes (default
+            :func:`max_document_bytes`).
         relpath: store-relative path, copied into errors.
 
     Returns:
@@ -246,6 +268,8 @@ def read_file_bytes(
         | getattr(os, "O_CLOEXEC", 0)
     )
     noatime = getattr(os, "O_NOATIME", 0)
+    if max_bytes is None:
+        max_bytes = max_document_bytes()
     try:
         try:
             fd = os.open(path, flags | noatime)
@@ -267,7 +291,7 @@ def read_file_bytes(
             raise DocumentError(
                 path,
                 None,
-                f"file is {st.st_size} bytes, over the {max_bytes}-byte limit; not read",
+                f"file is {st.st_size} bytes, over {_limit_text(max_bytes)}; not read",
                 code="too_large",
                 relpath=relpath,
             )
@@ -281,7 +305,7 @@ def read_file_bytes(
             total += len(chunk)
             if total > max_bytes:  # grew while we read
                 raise DocumentError(
-                    path, None, f"file grew over {max_bytes} bytes", code="too_large", relpath=relpath
+                    path, None, f"file grew over {_limit_text(max_bytes)}", code="too_large", relpath=relpath
                 )
         return b"".join(chunks), st
     except OSError as exc:
@@ -296,14 +320,17 @@ def decode_bytes(
     """:func:`aml.store.codec.decode` with failures as :class:`DocumentError`.
 
     Raises:
-        DocumentError: ``corrupt_gzip``/``corrupt_zstd`` (also when over ``max_output``).
+        DocumentError: ``corrupt_gzip``/``corrupt_zstd``, or ``too_large`` when the (sound) data decodes to
+            more than ``max_output`` bytes (never called corrupt: gc quarantines corrupt files).
     """
     try:
         return decode(raw, max_output=max_output)
     except CodecError as exc:
+        if exc.over_limit or exc.encoding == "plain":
+            message = (f"{exc}; not read (the decoded limit is {DEFAULT_DECODE_RATIO} x {MAX_DOCUMENT_SETTING}: "
+                       "raise it to read this file)")
+            raise DocumentError(path, None, message, code="too_large", relpath=relpath) from exc
         code: ErrorCode = "corrupt_zstd" if exc.encoding == "zstd" else "corrupt_gzip"
-        if exc.encoding == "plain":
-            code = "too_large"
         raise DocumentError(path, None, str(exc), code=code, relpath=relpath) from exc
 
 
@@ -541,7 +568,7 @@ def read_document(
     relpath: str,
     *,
     loom_agents: frozenset[str] = frozenset(),
-    max_bytes: int = DEFAULT_MAX_BYTES,
+    max_bytes: int | None = None,
     max_decoded_bytes: int | None = None,
 ) -> Document:
     """Read, decode, parse and classify one regular file. Never raises for bad content: the
@@ -551,12 +578,14 @@ def read_document(
         path: absolute path of the file.
         relpath: store-relative POSIX path (decides the Loom placement).
         loom_agents: the store's Loom agent directories.
-        max_bytes: on-disk size limit (bytes).
+        max_bytes: on-disk size limit (bytes; default :func:`max_document_bytes`).
         max_decoded_bytes: decoded size limit (bytes); default ``DEFAULT_DECODE_RATIO * max_bytes``.
 
     Returns:
         The :class:`Document`.
     """
+    if max_bytes is None:
+        max_bytes = max_document_bytes()
     parts = PurePosixPath(relpath).parts
     placement = place(parts, loom_agents)
     doc = Document(

@@ -23,12 +23,12 @@ from pathlib import Path
 from aml.store.atomic import TMP_PREFIX
 from aml.store.documents import (
     AGENT_FILES,
-    DEFAULT_MAX_BYTES,
     NON_AGENT_DIRS,
     Document,
     DocumentError,
     DocumentInfo,
     base_name,
+    max_document_bytes,
     read_document,
 )
 from aml.store.extract import records_from_document
@@ -121,7 +121,7 @@ class FileStore:
     Args:
         root: the store directory (e.g. ``project/.loom/memory``).
         max_bytes: files larger than this on disk are reported (``too_large``) and not read;
-            default 256 MiB (256 x 1024² bytes).
+            default ``AML_MAX_DOCUMENT_MB`` or 256 MiB (:func:`aml.store.documents.max_document_bytes`).
         max_decoded_bytes: limit on a file's decoded (decompressed) size; default 4 x ``max_bytes``.
 
     Attributes:
@@ -134,14 +134,14 @@ class FileStore:
         self,
         root: str | os.PathLike[str],
         *,
-        max_bytes: int = DEFAULT_MAX_BYTES,
+        max_bytes: int | None = None,
         max_decoded_bytes: int | None = None,
     ) -> None:
         self.store_id = normalise_store_id(root)
         if "://" in self.store_id:
             raise ValueError(f"{self.store_id} is a URL, not a file store directory")
         self.root = Path(self.store_id)
-        self.max_bytes = max_bytes
+        self.max_bytes = max_document_bytes() if max_bytes is None else max_bytes
         self.max_decoded_bytes = max_decoded_bytes
 
     def __repr__(self) -> str:
