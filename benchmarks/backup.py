@@ -187,6 +187,23 @@ def restic(repo: Path, *args: str) -> subprocess.CompletedProcess[str]:
 OPERATIONS = ("full backup", "incremental (1% changed)", "verify (read all data)", "restore + sync")
 
 
+def prepare_store(workdir: Path, agents: int, docs: int) -> tuple[Path, Path, int, int]:
+    """A fresh ``workdir/<agents>x<docs>/`` holding a built store (printed, then flushed to disk).
+
+    Returns:
+        ``(work directory, store directory, files, bytes)``.
+    """
+    work = workdir / f"{agents}x{docs}"
+    store = work / "store"
+    if work.exists():
+        shutil.rmtree(work)
+    work.mkdir(parents=True)
+    t, _, (nfiles, nbytes) = timed(lambda: build_store(store, agents, docs))
+    print(f"store: {nfiles} files, {nbytes / 1e6:.1f} MB (built in {t:.1f} s) at {store}", flush=True)
+    subprocess.run(["sync"], check=True)
+    return work, store, nfiles, nbytes
+
+
 def run_once(
     work: Path, store: Path, nfiles: int, agents: int, docs: int, rnd: int, with_restic: bool, encrypt: bool = False
 ) -> tuple[dict[str, dict[str, tuple[float, float]]], dict[str, int]]:
@@ -266,14 +283,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     os.environ.setdefault("RESTIC_PASSWORD", "aml-benchmark")
 
-    work: Path = args.workdir / f"{args.agents}x{args.docs}"
-    store = work / "store"
-    if work.exists():
-        shutil.rmtree(work)
-    work.mkdir(parents=True)
-    t, _, (nfiles, nbytes) = timed(lambda: build_store(store, args.agents, args.docs))
-    print(f"store: {nfiles} files, {nbytes / 1e6:.1f} MB (built in {t:.1f} s) at {store}", flush=True)
-    subprocess.run(["sync"], check=True)
+    work, store, nfiles, nbytes = prepare_store(args.workdir, args.agents, args.docs)
 
     best: dict[str, dict[str, tuple[float, float]]] = {op: {} for op in OPERATIONS}
     sizes: dict[str, int] = {}

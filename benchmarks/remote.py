@@ -64,21 +64,14 @@ from typing import Any
 
 from aml.backup import Repository, check, create_snapshot, list_snapshots, restore
 from aml.backup.storage import StorageOptions
-from benchmarks.backup import OPERATIONS, build_store, change_one_percent, dir_bytes, timed
+from benchmarks.backup import OPERATIONS, change_one_percent, dir_bytes, prepare_store, timed
+from tests.s3_server import AWS_ENV_DROP
 
 DEFAULT_WORKDIR = Path(__file__).resolve().parents[1] / "bench-work-remote"
 BACKENDS = ("sftp", "s3")
 STEPS = ("init", *OPERATIONS)
 TIMEOUT = 120.0
 """aml's per-request timeout (seconds): generous, the machine is shared."""
-_AWS_ENV_DROP = (
-    "AWS_PROFILE",
-    "AWS_DEFAULT_PROFILE",
-    "AWS_ENDPOINT_URL",
-    "AWS_SESSION_TOKEN",
-    "AWS_SECURITY_TOKEN",
-    "AWS_REGION",
-)
 
 
 @dataclass
@@ -304,20 +297,13 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("RESTIC_PASSWORD", "aml-benchmark")
     backends = BACKENDS if args.backend == "both" else (args.backend,)
 
-    work: Path = args.workdir / f"{args.agents}x{args.docs}"
-    store = work / "store"
-    if work.exists():
-        shutil.rmtree(work)
-    work.mkdir(parents=True)
-    t, _, (nfiles, nbytes) = timed(lambda: build_store(store, args.agents, args.docs))
-    print(f"store: {nfiles} files, {nbytes / 1e6:.1f} MB (built in {t:.1f} s) at {store}", flush=True)
-    subprocess.run(["sync"], check=True)
+    work, store, nfiles, nbytes = prepare_store(args.workdir, args.agents, args.docs)
 
     starters = {"sftp": sftp_target, "s3": s3_target}
     results: dict[str, Any] = {}
     try:
         for i, backend in enumerate(backends):
-            with starters[backend](work) as target, patched_environ(target.env, _AWS_ENV_DROP if target.env else ()):
+            with starters[backend](work) as target, patched_environ(target.env, AWS_ENV_DROP if target.env else ()):
                 times, sizes = run_backend(
                     target,
                     work,

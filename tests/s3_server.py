@@ -153,17 +153,21 @@ def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
         server.stop()
 
 
+AWS_ENV_DROP = (
+    "AWS_PROFILE",
+    "AWS_DEFAULT_PROFILE",
+    "AWS_ENDPOINT_URL",
+    "AWS_SESSION_TOKEN",
+    "AWS_SECURITY_TOKEN",
+    "AWS_REGION",
+)
+"""Variables removed from a process that talks to the test server, so a user's own AWS settings never leak in."""
+
+
 @pytest.fixture
 def s3_env(s3_server: S3Server, monkeypatch: pytest.MonkeyPatch) -> S3Server:
     """The server, with its environment applied to this process (``AWS_PROFILE``/``AWS_ENDPOINT_URL`` removed)."""
-    for var in (
-        "AWS_PROFILE",
-        "AWS_DEFAULT_PROFILE",
-        "AWS_ENDPOINT_URL",
-        "AWS_SESSION_TOKEN",
-        "AWS_SECURITY_TOKEN",
-        "AWS_REGION",
-    ):
+    for var in AWS_ENV_DROP:
         monkeypatch.delenv(var, raising=False)
     for key, value in s3_server.env.items():
         monkeypatch.setenv(key, value)
