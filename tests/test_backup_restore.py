@@ -165,3 +165,48 @@ def test_repository_inside_the_store_is_excluded_and_never_removed(tmp_path: Pat
     assert (repo.path / "config.json").exists() and repo.snapshot_ids() == [snap.backup_id]
     with pytest.raises(BackupError, match="inside the repository"):
         restore(repo, snap.backup_id, repo.path / "archives" / "x")
+
+
+def test_a_fresh_target_gets_files_under_their_own_names_a_used_one_through_renames(tmp_path: Path,
+                                                                                    monkeypatch) -> None:
+    """Into a missing or empty target files are created under their own names (no rename: the costly part of
+    creating a file); into a target that has content every file goes through a temporary name, so a file
+    there is never seen torn; and a direct write never clobbers a name that appeared meanwhile."""
+    import aml.backup.fileswriter as fw
+    from aml.backup import create_snapshot, restore
+    from aml.backup._fs import DirFds
+
+    store = make_json_store(tmp_path / "store", agents=2, docs=6)
+    repo = small_repo(tmp_path / "repo")
+    snap = create_snapshot(store, repo, incremental=False)
+    renames: list[str] = []
+    real_rename = os.rename
+
+    def counting_rename(src, dst, *args, **kwargs):
+        renames.append(str(dst))
+        return real_rename(src, dst, *args, **kwargs)
+
+    monkeypatch.setattr(fw.os, "rename", counting_rename)
+    fresh = tmp_path / "fresh"
+    assert restore(repo, snap.backup_id, fresh).ok
+    assert renames == [] and tree_state(fresh) == tree_state(store)
+    used = tmp_path / "used"
+    used.mkdir()
+    (used / "keep.txt").write_text("the target's own file")
+    assert restore(repo, snap.backup_id, used, exact=False).ok
+    assert len(renames) == snap.file_count  # every file renamed into place
+    assert (used / "keep.txt").read_text() == "the target's own file"
+    assert not [p for p in used.rglob("*") if p.name.startswith(".aml-tmp-")]
+
+    # a name taken between the plan and the write: replaced whole through a temporary name, never opened
+    target = tmp_path / "race"
+    target.mkdir()
+    (target / "doc.json").write_text("someone else's")
+    fd = os.open(target, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        with DirFds(fd, create=True) as fds:
+            fw.FilesWriter(fds, direct=True).write("doc.json", b'{"restored": true}', 0o644, 1_700_000_000 * 10**9)
+    finally:
+        os.close(fd)
+    assert (target / "doc.json").read_bytes() == b'{"restored": true}'
+    assert (target / "doc.json").stat().st_mtime_ns == 1_700_000_000 * 10**9

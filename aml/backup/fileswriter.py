@@ -5,7 +5,13 @@ Everything goes through directory descriptors opened with ``O_NOFOLLOW`` one com
 (:class:`~aml.backup._fs.DirFds`), so a symlink in the target is never followed:
 
 * a file is written under a temporary name with its mode and mtime, then renamed into place (no per-file
-  fsync); a symlink is created with ``symlinkat`` under a temporary name and renamed the same way (its
+  fsync), so that a file the target already uses is never seen torn; into a *fresh* target (a directory
+  that did not exist or was empty when the restore started, as a restore to ``--target`` or a drill's
+  scratch directory) a new file is created under its own name directly (``O_EXCL``: never over anything),
+  as restic does: the rename costs more than the rest of the file's creation on common file systems,
+  and nothing but this restore can be reading there (a killed restore leaves files that the next one,
+  finding them of another size or mtime, writes again);
+* a symlink is created with ``symlinkat`` under a temporary name and renamed the same way (its
   target is never opened);
 * directories are created on demand; their modes and mtimes are set last, deepest first;
 * removals (exact mode) go deepest first, a directory with its content;
@@ -76,18 +82,29 @@ def _current_umask() -> int:
 class FilesWriter:
     """Writes entries below a target's directory descriptors (one writer per thread)."""
 
-    def __init__(self, dirfds: DirFds, suffix: str = "") -> None:
+    def __init__(self, dirfds: DirFds, suffix: str = "", *, direct: bool = False) -> None:
         self.dirfds = dirfds
         self.counter = 0
         self.prefix = f"{TMP_PREFIX}r{os.getpid()}.{suffix}-"
         self.umask = _current_umask()
+        self.direct = direct
 
     def write(self, rel: str, data: bytes, mode: int, mtime_ns: int) -> None:
-        """Write file ``rel`` under a temporary name with its mode and mtime, then rename it into place."""
+        """Write file ``rel`` with its mode and mtime: under a temporary name renamed into place, or (``direct``,
+        a fresh target) under its own name when nothing has that name yet."""
         dname, _, fname = rel.rpartition("/")
         dfd = self.dirfds.get(dname)
         # created with its final permissions when the umask allows it (saves an fchmod per file)
         exact_mode = (mode & ~self.umask) == mode and not mode & 0o7000
+        if self.direct:
+            check_write()
+            try:
+                fd = os.open(fname, _CREATE, mode if exact_mode else 0o600, dir_fd=dfd)
+            except FileExistsError:
+                pass  # something has that name: the safe way below replaces it whole
+            else:
+                self._fill(fd, data, mode, exact_mode, mtime_ns, fname, dfd)
+                return
         while True:
             self.counter += 1
             tmp = f"{self.prefix}{self.counter}"
@@ -96,6 +113,18 @@ class FilesWriter:
                 break
             except FileExistsError:
                 continue
+        self._fill(fd, data, mode, exact_mode, mtime_ns, tmp, dfd)
+        try:
+            check_write()
+            os.rename(tmp, fname, src_dir_fd=dfd, dst_dir_fd=dfd)
+        except OSError:
+            os.unlink(tmp, dir_fd=dfd)
+            raise
+
+    @staticmethod
+    def _fill(fd: int, data: bytes, mode: int, exact_mode: bool, mtime_ns: int, name: str, dfd: int) -> None:
+        """Write ``data`` to the new file ``fd`` (``name`` in ``dfd``), set its mode and mtime, close it; on
+        failure the file is closed and removed."""
         try:
             n = os.write(fd, data)
             if n < len(data):  # short write (huge file or signal): finish it
@@ -107,15 +136,9 @@ class FilesWriter:
             os.utime(fd, ns=(mtime_ns, mtime_ns))
         except BaseException:
             os.close(fd)
-            os.unlink(tmp, dir_fd=dfd)
+            os.unlink(name, dir_fd=dfd)
             raise
         os.close(fd)
-        try:
-            check_write()
-            os.rename(tmp, fname, src_dir_fd=dfd, dst_dir_fd=dfd)
-        except OSError:
-            os.unlink(tmp, dir_fd=dfd)
-            raise
 
     def link(self, rel: str, target: str, mtime_ns: int) -> None:
         """Create symlink ``rel`` -> ``target`` under a temporary name, then rename it into place (replacing
@@ -187,8 +210,8 @@ _Item = tuple[str, bytes, int, int]  # path, content, mode, mtime_ns
 class _WriterThreads:
     """:data:`RESTORE_THREADS` threads writing files, each owning the directories hashed to it."""
 
-    def __init__(self, root_fd: int, exact: bool, nthreads: int) -> None:
-        self.root_fd, self.exact, self.nthreads = root_fd, exact, nthreads
+    def __init__(self, root_fd: int, exact: bool, nthreads: int, direct: bool = False) -> None:
+        self.root_fd, self.exact, self.nthreads, self.direct = root_fd, exact, nthreads, direct
         self.queues: list[queue.Queue[list[_Item] | None]] = [queue.Queue(maxsize=16) for _ in range(nthreads)]
         self.written = [0] * nthreads
         self.nbytes = [0] * nthreads
@@ -204,7 +227,7 @@ class _WriterThreads:
     def _work(self, k: int) -> None:
         q = self.queues[k]
         with DirFds(self.root_fd, create=True, replace=self.exact) as fds:
-            w = FilesWriter(fds, suffix=str(k))
+            w = FilesWriter(fds, suffix=str(k), direct=self.direct)
             while True:
                 items = q.get()
                 if items is None:
@@ -244,18 +267,21 @@ def write_files(
     exact: bool,
     rep: Reporter,
     errors: Errors,
+    *,
+    direct: bool = False,
 ) -> tuple[int, int]:
     """Write the files ``to_write``, their contents coming from ``contents`` (groups ``(file indices,
     content or None, error)``, see :data:`~aml.backup.filerestorer.ContentSource`), on
     :data:`RESTORE_THREADS` threads (one when there are few files), each owning a share of the directories.
 
     Files whose content could not be read, then files that could not be written, are added to ``errors``.
+    ``direct``: the target is fresh (see the module docstring): new files are created under their own names.
 
     Returns:
         ``(files written, bytes written)``.
     """
     nthreads = RESTORE_THREADS if len(to_write) >= 256 else 1
-    pool = _WriterThreads(root_fd, exact, nthreads)
+    pool = _WriterThreads(root_fd, exact, nthreads, direct)
     try:
         last_dir, k = "", 0
         for idxs, data, err in contents:

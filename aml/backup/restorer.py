@@ -167,6 +167,7 @@ def _apply(plan: RestorePlan, tables: _Tables, target: str, exact: bool, res: Re
     files, dirs, links, errors = tables.files, tables.dirs, tables.links, res.errors
     rep.state.files_total = len(plan.write)
     rep.state.bytes_total = sum(files.size[i] for i in plan.write)
+    fresh = _is_fresh(target)
     root_fd = open_root(target, create=True)
     dirfds = DirFds(root_fd, create=True, replace=exact)
     w = FilesWriter(dirfds)
@@ -176,7 +177,8 @@ def _apply(plan: RestorePlan, tables: _Tables, target: str, exact: bool, res: Re
         for d in sorted(plan.need_dirs):
             _each(errors, d, "cannot create directory", w.make_dir)
         contents = prefetch(tables.source(plan.write))
-        res.files_written, res.bytes_written = write_files(files, plan.write, contents, root_fd, exact, rep, errors)
+        res.files_written, res.bytes_written = write_files(files, plan.write, contents, root_fd, exact, rep, errors,
+                                                           direct=fresh)
         for i in plan.meta:
             _each(errors, files.path[i], "cannot set mode/mtime", w.set_meta, files.mode[i], files.mtime_ns[i])
         for i in plan.link:
@@ -191,6 +193,18 @@ def _apply(plan: RestorePlan, tables: _Tables, target: str, exact: bool, res: Re
         dirfds.close()
         os.close(root_fd)
     rep.done()
+
+
+def _is_fresh(target: str) -> bool:
+    """Whether the restore target is missing or an empty directory: nothing there for a torn file to replace
+    and nobody reading it (see :mod:`~aml.backup.fileswriter`)."""
+    try:
+        with os.scandir(target) as it:
+            return next(it, None) is None
+    except FileNotFoundError:
+        return True
+    except OSError:
+        return False
 
 
 def _each(errors: list[dict[str, str]], path: str, what: str, action: Callable[..., object], *args: Any) -> None:
