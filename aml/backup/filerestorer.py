@@ -14,11 +14,13 @@ files need must be in the index, in a pack that exists with its indexed size.
 
 from __future__ import annotations
 
+import collections
 import itertools
 import mmap
 import queue
 import threading
 from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -74,8 +76,14 @@ def native_source(repo: Repository, index: Index, files: FileTable, verify: bool
         whole = [i for i in wanted if i not in files.chunks]
         located, unknown = _locate(index, files, whole)
         yield from unknown
-        for pack_id, group in itertools.groupby(located, key=lambda t: t[0]):
-            yield from _read_pack(root, key, hasher, pack_id, list(group), verify)
+        groups = [(pack_id, list(group)) for pack_id, group in itertools.groupby(located, key=lambda t: t[0])]
+        if remote.mirror_for(root) is None:
+            for pack_id, items in groups:
+                yield from _read_pack(root, key, hasher, pack_id, items, verify)
+        else:
+            downloads = _downloads(root, [pack_id for pack_id, _ in groups])
+            for (pack_id, items), data in zip(groups, downloads, strict=True):
+                yield from _read_pack(root, key, hasher, pack_id, items, verify, data)
         for i in wanted:
             if i in files.chunks:
                 yield _read_chunked(root, index, hasher, files, i, verify)
@@ -101,18 +109,47 @@ def _locate(index: Index, files: FileTable, wanted: list[int]) -> tuple[list[_Lo
     return located, unknown
 
 
+DOWNLOAD_AHEAD = 3
+"""Packs of a remote repository downloaded ahead of the one being decoded (two connections' worth of
+requests in flight, as restic keeps several): the network's latency overlaps the decoding."""
+
+
+def _downloads(root: Path, pack_ids: list[str]) -> Iterator[bytes | BaseException]:
+    """The stored bytes of each pack of a remote repository, in order, fetched up to :data:`DOWNLOAD_AHEAD`
+    ahead by two threads; a failed download comes as its exception (raised by :func:`_read_pack`)."""
+    with ThreadPoolExecutor(2, thread_name_prefix="aml-restore-fetch") as pool:
+        pending: collections.deque[Future[bytes]] = collections.deque()
+        ids = iter(pack_ids)
+        for pack_id in itertools.islice(ids, DOWNLOAD_AHEAD):
+            pending.append(pool.submit(remote.stored_pack, root, pack_id))
+        while pending:
+            fut = pending.popleft()
+            nxt = next(ids, None)
+            if nxt is not None:
+                pending.append(pool.submit(remote.stored_pack, root, nxt))
+            try:
+                yield fut.result()
+            except Exception as exc:  # handed to the reader, which decides
+                yield exc
+
+
 def _read_pack(
     root: Path, key: crypto.MasterKey | None, hasher: Callable[..., Any], pack_id: str, items: list[_Located],
-    verify: bool,
+    verify: bool, data: bytes | BaseException | None = None,
 ) -> Iterator[Group]:
-    """Read ``items`` (objects of one pack, in offset order) from one memory-mapped pack."""
+    """Read ``items`` (objects of one pack, in offset order) from one memory-mapped pack (or from ``data``,
+    its bytes or the error of their download, for a remote repository)."""
     mm: Any
     try:
-        if remote.mirror_for(root) is None:
+        if isinstance(data, BaseException):
+            raise data
+        if data is not None:
+            mm = data
+        elif remote.mirror_for(root) is None:
             with open(pack_path(root, pack_id), "rb") as fh:
                 mm = mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ)
         else:
-            mm = remote.stored_pack(root, pack_id)  # one download per pack
+            mm = remote.stored_pack(root, pack_id)
     except StorageError:
         raise  # the storage did not answer: the restore fails as a whole, no file is called damaged
     except (OSError, ValueError) as exc:

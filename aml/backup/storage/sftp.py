@@ -386,10 +386,12 @@ class SFTPStorage(Storage):
                 size = fh.stat().st_size or 0
                 if size >= PREFETCH_MIN:
                     fh.prefetch(size)
-                chunks = []
-                while chunk := fh.read(max(size, 32768)):
-                    chunks.append(chunk)
-                return b"".join(chunks)
+                # read in request-sized pieces: one read() of the whole size through paramiko's prefetch
+                # buffer runs at a third of the speed (30 vs 97 MiB/s for 16 MiB here)
+                out = bytearray()
+                while chunk := fh.read(CHUNK):
+                    out += chunk
+                return bytes(out)
 
         return self._call(name, op)
 
@@ -410,7 +412,9 @@ class SFTPStorage(Storage):
                 if length >= PREFETCH_MIN:
                     size = fh.stat().st_size or 0
                     want = max(0, min(length, size - offset))
-                    return b"".join(fh.readv([(offset, want)])) if want else b""
+                    # pipelined requests of CHUNK bytes each (one readv of the whole range is 3x slower)
+                    spans = [(o, min(CHUNK, offset + want - o)) for o in range(offset, offset + want, CHUNK)]
+                    return b"".join(fh.readv(spans)) if want else b""
                 fh.seek(offset)
                 chunks: list[bytes] = []
                 got = 0
