@@ -2,15 +2,21 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
+from types import MappingProxyType
+from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from aml.store import accessors as acc
 from aml.store.codec import decode
 from aml.store.documents import load_json
+from aml.store.records import item_size
 from tests.realdata import LOOM_SCHEMA
 
 V10 = {
@@ -153,3 +159,73 @@ def test_real_items_detect_as_their_store_version(name: str, loom_store: Callabl
     without = sum(1 for d in decisions if not acc.has_outcome(d))
     assert 0.2 < without / len(decisions) < 0.6
     assert any(acc.custom_metrics(d) for d in decisions)
+
+
+# ---------------------------------------------------------------- one-pass readers and item_size
+
+_TS_TEXT = st.sampled_from(["2026-03-24T03:18:32.025Z", " 2025-12-06T22:58:25.942000+00:00 ", "2026-11-22T10:48:19",
+                            "1700000000", "20260324", "", "not a date", "2026-03-24T03:18:32+05:30"])
+_VALUES = st.one_of(st.none(), st.booleans(), st.integers(-3, 2**70), st.floats(allow_nan=True),
+                    st.text(max_size=3), _TS_TEXT, st.lists(st.integers(), max_size=2),
+                    st.dictionaries(st.text(max_size=2), st.integers(), max_size=2))
+_PARENTS = ("pattern", "metrics", "performance", "evolution", "lifecycle", "problem", "effectiveness", "decision",
+            "outcome")
+_KEYS = ("type", "successRate", "success_rate", "executionCount", "execution_count", "confidenceScore",
+         "confidence_score", "confidence", "created", "created_at", "lastUsed", "last_used", "last_used_at",
+         "errorType", "error_type", "worked", "wouldRepeat", "would_repeat")
+_TOP = ("id", "agent", "timestamp", "verifiedCount", "verified_count", "reviewedAt", "reviewed_at", "active")
+_ITEMS = st.builds(
+    lambda top, parents: {**top, **parents},
+    st.dictionaries(st.sampled_from(_TOP), _VALUES, max_size=5),
+    st.dictionaries(st.sampled_from(_PARENTS),
+                    st.one_of(_VALUES, st.dictionaries(st.sampled_from(_KEYS), _VALUES, max_size=6)), max_size=6),
+)
+
+
+@settings(max_examples=400, deadline=None)
+@given(item=st.one_of(_ITEMS, _VALUES))
+def test_one_pass_readers_equal_the_accessors(item: Any) -> None:
+    """pattern_fields, solution_fields and decision_fields (record extraction) return exactly what the
+    single-field accessors return, wrong types and missing parents included."""
+    if isinstance(item, dict):
+        assert acc.pattern_fields(item) == (acc.pattern_type(item), acc.success_rate(item), acc.confidence(item),
+                                            acc.execution_count(item), acc.created_at(item), acc.last_used_at(item))
+        assert acc.solution_fields(item) == (acc.error_type(item), acc.solution_worked(item),
+                                             acc.verified_count(item), acc.created_at(item))
+        assert acc.decision_fields(item) == (acc.decision_type(item), acc.would_repeat(item), acc.reviewed_at(item),
+                                             acc.created_at(item))
+    for collection in ("patterns", "solutions", "decisions"):
+        if isinstance(item, dict):  # a Mapping that is not a dict takes wrong_types' general path
+            assert acc.wrong_types(item, collection) == acc.wrong_types(MappingProxyType(item), collection)
+        else:
+            assert acc.wrong_types(item, collection) == ()
+
+
+_JSON = st.recursive(
+    st.one_of(st.none(), st.booleans(), st.integers(), st.floats(allow_nan=True, allow_infinity=True),
+              st.text(alphabet=st.characters(codec="utf-8"), max_size=5)),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=4), inner, max_size=4),
+    max_leaves=12,
+)
+
+
+@settings(max_examples=400, deadline=None)
+@given(value=st.one_of(_JSON, st.builds(lambda v: {"when": datetime(2026, 1, 2, tzinfo=UTC), "v": v}, _JSON)))
+def test_item_size_is_compact_utf8_json(value: Any) -> None:
+    """item_size (a reused C encoder) gives the number json.dumps gives, non-JSON values via str included."""
+    expected = len(json.dumps(value, ensure_ascii=False, separators=(",", ":"), default=str).encode("utf-8"))
+    assert item_size(value) == expected
+
+
+def test_item_size_of_cycles_and_deep_nesting_raises_as_json_dumps_does() -> None:
+    cycle: list[Any] = []
+    cycle.append(cycle)
+    with pytest.raises(ValueError, match="Circular reference"):
+        item_size({"a": cycle})
+    deep: dict[str, Any] = {}
+    cur = deep
+    for _ in range(5000):
+        cur["k"] = {}
+        cur = cur["k"]
+    with pytest.raises(RecursionError):
+        item_size(deep)

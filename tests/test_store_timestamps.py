@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
@@ -9,12 +10,16 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from aml.store.timestamps import (
+    _ISO_MEMO,
+    _ISO_MEMO_SIZE,
     PY_AWARE_STYLE,
     PY_NAIVE_STYLE,
     TS_STYLE,
     TimestampStyle,
     detect_style,
     format_like,
+    iso_timestamp_form,
+    parse_iso_timestamp,
     parse_timestamp,
     utc_iso_z,
 )
@@ -130,3 +135,59 @@ def test_fixed_offset_is_converted() -> None:
     text = format_like(INSTANT, TimestampStyle("iso", "+02:00", 3))
     assert text == "2026-03-24T05:18:32.025+02:00"
     assert parse_timestamp(text) == INSTANT.astimezone(timezone(timedelta(hours=2)))
+
+
+# ---------------------------------------------------------------- ISO text: the rules, memo included
+
+_NUMERIC = re.compile(r"^[+-]?\d+(?:\.\d+)?$")
+
+
+def _reference_iso(value: str) -> datetime | None:
+    """parse_iso_timestamp's rules for a string, spelled out: numeric text (epoch forms) is refused,
+    anything else is what datetime.fromisoformat reads of the stripped text, as aware UTC."""
+    text = value.strip()
+    if not text or _NUMERIC.match(text):
+        return None
+    try:
+        parsed = datetime.fromisoformat(text)
+        return parsed.replace(tzinfo=UTC) if parsed.tzinfo is None else parsed.astimezone(UTC)
+    except (ValueError, OverflowError):
+        return None
+
+
+_ISO_LIKE = st.one_of(
+    st.text(alphabet="0123456789-:.TZ+ W\u00e9", max_size=34),
+    st.sampled_from(["2026-03-24T03:18:32.025Z", " 2026-03-24T03:18:32.025Z\n", "2025-12-06T22:58:25.942000+00:00",
+                     "2026-11-22T10:48:19.384477", "2026-11-07 10:52:50", "20260324", "2026-03-24", "1774322312",
+                     "1774322312.025", "-12", "0001-01-01T00:00:00+01:00", "9999-12-31T23:59:59-01:00",
+                     "2026-W12-3", "2026-03-24T03:18", "2026-03-24T03:18:32.0251234Z", ""]),
+    st.datetimes(timezones=st.sampled_from([None, UTC, timezone(timedelta(hours=-5))])).map(datetime.isoformat),
+)
+
+
+@settings(max_examples=500, deadline=None)
+@given(value=_ISO_LIKE)
+def test_iso_text_follows_the_rules_twice(value: str) -> None:
+    """parse_iso_timestamp and iso_timestamp_form of a string agree with the spelled-out rules, on the
+    first (parsed) and the second (memoised) call; parse_timestamp reads the same instant."""
+    expected = _reference_iso(value)
+    if _NUMERIC.match(value.strip()):
+        form: str | None = "string (epoch number)"
+    else:
+        form = None if expected is not None else "string (not a timestamp)"
+    for _ in range(2):
+        assert parse_iso_timestamp(value) == expected
+        assert iso_timestamp_form(value) == form
+    if form != "string (epoch number)":
+        assert parse_timestamp(value) == expected
+    if expected is not None:
+        assert expected.tzinfo is UTC
+
+
+def test_iso_memo_stays_bounded_and_right() -> None:
+    values = [f"2026-03-24T03:{m:02d}:{s:02d}Z" for m in range(60) for s in range(60)]
+    for value in values:
+        assert parse_iso_timestamp(value) == datetime.fromisoformat(value)
+    assert len(_ISO_MEMO) <= _ISO_MEMO_SIZE
+    assert all(parse_iso_timestamp(v) == datetime.fromisoformat(v) for v in values[::97])
+    assert iso_timestamp_form(12) == "integer" and parse_iso_timestamp(12) is None

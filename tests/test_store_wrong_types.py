@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import functools
 import json
+import math
 import tarfile
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -29,7 +31,8 @@ from aml.prune.apply import apply_plan
 from aml.prune.plan import _candidate
 from aml.store import FileStore
 from aml.store import accessors as acc
-from aml.store.timestamps import iso_timestamp_form, parse_iso_timestamp, parse_timestamp
+from aml.store.records import WrongType
+from aml.store.timestamps import iso_timestamp_form, json_type, parse_iso_timestamp, parse_timestamp
 from tests.realdata import extract_loom, loom_tarball
 
 NOW = datetime(2026, 11, 23, tzinfo=UTC)
@@ -294,3 +297,70 @@ def test_null_ids_and_agents_are_wrong_types_kept_by_gc_and_read_safely_by_index
             positional = f"{rel}#/{first_odd + n}"
             hit = engine.lookup(item["id"] if isinstance(item["id"], str) else positional)
             assert hit is not None and hit.item == item and hit.agent == AGENT
+
+
+def _reference_wrong_types(item: object, collection: str) -> tuple[WrongType, ...]:
+    """wrong_types' rule spelled out field by field (the collection's typed fields, in their order)."""
+    if not isinstance(item, Mapping):
+        return ()
+    out = []
+    for path, expected in acc._TYPED_FIELDS.get(collection, acc._ANY_ITEM):
+        parent: Any = item
+        for key in path[:-1]:
+            parent = parent.get(key) if isinstance(parent, Mapping) else None
+        if not isinstance(parent, Mapping) or path[-1] not in parent:
+            continue
+        value = parent[path[-1]]
+        if expected == "timestamp":
+            found = iso_timestamp_form(value)
+        elif expected == "number":
+            ok = isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+            found = None if ok else json_type(value)
+        elif expected == "string":
+            found = None if isinstance(value, str) else json_type(value)
+        else:
+            found = None if isinstance(value, bool) else json_type(value)
+        if found is not None:
+            out.append(WrongType(".".join(path), found,
+                                 acc.TIMESTAMP_EXPECTED if expected == "timestamp" else expected))
+    return tuple(out)
+
+
+_TYPED_PATHS = sorted({path for fields in acc._TYPED_FIELDS.values() for path, _ in fields})
+_FIELD_VALUES = st.one_of(JSON_SCALARS, st.floats(), st.integers(-2, 2**70), st.lists(st.none(), max_size=1),
+                          st.sampled_from(["2026-03-24T03:18:32.025Z", " 2026-03-24T03:18:32Z ", "20260324",
+                                           "2026-11-22T10:48:19.384477", "2026-13-01T00:00:00Z"]))
+
+
+def _nest(fields: list[tuple[tuple[str, ...], Any]]) -> dict[str, Any]:
+    """An item holding each ``(path, value)``; a later value may replace a whole parent object."""
+    item: dict[str, Any] = {}
+    for path, value in fields:
+        parent = item
+        for key in path[:-1]:
+            parent = parent[key] if isinstance(parent.get(key), dict) else parent.setdefault(key, {})
+            if not isinstance(parent, dict):
+                break
+        else:
+            parent[path[-1]] = value
+    return item
+
+
+def _items_of(collection: str) -> st.SearchStrategy[Any]:
+    """Random items holding the collection's typed fields (and their parents) with random values."""
+    paths = sorted({path for path, _ in acc._TYPED_FIELDS.get(collection, acc._ANY_ITEM)})
+    paths += sorted({path[:1] for path in paths if len(path) > 1})
+    return st.one_of(st.lists(st.tuples(st.sampled_from(paths), _FIELD_VALUES), max_size=12).map(_nest), JSON_SCALARS)
+
+
+_COLLECTION_ITEMS = st.sampled_from(["patterns", "solutions", "decisions", "archived_decisions", "other"]).flatmap(
+    lambda collection: st.tuples(st.just(collection), _items_of(collection)))
+
+
+@settings(max_examples=500, deadline=None)
+@given(case=_COLLECTION_ITEMS)
+def test_wrong_types_follow_the_rule_field_by_field(case: tuple[str, Any]) -> None:
+    """wrong_types (grouped by parent and kind, usual types checked inline) finds exactly what checking
+    each typed field in turn finds, in the same order."""
+    collection, item = case
+    assert acc.wrong_types(item, collection) == _reference_wrong_types(item, collection)

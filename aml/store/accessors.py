@@ -49,10 +49,21 @@ def _get(obj: object, *path: str) -> Any:
     """Follow ``path`` through nested mappings; ``None`` as soon as a step is missing."""
     cur: Any = obj
     for key in path:
-        if type(cur) is not dict and not isinstance(cur, Mapping):  # dict first: the ABC check is slow
+        # dict and None first: the ABC check is slow
+        if type(cur) is not dict and (cur is None or not isinstance(cur, Mapping)):
             return None
         cur = cur.get(key)
     return cur
+
+
+def _get2(obj: object, key: str, subkey: str) -> Any:
+    """``_get(obj, key, subkey)`` without the loop (the hot Loom accessors)."""
+    if type(obj) is not dict and (obj is None or not isinstance(obj, Mapping)):
+        return None
+    cur = obj.get(key)
+    if type(cur) is not dict and (cur is None or not isinstance(cur, Mapping)):
+        return None
+    return cur.get(subkey)
 
 
 def _has(obj: object, path: tuple[str, ...]) -> bool:
@@ -63,6 +74,8 @@ def _has(obj: object, path: tuple[str, ...]) -> bool:
 
 def _first(obj: object, *paths: tuple[str, ...]) -> Any:
     """The first non-``None`` value among ``paths``."""
+    if type(obj) is not dict and (obj is None or not isinstance(obj, Mapping)):
+        return None
     for path in paths:
         value = _get(obj, *path)
         if value is not None:
@@ -70,7 +83,23 @@ def _first(obj: object, *paths: tuple[str, ...]) -> Any:
     return None
 
 
+def _first2(obj: object, key: str, subkeys: tuple[str, ...]) -> Any:
+    """``_first(obj, (key, subkeys[0]), (key, subkeys[1]), ...)``: one parent looked up once."""
+    if type(obj) is not dict and (obj is None or not isinstance(obj, Mapping)):
+        return None
+    cur = obj.get(key)
+    if type(cur) is not dict and (cur is None or not isinstance(cur, Mapping)):
+        return None
+    for subkey in subkeys:
+        value = cur.get(subkey)
+        if value is not None:
+            return value
+    return None
+
+
 def _as_float(value: object) -> float | None:
+    if type(value) is float:  # the usual case, without the checks below
+        return value if math.isfinite(value) else None
     if isinstance(value, bool) or not isinstance(value, int | float):
         return None
     result = float(value)
@@ -78,6 +107,8 @@ def _as_float(value: object) -> float | None:
 
 
 def _as_int(value: object) -> int | None:
+    if type(value) is int:  # the usual case
+        return value
     if isinstance(value, bool):
         return None
     if isinstance(value, int):
@@ -88,11 +119,11 @@ def _as_int(value: object) -> int | None:
 
 
 def _as_str(value: object) -> str | None:
-    return value if isinstance(value, str) else None
+    return value if type(value) is str or isinstance(value, str) else None
 
 
 def _as_bool(value: object) -> bool | None:
-    return value if isinstance(value, bool) else None
+    return value if value is True or value is False else None
 
 
 def _as_dicts(value: object) -> list[Any]:
@@ -118,7 +149,8 @@ def detect_item_version(item: Item) -> ItemVersion:
     version = item.get("version")
     if isinstance(version, str) and version in ITEM_VERSIONS:
         return version
-    if isinstance(item.get("metadata"), Mapping):
+    metadata = item.get("metadata")
+    if type(metadata) is dict or (metadata is not None and isinstance(metadata, Mapping)):
         return "1.2.0"
     if "tags" in item and "active" in item:
         return "1.1.0"
@@ -170,26 +202,19 @@ def last_modified(item: Item) -> datetime | None:
 
 def pattern_type(item: Item) -> str | None:
     """``pattern.type``, e.g. ``"css-layout"``."""
-    return _as_str(_get(item, "pattern", "type"))
+    return _as_str(_get2(item, "pattern", "type"))
 
 
 def success_rate(item: Item) -> float | None:
     """Success ratio 0-1: ``performance.success_rate`` (v2.0) or ``metrics.successRate`` (v1.x)."""
-    return _as_float(
-        _first(item, ("performance", "success_rate"), ("metrics", "successRate"), ("metrics", "success_rate"))
-    )
+    value = _get2(item, "performance", "success_rate")
+    return _as_float(value if value is not None else _first2(item, "metrics", ("successRate", "success_rate")))
 
 
 def execution_count(item: Item) -> int | None:
     """Times used: ``performance.execution_count`` (v2.0) or ``metrics.executionCount`` (v1.x)."""
-    return _as_int(
-        _first(
-            item,
-            ("performance", "execution_count"),
-            ("metrics", "executionCount"),
-            ("metrics", "execution_count"),
-        )
-    )
+    value = _get2(item, "performance", "execution_count")
+    return _as_int(value if value is not None else _first2(item, "metrics", ("executionCount", "execution_count")))
 
 
 def avg_time_saved_ms(item: Item) -> float | None:
@@ -206,13 +231,9 @@ def error_prevention_count(item: Item) -> int | None:
 
 def confidence(item: Item) -> float | None:
     """Confidence 0-1: ``lifecycle.confidence`` (v2.0) or ``evolution.confidenceScore`` (v1.x)."""
+    value = _get2(item, "lifecycle", "confidence")
     return _as_float(
-        _first(
-            item,
-            ("lifecycle", "confidence"),
-            ("evolution", "confidenceScore"),
-            ("evolution", "confidence_score"),
-        )
+        value if value is not None else _first2(item, "evolution", ("confidenceScore", "confidence_score"))
     )
 
 
@@ -224,11 +245,10 @@ def refinement_count(item: Item) -> int | None:
 def created_at(item: Item) -> datetime | None:
     """Creation time: ``lifecycle.created_at`` (v2.0), ``evolution.created`` (v1.x patterns), else
     the top-level ``timestamp`` (solutions, decisions and malformed patterns)."""
-    for path in (("lifecycle", "created_at"), ("evolution", "created")):
-        parsed = parse_iso_timestamp(_get(item, *path))
-        if parsed is not None:
-            return parsed
-    return item_timestamp(item)
+    parsed = parse_iso_timestamp(_get2(item, "lifecycle", "created_at"))
+    if parsed is None:
+        parsed = parse_iso_timestamp(_get2(item, "evolution", "created"))
+    return parsed if parsed is not None else item_timestamp(item)
 
 
 def last_used_at(item: Item) -> datetime | None:
@@ -237,7 +257,8 @@ def last_used_at(item: Item) -> datetime | None:
     ``None`` when the item records no use time (solutions, decisions): callers choose their own
     fallback (Loom's pruner falls back to ``timestamp``): use :func:`last_used_unreadable` first, since
     a last-use field that is present but not ISO text also reads as ``None``."""
-    return parse_iso_timestamp(_first(item, *_LAST_USED_PATHS))
+    value = _get2(item, "lifecycle", "last_used_at")
+    return parse_iso_timestamp(value if value is not None else _first2(item, "evolution", ("lastUsed", "last_used")))
 
 
 _LAST_USED_PATHS: Final = (("lifecycle", "last_used_at"), ("evolution", "lastUsed"), ("evolution", "last_used"))
@@ -255,12 +276,12 @@ def last_used_unreadable(item: Item) -> bool:
 
 def error_type(item: Item) -> str | None:
     """``problem.errorType`` of a solution, e.g. ``"HydrationError"``."""
-    return _as_str(_first(item, ("problem", "errorType"), ("problem", "error_type")))
+    return _as_str(_first2(item, "problem", ("errorType", "error_type")))
 
 
 def solution_worked(item: Item) -> bool | None:
     """``effectiveness.worked`` of a solution, or ``None`` when not recorded."""
-    return _as_bool(_get(item, "effectiveness", "worked"))
+    return _as_bool(_get2(item, "effectiveness", "worked"))
 
 
 def verified_count(item: Item) -> int | None:
@@ -287,7 +308,7 @@ def prevented_recurrence(item: Item) -> int | None:
 
 def decision_type(item: Item) -> str | None:
     """``decision.type``, e.g. ``"state-library"``."""
-    return _as_str(_get(item, "decision", "type"))
+    return _as_str(_get2(item, "decision", "type"))
 
 
 def has_outcome(item: Item) -> bool:
@@ -297,7 +318,7 @@ def has_outcome(item: Item) -> bool:
 
 def would_repeat(item: Item) -> bool | None:
     """``outcome.wouldRepeat`` (``outcome.would_repeat`` also read), or ``None`` without outcome."""
-    return _as_bool(_first(item, ("outcome", "wouldRepeat"), ("outcome", "would_repeat")))
+    return _as_bool(_first2(item, "outcome", ("wouldRepeat", "would_repeat")))
 
 
 def success_metrics(item: Item) -> dict[str, float]:
@@ -348,6 +369,96 @@ def outcome_scores(item: Item) -> dict[str, float]:
 def reviewed_at(item: Item) -> datetime | None:
     """``reviewedAt``: when the decision's outcome was recorded (TS ``Z`` form), or ``None``."""
     return parse_iso_timestamp(_first(item, ("reviewedAt",), ("reviewed_at",)))
+
+
+# --------------------------------------------------------------------------- Loom: one pass per item
+#
+# Record extraction reads the same fields of every item of a store; these read them with each
+# parent object looked up once. Each returns exactly what the accessors above return (tests compare
+# them on random items); an item that is not a dict goes through the accessors themselves.
+
+_NO_FIELDS: Final[dict[str, Any]] = {}
+"""Stands for a missing (or non-object) parent: never written to."""
+
+
+def _sub(item: dict[str, Any], key: str) -> Any:
+    """``item[key]`` when it is a mapping, else an empty one."""
+    value = item.get(key)
+    if type(value) is dict or (value is not None and isinstance(value, Mapping)):
+        return value
+    return _NO_FIELDS
+
+
+def _created_at(item: dict[str, Any], lifecycle: Any, evolution: Any) -> datetime | None:
+    parsed = parse_iso_timestamp(lifecycle.get("created_at"))
+    if parsed is None:
+        parsed = parse_iso_timestamp(evolution.get("created"))
+        if parsed is None:
+            parsed = parse_iso_timestamp(item.get("timestamp"))
+    return parsed
+
+
+def pattern_fields(
+    item: Item,
+) -> tuple[str | None, float | None, float | None, int | None, datetime | None, datetime | None]:
+    """``(pattern_type, success_rate, confidence, execution_count, created_at, last_used_at)`` of a pattern."""
+    if type(item) is not dict:
+        return (pattern_type(item), success_rate(item), confidence(item), execution_count(item),
+                created_at(item), last_used_at(item))
+    performance, metrics = _sub(item, "performance"), _sub(item, "metrics")
+    lifecycle, evolution = _sub(item, "lifecycle"), _sub(item, "evolution")
+    rate = performance.get("success_rate")
+    if rate is None:
+        rate = metrics.get("successRate")
+        if rate is None:
+            rate = metrics.get("success_rate")
+    count = performance.get("execution_count")
+    if count is None:
+        count = metrics.get("executionCount")
+        if count is None:
+            count = metrics.get("execution_count")
+    conf = lifecycle.get("confidence")
+    if conf is None:
+        conf = evolution.get("confidenceScore")
+        if conf is None:
+            conf = evolution.get("confidence_score")
+    last = lifecycle.get("last_used_at")
+    if last is None:
+        last = evolution.get("lastUsed")
+        if last is None:
+            last = evolution.get("last_used")
+    return (_as_str(_sub(item, "pattern").get("type")), _as_float(rate), _as_float(conf), _as_int(count),
+            _created_at(item, lifecycle, evolution), parse_iso_timestamp(last))
+
+
+def solution_fields(item: Item) -> tuple[str | None, bool | None, int | None, datetime | None]:
+    """``(error_type, solution_worked, verified_count, created_at)`` of a solution."""
+    if type(item) is not dict:
+        return error_type(item), solution_worked(item), verified_count(item), created_at(item)
+    problem = _sub(item, "problem")
+    kind = problem.get("errorType")
+    if kind is None:
+        kind = problem.get("error_type")
+    count = item.get("verifiedCount")
+    if count is None:
+        count = item.get("verified_count")
+    return (_as_str(kind), _as_bool(_sub(item, "effectiveness").get("worked")), _as_int(count),
+            _created_at(item, _sub(item, "lifecycle"), _sub(item, "evolution")))
+
+
+def decision_fields(item: Item) -> tuple[str | None, bool | None, datetime | None, datetime | None]:
+    """``(decision_type, would_repeat, reviewed_at, created_at)`` of a decision."""
+    if type(item) is not dict:
+        return decision_type(item), would_repeat(item), reviewed_at(item), created_at(item)
+    outcome = _sub(item, "outcome")
+    repeat = outcome.get("wouldRepeat")
+    if repeat is None:
+        repeat = outcome.get("would_repeat")
+    reviewed = item.get("reviewedAt")
+    if reviewed is None:
+        reviewed = item.get("reviewed_at")
+    return (_as_str(_sub(item, "decision").get("type")), _as_bool(repeat), parse_iso_timestamp(reviewed),
+            _created_at(item, _sub(item, "lifecycle"), _sub(item, "evolution")))
 
 
 # --------------------------------------------------------------------------- Loom: field types
@@ -412,20 +523,29 @@ def _type_problem(value: object, expected: str) -> str | None:
     return None if isinstance(value, bool) else json_type(value)
 
 
-_TypedGroups = tuple[tuple[tuple[str, ...], tuple[tuple[int, str, str, str], ...]], ...]
+_Entries = tuple[tuple[int, str, str], ...]
+"""``(position in the field list, key, dotted path)`` of the fields of one expected kind."""
+_TypedGroups = tuple[tuple[tuple[str, ...], str | None, _Entries, _Entries, _Entries, _Entries], ...]
+"""Per parent path (and its key when it has one step): its timestamp, number, string and boolean fields."""
 
 
 def _grouped(fields: tuple[tuple[tuple[str, ...], str], ...]) -> _TypedGroups:
-    """``fields`` grouped by parent path (each parent looked up once per item), each entry
-    ``(position in fields, key, expected, dotted path)``."""
-    groups: dict[tuple[str, ...], list[tuple[int, str, str, str]]] = {}
+    """``fields`` grouped by parent path (each parent looked up once per item) and by expected kind
+    (each kind's usual, right types checked inline in :func:`wrong_types`)."""
+    groups: dict[tuple[str, ...], dict[str, list[tuple[int, str, str]]]] = {}
     for pos, (path, expected) in enumerate(fields):
-        groups.setdefault(path[:-1], []).append((pos, path[-1], expected, ".".join(path)))
-    return tuple((parent, tuple(entries)) for parent, entries in groups.items())
+        kinds = groups.setdefault(path[:-1], {kind: [] for kind in _KINDS})
+        kinds[expected].append((pos, path[-1], ".".join(path)))
+    return tuple(
+        (parent, parent[0] if len(parent) == 1 else None, *(tuple(kinds[kind]) for kind in _KINDS))  # type: ignore[misc]
+        for parent, kinds in groups.items()
+    )
 
 
+_KINDS: Final = ("timestamp", "number", "string", "boolean")
 _TYPED_GROUPS: Final = {collection: _grouped(fields) for collection, fields in _TYPED_FIELDS.items()}
 _ANY_GROUPS: Final = _grouped(_ANY_ITEM)
+_MISSING: Final = object()
 
 
 def wrong_types(item: object, collection: str) -> tuple[WrongType, ...]:
@@ -445,19 +565,47 @@ def wrong_types(item: object, collection: str) -> tuple[WrongType, ...]:
     Returns:
         One :class:`~aml.store.records.WrongType` per field, in a fixed order.
     """
-    if not isinstance(item, Mapping):
+    if type(item) is not dict and not isinstance(item, Mapping):
         return ()
     out: list[tuple[int, WrongType]] = []
-    for parent_path, entries in _TYPED_GROUPS.get(collection, _ANY_GROUPS):
-        parent = _get(item, *parent_path) if parent_path else item
-        if type(parent) is not dict and not isinstance(parent, Mapping):
-            continue
-        for pos, key, expected, name in entries:
-            if key not in parent:
+    missing = _MISSING
+    for parent_path, parent_key, timestamps, numbers, strings, booleans in _TYPED_GROUPS.get(collection, _ANY_GROUPS):
+        if parent_key is not None:
+            parent: Any = item.get(parent_key)
+        else:
+            parent = _get(item, *parent_path) if parent_path else item
+        if type(parent) is not dict:
+            if parent is None or not isinstance(parent, Mapping):
                 continue
-            found = _type_problem(parent[key], expected)
-            if found is not None:
-                out.append((pos, WrongType(name, found, TIMESTAMP_EXPECTED if expected == "timestamp" else expected)))
+            keys = [key for entries in (timestamps, numbers, strings, booleans) for _, key, _ in entries]
+            parent = {key: parent[key] for key in keys if key in parent}
+        get = parent.get
+        # Each kind's usual (right) types inline; iso_timestamp_form and _type_problem decide the rest.
+        for pos, key, name in timestamps:
+            value = get(key, missing)
+            if value is not missing and (found := iso_timestamp_form(value)) is not None:
+                out.append((pos, WrongType(name, found, TIMESTAMP_EXPECTED)))
+        for pos, key, name in numbers:
+            value = get(key, missing)
+            if value is missing:
+                continue
+            kind = type(value)
+            if (kind is float or kind is int) and math.isfinite(value):
+                continue
+            if (found := _type_problem(value, "number")) is not None:
+                out.append((pos, WrongType(name, found, "number")))
+        for pos, key, name in strings:
+            value = get(key, missing)
+            if value is missing or type(value) is str:
+                continue
+            if (found := _type_problem(value, "string")) is not None:
+                out.append((pos, WrongType(name, found, "string")))
+        for pos, key, name in booleans:
+            value = get(key, missing)
+            if value is missing or type(value) is bool:
+                continue
+            if (found := _type_problem(value, "boolean")) is not None:
+                out.append((pos, WrongType(name, found, "boolean")))
     if not out:
         return ()
     out.sort(key=lambda pair: pair[0])

@@ -9,6 +9,7 @@ field of the wrong JSON type reads as ``None`` and is listed in :attr:`Record.wr
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Mapping
+from datetime import datetime
 from typing import Any
 
 from aml.store import accessors as acc
@@ -40,30 +41,41 @@ def _positional_id(doc: Document, pointer: str) -> str:
     return f"{doc.relpath}#{pointer}"
 
 
+_LoomFields = tuple[str | None, float | None, float | None, int | None, datetime | None, datetime | None]
+"""``(kind, success_rate, confidence, execution_count, created_at, last_used_at)`` of one Loom item."""
+
+
+_pattern_fields: Callable[[Any], _LoomFields] = acc.pattern_fields
+
+
+def _solution_fields(item: Any) -> _LoomFields:
+    kind, worked, count, created = acc.solution_fields(item)
+    return kind, _flag(worked), None, count, created, None
+
+
+def _decision_fields(item: Any) -> _LoomFields:  # decisions, archived_decisions
+    kind, repeat, reviewed, created = acc.decision_fields(item)
+    return kind, _flag(repeat), None, None, created, reviewed
+
+
 def _loom(store: str, doc: Document) -> Iterator[Record]:
     collection = doc.collection or "patterns"
+    fields = (_pattern_fields if collection == "patterns"
+              else _solution_fields if collection == "solutions" else _decision_fields)
+    relpath, doc_agent = doc.relpath, doc.agent
+    # Bound once: this loop runs once per Loom item of the store.
+    item_id, item_agent, is_active = acc.item_id, acc.item_agent, acc.is_active
+    detect_item_version, wrong_types = acc.detect_item_version, acc.wrong_types
     for index, item in enumerate(doc.data):
-        pointer = json_pointer(index)
-        if collection == "patterns":
-            kind = acc.pattern_type(item)
-            success, conf, count = acc.success_rate(item), acc.confidence(item), acc.execution_count(item)
-            last_used = acc.last_used_at(item)
-        elif collection == "solutions":
-            kind = acc.error_type(item)
-            success, conf, count = _flag(acc.solution_worked(item)), None, acc.verified_count(item)
-            last_used = None
-        else:  # decisions, archived_decisions
-            kind = acc.decision_type(item)
-            success, conf, count = _flag(acc.would_repeat(item)), None, None
-            last_used = acc.reviewed_at(item)
-        agent = doc.agent if doc.agent is not None else (acc.item_agent(item) or "global")
+        pointer = f"/{index}"  # json_pointer(index): an int token needs no escaping
+        kind, success, conf, count, created, last_used = fields(item)
         yield Record(
             store=store,
-            agent=agent,
+            agent=doc_agent if doc_agent is not None else (item_agent(item) or "global"),
             collection=collection,
-            id=acc.item_id(item) or _positional_id(doc, pointer),
+            id=item_id(item) or f"{relpath}#{pointer}",  # _positional_id
             kind=kind or collection,
-            created_at=acc.created_at(item),
+            created_at=created,
             last_used_at=last_used,
             success_rate=success,
             confidence=conf,
@@ -71,10 +83,10 @@ def _loom(store: str, doc: Document) -> Iterator[Record]:
             importance=None,
             size_bytes=item_size(item),
             role=None,
-            location=RecordLocation(doc.relpath, pointer, index),
-            active=acc.is_active(item),
-            version=acc.detect_item_version(item),
-            wrong_types=acc.wrong_types(item, collection),
+            location=RecordLocation(relpath, pointer, index),
+            active=is_active(item),
+            version=detect_item_version(item),
+            wrong_types=wrong_types(item, collection),
         )
 
 

@@ -7,6 +7,7 @@ to find and edit the original item in its document, keeping every field aml does
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Final
@@ -34,10 +35,44 @@ def json_pointer(*tokens: str | int) -> str:
     return "".join("/" + str(t).replace("~", "~0").replace("/", "~1") for t in tokens)
 
 
+_COMPACT: Final = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), default=str)
+"""What :func:`item_size` measures: ``json.dumps(value, ensure_ascii=False, separators=(",", ":"),
+default=str)``, without building an encoder per call (``json.dumps`` makes one whenever an argument
+differs from its defaults)."""
+
+
+def _reusable_c_encoder() -> Callable[[Any, int], list[str]] | None:
+    """The C encoder behind ``_COMPACT.encode``, built once and without the circular-reference check
+    (which needs fresh state per call), or ``None`` when ``json`` has no C encoder here or this one
+    does not encode as ``_COMPACT`` does (``c_make_encoder`` is not public API)."""
+    make = getattr(json.encoder, "c_make_encoder", None)
+    if make is None:
+        return None
+    try:
+        encode = make(None, _COMPACT.default, json.encoder.encode_basestring, None, ":", ",", False, False, True)
+        probe = {"a": [1, -2.5e-7, 1e300, "é\u2028\"/", None, True, {}, []], "b": {"c": float("nan")}, "d": datetime}
+        if "".join(encode(probe, 0)) != _COMPACT.encode(probe):
+            return None
+    except Exception:  # any surprise from a private API: use the public one
+        return None
+    return encode
+
+
+_C_ENCODE: Final = _reusable_c_encoder()
+
+
 def item_size(item: Any) -> int:
     """Size in bytes of ``item`` serialised as compact UTF-8 JSON (``separators=(",", ":")``,
     non-ASCII kept as is): a format-independent measure of what a record costs."""
-    return len(json.dumps(item, ensure_ascii=False, separators=(",", ":"), default=str).encode("utf-8"))
+    kind = type(item)
+    if (kind is dict or kind is list) and _C_ENCODE is not None:
+        try:
+            text = "".join(_C_ENCODE(item, 0))
+        except RecursionError:  # a cycle (unchecked here) or deep nesting: the checked encoder says which
+            text = _COMPACT.encode(item)
+    else:
+        text = _COMPACT.encode(item)
+    return len(text) if text.isascii() else len(text.encode("utf-8"))
 
 
 @dataclass(frozen=True, slots=True)

@@ -88,6 +88,8 @@ def parse_timestamp(value: object) -> datetime | None:
         The instant as aware UTC, or ``None`` when ``value`` is missing, empty, of another type
         (``bool`` included), unparseable or out of ``datetime``'s range. Never raises.
     """
+    if type(value) is str:  # the usual case first: the checks below cost more than the parse
+        return _parse_text(value)
     if isinstance(value, datetime):
         return to_utc(value)
     if isinstance(value, bool) or value is None:
@@ -96,14 +98,28 @@ def parse_timestamp(value: object) -> datetime | None:
         return _from_epoch(value)
     if not isinstance(value, str):
         return None
+    return _parse_text(value)
+
+
+def _parse_text(value: str) -> datetime | None:
+    """:func:`parse_timestamp` of a string."""
     text = value.strip()
     if not text:
         return None
-    if _NUMERIC_RE.match(text):
+    if text[4:5] != "-" and _NUMERIC_RE.match(text):  # a "-" at index 4 is never numeric
         number: int | float = float(text) if "." in text else int(text)
         return _from_epoch(number)
+    return _from_iso(text)
+
+
+def _from_iso(text: str) -> datetime | None:
+    """``text`` (stripped, not numeric) read by ``datetime.fromisoformat`` as aware UTC, or ``None``."""
     try:
-        return to_utc(datetime.fromisoformat(text))
+        dt = datetime.fromisoformat(text)
+        tz = dt.tzinfo
+        if tz is UTC:  # "Z" and "+00:00": to_utc would return dt itself
+            return dt
+        return to_utc(dt)
     except (ValueError, OverflowError):
         return None
 
@@ -133,9 +149,11 @@ def parse_iso_timestamp(value: object) -> datetime | None:
         The instant as aware UTC, or ``None`` when ``value`` is not an ISO 8601 string aml can read
         (see :func:`iso_timestamp_form` for why). Never raises.
     """
-    if not isinstance(value, str) or _NUMERIC_RE.match(value.strip()):
+    if type(value) is str:
+        return _iso_text(value)[1]
+    if not isinstance(value, str):
         return None
-    return parse_timestamp(value)
+    return _iso_text_uncached(value)[1]
 
 
 def iso_timestamp_form(value: object) -> str | None:
@@ -146,11 +164,42 @@ def iso_timestamp_form(value: object) -> str | None:
         ``"string (not a timestamp)"`` or the JSON type of ``value`` (``"integer"``, ``"number"``,
         ``"null"``, ``"boolean"``, ``"array"``, ``"object"``).
     """
+    if type(value) is str:
+        return _iso_text(value)[0]
     if isinstance(value, str):
-        if _NUMERIC_RE.match(value.strip()):
-            return "string (epoch number)"
-        return None if parse_timestamp(value) is not None else "string (not a timestamp)"
+        return _iso_text_uncached(value)[0]
     return json_type(value)
+
+
+_IsoText = tuple[str | None, datetime | None]
+
+_ISO_MEMO: dict[str, _IsoText] = {}
+"""Recent :func:`_iso_text` results. Extracting a Loom item reads each timestamp twice (its form
+for :func:`~aml.store.accessors.wrong_types`, then its value), and ``evolution.created`` usually
+repeats ``timestamp``: the memo parses each string once. Bounded by :data:`_ISO_MEMO_SIZE`."""
+_ISO_MEMO_SIZE: Final = 256
+_EPOCH_TEXT: Final[_IsoText] = ("string (epoch number)", None)
+_NOT_TIMESTAMP: Final[_IsoText] = ("string (not a timestamp)", None)
+
+
+def _iso_text(value: str) -> _IsoText:
+    """``(iso_timestamp_form(value), parse_iso_timestamp(value))`` of a ``str``, memoised."""
+    memo = _ISO_MEMO
+    found = memo.get(value)
+    if found is None:
+        found = _iso_text_uncached(value)
+        memo[value] = found
+        if len(memo) > _ISO_MEMO_SIZE:
+            memo.clear()
+    return found
+
+
+def _iso_text_uncached(value: str) -> _IsoText:
+    text = value.strip()
+    if text[4:5] != "-" and _NUMERIC_RE.match(text):  # a "-" at index 4 is never numeric
+        return _EPOCH_TEXT
+    parsed = _from_iso(text) if text else None
+    return _NOT_TIMESTAMP if parsed is None else (None, parsed)
 
 
 def json_type(value: object) -> str:
