@@ -14,6 +14,7 @@ root. aml's temporary files (``.aml-tmp-*``) and ``.aml*`` directories are skipp
 
 from __future__ import annotations
 
+import gc
 import os
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterator
@@ -171,9 +172,23 @@ class FileStore:
             One :class:`Document` per regular file, symlink or special file (the latter two, and
             files that fail, with ``error`` set). Directories are descended (never via symlinks).
 
+        Python's cyclic garbage collector is paused while the documents are read and used (until the
+        iteration ends or is closed): parsed JSON and the record views built from it hold no reference
+        cycles, so its full collections, triggered by the many objects a large document makes, only cost
+        time (about a quarter of ``monitor health`` on a 75,000-record store).
+
         Raises:
             NotADirectoryError, FileNotFoundError: the root is not a directory.
         """
+        was_enabled = gc.isenabled()
+        gc.disable()
+        try:
+            yield from self._documents()
+        finally:
+            if was_enabled:
+                gc.enable()
+
+    def _documents(self) -> Iterator[Document]:
         loom_agents = frozenset(self.agents())
         for path, relpath, error in self._walk(self.root, ""):
             if error is not None:
