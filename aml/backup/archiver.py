@@ -502,6 +502,7 @@ def create_snapshot(
             pf = parent_m.files
             pmap = {p: i for i, p in enumerate(pf.path)}
         sha256 = crypto.id_hasher(root)
+        object_id = crypto.id_function(root)
         root_fd = open_root(os.path.realpath(source))
         dirfds = DirFds(root_fd)
         files_read = bytes_read = unchanged = 0
@@ -581,7 +582,7 @@ def create_snapshot(
                         data = None
                     if data is not None:  # the hot path: one read, exactly the size scanned, file unchanged
                         fsize = size
-                        oid = sha256(data).hexdigest()
+                        oid = object_id(data)
                         if oid not in objects and oid not in added:
                             add(oid, data)
                             added.add(oid)

@@ -563,7 +563,7 @@ def _verify_pack(root: Path, pack_id: str, entries: list[tuple[str, int, int, in
     out.objects = len(entries)
     # the hot loop of read-data: what PackReader.decompress does, inlined
     decompress = reader.decompressor().decompress
-    sha = hashlib.sha256 if key is None else key.hasher()
+    object_id = crypto.id_function(root)
     start, end = reader.objects_start, len(data)
     bad = out.bad
     for oid, off, ln, sz in entries:
@@ -575,7 +575,7 @@ def _verify_pack(root: Path, pack_id: str, entries: list[tuple[str, int, int, in
         except zstandard.ZstdError:
             bad.append(oid)
             continue
-        if len(obj) != sz or sha(obj).hexdigest() != oid:
+        if len(obj) != sz or object_id(obj) != oid:
             bad.append(oid)
     del reader
     view.release()

@@ -86,6 +86,7 @@ __all__ = [
     "KeySlot",
     "MasterKey",
     "forget",
+    "id_function",
     "id_hasher",
     "is_encrypted",
     "key_for",
@@ -164,6 +165,11 @@ class MasterKey:
     def hasher(self) -> Callable[..., Any]:
         """``hasher(data=b"")``: a keyed hash object (``update``, ``hexdigest``) for object ids."""
         return partial(hmac.new, self.mac_key, digestmod="sha256")
+
+    def object_id(self, data: bytes | memoryview) -> str:
+        """The id (HMAC-SHA256 hex) of one whole object: ``hasher(data).hexdigest()`` in one C call
+        (``hmac.digest``), about twice as fast when two threads hash."""
+        return hmac.digest(self.mac_key, data, "sha256").hex()
 
 
 @dataclass(frozen=True)
@@ -308,6 +314,17 @@ def id_hasher(root: Path | str) -> Callable[..., Any]:
     """``hasher(data=b"")`` making object ids of the repository at ``root``: sha256, or keyed HMAC-SHA256."""
     key = key_for(root)
     return hashlib.sha256 if key is None else key.hasher()
+
+
+def _sha256_id(data: bytes | memoryview) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def id_function(root: Path | str) -> Callable[[bytes | memoryview], str]:
+    """``object_id(data) -> hex id`` of whole objects in the repository at ``root``: sha256, or keyed
+    HMAC-SHA256 (:meth:`MasterKey.object_id`); the same ids as :func:`id_hasher`."""
+    key = key_for(root)
+    return _sha256_id if key is None else key.object_id
 
 
 def seal_for(key: MasterKey | None, data: bytes, aad: bytes) -> bytes:
