@@ -389,6 +389,13 @@ def _sub(item: dict[str, Any], key: str) -> Any:
     return _NO_FIELDS
 
 
+def _either(obj: Any, key: str, fallback: str) -> Any:
+    """``obj[key]``, or ``obj[fallback]`` when the first is missing or ``null`` (Loom's camelCase and
+    snake_case spellings of one field); ``obj`` is a dict."""
+    value = obj.get(key)
+    return obj.get(fallback) if value is None else value
+
+
 def _created_at(item: dict[str, Any], lifecycle: Any, evolution: Any) -> datetime | None:
     parsed = parse_iso_timestamp(lifecycle.get("created_at"))
     if parsed is None:
@@ -409,24 +416,16 @@ def pattern_fields(
     lifecycle, evolution = _sub(item, "lifecycle"), _sub(item, "evolution")
     rate = performance.get("success_rate")
     if rate is None:
-        rate = metrics.get("successRate")
-        if rate is None:
-            rate = metrics.get("success_rate")
+        rate = _either(metrics, "successRate", "success_rate")
     count = performance.get("execution_count")
     if count is None:
-        count = metrics.get("executionCount")
-        if count is None:
-            count = metrics.get("execution_count")
+        count = _either(metrics, "executionCount", "execution_count")
     conf = lifecycle.get("confidence")
     if conf is None:
-        conf = evolution.get("confidenceScore")
-        if conf is None:
-            conf = evolution.get("confidence_score")
+        conf = _either(evolution, "confidenceScore", "confidence_score")
     last = lifecycle.get("last_used_at")
     if last is None:
-        last = evolution.get("lastUsed")
-        if last is None:
-            last = evolution.get("last_used")
+        last = _either(evolution, "lastUsed", "last_used")
     return (_as_str(_sub(item, "pattern").get("type")), _as_float(rate), _as_float(conf), _as_int(count),
             _created_at(item, lifecycle, evolution), parse_iso_timestamp(last))
 
@@ -435,13 +434,8 @@ def solution_fields(item: Item) -> tuple[str | None, bool | None, int | None, da
     """``(error_type, solution_worked, verified_count, created_at)`` of a solution."""
     if type(item) is not dict:
         return error_type(item), solution_worked(item), verified_count(item), created_at(item)
-    problem = _sub(item, "problem")
-    kind = problem.get("errorType")
-    if kind is None:
-        kind = problem.get("error_type")
-    count = item.get("verifiedCount")
-    if count is None:
-        count = item.get("verified_count")
+    kind = _either(_sub(item, "problem"), "errorType", "error_type")
+    count = _either(item, "verifiedCount", "verified_count")
     return (_as_str(kind), _as_bool(_sub(item, "effectiveness").get("worked")), _as_int(count),
             _created_at(item, _sub(item, "lifecycle"), _sub(item, "evolution")))
 
@@ -450,13 +444,8 @@ def decision_fields(item: Item) -> tuple[str | None, bool | None, datetime | Non
     """``(decision_type, would_repeat, reviewed_at, created_at)`` of a decision."""
     if type(item) is not dict:
         return decision_type(item), would_repeat(item), reviewed_at(item), created_at(item)
-    outcome = _sub(item, "outcome")
-    repeat = outcome.get("wouldRepeat")
-    if repeat is None:
-        repeat = outcome.get("would_repeat")
-    reviewed = item.get("reviewedAt")
-    if reviewed is None:
-        reviewed = item.get("reviewed_at")
+    repeat = _either(_sub(item, "outcome"), "wouldRepeat", "would_repeat")
+    reviewed = _either(item, "reviewedAt", "reviewed_at")
     return (_as_str(_sub(item, "decision").get("type")), _as_bool(repeat), parse_iso_timestamp(reviewed),
             _created_at(item, _sub(item, "lifecycle"), _sub(item, "evolution")))
 
