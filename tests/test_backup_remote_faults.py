@@ -133,3 +133,20 @@ def test_prune_archives_of_a_store_with_a_remote_repository_live_under_aml_home(
     assert archive_root(store, remote_settings) == archive_root(store, remote_settings)
     local_settings = Settings(home=tmp_path / "home")
     assert archive_root(store, local_settings) == tmp_path / "p" / "memory-backup" / "archives"
+
+
+def test_pull_ignores_names_that_would_leave_the_cache(flaky: FlakyStorage, tmp_path: Path,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    from aml.backup.storage import ObjectInfo
+
+    repo = _repo(flaky, tmp_path / "cache").init()
+    real_list = flaky.list
+
+    def hostile(prefix: str = ""):
+        yield from real_list(prefix)
+        yield ObjectInfo("index/../../escape.json", 3, 0.0)
+        yield ObjectInfo("/etc/escape.json", 3, 0.0)
+
+    monkeypatch.setattr(flaky, "list", hostile)
+    repo.refresh()
+    assert not (tmp_path / "escape.json").exists() and repo.open().config.id

@@ -9,8 +9,8 @@ Everything goes through directory descriptors opened with ``O_NOFOLLOW`` one com
   that did not exist or was empty when the restore started, as a restore to ``--target`` or a drill's
   scratch directory) a new file is created under its own name directly (``O_EXCL``: never over anything),
   as restic does: the rename costs more than the rest of the file's creation on common file systems,
-  and nothing but this restore can be reading there (a killed restore leaves files that the next one,
-  finding them of another size or mtime, writes again);
+  and nothing but this restore can be reading there (a killed restore may leave a torn file, which the
+  next restore, comparing size and content hash, writes again);
 * a symlink is created with ``symlinkat`` under a temporary name and renamed the same way (its
   target is never opened);
 * directories are created on demand; their modes and mtimes are set last, deepest first;

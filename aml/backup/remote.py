@@ -34,7 +34,7 @@ from typing import Any
 
 from aml.store.atomic import TMP_PREFIX, atomic_write
 
-from .storage import ObjectInfo, Storage, StorageExists, StorageNotFound
+from .storage import ObjectInfo, Storage, StorageError, StorageExists, StorageNotFound, check_name
 
 __all__ = [
     "CACHED_PREFIXES",
@@ -127,6 +127,10 @@ def pull(mirror: RemoteMirror) -> None:
     remote: dict[str, ObjectInfo] = {}
     packs: dict[str, ObjectInfo] = {}
     for obj in storage.list():
+        try:
+            check_name(obj.name, storage.url)
+        except StorageError:
+            continue  # never a path outside the cache (a storage listing "../x" or "/etc/x")
         if obj.name.startswith("packs/"):
             packs[obj.name.rsplit("/", 1)[-1]] = obj
         elif _cached(obj.name):
