@@ -1,4 +1,5 @@
-"""Which snapshots exist for a store, for health's ``recent_backup`` check.
+"""Which snapshots exist for a store, for health's ``recent_backup`` check, and which restore drills passed,
+for its ``restore_tested`` check (:func:`drill_evidence`).
 
 Evidence comes from two places: the catalog's ``backups`` rows (with their verification state) and
 the backup repository's ``backup_metadata.json`` summary, which aml's repository, Loom's Python
@@ -11,13 +12,14 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 from sqlalchemy.orm import Session
 
 from aml.backup.storage import is_remote_url, redact_url
-from aml.health.checks import BackupEvidence
+from aml.health.checks import BackupEvidence, DrillEvidence
 from aml.store.timestamps import parse_timestamp
 from models import queries
 from workers.settings import Settings
@@ -96,3 +98,37 @@ def backup_evidence(session: Session, store_id: str, store_root: Path, settings:
     for row in queries.list_backups(session, store_id):
         found[row.backup_id] = BackupEvidence(row.backup_id, row.created_at, "catalog", row.verify_status)
     return sorted(found.values(), key=lambda b: b.time)
+
+
+def drill_evidence(session: Session, store_id: str, store_root: Path, settings: Settings,
+                   now: datetime | None = None) -> list[DrillEvidence]:
+    """The store's finished restore drills, for health's ``restore_tested`` check.
+
+    Args:
+        session: catalog session.
+        store_id: normalised store id.
+        store_root: the store's directory.
+        settings: runtime settings (repository location, ``drill_max_age_days``).
+        now: the instant the window ends (default now, UTC).
+
+    Returns:
+        The drills of the store's current repository that finished within ``AML_DRILL_MAX_AGE_DAYS``, plus the
+        most recent one that passed or failed, whatever its age (a failed drill stays critical until one
+        passes), newest first.
+    """
+    now = now or datetime.now(UTC)
+    repo = repository_name(store_root, settings)
+    since = now - timedelta(days=settings.drill_max_age_days)
+    rows = queries.list_restore_drills(session, store=store_id, repository=repo, since=since,
+                                       statuses=("passed", "failed", "error"), limit=500)
+    rows += queries.list_restore_drills(session, store=store_id, repository=repo, statuses=("passed", "failed"),
+                                        limit=1)
+    seen: set[int] = set()
+    out: list[DrillEvidence] = []
+    for r in rows:
+        if r.id in seen:
+            continue
+        seen.add(r.id)
+        out.append(DrillEvidence(time=r.finished_at or r.started_at, status=r.status, backup_id=r.backup_id,
+                                 agent=r.agent, failures=len(r.failures or []), error=r.error))
+    return sorted(out, key=lambda d: d.time, reverse=True)

@@ -4,7 +4,8 @@ A drill restores a snapshot of a file store (default: the newest in its reposito
 into a scratch directory under ``$AML_HOME/drills``, checks every file against the manifest (size and
 sha256; nothing missing, nothing extra), removes the scratch copy and records the outcome in the catalog's
 ``restore_drills`` (:mod:`aml.backup.drill`). Health's ``restore_tested`` check reads those rows
-(:func:`drill_evidence`). Beat runs one per file store weekly, Sunday 04:30 UTC (``beat_schedule.py``).
+(:func:`tasks.backup_evidence.drill_evidence`). Beat runs one per file store weekly, Sunday 04:30 UTC
+(``beat_schedule.py``).
 
 Source: the seeds' best practice "Test restores occasionally to verify backup integrity" (Loom
 ``scripts/aml`` README, Best Practices 6).
@@ -18,18 +19,14 @@ from __future__ import annotations
 
 import logging
 import time
-from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 from celery import Task, shared_task
-from sqlalchemy.orm import Session
 
 from aml.backup import BackupError
 from aml.backup.drill import run_drill
-from aml.health.checks import DrillEvidence
 from models import queries
-from tasks.backup_evidence import repository_name
 from tasks.base import AmlTask, Catalog, run_operation, store_path
 from tasks.progress import task_progress
 from tasks.snapshots import is_keyspace, repository_for, store_id_of
@@ -127,37 +124,3 @@ def drill(self: Task, store: str, backup_id: str | None = None, agent: str | Non
 
     return run_operation(task_id=self.request.id, operation="backup", store=store_id,
                          arguments={"action": "drill", "backup_id": backup_id, "agent": agent}, body=body)
-
-
-def drill_evidence(session: Session, store_id: str, store_root: Path, settings: Settings,
-                   now: datetime | None = None) -> list[DrillEvidence]:
-    """The store's finished restore drills, for health's ``restore_tested`` check.
-
-    Args:
-        session: catalog session.
-        store_id: normalised store id.
-        store_root: the store's directory.
-        settings: runtime settings (repository location, ``drill_max_age_days``).
-        now: the instant the window ends (default now, UTC).
-
-    Returns:
-        The drills of the store's current repository that finished within ``AML_DRILL_MAX_AGE_DAYS``, plus the
-        most recent one that passed or failed, whatever its age (a failed drill stays critical until one
-        passes), newest first.
-    """
-    now = now or datetime.now(UTC)
-    repo = repository_name(store_root, settings)
-    since = now - timedelta(days=settings.drill_max_age_days)
-    rows = queries.list_restore_drills(session, store=store_id, repository=repo, since=since,
-                                       statuses=("passed", "failed", "error"), limit=500)
-    rows += queries.list_restore_drills(session, store=store_id, repository=repo, statuses=("passed", "failed"),
-                                        limit=1)
-    seen: set[int] = set()
-    out: list[DrillEvidence] = []
-    for r in rows:
-        if r.id in seen:
-            continue
-        seen.add(r.id)
-        out.append(DrillEvidence(time=r.finished_at or r.started_at, status=r.status, backup_id=r.backup_id,
-                                 agent=r.agent, failures=len(r.failures or []), error=r.error))
-    return sorted(out, key=lambda d: d.time, reverse=True)

@@ -19,9 +19,8 @@ from sqlalchemy.orm import Session
 from aml.health.checks import BackupEvidence, CheckResult, Severity
 from aml.health.monitor import run_health
 from models import queries
-from tasks.backup_evidence import backup_evidence
+from tasks.backup_evidence import backup_evidence, drill_evidence
 from tasks.base import AmlTask, Catalog, normalize_store, run_operation, store_path
-from tasks.drill import drill_evidence
 from tasks.notify import notify_store
 from tasks.remediate import decide, record_outcome, start_chain
 from workers.app import get_settings

@@ -17,8 +17,9 @@ No Celery and no catalog here: ``tasks/compress.py`` and ``tasks/query.py`` reco
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from aml.lazy import lazy_exports
 
 if TYPE_CHECKING:
     from aml.optimize.bloom import IdBloom
@@ -47,17 +48,7 @@ _SOURCES = {
 so ``aml.health``'s lookup probe (``aml.optimize.cache``, ``.query``) does not import compress, gc, warm..."""
 
 
-def __getattr__(name: str) -> Any:
-    module = _SOURCES.get(name)
-    if module is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(f"{__name__}.{module}"), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted({*globals(), *__all__})
+__getattr__, __dir__ = lazy_exports(__name__, _SOURCES, globals())
 
 
 __all__ = [
