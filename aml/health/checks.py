@@ -280,7 +280,9 @@ class PerformanceEvidence:
     """Measured record lookups: count, mean and p95 in milliseconds; cache hit rate (0-1) or None;
     and the mean time of the real queries recorded recently (``query_avg_ms``, milliseconds, over
     ``queries`` queries; ``None`` without query traffic). ``probe``: how the lookups were made (``index``: through
-    the record index; ``documents``: by id in the parsed documents; ``none``), see :mod:`aml.health.probe`."""
+    the record index; ``documents``: by id in the parsed documents; ``none``), see :mod:`aml.health.probe`.
+    ``unprobed``: store-relative paths of documents the probe could not time lookups in (read item by item,
+    :data:`aml.store.documents.LAZY_ITEMS_BYTES`)."""
 
     lookups: int
     avg_ms: float
@@ -290,6 +292,7 @@ class PerformanceEvidence:
     query_avg_ms: float | None = None
     queries: int = 0
     probe: str = "none"
+    unprobed: tuple[str, ...] = ()
 
 
 def check_performance(
@@ -332,6 +335,10 @@ def check_performance(
     if problems:
         worst = max(s for s, _ in problems)
         return _fail(name, worst, "; ".join(m for _, m in problems), **details)
+    if not perf.lookups and perf.unprobed:
+        return _ok(name, f"lookups not timed: {', '.join(perf.unprobed)} is too large to hold parsed (read item by "
+                   "item); build the record index (`optimize index`) to time lookups through it",
+                   unprobed=list(perf.unprobed), **details)
     if not perf.lookups:
         return _ok(name, "no records to look up", **details)
     hit = "no query traffic recorded" if rate is None else f"cache hit rate {rate:.0%}"

@@ -37,6 +37,7 @@ from aml.health.metrics import MetricSample
 from aml.health.probe import LookupProbe, summarize
 from aml.health.thresholds import Thresholds
 from aml.store import Document, FileStore, ScanResult
+from aml.store.documents import LAZY_ITEMS_BYTES
 from aml.store.timestamps import utc_iso_z
 
 CHECK_ORDER = (
@@ -246,14 +247,15 @@ def run_health(
             session_stats(doc)
             probe.visit(doc)  # the performance probe's lookups, on the scan's own read of the document
 
-        scan = store.scan(visit=visit) if root.is_dir() else ScanResult.empty()
+        # a very large Loom collection is read item by item: memory holds its bytes and one item at a time
+        scan = store.scan(visit=visit, lazy_items=LAZY_ITEMS_BYTES) if root.is_dir() else ScanResult.empty()
     scan_s = time.perf_counter() - scan_start
     times = probe.times_ms
     avg, p95 = summarize(times)
     recorded = [t * 1000.0 for t in query_times_s]
     perf = PerformanceEvidence(len(times), avg, p95, cache_hit_rate, cache_source,
                                query_avg_ms=sum(recorded) / len(recorded) if recorded else None,
-                               queries=len(recorded), probe=probe.source)
+                               queries=len(recorded), probe=probe.source, unprobed=tuple(probe.unprobed))
     failures = [IntegrityFailure(e.relpath or str(e.path), e.offset, e.reason) for e in scan.errors
                 if e.code not in NOT_DOCUMENTS]
     t = thresholds

@@ -35,7 +35,7 @@ from aml.optimize.cache import DocStamp
 from aml.optimize.files import INDEX_FILE
 from aml.optimize.query import QueryEngine
 from aml.store import Document, FileStore
-from aml.store.documents import base_name
+from aml.store.documents import LazyItems, base_name
 
 PROBE_COLLECTIONS: Final = ("patterns", "solutions", "decisions")
 """The Loom collections whose records the probe looks up."""
@@ -62,6 +62,10 @@ class LookupProbe:
         source: ``"index"`` (lookups through the record index), ``"documents"`` (lookups in the
             parsed documents) or ``"none"`` (nothing to look up).
         times_ms: one duration per completed lookup, milliseconds.
+        unprobed: store-relative paths of the documents whose planned lookups (``"documents"`` source) were
+            passed on to the next documents because their items are read one at a time
+            (:class:`~aml.store.documents.LazyItems`): timing a search that decodes would not measure the
+            search of a held document.
     """
 
     def __init__(self, root: Path, *, sample: int = 50, seed: int = 0) -> None:
@@ -73,6 +77,7 @@ class LookupProbe:
         self._engine: QueryEngine | None = None
         self._plan: dict[str, list[str]] = {}
         self._carry = 0
+        self.unprobed: list[str] = []
         if sample <= 0 or not root.is_dir():
             return
         if (root / INDEX_FILE).is_file() and self._plan_from_index():
@@ -130,6 +135,11 @@ class LookupProbe:
                 self._visit_indexed(doc, planned)
             return
         wanted = len(planned) + self._carry
+        if isinstance(doc.data, LazyItems):
+            # items decoded one at a time: a lookup would time decoding, not the search of a held document
+            self.unprobed.append(doc.relpath)
+            self._carry = wanted
+            return
         done = self._visit_document(doc, wanted) if doc.error is None and doc.data is not None else 0
         self._carry = wanted - done
 

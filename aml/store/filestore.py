@@ -165,8 +165,13 @@ class FileStore:
                     agents.append(name)
         return sorted(agents)
 
-    def iter_documents(self) -> Iterator[Document]:
+    def iter_documents(self, *, lazy_items: int | None = None) -> Iterator[Document]:
         """Read every entry below the root, in sorted path order.
+
+        Args:
+            lazy_items: for read-only use: Loom collections and the archive larger than this (decoded bytes)
+                come with their items undecoded until read (:class:`~aml.store.documents.LazyItems`;
+                ``read_document``); ``None``: every document fully parsed.
 
         Yields:
             One :class:`Document` per regular file, symlink or special file (the latter two, and
@@ -183,12 +188,12 @@ class FileStore:
         was_enabled = gc.isenabled()
         gc.disable()
         try:
-            yield from self._documents()
+            yield from self._documents(lazy_items)
         finally:
             if was_enabled:
                 gc.enable()
 
-    def _documents(self) -> Iterator[Document]:
+    def _documents(self, lazy_items: int | None) -> Iterator[Document]:
         loom_agents = frozenset(self.agents())
         for path, relpath, error in self._walk(self.root, ""):
             if error is not None:
@@ -214,6 +219,7 @@ class FileStore:
                 loom_agents=loom_agents,
                 max_bytes=self.max_bytes,
                 max_decoded_bytes=self.max_decoded_bytes,
+                lazy_items=lazy_items,
             )
 
     def read_document(self, relpath: str) -> Document:
@@ -243,12 +249,15 @@ class FileStore:
             raise doc.error
         return doc
 
-    def scan(self, visit: Callable[[Document], None] | None = None) -> ScanResult:
+    def scan(self, visit: Callable[[Document], None] | None = None, *,
+             lazy_items: int | None = None) -> ScanResult:
         """Read the whole store into record views. Writes nothing.
 
         Args:
             visit: called with every :class:`Document` (parsed data included) before the scan keeps only
                 its summary: a way to compute more from one read (e.g. per-session statistics).
+            lazy_items: as in :meth:`iter_documents` (``visit`` then sees such a document's items as
+                :class:`~aml.store.documents.LazyItems`).
 
         Returns:
             A :class:`ScanResult` with records, errors and one :class:`DocumentInfo` per entry.
@@ -257,7 +266,7 @@ class FileStore:
             NotADirectoryError, FileNotFoundError: the root is not a directory.
         """
         result = ScanResult(self.store_id)
-        for doc in self.iter_documents():
+        for doc in self.iter_documents(lazy_items=lazy_items):
             if visit is not None:
                 visit(doc)
             records = records_from_document(self.store_id, doc)

@@ -1,0 +1,135 @@
+"""Large list documents read item by item (``LazyItems``): the same items, records, errors and health report
+as a full parse, with memory for the document's bytes and one item (issue 12, part 2)."""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import aml.health.monitor as monitor
+from aml.store import FileStore
+from aml.store.documents import LazyItems, read_document
+from tests.test_store_load_json import _same
+
+_ITEM_VALUES = st.recursive(
+    st.none() | st.booleans() | st.integers(min_value=-(2**80), max_value=2**80) | st.floats()
+    | st.text(st.characters(codec=None, exclude_categories=()), max_size=8),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=5), inner, max_size=3),
+    max_leaves=12)
+_ITEMS = st.lists(st.dictionaries(st.sampled_from(["id", "agent", "timestamp", "x", "nested"]), _ITEM_VALUES,
+                                  max_size=4), max_size=6)
+
+
+def _write_collection(root: Path, payload: bytes) -> Path:
+    path = root / "coder" / "patterns.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(payload)
+    return path
+
+
+@settings(max_examples=200, deadline=None)
+@given(_ITEMS, st.booleans(), st.sampled_from([None, 2]))
+def test_lazy_items_read_as_the_full_parse(tmp_path_factory: pytest.TempPathFactory, items: list[dict[str, Any]],
+                                           ensure_ascii: bool, indent: int | None) -> None:
+    root = tmp_path_factory.mktemp("lazy")
+    payload = json.dumps(items, ensure_ascii=ensure_ascii, indent=indent).encode("utf-8", "surrogatepass")
+    path = _write_collection(root, payload)
+    eager = read_document(path, "coder/patterns.json", loom_agents=frozenset({"coder"}))
+    lazy = read_document(path, "coder/patterns.json", loom_agents=frozenset({"coder"}), lazy_items=0)
+    assert (eager.error is None) == (lazy.error is None)
+    if eager.error is not None:  # not UTF-8 (a lone surrogate written raw): the same error either way
+        assert lazy.error is not None and (lazy.error.code, lazy.error.offset) == (eager.error.code,
+                                                                                   eager.error.offset)
+        return
+    assert (lazy.kind, lazy.agent, lazy.collection) == (eager.kind, eager.agent, eager.collection)
+    if isinstance(lazy.data, list):  # the fast reader refused it (NaN, Infinity): fully parsed instead
+        assert _same(lazy.data, eager.data)
+        return
+    assert isinstance(lazy.data, LazyItems)
+    data = lazy.data
+    assert len(data) == len(eager.data)
+    assert _same(list(data), eager.data)
+    assert all(_same(data[i], eager.data[i]) for i in range(-len(data), len(data)))
+    assert _same(data[1:3], eager.data[1:3])
+
+
+def test_documents_the_fast_reader_refuses_fall_back_to_a_full_parse(tmp_path: Path) -> None:
+    path = _write_collection(tmp_path, b'[{"id": "a", "score": NaN}]')
+    doc = read_document(path, "coder/patterns.json", loom_agents=frozenset({"coder"}), lazy_items=0)
+    assert doc.error is None and isinstance(doc.data, list) and math.isnan(doc.data[0]["score"])
+    # a number beyond a double inside an item: the split takes it, the item reads as json.loads reads it
+    path.write_bytes(b'[{"id": "a", "big": 1e999}, {"id": "b"}]')
+    doc = read_document(path, "coder/patterns.json", loom_agents=frozenset({"coder"}), lazy_items=0)
+    assert isinstance(doc.data, LazyItems)
+    assert list(doc.data) == [{"id": "a", "big": math.inf}, {"id": "b"}]
+    path.write_bytes(b'[{"id": "a", "s": "\\ud800"}]')  # a lone surrogate escape: the split refuses it
+    doc = read_document(path, "coder/patterns.json", loom_agents=frozenset({"coder"}), lazy_items=0)
+    assert doc.data == [{"id": "a", "s": "\ud800"}]
+
+
+@pytest.mark.parametrize(("payload", "code", "message"), [
+    (b'[{"id": "a"}, 3]', "wrong_type", "item 1 is a number, expected an object"),
+    (b'[{"id": "a"}, ["x"]]', "wrong_type", "item 1 is a list, expected an object"),
+    (b'[{"id": "a"},\n null]', "wrong_type", "item 1 is null, expected an object"),
+    (b'{"id": "a"}', "wrong_type", "expected a JSON list of objects, got an object"),
+    (b'[{"id": "a"}, {"id": "b"', "truncated_json", None),
+    (b'[{"id": "\xff"}]', "not_utf8", None),
+])
+def test_bad_documents_fail_as_with_a_full_parse(tmp_path: Path, payload: bytes, code: str,
+                                                 message: str | None) -> None:
+    path = _write_collection(tmp_path, payload)
+    eager = read_document(path, "coder/patterns.json", loom_agents=frozenset({"coder"}))
+    lazy = read_document(path, "coder/patterns.json", loom_agents=frozenset({"coder"}), lazy_items=0)
+    assert eager.error is not None and lazy.error is not None
+    assert (lazy.error.code, lazy.error.offset, lazy.error.reason) == (eager.error.code, eager.error.offset,
+                                                                       eager.error.reason)
+    assert lazy.error.code == code
+    assert message is None or message in lazy.error.reason
+    assert lazy.data is None
+
+
+def test_small_documents_and_other_kinds_stay_fully_parsed(loom_store: Callable[[str], Path]) -> None:
+    root = loom_store("loom-plain-v1.0")
+    docs = list(FileStore(root).iter_documents(lazy_items=10**9))
+    assert not any(isinstance(d.data, LazyItems) for d in docs)
+    lazy = {d.relpath: d for d in FileStore(root).iter_documents(lazy_items=0)}
+    assert any(isinstance(d.data, LazyItems) for d in lazy.values())
+    assert all(d.kind in ("loom_collection", "loom_archive") for d in lazy.values()
+               if isinstance(d.data, LazyItems))
+
+
+@pytest.mark.parametrize("name", ["loom-plain-v1.0", "loom-gzip-v1.0", "loom-plain-v2.0.0"])
+def test_scan_records_identical_when_read_item_by_item(loom_store: Callable[[str], Path], name: str) -> None:
+    root = loom_store(name)
+    eager, lazy = FileStore(root).scan(), FileStore(root).scan(lazy_items=0)
+    assert lazy.records == eager.records
+    assert [(e.relpath, e.code, e.offset) for e in lazy.errors] == [(e.relpath, e.code, e.offset)
+                                                                    for e in eager.errors]
+    assert lazy.documents == eager.documents
+
+
+def test_health_report_identical_apart_from_the_probe(loom_store: Callable[[str], Path],
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    root = loom_store("loom-plain-v1.0")
+    now = datetime(2026, 12, 1, tzinfo=UTC)
+    eager = monitor.run_health(root, now=now).report()
+    monkeypatch.setattr(monitor, "LAZY_ITEMS_BYTES", 0)
+    run = monitor.run_health(root, now=now)
+    lazy = run.report()
+    assert run.performance.unprobed and run.performance.lookups == 0
+    perf = next(r for r in lazy["results"] if r["check"] == "performance_ok")
+    assert perf["passed"] and "lookups not timed" in perf["message"] and "optimize index" in perf["message"]
+    for key in ("status", "memory", "agents", "integrity_failures", "links", "sessions"):
+        assert lazy[key] == eager[key], key
+    without = [{k: v for k, v in r.items() if k != "duration_s"} for r in lazy["results"]
+               if r["check"] != "performance_ok"]
+    assert without == [{k: v for k, v in r.items() if k != "duration_s"} for r in eager["results"]
+                       if r["check"] != "performance_ok"]
