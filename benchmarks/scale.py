@@ -16,6 +16,7 @@ Usage::
 
     .venv/bin/python -m benchmarks.scale                  # 75,000 records
     .venv/bin/python -m benchmarks.scale --agents 2       # a smoke run
+    .venv/bin/python -m benchmarks.scale --big-document-mb 200   # and the one-large-document case
 """
 
 from __future__ import annotations
@@ -96,6 +97,37 @@ def measure(name: str, argv: list[str], env: dict[str, str], repeat: int) -> Tim
     return best
 
 
+PATTERNS_PER_MB = 1126
+"""Patterns of :func:`generate_loom_store` per MB of ``patterns.json`` (250,000 make 222 MB)."""
+
+
+def big_document(work: Path, mb: float, aml: list[str], env: dict[str, str], constant: int) -> list[str]:
+    """Time health, prune --dry-run and index build on one ~``mb`` MB document; print each peak RSS against
+    the bound ``3 x document + constant`` (``constant``: the small-store health's peak RSS, bytes).
+
+    Returns:
+        The names of the commands over the bound.
+    """
+    store = work / "big" / ".loom" / "memory"
+    generate_loom_store(store, SampleSpec(agents=1, patterns=int(mb * PATTERNS_PER_MB), solutions=0, decisions=0,
+                                          gzip_every=0, days=365))
+    doc = max(store.rglob("patterns.json"), key=lambda p: p.stat().st_size).stat().st_size
+    bound = 3 * doc + constant
+    print(f"\none document of {doc / 1e6:.0f} MB: peak RSS bound {bound / 1e6:.0f} MB (3 x document + "
+          f"{constant / 1e6:.0f} MB)")
+    print(f"{'command':32} {'time s':>8} {'peak RSS MB':>12} {'x doc':>6}")
+    over = []
+    for name, argv in (("monitor health", ["monitor", "health", "--json"]),
+                       ("prune --dry-run", ["prune", "--dry-run", "--json"]),
+                       ("optimize index", ["optimize", "index", "--full", "--json"])):
+        r = measure(name, [*aml, str(store), *argv], env, 1)
+        mark = "" if r.rss <= bound else " OVER"
+        if mark:
+            over.append(f"{name} ({doc / 1e6:.0f} MB document)")
+        print(f"{name:32} {r.seconds:8.2f} {r.rss / 1e6:12.0f} {r.rss / doc:6.2f}{mark}")
+    return over
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the benchmark and print the table; exit 1 when a ratio misses its target (``--check``)."""
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
@@ -105,6 +137,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--decisions", type=int, default=1875)
     ap.add_argument("--repeat", type=int, default=1)
     ap.add_argument("--workdir", type=Path, default=None)
+    ap.add_argument("--big-document-mb", type=float, default=0.0,
+                    help="also run health, prune --dry-run and optimize index on a store of one ~N MB patterns.json "
+                         "(issue 12: 200) and check peak RSS against 3x the document plus the small-store constant")
     ap.add_argument("--check", action="store_true", help="exit 1 when a ratio misses its target")
     args = ap.parse_args(argv)
 
@@ -159,6 +194,9 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{r.name:32} {r.seconds:8.2f} {r.rss / 1e6:12.0f} {ratio:8.2f} {mark:>7}")
         print(f"\nindexed lookups: mean {perf['avg_query_time_ms']:.2f} ms, p95 {perf['p95_query_time_ms']:.2f} ms "
               f"(target p95 <= 5 ms); aml --help target <= 0.3 s; small-store health target <= 0.8 s")
+        if args.big_document_mb > 0:
+            constant = next(r for r in rows if r.name == "monitor health (small store)").rss
+            missed += big_document(work, args.big_document_mb, aml, env, constant)
         return 1 if args.check and missed else 0
     finally:
         if args.workdir is None:
