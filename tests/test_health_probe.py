@@ -29,17 +29,17 @@ def parses(monkeypatch: pytest.MonkeyPatch) -> Counter[str]:
     """Counts every parse of a document by the store reader (per path) and every document the query
     engine reads on its own (key ``"engine"``)."""
     counts: Counter[str] = Counter()
-    parse_json, decode = documents_mod.parse_json, query_mod.decode
+    load_json, decode = documents_mod.load_json, query_mod.decode
 
-    def counting_parse_json(data: bytes, path: Any, *, relpath: str | None = None) -> Any:
+    def counting_load_json(data: bytes, path: Any, *, relpath: str | None = None) -> Any:
         counts[str(path)] += 1
-        return parse_json(data, path, relpath=relpath)
+        return load_json(data, path, relpath=relpath)
 
     def counting_decode(raw: bytes, **kw: Any) -> Any:
         counts["engine"] += 1
         return decode(raw, **kw)
 
-    monkeypatch.setattr(documents_mod, "parse_json", counting_parse_json)
+    monkeypatch.setattr(documents_mod, "load_json", counting_load_json)
     monkeypatch.setattr(query_mod, "decode", counting_decode)
     return counts
 

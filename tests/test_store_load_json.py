@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import math
-from pathlib import Path
 from typing import Any
 
 from hypothesis import given, settings
@@ -98,33 +97,3 @@ def test_python_extensions_and_errors_are_the_standard_librarys() -> None:
             assert exc.relpath == "agent/patterns.json"
         else:
             raise AssertionError(f"{data!r} parsed")
-
-
-_STRICT_TEXT = st.text(st.characters(codec="utf-8"), max_size=12)  # no surrogates: strict JSON text
-_STRICT_VALUES = st.recursive(
-    st.none() | st.booleans() | st.integers() | st.integers(min_value=-(2**130), max_value=2**130)
-    | st.floats(allow_nan=False, allow_infinity=False)
-    | st.builds(lambda m, e: float(f"{m}e{e}"), st.integers(1, 99999), st.integers(-12, 25))
-    | _STRICT_TEXT | st.sampled_from(['a:1e5', ',0.00001', '[2E3', 'x:-0.00009', '"\\', "\x00\x1f\x7f\u2028"]),
-    lambda inner: st.lists(inner, max_size=5) | st.dictionaries(_STRICT_TEXT, inner, max_size=5), max_leaves=30)
-
-
-@settings(max_examples=500, deadline=None)
-@given(_STRICT_VALUES)
-def test_strict_item_size_is_item_size(value: Any) -> None:
-    from aml.store.records import item_size, item_size_strict
-
-    parsed = load_json(json.dumps(value).encode(), "d.json")
-    assert item_size_strict(parsed) == item_size(parsed)
-
-
-def test_documents_say_whether_they_were_parsed_as_strict_json(tmp_path: Path) -> None:
-    from aml.store.documents import read_document
-
-    (tmp_path / "coder").mkdir()
-    path = tmp_path / "coder" / "patterns.json"
-    for payload, strict in ((b'[{"id": "a", "x": 1e-7}]', True), (b'[{"id": "a", "x": NaN}]', False),
-                            (b'[{"id": "a", "x": 1e999}]', False), (b'[{"id": "\\udc80"}]', False)):
-        path.write_bytes(payload)
-        doc = read_document(path, "coder/patterns.json", loom_agents=frozenset({"coder"}))
-        assert doc.error is None and doc.strict_json is strict, payload

@@ -190,9 +190,6 @@ class Document:
         data: the parsed JSON value (``None`` for opaque, failed, symlink and special entries).
         error: the failure, or ``None``.
         decoded_size: size of the decoded bytes (after gzip/zstd), 0 if not read.
-        strict_json: ``data`` came from strict JSON: msgspec parsed it whole (no ``NaN``/``Infinity``, no
-            number beyond a double, no lone surrogate), so record sizes may use
-            :func:`aml.store.records.item_size_strict`.
     """
 
     path: Path
@@ -206,7 +203,6 @@ class Document:
     data: Any = None
     error: DocumentError | None = None
     decoded_size: int = 0
-    strict_json: bool = False
 
     def info(self, record_count: int = 0) -> DocumentInfo:
         """This document's :class:`DocumentInfo` with ``record_count`` records."""
@@ -365,19 +361,9 @@ def load_json(data: bytes, path: str | os.PathLike[str], *, relpath: str | None 
         DocumentError: ``not_utf8`` (offset of the first bad byte), ``truncated_json`` (the text
             ends inside a value) or ``invalid_json`` (offset of the error), both with byte offsets.
     """
-    return parse_json(data, path, relpath=relpath)[0]
-
-
-def parse_json(data: bytes, path: str | os.PathLike[str], *, relpath: str | None = None) -> tuple[Any, bool]:
-    """:func:`load_json`, and whether the fast strict parser took the document (``(value, strict)``; see
-    :attr:`Document.strict_json`).
-
-    Raises:
-        DocumentError: as :func:`load_json`.
-    """
     skip = 3 if data.startswith(b"\xef\xbb\xbf") else 0
     try:
-        return _fast_decode(memoryview(data)[skip:] if skip else data), True
+        return _fast_decode(memoryview(data)[skip:] if skip else data)
     except (msgspec.DecodeError, RecursionError):
         pass  # not strict JSON, or not JSON at all: the standard library decides, and names the error
     try:
@@ -391,7 +377,7 @@ def parse_json(data: bytes, path: str | os.PathLike[str], *, relpath: str | None
             relpath=relpath,
         ) from exc
     try:
-        return json.loads(text), False
+        return json.loads(text)
     except json.JSONDecodeError as exc:
         offset = skip + len(text[: exc.pos].encode("utf-8"))
         stripped = len(text.rstrip())
@@ -727,7 +713,7 @@ def read_document(
                 doc.kind, doc.agent, doc.data = placement.kind, placement.agent, items
                 return doc
         try:
-            data, doc.strict_json = parse_json(decoded, path, relpath=relpath)
+            data = load_json(decoded, path, relpath=relpath)
         except DocumentError:
             if not parse_as_json:  # content merely looked like JSON: treat as opaque, not broken
                 doc.kind = "opaque"

@@ -14,7 +14,7 @@ from typing import Any
 
 from aml.store import accessors as acc
 from aml.store.documents import Document
-from aml.store.records import Record, RecordLocation, item_size, item_size_strict, json_pointer
+from aml.store.records import Record, RecordLocation, item_size, json_pointer
 
 
 def records_from_document(store: str, doc: Document) -> list[Record]:
@@ -35,12 +35,6 @@ def records_from_document(store: str, doc: Document) -> list[Record]:
 
 def _flag(value: bool | None) -> float | None:
     return None if value is None else (1.0 if value else 0.0)
-
-
-def _sizer(doc: Document) -> Callable[[Any], int]:
-    """How a record's ``size_bytes`` is measured: :func:`item_size_strict` for a document parsed as strict JSON
-    (the same number, faster), else :func:`item_size`."""
-    return item_size_strict if doc.strict_json else item_size
 
 
 def _positional_id(doc: Document, pointer: str) -> str:
@@ -65,7 +59,6 @@ def _decision_fields(item: Any) -> _LoomFields:  # decisions, archived_decisions
 
 
 def _loom(store: str, doc: Document) -> Iterator[Record]:
-    size_of = _sizer(doc)
     collection = doc.collection or "patterns"
     fields = (_pattern_fields if collection == "patterns"
               else _solution_fields if collection == "solutions" else _decision_fields)
@@ -88,7 +81,7 @@ def _loom(store: str, doc: Document) -> Iterator[Record]:
             confidence=conf,
             execution_count=count,
             importance=None,
-            size_bytes=size_of(item),
+            size_bytes=item_size(item),
             role=None,
             location=RecordLocation(relpath, pointer, index),
             active=is_active(item),
@@ -98,7 +91,6 @@ def _loom(store: str, doc: Document) -> Iterator[Record]:
 
 
 def _aitor(store: str, doc: Document) -> Iterator[Record]:
-    size_of = _sizer(doc)
     data: Mapping[str, Any] = doc.data
     agent = doc.agent or ""
     sections: list[tuple[str, str | tuple[str, str], list[Any]]] = [
@@ -137,14 +129,13 @@ def _aitor(store: str, doc: Document) -> Iterator[Record]:
                 confidence=None,
                 execution_count=None,
                 importance=None,
-                size_bytes=size_of(entry),
+                size_bytes=item_size(entry),
                 role=role,
                 location=RecordLocation(doc.relpath, pointer, index),
             )
 
 
 def _tinytroupe_spec(store: str, doc: Document) -> Iterator[Record]:
-    size_of = _sizer(doc)
     agent = doc.agent or ""
     sections = [
         ("episodic_memory", ("episodic_memory", "memory"), acc.episodic_memory(doc.data)),
@@ -166,14 +157,13 @@ def _tinytroupe_spec(store: str, doc: Document) -> Iterator[Record]:
                 confidence=None,
                 execution_count=None,
                 importance=None,
-                size_bytes=size_of(entry),
+                size_bytes=item_size(entry),
                 role=acc.memory_item_role(entry),
                 location=RecordLocation(doc.relpath, pointer, index),
             )
 
 
 def _tinytroupe_cache(store: str, doc: Document) -> Iterator[Record]:
-    size_of = _sizer(doc)
     for index, entry in enumerate(doc.data):
         pointer = json_pointer(index)
         agents = acc.cache_entry_agents(entry)
@@ -190,7 +180,7 @@ def _tinytroupe_cache(store: str, doc: Document) -> Iterator[Record]:
             confidence=None,
             execution_count=None,
             importance=None,
-            size_bytes=size_of(entry),
+            size_bytes=item_size(entry),
             role=None,
             location=RecordLocation(doc.relpath, pointer, index),
         )

@@ -7,13 +7,10 @@ to find and edit the original item in its document, keeping every field aml does
 from __future__ import annotations
 
 import json
-import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Final
-
-import msgspec
 
 COLLECTIONS: Final = {
     "patterns": "Loom <agent>/patterns.json items",
@@ -76,29 +73,6 @@ def item_size(item: Any) -> int:
     else:
         text = _COMPACT.encode(item)
     return len(text) if text.isascii() else len(text.encode("utf-8"))
-
-
-_MSGSPEC_ENCODE: Final = msgspec.json.Encoder().encode
-
-_MAY_DIFFER: Final = re.compile(rb"(?:^|[:,\[])-?(?:\d+(?:\.\d+)?[eE]|0\.0000)")
-"""Where msgspec's compact JSON may differ from ``json.dumps``'s: a number in exponent form (msgspec writes
-``1e-7``/``1e16``, Python ``1e-07``/``1e+16``) or below ``1e-4`` (msgspec writes ``0.00001``, Python ``1e-05``).
-Found at the start or after ``:``, ``,`` or ``[``, where a compact number starts; text that merely looks so only costs the
-exact path."""
-
-
-def item_size_strict(item: Any) -> int:
-    """:func:`item_size` of a value parsed from strict JSON (no ``NaN``/``Infinity``, no number beyond a double,
-    no lone surrogate: a document msgspec parsed, :attr:`aml.store.documents.Document.strict_json`), through
-    msgspec's encoder, about 10 times as fast; the same number (tests compare the two on generated values).
-    Any other value must go through :func:`item_size`: msgspec writes ``NaN`` as ``null``."""
-    try:
-        encoded = _MSGSPEC_ENCODE(item)
-    except (TypeError, ValueError, OverflowError, UnicodeEncodeError, RecursionError):
-        return item_size(item)
-    if _MAY_DIFFER.search(encoded) is not None:
-        return item_size(item)
-    return len(encoded)
 
 
 @dataclass(frozen=True, slots=True)
