@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import re
 import sqlite3
 import uuid
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -17,11 +19,23 @@ from hypothesis import strategies as st
 from aml.health.probe import LookupProbe
 from aml.optimize import IdBloom, IndexMissingError, Query, QueryEngine, build_index, measure_lookups, warm_cache
 from aml.optimize.files import BLOOM_FILE, INDEX_FILE
-from aml.optimize.index import resolve_pointer
+from aml.optimize.index import record_text, resolve_pointer
 from aml.optimize.value import record_value
+from aml.prune.value import (
+    WEIGHTS,
+    ValueInputs,
+    base_score,
+    base_score_of,
+    loom_base_score,
+    loom_value_inputs,
+    outcome_metric_average,
+    pattern_inputs,
+)
 from aml.store import FileStore, Record
+from aml.store import accessors as acc
 from aml.store.atomic import atomic_write
 from aml.store.codec import decode
+from aml.store.records import RecordLocation
 from tests.realdata import extract_loom
 
 
@@ -90,8 +104,8 @@ def test_full_text_search(indexed_v12: Path, word: str) -> None:
     with QueryEngine(indexed_v12) as engine:
         res = engine.search(Query(text=word, limit=10_000))
         assert {h.key for h in res.hits} == expected
-        scores = [h.score for h in res.hits]
-        assert scores == sorted(scores)  # bm25: best (lowest) first
+        scores = [h.score for h in res.hits if h.score is not None]
+        assert len(scores) == len(res.hits) and scores == sorted(scores)  # bm25: best (lowest) first
         both = engine.search(Query(text=f"{word} debugger", agent="debugger", limit=10_000))
         assert all(h.agent == "debugger" for h in both.hits)
         prefix = engine.search(Query(text=word[:4] + "*", limit=10_000))
@@ -249,3 +263,172 @@ def test_decoded_documents_are_what_the_engine_serves(tmp_path: Path) -> None:
         assert [h.item for h in res.hits] == [data[h.index] for h in res.hits]
         assert len(res.hits) == 15 and res.cache.misses == 15
         assert os.path.isabs(res.hits[0].path)
+
+
+# ------------------------------------------------------------------ value: fast paths against the plain formulas
+
+
+def reference_base_score(inputs: ValueInputs) -> float:
+    """base_score as first written (a list of terms, then two sums)."""
+    def clamp(x: float) -> float:
+        return 0.0 if x < 0.0 else 1.0 if x > 1.0 else x
+
+    terms: list[tuple[float, float]] = []
+    if inputs.success is not None:
+        terms.append((WEIGHTS["success"], clamp(inputs.success)))
+    if inputs.confidence is not None:
+        terms.append((WEIGHTS["confidence"], clamp(inputs.confidence)))
+    if inputs.executions is not None:
+        terms.append((WEIGHTS["usage"], min(max(inputs.executions, 0.0) / 50, 1.0)))
+    if inputs.time_saved_ms is not None:
+        terms.append((WEIGHTS["time_saved"], min(max(inputs.time_saved_ms, 0.0) / 1000.0, 1.0)))
+    total_weight = sum(w for w, _ in terms)
+    return sum(w * x for w, x in terms) / total_weight if total_weight else 0.0
+
+
+def reference_value_inputs(collection: str, item: Any) -> ValueInputs:
+    """loom_value_inputs as first written, through the accessors only."""
+    if collection == "patterns":
+        return pattern_inputs(acc.success_rate(item), acc.confidence(item), acc.execution_count(item),
+                              acc.avg_time_saved_ms(item),
+                              acc.last_used_at(item) or acc.item_timestamp(item) or acc.created_at(item))
+    if collection == "solutions":
+        worked = acc.solution_worked(item)
+        minutes = acc.time_to_fix_minutes(item)
+        base = 0.7 if worked else 0.3
+        verified, prevented = acc.verified_count(item) or 0, acc.prevented_recurrence(item) or 0
+        confidence = min(base + min(0.05 * max(verified, 0), 0.2) + min(0.02 * max(prevented, 0), 0.1), 1.0)
+        return ValueInputs(0.5 if worked is None else float(worked), confidence,
+                           float(acc.verified_count(item) or 0), (minutes or 0.0) * 60_000.0 if worked else 0.0,
+                           acc.item_timestamp(item) or acc.created_at(item))
+    if collection in ("decisions", "archived_decisions"):
+        repeat = acc.would_repeat(item) if acc.has_outcome(item) else None
+        if not acc.has_outcome(item):
+            confidence = 0.5
+        else:
+            average = outcome_metric_average(item)
+            confidence = max(0.1, min((0.5 if average is None else average)
+                                      + (0.1 if acc.would_repeat(item) else -0.1), 1.0))
+        return ValueInputs(0.5 if repeat is None else float(repeat), confidence, None, None,
+                           acc.reviewed_at(item) or acc.item_timestamp(item))
+    return ValueInputs(None, None, None, None, None)
+
+
+NUMBERS = st.one_of(st.none(), st.booleans(), st.integers(-100, 10**6), st.floats(allow_nan=True),
+                    st.sampled_from([0, 1, 0.5, -0.0, 1.5, 50, 51, 1000.0, "0.5", [], {}]))
+
+
+def fields(*names: str) -> st.SearchStrategy[dict[str, Any]]:
+    return st.dictionaries(st.sampled_from(names), NUMBERS, max_size=len(names))
+
+
+PARENT = st.one_of(st.none(), st.just("x"), st.just([1]))
+LOOM_ITEMS = st.fixed_dictionaries({}, optional={
+    "performance": st.one_of(PARENT, fields("success_rate", "execution_count", "avg_time_saved_ms")),
+    "metrics": st.one_of(PARENT, fields("successRate", "success_rate", "executionCount", "execution_count",
+                                        "avgTimeSavedMs", "avg_time_saved_ms")),
+    "lifecycle": st.one_of(PARENT, fields("confidence", "last_used_at", "created_at")),
+    "evolution": st.one_of(PARENT, fields("confidenceScore", "confidence_score", "lastUsed")),
+    "effectiveness": st.one_of(PARENT, fields("worked", "timeToFixMinutes", "time_to_fix_minutes",
+                                              "preventedRecurrence", "prevented_recurrence")),
+    "verifiedCount": NUMBERS, "verified_count": NUMBERS,
+    "outcome": st.one_of(PARENT, st.fixed_dictionaries({}, optional={
+        "wouldRepeat": NUMBERS, "would_repeat": NUMBERS,
+        "successMetrics": st.one_of(PARENT, fields("developmentSpeed", "apiPerformance", "clientSatisfaction",
+                                                   "maintainability"))})),
+    "timestamp": st.sampled_from(["2026-01-01T00:00:00.000Z", 5, "x"]),
+    "reviewedAt": st.sampled_from(["2026-02-01T00:00:00.000Z", None]),
+})
+
+
+class ItemView(Mapping[str, Any]):
+    """A read-only mapping that is not a dict (the accessors' own path)."""
+
+    def __init__(self, data: dict[str, Any]) -> None:
+        self._data = data
+
+    def __getitem__(self, key: str) -> Any:
+        return self._data[key]
+
+    def __iter__(self) -> Any:
+        return iter(self._data)
+
+    def __len__(self) -> int:
+        return len(self._data)
+
+
+def same(a: float, b: float) -> bool:
+    return a == b or (a != a and b != b)  # NaN equals NaN here
+
+
+@settings(max_examples=400, deadline=None)
+@given(item=LOOM_ITEMS, collection=st.sampled_from(["patterns", "solutions", "decisions", "archived_decisions",
+                                                    "sessions.messages"]))
+def test_value_fast_paths_match_the_plain_formulas(item: dict[str, Any], collection: str) -> None:
+    expected_inputs = reference_value_inputs(collection, item)
+    expected = reference_base_score(expected_inputs)
+    assert loom_value_inputs(collection, item) == expected_inputs
+    assert same(base_score(expected_inputs), expected)
+    assert same(loom_base_score(collection, item), expected)
+    assert same(loom_base_score(collection, ItemView(item)), expected)
+    record = Record(store="s", agent="a", collection=collection, id="x", kind="k", created_at=None,
+                    last_used_at=None, success_rate=None, confidence=None, execution_count=None, importance=None,
+                    size_bytes=0, role=None, location=RecordLocation("a/x.json", "/0", 0))
+    if collection != "sessions.messages":
+        assert same(record_value(record, item), round(expected, 6))
+
+
+@settings(max_examples=200, deadline=None)
+@given(success=NUMBERS.filter(lambda v: v is None or type(v) in (int, float)),
+       confidence=NUMBERS.filter(lambda v: v is None or type(v) in (int, float)),
+       executions=NUMBERS.filter(lambda v: v is None or type(v) in (int, float)),
+       time_saved=NUMBERS.filter(lambda v: v is None or type(v) in (int, float)))
+def test_base_score_matches_the_plain_formula(success: float | None, confidence: float | None,
+                                              executions: float | None, time_saved: float | None) -> None:
+    inputs = ValueInputs(success, confidence, executions, time_saved, None)
+    assert same(base_score(inputs), reference_base_score(inputs))
+    assert same(base_score_of(success, confidence, executions, time_saved), reference_base_score(inputs))
+
+
+# ------------------------------------------------------------------ rows written per document
+
+
+def test_rids_are_the_ones_sqlite_gives_row_by_row(tmp_path: Path) -> None:
+    root = extract_loom("loom-plain-v1.0", tmp_path)
+    build_index(root)
+    conn = sqlite3.connect(root / INDEX_FILE)
+    by_doc = dict(conn.execute("SELECT document, max(rid) FROM records GROUP BY document").fetchall())
+    conn.close()
+    last = max(by_doc, key=lambda d: by_doc[d])  # the document holding the largest rids
+    path = root / last
+    data = json.loads(path.read_bytes())
+    atomic_write(path, json.dumps([*data, {**data[0], "id": "one-more"}]).encode())
+    assert build_index(root).documents_read == 1
+    conn = sqlite3.connect(root / INDEX_FILE)
+    rids = [r[0] for r in conn.execute("SELECT rid FROM records WHERE document = ? ORDER BY rid", (last,))]
+    others = max(v for d, v in by_doc.items() if d != last)
+    # SQLite gives a row without a rid the largest rid + 1: the re-read document starts after the others
+    assert rids == list(range(others + 1, others + 1 + len(data) + 1))
+    records = {r[0] for r in conn.execute("SELECT rid FROM records")}
+    assert {r[0] for r in conn.execute("SELECT rowid FROM records_fts")} == records
+    assert {r[0] for r in conn.execute("SELECT rid FROM tags")} <= records
+    oracle = items_by_key(root)
+    for key, rid, tags, value in conn.execute("SELECT key, rid, tags, value FROM records"):
+        record, item = oracle[key]
+        text = conn.execute("SELECT text FROM records_fts WHERE rowid = ?", (rid,)).fetchone()[0]
+        assert text == record_text(record, item, json.loads(tags))
+        assert value == record_value(record, item)
+    conn.close()
+
+
+def test_build_leaves_the_garbage_collector_as_it_was(tmp_path: Path) -> None:
+    root = extract_loom("loom-plain-v1.0", tmp_path)
+    assert gc.isenabled()
+    build_index(root)
+    assert gc.isenabled()
+    gc.disable()
+    try:
+        build_index(root, full=True)
+        assert not gc.isenabled()
+    finally:
+        gc.enable()

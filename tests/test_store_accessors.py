@@ -172,7 +172,8 @@ _PARENTS = ("pattern", "metrics", "performance", "evolution", "lifecycle", "prob
             "outcome")
 _KEYS = ("type", "successRate", "success_rate", "executionCount", "execution_count", "confidenceScore",
          "confidence_score", "confidence", "created", "created_at", "lastUsed", "last_used", "last_used_at",
-         "errorType", "error_type", "worked", "wouldRepeat", "would_repeat")
+         "errorType", "error_type", "worked", "wouldRepeat", "would_repeat", "avg_time_saved_ms", "avgTimeSavedMs",
+         "timeToFixMinutes", "time_to_fix_minutes", "preventedRecurrence", "prevented_recurrence")
 _TOP = ("id", "agent", "timestamp", "verifiedCount", "verified_count", "reviewedAt", "reviewed_at", "active")
 _ITEMS = st.builds(
     lambda top, parents: {**top, **parents},
@@ -194,6 +195,11 @@ def test_one_pass_readers_equal_the_accessors(item: Any) -> None:
                                              acc.verified_count(item), acc.created_at(item))
         assert acc.decision_fields(item) == (acc.decision_type(item), acc.would_repeat(item), acc.reviewed_at(item),
                                              acc.created_at(item))
+        for view in (item, MappingProxyType(item)):  # a dict, and a Mapping that is not one (the general path)
+            assert acc.pattern_score_fields(view) == (acc.success_rate(item), acc.confidence(item),
+                                                      acc.execution_count(item), acc.avg_time_saved_ms(item))
+            assert acc.solution_score_fields(view) == (acc.solution_worked(item), acc.time_to_fix_minutes(item),
+                                                       acc.verified_count(item), acc.prevented_recurrence(item))
     for collection in ("patterns", "solutions", "decisions"):
         if isinstance(item, dict):  # a Mapping that is not a dict takes wrong_types' general path
             assert acc.wrong_types(item, collection) == acc.wrong_types(MappingProxyType(item), collection)

@@ -133,3 +133,33 @@ def test_health_report_identical_apart_from_the_probe(loom_store: Callable[[str]
                if r["check"] != "performance_ok"]
     assert without == [{k: v for k, v in r.items() if k != "duration_s"} for r in eager["results"]
                        if r["check"] != "performance_ok"]
+
+
+def _index_rows(root: Path) -> dict[str, list[tuple[Any, ...]]]:
+    import sqlite3
+
+    from aml.optimize.files import INDEX_FILE
+
+    conn = sqlite3.connect(root / INDEX_FILE)
+    try:
+        return {table: conn.execute(f"SELECT * FROM {table} ORDER BY 1, 2").fetchall()
+                for table in ("records", "tags", "documents")} | {
+            "fts": conn.execute("SELECT rowid, text FROM records_fts ORDER BY rowid").fetchall()}
+    finally:
+        conn.close()
+
+
+def test_index_identical_when_read_item_by_item_and_health_probes_through_it(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import aml.optimize.index as index_mod
+    from tests.realdata import extract_loom
+
+    root = extract_loom("loom-plain-v1.0", tmp_path)
+    index_mod.build_index(root, full=True)
+    eager = _index_rows(root)
+    monkeypatch.setattr(index_mod, "LAZY_ITEMS_BYTES", 0)
+    index_mod.build_index(root, full=True)
+    assert _index_rows(root) == eager and eager["records"]
+    monkeypatch.setattr(monitor, "LAZY_ITEMS_BYTES", 0)
+    run = monitor.run_health(root)
+    assert run.performance.probe == "index" and run.performance.lookups > 0 and not run.performance.unprobed

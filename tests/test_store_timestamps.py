@@ -191,3 +191,33 @@ def test_iso_memo_stays_bounded_and_right() -> None:
     assert len(_ISO_MEMO) <= _ISO_MEMO_SIZE
     assert all(parse_iso_timestamp(v) == datetime.fromisoformat(v) for v in values[::97])
     assert iso_timestamp_form(12) == "integer" and parse_iso_timestamp(12) is None
+
+
+def reference_utc_iso_z(dt: datetime) -> str:
+    """utc_iso_z as first written: ISO text of the UTC instant, microseconds, ``Z``."""
+    utc = dt.replace(tzinfo=UTC) if dt.tzinfo is None or dt.tzinfo.utcoffset(dt) is None else dt.astimezone(UTC)
+    return (f"{utc.year:04d}-{utc.month:02d}-{utc.day:02d}T{utc.hour:02d}:{utc.minute:02d}:{utc.second:02d}"
+            f".{utc.microsecond:06d}Z")
+
+
+class LaterDatetime(datetime):
+    """A datetime subclass (the fast path of utc_iso_z is for datetime itself)."""
+
+
+@settings(max_examples=300, deadline=None)
+@given(dt=st.datetimes(min_value=datetime(1, 1, 2), max_value=datetime(9999, 12, 30)),
+       zone=st.sampled_from([None, UTC, timezone(timedelta(hours=5, minutes=30)), timezone(timedelta(hours=-11))]),
+       fold=st.sampled_from([0, 1]))
+def test_utc_iso_z_matches_the_plain_formatter(dt: datetime, zone: timezone | None, fold: int) -> None:
+    value = dt.replace(tzinfo=zone, fold=fold)
+    assert utc_iso_z(value) == reference_utc_iso_z(value) == str(format_like(value, TimestampStyle("iso", "Z", 6)))
+    sub = LaterDatetime.combine(value.date(), value.timetz())
+    assert utc_iso_z(sub) == reference_utc_iso_z(value)
+
+
+def test_utc_iso_z_edges() -> None:
+    assert utc_iso_z(datetime(5, 1, 2, 3, 4, 5, tzinfo=UTC)) == "0005-01-02T03:04:05.000000Z"
+    assert utc_iso_z(datetime(9999, 12, 31, 23, 59, 59, 999999)) == "9999-12-31T23:59:59.999999Z"
+    assert utc_iso_z(datetime(2026, 1, 1, 5, 30, tzinfo=timezone(timedelta(hours=5, minutes=30)))) == (
+        "2026-01-01T00:00:00.000000Z")
+    assert utc_iso_z(datetime(2026, 1, 1, tzinfo=timezone(timedelta(0)))) == "2026-01-01T00:00:00.000000Z"

@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import gc
 import hashlib
 import json
 import os
@@ -53,7 +54,7 @@ from aml.optimize.files import AML_DIR, BLOOM_FILE, INDEX_FILE, INDEX_LOCK_FILE,
 from aml.optimize.value import record_value
 from aml.store import accessors as acc
 from aml.store.atomic import TMP_PREFIX, atomic_write, fsync_dir
-from aml.store.documents import Document, read_document
+from aml.store.documents import LAZY_ITEMS_BYTES, Document, LazyItems, read_document
 from aml.store.extract import records_from_document
 from aml.store.filestore import FileStore
 from aml.store.records import Record
@@ -176,7 +177,7 @@ def resolve_pointer(data: Any, pointer: str) -> Any:
     cur = data
     for raw in pointer.split("/")[1:]:
         token = raw.replace("~1", "/").replace("~0", "~")
-        if isinstance(cur, list):
+        if isinstance(cur, list | LazyItems):
             try:
                 cur = cur[int(token)]
             except (ValueError, IndexError) as exc:
@@ -192,31 +193,101 @@ def resolve_pointer(data: Any, pointer: str) -> Any:
 
 def record_text(record: Record, item: Any, tags: list[str]) -> str:
     """The text indexed for full-text search: kind, collection, tags, then every string value of the
-    record except ids, agent names, timestamps and UUIDs (depth first), cut at :data:`TEXT_LIMIT`."""
+    record except ids, agent names, timestamps and UUIDs (depth first), cut at :data:`TEXT_LIMIT`.
+
+    A string value is kept unless its key (or, inside a list, the key of the list) matches
+    :data:`_SKIP_KEY`, it is empty or it matches :data:`_SKIP_VALUE`; values under a skipped key are
+    not walked. Strings are taken until they add up to :data:`TEXT_LIMIT` characters."""
     parts: list[str] = [record.kind, record.collection.replace(".", " "), *tags]
-    budget = [TEXT_LIMIT]
-
-    def walk(value: Any, key: str | None) -> None:
-        if budget[0] <= 0:
-            return
-        if isinstance(value, str):
-            if (key is None or not _SKIP_KEY.search(key)) and value and not _SKIP_VALUE.match(value):
-                parts.append(value)
-                budget[0] -= len(value) + 1
-        elif isinstance(value, Mapping):
-            for k, v in value.items():
-                if not _SKIP_KEY.search(str(k)):
-                    walk(v, str(k))
-        elif isinstance(value, list):
-            for v in value:
-                walk(v, key)
-
-    walk(item, None)
+    _collect_text(item, parts, TEXT_LIMIT)
     return " ".join(parts)[:TEXT_LIMIT]
 
 
-def _iso(value: Any) -> str | None:
-    return utc_iso_z(value) if value is not None else None
+_SKIP_KEY_MEMO: dict[str, bool] = {}
+"""``_SKIP_KEY.search(key) is not None`` by key: keys repeat across items, the search costs more than a
+lookup. Bounded by :data:`_SKIP_KEY_MEMO_SIZE`."""
+_SKIP_KEY_MEMO_SIZE: Final = 4096
+
+
+def _skip_key(key: object) -> bool:
+    """Whether the values under ``key`` are left out of the text (:data:`_SKIP_KEY`), memoised."""
+    text = key if type(key) is str else str(key)
+    skip = _SKIP_KEY_MEMO.get(text)
+    if skip is None:
+        skip = _SKIP_KEY.search(text) is not None
+        if len(_SKIP_KEY_MEMO) >= _SKIP_KEY_MEMO_SIZE:
+            _SKIP_KEY_MEMO.clear()
+        _SKIP_KEY_MEMO[text] = skip
+    return skip
+
+
+def _text_value(value: str) -> bool:
+    """Whether a string value goes into the text: not empty and not a timestamp or UUID
+    (:data:`_SKIP_VALUE`). The pattern is tried only where it can match: a timestamp starts with a
+    digit (every ``\\d`` is ``isdigit``), a UUID has 36 characters (37 with the newline ``$`` allows).
+    :func:`_collect_text` has this test inline."""
+    if not value:
+        return False
+    if value[0].isdigit() or len(value) in (36, 37):
+        return _SKIP_VALUE.match(value) is None
+    return True
+
+
+def _collect_text(value: Any, parts: list[str], budget: int) -> int:
+    """Append the text strings of ``value`` (depth first) to ``parts`` while ``budget`` (characters,
+    each string counting one more for its separator) is positive; returns what is left of it."""
+    kind = type(value)
+    if kind is dict:
+        skip_memo = _SKIP_KEY_MEMO
+        for k, v in value.items():
+            skip = skip_memo.get(k)  # keys are str in JSON; another key misses (its memo entry is str(key))
+            if skip is None:
+                skip = _skip_key(k)
+            if skip:
+                continue
+            sub = type(v)
+            if sub is str:
+                if v and (not (v[0].isdigit() or len(v) in (36, 37)) or _SKIP_VALUE.match(v) is None):
+                    parts.append(v)  # _text_value(v), inline
+                    budget -= len(v) + 1
+                    if budget <= 0:
+                        return budget
+            elif sub is dict or sub is list or not (sub is int or sub is float or sub is bool or v is None):
+                budget = _collect_text(v, parts, budget)
+                if budget <= 0:
+                    return budget
+        return budget
+    if kind is list:
+        for v in value:
+            sub = type(v)
+            if sub is str:
+                if v and (not (v[0].isdigit() or len(v) in (36, 37)) or _SKIP_VALUE.match(v) is None):
+                    parts.append(v)
+                    budget -= len(v) + 1
+                    if budget <= 0:
+                        return budget
+            elif sub is dict or sub is list or not (sub is int or sub is float or sub is bool or v is None):
+                budget = _collect_text(v, parts, budget)
+                if budget <= 0:
+                    return budget
+        return budget
+    # anything else: what ``json`` does not produce (subclasses, other mappings), checked as before
+    if isinstance(value, str):
+        if _text_value(value):
+            parts.append(value)
+            budget -= len(value) + 1
+    elif isinstance(value, Mapping):
+        for k, v in value.items():
+            if not _skip_key(k):
+                budget = _collect_text(v, parts, budget)
+                if budget <= 0:
+                    return budget
+    elif isinstance(value, list):
+        for v in value:
+            budget = _collect_text(v, parts, budget)
+            if budget <= 0:
+                return budget
+    return budget
 
 
 def connect(path: Path, *, readonly: bool = False) -> sqlite3.Connection:
@@ -340,7 +411,7 @@ def build_index(
         raise NotADirectoryError(f"not a directory: {base}")
     loom_agents = frozenset(store.agents())
     agents_json = json.dumps(sorted(loom_agents))
-    with writer_lock(base):
+    with writer_lock(base), _gc_paused():
         incremental = not full and _current_index_usable(base)
         result = IndexResult(store.store_id, str(index_path(base)), full=not incremental)
         with replace_index(base, start_from_current=incremental) as conn:
@@ -359,7 +430,8 @@ def build_index(
                 if known.get(f.relpath) == (f.size, f.mtime_ns, f.ino):
                     result.documents_reused += 1
                     continue
-                doc = read_document(f.path, f.relpath, loom_agents=loom_agents)
+                # a very large Loom collection is read item by item (its bytes and one item in memory)
+                doc = read_document(f.path, f.relpath, loom_agents=loom_agents, lazy_items=LAZY_ITEMS_BYTES)
                 records = records_from_document(store.store_id, doc)
                 refreshed, dropped = _replace_document(conn, doc, records, f.ino)
                 result.documents_read += 1
@@ -386,6 +458,22 @@ def build_index(
         result.index_bytes = index_path(base).stat().st_size
     result.duration_s = time.perf_counter() - started
     return result
+
+
+@contextlib.contextmanager
+def _gc_paused() -> Iterator[None]:
+    """Cyclic garbage collection off for the block (back on after it if it was on).
+
+    A build holds a whole decoded document and creates objects by the million, none of them in
+    reference cycles: the collector's passes over them cost more than decoding the JSON. Objects still
+    go as soon as they are unused; cycles made meanwhile are collected after the block."""
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()
 
 
 def _sha256(data: bytes) -> str:
@@ -423,30 +511,59 @@ def _replace_document(
     )
     by_key: dict[str, tuple[Record, Any]] = {}
     by_id: dict[str, str] = {}
+    # Rows are written per document with executemany. Their rids are the ones SQLite would have given
+    # row by row: one more than the largest rid in the table, then counting up.
+    rid = (conn.execute("SELECT max(rid) FROM records").fetchone()[0] or 0)
+    record_rows: list[tuple[Any, ...]] = []
+    text_rows: list[tuple[int, str]] = []
+    tag_rows: list[tuple[str, int]] = []
+    data = doc.data
+    data_is_list = type(data) is list or type(data) is LazyItems
     for record in records:
-        try:
-            item = resolve_pointer(doc.data, record.location.pointer)
-        except KeyError:
-            item = None
-        tags = acc.item_tags(item) if isinstance(item, Mapping) else []
+        location = record.location
+        pointer = location.pointer
+        token = pointer[1:]
+        if data_is_list and pointer[:1] == "/" and token.isdecimal():  # "/<index>": a Loom item
+            index = int(token)
+            item = data[index] if index < len(data) else None  # as resolve_pointer, without the parsing
+        else:
+            try:
+                item = resolve_pointer(data, pointer)
+            except KeyError:
+                item = None
+        if type(item) is dict and item.get("tags") is None:  # no tags (Loom's TS runtime never writes them)
+            tags, tags_json = [], "[]"
+        elif isinstance(item, Mapping):
+            tags = acc.item_tags(item)
+            tags_json = json.dumps(tags) if tags else "[]"
+        else:
+            tags, tags_json = [], "[]"
         recency_dt = record.last_used_at or record.created_at
-        key = f"{record.location.document}#{record.location.pointer}"
-        cur = conn.execute(
-            "INSERT INTO records(key, id, agent, collection, kind, tags, confidence, success_rate, execution_count, "
-            "value, created_at, last_used_at, recency, active, version, role, size_bytes, document, pointer, "
-            "item_index) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            (key, record.id, record.agent, record.collection, record.kind, json.dumps(tags), record.confidence,
-             record.success_rate, record.execution_count, record_value(record, item), _iso(record.created_at),
-             _iso(record.last_used_at), recency_dt.timestamp() if recency_dt else None, int(record.active),
-             record.version, record.role, record.size_bytes, record.location.document, record.location.pointer,
-             record.location.index),
+        created_at, last_used_at = record.created_at, record.last_used_at
+        key = f"{location.document}#{pointer}"
+        rid += 1
+        record_rows.append(
+            (rid, key, record.id, record.agent, record.collection, record.kind, tags_json, record.confidence,
+             record.success_rate, record.execution_count, record_value(record, item),
+             None if created_at is None else utc_iso_z(created_at),
+             None if last_used_at is None else utc_iso_z(last_used_at),
+             recency_dt.timestamp() if recency_dt else None, int(record.active), record.version, record.role,
+             record.size_bytes, location.document, pointer, location.index)
         )
-        rid = cur.lastrowid
-        conn.execute("INSERT INTO records_fts(rowid, text) VALUES (?, ?)", (rid, record_text(record, item, tags)))
+        text_rows.append((rid, record_text(record, item, tags)))
         if tags:
-            conn.executemany("INSERT OR IGNORE INTO tags(tag, rid) VALUES (?, ?)", [(t, rid) for t in tags])
+            tag_rows.extend((t, rid) for t in tags)
         by_key[key] = (record, item)
         by_id.setdefault(record.id, key)
+    conn.executemany(
+        "INSERT INTO records(rid, key, id, agent, collection, kind, tags, confidence, success_rate, execution_count, "
+        "value, created_at, last_used_at, recency, active, version, role, size_bytes, document, pointer, "
+        "item_index) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        record_rows,
+    )
+    conn.executemany("INSERT INTO records_fts(rowid, text) VALUES (?, ?)", text_rows)
+    if tag_rows:
+        conn.executemany("INSERT OR IGNORE INTO tags(tag, rid) VALUES (?, ?)", tag_rows)
     refreshed = dropped = 0
     for key, wid in warm:
         new_key = key if key in by_key and by_key[key][0].id == wid else by_id.get(wid)

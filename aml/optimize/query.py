@@ -38,6 +38,7 @@ from aml.optimize.bloom import BloomFormatError, IdBloom
 from aml.optimize.cache import DEFAULT_CACHE_BYTES, CacheStats, DocStamp, LRUCache
 from aml.optimize.index import FORMAT, IndexMissingError, bloom_path, connect, index_path, read_meta, resolve_pointer
 from aml.store.codec import decode
+from aml.store.documents import LazyItems
 from aml.store.storeid import normalise_store_id
 
 DEFAULT_LIMIT: Final = 20
@@ -453,7 +454,7 @@ class QueryEngine:
             item = None
         if not _positional(hit) and not (isinstance(item, dict) and item.get("id") == hit.id):
             # the document changed since the index was built: find the record by its id instead
-            items = data if isinstance(data, list) else []
+            items = data if isinstance(data, list | LazyItems) else []
             item = next((x for x in items if isinstance(x, dict) and x.get("id") == hit.id), None)
         return item
 

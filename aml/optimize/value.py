@@ -15,7 +15,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from aml.prune.value import ValueInputs, base_score, loom_value_inputs
+from aml.prune.value import base_score_of, loom_base_score
 from aml.store.records import Record
 
 LOOM_COLLECTIONS = frozenset({"patterns", "solutions", "decisions", "archived_decisions"})
@@ -32,10 +32,9 @@ def record_value(record: Record, item: Any = None) -> float:
     Returns:
         A float in ``[0, 1]``, rounded to 6 decimals.
     """
-    if isinstance(item, Mapping) and record.collection in LOOM_COLLECTIONS:
-        inputs = loom_value_inputs(str(record.collection), item)
-    else:
-        executions = record.execution_count
-        inputs = ValueInputs(record.success_rate, record.confidence,
-                             None if executions is None else float(executions), None, None)
-    return round(base_score(inputs), 6)
+    if (type(item) is dict or isinstance(item, Mapping)) and record.collection in LOOM_COLLECTIONS:
+        # = base_score(loom_value_inputs(...)), without the last use the base leaves out
+        return round(loom_base_score(str(record.collection), item), 6)
+    executions = record.execution_count
+    return round(base_score_of(record.success_rate, record.confidence,
+                               None if executions is None else float(executions), None), 6)

@@ -99,17 +99,74 @@ def base_score(inputs: ValueInputs) -> float:
     Returns:
         The score in [0, 1]; 0 when the record has none of the four terms.
     """
-    terms: list[tuple[float, float]] = []
-    if inputs.success is not None:
-        terms.append((WEIGHTS["success"], _clamp(inputs.success)))
-    if inputs.confidence is not None:
-        terms.append((WEIGHTS["confidence"], _clamp(inputs.confidence)))
-    if inputs.executions is not None:
-        terms.append((WEIGHTS["usage"], min(max(inputs.executions, 0.0) / USAGE_SATURATION, 1.0)))
-    if inputs.time_saved_ms is not None:
-        terms.append((WEIGHTS["time_saved"], min(max(inputs.time_saved_ms, 0.0) / TIME_SAVED_SATURATION_MS, 1.0)))
-    total_weight = sum(w for w, _ in terms)
-    return sum(w * x for w, x in terms) / total_weight if total_weight else 0.0
+    return base_score_of(inputs.success, inputs.confidence, inputs.executions, inputs.time_saved_ms)
+
+
+def base_score_of(success: float | None, confidence: float | None, executions: float | None,
+                  time_saved_ms: float | None) -> float:
+    """:func:`base_score` of the inputs given one by one (no :class:`ValueInputs` to build).
+
+    Args:
+        success, confidence, executions, time_saved_ms: as in :class:`ValueInputs` (``None``: the
+            record does not have the term).
+
+    Returns:
+        The score in [0, 1]; 0 when the record has none of the four terms.
+    """
+    # The sums run over the terms in order, as ``sum`` always did: the same float result.
+    if success is not None and confidence is not None and executions is not None and time_saved_ms is not None:
+        return sum((  # every term: the weights add up to _ALL_WEIGHTS
+            _W_SUCCESS * (0.0 if success < 0.0 else 1.0 if success > 1.0 else success),
+            _W_CONFIDENCE * (0.0 if confidence < 0.0 else 1.0 if confidence > 1.0 else confidence),
+            _W_USAGE * min(max(executions, 0.0) / USAGE_SATURATION, 1.0),
+            _W_TIME_SAVED * min(max(time_saved_ms, 0.0) / TIME_SAVED_SATURATION_MS, 1.0),
+        )) / _ALL_WEIGHTS
+    products: list[float] = []
+    weights: list[float] = []
+    if success is not None:
+        products.append(_W_SUCCESS * (0.0 if success < 0.0 else 1.0 if success > 1.0 else success))
+        weights.append(_W_SUCCESS)
+    if confidence is not None:
+        products.append(_W_CONFIDENCE * (0.0 if confidence < 0.0 else 1.0 if confidence > 1.0 else confidence))
+        weights.append(_W_CONFIDENCE)
+    if executions is not None:
+        products.append(_W_USAGE * min(max(executions, 0.0) / USAGE_SATURATION, 1.0))
+        weights.append(_W_USAGE)
+    if time_saved_ms is not None:
+        products.append(_W_TIME_SAVED * min(max(time_saved_ms, 0.0) / TIME_SAVED_SATURATION_MS, 1.0))
+        weights.append(_W_TIME_SAVED)
+    total_weight = sum(weights)
+    return sum(products) / total_weight if total_weight else 0.0
+
+
+_W_SUCCESS: Final = WEIGHTS["success"]
+_W_CONFIDENCE: Final = WEIGHTS["confidence"]
+_W_USAGE: Final = WEIGHTS["usage"]
+_W_TIME_SAVED: Final = WEIGHTS["time_saved"]
+_ALL_WEIGHTS: Final = sum([_W_SUCCESS, _W_CONFIDENCE, _W_USAGE, _W_TIME_SAVED])
+
+
+def loom_base_score(collection: str, item: Mapping[str, Any]) -> float:
+    """``base_score(loom_value_inputs(collection, item))``, without reading the last use (which the
+    base leaves out) and without building the :class:`ValueInputs`.
+
+    Args:
+        collection: ``patterns``, ``solutions``, ``decisions`` or ``archived_decisions``.
+        item: the item as stored.
+
+    Returns:
+        The score in [0, 1]; 0 for another collection.
+    """
+    if collection == "patterns":
+        return base_score(pattern_inputs(*acc.pattern_score_fields(item), None))
+    if collection == "solutions":
+        return base_score_of(*_solution_terms(*acc.solution_score_fields(item)))
+    if collection in ("decisions", "archived_decisions"):
+        outcome = acc.has_outcome(item)
+        repeat = acc.would_repeat(item) if outcome else None
+        return base_score_of(0.5 if repeat is None else float(repeat), _decision_confidence(item, outcome, repeat),
+                             None, None)
+    return 0.0
 
 
 def loom_value_inputs(collection: str, item: Mapping[str, Any]) -> ValueInputs:
@@ -141,20 +198,14 @@ def loom_value_inputs(collection: str, item: Mapping[str, Any]) -> ValueInputs:
                               acc.avg_time_saved_ms(item),
                               acc.last_used_at(item) or acc.item_timestamp(item) or acc.created_at(item))
     if collection == "solutions":
-        worked = acc.solution_worked(item)
-        minutes = acc.time_to_fix_minutes(item)
-        return ValueInputs(
-            success=0.5 if worked is None else float(worked),
-            confidence=solution_confidence(item),
-            executions=float(acc.verified_count(item) or 0),
-            time_saved_ms=(minutes or 0.0) * 60_000.0 if worked else 0.0,
-            last_used=acc.item_timestamp(item) or acc.created_at(item),
-        )
+        return ValueInputs(*_solution_terms(*acc.solution_score_fields(item)),
+                           last_used=acc.item_timestamp(item) or acc.created_at(item))
     if collection in ("decisions", "archived_decisions"):
-        repeat = acc.would_repeat(item) if acc.has_outcome(item) else None
+        outcome = acc.has_outcome(item)
+        repeat = acc.would_repeat(item) if outcome else None
         return ValueInputs(
             success=0.5 if repeat is None else float(repeat),
-            confidence=decision_confidence(item),
+            confidence=_decision_confidence(item, outcome, repeat),
             executions=None,
             time_saved_ms=None,
             last_used=acc.reviewed_at(item) or acc.item_timestamp(item),
@@ -186,9 +237,22 @@ def solution_confidence(item: Mapping[str, Any]) -> float:
         min((0.7 if worked else 0.3) + min(0.05 * verifiedCount, 0.2)
             + min(0.02 * preventedRecurrence, 0.1), 1)
     """
-    base = 0.7 if acc.solution_worked(item) else 0.3
-    verified = acc.verified_count(item) or 0
-    prevented = acc.prevented_recurrence(item) or 0
+    return _solution_confidence(acc.solution_worked(item), acc.verified_count(item), acc.prevented_recurrence(item))
+
+
+def _solution_terms(worked: bool | None, minutes: float | None, verified: int | None,
+                    prevented: int | None) -> tuple[float, float, float, float]:
+    """``(success, confidence, executions, time_saved_ms)`` of a solution from the fields
+    :func:`aml.store.accessors.solution_score_fields` reads (see :func:`loom_value_inputs`)."""
+    return (0.5 if worked is None else float(worked), _solution_confidence(worked, verified, prevented),
+            float(verified or 0), (minutes or 0.0) * 60_000.0 if worked else 0.0)
+
+
+def _solution_confidence(worked: bool | None, verified_count: int | None, prevented_recurrence: int | None) -> float:
+    """:func:`solution_confidence` of the fields as the accessors read them."""
+    base = 0.7 if worked else 0.3
+    verified = verified_count or 0
+    prevented = prevented_recurrence or 0
     return min(base + min(0.05 * max(verified, 0), 0.2) + min(0.02 * max(prevented, 0), 0.1), 1.0)
 
 
@@ -214,11 +278,18 @@ def decision_confidence(item: Mapping[str, Any]) -> float:
     """Loom's ``DecisionModel.calculateConfidence`` (models/Decision.ts), 0.1-1: 0.5 without
     outcome; else the :func:`outcome_metric_average` (0.5 when no named metric) plus 0.1 if
     ``wouldRepeat`` else minus 0.1, clamped to [0.1, 1]."""
-    if not acc.has_outcome(item):
+    outcome = acc.has_outcome(item)
+    return _decision_confidence(item, outcome, acc.would_repeat(item) if outcome else None)
+
+
+def _decision_confidence(item: Mapping[str, Any], has_outcome: bool, would_repeat: bool | None) -> float:
+    """:func:`decision_confidence` given ``acc.has_outcome(item)`` and (with an outcome)
+    ``acc.would_repeat(item)``."""
+    if not has_outcome:
         return 0.5
     average = outcome_metric_average(item)
     base = 0.5 if average is None else average
-    bonus = 0.1 if acc.would_repeat(item) else -0.1
+    bonus = 0.1 if would_repeat else -0.1
     return max(0.1, min(base + bonus, 1.0))
 
 

@@ -414,20 +414,51 @@ def pattern_fields(
                 created_at(item), last_used_at(item))
     performance, metrics = _sub(item, "performance"), _sub(item, "metrics")
     lifecycle, evolution = _sub(item, "lifecycle"), _sub(item, "evolution")
-    rate = performance.get("success_rate")
-    if rate is None:
-        rate = _either(metrics, "successRate", "success_rate")
-    count = performance.get("execution_count")
-    if count is None:
-        count = _either(metrics, "executionCount", "execution_count")
-    conf = lifecycle.get("confidence")
-    if conf is None:
-        conf = _either(evolution, "confidenceScore", "confidence_score")
+    rate, conf, count = _pattern_numbers(performance, metrics, lifecycle, evolution)
     last = lifecycle.get("last_used_at")
     if last is None:
         last = _either(evolution, "lastUsed", "last_used")
     return (_as_str(_sub(item, "pattern").get("type")), _as_float(rate), _as_float(conf), _as_int(count),
             _created_at(item, lifecycle, evolution), parse_iso_timestamp(last))
+
+
+def _pattern_numbers(performance: Any, metrics: Any, lifecycle: Any, evolution: Any) -> tuple[Any, Any, Any]:
+    """The stored ``(success rate, confidence, execution count)`` of a pattern from its parent objects, unconverted."""
+    rate = performance.get("success_rate")
+    if rate is None:
+        rate = _either(metrics, "successRate", "success_rate")
+    conf = lifecycle.get("confidence")
+    if conf is None:
+        conf = _either(evolution, "confidenceScore", "confidence_score")
+    count = performance.get("execution_count")
+    if count is None:
+        count = _either(metrics, "executionCount", "execution_count")
+    return rate, conf, count
+
+
+def pattern_score_fields(item: Item) -> tuple[float | None, float | None, int | None, float | None]:
+    """``(success_rate, confidence, execution_count, avg_time_saved_ms)`` of a pattern, in one pass: the inputs
+    of its value score (:func:`aml.prune.value.loom_base_score`)."""
+    if type(item) is not dict:
+        return success_rate(item), confidence(item), execution_count(item), avg_time_saved_ms(item)
+    performance, metrics = _sub(item, "performance"), _sub(item, "metrics")
+    rate, conf, count = _pattern_numbers(performance, metrics, _sub(item, "lifecycle"), _sub(item, "evolution"))
+    saved = performance.get("avg_time_saved_ms")
+    if saved is None:
+        saved = metrics.get("avgTimeSavedMs")
+    return _as_float(rate), _as_float(conf), _as_int(count), _as_float(saved)
+
+
+def solution_score_fields(item: Item) -> tuple[bool | None, float | None, int | None, int | None]:
+    """``(worked, time_to_fix_minutes, verified_count, prevented_recurrence)`` of a solution, in one pass: the
+    inputs of its value score (:func:`aml.prune.value.loom_base_score`)."""
+    if type(item) is not dict:
+        return solution_worked(item), time_to_fix_minutes(item), verified_count(item), prevented_recurrence(item)
+    effectiveness = _sub(item, "effectiveness")
+    return (_as_bool(effectiveness.get("worked")),
+            _as_float(_either(effectiveness, "timeToFixMinutes", "time_to_fix_minutes")),
+            _as_int(_either(item, "verifiedCount", "verified_count")),
+            _as_int(_either(effectiveness, "preventedRecurrence", "prevented_recurrence")))
 
 
 def solution_fields(item: Item) -> tuple[str | None, bool | None, int | None, datetime | None]:

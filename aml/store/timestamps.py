@@ -305,7 +305,17 @@ def utc_iso_z(dt: datetime) -> str:
     Returns:
         e.g. ``"2026-11-22T10:48:19.384477Z"``.
     """
-    return str(format_like(dt, TimestampStyle("iso", "Z", 6)))
+    if type(dt) is datetime:  # the usual case: ``isoformat`` writes the same digits, in C
+        tz = dt.tzinfo
+        if tz is UTC:
+            return dt.isoformat(timespec="microseconds")[:-6] + "Z"  # drop "+00:00"
+        if tz is None:
+            return dt.isoformat(timespec="microseconds") + "Z"
+    return str(format_like(dt, _UTC_Z_STYLE))
+
+
+_UTC_Z_STYLE: Final = TimestampStyle("iso", "Z", 6)
+"""The style of :func:`utc_iso_z`."""
 
 
 def now_utc() -> datetime:
