@@ -94,7 +94,8 @@ def test_rollback_through_the_task_after_an_interrupted_run(tmp_path: Path, aml_
 
     store = extract_loom("loom-plain-v1.0", tmp_path / "p")
     pristine = {k: v for k, v in snapshot_tree(store).items() if "/" in k and not k.endswith("/")}
-    plan = build_plan(store, "2.0.0")  # a run that got as far as its journal and one file, then died
+    plan = build_plan(store, "2.0.0", keep_bytes_limit=1 << 30)  # a run that got as far as its journal and one
+    # file, then died (the new contents kept, to write the first one as that run did)
     journal = Journal(store, ["mig_dead"], plan.now, "2.0.0", plan.now,
                       files={fp.relpath: fp.sha256 for fp in plan.writes} | {"config/schema_version.json": ""})
     journal.save()

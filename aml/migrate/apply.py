@@ -268,8 +268,9 @@ def apply_plan(plan: Plan, *, run_id: str | None = None, on_file: FileCallback |
 
 def _content_for(plan: Plan, fp: FilePlan, agents: frozenset[str], ctx: StepContext,
                  result: MigrationResult) -> tuple[bytes | None, FilePlan | None]:
-    """The bytes to write for ``fp``: the planned ones when the file is unchanged since planning,
-    else the file planned again. ``(None, None)`` when it cannot be written (added to problems)."""
+    """The bytes to write for ``fp``: the planned ones when they were kept and the file is unchanged
+    since planning, else the file migrated again (checked for loss again only when it changed since
+    planning). ``(None, None)`` when it cannot be written (added to problems)."""
     path = plan.root / fp.relpath
     if loom_lock_held(path):  # Loom's runtime is writing it: a rewrite now would lose one of the writes
         result.problems.append({"path": str(path), "relpath": fp.relpath, "offset": None, "code": "locked",
@@ -282,12 +283,12 @@ def _content_for(plan: Plan, fp: FilePlan, agents: frozenset[str], ctx: StepCont
         unchanged = False
     if unchanged and fp.new_bytes is not None:
         return fp.new_bytes, None
-    try:
-        fresh = plan_file(plan.root, fp.relpath, fp.agent, fp.collection, agents, plan.target, ctx)
+    try:  # the file as planned is migrated again here (same result: the run's instant is fixed)
+        fresh = plan_file(plan.root, fp.relpath, fp.agent, fp.collection, agents, plan.target, ctx, planned=fp)
     except DocumentError as exc:
         result.problems.append(problem_of(exc))
         return None, None
-    if fresh.lost and not plan.force:
+    if fresh.lost and not plan.force:  # only a file changed since planning is checked for loss again
         result.problems.append({"path": str(path), "relpath": fp.relpath, "offset": None, "code": "lossy",
                                 "reason": "changed since planning; migrating it now would lose data"})
         return None, None

@@ -12,15 +12,24 @@ Reading keeps what a rewrite needs to look like the original: the decoded text a
 disk (the journal's proof of which version of a file is there). A rewrite (:func:`render`) goes
 through :mod:`aml.store.rewrite`, as prune's and gc's do: only the items a step changed are
 serialised anew, in the file's own layout; every other byte stays as the writer wrote it.
+
+A migration reads a file in one streaming pass (:func:`read_collection`, then :func:`iter_spans`):
+its list is never built, only one item is in memory at a time, and the new text is spliced as the
+items go by (:func:`dumps_element` writes what :func:`aml.store.rewrite.dumps_element` writes).
+:func:`load_collection` and :func:`render` (the whole document parsed, then spliced) are the
+reference, used for any file the streaming pass cannot vouch for (see :mod:`aml.migrate.plan`).
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
-from collections.abc import Mapping
+import re
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
+from json.encoder import encode_basestring, encode_basestring_ascii
 from pathlib import Path, PurePosixPath
 from typing import Any, Final
 
@@ -38,6 +47,7 @@ from aml.store.documents import (
 )
 from aml.store.filestore import FileStore
 from aml.store.rewrite import DocumentText, JsonStyle, detect_json_style, document_text, find_list, replace_elements
+from aml.store.rewrite import dumps_element as rewrite_dumps_element
 
 COLLECTIONS: Final = ("patterns", "solutions", "decisions")
 """The per-agent collections a migration changes."""
@@ -115,20 +125,254 @@ def load_collection(root: Path, relpath: str, agents: frozenset[str], *,
         DocumentError: unreadable, corrupt gzip/zstd, not UTF-8, invalid or truncated JSON, or not a
             list of objects (``wrong_type``); path, byte offset and reason are in the error.
     """
+    return parse_collection(read_collection(root, relpath, max_bytes=max_bytes), agents)
+
+
+@dataclass(slots=True)
+class RawFile:
+    """One collection file as read from disk, decoded but not parsed (see :func:`read_collection`).
+
+    Attributes:
+        relpath: store-relative POSIX path.
+        path: absolute path.
+        raw: the bytes on disk.
+        stat: ``os.fstat`` of the open file.
+        decoded: ``raw`` decoded (the same object for ``plain``).
+        encoding: ``plain``, ``gzip`` or ``zstd`` (sniffed).
+    """
+
+    relpath: str
+    path: Path
+    raw: bytes
+    stat: os.stat_result
+    decoded: bytes
+    encoding: Encoding
+
+
+def read_collection(root: Path, relpath: str, *, max_bytes: int | None = None) -> RawFile:
+    """Read and decode one collection file (never follows a symlink); the first half of
+    :func:`load_collection`.
+
+    Args:
+        root: the store root.
+        relpath: store-relative path from :func:`collection_files`.
+        max_bytes: on-disk size limit in bytes (default ``AML_MAX_DOCUMENT_MB``).
+
+    Returns:
+        The :class:`RawFile`.
+
+    Raises:
+        DocumentError: unreadable, too large, or corrupt gzip/zstd.
+    """
     path = root / relpath
-    parts = PurePosixPath(relpath).parts
     if max_bytes is None:
         max_bytes = max_document_bytes()
     raw, st = read_file_bytes(path, max_bytes=max_bytes, relpath=relpath)
     decoded, encoding = decode_bytes(raw, path, max_output=DEFAULT_DECODE_RATIO * max_bytes, relpath=relpath)
-    data = load_json(decoded, path, relpath=relpath)
+    return RawFile(relpath, path, raw, st, decoded, encoding)
+
+
+def parse_collection(read: RawFile, agents: frozenset[str]) -> LoadedFile:
+    """Parse and shape-check a file from :func:`read_collection`; the second half of
+    :func:`load_collection`.
+
+    Args:
+        read: the file's bytes.
+        agents: the store's Loom agents (decides the file's placement).
+
+    Returns:
+        The :class:`LoadedFile`.
+
+    Raises:
+        DocumentError: not UTF-8, invalid or truncated JSON, or not a list of objects.
+    """
+    path, relpath = read.path, read.relpath
+    parts = PurePosixPath(relpath).parts
+    data = load_json(read.decoded, path, relpath=relpath)
     classify(data, parts, place(parts, agents), path)
     try:
-        text = document_text(raw, st, decoded, encoding, path)
+        text = document_text(read.raw, read.stat, read.decoded, read.encoding, path)
     except ValueError as exc:  # load_json accepted it, so this cannot happen
         raise DocumentError(path, None, "not UTF-8", code="not_utf8", relpath=relpath) from exc
-    return LoadedFile(relpath, path, sha256(raw), st.st_size, st.st_mtime_ns, encoding,
+    return LoadedFile(relpath, path, sha256(read.raw), read.stat.st_size, read.stat.st_mtime_ns, read.encoding,
                       detect_json_style(text.text), data, text)
+
+
+class IrregularText(ValueError):
+    """Raised by :func:`iter_elements` where the text is not a plain JSON list it can stream: the
+    caller falls back to :func:`parse_collection`, which reports the exact error (or parses it)."""
+
+
+_DECODER: Final = json.JSONDecoder()
+_WS: Final = re.compile(r"[ \t\n\r]*")
+
+
+def iter_elements(decoded: bytes) -> Iterator[Any]:
+    """The elements of a document that is a JSON list, parsed one at a time (the list itself is never
+    built, so only one element is in memory at once).
+
+    Accepts exactly what :func:`aml.store.documents.load_json` accepts when its result is a list (see
+    :func:`iter_spans`), so each element equals what ``json.loads`` would put in the list.
+
+    Args:
+        decoded: the decoded bytes of the document.
+
+    Yields:
+        Each element, in order.
+
+    Raises:
+        IrregularText: not UTF-8, not valid JSON, or not a list (after the elements before the
+            problem were yielded).
+    """
+    try:
+        text = decoded.decode("utf-8")  # a BOM becomes U+FEFF, which iter_spans skips
+    except UnicodeDecodeError as exc:
+        raise IrregularText("not UTF-8") from exc
+    for _, _, element in iter_spans(text):
+        yield element
+
+
+def iter_spans(text: str) -> Iterator[tuple[int, int, Any]]:
+    """Where the elements of a JSON list are in ``text``, and their values, one at a time.
+
+    Accepts exactly what :func:`aml.store.documents.load_json` accepts when its result is a list: a
+    leading BOM is skipped, whitespace is JSON's four characters, every element goes through the
+    same scanner as ``json.loads`` (``JSONDecoder.raw_decode``) and nothing but whitespace may
+    follow the list. The offsets are those :func:`aml.store.rewrite.find_list` finds for ``""``.
+
+    Args:
+        text: the decoded document (a leading BOM allowed).
+
+    Yields:
+        ``(start, end, element)``: the element is ``text[start:end]``. The last one is yielded only
+        once the closing ``]`` and the end of the text have been checked.
+
+    Raises:
+        IrregularText: not valid JSON, or not a list (after the elements before the problem were
+            yielded).
+    """
+    ws, decode, n = _WS.match, _DECODER.raw_decode, len(text)
+    i = ws(text, 1 if text.startswith("\ufeff") else 0).end()  # type: ignore[union-attr]
+    if text[i : i + 1] != "[":
+        raise IrregularText("not a list")
+    i = ws(text, i + 1).end()  # type: ignore[union-attr]
+    if text[i : i + 1] == "]":
+        if ws(text, i + 1).end() != n:  # type: ignore[union-attr]
+            raise IrregularText("extra data")
+        return
+    while True:
+        start = i
+        try:
+            element, end = decode(text, i)
+        except (ValueError, RecursionError) as exc:
+            raise IrregularText("invalid JSON") from exc
+        i = ws(text, end).end()  # type: ignore[union-attr]
+        mark = text[i : i + 1]
+        if mark == ",":
+            yield start, end, element
+            i = ws(text, i + 1).end()  # type: ignore[union-attr]
+        elif mark == "]" and ws(text, i + 1).end() == n:  # type: ignore[union-attr]
+            yield start, end, element
+            return
+        else:
+            raise IrregularText("invalid JSON")
+
+
+class _Unsupported(Exception):
+    """A value :func:`dumps_element` leaves to :func:`aml.store.rewrite.dumps_element`."""
+
+
+def _float_text(value: float) -> str:
+    """A float as ``json.dumps`` writes it (``allow_nan``: ``NaN``, ``Infinity``, ``-Infinity``)."""
+    if value != value:
+        return "NaN"
+    if value == math.inf:
+        return "Infinity"
+    if value == -math.inf:
+        return "-Infinity"
+    return float.__repr__(value)
+
+
+def _indented(value: Any, nl: str, unit: str, key_sep: str, enc: Callable[[str], str],
+              heads: dict[str, str]) -> str:
+    """``value`` (an object or a list) as ``json.dumps(value, indent=unit, separators=(",", key_sep))``
+    writes it, every newline followed by ``nl[1:]``: the containers' text is joined here, with one call
+    per container (``json.dumps`` makes a generator step per token when it indents). ``heads`` caches
+    each key's text followed by ``key_sep``."""
+    inner = nl + unit
+    parts: list[str] = []
+    append = parts.append
+    if type(value) is dict:
+        if not value:
+            return "{}"
+        for key, v in value.items():
+            head = heads.get(key)
+            if head is None:
+                if type(key) is not str:
+                    raise _Unsupported
+                head = heads[key] = enc(key) + key_sep
+            t = type(v)
+            if t is str:
+                append(head + enc(v))
+            elif t is dict or t is list:
+                append(head + _indented(v, inner, unit, key_sep, enc, heads))
+            elif v is None:
+                append(head + "null")
+            elif v is True:
+                append(head + "true")
+            elif v is False:
+                append(head + "false")
+            elif t is int:
+                append(head + int.__repr__(v))
+            elif t is float:
+                append(head + _float_text(v))
+            else:
+                raise _Unsupported
+        return "{" + inner + ("," + inner).join(parts) + nl + "}"
+    if not value:
+        return "[]"
+    for v in value:
+        t = type(v)
+        if t is str:
+            append(enc(v))
+        elif t is dict or t is list:
+            append(_indented(v, inner, unit, key_sep, enc, heads))
+        elif v is None:
+            append("null")
+        elif v is True:
+            append("true")
+        elif v is False:
+            append("false")
+        elif t is int:
+            append(int.__repr__(v))
+        elif t is float:
+            append(_float_text(v))
+        else:
+            raise _Unsupported
+    return "[" + inner + ("," + inner).join(parts) + nl + "]"
+
+
+def dumps_element(value: Any, style: JsonStyle, prefix: str = "", heads: dict[str, str] | None = None) -> str:
+    """The text :func:`aml.store.rewrite.dumps_element` gives, produced faster for an object or list in
+    an indented style (anything else, and any value it does not expect, goes to that function).
+
+    Args:
+        value: the new element (JSON values only).
+        style: the document's layout.
+        prefix: the indentation of the line the element starts on.
+        heads: a cache of key texts to share between the elements of one document in one ``style``
+            (default: a new one).
+
+    Returns:
+        The element's text.
+    """
+    if style.indent is None or type(value) not in (dict, list):
+        return rewrite_dumps_element(value, style, prefix)
+    enc = encode_basestring_ascii if style.ensure_ascii else encode_basestring
+    try:
+        return _indented(value, "\n" + prefix, style.indent, style.key_sep, enc, {} if heads is None else heads)
+    except (_Unsupported, RecursionError):
+        return rewrite_dumps_element(value, style, prefix)
 
 
 def render(loaded: LoadedFile, changed: Mapping[int, Any]) -> bytes:

@@ -2,10 +2,11 @@
 
 :func:`build_plan` reads every collection file (:mod:`aml.migrate.files`), moves each item to the
 target (:func:`aml.migrate.chain.migrate_item`) and records, per file: item counts by source
-version, how many items change, which items a downgrade would lose data from, and (within a memory
-budget) the new bytes. ``--dry-run`` prints the plan; :func:`aml.migrate.apply.apply_plan` carries it
-out. Files that cannot be read or hold an item of unknown version are *problems*: listed, never
-written.
+version, how many items change, which items a downgrade would lose data from, and (only when
+asked, within a memory budget) the new bytes. One file is in memory at a time, and by default no new
+content is built at all: ``--dry-run`` prints the plan; :func:`aml.migrate.apply.apply_plan` carries
+it out, migrating each file again as it writes it. Files that cannot be read or hold an item of
+unknown version are *problems*: listed, never written.
 """
 
 from __future__ import annotations
@@ -17,28 +18,37 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, Final
 
-from aml.migrate.chain import UnknownItemVersion, migrate_item
+from aml.migrate.chain import UnknownItemVersion, item_version, migrate_item
 from aml.migrate.detect import version_of
 from aml.migrate.files import (
     SCHEMA_FILE,
+    LoadedFile,
+    RawFile,
     collection_files,
-    load_collection,
+    dumps_element,
+    iter_spans,
+    parse_collection,
+    read_collection,
     read_schema_file,
     render,
     sha256,
 )
 from aml.migrate.journal import Journal
-from aml.migrate.steps import KIND_OF_COLLECTION, StepContext
-from aml.migrate.versions import DEFAULT_VERSION, LATEST, check_version
+from aml.migrate.legacy import LEGACY_KEY
+from aml.migrate.steps import KIND_OF_COLLECTION, StepContext, loom_style
+from aml.migrate.versions import DEFAULT_VERSION, LATEST, VERSIONS, check_version
 from aml.store.accessors import ItemVersion
 from aml.store.codec import Encoding
 from aml.store.documents import DocumentError
 from aml.store.filestore import FileStore
-from aml.store.timestamps import now_utc
+from aml.store.rewrite import LOOM_STYLE, detect_json_style, document_text
+from aml.store.timestamps import PY_AWARE_STYLE, TS_STYLE, now_utc
 
-DEFAULT_KEEP_BYTES: Final = 256 * 1024 * 1024
-"""New file contents up to this total (256 MiB) are kept from planning to writing; beyond it, files
-are migrated a second time when written (same result: the run's bookkeeping instant is fixed)."""
+DEFAULT_KEEP_BYTES: Final = 0
+"""New file contents up to this total are kept from planning to writing; beyond it, files are
+migrated a second time when written (same result: the run's bookkeeping instant is fixed). None by
+default: a plan then only counts (see :func:`_plan_streamed`), so that a ``--dry-run`` neither serialises
+nor holds any new content, and a write migrates one file at a time."""
 
 LOSSY_LISTED: Final = 200
 """At most this many lossy items are listed in a plan's dict form (all are counted)."""
@@ -194,8 +204,14 @@ class Plan:
 
 def plan_file(root: Path, relpath: str, agent: str, collection: str, agents: frozenset[str],
               target: ItemVersion, ctx: StepContext, *, keep_bytes: bool = True,
-              check_loss: bool = True) -> FilePlan:
+              check_loss: bool = True, planned: FilePlan | None = None) -> FilePlan:
     """Plan one collection file.
+
+    The file is read once and its items parsed one at a time (:func:`_plan_streamed`); without
+    ``keep_bytes`` an upgraded item is only counted, not built. A file that pass cannot vouch for
+    (invalid JSON, a non-object item, an unknown version, a broken ``aml_legacy``, any error) is
+    planned by :func:`_plan_full` instead, which reports it exactly as it always did. The result is
+    the same :class:`FilePlan` either way.
 
     Args:
         root: store root.
@@ -205,6 +221,8 @@ def plan_file(root: Path, relpath: str, agent: str, collection: str, agents: fro
         ctx: the run's context.
         keep_bytes: keep the new content in the plan.
         check_loss: check downgraded items for loss.
+        planned: the file's plan from earlier in the run: when the file still is what was planned
+            (:func:`same_as_planned`), its loss check is not done again (``lost`` is then empty).
 
     Returns:
         The :class:`FilePlan`.
@@ -214,7 +232,41 @@ def plan_file(root: Path, relpath: str, agent: str, collection: str, agents: fro
             item declares a version aml does not know, ``legacy_conflict`` when an item's
             ``metadata.aml_legacy`` is not aml's.
     """
-    loaded = load_collection(root, relpath, agents)
+    read = read_collection(root, relpath)
+    if planned is not None and same_as_planned(planned, read.stat.st_size, read.stat.st_mtime_ns, sha256(read.raw)):
+        check_loss = False
+    streamed = _plan_streamed(read, agent, collection, target, ctx, keep_bytes=keep_bytes, check_loss=check_loss)
+    if streamed is not None:
+        return streamed
+    return _plan_full(parse_collection(read, agents), agent, collection, target, ctx, keep_bytes=keep_bytes,
+                      check_loss=check_loss)
+
+
+def same_as_planned(planned: FilePlan, size: int, mtime_ns: int, digest: str) -> bool:
+    """A file read with this ``size``, ``mtime_ns`` and SHA-256 ``digest`` is the one ``planned`` was
+    made from (same size, same mtime, same content)."""
+    return (size, mtime_ns, digest) == (planned.size_bytes, planned.mtime_ns, planned.sha256)
+
+
+def _plan_full(loaded: LoadedFile, agent: str, collection: str, target: ItemVersion, ctx: StepContext, *,
+               keep_bytes: bool, check_loss: bool) -> FilePlan:
+    """The reference plan of one file: every item migrated in full from the parsed document, the new
+    content spliced by :func:`aml.migrate.files.render`.
+
+    Args:
+        loaded: the file, parsed and shape-checked.
+        agent, collection: the file.
+        target: the version to reach.
+        ctx: the run's context.
+        keep_bytes: keep the new content in the plan.
+        check_loss: check downgraded items for loss.
+
+    Returns:
+        The :class:`FilePlan`.
+
+    Raises:
+        ItemProblem: an item of unknown version, or with a ``metadata.aml_legacy`` that is not aml's.
+    """
     kind = KIND_OF_COLLECTION[collection]
     versions: Counter[str] = Counter()
     new_items: dict[int, Any] = {}
@@ -223,18 +275,118 @@ def plan_file(root: Path, relpath: str, agent: str, collection: str, agents: fro
         try:
             result = migrate_item(item, kind, target, ctx, check_loss=check_loss)
         except UnknownItemVersion as exc:
-            raise ItemProblem(loaded.path, index, str(exc), "unknown_version", relpath) from exc
+            raise ItemProblem(loaded.path, index, str(exc), "unknown_version", loaded.relpath) from exc
         except ValueError as exc:  # metadata.aml_legacy that is not aml's
-            raise ItemProblem(loaded.path, index, str(exc), "legacy_conflict", relpath) from exc
+            raise ItemProblem(loaded.path, index, str(exc), "legacy_conflict", loaded.relpath) from exc
         versions[result.source] += 1
         if result.changed:
             new_items[index] = result.item
         if result.lost:
             lost.append({"index": index, "id": item.get("id"), "lost": result.lost})
     new_bytes = render(loaded, new_items) if new_items and keep_bytes else None
-    return FilePlan(relpath, agent, collection, loaded.encoding, loaded.sha256, loaded.size_bytes,
+    return FilePlan(loaded.relpath, agent, collection, loaded.encoding, loaded.sha256, loaded.size_bytes,
                     loaded.mtime_ns, len(loaded.data), dict(sorted(versions.items())), len(new_items), lost,
                     new_bytes)
+
+
+_V12: Final = VERSIONS.index("1.2.0")
+
+
+def _plan_streamed(read: RawFile, agent: str, collection: str, target: ItemVersion, ctx: StepContext, *,
+                   keep_bytes: bool, check_loss: bool) -> FilePlan | None:
+    """The plan of one file from one streaming pass over its text (:func:`aml.migrate.files.iter_spans`:
+    one item in memory at a time), or ``None`` when the file needs :func:`_plan_full`.
+
+    With ``keep_bytes``, every changed item is migrated and its new text
+    (:func:`aml.migrate.files.dumps_element`, at the column the old one started at) replaces the old
+    one's span, every other character kept: the text :func:`aml.migrate.files.render` splices.
+
+    Without it (lean), an item already at the target is only counted, and an upgraded item is
+    counted as changed without being migrated: an upgrade walk (:func:`aml.migrate.chain.walk`) can
+    only fail in two places, and both are checked here: ``StepContext.stamp`` (called where the walk
+    adds Loom's ``metadata``, so it is called here for the same items) and ``put_legacy`` on a
+    ``metadata.aml_legacy`` that is not an object (such an item is migrated in full). A stamp in one
+    of Loom's two timestamp forms (:func:`aml.migrate.steps.loom_style`) is the same for every item,
+    so it is formatted once. A downgraded item is migrated in full, for its loss check.
+
+    Any exception sends the file to :func:`_plan_full`, which raises the error the file has always
+    been reported with (its errors come in the order of that pass: JSON, then shape, then items).
+
+    Args:
+        read: the file's bytes (:func:`aml.migrate.files.read_collection`).
+        agent, collection: the file.
+        target: the version to reach.
+        ctx: the run's context.
+        keep_bytes: build the new content.
+        check_loss: check downgraded items for loss.
+
+    Returns:
+        The plan, or ``None``.
+    """
+    kind = KIND_OF_COLLECTION[collection]
+    wanted = VERSIONS.index(target)
+    stamps = wanted >= _V12 and not keep_bytes
+    position = {v: n for n, v in enumerate(VERSIONS)}
+    versions: Counter[str] = Counter()
+    lost: list[dict[str, Any]] = []
+    changed = items = 0
+    pieces: list[str] = []  # the new text: unchanged stretches of the old one, and new items
+    heads: dict[str, str] = {}  # the text of each key, for dumps_element
+    copied = scanned = line_start = 0
+    try:
+        doc = document_text(read.raw, read.stat, read.decoded, read.encoding, read.path)
+        text = doc.text
+        style = detect_json_style(text) if keep_bytes else LOOM_STYLE
+        if stamps:
+            for stamp_style in (TS_STYLE, PY_AWARE_STYLE):
+                ctx.stamp_as(stamp_style)
+        for index, (start, end, item) in enumerate(iter_spans(text)):
+            if type(item) is not dict:
+                return None
+            if keep_bytes:
+                result = migrate_item(item, kind, target, ctx, check_loss=check_loss)
+                source = result.source
+                if result.changed:
+                    changed += 1
+                    newline = text.rfind("\n", scanned, start)  # the line the item starts on
+                    if newline >= 0:
+                        line_start = newline + 1
+                    scanned = start
+                    lead = text[line_start:start]
+                    pieces.append(text[copied:start])
+                    pieces.append(dumps_element(result.item, style, lead[: len(lead) - len(lead.lstrip(" \t"))], heads))
+                    copied = end
+                if result.lost:
+                    lost.append({"index": index, "id": item.get("id"), "lost": result.lost})
+                versions[source] += 1
+                items += 1
+                continue
+            source = item_version(item)
+            versions[source] += 1
+            items += 1
+            at = position[source]
+            if at == wanted:
+                continue
+            changed += 1
+            meta = item.get("metadata")
+            if at > wanted:
+                result = migrate_item(item, kind, target, ctx, check_loss=check_loss)
+                if result.lost:
+                    lost.append({"index": index, "id": item.get("id"), "lost": result.lost})
+            elif type(meta) is dict:
+                if LEGACY_KEY in meta and type(meta[LEGACY_KEY]) is not dict:
+                    migrate_item(item, kind, target, ctx, check_loss=check_loss)
+            elif stamps and loom_style(item.get("timestamp")) is None:
+                ctx.stamp(item)  # the walk stamps it; in Loom's two forms that is formatted once, above
+        new_bytes = None
+        if keep_bytes and changed:
+            pieces.append(text[copied:])
+            new_bytes = doc.encoded("".join(pieces))
+    except Exception:  # _plan_full reports it (or plans the file)
+        return None
+    st = read.stat
+    return FilePlan(read.relpath, agent, collection, read.encoding, sha256(read.raw), st.st_size, st.st_mtime_ns,
+                    items, dict(sorted(versions.items())), changed, lost, new_bytes)
 
 
 class ItemProblem(DocumentError):
@@ -272,7 +424,8 @@ def build_plan(root: str | os.PathLike[str], target: str | None = None, *, force
         force: allow downgrades that lose data (they are still listed).
         now: the bookkeeping instant (default: the interrupted run's, when resuming to the same
             target, else the current time).
-        keep_bytes_limit: keep new contents up to this many bytes in total.
+        keep_bytes_limit: keep new contents up to this many bytes in total (default
+            :data:`DEFAULT_KEEP_BYTES`: none; files are then planned lean).
         check_loss: check downgraded items for loss (turning it off also turns off the refusal).
 
     Returns:

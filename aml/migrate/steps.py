@@ -110,19 +110,29 @@ class StepContext:
 
     def stamp(self, item: Mapping[str, Any]) -> TimestampValue:
         """``now`` in the style of ``item["timestamp"]`` (TS style ``...sssZ`` when it has none)."""
-        return _formatted(self.now, _style_of(item.get("timestamp")))
+        return self.stamp_as(_style_of(item.get("timestamp")))
+
+    def stamp_as(self, style: TimestampStyle) -> TimestampValue:
+        """``now`` in ``style``."""
+        return _formatted(self.now, style)
 
 
-def _style_of(value: object) -> TimestampStyle:
-    """:func:`~aml.store.timestamps.detect_style`, with the two forms Loom writes recognised cheaply
-    (this runs once per item of a run)."""
-    if isinstance(value, str):
+def loom_style(value: object) -> TimestampStyle | None:
+    """:data:`~aml.store.timestamps.TS_STYLE` or :data:`~aml.store.timestamps.PY_AWARE_STYLE` when
+    ``value`` is a timestamp in one of the two forms Loom writes, recognised cheaply; else ``None``."""
+    if type(value) is str:
         n = len(value)
         if n == 24 and value[23] == "Z" and value[19] == "." and value[10] == "T" and value[:4].isdigit():
             return TS_STYLE
         if n == 32 and value.endswith("+00:00") and value[19] == "." and value[10] == "T" and value[:4].isdigit():
             return PY_AWARE_STYLE
-    return detect_style(value) or TS_STYLE
+    return None
+
+
+def _style_of(value: object) -> TimestampStyle:
+    """:func:`~aml.store.timestamps.detect_style`, with the two forms Loom writes recognised cheaply
+    (this runs once per item of a run)."""
+    return loom_style(value) or detect_style(value) or TS_STYLE
 
 
 @functools.lru_cache(maxsize=64)
