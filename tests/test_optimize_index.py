@@ -8,8 +8,8 @@ import os
 import re
 import sqlite3
 import uuid
-from collections.abc import Mapping
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any
 
 import pytest
@@ -341,22 +341,6 @@ LOOM_ITEMS = st.fixed_dictionaries({}, optional={
 })
 
 
-class ItemView(Mapping[str, Any]):
-    """A read-only mapping that is not a dict (the accessors' own path)."""
-
-    def __init__(self, data: dict[str, Any]) -> None:
-        self._data = data
-
-    def __getitem__(self, key: str) -> Any:
-        return self._data[key]
-
-    def __iter__(self) -> Any:
-        return iter(self._data)
-
-    def __len__(self) -> int:
-        return len(self._data)
-
-
 def same(a: float, b: float) -> bool:
     return a == b or (a != a and b != b)  # NaN equals NaN here
 
@@ -370,7 +354,7 @@ def test_value_fast_paths_match_the_plain_formulas(item: dict[str, Any], collect
     assert loom_value_inputs(collection, item) == expected_inputs
     assert same(base_score(expected_inputs), expected)
     assert same(loom_base_score(collection, item), expected)
-    assert same(loom_base_score(collection, ItemView(item)), expected)
+    assert same(loom_base_score(collection, MappingProxyType(item)), expected)
     record = Record(store="s", agent="a", collection=collection, id="x", kind="k", created_at=None,
                     last_used_at=None, success_rate=None, confidence=None, execution_count=None, importance=None,
                     size_bytes=0, role=None, location=RecordLocation("a/x.json", "/0", 0))

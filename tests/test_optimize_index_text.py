@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
+from types import MappingProxyType
 from typing import Any
 
 import pytest
@@ -107,28 +108,14 @@ def test_record_text_of_a_loom_item() -> None:
     assert text == "bisect-regression sessions messages t1 bisect-regression go run the test alone symptom seen twice"
 
 
-class OtherMapping(Mapping[str, Any]):
-    def __init__(self, data: dict[str, Any]) -> None:
-        self._data = data
-
-    def __getitem__(self, key: str) -> Any:
-        return self._data[key]
-
-    def __iter__(self) -> Any:
-        return iter(self._data)
-
-    def __len__(self) -> int:
-        return len(self._data)
-
-
 class Text(str):
     pass
 
 
 def test_record_text_of_values_json_does_not_make() -> None:
-    data: dict[Any, Any] = {"a": Text("kept"), "id": "dropped", "b": [OtherMapping({"c": "deep"}), ("tuple",)],
+    data: dict[Any, Any] = {"a": Text("kept"), "id": "dropped", "b": [MappingProxyType({"c": "deep"}), ("tuple",)],
                             1: "int key", "userId": Text("dropped")}
-    item = OtherMapping(data)
+    item = MappingProxyType(data)
     record = make_record()
     assert record_text(record, item, []) == reference_text(record, item, [], 32 * 1024)
     assert record_text(record, Text("top"), []) == "pattern patterns top"

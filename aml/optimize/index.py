@@ -46,6 +46,7 @@ import tempfile
 import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
+from itertools import repeat
 from pathlib import Path
 from typing import Any, Final
 
@@ -237,32 +238,20 @@ def _collect_text(value: Any, parts: list[str], budget: int) -> int:
     """Append the text strings of ``value`` (depth first) to ``parts`` while ``budget`` (characters,
     each string counting one more for its separator) is positive; returns what is left of it."""
     kind = type(value)
-    if kind is dict:
-        skip_memo = _SKIP_KEY_MEMO
-        for k, v in value.items():
-            skip = skip_memo.get(k)  # keys are str in JSON; another key misses (its memo entry is str(key))
-            if skip is None:
-                skip = _skip_key(k)
-            if skip:
-                continue
+    if kind is dict or kind is list:
+        skip_memo = _SKIP_KEY_MEMO  # keys are str in JSON; another key misses (its memo entry is str(key))
+        # a list's values come with no key (None), never skipped
+        for k, v in value.items() if kind is dict else zip(repeat(None), value):
+            if k is not None:
+                skip = skip_memo.get(k)
+                if skip is None:
+                    skip = _skip_key(k)
+                if skip:
+                    continue
             sub = type(v)
             if sub is str:
                 if v and (not (v[0].isdigit() or len(v) in (36, 37)) or _SKIP_VALUE.match(v) is None):
                     parts.append(v)  # _text_value(v), inline
-                    budget -= len(v) + 1
-                    if budget <= 0:
-                        return budget
-            elif sub is dict or sub is list or not (sub is int or sub is float or sub is bool or v is None):
-                budget = _collect_text(v, parts, budget)
-                if budget <= 0:
-                    return budget
-        return budget
-    if kind is list:
-        for v in value:
-            sub = type(v)
-            if sub is str:
-                if v and (not (v[0].isdigit() or len(v) in (36, 37)) or _SKIP_VALUE.match(v) is None):
-                    parts.append(v)
                     budget -= len(v) + 1
                     if budget <= 0:
                         return budget
