@@ -733,6 +733,42 @@ def prune_actions_for_run(
     return list(session.scalars(stmt.order_by(PruneAction.id)))
 
 
+PRUNE_ID_BATCH = 500
+"""Ids per ``IN`` list when prune actions are read, marked or deleted by id (SQLite's variable limit is 32,766
+since 3.32 and 999 before)."""
+
+
+def prune_action_documents(session: Session, run_id: str, store: str) -> tuple[int, dict[str, list[int]]]:
+    """The actions of prune run ``run_id`` on ``store`` as undo needs them first, without their payloads.
+
+    Returns:
+        ``(rows, pending)``: how many actions the run has on the store (undone or not), and the ids of those
+        not undone yet by recorded document path (as :attr:`PruneAction.document_path` holds it), each list in
+        id (recording) order.
+    """
+    stmt = (select(PruneAction.id, PruneAction.document_path, PruneAction.undone_at)
+            .where(PruneAction.run_id == run_id, PruneAction.store == store).order_by(PruneAction.id))
+    pending: dict[str, list[int]] = {}
+    total = 0
+    for action_id, document_path, undone_at in session.execute(stmt):
+        total += 1
+        if undone_at is None:
+            pending.setdefault(document_path, []).append(action_id)
+    return total, pending
+
+
+def prune_action_payloads(session: Session, ids: Sequence[int]) -> list[tuple[int, str, dict[str, Any]]]:
+    """``(id, record_id, record)`` of the prune actions ``ids`` in id order, read :data:`PRUNE_ID_BATCH` ids
+    per query (``record``: the stored payload, ``{}`` when there is none)."""
+    out: list[tuple[int, str, dict[str, Any]]] = []
+    for start in range(0, len(ids), PRUNE_ID_BATCH):
+        stmt = (select(PruneAction.id, PruneAction.record_id, PruneAction.record)
+                .where(PruneAction.id.in_(ids[start:start + PRUNE_ID_BATCH])).order_by(PruneAction.id))
+        out.extend((action_id, record_id, dict(record or {})) for action_id, record_id, record in session.execute(stmt))
+    out.sort(key=lambda row: row[0])
+    return out
+
+
 def delete_prune_actions(session: Session, run_id: str, ids: Iterable[int]) -> int:
     """Delete actions of ``run_id`` by id (rows a crashed attempt wrote ahead of a rewrite that never
     happened: their records are still in the store). Undone rows are never deleted.
@@ -742,9 +778,9 @@ def delete_prune_actions(session: Session, run_id: str, ids: Iterable[int]) -> i
     """
     wanted = list(ids)
     deleted = 0
-    for start in range(0, len(wanted), 500):  # bounded IN lists (SQLite's variable limit)
+    for start in range(0, len(wanted), PRUNE_ID_BATCH):  # bounded IN lists (SQLite's variable limit)
         stmt = delete(PruneAction).where(PruneAction.run_id == run_id, PruneAction.undone_at.is_(None),
-                                         PruneAction.id.in_(wanted[start:start + 500]))
+                                         PruneAction.id.in_(wanted[start:start + PRUNE_ID_BATCH]))
         result = session.execute(stmt.execution_options(synchronize_session=False))
         deleted += int(getattr(result, "rowcount", 0) or 0)
     return deleted
@@ -758,11 +794,16 @@ def mark_prune_actions_undone(
     Returns:
         The number of rows newly marked.
     """
-    stmt = update(PruneAction).where(PruneAction.run_id == run_id, PruneAction.undone_at.is_(None))
-    if ids is not None:
-        stmt = stmt.where(PruneAction.id.in_(list(ids)))
-    result = session.execute(stmt.values(undone_at=_now(now)).execution_options(synchronize_session="fetch"))
-    return int(getattr(result, "rowcount", 0) or 0)
+    stmt = (update(PruneAction).where(PruneAction.run_id == run_id, PruneAction.undone_at.is_(None))
+            .values(undone_at=_now(now)).execution_options(synchronize_session="evaluate"))
+    if ids is None:
+        return int(getattr(session.execute(stmt), "rowcount", 0) or 0)
+    wanted = list(ids)
+    marked = 0
+    for start in range(0, len(wanted), PRUNE_ID_BATCH):  # bounded IN lists (SQLite's variable limit)
+        result = session.execute(stmt.where(PruneAction.id.in_(wanted[start:start + PRUNE_ID_BATCH])))
+        marked += int(getattr(result, "rowcount", 0) or 0)
+    return marked
 
 
 # ----------------------------------------------------------------------------------- views

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import logging
 import uuid
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -35,9 +35,10 @@ from aml.prune import (
     UndoEntry,
     apply_plan,
     build_plan,
+    lean_payload,
     normalise_strategies,
     present_entries,
-    undo_entries,
+    undo_documents,
 )
 from aml.prune.sessions import parse_limits
 from aml.store.names import resolve_text_path, text_name
@@ -261,26 +262,58 @@ def _no_rows_message(catalog: Catalog, store_id: str, run_id: str) -> str:
             f"aml {store_id} backup restore --backup-id {tagged[-1]} --dry-run shows what that would put back")
 
 
+def _undo_rows(catalog: Catalog, root: Path, store_id: str, run_id: str) -> tuple[int, dict[str, list[int]]]:
+    """The run's rows as undo needs them first, without their payloads
+    (:func:`models.queries.prune_action_documents`).
+
+    Returns:
+        ``(rows, pending)``: how many rows the run has for this store (undone or not), and the ids of
+        those not undone yet by store-relative document path, in id (recording) order. A document
+        named with bytes that are not UTF-8 is recorded escaped: its file is found again here.
+    """
+    with catalog(write=False) as session:
+        total, by_recorded = queries.prune_action_documents(session, run_id, store_id)
+    pending: dict[str, list[int]] = {}
+    for document_path, ids in by_recorded.items():
+        pending.setdefault(resolve_text_path(root, document_path), []).extend(ids)
+    return total, {relpath: sorted(ids) for relpath, ids in pending.items()}
+
+
+def _undo_documents(catalog: Catalog, pending: dict[str, list[int]]) -> Iterator[tuple[str, list[UndoEntry]]]:
+    """``(document, its UndoEntry rows)`` in path order, each document's payloads read from the catalog
+    only when undo reaches it (:func:`models.queries.prune_action_payloads`, a short read transaction), so
+    that one document's rows are in memory at a time; each payload is made lean
+    (:func:`aml.prune.undo.lean_payload`).
+
+    Yields:
+        One ``(store-relative path, its entries in id order)`` per document.
+    """
+    for relpath in sorted(pending):
+        with catalog(write=False) as session:
+            rows = queries.prune_action_payloads(session, pending[relpath])
+        yield relpath, [UndoEntry(action_id, relpath, record_id, lean_payload(record))
+                        for action_id, record_id, record in rows]
+
+
 def undo_body(store_id: str, run_id: str) -> Any:
-    """Build the operation body of ``prune undo`` (see :func:`tasks.base.run_operation`)."""
+    """Build the operation body of ``prune undo`` (see :func:`tasks.base.run_operation`).
+
+    The rows' payloads are read one document at a time (:func:`aml.prune.undo.undo_documents`): undo
+    holds one document's text, spans and rows at once, whatever the size of the run."""
     settings = get_settings()
 
     def body(catalog: Catalog) -> dict[str, Any]:
         root = store_path(store_id)
-        with catalog(write=False) as session:
-            rows = [r for r in queries.prune_actions_for_run(session, run_id, include_undone=True)
-                    if r.store == store_id]
-            # a document named with bytes that are not UTF-8 is recorded escaped: find the file again
-            entries = [UndoEntry(r.id, resolve_text_path(root, r.document_path), r.record_id, dict(r.record or {}))
-                       for r in rows if r.undone_at is None]
-        if not rows:
+        total, pending = _undo_rows(catalog, root, store_id, run_id)
+        if not total:
             raise ValueError(_no_rows_message(catalog, store_id, run_id))
-        result: dict[str, Any] = {"run_id": run_id, "records": len(rows), "already_undone": len(rows) - len(entries),
+        waiting = sum(len(ids) for ids in pending.values())
+        result: dict[str, Any] = {"run_id": run_id, "records": total, "already_undone": total - waiting,
                                   "restored": 0, "already_present": 0, "failed": [], "backup_id": None}
-        if not entries:
+        if not waiting:
             return result
         snapshot = safety_snapshot(catalog, store_id, root, settings, reason="pre-undo", tags=[f"undo:{run_id}"])
-        undone = undo_entries(root, entries, archive_root=archive_root_of(root, settings))
+        undone = undo_documents(root, _undo_documents(catalog, pending), archive_root=archive_root_of(root, settings))
         with catalog() as session:
             queries.mark_prune_actions_undone(session, run_id, ids=undone.done)
         result.update(undone.to_dict())

@@ -36,7 +36,6 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import gc
 import hashlib
 import json
 import os
@@ -50,6 +49,7 @@ from itertools import repeat
 from pathlib import Path
 from typing import Any, Final
 
+from aml.gcpause import gc_paused
 from aml.optimize.bloom import DEFAULT_FALSE_POSITIVE_RATE, IdBloom
 from aml.optimize.files import AML_DIR, BLOOM_FILE, INDEX_FILE, INDEX_LOCK_FILE, iter_store_files
 from aml.optimize.value import record_value
@@ -400,7 +400,7 @@ def build_index(
         raise NotADirectoryError(f"not a directory: {base}")
     loom_agents = frozenset(store.agents())
     agents_json = json.dumps(sorted(loom_agents))
-    with writer_lock(base), _gc_paused():
+    with writer_lock(base), gc_paused():
         incremental = not full and _current_index_usable(base)
         result = IndexResult(store.store_id, str(index_path(base)), full=not incremental)
         with replace_index(base, start_from_current=incremental) as conn:
@@ -447,22 +447,6 @@ def build_index(
         result.index_bytes = index_path(base).stat().st_size
     result.duration_s = time.perf_counter() - started
     return result
-
-
-@contextlib.contextmanager
-def _gc_paused() -> Iterator[None]:
-    """Cyclic garbage collection off for the block (back on after it if it was on).
-
-    A build holds a whole decoded document and creates objects by the million, none of them in
-    reference cycles: the collector's passes over them cost more than decoding the JSON. Objects still
-    go as soon as they are unused; cycles made meanwhile are collected after the block."""
-    was_enabled = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if was_enabled:
-            gc.enable()
 
 
 def _sha256(data: bytes) -> str:

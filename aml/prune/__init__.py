@@ -11,7 +11,8 @@ One concern per module:
 * :mod:`~aml.prune.archive` - archived decisions in the backup repository's ``archives/<agent>/``;
 * :mod:`~aml.prune.apply` - :func:`apply_plan`: atomic rewrites, decisions archived first, undo rows
   handed to the caller before each rewrite (write-ahead);
-* :mod:`~aml.prune.undo` - :func:`undo_entries`: put back exactly what a run removed;
+* :mod:`~aml.prune.undo` - :func:`undo_entries` (or, fed one document at a time,
+  :func:`undo_documents`): put back exactly what a run removed;
   :func:`present_entries`: which rows' records are still in the store (a resumed run).
 
 Pure engine: no Celery, no catalog (``tasks/prune.py`` adds the safety snapshot, the store lock and the
@@ -22,7 +23,7 @@ from aml.prune.apply import AppliedRecord, ApplyResult, apply_plan
 from aml.prune.archive import ARCHIVE_DIR, archive_file, read_archive
 from aml.prune.config import DEFAULT_STRATEGIES, MIB, STRATEGIES, PruneConfig, Strategy, normalise_strategies
 from aml.prune.plan import DocumentState, PlannedAction, PrunePlan, build_plan
-from aml.prune.undo import UndoEntry, UndoResult, present_entries, undo_entries
+from aml.prune.undo import UndoEntry, UndoResult, lean_payload, present_entries, undo_documents, undo_entries
 from aml.prune.value import ValueInputs, loom_value, loom_value_inputs, value_score
 from aml.store.rewrite import SpliceError
 
@@ -45,11 +46,13 @@ __all__ = [
     "apply_plan",
     "archive_file",
     "build_plan",
+    "lean_payload",
     "loom_value",
     "loom_value_inputs",
     "normalise_strategies",
     "present_entries",
     "read_archive",
+    "undo_documents",
     "undo_entries",
     "value_score",
 ]

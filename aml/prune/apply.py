@@ -9,7 +9,9 @@ For each document of the plan, in path order:
    (:mod:`aml.prune.archive`), atomically;
 3. rebuild the document's lists without the planned records by splicing the decoded text
    (:func:`aml.store.rewrite.remove_elements`, as ``optimize gc`` does: every other byte stays as the
-   writer wrote it), check the result parses, and encode it as the file was encoded (gzip stays gzip);
+   writer wrote it), check the result parses (:func:`aml.store.rewrite.check_rebuilt`: a Loom
+   collection, whose list is the whole document, is known to parse from the checks of the splice;
+   any other document is parsed again), and encode it as the file was encoded (gzip stays gzip);
 4. hand the document's :class:`AppliedRecord` rows to ``before_publish`` (write-ahead: the caller
    records them durably, so that undo can find them, *before* the records leave the document);
 5. replace the file atomically (temp file, fsync, rename, fsync directory).
@@ -30,6 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from aml.gcpause import gc_paused
 from aml.prune.archive import add_to_archive, archive_file
 from aml.prune.plan import PlannedAction, PrunePlan
 from aml.store.atomic import atomic_write
@@ -37,11 +40,14 @@ from aml.store.documents import DocumentError
 from aml.store.loomlock import loom_lock_held
 from aml.store.records import item_size
 from aml.store.rewrite import (
+    ItemFilter,
     ListSpan,
     SpliceError,
     check_parses,
+    check_rebuilt,
     element_key,
     find_list,
+    key_only,
     read_text,
     remove_elements,
 )
@@ -70,7 +76,10 @@ class ApplyResult:
 
     Attributes:
         run_id: the run.
-        applied: every record removed or archived.
+        applied: every record removed or archived, when :func:`apply_plan` keeps them (by default only
+            without a ``before_publish`` hook: with one, the caller has each document's records as it
+            goes, and the run holds no more than one document's payloads at a time).
+        removed, archived: how many records were removed and archived (kept or not).
         documents: store-relative paths rewritten.
         archives: archive files written (absolute paths).
         conflicts: ``{"document", "reason"}`` for documents left alone.
@@ -87,14 +96,15 @@ class ApplyResult:
     error: str | None = None
     bytes_before: int = 0
     bytes_after: int = 0
+    removed: int = 0
+    archived: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready summary (without the payloads)."""
-        removed = sum(1 for a in self.applied if a.action.action == "removed")
         return {
             "run_id": self.run_id,
-            "removed": removed,
-            "archived": len(self.applied) - removed,
+            "removed": self.removed,
+            "archived": self.archived,
             "documents": self.documents,
             "archives": self.archives,
             "conflicts": self.conflicts,
@@ -108,6 +118,16 @@ class ApplyResult:
 def _key_dict(span: ListSpan, text: str, index: int) -> dict[str, str]:
     kind, value = element_key(span.items[index], span.element_text(text, index))
     return {kind: value}
+
+
+def _keeper(planned: set[int]) -> ItemFilter:
+    """What :func:`_apply_document` keeps of a list's elements: the planned ones whole, the others'
+    keys (:func:`aml.store.rewrite.key_only`: all the ``prev``/``next`` anchors need)."""
+
+    def keep(index: int, item: Any) -> Any:
+        return item if index in planned else key_only(index, item)
+
+    return keep
 
 
 def _matches(action: PlannedAction, span: ListSpan) -> bool:
@@ -132,8 +152,10 @@ def apply_plan(
     archive_root: Path | None = None,
     on_document: Callable[[str], None] | None = None,
     before_publish: BeforePublish | None = None,
+    keep_applied: bool | None = None,
 ) -> ApplyResult:
-    """Carry out ``plan`` (see the module docstring).
+    """Carry out ``plan`` (see the module docstring), one document at a time: a document's text, spans
+    and payloads are dropped before the next one is read.
 
     Args:
         plan: from :func:`aml.prune.plan.build_plan`.
@@ -142,6 +164,8 @@ def apply_plan(
         on_document: called with each document's path after it is rewritten (progress).
         before_publish: called with each document's path and records before it is rewritten (see
             :data:`BeforePublish`); ``None`` when the caller records :attr:`ApplyResult.applied` itself.
+        keep_applied: collect every :class:`AppliedRecord` in :attr:`ApplyResult.applied` (default: only
+            when there is no ``before_publish``; the counts are kept either way).
 
     Returns:
         An :class:`ApplyResult`.
@@ -156,14 +180,17 @@ def apply_plan(
     """
     if archive_root is None and any(a.action == "archived" for a in plan.actions):
         raise ValueError("this plan archives decisions: archive_root (the repository's archives/) is required")
+    if keep_applied is None:
+        keep_applied = before_publish is None
     result = ApplyResult(run_id)
     by_doc: defaultdict[str, list[PlannedAction]] = defaultdict(list)
     for a in plan.actions:
         by_doc[a.document].append(a)
     for relpath in sorted(by_doc):
         try:
-            applied = _apply_document(plan, relpath, by_doc[relpath], run_id, archive_root, result,
-                                      before_publish)
+            with gc_paused():
+                applied = _apply_document(plan, relpath, by_doc.pop(relpath), run_id, archive_root, result,
+                                          before_publish)
         except (DocumentError, SpliceError) as exc:
             result.conflicts.append({"document": relpath, "reason": str(exc)})
             continue
@@ -172,7 +199,12 @@ def apply_plan(
             break
         if applied is None:
             continue
-        result.applied.extend(applied)
+        removed = sum(1 for a in applied if a.action.action == "removed")
+        result.removed += removed
+        result.archived += len(applied) - removed
+        if keep_applied:
+            result.applied.extend(applied)
+        del applied  # the payloads reference the document's parsed items
         result.documents.append(relpath)
         if on_document is not None:
             on_document(relpath)
@@ -195,7 +227,9 @@ def _apply_document(plan: PrunePlan, relpath: str, actions: list[PlannedAction],
     lists: defaultdict[str, list[PlannedAction]] = defaultdict(list)
     for a in actions:
         lists[a.list_pointer].append(a)
-    spans = {pointer: find_list(text, pointer) for pointer in lists}
+    # the planned records parsed in full (checked, archived, recorded); of the others only their keys
+    spans = {pointer: find_list(text, pointer, keep=_keeper({a.index for a in acts}))
+             for pointer, acts in lists.items()}
     for pointer, acts in lists.items():
         bad = [a for a in acts if not _matches(a, spans[pointer])]
         if bad:
@@ -205,6 +239,7 @@ def _apply_document(plan: PrunePlan, relpath: str, actions: list[PlannedAction],
 
     applied: list[AppliedRecord] = []
     archived: defaultdict[str, list[Any]] = defaultdict(list)
+    archive_of: dict[str, str] = {}  # agent -> its archive file, relative to archive_root
     new_text = text
     for pointer in sorted(lists, key=lambda p: spans[p].open, reverse=True):
         span = spans[pointer]
@@ -222,8 +257,10 @@ def _apply_document(plan: PrunePlan, relpath: str, actions: list[PlannedAction],
             archive_rel: str | None = None
             if a.action == "archived":
                 assert archive_root is not None
-                target = archive_file(archive_root, a.agent, run_id)
-                archive_rel = target.relative_to(archive_root).as_posix()
+                archive_rel = archive_of.get(a.agent)
+                if archive_rel is None:
+                    target = archive_file(archive_root, a.agent, run_id)
+                    archive_rel = archive_of[a.agent] = target.relative_to(archive_root).as_posix()
                 archived[archive_rel].append(span.items[i])
             applied.append(AppliedRecord(a, {
                 "v": PAYLOAD_VERSION,
@@ -236,8 +273,12 @@ def _apply_document(plan: PrunePlan, relpath: str, actions: list[PlannedAction],
                 "layout": layout.to_dict() if layout is not None else None,
                 "archive": archive_rel,
             }))
+        span.items.clear()  # the payloads hold the removed items; the others are not needed any more
         new_text = remove_elements(new_text, span, removed)
-    check_parses(new_text, relpath)  # never write a document that would not parse
+    if len(spans) == 1:  # never write a document that would not parse
+        check_rebuilt(new_text, relpath, text, next(iter(spans.values())))
+    else:
+        check_parses(new_text, relpath)
     for archive_rel, items in sorted(archived.items()):
         assert archive_root is not None
         add_to_archive(archive_root / archive_rel, items)

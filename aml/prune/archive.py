@@ -16,7 +16,7 @@ from __future__ import annotations
 import gzip
 import json
 import re
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 from pathlib import Path
 from typing import Any, Final
 
@@ -39,8 +39,12 @@ def archive_file(archive_root: Path, agent: str, run_id: str) -> Path:
     return archive_root / _component(agent) / f"decisions_{_component(run_id)}.json.gz"
 
 
-def _canonical(item: Any) -> str:
+def canonical_item(item: Any) -> str:
+    """How archive files compare items: canonical JSON (sorted keys, compact, UTF-8 as is)."""
     return json.dumps(item, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str)
+
+
+_canonical = canonical_item
 
 
 def read_archive(path: Path) -> list[Any]:
@@ -76,8 +80,11 @@ def add_to_archive(path: Path, items: Iterable[Any]) -> int:
         ValueError: an existing archive file is not a JSON list.
     """
     current = read_archive(path)
-    known = {_canonical(x) for x in current}
-    new = [x for x in items if _canonical(x) not in known]
+    if current:
+        known = {_canonical(x) for x in current}
+        new = [x for x in items if _canonical(x) not in known]
+    else:  # a new archive (the usual case): nothing to compare with
+        new = list(items)
     if new or not path.exists():
         _write(path, current + new)
     return len(new)
@@ -90,8 +97,21 @@ def remove_from_archive(path: Path, items: Iterable[Any]) -> int:
     Returns:
         The number of items removed (0 when the file does not exist).
     """
+    return remove_canonical_from_archive(path, {_canonical(x) for x in items})
+
+
+def remove_canonical_from_archive(path: Path, drop: Collection[str]) -> int:
+    """:func:`remove_from_archive` with the items given by their canonical JSON (:func:`canonical_item`),
+    so that a caller can collect them as plain strings rather than holding the parsed items.
+
+    Args:
+        path: the archive file.
+        drop: canonical JSON of the items to remove.
+
+    Returns:
+        The number of items removed (0 when the file does not exist).
+    """
     current = read_archive(path)
-    drop = {_canonical(x) for x in items}
     kept = [x for x in current if _canonical(x) not in drop]
     if len(kept) == len(current):
         return 0

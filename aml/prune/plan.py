@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import os
 from collections import Counter, defaultdict
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -27,6 +27,7 @@ from aml.prune.strategies import Action, Candidate
 from aml.prune.tinytroupe import EPISODIC_POINTER, episodic_removals
 from aml.prune.value import loom_value_inputs, outcome_metric_average, pattern_inputs, value_score
 from aml.store import accessors as acc
+from aml.store.documents import Document
 from aml.store.extract import records_from_document
 from aml.store.filestore import FileStore
 from aml.store.records import item_size, json_pointer
@@ -176,30 +177,30 @@ _KIND = {"patterns": acc.pattern_type, "solutions": acc.error_type, "decisions":
 
 
 def _candidate(agent: str, collection: str, document: str, index: int, item: Mapping[str, Any],
-               config: PruneConfig, now: datetime) -> Candidate:
-    """The :class:`Candidate` of one Loom item (id and kind as :class:`aml.store.Record` has them)."""
+               config: PruneConfig, now: datetime, *, lean: bool = False) -> Candidate:
+    """The :class:`Candidate` of one Loom item (id and kind as :class:`aml.store.Record` has them);
+    with ``lean``, its size (``size_bytes``, ``cost_bytes``) and ``value`` are left at 0, for
+    :func:`_matchable` to fill in for the candidates it keeps (:func:`_size_and_value`)."""
     created = acc.item_timestamp(item) or acc.created_at(item)
     success = confidence = None
     executions = None
+    last_used = created
     if collection == "patterns":
         # the rules read the fields as stored (a missing one never matches); the value uses defaults
         success, confidence, executions = acc.success_rate(item), acc.confidence(item), acc.execution_count(item)
         # an unreadable last use is unknown, not "never used": no fallback to the creation time
         last_used = None if acc.last_used_unreadable(item) else (acc.last_used_at(item) or created)
-        inputs = pattern_inputs(success, confidence, executions, acc.avg_time_saved_ms(item), last_used)
-    else:
-        inputs = loom_value_inputs(collection, item)
-    size = item_size(item)
     c = Candidate(
         agent=agent, collection=collection,
         record_id=acc.item_id(item) or f"{document}#{json_pointer(index)}",
         kind=_KIND[collection](item) or collection, document=document, index=index,
-        size_bytes=size, cost_bytes=float(size),
-        value=value_score(inputs, now, half_life_days=config.recency_half_life_days),
-        last_used=inputs.last_used if collection == "patterns" else created, created=created,
+        size_bytes=0, cost_bytes=0.0, value=0.0,
+        last_used=last_used, created=created,
         success=success, confidence=confidence, executions=executions,
         wrong_types=tuple(w.field for w in acc.wrong_types(item, collection)),
     )
+    if not lean:
+        _size_and_value(c, item, config, now)
     if collection == "solutions":
         c.worked = acc.solution_worked(item)
     elif collection == "decisions" and acc.has_outcome(item):
@@ -207,6 +208,24 @@ def _candidate(agent: str, collection: str, document: str, index: int, item: Map
         c.negative = acc.would_repeat(item) is False or (
             average is not None and average < config.negative_metric_average)
     return c
+
+
+def _size_and_value(c: Candidate, item: Mapping[str, Any], config: PruneConfig, now: datetime) -> None:
+    """Set ``c``'s ``size_bytes``, ``cost_bytes`` (the size, before any scaling) and ``value``.
+
+    Args:
+        c: the candidate of ``item`` (its rule fields set by :func:`_candidate`).
+        item: the Loom item.
+        config: for the recency half-life.
+        now: the reference instant.
+    """
+    if c.collection == "patterns":
+        inputs = pattern_inputs(c.success, c.confidence, c.executions, acc.avg_time_saved_ms(item), c.last_used)
+    else:
+        inputs = loom_value_inputs(c.collection, item)
+    c.size_bytes = item_size(item)
+    c.cost_bytes = float(c.size_bytes)
+    c.value = value_score(inputs, now, half_life_days=config.recency_half_life_days)
 
 
 def build_plan(
@@ -243,20 +262,22 @@ def build_plan(
     agent_bytes: Counter[str] = Counter()
     states: dict[str, DocumentState] = {}
     want_sessions = "session_based" in chosen
+    want_space = "space_based" in chosen  # it weighs every record: all candidates, all sized
 
-    for doc in store.iter_documents():
+    def scan(doc: Document) -> None:
+        """Take in one document: its bytes, its errors, its candidates or its session actions."""
         plan.store_bytes += doc.size_bytes
         if doc.agent is not None:
             agent_bytes[doc.agent] += doc.size_bytes
         if doc.error is not None:
             plan.errors.append(doc.error.as_dict())
-            continue
+            return
         if doc.kind == "loom_collection" and doc.collection in LOOM_LIVE and doc.agent is not None:
             plan.records_scanned += len(doc.data)
             states[doc.relpath] = DocumentState(doc.size_bytes, doc.mtime_ns, doc.kind)
             if only is not None and doc.agent not in only:
-                continue
-            made = [_candidate(doc.agent, doc.collection, doc.relpath, index, item, config, now)
+                return
+            made = [_candidate(doc.agent, doc.collection, doc.relpath, index, item, config, now, lean=not want_space)
                     for index, item in enumerate(doc.data)]
             scale = doc.size_bytes / (sum(c.size_bytes for c in made) or 1)
             for c in made:
@@ -265,17 +286,19 @@ def build_plan(
                     plan.wrong_type.append({"file": c.document, "record_id": c.record_id,
                                             "pointer": json_pointer(c.index), "agent": c.agent,
                                             "collection": c.collection, "fields": list(c.wrong_types)})
+            if not want_space:  # keep only what a rule can take, sized (the rest is never taken nor reported)
+                made = _matchable(made, doc.data, chosen, config, now)
             candidates.extend(made)
         elif doc.kind in ("aitor_session", "tinytroupe_spec"):
             records = records_from_document(store.store_id, doc)
             plan.records_scanned += len(records)
             if not want_sessions:
-                continue
+                return
             by_pointer = {r.location.pointer: r for r in records}
             if doc.kind == "aitor_session":
                 session_plan = _plan_session(plan, doc.relpath, doc.path, doc.agent, doc.data, config)
                 if session_plan is None:
-                    continue
+                    return
                 removals = [(json_pointer(key), i, reason) for key, i, reason in session_plan]
             else:
                 removals = [(EPISODIC_POINTER, i, reason) for i, reason in episodic_removals(doc.data, config)]
@@ -287,6 +310,10 @@ def build_plan(
                     "session_based", reason, "removed", r.agent, r.collection, r.id, r.kind, doc.relpath,
                     list_pointer, index, None, r.size_bytes))
                 states[doc.relpath] = DocumentState(doc.size_bytes, doc.mtime_ns, doc.kind)
+
+    for doc in store.iter_documents():
+        scan(doc)
+        del doc  # let this document go before the next one is parsed: one parsed document at a time
     plan.agent_bytes = dict(agent_bytes)
 
     taken: dict[int, PlannedAction] = {}
@@ -322,6 +349,31 @@ def build_plan(
     plan.actions = actions
     plan.documents = {a.document: states[a.document] for a in actions}
     return plan
+
+
+def _matchable(made: list[Candidate], items: Sequence[Any], chosen: tuple[Strategy, ...], config: PruneConfig,
+               now: datetime) -> list[Candidate]:
+    """The candidates of one document that a time or performance rule matches (in document order),
+    with their sizes and values, for a run without ``space_based``: those rules look at each record
+    alone, from fields that need neither a size nor a value, so the others can never be taken (nor
+    preserved, nor reported). This keeps the plan's memory to the records it may act on, and sizes and
+    values only those.
+
+    Args:
+        made: the document's candidates, lean (:func:`_candidate` with ``lean=True``).
+        items: the document's list (``made[i].index`` indexes it).
+        chosen: the run's strategies.
+        config, now: as for the rules.
+    """
+    matched: set[int] = set()
+    if "time_based" in chosen:
+        matched.update(id(c) for c, _ in strat.time_based(made, config, now))
+    if "performance_based" in chosen:
+        matched.update(id(c) for c, _ in strat.performance_based(made, config))
+    kept = [c for c in made if id(c) in matched]
+    for c in kept:
+        _size_and_value(c, items[c.index], config, now)
+    return kept
 
 
 def _plan_session(plan: PrunePlan, relpath: str, path: Path, agent: str | None, data: Mapping[str, Any],

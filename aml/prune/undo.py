@@ -37,12 +37,13 @@ nothing for them. :func:`present_entries` applies the same test without writing,
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from aml.prune.archive import remove_from_archive
+from aml.gcpause import gc_paused
+from aml.prune.archive import canonical_item, remove_canonical_from_archive
 from aml.store.atomic import atomic_write
 from aml.store.documents import DocumentError
 from aml.store.rewrite import (
@@ -50,8 +51,10 @@ from aml.store.rewrite import (
     ListSpan,
     SpliceError,
     check_parses,
+    check_rebuilt,
     element_key,
     find_list,
+    key_only,
     read_text,
     rebuild,
 )
@@ -72,6 +75,24 @@ class UndoEntry:
     document: str
     record_id: str
     payload: dict[str, Any]
+
+
+def lean_payload(payload: dict[str, Any]) -> dict[str, Any]:
+    """What undo reads of a row's payload, with less held: the record's parsed ``item`` is kept whole
+    only when it must go back out of an archive (``archive`` set); otherwise only what
+    :func:`aml.store.rewrite.element_key` reads of it (:func:`aml.store.rewrite.key_only`). Undo does
+    the same with either (the record's exact ``text`` is what it puts back).
+
+    Args:
+        payload: the row's ``record`` column (not changed).
+
+    Returns:
+        The payload to put in an :class:`UndoEntry`.
+    """
+    archive = payload.get("archive")
+    if isinstance(archive, str) and archive:
+        return payload
+    return {**payload, "item": key_only(0, payload.get("item"))}
 
 
 @dataclass
@@ -131,29 +152,52 @@ def undo_entries(root: Path, entries: Iterable[UndoEntry], *, archive_root: Path
     Raises:
         OSError: a write failed (documents rewritten before stay rewritten; rerunning undo is safe).
     """
-    result = UndoResult()
     by_doc: defaultdict[str, list[UndoEntry]] = defaultdict(list)
     for e in entries:
         by_doc[e.document].append(e)
-    archived: defaultdict[str, list[Any]] = defaultdict(list)
-    for relpath in sorted(by_doc):
+    return undo_documents(root, ((relpath, by_doc.pop(relpath)) for relpath in sorted(by_doc)),
+                          archive_root=archive_root)
+
+
+def undo_documents(root: Path, documents: Iterable[tuple[str, Sequence[UndoEntry]]], *,
+                   archive_root: Path | None = None) -> UndoResult:
+    """:func:`undo_entries` fed one document at a time, so that only one document's rows, text and
+    spans are in memory at once (a caller reading the rows from the catalog can fetch them per document).
+
+    Args:
+        root: the store directory.
+        documents: ``(store-relative path, that document's rows not undone yet)`` pairs, each document
+            once, in the order to restore them (:func:`undo_entries` uses path order); a lazy iterable
+            is consumed one pair at a time.
+        archive_root: as for :func:`undo_entries`.
+
+    Returns:
+        An :class:`UndoResult` (its lists in the order of ``documents``, archives in path order).
+
+    Raises:
+        OSError: a write failed (documents rewritten before stay rewritten; rerunning undo is safe).
+    """
+    result = UndoResult()
+    archived: defaultdict[str, set[str]] = defaultdict(set)  # archive -> canonical JSON of its restored items
+    for relpath, doc_entries in documents:
         try:
-            done = _undo_document(root, relpath, by_doc[relpath], result)
+            with gc_paused():
+                done = _undo_document(root, relpath, list(doc_entries), result)
         except (DocumentError, SpliceError, FileNotFoundError) as exc:
             reason = "document is missing" if isinstance(exc, FileNotFoundError) else str(exc)
             if isinstance(exc, DocumentError) and exc.code == "unreadable" and not (root / relpath).exists():
                 reason = "document is missing"
-            for e in by_doc[relpath]:
+            for e in doc_entries:
                 result.failed.append({"action_id": e.action_id, "document": relpath, "reason": reason})
             continue
         for e in done:
             archive = e.payload.get("archive")
             if isinstance(archive, str) and archive:
-                archived[archive].append(e.payload.get("item"))
+                archived[archive].add(canonical_item(e.payload.get("item")))
     if archive_root is not None:
-        for archive, items in sorted(archived.items()):
+        for archive, keys in sorted(archived.items()):
             path = archive_root / archive
-            if remove_from_archive(path, items):
+            if remove_canonical_from_archive(path, keys):
                 result.archives_updated.append(str(path))
     return result
 
@@ -205,7 +249,7 @@ def present_entries(root: Path, entries: Iterable[UndoEntry]) -> list[int]:
             pointer = str(e.payload.get("list", ""))
             if pointer not in lists:
                 try:
-                    lists[pointer] = _ListIndex.of(find_list(text, pointer), text)
+                    lists[pointer] = _ListIndex.of(find_list(text, pointer, keep=key_only), text)
                 except SpliceError:
                     lists[pointer] = None
             index, item_text = lists[pointer], e.payload.get("text")
@@ -226,15 +270,16 @@ def _undo_document(root: Path, relpath: str, entries: list[UndoEntry], result: U
         by_list[str(e.payload.get("list", ""))].append(e)
     spans = {}
     for pointer in by_list:
-        spans[pointer] = find_list(text, pointer)
+        spans[pointer] = find_list(text, pointer, keep=key_only)  # undo compares keys only
     done: list[UndoEntry] = []
     restored: list[int] = []
     present: list[int] = []
     new_text = text
-    changed = False
+    rebuilt: list[tuple[ListSpan, list[str], Layout | None]] = []  # (list, texts put back, layout given)
     for pointer in sorted(by_list, key=lambda p: spans[p].open, reverse=True):
         span = spans[pointer]
         now = _ListIndex.of(span, text)
+        span.items.clear()  # only texts and offsets are needed from here: free the parsed list early
         texts, position = now.texts, now.position
         batch_gap: dict[tuple[str, str], int] = {}
         inserts: defaultdict[int, list[str]] = defaultdict(list)
@@ -273,9 +318,13 @@ def _undo_document(root: Path, relpath: str, entries: list[UndoEntry], result: U
             if i < len(span):
                 elements.append((texts[i], span.sep_after(text, i)))
         new_text = rebuild(new_text, span, elements, layout=layout)
-        changed = True
-    if changed:
-        check_parses(new_text, relpath)
+        rebuilt.append((span, [t for group in inserts.values() for t in group], layout))
+    if rebuilt:
+        if len(rebuilt) == 1:  # never write a document that would not parse
+            span, inserted, used = rebuilt[0]
+            check_rebuilt(new_text, relpath, text, span, inserted=inserted, layout=used)
+        else:
+            check_parses(new_text, relpath)
         atomic_write(path, doc.encoded(new_text), mode=doc.mode)
         result.documents.append(relpath)
     result.restored.extend(restored)

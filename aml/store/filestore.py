@@ -14,13 +14,13 @@ root. aml's temporary files (``.aml-tmp-*``) and ``.aml*`` directories are skipp
 
 from __future__ import annotations
 
-import gc
 import os
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from aml.gcpause import gc_paused
 from aml.store.atomic import TMP_PREFIX
 from aml.store.documents import (
     AGENT_FILES,
@@ -185,13 +185,8 @@ class FileStore:
         Raises:
             NotADirectoryError, FileNotFoundError: the root is not a directory.
         """
-        was_enabled = gc.isenabled()
-        gc.disable()
-        try:
+        with gc_paused():
             yield from self._documents(lazy_items)
-        finally:
-            if was_enabled:
-                gc.enable()
 
     def _documents(self, lazy_items: int | None) -> Iterator[Document]:
         loom_agents = frozenset(self.agents())

@@ -1,0 +1,369 @@
+"""Prune and undo work one document at a time: the paths that keep memory to one document (undo fed per
+document, apply without kept payloads, element filters, plans without unsized candidates) and the check
+that a spliced document parses without parsing it again, each against the plain path it replaces."""
+
+from __future__ import annotations
+
+import gc
+import gzip
+import json
+from collections.abc import Iterator, Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import aml.store.rewrite as rewrite
+from aml.gcpause import gc_paused
+from aml.prune import (
+    AppliedRecord,
+    PruneConfig,
+    UndoEntry,
+    apply_plan,
+    build_plan,
+    lean_payload,
+    read_archive,
+    undo_documents,
+    undo_entries,
+)
+from aml.prune.archive import add_to_archive, canonical_item, remove_canonical_from_archive, remove_from_archive
+from aml.store.records import item_size
+from aml.store.rewrite import (
+    Layout,
+    SpliceError,
+    check_rebuilt,
+    element_key,
+    find_list,
+    key_only,
+    rebuild,
+    remove_elements,
+    spans_whole_document,
+)
+from tests.realdata import extract_loom, snapshot_tree
+
+NOW = datetime(2026, 11, 23, tzinfo=UTC)
+RULES = ["time_based", "performance_based"]
+
+
+def files(root: Path) -> dict[str, bytes]:
+    return {k: v[0] for k, v in snapshot_tree(root).items() if (root / k).is_file()}
+
+
+def entries_of(applied: Sequence[AppliedRecord]) -> list[UndoEntry]:
+    return [UndoEntry(n, a.action.document, a.action.record_id, json.loads(json.dumps(a.payload)))
+            for n, a in enumerate(applied)]
+
+
+# ------------------------------------------------------------------------------------------ apply
+
+
+def test_apply_with_a_hook_keeps_no_payloads_but_counts(tmp_path: Path) -> None:
+    root = extract_loom("loom-plain-v1.0", tmp_path / "s")
+    plan = build_plan(root, PruneConfig(now=NOW), RULES)
+    seen: list[AppliedRecord] = []
+    result = apply_plan(plan, run_id="r", archive_root=tmp_path / "archives",
+                        before_publish=lambda document, records: seen.extend(records))
+    assert result.applied == [], "the hook had them; the result holds none"
+    assert len(seen) == len(plan.actions) > 0
+    removed = sum(1 for a in plan.actions if a.action == "removed")
+    assert (result.removed, result.archived) == (removed, len(plan.actions) - removed)
+    summary = result.to_dict()
+    assert (summary["removed"], summary["archived"]) == (result.removed, result.archived)
+    assert gc.isenabled(), "the collector is back on"
+
+
+def test_apply_can_keep_payloads_with_a_hook(tmp_path: Path) -> None:
+    root = extract_loom("loom-plain-v1.0", tmp_path / "s")
+    plan = build_plan(root, PruneConfig(now=NOW), RULES)
+    result = apply_plan(plan, run_id="r", archive_root=tmp_path / "archives",
+                        before_publish=lambda document, records: None, keep_applied=True)
+    assert len(result.applied) == len(plan.actions) == result.removed + result.archived > 0
+
+
+def test_apply_payloads_hold_whole_items_and_neighbour_keys(tmp_path: Path) -> None:
+    """Apply keeps only the planned elements whole: the payloads are what the whole parse gives."""
+    root = extract_loom("loom-plain-v2.0.0", tmp_path / "s")
+    before = {rel: json.loads(data) for rel, data in files(root).items() if rel.endswith(".json")}
+    plan = build_plan(root, PruneConfig(now=NOW), RULES)
+    result = apply_plan(plan, run_id="r", archive_root=tmp_path / "archives")
+    assert result.applied
+    for applied in result.applied:
+        items = before[applied.action.document]
+        index = applied.payload["index"]
+        assert applied.payload["item"] == items[index]
+        if index > 0 and isinstance(items[index - 1].get("id"), str):
+            assert applied.payload["prev"] == {"id": items[index - 1]["id"]}
+
+
+# ------------------------------------------------------------------------------------------- undo
+
+
+@pytest.mark.parametrize("name", ["loom-gzip-v1.0", "loom-plain-v2.0.0"])
+def test_undo_fed_per_document_reads_each_batch_after_the_previous_write(name: str, tmp_path: Path) -> None:
+    root = extract_loom(name, tmp_path / "s")
+    before = files(root)
+    plan = build_plan(root, PruneConfig(now=NOW), RULES)
+    entries = entries_of(apply_plan(plan, run_id="r", archive_root=tmp_path / "archives").applied)
+    pruned = files(root)
+    by_doc: dict[str, list[UndoEntry]] = {}
+    for e in entries:
+        by_doc.setdefault(e.document, []).append(e)
+    order = sorted(by_doc)
+    assert len(order) > 1
+    handed: list[str] = []
+
+    def batches() -> Iterator[tuple[str, list[UndoEntry]]]:
+        for relpath in order:
+            if handed:  # the previous document was written back before this batch was asked for
+                assert (root / handed[-1]).read_bytes() == before[handed[-1]]
+            assert (root / relpath).read_bytes() == pruned[relpath], "not touched before its turn"
+            handed.append(relpath)
+            yield relpath, by_doc[relpath]
+
+    undone = undo_documents(root, batches(), archive_root=tmp_path / "archives")
+    assert handed == order
+    assert not undone.failed and len(undone.restored) == len(entries)
+    assert undone.documents == order
+    assert files(root) == before, "byte-identical"
+    assert gc.isenabled()
+
+
+def test_undo_documents_matches_undo_entries(tmp_path: Path) -> None:
+    results = []
+    for n in range(2):
+        root = extract_loom("loom-plain-v1.0", tmp_path / f"s{n}")
+        archives = tmp_path / f"archives{n}"
+        plan = build_plan(root, PruneConfig(now=NOW), RULES)
+        entries = entries_of(apply_plan(plan, run_id="r", archive_root=archives).applied)
+        if n == 0:
+            undone = undo_entries(root, entries, archive_root=archives)
+        else:
+            grouped: dict[str, list[UndoEntry]] = {}
+            for e in entries:
+                grouped.setdefault(e.document, []).append(e)
+            undone = undo_documents(root, ((d, grouped[d]) for d in sorted(grouped)), archive_root=archives)
+        results.append((undone.restored, undone.already_present, undone.failed, undone.documents,
+                        [Path(p).relative_to(archives).as_posix() for p in undone.archives_updated], files(root)))
+    assert results[0] == results[1]
+    assert results[0][4], "decisions were taken back out of an archive"
+
+
+def test_undo_with_lean_payloads_is_the_same(tmp_path: Path) -> None:
+    """The task hands undo lean payloads (the item's key unless it goes back out of an archive)."""
+    outcomes = []
+    for lean in (False, True):
+        root = extract_loom("loom-plain-v1.0", tmp_path / f"s{lean}")
+        archives = tmp_path / f"archives{lean}"
+        before = files(root)
+        plan = build_plan(root, PruneConfig(now=NOW), RULES)
+        entries = entries_of(apply_plan(plan, run_id="r", archive_root=archives).applied)
+        if lean:
+            entries = [UndoEntry(e.action_id, e.document, e.record_id, lean_payload(e.payload)) for e in entries]
+            assert any(e.payload["item"] == {"id": e.record_id} for e in entries)
+            assert all(e.payload["archive"] is None or ("id" in e.payload["item"] and len(e.payload["item"]) > 1)
+                       for e in entries)
+        undone = undo_entries(root, entries, archive_root=archives)
+        assert files(root) == before
+        outcomes.append((undone.restored, undone.failed, len(undone.archives_updated)))
+        assert not any(archives.rglob("*.gz")), "restored decisions left their archive"
+    assert outcomes[0] == outcomes[1]
+    assert lean_payload({"item": [1], "archive": None}) == {"item": None, "archive": None}
+    payload = {"item": {"id": "x", "v": 1}, "archive": "a/decisions_r.json.gz"}
+    assert lean_payload(payload) is payload
+
+
+def test_undo_documents_reports_a_missing_document_and_goes_on(tmp_path: Path) -> None:
+    root = extract_loom("loom-plain-v1.0", tmp_path / "s")
+    plan = build_plan(root, PruneConfig(now=NOW), RULES)
+    entries = entries_of(apply_plan(plan, run_id="r", archive_root=tmp_path / "archives").applied)
+    gone = entries[0].document
+    (root / gone).unlink()
+    grouped: dict[str, list[UndoEntry]] = {}
+    for e in entries:
+        grouped.setdefault(e.document, []).append(e)
+    undone = undo_documents(root, iter(sorted(grouped.items())), archive_root=tmp_path / "archives")
+    assert {f["document"] for f in undone.failed} == {gone}
+    assert all(f["reason"] == "document is missing" for f in undone.failed)
+    assert len(undone.restored) == len(entries) - len(grouped[gone])
+    assert gc.isenabled()
+
+
+# ---------------------------------------------------------------------------------------- archives
+
+
+def test_archive_by_canonical_keys(tmp_path: Path) -> None:
+    path = tmp_path / "a" / "decisions_r.json.gz"
+    items = [{"id": "a", "n": 1}, {"n": 2, "id": "b"}, {"id": "c"}]
+    assert add_to_archive(path, items) == 3
+    assert add_to_archive(path, [{"n": 1, "id": "a"}, {"id": "d"}]) == 1, "known items are skipped"
+    assert read_archive(path) == [*items, {"id": "d"}]
+    assert remove_canonical_from_archive(path, {canonical_item({"id": "b", "n": 2})}) == 1
+    assert [x["id"] for x in read_archive(path)] == ["a", "c", "d"]
+    assert remove_from_archive(path, [{"id": "a", "n": 1}, {"id": "c"}, {"id": "d"}]) == 3
+    assert not path.exists(), "an emptied archive is deleted"
+    assert remove_canonical_from_archive(path, {"x"}) == 0
+
+
+# ---------------------------------------------------------------------------------------- the plan
+
+
+@pytest.mark.parametrize("name", ["loom-gzip-v1.0", "loom-plain-v1.0", "loom-plain-v2.0.0"])
+def test_plan_without_space_equals_the_plan_with_every_candidate(name: str, tmp_path: Path) -> None:
+    """Without space_based, only the candidates a rule matches are kept (and sized): the plan is the one
+    made with every candidate sized (space_based with limits it never reaches adds nothing)."""
+    root = extract_loom(name, tmp_path / "s")
+    for aggressive in (False, True):
+        config = PruneConfig(now=NOW, agent_limit_mib=1e6, store_limit_mib=1e6)
+        if aggressive:
+            config = config.aggressive()
+        lean = build_plan(root, config, RULES)
+        full = build_plan(root, config, [*RULES, "space_based"])
+        assert lean.actions == full.actions and lean.actions
+        assert lean.preserved == full.preserved
+        assert lean.wrong_type == full.wrong_type
+        assert lean.records_scanned == full.records_scanned
+        data = {rel: json.loads(gzip.decompress(raw) if raw[:2] == b"\x1f\x8b" else raw)
+                for rel, raw in files(root).items() if rel.endswith(".json")}
+        for a in lean.actions:
+            assert a.size_bytes == item_size(data[a.document][a.index])
+
+
+# --------------------------------------------------------------------------------- rewrite helpers
+
+
+LOOM = '[\n  {\n    "id": "a",\n    "v": 1\n  },\n  {\n    "id": "b"\n  },\n  3,\n  "x"\n]\n'
+
+
+def test_find_list_keep_filters_what_items_hold() -> None:
+    whole = find_list(LOOM, "")
+    keys = find_list(LOOM, "", keep=key_only)
+    assert (keys.starts, keys.ends, keys.open, keys.close) == (whole.starts, whole.ends, whole.open, whole.close)
+    assert keys.items == [{"id": "a"}, {"id": "b"}, None, None]
+    for i in range(len(whole)):
+        text = whole.element_text(LOOM, i)
+        assert element_key(keys.items[i], text) == element_key(whole.items[i], text)
+    some = find_list(LOOM, "", keep=lambda i, item: item if i == 1 else None)
+    assert some.items == [None, {"id": "b"}, None, None]
+    nested = '{"a": [[1, 2], [3, {"id": "z"}]]}'
+    assert find_list(nested, "/a/1", keep=key_only).items == [None, {"id": "z"}]
+    with pytest.raises(SpliceError):
+        find_list('[1, 2,]', "", keep=key_only)
+
+
+def test_gc_paused_restores_the_collector() -> None:
+    assert gc.isenabled()
+    with pytest.raises(RuntimeError), gc_paused():
+        assert not gc.isenabled()
+        raise RuntimeError
+    assert gc.isenabled()
+    gc.disable()
+    try:
+        with gc_paused():
+            pass
+        assert not gc.isenabled(), "left off when it was off"
+    finally:
+        gc.enable()
+
+
+def _count_parses(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    calls: list[str] = []
+    real = rewrite.check_parses
+
+    def counting(text: str, what: str) -> None:
+        calls.append(what)
+        real(text, what)
+
+    monkeypatch.setattr(rewrite, "check_parses", counting)
+    return calls
+
+
+def test_check_rebuilt_skips_the_parse_of_a_whole_document_list(monkeypatch: pytest.MonkeyPatch) -> None:
+    calls = _count_parses(monkeypatch)
+    for text in (LOOM, "\ufeff" + LOOM, " " + LOOM.rstrip("\n")):
+        span = find_list(text, "")
+        assert spans_whole_document(text, span)
+        new = remove_elements(text, span, {1, 3})
+        check_rebuilt(new, "doc", text, span)
+        json.loads(new.lstrip("\ufeff"))
+        emptied = remove_elements(text, span, set(range(len(span))))
+        check_rebuilt(emptied, "doc", text, span)
+    assert calls == []
+
+
+def test_check_rebuilt_parses_when_a_piece_is_not_known_valid(monkeypatch: pytest.MonkeyPatch) -> None:
+    calls = _count_parses(monkeypatch)
+    # something after the list: not the whole document, parsed (and refused)
+    bad = LOOM + "x"
+    span = find_list(bad, "")
+    assert not spans_whole_document(bad, span)
+    with pytest.raises(SpliceError):
+        check_rebuilt(remove_elements(bad, span, {0}), "doc", bad, span)
+    # a list inside a larger document: parsed
+    doc = '{"a": [1, 2, 3], "b": true}'
+    inner = find_list(doc, "/a")
+    check_rebuilt(remove_elements(doc, inner, {1}), "doc", doc, inner)
+    assert calls == ["doc", "doc"]
+    # an inserted text that is not exactly one JSON value: parsed, refused
+    span = find_list(LOOM, "")
+    for inserted in ('{"id": "c"', '{"id": "c"} 1'):
+        elements = [(inserted, None), *[(span.element_text(LOOM, i), span.sep_after(LOOM, i)) for i in range(4)]]
+        with pytest.raises(SpliceError):
+            check_rebuilt(rebuild(LOOM, span, elements), "doc", LOOM, span, inserted=[inserted])
+    calls.clear()
+    spaced = ' {"id": "c"}'  # valid once spliced, but not an element's exact text: parsed, accepted
+    elements = [(spaced, None), *[(span.element_text(LOOM, i), span.sep_after(LOOM, i)) for i in range(4)]]
+    check_rebuilt(rebuild(LOOM, span, elements), "doc", LOOM, span, inserted=[spaced])
+    assert calls == ["doc"]
+    good = '{"id": "c"}'
+    elements = [(good, None), *[(span.element_text(LOOM, i), span.sep_after(LOOM, i)) for i in range(4)]]
+    calls.clear()
+    check_rebuilt(rebuild(LOOM, span, elements), "doc", LOOM, span, inserted=[good])
+    assert calls == []
+    # a recorded layout that is not whitespace and a comma: parsed, refused
+    empty = "[]"
+    span = find_list(empty, "")
+    for layout in (Layout("\n  ", "\n  ", "\n"), Layout("x", ",", ""), Layout("", ",", "]")):
+        text = rebuild(empty, span, [("1", None), ("2", None)], layout=layout)
+        with pytest.raises(SpliceError):
+            check_rebuilt(text, "doc", empty, span, inserted=["1", "2"], layout=layout)
+    calls.clear()
+    layout = Layout("\n  ", ",\n  ", "\n")
+    check_rebuilt(rebuild(empty, span, [("1", None), ("2", None)], layout=layout), "doc", empty, span,
+                  inserted=["1", "2"], layout=layout)
+    assert calls == []
+
+
+# ------------------------------------------------------------------------------------ the task
+
+
+def test_undo_task_reads_rows_per_document(tmp_path: Path, aml_settings: Any) -> None:
+    """``prune undo`` reads the run's rows document by document: counts, rows undone earlier, rows of
+    a missing document and the rows' order are as when it read them all at once."""
+    from models import queries
+    from tasks import prune
+    from workers.catalog import session_scope
+
+    store = extract_loom("loom-plain-v1.0", tmp_path)
+    before = files(store)
+    result = prune.run.apply(kwargs={"store": str(store), "strategies": RULES, "now": "2026-11-23T00:00:00Z"},
+                             throw=True).get()
+    total = result["plan"]["counts"]["total"]
+    documents = result["applied"]["documents"]
+    assert total > 0 and len(documents) > 2
+    run_id = result["run_id"]
+    with session_scope(aml_settings.catalog_url) as session:
+        rows = queries.prune_actions_for_run(session, run_id)
+        first = [r.id for r in rows if r.document_path == documents[0]]
+        queries.mark_prune_actions_undone(session, run_id, ids=first)  # as if undone earlier
+    missing = documents[1]
+    (store / missing).unlink()
+    undone = prune.undo.apply(kwargs={"store": str(store), "run_id": run_id}, throw=True).get()
+    assert undone["records"] == total
+    assert undone["already_undone"] == len(first)
+    assert {f["document"] for f in undone["failed"]} == {missing}
+    assert undone["restored"] == total - len(first) - len(undone["failed"])
+    assert undone["documents"] == documents[2:]
+    assert undone["status"] == "warning"
+    now = files(store)
+    assert {k for k in before if now.get(k) != before[k]} == {documents[0], missing}
