@@ -15,7 +15,7 @@ serialised anew, in the file's own layout; every other byte stays as the writer 
 
 A migration reads a file in one streaming pass (:func:`read_collection`, then :func:`iter_spans`):
 its list is never built, only one item is in memory at a time, and the new text is spliced as the
-items go by (:func:`dumps_element` writes what :func:`aml.store.rewrite.dumps_element` writes).
+items go by (:func:`aml.store.rewrite.dumps_element`).
 :func:`load_collection` and :func:`render` (the whole document parsed, then spliced) are the
 reference, used for any file the streaming pass cannot vouch for (see :mod:`aml.migrate.plan`).
 """
@@ -24,12 +24,10 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 import os
 import re
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
-from json.encoder import encode_basestring, encode_basestring_ascii
 from pathlib import Path, PurePosixPath
 from typing import Any, Final
 
@@ -47,7 +45,6 @@ from aml.store.documents import (
 )
 from aml.store.filestore import FileStore
 from aml.store.rewrite import DocumentText, JsonStyle, detect_json_style, document_text, find_list, replace_elements
-from aml.store.rewrite import dumps_element as rewrite_dumps_element
 
 COLLECTIONS: Final = ("patterns", "solutions", "decisions")
 """The per-agent collections a migration changes."""
@@ -276,103 +273,6 @@ def iter_spans(text: str) -> Iterator[tuple[int, int, Any]]:
             return
         else:
             raise IrregularText("invalid JSON")
-
-
-class _Unsupported(Exception):
-    """A value :func:`dumps_element` leaves to :func:`aml.store.rewrite.dumps_element`."""
-
-
-def _float_text(value: float) -> str:
-    """A float as ``json.dumps`` writes it (``allow_nan``: ``NaN``, ``Infinity``, ``-Infinity``)."""
-    if value != value:
-        return "NaN"
-    if value == math.inf:
-        return "Infinity"
-    if value == -math.inf:
-        return "-Infinity"
-    return float.__repr__(value)
-
-
-def _indented(value: Any, nl: str, unit: str, key_sep: str, enc: Callable[[str], str],
-              heads: dict[str, str]) -> str:
-    """``value`` (an object or a list) as ``json.dumps(value, indent=unit, separators=(",", key_sep))``
-    writes it, every newline followed by ``nl[1:]``: the containers' text is joined here, with one call
-    per container (``json.dumps`` makes a generator step per token when it indents). ``heads`` caches
-    each key's text followed by ``key_sep``."""
-    inner = nl + unit
-    parts: list[str] = []
-    append = parts.append
-    if type(value) is dict:
-        if not value:
-            return "{}"
-        for key, v in value.items():
-            head = heads.get(key)
-            if head is None:
-                if type(key) is not str:
-                    raise _Unsupported
-                head = heads[key] = enc(key) + key_sep
-            t = type(v)
-            if t is str:
-                append(head + enc(v))
-            elif t is dict or t is list:
-                append(head + _indented(v, inner, unit, key_sep, enc, heads))
-            elif v is None:
-                append(head + "null")
-            elif v is True:
-                append(head + "true")
-            elif v is False:
-                append(head + "false")
-            elif t is int:
-                append(head + int.__repr__(v))
-            elif t is float:
-                append(head + _float_text(v))
-            else:
-                raise _Unsupported
-        return "{" + inner + ("," + inner).join(parts) + nl + "}"
-    if not value:
-        return "[]"
-    for v in value:
-        t = type(v)
-        if t is str:
-            append(enc(v))
-        elif t is dict or t is list:
-            append(_indented(v, inner, unit, key_sep, enc, heads))
-        elif v is None:
-            append("null")
-        elif v is True:
-            append("true")
-        elif v is False:
-            append("false")
-        elif t is int:
-            append(int.__repr__(v))
-        elif t is float:
-            append(_float_text(v))
-        else:
-            raise _Unsupported
-    return "[" + inner + ("," + inner).join(parts) + nl + "]"
-
-
-def dumps_element(value: Any, style: JsonStyle, prefix: str = "", heads: dict[str, str] | None = None) -> str:
-    """The text :func:`aml.store.rewrite.dumps_element` gives, produced faster for an object or list in
-    an indented style (anything else, and any value it does not expect, goes to that function).
-
-    Args:
-        value: the new element (JSON values only).
-        style: the document's layout.
-        prefix: the indentation of the line the element starts on.
-        heads: a cache of key texts to share between the elements of one document in one ``style``
-            (default: a new one).
-
-    Returns:
-        The element's text.
-    """
-    if style.indent is None or type(value) not in (dict, list):
-        return rewrite_dumps_element(value, style, prefix)
-    enc = encode_basestring_ascii if style.ensure_ascii else encode_basestring
-    try:
-        return _indented(value, "\n" + prefix, style.indent, style.key_sep, enc, {} if heads is None else heads)
-    except (_Unsupported, RecursionError):
-        return rewrite_dumps_element(value, style, prefix)
 
 
 def render(loaded: LoadedFile, changed: Mapping[int, Any]) -> bytes:

@@ -25,7 +25,6 @@ from aml.migrate.files import (
     LoadedFile,
     RawFile,
     collection_files,
-    dumps_element,
     iter_spans,
     parse_collection,
     read_collection,
@@ -41,7 +40,7 @@ from aml.store.accessors import ItemVersion
 from aml.store.codec import Encoding
 from aml.store.documents import DocumentError
 from aml.store.filestore import FileStore
-from aml.store.rewrite import LOOM_STYLE, detect_json_style, document_text
+from aml.store.rewrite import LOOM_STYLE, detect_json_style, document_text, dumps_element
 from aml.store.timestamps import PY_AWARE_STYLE, TS_STYLE, now_utc
 
 DEFAULT_KEEP_BYTES: Final = 0
@@ -298,7 +297,7 @@ def _plan_streamed(read: RawFile, agent: str, collection: str, target: ItemVersi
     one item in memory at a time), or ``None`` when the file needs :func:`_plan_full`.
 
     With ``keep_bytes``, every changed item is migrated and its new text
-    (:func:`aml.migrate.files.dumps_element`, at the column the old one started at) replaces the old
+    (:func:`aml.store.rewrite.dumps_element`, at the column the old one started at) replaces the old
     one's span, every other character kept: the text :func:`aml.migrate.files.render` splices.
 
     Without it (lean), an item already at the target is only counted, and an upgraded item is
