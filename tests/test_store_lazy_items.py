@@ -163,3 +163,18 @@ def test_index_identical_when_read_item_by_item_and_health_probes_through_it(
     monkeypatch.setattr(monitor, "LAZY_ITEMS_BYTES", 0)
     run = monitor.run_health(root)
     assert run.performance.probe == "index" and run.performance.lookups > 0 and not run.performance.unprobed
+
+
+def test_prune_plan_identical_when_read_item_by_item(loom_store: Callable[[str], Path],
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    import aml.prune.plan as plan_mod
+    from aml.prune import PruneConfig
+
+    root = loom_store("loom-plain-v1.0")
+    config = PruneConfig(now=datetime(2026, 12, 1, tzinfo=UTC))
+    for strategies in (None, ["time_based", "performance_based", "space_based"]):
+        eager = plan_mod.build_plan(root, config, strategies).to_dict()
+        monkeypatch.setattr(plan_mod, "LAZY_ITEMS_BYTES", 0)
+        lazy = plan_mod.build_plan(root, config, strategies).to_dict()
+        monkeypatch.undo()
+        assert lazy == eager and eager["actions"]

@@ -27,7 +27,7 @@ from aml.prune.strategies import Action, Candidate
 from aml.prune.tinytroupe import EPISODIC_POINTER, episodic_removals
 from aml.prune.value import loom_value_inputs, outcome_metric_average, pattern_inputs, value_score
 from aml.store import accessors as acc
-from aml.store.documents import Document
+from aml.store.documents import LAZY_ITEMS_BYTES, Document
 from aml.store.extract import records_from_document
 from aml.store.filestore import FileStore
 from aml.store.records import item_size, json_pointer
@@ -311,7 +311,8 @@ def build_plan(
                     list_pointer, index, None, r.size_bytes))
                 states[doc.relpath] = DocumentState(doc.size_bytes, doc.mtime_ns, doc.kind)
 
-    for doc in store.iter_documents():
+    # a very large Loom collection is read item by item (its bytes and one item in memory)
+    for doc in store.iter_documents(lazy_items=LAZY_ITEMS_BYTES):
         scan(doc)
         del doc  # let this document go before the next one is parsed: one parsed document at a time
     plan.agent_bytes = dict(agent_bytes)
