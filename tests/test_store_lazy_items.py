@@ -149,7 +149,7 @@ def _index_rows(root: Path) -> dict[str, list[tuple[Any, ...]]]:
         conn.close()
 
 
-def test_index_identical_when_read_item_by_item_and_health_probes_through_it(
+def test_index_identical_when_read_item_by_item_in_batches_and_health_probes_through_it(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import aml.optimize.index as index_mod
     from tests.realdata import extract_loom
@@ -158,6 +158,7 @@ def test_index_identical_when_read_item_by_item_and_health_probes_through_it(
     index_mod.build_index(root, full=True)
     eager = _index_rows(root)
     monkeypatch.setattr(index_mod, "LAZY_ITEMS_BYTES", 0)
+    monkeypatch.setattr(index_mod, "ROW_BATCH", 7)  # and rows written a few at a time
     index_mod.build_index(root, full=True)
     assert _index_rows(root) == eager and eager["records"]
     monkeypatch.setattr(monitor, "LAZY_ITEMS_BYTES", 0)

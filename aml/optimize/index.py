@@ -467,6 +467,27 @@ def _drop_document(conn: sqlite3.Connection, relpath: str) -> int:
     return conn.execute("DELETE FROM warm WHERE document = ?", (relpath,)).rowcount
 
 
+ROW_BATCH: Final = 10_000
+"""Records whose rows are held before they are written (one ``executemany`` per table)."""
+
+
+def _insert_rows(conn: sqlite3.Connection, record_rows: list[tuple[Any, ...]], text_rows: list[tuple[int, str]],
+                 tag_rows: list[tuple[str, int]]) -> None:
+    """Write the held rows of ``records``, ``records_fts`` and ``tags``, and empty the three lists."""
+    conn.executemany(
+        "INSERT INTO records(rid, key, id, agent, collection, kind, tags, confidence, success_rate, execution_count, "
+        "value, created_at, last_used_at, recency, active, version, role, size_bytes, document, pointer, "
+        "item_index) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        record_rows,
+    )
+    conn.executemany("INSERT INTO records_fts(rowid, text) VALUES (?, ?)", text_rows)
+    if tag_rows:
+        conn.executemany("INSERT OR IGNORE INTO tags(tag, rid) VALUES (?, ?)", tag_rows)
+    record_rows.clear()
+    text_rows.clear()
+    tag_rows.clear()
+
+
 def _replace_document(
     conn: sqlite3.Connection, doc: Document, records: list[Record], ino: int
 ) -> tuple[int, int]:
@@ -482,10 +503,12 @@ def _replace_document(
         (doc.relpath, doc.kind, doc.agent, doc.collection, doc.encoding, doc.size_bytes, doc.mtime_ns, ino,
          len(records), doc.error.code if doc.error else None),
     )
+    # only the items the warm set may need are kept (a large document is never held whole)
+    warm_keys, warm_ids = {key for key, _ in warm}, {wid for _, wid in warm}
     by_key: dict[str, tuple[Record, Any]] = {}
     by_id: dict[str, str] = {}
-    # Rows are written per document with executemany. Their rids are the ones SQLite would have given
-    # row by row: one more than the largest rid in the table, then counting up.
+    # Rows are written with executemany, ROW_BATCH records at a time. Their rids are the ones SQLite would
+    # have given row by row: one more than the largest rid in the table, then counting up.
     rid = (conn.execute("SELECT max(rid) FROM records").fetchone()[0] or 0)
     record_rows: list[tuple[Any, ...]] = []
     text_rows: list[tuple[int, str]] = []
@@ -526,17 +549,12 @@ def _replace_document(
         text_rows.append((rid, record_text(record, item, tags)))
         if tags:
             tag_rows.extend((t, rid) for t in tags)
-        by_key[key] = (record, item)
-        by_id.setdefault(record.id, key)
-    conn.executemany(
-        "INSERT INTO records(rid, key, id, agent, collection, kind, tags, confidence, success_rate, execution_count, "
-        "value, created_at, last_used_at, recency, active, version, role, size_bytes, document, pointer, "
-        "item_index) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-        record_rows,
-    )
-    conn.executemany("INSERT INTO records_fts(rowid, text) VALUES (?, ?)", text_rows)
-    if tag_rows:
-        conn.executemany("INSERT OR IGNORE INTO tags(tag, rid) VALUES (?, ?)", tag_rows)
+        if key in warm_keys or record.id in warm_ids:
+            by_key[key] = (record, item)
+            by_id.setdefault(record.id, key)
+        if len(record_rows) >= ROW_BATCH:
+            _insert_rows(conn, record_rows, text_rows, tag_rows)
+    _insert_rows(conn, record_rows, text_rows, tag_rows)
     refreshed = dropped = 0
     for key, wid in warm:
         new_key = key if key in by_key and by_key[key][0].id == wid else by_id.get(wid)
