@@ -8,7 +8,8 @@ patterns + 600 solutions + 400 decisions) = 100,000 records, every second agent'
    the JSON, serialise it again in its own layout and encode it again; nothing written;
 2. the same plus an **atomic write** of each file (temp file, fsync, rename; directories fsynced once):
    what any safe rewrite of the store costs;
-3. aml's **plan** only (``--dry-run``: read, migrate every item in memory, serialise, encode);
+3. aml's **plan** only (``--dry-run``: read each file once and migrate its items in one streaming pass;
+   nothing is serialised, see :mod:`aml.migrate.plan`);
 4. aml's **migrate 1.0.0 -> 2.0.0** end to end (plan, journal, originals, atomic rewrites,
    ``schema_version.json``);
 5. aml's **migrate 2.0.0 -> 1.0.0** (the downgrade, with its loss check: every item walks back up).
