@@ -19,7 +19,8 @@ def lazy_exports(package: str, sources: Mapping[str, str],
 
     Args:
         package: the package's ``__name__``.
-        sources: public name -> the submodule (relative name, e.g. ``"index"``) that defines it.
+        sources: public name -> the submodule that defines it: relative (``"index"``) or, for a name
+            re-exported from elsewhere, absolute (``"aml.store.rewrite"``).
         namespace: the package's ``globals()``; a resolved name is cached there, so each is looked up once.
 
     Returns:
@@ -33,7 +34,7 @@ def lazy_exports(package: str, sources: Mapping[str, str],
         module = sources.get(name)
         if module is None:
             raise AttributeError(f"module {package!r} has no attribute {name!r}")
-        value = getattr(importlib.import_module(f"{package}.{module}"), name)
+        value = getattr(importlib.import_module(module if "." in module else f"{package}.{module}"), name)
         namespace[name] = value
         return value
 

@@ -11,6 +11,7 @@ import pytest
 
 import aml.backup
 import aml.optimize
+import aml.prune
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -21,7 +22,7 @@ def _modules_after(code: str) -> set[str]:
     return set(out.split())
 
 
-@pytest.mark.parametrize("package", [aml.backup, aml.optimize])
+@pytest.mark.parametrize("package", [aml.backup, aml.optimize, aml.prune])
 def test_every_exported_name_resolves_and_is_listed(package: object) -> None:
     names = package.__all__  # type: ignore[attr-defined]
     for name in names:
@@ -29,7 +30,7 @@ def test_every_exported_name_resolves_and_is_listed(package: object) -> None:
     assert set(names) <= set(dir(package))
 
 
-@pytest.mark.parametrize("package", [aml.backup, aml.optimize])
+@pytest.mark.parametrize("package", [aml.backup, aml.optimize, aml.prune])
 def test_unknown_name_is_an_attribute_error(package: object) -> None:
     with pytest.raises(AttributeError, match="no_such_name"):
         package.no_such_name  # type: ignore[attr-defined]  # noqa: B018
@@ -38,16 +39,19 @@ def test_unknown_name_is_an_attribute_error(package: object) -> None:
 def test_re_exported_names_are_the_submodules_own() -> None:
     from aml.backup.repository import Repository
     from aml.backup.retention import rotate
+    from aml.store.rewrite import SpliceError
 
     assert aml.backup.Repository is Repository
     assert aml.backup.rotate is rotate
+    assert aml.prune.SpliceError is SpliceError  # a name re-exported from outside the package
 
 
 def test_health_task_does_not_import_the_backup_engine() -> None:
     loaded = _modules_after("import tasks.health")
     assert "aml.backup.storage" in loaded  # what health needs: where the repository is
     heavy = {"aml.backup.archiver", "aml.backup.restorer", "aml.backup.crypto", "aml.backup.checker",
-             "aml.backup.drill", "aml.optimize.compress", "aml.optimize.gc"}
+             "aml.backup.drill", "aml.optimize.compress", "aml.optimize.gc", "aml.prune.apply", "aml.prune.plan",
+             "aml.prune.undo", "aml.store.rewrite"}
     assert not heavy & loaded, sorted(heavy & loaded)
 
 

@@ -19,13 +19,38 @@ Pure engine: no Celery, no catalog (``tasks/prune.py`` adds the safety snapshot,
 ``prune_actions`` rows). Units: bytes (MiB = 1024² bytes), days of 86,400 s, ratios 0-1, aware UTC.
 """
 
-from aml.prune.apply import AppliedRecord, ApplyResult, apply_plan
-from aml.prune.archive import ARCHIVE_DIR, archive_file, read_archive
-from aml.prune.config import DEFAULT_STRATEGIES, MIB, STRATEGIES, PruneConfig, Strategy, normalise_strategies
-from aml.prune.plan import DocumentState, PlannedAction, PrunePlan, build_plan
-from aml.prune.undo import UndoEntry, UndoResult, lean_payload, present_entries, undo_documents, undo_entries
-from aml.prune.value import ValueInputs, loom_value, loom_value_inputs, value_score
-from aml.store.rewrite import SpliceError
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from aml.lazy import lazy_exports
+
+if TYPE_CHECKING:
+    from aml.prune.apply import AppliedRecord, ApplyResult, apply_plan
+    from aml.prune.archive import ARCHIVE_DIR, archive_file, read_archive
+    from aml.prune.config import DEFAULT_STRATEGIES, MIB, STRATEGIES, PruneConfig, Strategy, normalise_strategies
+    from aml.prune.plan import DocumentState, PlannedAction, PrunePlan, build_plan
+    from aml.prune.undo import UndoEntry, UndoResult, lean_payload, present_entries, undo_documents, undo_entries
+    from aml.prune.value import ValueInputs, loom_value, loom_value_inputs, value_score
+    from aml.store.rewrite import SpliceError
+
+_SOURCES = {
+    "AppliedRecord": "apply", "ApplyResult": "apply", "apply_plan": "apply",
+    "ARCHIVE_DIR": "archive", "archive_file": "archive", "read_archive": "archive",
+    "DEFAULT_STRATEGIES": "config", "MIB": "config", "STRATEGIES": "config", "PruneConfig": "config",
+    "Strategy": "config", "normalise_strategies": "config",
+    "DocumentState": "plan", "PlannedAction": "plan", "PrunePlan": "plan", "build_plan": "plan",
+    "UndoEntry": "undo", "UndoResult": "undo", "lean_payload": "undo", "present_entries": "undo",
+    "undo_documents": "undo", "undo_entries": "undo",
+    "ValueInputs": "value", "loom_value": "value", "loom_value_inputs": "value", "value_score": "value",
+    "SpliceError": "aml.store.rewrite",
+}
+"""Where each public name lives: the package imports a submodule on first use of one of its names (PEP 562),
+so the value score (``aml.prune.value``, which the index and health need) does not import apply, undo, plan..."""
+
+
+__getattr__, __dir__ = lazy_exports(__name__, _SOURCES, globals())
+
 
 __all__ = [
     "ARCHIVE_DIR",
