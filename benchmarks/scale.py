@@ -102,8 +102,9 @@ PATTERNS_PER_MB = 1126
 
 
 def big_document(work: Path, mb: float, aml: list[str], env: dict[str, str], constant: int) -> list[str]:
-    """Time health, prune --dry-run and index build on one ~``mb`` MB document; print each peak RSS against
-    the bound ``3 x document + constant`` (``constant``: the small-store health's peak RSS, bytes).
+    """Time health, prune --dry-run, index build, migrate --dry-run, prune and its undo on one ~``mb`` MB document;
+    print each peak RSS against the bound ``3 x document + constant`` (``constant``: the small-store health's
+    peak RSS, bytes).
 
     Returns:
         The names of the commands over the bound.
@@ -117,10 +118,16 @@ def big_document(work: Path, mb: float, aml: list[str], env: dict[str, str], con
           f"{constant / 1e6:.0f} MB)")
     print(f"{'command':32} {'time s':>8} {'peak RSS MB':>12} {'x doc':>6}")
     over = []
+    run_id = ""
     for name, argv in (("monitor health", ["monitor", "health", "--json"]),
                        ("prune --dry-run", ["prune", "--dry-run", "--json"]),
-                       ("optimize index", ["optimize", "index", "--full", "--json"])):
-        r = measure(name, [*aml, str(store), *argv], env, 1)
+                       ("optimize index", ["optimize", "index", "--full", "--json"]),
+                       ("migrate --dry-run", ["migrate", "migrate", "--version", "2.0.0", "--dry-run", "--json"]),
+                       ("prune", ["prune", "--json"]),
+                       ("prune undo", ["prune", "undo", "RUN", "--json"])):
+        r = measure(name, [*aml, str(store), *[run_id if a == "RUN" else a for a in argv]], env, 1)
+        if name == "prune":
+            run_id = json.loads(r.stdout)["run_id"]
         mark = "" if r.rss <= bound else " OVER"
         if mark:
             over.append(f"{name} ({doc / 1e6:.0f} MB document)")
@@ -138,8 +145,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--repeat", type=int, default=1)
     ap.add_argument("--workdir", type=Path, default=None)
     ap.add_argument("--big-document-mb", type=float, default=0.0,
-                    help="also run health, prune --dry-run and optimize index on a store of one ~N MB patterns.json "
-                         "(issue 12: 200) and check peak RSS against 3x the document plus the small-store constant")
+                    help="also run health, prune (dry run, real, undo), optimize index and migrate --dry-run on a "
+                         "store of one ~N MB patterns.json (issue 12: 200) and check peak RSS against 3x the document "
+                         "plus the small-store constant")
     ap.add_argument("--check", action="store_true", help="exit 1 when a ratio misses its target")
     args = ap.parse_args(argv)
 
