@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any, Final
 
 from aml.store.atomic import atomic_write, fsync_dir
+from aml.store.rewrite import LOOM_STYLE, dumps_element
 
 ARCHIVE_DIR: Final = "archives"
 """Folder of the backup repository that holds archived records."""
@@ -63,9 +64,28 @@ def read_archive(path: Path) -> list[Any]:
     return data
 
 
+def archive_text(items: list[Any]) -> str:
+    """The JSON text of an archive file holding ``items``: exactly ``json.dumps(items, indent=2,
+    ensure_ascii=False)``, produced by :func:`aml.store.rewrite.dumps_element` in :data:`LOOM_STYLE` (the same
+    settings), which joins indented containers several times faster than ``json``'s pure-Python indenting
+    encoder and falls back to ``json.dumps`` itself for anything it does not handle.
+
+    Args:
+        items: the archived items (JSON values).
+
+    Returns:
+        The text (before UTF-8 encoding and gzip).
+
+    Raises:
+        TypeError: an item is not JSON-serialisable (as ``json.dumps`` raises it).
+        ValueError: a circular reference (as ``json.dumps`` raises it).
+    """
+    return dumps_element(items, LOOM_STYLE)
+
+
 def _write(path: Path, items: list[Any]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    data = json.dumps(items, indent=2, ensure_ascii=False).encode("utf-8")
+    data = archive_text(items).encode("utf-8")
     atomic_write(path, gzip.compress(data, compresslevel=6, mtime=0))
 
 

@@ -1,0 +1,54 @@
+"""Archive files' JSON (:func:`aml.prune.archive.archive_text`) is ``json.dumps(items, indent=2,
+ensure_ascii=False)`` to the byte, errors included, though written by the fast writer-style serialiser."""
+
+from __future__ import annotations
+
+import gzip
+import json
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from aml.prune.archive import add_to_archive, archive_text, read_archive
+
+T0 = datetime(2026, 1, 2, 3, 4, 5, 678901, tzinfo=UTC)
+
+PAYLOADS: list[Any] = [
+    {"v": 1, "item": {"id": "p0", "metrics": {"successRate": 0.1, "n": 3}}, "text": '{\n  "id": "p0"\n}',
+     "list": "", "index": 0, "prev": None, "next": {"id": "p1"}, "layout": {"lead": "\n  ", "sep": ",\n  "}},
+    {"item": {"naïve": "é\u2028\u00a0\"/\\ 🙂", "big": 2**70, "neg": -0.0, "tiny": 5e-324,
+              "huge": 1.7976931348623157e308, "list": [[], {}, [None, True, False, ""]]}},
+    {"ünïcode key": ["tab\there", "ctl\x01\x1f", "\ud7ff\ue000"], "nested": {"a": {"b": {"c": [1, 2.5, -3]}}}},
+    [],
+    {},
+    "a bare string",
+    12345,
+    None,
+]
+
+
+@pytest.mark.parametrize("items", [PAYLOADS, [], [PAYLOADS[0]], [[[]], [{}], {"": {"": [0]}}]])
+def test_archive_text_is_json_dumps(items: list[Any]) -> None:
+    assert archive_text(items) == json.dumps(items, indent=2, ensure_ascii=False)
+
+
+def test_archive_text_fails_as_json_dumps_does() -> None:
+    loop: list[Any] = []
+    loop.append(loop)
+    with pytest.raises(ValueError, match=r"[Cc]ircular"):
+        archive_text([loop])
+    with pytest.raises(TypeError):
+        archive_text([{"when": T0}])
+
+
+def test_archive_file_bytes(tmp_path: Path) -> None:
+    path = tmp_path / "a" / "decisions_run.json.gz"
+    assert add_to_archive(path, PAYLOADS[:3]) == 3
+    expected = json.dumps(PAYLOADS[:3], indent=2, ensure_ascii=False).encode("utf-8")
+    assert path.read_bytes() == gzip.compress(expected, compresslevel=6, mtime=0)
+    assert add_to_archive(path, PAYLOADS[2:5]) == 2  # PAYLOADS[2] is there already
+    expected = json.dumps(PAYLOADS[:5], indent=2, ensure_ascii=False).encode("utf-8")
+    assert path.read_bytes() == gzip.compress(expected, compresslevel=6, mtime=0)
+    assert read_archive(path) == json.loads(expected)
