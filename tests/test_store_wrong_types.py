@@ -13,6 +13,7 @@ from __future__ import annotations
 import functools
 import json
 import math
+import sys
 import tarfile
 from collections.abc import Mapping
 from datetime import UTC, datetime
@@ -203,10 +204,35 @@ def test_real_loom_data_has_no_wrong_types(loom_store) -> None:
         assert not [r for r in FileStore(loom_store(name)).scan().records if r.wrong_types], name
 
 
+def test_integers_beyond_a_double_are_wrong_types_not_crashes(tmp_path: Path) -> None:
+    """A number field holding an integer no float can carry (``1e400`` written out) is named in health and
+    left alone by prune; it used to raise OverflowError and fail the whole scan."""
+    root = extract_loom("loom-plain-v1.0", tmp_path)
+    rel = f"{AGENT}/patterns.json"
+    patterns = _load(root / rel)
+    patterns[0]["metrics"]["successRate"] = 10**400
+    patterns[1]["metrics"]["executionCount"] = -(10**309)
+    _dump(root / rel, patterns)
+    before = items_by_id(root, rel)
+    report = run_health(root, now=NOW).report()
+    integrity = next(r for r in report["results"] if r["check"] == "file_integrity")
+    found = {(w["record_id"], w["field"], w["found"]) for w in integrity["details"]["wrong_type"]}
+    assert (patterns[0]["id"], "metrics.successRate", "integer (beyond a double)") in found
+    assert (patterns[1]["id"], "metrics.executionCount", "integer (beyond a double)") in found
+    assert acc.success_rate(patterns[0]) is None and acc.execution_count(patterns[1]) is None
+    plan = build_plan(root, PruneConfig(now=NOW).aggressive(), ["time_based", "performance_based", "space_based"])
+    assert not {a.record_id for a in plan.actions} & {patterns[0]["id"], patterns[1]["id"]}
+    apply_plan(plan, run_id="huge-integers", archive_root=tmp_path / "archives")
+    after = items_by_id(root, rel)
+    for item in patterns[:2]:
+        assert after[item["id"]] == before[item["id"]]
+
+
 # ------------------------------------------------------------------------------ property
 
 JSON_SCALARS = st.one_of(st.none(), st.booleans(), st.integers(), st.floats(allow_nan=False),
-                         st.text(max_size=12), st.sampled_from(["12345", "0.05", "", "yesterday"]))
+                         st.text(max_size=12), st.sampled_from(["12345", "0.05", "", "yesterday"]),
+                         st.sampled_from([10**400, -(10**309), 2**1024]))  # valid JSON no double holds
 JSON_VALUES = st.recursive(JSON_SCALARS, lambda inner: st.lists(inner, max_size=3)
                            | st.dictionaries(st.text(max_size=4), inner, max_size=3), max_leaves=5)
 FIELDS = {
@@ -314,8 +340,12 @@ def _reference_wrong_types(item: object, collection: str) -> tuple[WrongType, ..
         if expected == "timestamp":
             found = iso_timestamp_form(value)
         elif expected == "number":
-            ok = isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
-            found = None if ok else json_type(value)
+            if isinstance(value, bool) or not isinstance(value, int | float):
+                found = json_type(value)
+            elif isinstance(value, int):  # exact: an integer no double holds is a wrong type too
+                found = None if abs(value) <= sys.float_info.max else "integer (beyond a double)"
+            else:
+                found = None if math.isfinite(value) else json_type(value)
         elif expected == "string":
             found = None if isinstance(value, str) else json_type(value)
         else:

@@ -48,6 +48,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from aml.store.accessors import finite_number
 from aml.store.timestamps import utc_iso_z
 
 __all__ = ["KIB", "SEED_ROLES", "analyze_memory_usage", "memory_export"]
@@ -163,9 +164,10 @@ def _succeeded(execution: Any) -> bool:
 
 
 def _execution_time(execution: Any) -> float | None:
-    """``result.execution_time`` in seconds, ``None`` when absent or not a number."""
+    """``result.execution_time`` in seconds, ``None`` when absent or not a finite number (an integer no double
+    holds included)."""
     value = _field(_field(execution, "result"), "execution_time")
-    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
+    return float(value) if finite_number(value) else None
 
 
 def _tool_stats(executions: list[Any]) -> dict[str, Any]:

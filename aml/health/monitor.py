@@ -235,7 +235,7 @@ def run_health(
         if doc.kind == "aitor_session" and doc.error is None:
             try:
                 stats = analyze_memory_usage(doc.data)
-            except (TypeError, ValueError) as exc:  # a session the reader took but the statistics cannot read
+            except (TypeError, ValueError, ArithmeticError) as exc:  # a session the statistics cannot read
                 sessions[doc.relpath] = {"agent": doc.agent, "error": str(exc)}
                 return
             stats.pop("analysis_timestamp", None)  # the report has its own timestamp

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import math
 import re
+import sys
 from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any, Final, Literal, get_args
@@ -97,19 +98,35 @@ def _first2(obj: object, key: str, subkeys: tuple[str, ...]) -> Any:
     return None
 
 
+_DOUBLE_MAX: Final = sys.float_info.max
+
+
+def finite_number(value: object) -> bool:
+    """Whether ``value`` is a JSON number a double holds: a finite float, or an integer within ±1.8e308
+    (``bool`` is not a number). An integer beyond that (``1e400`` written out in digits) is valid JSON that
+    no float can carry: it is a wrong type where a number belongs, never an ``OverflowError``."""
+    kind = type(value)
+    if kind is float:
+        return math.isfinite(value)  # type: ignore[arg-type]
+    if kind is int:
+        return -_DOUBLE_MAX <= value <= _DOUBLE_MAX  # type: ignore[operator]  # exact int/float comparison
+    if isinstance(value, bool):
+        return False
+    if isinstance(value, float):
+        return math.isfinite(value)
+    return isinstance(value, int) and -_DOUBLE_MAX <= value <= _DOUBLE_MAX
+
+
 def _as_float(value: object) -> float | None:
     if type(value) is float:  # the usual case, without the checks below
         return value if math.isfinite(value) else None
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        return None
-    result = float(value)
-    return result if math.isfinite(result) else None
+    return float(value) if finite_number(value) else None  # type: ignore[arg-type]
 
 
 def _as_int(value: object) -> int | None:
     if type(value) is int:  # the usual case
-        return value
-    if isinstance(value, bool):
+        return value if -_DOUBLE_MAX <= value <= _DOUBLE_MAX else None
+    if not finite_number(value):
         return None
     if isinstance(value, int):
         return value
@@ -534,10 +551,11 @@ def _type_problem(value: object, expected: str) -> str | None:
     if expected == "timestamp":
         return iso_timestamp_form(value)
     if expected == "number":
-        if kind is float or kind is int:  # the usual case, without the ABC checks below
-            return None if math.isfinite(value) else json_type(value)  # type: ignore[arg-type]
-        ok = isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
-        return None if ok else json_type(value)
+        if finite_number(value):
+            return None
+        if isinstance(value, int) and not isinstance(value, bool):
+            return "integer (beyond a double)"
+        return json_type(value)
     if expected == "string":
         return None if kind is str or isinstance(value, str) else json_type(value)
     return None if isinstance(value, bool) else json_type(value)
@@ -610,7 +628,7 @@ def wrong_types(item: object, collection: str) -> tuple[WrongType, ...]:
             if value is missing:
                 continue
             kind = type(value)
-            if (kind is float or kind is int) and math.isfinite(value):
+            if (kind is float and math.isfinite(value)) or (kind is int and -_DOUBLE_MAX <= value <= _DOUBLE_MAX):
                 continue
             if (found := _type_problem(value, "number")) is not None:
                 out.append((pos, WrongType(name, found, "number")))
