@@ -24,6 +24,7 @@ from __future__ import annotations
 import logging
 import uuid
 from collections.abc import Collection, Iterator, Sequence
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -153,14 +154,20 @@ def run_body(store_id: str, run_id: str, *, strategies: Sequence[str] | None, ag
         published: set[str] = set()
 
         def write_ahead(document: str, records: list[AppliedRecord]) -> None:
+            # one transaction; the rows inserted WRITE_AHEAD_BATCH at a time (one document may hold a whole
+            # store's records: its statement parameters are not all built at once)
+            now = datetime.now(UTC)
             with catalog() as session:
-                queries.add_prune_actions(
-                    session, run_id=run_id, store=store_id, backup_id=snapshot.backup_id, task_run_id=task_run_id,
-                    records=[queries.PrunedRecord(
-                        agent=r.action.agent, collection=r.action.collection, record_id=r.action.record_id,
-                        reason=r.action.reason, action=r.action.action, document_path=r.action.document,
-                        record=r.payload, score=r.action.value) for r in records],
-                )
+                for start in range(0, len(records), WRITE_AHEAD_BATCH):
+                    queries.add_prune_actions(
+                        session, run_id=run_id, store=store_id, backup_id=snapshot.backup_id,
+                        task_run_id=task_run_id, now=now,
+                        records=[queries.PrunedRecord(
+                            agent=r.action.agent, collection=r.action.collection, record_id=r.action.record_id,
+                            reason=r.action.reason, action=r.action.action, document_path=r.action.document,
+                            record=r.payload, score=r.action.value)
+                            for r in records[start:start + WRITE_AHEAD_BATCH]],
+                    )
             written_ahead.append(document)
 
         def unpublished() -> list[str]:
@@ -260,6 +267,10 @@ def _no_rows_message(catalog: Catalog, store_id: str, run_id: str) -> str:
             "deleted); "
             f"its pre-prune snapshot {tagged[-1]} holds the store as it was before the run: "
             f"aml {store_id} backup restore --backup-id {tagged[-1]} --dry-run shows what that would put back")
+
+
+WRITE_AHEAD_BATCH = 5000
+"""``prune_actions`` rows inserted per statement when a document's undo rows are written ahead of its rewrite."""
 
 
 def _undo_rows(catalog: Catalog, root: Path, store_id: str, run_id: str) -> tuple[int, dict[str, list[int]]]:

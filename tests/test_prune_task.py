@@ -38,12 +38,16 @@ def test_dry_run_task_writes_nothing_and_takes_no_snapshot(tmp_path: Path, aml_s
     assert snapshot_tree(store.parent) == before, "a dry run changes no byte and no mtime"
 
 
-def test_run_records_snapshot_and_one_row_per_record_then_undo(tmp_path: Path, aml_settings) -> None:
+@pytest.mark.parametrize("batch", [None, 3], ids=["one-statement", "rows-3-at-a-time"])
+def test_run_records_snapshot_and_one_row_per_record_then_undo(tmp_path: Path, aml_settings, batch: int | None,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
     from aml.backup import Repository, restore
     from models import queries
     from tasks import prune
     from workers.catalog import session_scope
 
+    if batch is not None:  # a document's undo rows written ahead in several statements of one transaction
+        monkeypatch.setattr(prune, "WRITE_AHEAD_BATCH", batch)
     store = extract_loom("loom-gzip-v1.0", tmp_path)
     before = files(store)
     result = apply(prune.run, store=str(store), strategies=STRATEGIES, now=NOW, overrides={"agent_limit_mib": 0.02})
@@ -62,6 +66,10 @@ def test_run_records_snapshot_and_one_row_per_record_then_undo(tmp_path: Path, a
         planned = {(a["document"], a["record_id"], a["reason"], a["action"]) for a in result["plan"]["actions"]}
         assert {(r.document_path, r.record_id, r.reason, r.action) for r in rows} == planned
         assert all(r.record["text"] and r.record["item"]["id"] == r.record_id for r in rows)
+        by_document: dict[str, set[object]] = {}
+        for r in rows:
+            by_document.setdefault(r.document_path, set()).add(r.created_at)
+        assert all(len(times) == 1 for times in by_document.values()), "one write-ahead instant per document"
         assert queries.get_backup(session, backup_id) is not None
         assert queries.get_task_run(session, run_id).status == "success"
     # decisions were archived in the backup repository, not deleted
