@@ -179,3 +179,24 @@ def test_prune_plan_identical_when_read_item_by_item(loom_store: Callable[[str],
         lazy = plan_mod.build_plan(root, config, strategies).to_dict()
         monkeypatch.undo()
         assert lazy == eager and eager["actions"]
+
+
+@pytest.mark.parametrize("payload", [
+    '[{"id": "é€😀", "x": "ü"}, {"id": "b"}]'.encode(),
+    b'[{"id": "\xc3"}]',  # a multi-byte character cut short
+    b'[{"id": "a\xff"}, {"id": "b"}]',
+    b'[{"id": "ok"}]' + b"\xe2\x82",  # trailing garbage that is not UTF-8
+])
+def test_utf8_checked_piecewise_as_the_full_parse_checks_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                             payload: bytes) -> None:
+    import aml.store.documents as documents_mod
+
+    monkeypatch.setattr(documents_mod, "_UTF8_CHUNK", 3)  # characters split across every chunk boundary
+    path = _write_collection(tmp_path, payload)
+    eager = read_document(path, "coder/patterns.json", loom_agents=frozenset({"coder"}))
+    lazy = read_document(path, "coder/patterns.json", loom_agents=frozenset({"coder"}), lazy_items=0)
+    if eager.error is None:
+        assert lazy.error is None and isinstance(lazy.data, LazyItems) and list(lazy.data) == eager.data
+    else:
+        assert lazy.error is not None and (lazy.error.code, lazy.error.offset) == (eager.error.code,
+                                                                                   eager.error.offset)

@@ -8,6 +8,7 @@ failed to parse (DESIGN.md, "Reading real data").
 
 from __future__ import annotations
 
+import codecs
 import errno
 import json
 import os
@@ -627,6 +628,21 @@ class LazyItems(Sequence[Any]):
             yield _decode_item(raw)
 
 
+_UTF8_CHUNK: Final = 16 * 1024 * 1024
+
+
+def _valid_utf8(data: memoryview) -> bool:
+    """Whether ``data`` is UTF-8, checked 16 MiB at a time (no ``str`` of the whole document)."""
+    decoder = codecs.getincrementaldecoder("utf-8")()
+    try:
+        for start in range(0, len(data), _UTF8_CHUNK):
+            decoder.decode(data[start:start + _UTF8_CHUNK])
+        decoder.decode(b"", final=True)
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
 def _lazy_list_of_objects(decoded: bytes, path: Path, relpath: str, *, what: str) -> LazyItems | None:
     """``decoded`` as :class:`LazyItems` when it is valid UTF-8 and a JSON list that msgspec splits into items,
     else ``None`` (:func:`load_json` then reads it, and names any error as it always does).
@@ -635,10 +651,12 @@ def _lazy_list_of_objects(decoded: bytes, path: Path, relpath: str, *, what: str
         DocumentError: ``wrong_type``: an item is not a JSON object (the message of the eager check).
     """
     skip = 3 if decoded.startswith(b"\xef\xbb\xbf") else 0
+    body = memoryview(decoded)[skip:]
+    if not _valid_utf8(body):  # the item split does not check the bytes inside strings
+        return None
     try:
-        str(memoryview(decoded)[skip:], "utf-8")  # the item split does not check the bytes of strings
-        raws = _split_items(memoryview(decoded)[skip:])
-    except (UnicodeDecodeError, msgspec.DecodeError, RecursionError):
+        raws = _split_items(body)
+    except (msgspec.DecodeError, RecursionError):
         return None
     for i, raw in enumerate(raws):
         first = memoryview(raw)[0]
