@@ -632,18 +632,13 @@ def wrong_types(item: object, collection: str) -> tuple[WrongType, ...]:
                 continue
             if (found := _type_problem(value, "number")) is not None:
                 out.append((pos, WrongType(name, found, "number")))
-        for pos, key, name in strings:
-            value = get(key, missing)
-            if value is missing or type(value) is str:
-                continue
-            if (found := _type_problem(value, "string")) is not None:
-                out.append((pos, WrongType(name, found, "string")))
-        for pos, key, name in booleans:
-            value = get(key, missing)
-            if value is missing or type(value) is bool:
-                continue
-            if (found := _type_problem(value, "boolean")) is not None:
-                out.append((pos, WrongType(name, found, "boolean")))
+        for expected, usual, entries in (("string", str, strings), ("boolean", bool, booleans)):
+            for pos, key, name in entries:
+                value = get(key, missing)
+                if value is missing or type(value) is usual:
+                    continue
+                if (found := _type_problem(value, expected)) is not None:
+                    out.append((pos, WrongType(name, found, expected)))
     if not out:
         return ()
     out.sort(key=lambda pair: pair[0])
