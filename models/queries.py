@@ -12,7 +12,7 @@ import enum
 import functools
 import hashlib
 import json
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, NamedTuple, cast
@@ -757,16 +757,20 @@ def prune_action_documents(session: Session, run_id: str, store: str) -> tuple[i
     return total, pending
 
 
-def prune_action_payloads(session: Session, ids: Sequence[int]) -> list[tuple[int, str, dict[str, Any]]]:
-    """``(id, record_id, record)`` of the prune actions ``ids`` in id order, read :data:`PRUNE_ID_BATCH` ids
-    per query (``record``: the stored payload, ``{}`` when there is none)."""
-    out: list[tuple[int, str, dict[str, Any]]] = []
+def prune_action_payloads(session: Session, ids: Sequence[int]) -> Iterator[tuple[int, str, dict[str, Any]]]:
+    """``(id, record_id, record)`` of the prune actions ``ids`` in the order of ``ids`` (give them sorted
+    for id order), read :data:`PRUNE_ID_BATCH` ids per query (``record``: the stored payload, ``{}`` when
+    there is none). Rows are yielded as they are read: a caller that keeps less of each payload than the
+    whole (undo: :func:`aml.prune.undo.lean_payload`) never holds every payload of a large run at once.
+    Consume it inside the session's transaction."""
     for start in range(0, len(ids), PRUNE_ID_BATCH):
-        stmt = (select(PruneAction.id, PruneAction.record_id, PruneAction.record)
-                .where(PruneAction.id.in_(ids[start:start + PRUNE_ID_BATCH])).order_by(PruneAction.id))
-        out.extend((action_id, record_id, dict(record or {})) for action_id, record_id, record in session.execute(stmt))
-    out.sort(key=lambda row: row[0])
-    return out
+        batch = ids[start:start + PRUNE_ID_BATCH]
+        stmt = select(PruneAction.id, PruneAction.record_id, PruneAction.record).where(PruneAction.id.in_(batch))
+        found = {action_id: (record_id, record) for action_id, record_id, record in session.execute(stmt)}
+        for action_id in batch:
+            if action_id in found:
+                record_id, record = found.pop(action_id)
+                yield action_id, record_id, dict(record or {})
 
 
 def delete_prune_actions(session: Session, run_id: str, ids: Iterable[int]) -> int:

@@ -300,10 +300,10 @@ def _undo_documents(catalog: Catalog, pending: dict[str, list[int]]) -> Iterator
         One ``(store-relative path, its entries in id order)`` per document.
     """
     for relpath in sorted(pending):
-        with catalog(write=False) as session:
-            rows = queries.prune_action_payloads(session, pending[relpath])
-        yield relpath, [UndoEntry(action_id, relpath, record_id, lean_payload(record))
-                        for action_id, record_id, record in rows]
+        with catalog(write=False) as session:  # each payload made lean as it is read
+            entries = [UndoEntry(action_id, relpath, record_id, lean_payload(record))
+                       for action_id, record_id, record in queries.prune_action_payloads(session, pending[relpath])]
+        yield relpath, entries
 
 
 def undo_body(store_id: str, run_id: str) -> Any:

@@ -4,7 +4,9 @@ same task id or not, leaves one undo row per record it removed, so ``prune undo`
 
 from __future__ import annotations
 
+import contextlib
 import gzip
+import io
 import json
 import os
 import random
@@ -12,8 +14,9 @@ import shutil
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any, BinaryIO
 
 import pytest
 
@@ -175,7 +178,24 @@ def crash_at(monkeypatch: pytest.MonkeyPatch, n: int, when: str,
             crashed.append(True)
             raise error(f"killed after writing {path}")
 
-    monkeypatch.setattr(aml.prune.apply, "atomic_write", write)
+    @contextlib.contextmanager
+    def opened(path: Path, **kwargs: Any) -> Iterator[BinaryIO]:
+        # a document: its bytes are written and its rows written ahead inside the block; "before" dies
+        # after that, before the rename (the file untouched), "after" once the file is published
+        if not crashed and len(written) == n and when == "before":
+            yield io.BytesIO()
+            crashed.append(True)
+            raise error(f"killed before writing {path}")
+        with atomic.atomic_open(path, **kwargs) as fh:
+            yield fh
+        if crashed:
+            return
+        written.append(str(path))
+        if len(written) == n + 1 and when == "after":
+            crashed.append(True)
+            raise error(f"killed after writing {path}")
+
+    monkeypatch.setattr(aml.prune.apply, "atomic_open", opened)
     monkeypatch.setattr(aml.prune.archive, "atomic_write", write)
     return written
 

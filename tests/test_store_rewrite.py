@@ -9,14 +9,18 @@ depth; everything else keeps its bytes, gzip written by zlib/pako included.
 
 from __future__ import annotations
 
+import io
+import itertools
 import json
 import zlib
 from typing import Any
+from unittest import mock
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+import aml.store.rewrite
 from aml.store.rewrite import (
     LOOM_STYLE,
     DocumentText,
@@ -27,8 +31,10 @@ from aml.store.rewrite import (
     find_list,
     gzip_level_of,
     read_text,
+    removal_pieces,
     remove_elements,
     replace_elements,
+    write_text,
 )
 
 LAYOUTS: list[dict[str, Any]] = [
@@ -94,6 +100,50 @@ def test_detects_the_layouts_writers_use(layout: dict[str, Any], ensure_ascii: b
     text = write(doc, layout, ensure_ascii, False, True)
     assert detect_json_style(text) == style_of(layout, ensure_ascii)
     assert detect_json_style("[]") == LOOM_STYLE
+
+
+@settings(max_examples=200, deadline=None)
+@given(a=st.lists(records, max_size=6), c=st.lists(records, max_size=6), layout=st.sampled_from(LAYOUTS),
+       ensure_ascii=st.booleans(), piece=st.integers(1, 40), data=st.data())
+def test_removing_from_several_lists_in_pieces_of_any_size(a: list[Any], c: list[Any], layout: dict[str, Any],
+                                                          ensure_ascii: bool, piece: int,
+                                                          data: st.DataObject) -> None:
+    """Removing from two lists of one document in one pass (an Aitor session's shape), yielded in pieces
+    of any size, gives what the writer writes for the document without those records."""
+    text = write({"a": a, "b": {"n": 1, "c": c}, "z": "end"}, layout, ensure_ascii, False, True)
+    drop_a = data.draw(st.sets(st.integers(0, max(0, len(a) - 1)), max_size=len(a)))
+    drop_c = data.draw(st.sets(st.integers(0, max(0, len(c) - 1)), max_size=len(c)))
+    edits = [(find_list(text, "/b/c"), drop_c), (find_list(text, "/a"), drop_a)]  # any order
+    with mock.patch.object(aml.store.rewrite, "PIECE_CHARS", piece):
+        pieces = list(removal_pieces(text, edits))
+    assert all(0 < len(p) <= piece for p in pieces)
+    expected = {"a": [x for i, x in enumerate(a) if i not in drop_a],
+                "b": {"n": 1, "c": [x for i, x in enumerate(c) if i not in drop_c]}, "z": "end"}
+    assert "".join(pieces) == write(expected, layout, ensure_ascii, False, True)
+
+
+def test_lists_inside_one_another_are_refused() -> None:
+    text = '[[1, 2], [3]]'
+    with pytest.raises(SpliceError, match="inside one another"):
+        list(removal_pieces(text, [(find_list(text, ""), {1}), (find_list(text, "/0"), {0})]))
+
+
+@settings(max_examples=100, deadline=None)
+@given(text=st.text(max_size=300), cuts=st.lists(st.integers(0, 300), max_size=6),
+       how=st.sampled_from([("plain", None), ("gzip", 1), ("gzip", 6), ("gzip", 9), ("gzip", None),
+                            ("zstd", None)]))
+def test_writing_in_pieces_gives_the_bytes_of_the_whole_text(text: str, cuts: list[int],
+                                                             how: tuple[Any, int | None]) -> None:
+    """:func:`write_text` writes what :func:`encode_text` makes of the joined text, however it is cut (zlib's
+    stream gives the same bytes whatever the chunking), so a prune that streams its output stays byte-exact."""
+    text = text.encode("utf-8", "replace").decode("utf-8")  # no lone surrogates: documents are UTF-8
+    bounds = sorted({0, len(text), *(min(c, len(text)) for c in cuts)})
+    pieces = [text[x:y] for x, y in itertools.pairwise(bounds)]
+    encoding, level = how
+    out = io.BytesIO()
+    written = write_text(out, pieces, encoding, level)
+    assert out.getvalue() == aml.store.rewrite.encode_text(text, encoding, level)
+    assert written == len(out.getvalue())
 
 
 def test_unchanged_elements_keep_their_exact_text() -> None:

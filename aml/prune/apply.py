@@ -7,14 +7,15 @@ For each document of the plan, in path order:
    a conflict (an agent wrote it in between; the next run plans it again);
 2. write the decisions to archive into ``<archive_root>/<agent>/decisions_<run_id>.json.gz``
    (:mod:`aml.prune.archive`), atomically;
-3. rebuild the document's lists without the planned records by splicing the decoded text
-   (:func:`aml.store.rewrite.remove_elements`, as ``optimize gc`` does: every other byte stays as the
-   writer wrote it), check the result parses (:func:`aml.store.rewrite.check_rebuilt`: a Loom
-   collection, whose list is the whole document, is known to parse from the checks of the splice;
-   any other document is parsed again), and encode it as the file was encoded (gzip stays gzip);
+3. cut the planned records out of the decoded text (:func:`aml.store.rewrite.removal_pieces`, as
+   ``optimize gc`` does: every other byte stays as the writer wrote it), after making sure the result
+   parses (:func:`aml.store.rewrite.rebuilt_parses`: a Loom collection, whose list is the whole
+   document, is known to parse from the checks of the splice; any other document is parsed again),
+   and write it, encoded as the file was (gzip stays gzip), to a temporary file next to it, piece by
+   piece (:func:`aml.store.rewrite.write_text`: a large document is not held twice more in memory);
 4. hand the document's :class:`AppliedRecord` rows to ``before_publish`` (write-ahead: the caller
    records them durably, so that undo can find them, *before* the records leave the document);
-5. replace the file atomically (temp file, fsync, rename, fsync directory).
+5. replace the file with the temporary one atomically (fsync, rename, fsync directory).
 
 A crash at any point leaves every document either as it was or as the plan wants it, never torn, and
 every record already removed from a document has its undo row (recorded in step 4). A crash between
@@ -26,30 +27,33 @@ The caller takes the pre-prune snapshot before calling :func:`apply_plan`; the `
 
 from __future__ import annotations
 
+import json
 from collections import defaultdict
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from aml.gcpause import gc_paused
 from aml.prune.archive import add_to_archive, archive_file
 from aml.prune.plan import PlannedAction, PrunePlan
-from aml.store.atomic import atomic_write
+from aml.store.atomic import atomic_open
 from aml.store.documents import DocumentError
 from aml.store.loomlock import loom_lock_held
 from aml.store.records import item_size
 from aml.store.rewrite import (
     ItemFilter,
+    Layout,
     ListSpan,
     SpliceError,
     check_parses,
-    check_rebuilt,
     element_key,
     find_list,
     key_only,
     read_text,
-    remove_elements,
+    rebuilt_parses,
+    removal_pieces,
+    write_text,
 )
 
 PAYLOAD_VERSION = 1
@@ -60,14 +64,60 @@ PAYLOAD_VERSION = 1
 class AppliedRecord:
     """One record a run removed or archived, with what undo needs.
 
+    The record is kept as its place in the document's text, not as parsed values: a document's
+    records are parsed again one at a time, when their :attr:`payload` is read (by the write-ahead
+    hook, in batches), so a run never holds every removed record of a large document as objects.
+
     Attributes:
         action: the planned action.
-        payload: ``{"v", "item", "text", "list", "index", "prev", "next", "layout", "archive"}`` (see
-            :mod:`aml.prune.undo`); JSON-serialisable.
+        source: the text the record is in: the whole decoded document while the document is applied,
+            the record's own text once :meth:`detached`.
+        start, end: the record's character offsets in ``source``.
+        list_pointer: RFC 6901 pointer of the list it was in.
+        index: its index in that list.
+        prev, next: :func:`aml.store.rewrite.element_key` anchors of the element before it and of the
+            next element that stays (``None`` at the ends).
+        layout: the list's :class:`~aml.store.rewrite.Layout` (``None`` for an empty list).
+        archive: its archive file relative to the archive root, for an archived record.
     """
 
     action: PlannedAction
-    payload: dict[str, Any]
+    source: str
+    start: int
+    end: int
+    list_pointer: str
+    index: int
+    prev: dict[str, str] | None
+    next: dict[str, str] | None
+    layout: Layout | None
+    archive: str | None
+
+    @property
+    def text(self) -> str:
+        """The record's exact source text."""
+        return self.source[self.start : self.end]
+
+    @property
+    def payload(self) -> dict[str, Any]:
+        """``{"v", "item", "text", "list", "index", "prev", "next", "layout", "archive"}`` (see
+        :mod:`aml.prune.undo`), JSON-serialisable: what ``prune_actions.record`` holds. ``item`` is the
+        text parsed anew (as the splice parsed it: ``json.loads``) on every read."""
+        text = self.text
+        return {
+            "v": PAYLOAD_VERSION,
+            "item": json.loads(text),
+            "text": text,
+            "list": self.list_pointer,
+            "index": self.index,
+            "prev": self.prev,
+            "next": self.next,
+            "layout": self.layout.to_dict() if self.layout is not None else None,
+            "archive": self.archive,
+        }
+
+    def detached(self) -> AppliedRecord:
+        """This record holding only its own text (not its document's)."""
+        return replace(self, source=self.text, start=0, end=self.end - self.start)
 
 
 @dataclass
@@ -120,23 +170,27 @@ def _key_dict(span: ListSpan, text: str, index: int) -> dict[str, str]:
     return {kind: value}
 
 
-def _keeper(planned: set[int]) -> ItemFilter:
-    """What :func:`_apply_document` keeps of a list's elements: the planned ones whole, the others'
-    keys (:func:`aml.store.rewrite.key_only`: all the ``prev``/``next`` anchors need)."""
+def _keeper(planned: set[int], seen: dict[int, tuple[Any, int]]) -> ItemFilter:
+    """What :func:`_apply_document` keeps of a list's elements: their keys
+    (:func:`aml.store.rewrite.key_only`: all the ``prev``/``next`` anchors need); of a planned one also
+    its id and size in ``seen`` (what :func:`_matches` compares with the plan)."""
 
     def keep(index: int, item: Any) -> Any:
-        return item if index in planned else key_only(index, item)
+        if index in planned:
+            seen[index] = (item.get("id") if isinstance(item, dict) else None, item_size(item))
+        return key_only(index, item)
 
     return keep
 
 
-def _matches(action: PlannedAction, span: ListSpan) -> bool:
-    if action.index >= len(span):
+def _matches(action: PlannedAction, seen: dict[int, tuple[Any, int]]) -> bool:
+    found = seen.get(action.index)
+    if found is None:  # the list is shorter now
         return False
-    item = span.items[action.index]
-    if "#" not in action.record_id and (not isinstance(item, dict) or item.get("id") != action.record_id):
+    record_id, size = found
+    if "#" not in action.record_id and record_id != action.record_id:
         return False
-    return item_size(item) == action.size_bytes
+    return size == action.size_bytes
 
 
 BeforePublish = Callable[[str, list[AppliedRecord]], None]
@@ -203,8 +257,8 @@ def apply_plan(
         result.removed += removed
         result.archived += len(applied) - removed
         if keep_applied:
-            result.applied.extend(applied)
-        del applied  # the payloads reference the document's parsed items
+            result.applied.extend(a.detached() for a in applied)
+        del applied  # the records reference the document's text
         result.documents.append(relpath)
         if on_document is not None:
             on_document(relpath)
@@ -219,7 +273,7 @@ def _apply_document(plan: PrunePlan, relpath: str, actions: list[PlannedAction],
     if loom_lock_held(path):
         result.conflicts.append({"document": relpath, "reason": "locked by Loom's runtime (<file>.lock)"})
         return None
-    doc = read_text(path)
+    doc = read_text(path, keep_raw=False)
     if (doc.size, doc.mtime_ns) != (state.size_bytes, state.mtime_ns):
         result.conflicts.append({"document": relpath, "reason": "changed since the plan was made"})
         return None
@@ -227,23 +281,26 @@ def _apply_document(plan: PrunePlan, relpath: str, actions: list[PlannedAction],
     lists: defaultdict[str, list[PlannedAction]] = defaultdict(list)
     for a in actions:
         lists[a.list_pointer].append(a)
-    # the planned records parsed in full (checked, archived, recorded); of the others only their keys
-    spans = {pointer: find_list(text, pointer, keep=_keeper({a.index for a in acts}))
+    # every element parsed (checked) and freed at once: of each only its key is kept, of the planned
+    # ones also the id and size the plan saw
+    seen: dict[str, dict[int, tuple[Any, int]]] = {pointer: {} for pointer in lists}
+    spans = {pointer: find_list(text, pointer, keep=_keeper({a.index for a in acts}, seen[pointer]))
              for pointer, acts in lists.items()}
     for pointer, acts in lists.items():
-        bad = [a for a in acts if not _matches(a, spans[pointer])]
+        bad = [a for a in acts if not _matches(a, seen[pointer])]
         if bad:
             result.conflicts.append({"document": relpath,
                                      "reason": f"record {bad[0].record_id} is no longer at {bad[0].pointer}"})
             return None
 
     applied: list[AppliedRecord] = []
-    archived: defaultdict[str, list[Any]] = defaultdict(list)
+    archived: defaultdict[str, list[AppliedRecord]] = defaultdict(list)
     archive_of: dict[str, str] = {}  # agent -> its archive file, relative to archive_root
-    new_text = text
-    for pointer in sorted(lists, key=lambda p: spans[p].open, reverse=True):
+    edits: list[tuple[ListSpan, set[int]]] = []
+    for pointer in sorted(lists, key=lambda p: spans[p].open):
         span = spans[pointer]
         removed = {a.index for a in lists[pointer]}
+        edits.append((span, removed))
         layout = span.layout(text)
         kept_after: list[int | None] = [None] * len(span)
         nxt: int | None = None
@@ -261,32 +318,28 @@ def _apply_document(plan: PrunePlan, relpath: str, actions: list[PlannedAction],
                 if archive_rel is None:
                     target = archive_file(archive_root, a.agent, run_id)
                     archive_rel = archive_of[a.agent] = target.relative_to(archive_root).as_posix()
-                archived[archive_rel].append(span.items[i])
-            applied.append(AppliedRecord(a, {
-                "v": PAYLOAD_VERSION,
-                "item": span.items[i],
-                "text": span.element_text(text, i),
-                "list": pointer,
-                "index": i,
-                "prev": _key_dict(span, text, i - 1) if i > 0 else None,
-                "next": _key_dict(span, text, following) if following is not None else None,
-                "layout": layout.to_dict() if layout is not None else None,
-                "archive": archive_rel,
-            }))
-        span.items.clear()  # the payloads hold the removed items; the others are not needed any more
-        new_text = remove_elements(new_text, span, removed)
-    if len(spans) == 1:  # never write a document that would not parse
-        check_rebuilt(new_text, relpath, text, next(iter(spans.values())))
+            record = AppliedRecord(
+                a, text, span.starts[i], span.ends[i], pointer, i,
+                _key_dict(span, text, i - 1) if i > 0 else None,
+                _key_dict(span, text, following) if following is not None else None,
+                layout, archive_rel)
+            applied.append(record)
+            if archive_rel is not None:
+                archived[archive_rel].append(record)
+    if len(spans) == 1 and rebuilt_parses(text, edits[0][0]):  # never write a document that would not parse
+        pieces: Iterable[str] = removal_pieces(text, edits)
     else:
+        new_text = "".join(removal_pieces(text, edits))
         check_parses(new_text, relpath)
-    for archive_rel, items in sorted(archived.items()):
+        pieces = (new_text,)
+    for archive_rel, records in sorted(archived.items()):
         assert archive_root is not None
-        add_to_archive(archive_root / archive_rel, items)
+        add_to_archive(archive_root / archive_rel, [json.loads(r.text) for r in records])
         result.archives.append(str(archive_root / archive_rel))
-    data = doc.encoded(new_text)
-    if before_publish is not None:
-        before_publish(relpath, applied)  # write-ahead: the undo rows exist before the records leave
-    atomic_write(path, data, mode=doc.mode)
+    with atomic_open(path, mode=doc.mode) as fh:  # replaces the file only when the block ends without error
+        written = write_text(fh, pieces, doc.encoding, doc.gzip_level)
+        if before_publish is not None:
+            before_publish(relpath, applied)  # write-ahead: the undo rows exist before the records leave
     result.bytes_before += doc.size
-    result.bytes_after += len(data)
+    result.bytes_after += written
     return applied

@@ -37,26 +37,28 @@ nothing for them. :func:`present_entries` applies the same test without writing,
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from aml.gcpause import gc_paused
 from aml.prune.archive import canonical_item, remove_canonical_from_archive
-from aml.store.atomic import atomic_write
+from aml.store.atomic import atomic_open
 from aml.store.documents import DocumentError
 from aml.store.rewrite import (
     Layout,
     ListSpan,
     SpliceError,
     check_parses,
-    check_rebuilt,
     element_key,
     find_list,
     key_only,
     read_text,
     rebuild,
+    rebuilt_parses,
+    rebuilt_pieces,
+    write_text,
 )
 
 
@@ -204,24 +206,33 @@ def undo_documents(root: Path, documents: Iterable[tuple[str, Sequence[UndoEntry
 
 @dataclass(frozen=True, slots=True)
 class _ListIndex:
-    """The elements of one list as they are now: their exact texts and where each key first occurs."""
+    """The elements of one list as they are now: where each key first occurs, and which of the texts
+    looked for are there."""
 
-    texts: list[str]
     position: dict[tuple[str, str], int]
     present_texts: set[str]
 
     @classmethod
-    def of(cls, span: ListSpan, text: str) -> _ListIndex:
-        texts = [span.element_text(text, i) for i in range(len(span))]
+    def of(cls, span: ListSpan, text: str, wanted: Collection[str]) -> _ListIndex:
+        """Index ``span`` (found in ``text`` with :func:`aml.store.rewrite.key_only`); of the elements'
+        exact texts only those in ``wanted`` (the records' texts undo looks for) are kept."""
         position: dict[tuple[str, str], int] = {}
+        present: set[str] = set()
         for i in range(len(span)):
-            position.setdefault(element_key(span.items[i], texts[i]), i)
-        return cls(texts, position, set(texts))
+            element = span.element_text(text, i)
+            position.setdefault(element_key(span.items[i], element), i)
+            if element in wanted:
+                present.add(element)
+        return cls(position, present)
 
     def holds(self, payload: dict[str, Any], item_text: str) -> bool:
         """Whether the record of ``payload`` is in the list (same id, or same exact text)."""
         own = element_key(payload.get("item"), item_text)
         return (own[0] == "id" and own in self.position) or item_text in self.present_texts
+
+
+def _texts(entries: Iterable[UndoEntry]) -> set[str]:
+    return {t for e in entries if isinstance(t := e.payload.get("text"), str)}
 
 
 def present_entries(root: Path, entries: Iterable[UndoEntry]) -> list[int]:
@@ -249,7 +260,8 @@ def present_entries(root: Path, entries: Iterable[UndoEntry]) -> list[int]:
             pointer = str(e.payload.get("list", ""))
             if pointer not in lists:
                 try:
-                    lists[pointer] = _ListIndex.of(find_list(text, pointer, keep=key_only), text)
+                    lists[pointer] = _ListIndex.of(find_list(text, pointer, keep=key_only), text,
+                                                   _texts(doc_entries))
                 except SpliceError:
                     lists[pointer] = None
             index, item_text = lists[pointer], e.payload.get("text")
@@ -263,7 +275,7 @@ def _undo_document(root: Path, relpath: str, entries: list[UndoEntry], result: U
     path = root / relpath
     if not path.exists():
         raise FileNotFoundError(path)
-    doc = read_text(path)
+    doc = read_text(path, keep_raw=False)
     text = doc.text
     by_list: defaultdict[str, list[UndoEntry]] = defaultdict(list)
     for e in entries:
@@ -274,13 +286,12 @@ def _undo_document(root: Path, relpath: str, entries: list[UndoEntry], result: U
     done: list[UndoEntry] = []
     restored: list[int] = []
     present: list[int] = []
-    new_text = text
-    rebuilt: list[tuple[ListSpan, list[str], Layout | None]] = []  # (list, texts put back, layout given)
+    rebuilt: list[tuple[ListSpan, dict[int, list[str]], Layout | None]] = []  # (list, texts put back by gap, layout)
     for pointer in sorted(by_list, key=lambda p: spans[p].open, reverse=True):
         span = spans[pointer]
-        now = _ListIndex.of(span, text)
-        span.items.clear()  # only texts and offsets are needed from here: free the parsed list early
-        texts, position = now.texts, now.position
+        now = _ListIndex.of(span, text, _texts(by_list[pointer]))
+        span.items.clear()  # only offsets are needed from here: free the keys early
+        position = now.position
         batch_gap: dict[tuple[str, str], int] = {}
         inserts: defaultdict[int, list[str]] = defaultdict(list)
         layout: Layout | None = None
@@ -310,23 +321,35 @@ def _undo_document(root: Path, relpath: str, entries: list[UndoEntry], result: U
             layout = layout or Layout.from_dict(payload.get("layout"))
             restored.append(e.action_id)
             done.append(e)
-        if not inserts:
-            continue
-        elements: list[tuple[str, str | None]] = []
-        for i in range(len(span) + 1):
-            elements.extend((t, None) for t in inserts.get(i, ()))
-            if i < len(span):
-                elements.append((texts[i], span.sep_after(text, i)))
-        new_text = rebuild(new_text, span, elements, layout=layout)
-        rebuilt.append((span, [t for group in inserts.values() for t in group], layout))
+        if inserts:
+            rebuilt.append((span, inserts, layout))
     if rebuilt:
-        if len(rebuilt) == 1:  # never write a document that would not parse
-            span, inserted, used = rebuilt[0]
-            check_rebuilt(new_text, relpath, text, span, inserted=inserted, layout=used)
-        else:
+        only, only_inserts, only_layout = rebuilt[0]
+        inserted = [t for group in only_inserts.values() for t in group]
+        if len(rebuilt) == 1 and rebuilt_parses(text, only, inserted=inserted, layout=only_layout):
+            pieces: Iterable[str] = rebuilt_pieces(text, only, _with_inserts(text, only, only_inserts),
+                                                   layout=only_layout)
+        else:  # never write a document that would not parse
+            new_text = text
+            for span, texts, used in rebuilt:  # from the last list to the first: earlier offsets hold
+                new_text = rebuild(new_text, span, list(_with_inserts(text, span, texts)), layout=used)
             check_parses(new_text, relpath)
-        atomic_write(path, doc.encoded(new_text), mode=doc.mode)
+            pieces = (new_text,)
+        with atomic_open(path, mode=doc.mode) as fh:
+            write_text(fh, pieces, doc.encoding, doc.gzip_level)
         result.documents.append(relpath)
     result.restored.extend(restored)
     result.already_present.extend(present)
     return done
+
+
+def _with_inserts(text: str, span: ListSpan, inserts: Mapping[int, list[str]]) -> Iterator[tuple[str, str | None]]:
+    """The elements of ``span`` with ``inserts`` (texts by the gap they go in: 0 before the first element,
+    ``len(span)`` after the last) put in, as :func:`aml.store.rewrite.rebuilt_pieces` reads them: each
+    original element's text with the separator the writer put after it, each inserted one with ``None``
+    (the list's usual separator). Sliced from ``text`` as they are read."""
+    for i in range(len(span) + 1):
+        for inserted in inserts.get(i, ()):
+            yield inserted, None
+        if i < len(span):
+            yield span.element_text(text, i), span.sep_after(text, i)

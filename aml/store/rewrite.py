@@ -31,11 +31,11 @@ import os
 import re
 import stat
 import zlib
-from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from json.decoder import scanstring  # type: ignore[attr-defined]
 from json.encoder import encode_basestring, encode_basestring_ascii
-from typing import Any, Final
+from typing import Any, BinaryIO, Final
 
 from aml.store.codec import Encoding, encode
 from aml.store.documents import decode_bytes, read_file_bytes
@@ -122,7 +122,7 @@ class DocumentText:
     """A document read for editing.
 
     Attributes:
-        raw: the bytes on disk.
+        raw: the bytes on disk (empty when read with ``read_text(..., keep_raw=False)``).
         encoding: sniffed encoding (kept when writing back).
         gzip_level: for gzip written by zlib/pako, the level its header names (:func:`gzip_level_of`),
             else ``None``.
@@ -168,8 +168,14 @@ def pointer_tokens(pointer: str) -> list[str]:
     return [t.replace("~1", "/").replace("~0", "~") for t in pointer[1:].split("/")]
 
 
-def read_text(path: str | os.PathLike[str], *, relpath: str | None = None) -> DocumentText:
+def read_text(path: str | os.PathLike[str], *, relpath: str | None = None, keep_raw: bool = True) -> DocumentText:
     """Read, decode and (for gzip) fingerprint a document for editing (never follows a symlink).
+
+    Args:
+        path: the file.
+        relpath: its store-relative path, for errors.
+        keep_raw: keep the bytes on disk in :attr:`DocumentText.raw`; ``False`` leaves ``raw`` empty, so
+            that a large document is held once (as its text), not twice.
 
     Raises:
         aml.store.DocumentError: unreadable, symlink, oversize, or corrupt compression.
@@ -177,7 +183,10 @@ def read_text(path: str | os.PathLike[str], *, relpath: str | None = None) -> Do
     """
     raw, st = read_file_bytes(path, relpath=relpath)
     decoded, encoding = decode_bytes(raw, path, relpath=relpath)
-    return document_text(raw, st, decoded, encoding, path)
+    doc = document_text(raw, st, decoded, encoding, path)
+    if not keep_raw:
+        doc.raw = b""
+    return doc
 
 
 def document_text(raw: bytes, st: os.stat_result, decoded: bytes, encoding: Encoding,
@@ -220,6 +229,37 @@ def encode_text(text: str, encoding: Encoding, gzip_level: int | None) -> bytes:
     if encoding == "gzip" and gzip_level is not None:
         return zlib.compress(data, gzip_level, wbits=31)
     return encode(data, encoding)
+
+
+def write_text(fh: BinaryIO, pieces: Iterable[str], encoding: Encoding, gzip_level: int | None) -> int:
+    """Write the text made of ``pieces`` to ``fh`` exactly as ``encode_text("".join(pieces), ...)`` would
+    encode it, holding one piece at a time rather than the whole text and its bytes: a plain document is
+    written piece by piece, and gzip at a known level goes through one zlib stream (whose output does not
+    depend on how its input is split). Other encodings (zstd, gzip of another writer) are joined and
+    encoded whole.
+
+    Args:
+        fh: a binary file open for writing (e.g. from :func:`aml.store.atomic.atomic_open`).
+        pieces: the text, in order (e.g. :func:`removal_pieces`).
+        encoding, gzip_level: as in :class:`DocumentText`.
+
+    Returns:
+        The number of bytes written.
+
+    Raises:
+        OSError: the write failed.
+    """
+    written = 0
+    if encoding == "plain":
+        for piece in _coalesced(pieces):
+            written += fh.write(piece.encode("utf-8"))
+        return written
+    if encoding == "gzip" and gzip_level is not None:
+        stream = zlib.compressobj(gzip_level, zlib.DEFLATED, 31)
+        for piece in _coalesced(pieces):
+            written += fh.write(stream.compress(piece.encode("utf-8")))
+        return written + fh.write(stream.flush())
+    return fh.write(encode_text("".join(pieces), encoding, gzip_level))
 
 
 def _ws(text: str, i: int) -> int:
@@ -332,9 +372,33 @@ def find_list(text: str, pointer: str, *, keep: ItemFilter | None = None) -> Lis
         raise SpliceError("the text ends early") from exc
 
 
+PIECE_CHARS: Final = 4 * 1024 * 1024
+"""Largest piece of text :func:`removal_pieces` yields, in characters (at most 16 MiB encoded)."""
+
+
+def _pieces(text: str, start: int, end: int) -> Iterator[str]:
+    """``text[start:end]`` in slices of at most :data:`PIECE_CHARS`."""
+    for at in range(start, end, PIECE_CHARS):
+        yield text[at : min(end, at + PIECE_CHARS)]
+
+
+def _coalesced(pieces: Iterable[str]) -> Iterator[str]:
+    """``pieces`` joined into runs of about :data:`PIECE_CHARS` (a rebuild yields one piece per element)."""
+    run: list[str] = []
+    size = 0
+    for piece in pieces:
+        run.append(piece)
+        size += len(piece)
+        if size >= PIECE_CHARS:
+            yield "".join(run)
+            run, size = [], 0
+    if run:
+        yield "".join(run)
+
+
 def rebuild(text: str, span: ListSpan, elements: Sequence[tuple[str, str | None]], *,
             layout: Layout | None = None) -> str:
-    """Replace the array at ``span`` with ``elements``.
+    """Replace the array at ``span`` with ``elements``: :func:`rebuilt_pieces` joined.
 
     Args:
         text: the document text the span was found in.
@@ -351,25 +415,39 @@ def rebuild(text: str, span: ListSpan, elements: Sequence[tuple[str, str | None]
     Raises:
         SpliceError: elements to write but no way to know the separator.
     """
-    head, tail = text[: span.open + 1], text[span.close :]
-    if not elements:
-        return head + tail
+    return "".join(rebuilt_pieces(text, span, elements, layout=layout))
+
+
+def rebuilt_pieces(text: str, span: ListSpan, elements: Iterable[tuple[str, str | None]], *,
+                   layout: Layout | None = None) -> Iterator[str]:
+    """The pieces of ``text`` with the array at ``span`` replaced by ``elements`` (see :func:`rebuild`),
+    in order. ``elements`` is read as the pieces are, so a generator of slices of ``text`` rebuilds a large
+    list without a copy of its elements in memory (undo, :func:`write_text`).
+
+    Raises:
+        SpliceError: elements to write but no way to know the separator (raised when reached).
+    """
     seen = span.layout(text)
     known = seen if seen is not None else layout
     lead, trail = (known.lead, known.trail) if known is not None else ("", "")
     usual = seen.sep if seen is not None and seen.sep is not None else (layout.sep if layout else None)
-    parts = [head, lead]
-    last = len(elements) - 1
-    for n, (element, sep) in enumerate(elements):
-        parts.append(element)
-        if n < last:
+    yield from _pieces(text, 0, span.open + 1)
+    pending: tuple[str, str | None] | None = None
+    for following in elements:
+        if pending is None:
+            yield lead
+        else:
+            element, sep = pending
             chosen = sep if sep is not None else usual
             if chosen is None:
                 raise SpliceError("cannot tell the list's separator; no layout recorded")
-            parts.append(chosen)
-    parts.append(trail)
-    parts.append(tail)
-    return "".join(parts)
+            yield element
+            yield chosen
+        pending = following
+    if pending is not None:  # an empty list is "[]": no lead or trail
+        yield pending[0]
+        yield trail
+    yield from _pieces(text, span.close, len(text))
 
 
 def key_only(index: int, item: Any) -> dict[str, str] | None:
@@ -390,20 +468,52 @@ def element_key(item: Any, element_text: str) -> tuple[str, str]:
     return "sha256", hashlib.sha256(element_text.encode("utf-8")).hexdigest()
 
 
-def kept_elements(text: str, span: ListSpan, removed: Collection[int]) -> list[tuple[str, str | None]]:
-    """The elements of ``span`` that stay when ``removed`` (indexes) go: ``(exact text, the
-    separator that followed it)`` each, ready for :func:`rebuild`."""
-    return [(span.element_text(text, i), span.sep_after(text, i)) for i in range(len(span)) if i not in removed]
+def removal_pieces(text: str, edits: Iterable[tuple[ListSpan, Collection[int]]]) -> Iterator[str]:
+    """The pieces of ``text`` without, for each ``(span, removed)`` of ``edits``, the elements of ``span``
+    at the indexes ``removed``; every other byte as it was.
+
+    Between two elements that stay, the separator is the one the writer put after the first of them;
+    an emptied list becomes ``[]``. The text is yielded in runs of the original (at most
+    :data:`PIECE_CHARS` each), never as single elements, so joining or encoding it costs about one
+    copy of the document.
+
+    Args:
+        text: the document text the spans were found in (:func:`find_list`).
+        edits: lists and the indexes to remove from each; the lists must not overlap or nest.
+
+    Yields:
+        Pieces of the new text, in order.
+
+    Raises:
+        SpliceError: two lists overlap (one inside the other).
+    """
+    at = 0
+    for span, removed in sorted(edits, key=lambda edit: edit[0].open):
+        if span.open < at:
+            raise SpliceError("lists inside one another cannot be edited in one pass")
+        kept = [i for i in range(len(span)) if i not in removed]
+        if not kept:  # an emptied list: "[]", as JSON.stringify and json.dumps write it
+            yield from _pieces(text, at, span.open + 1)
+            at = span.close
+            continue
+        yield from _pieces(text, at, span.starts[0])  # up to the first element: "[" and the list's lead
+        first = previous = kept[0]
+        for i in kept[1:]:
+            if i != previous + 1:  # a run ends: it keeps the separator its last element had
+                yield from _pieces(text, span.starts[first], span.starts[previous + 1])
+                first = i
+            previous = i
+        yield from _pieces(text, span.starts[first], span.ends[previous])
+        at = span.ends[-1]  # the list's trail and "]" follow
+    yield from _pieces(text, at, len(text))
 
 
 def remove_elements(text: str, span: ListSpan, removed: Collection[int]) -> str:
-    """``text`` without the elements of ``span`` at the indexes ``removed``; every other byte as it was.
-
-    Between two elements that stay, the separator is the one the writer put after the first of them;
-    an emptied list becomes ``[]``. Prune and gc both remove records with this, so removing the same
-    records gives the same bytes whichever of them does it.
+    """``text`` without the elements of ``span`` at the indexes ``removed`` (:func:`removal_pieces`
+    joined). Prune and gc both remove records with :func:`removal_pieces`, so removing the same records
+    gives the same bytes whichever of them does it.
     """
-    return rebuild(text, span, kept_elements(text, span, removed))
+    return "".join(removal_pieces(text, [(span, removed)]))
 
 
 def replace_elements(text: str, span: ListSpan, new: Mapping[int, Any], style: JsonStyle) -> str:
@@ -483,10 +593,17 @@ def check_rebuilt(new_text: str, what: str, text: str, span: ListSpan, *, insert
     Raises:
         SpliceError: ``new_text`` does not parse.
     """
-    if (spans_whole_document(text, span) and _layout_valid(layout)
-            and all(is_json_value(t) for t in inserted)):
+    if rebuilt_parses(text, span, inserted=inserted, layout=layout):
         return
     check_parses(new_text, what)
+
+
+def rebuilt_parses(text: str, span: ListSpan, *, inserted: Iterable[str] = (), layout: Layout | None = None) -> bool:
+    """Whether a rebuild of ``span`` (found in ``text``) from its own elements, the ``inserted`` texts and
+    ``layout`` is known to parse without parsing it (the reasoning of :func:`check_rebuilt`); a removal
+    (:func:`removal_pieces`) is such a rebuild with nothing inserted."""
+    return (spans_whole_document(text, span) and _layout_valid(layout)
+            and all(is_json_value(t) for t in inserted))
 
 
 def _layout_valid(layout: Layout | None) -> bool:
