@@ -181,6 +181,43 @@ def test_lean_plans_equal_full_plans_on_odd_files(tmp_path: Path, gzipped: bool)
         _assert_same_plans(root, target, check_loss=False)
 
 
+@pytest.mark.parametrize("gzipped", [False, True])
+def test_writing_a_lean_plan_of_odd_files_writes_what_the_full_plan_held(tmp_path: Path, gzipped: bool) -> None:
+    """A lean plan's files are migrated again as they are written, their new content streamed to the
+    temporary file (or, where the streaming pass gives up, written from the full pass): the same bytes as
+    the reference plan held, plain and gzip (zlib's stream)."""
+    for target in ("2.0.0", "1.0.0"):
+        lean_root = _odd_store(tmp_path / target / "lean", gzipped)
+        full_root = _odd_store(tmp_path / target / "full", gzipped)
+        a = apply_plan(build_plan(lean_root, target, force=True, now=NOW), run_id="r")
+        b = apply_plan(_reference_plan(full_root, target, force=True), run_id="r")
+        assert a.files_written == b.files_written and a.files_written
+        assert _tree(lean_root) == _tree(full_root)
+
+
+def test_a_streaming_pass_that_gives_up_leaves_none_of_its_output(tmp_path: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """When the streaming pass gives up after writing (part of) the new content, the file is written from
+    the full pass alone: the temporary file starts over."""
+    root = extract_loom("loom-gzip-v1.0", tmp_path / "streamed")
+    reference = extract_loom("loom-gzip-v1.0", tmp_path / "reference")
+    real = plan_module._plan_streamed
+    gave_up: list[str] = []
+
+    def writes_then_gives_up(read: Any, *args: Any, sink: Any = None, **kwargs: Any) -> Any:
+        planned = real(read, *args, sink=sink, **kwargs)
+        if sink is None or planned is None or not planned.writes:
+            return planned
+        gave_up.append(read.relpath)
+        return None
+
+    monkeypatch.setattr(plan_module, "_plan_streamed", writes_then_gives_up)
+    a = apply_plan(build_plan(root, "2.0.0", now=NOW), run_id="r")
+    b = apply_plan(_reference_plan(reference, "2.0.0"), run_id="r")
+    assert gave_up and a.files_written == b.files_written
+    assert _tree(root) == _tree(reference)
+
+
 @PROPS
 @given(data=st.data(), target=st.sampled_from(VERSIONS))
 def test_lean_plans_equal_full_plans_on_generated_items(tmp_path_factory: pytest.TempPathFactory,

@@ -9,6 +9,7 @@ depth; everything else keeps its bytes, gzip written by zlib/pako included.
 
 from __future__ import annotations
 
+import hashlib
 import io
 import itertools
 import json
@@ -26,6 +27,7 @@ from aml.store.rewrite import (
     DocumentText,
     JsonStyle,
     SpliceError,
+    TextSink,
     check_parses,
     detect_json_style,
     find_list,
@@ -142,8 +144,20 @@ def test_writing_in_pieces_gives_the_bytes_of_the_whole_text(text: str, cuts: li
     encoding, level = how
     out = io.BytesIO()
     written = write_text(out, pieces, encoding, level)
-    assert out.getvalue() == aml.store.rewrite.encode_text(text, encoding, level)
+    expected = aml.store.rewrite.encode_text(text, encoding, level)
+    assert out.getvalue() == expected
     assert written == len(out.getvalue())
+    # a sink that starts over (migrate's fallback) forgets what it wrote; its digest is of the bytes written
+    again = io.BytesIO()
+    sink = TextSink(again, encoding, level)
+    sink.write("[1, 2, 3]" * 50)
+    with mock.patch.object(aml.store.rewrite, "PIECE_CHARS", 7):
+        sink.write("x" * 20)  # flushed (plain and zlib): the reset must empty the file
+    sink.reset()
+    for piece in pieces:
+        sink.write(piece)
+    assert sink.close() == hashlib.sha256(expected).hexdigest()
+    assert again.getvalue() == expected and sink.bytes_written == len(expected)
 
 
 def test_unchanged_elements_keep_their_exact_text() -> None:

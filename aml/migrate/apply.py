@@ -25,7 +25,7 @@ from aml.migrate.files import SCHEMA_FILE, schema_bytes, sha256
 from aml.migrate.journal import AML_DIR, ORIG_DIR, Journal, JournalError, tidy
 from aml.migrate.plan import LOSSY_LISTED, FilePlan, Plan, build_plan, plan_file, problem_of, schema_sha
 from aml.migrate.steps import StepContext
-from aml.store.atomic import TMP_PREFIX, atomic_write, fsync_dir
+from aml.store.atomic import TMP_PREFIX, atomic_open, atomic_write, fsync_dir
 from aml.store.documents import DocumentError
 from aml.store.filestore import FileStore
 from aml.store.guard import check_write
@@ -230,12 +230,9 @@ def apply_plan(plan: Plan, *, run_id: str | None = None, on_file: FileCallback |
     changed = 0
     touched: set[Path] = set()
     for done, fp in enumerate(writes, 1):
-        data, fresh = _content_for(plan, fp, agents, ctx, result)
-        if data is None:
+        fresh = _write_file(plan, fp, agents, ctx, result, journal)
+        if fresh is None:
             continue
-        journal.keep_original(fp.relpath)  # no-op unless the file appeared since
-        journal.record_written(fp.relpath, sha256(data), sync=False)  # before the rename: a kill between
-        atomic_write(plan.root / fp.relpath, data, sync_dir=False)  # the two must not look foreign
         touched.add((plan.root / fp.relpath).parent)
         result.files_written.append(fp.relpath)
         changed += (fresh or fp).changed
@@ -266,35 +263,59 @@ def apply_plan(plan: Plan, *, run_id: str | None = None, on_file: FileCallback |
     return result
 
 
-def _content_for(plan: Plan, fp: FilePlan, agents: frozenset[str], ctx: StepContext,
-                 result: MigrationResult) -> tuple[bytes | None, FilePlan | None]:
-    """The bytes to write for ``fp``: the planned ones when they were kept and the file is unchanged
-    since planning, else the file migrated again (checked for loss again only when it changed since
-    planning). ``(None, None)`` when it cannot be written (added to problems)."""
+class _LeftAlone(Exception):
+    """Raised inside :func:`_write_file`'s temporary file: the file is not rewritten (the temporary file goes)."""
+
+
+def _write_file(plan: Plan, fp: FilePlan, agents: frozenset[str], ctx: StepContext, result: MigrationResult,
+                journal: Journal) -> FilePlan | None:
+    """Rewrite one planned file: with the planned bytes when they were kept and the file is unchanged
+    since planning, else migrated again as it is written (checked for loss again only when it changed
+    since planning), its new content streamed to a temporary file next to it (:func:`plan_file` with
+    ``out``: memory holds the file's text, not its new bytes as well). The journal records the new
+    content's digest before the rename: a kill between the two must not look like a foreign write.
+
+    Returns:
+        The plan the file was written by (``fp``, or the fresh one), or ``None`` when it cannot be written
+        (added to problems) or nothing in it changes any more.
+
+    Raises:
+        OSError: a write failed (the file is unchanged).
+    """
     path = plan.root / fp.relpath
     if loom_lock_held(path):  # Loom's runtime is writing it: a rewrite now would lose one of the writes
         result.problems.append({"path": str(path), "relpath": fp.relpath, "offset": None, "code": "locked",
                                 "reason": "locked by Loom's runtime (<file>.lock); run the migration again"})
-        return None, None
+        return None
     try:
         st = os.stat(path, follow_symlinks=False)
         unchanged = (st.st_size, st.st_mtime_ns) == (fp.size_bytes, fp.mtime_ns)
     except OSError:
         unchanged = False
     if unchanged and fp.new_bytes is not None:
-        return fp.new_bytes, None
-    try:  # the file as planned is migrated again here (same result: the run's instant is fixed)
-        fresh = plan_file(plan.root, fp.relpath, fp.agent, fp.collection, agents, plan.target, ctx, planned=fp)
-    except DocumentError as exc:
-        result.problems.append(problem_of(exc))
-        return None, None
-    if fresh.lost and not plan.force:  # only a file changed since planning is checked for loss again
-        result.problems.append({"path": str(path), "relpath": fp.relpath, "offset": None, "code": "lossy",
-                                "reason": "changed since planning; migrating it now would lose data"})
-        return None, None
-    if not fresh.writes or fresh.new_bytes is None:
-        return None, None
-    return fresh.new_bytes, fresh
+        journal.keep_original(fp.relpath)  # no-op unless the file appeared since
+        journal.record_written(fp.relpath, sha256(fp.new_bytes), sync=False)
+        atomic_write(path, fp.new_bytes, sync_dir=False)
+        return fp
+    try:
+        with atomic_open(path, sync_dir=False) as out:  # renamed over the file only if the block ends normally
+            try:  # the file as planned is migrated again here (same result: the run's instant is fixed)
+                fresh = plan_file(plan.root, fp.relpath, fp.agent, fp.collection, agents, plan.target, ctx,
+                                  planned=fp, out=out)
+            except DocumentError as exc:
+                result.problems.append(problem_of(exc))
+                raise _LeftAlone from exc
+            if fresh.lost and not plan.force:  # only a file changed since planning is checked for loss again
+                result.problems.append({"path": str(path), "relpath": fp.relpath, "offset": None, "code": "lossy",
+                                        "reason": "changed since planning; migrating it now would lose data"})
+                raise _LeftAlone
+            if not fresh.writes or fresh.written_sha256 is None:
+                raise _LeftAlone
+            journal.keep_original(fp.relpath)  # no-op unless the file appeared since
+            journal.record_written(fp.relpath, fresh.written_sha256, sync=False)
+    except _LeftAlone:
+        return None
+    return fresh
 
 
 def _schema_doc(plan: Plan, journal: Journal, run_id: str, changed: int, left_alone: list[str]) -> dict[str, Any]:

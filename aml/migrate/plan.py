@@ -16,7 +16,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, BinaryIO, Final
 
 from aml.migrate.chain import UnknownItemVersion, item_version, migrate_item
 from aml.migrate.detect import version_of
@@ -40,7 +40,7 @@ from aml.store.accessors import ItemVersion
 from aml.store.codec import Encoding
 from aml.store.documents import DocumentError
 from aml.store.filestore import FileStore
-from aml.store.rewrite import LOOM_STYLE, detect_json_style, document_text, dumps_element
+from aml.store.rewrite import LOOM_STYLE, TextSink, detect_json_style, document_text, dumps_element, gzip_level_of
 from aml.store.timestamps import PY_AWARE_STYLE, TS_STYLE, now_utc
 
 DEFAULT_KEEP_BYTES: Final = 0
@@ -65,7 +65,10 @@ class FilePlan:
         versions: items per source version.
         changed: items that move to another version (the file is rewritten when > 0).
         lost: items a downgrade loses data from: ``[{"index", "id", "lost": [JSON pointers]}]``.
-        new_bytes: the new content, or ``None`` (unchanged, or over the memory budget).
+        new_bytes: the new content, or ``None`` (unchanged, over the memory budget, or written to a file
+            as it was made: see ``written_sha256``).
+        written_sha256: hex SHA-256 of the new content when :func:`plan_file` wrote it to its ``out`` file
+            (``new_bytes`` is then ``None``), else ``None``.
     """
 
     relpath: str
@@ -80,6 +83,7 @@ class FilePlan:
     changed: int
     lost: list[dict[str, Any]] = field(default_factory=list)
     new_bytes: bytes | None = None
+    written_sha256: str | None = None
 
     @property
     def writes(self) -> bool:
@@ -203,7 +207,7 @@ class Plan:
 
 def plan_file(root: Path, relpath: str, agent: str, collection: str, agents: frozenset[str],
               target: ItemVersion, ctx: StepContext, *, keep_bytes: bool = True,
-              check_loss: bool = True, planned: FilePlan | None = None) -> FilePlan:
+              check_loss: bool = True, planned: FilePlan | None = None, out: BinaryIO | None = None) -> FilePlan:
     """Plan one collection file.
 
     The file is read once and its items parsed one at a time (:func:`_plan_streamed`); without
@@ -222,6 +226,10 @@ def plan_file(root: Path, relpath: str, agent: str, collection: str, agents: fro
         check_loss: check downgraded items for loss.
         planned: the file's plan from earlier in the run: when the file still is what was planned
             (:func:`same_as_planned`), its loss check is not done again (``lost`` is then empty).
+        out: with ``keep_bytes``, a binary file (empty, open for writing) that receives the new content
+            as it is made, encoded as the file is (:class:`aml.store.rewrite.TextSink`), instead of
+            keeping it in the plan: memory then holds the file's text, not its new bytes as well. The
+            plan's ``written_sha256`` is set when something was written (nothing when no item changes).
 
     Returns:
         The :class:`FilePlan`.
@@ -234,11 +242,21 @@ def plan_file(root: Path, relpath: str, agent: str, collection: str, agents: fro
     read = read_collection(root, relpath)
     if planned is not None and same_as_planned(planned, read.stat.st_size, read.stat.st_mtime_ns, sha256(read.raw)):
         check_loss = False
-    streamed = _plan_streamed(read, agent, collection, target, ctx, keep_bytes=keep_bytes, check_loss=check_loss)
+    sink = None
+    if out is not None and keep_bytes:
+        sink = TextSink(out, read.encoding, gzip_level_of(read.raw) if read.encoding == "gzip" else None)
+    streamed = _plan_streamed(read, agent, collection, target, ctx, keep_bytes=keep_bytes, check_loss=check_loss,
+                              sink=sink)
     if streamed is not None:
         return streamed
-    return _plan_full(parse_collection(read, agents), agent, collection, target, ctx, keep_bytes=keep_bytes,
+    full = _plan_full(parse_collection(read, agents), agent, collection, target, ctx, keep_bytes=keep_bytes,
                       check_loss=check_loss)
+    if sink is not None and out is not None:
+        sink.reset()  # the streaming pass may have written part of the file before it gave up
+        if full.new_bytes is not None:
+            out.write(full.new_bytes)
+            full.written_sha256, full.new_bytes = sha256(full.new_bytes), None
+    return full
 
 
 def same_as_planned(planned: FilePlan, size: int, mtime_ns: int, digest: str) -> bool:
@@ -292,7 +310,7 @@ _V12: Final = VERSIONS.index("1.2.0")
 
 
 def _plan_streamed(read: RawFile, agent: str, collection: str, target: ItemVersion, ctx: StepContext, *,
-                   keep_bytes: bool, check_loss: bool) -> FilePlan | None:
+                   keep_bytes: bool, check_loss: bool, sink: TextSink | None = None) -> FilePlan | None:
     """The plan of one file from one streaming pass over its text (:func:`aml.migrate.files.iter_spans`:
     one item in memory at a time), or ``None`` when the file needs :func:`_plan_full`.
 
@@ -318,6 +336,9 @@ def _plan_streamed(read: RawFile, agent: str, collection: str, target: ItemVersi
         ctx: the run's context.
         keep_bytes: build the new content.
         check_loss: check downgraded items for loss.
+        sink: with ``keep_bytes``, where the new content goes as it is made (the plan's ``written_sha256``
+            is then set and ``new_bytes`` is not); ``None``: it is kept in the plan. After ``None`` is
+            returned the sink may hold part of the content.
 
     Returns:
         The plan, or ``None``.
@@ -330,6 +351,13 @@ def _plan_streamed(read: RawFile, agent: str, collection: str, target: ItemVersi
     lost: list[dict[str, Any]] = []
     changed = items = 0
     pieces: list[str] = []  # the new text: unchanged stretches of the old one, and new items
+    emit = pieces.append if sink is None else sink.write
+
+    def emit_range(start: int, end: int | None = None) -> None:  # an unchanged stretch of the old text
+        if sink is None:
+            pieces.append(text[start:end])
+        else:
+            sink.write_range(text, start, len(text) if end is None else end)
     heads: dict[str, str] = {}  # the text of each key, for dumps_element
     copied = scanned = line_start = 0
     try:
@@ -352,8 +380,8 @@ def _plan_streamed(read: RawFile, agent: str, collection: str, target: ItemVersi
                         line_start = newline + 1
                     scanned = start
                     lead = text[line_start:start]
-                    pieces.append(text[copied:start])
-                    pieces.append(dumps_element(result.item, style, lead[: len(lead) - len(lead.lstrip(" \t"))], heads))
+                    emit_range(copied, start)
+                    emit(dumps_element(result.item, style, lead[: len(lead) - len(lead.lstrip(" \t"))], heads))
                     copied = end
                 if result.lost:
                     lost.append({"index": index, "id": item.get("id"), "lost": result.lost})
@@ -377,15 +405,18 @@ def _plan_streamed(read: RawFile, agent: str, collection: str, target: ItemVersi
                     migrate_item(item, kind, target, ctx, check_loss=check_loss)
             elif stamps and loom_style(item.get("timestamp")) is None:
                 ctx.stamp(item)  # the walk stamps it; in Loom's two forms that is formatted once, above
-        new_bytes = None
+        new_bytes = written = None
         if keep_bytes and changed:
-            pieces.append(text[copied:])
-            new_bytes = doc.encoded("".join(pieces))
+            emit_range(copied)
+            if sink is None:
+                new_bytes = doc.encoded("".join(pieces))
+            else:
+                written = sink.close()
     except Exception:  # _plan_full reports it (or plans the file)
         return None
     st = read.stat
     return FilePlan(read.relpath, agent, collection, read.encoding, sha256(read.raw), st.st_size, st.st_mtime_ns,
-                    items, dict(sorted(versions.items())), changed, lost, new_bytes)
+                    items, dict(sorted(versions.items())), changed, lost, new_bytes, written)
 
 
 class ItemProblem(DocumentError):

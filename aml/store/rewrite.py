@@ -231,12 +231,79 @@ def encode_text(text: str, encoding: Encoding, gzip_level: int | None) -> bytes:
     return encode(data, encoding)
 
 
+class TextSink:
+    """Writes a document's new text to a file as it is made, encoded the way the document was
+    (:func:`encode_text`), without the whole text or its bytes in memory: pieces are gathered into runs
+    of about :data:`PIECE_CHARS` characters and each run is encoded and written; gzip at a known level
+    goes through one zlib stream (whose output does not depend on how its input is split, so the bytes
+    are those of :func:`encode_text`). Other encodings (zstd, gzip of another writer) are joined and
+    encoded whole at :meth:`close`.
+
+    Args:
+        fh: a binary file open for writing (e.g. from :func:`aml.store.atomic.atomic_open`), at its start.
+        encoding, gzip_level: as in :class:`DocumentText`.
+    """
+
+    def __init__(self, fh: BinaryIO, encoding: Encoding, gzip_level: int | None) -> None:
+        self._fh, self._encoding, self._level = fh, encoding, gzip_level
+        self.reset()
+
+    def reset(self) -> None:
+        """Forget everything written: the file is emptied (for a writer that starts over)."""
+        self._fh.seek(0)
+        self._fh.truncate()
+        self._run: list[str] = []
+        self._size = 0
+        self.bytes_written = 0
+        self._hash = hashlib.sha256()
+        self._zlib = (zlib.compressobj(self._level, zlib.DEFLATED, 31)
+                      if self._encoding == "gzip" and self._level is not None else None)
+
+    @property
+    def _streams(self) -> bool:
+        return self._encoding == "plain" or self._zlib is not None
+
+    def write(self, piece: str) -> None:
+        """Append ``piece`` to the text."""
+        self._run.append(piece)
+        self._size += len(piece)
+        if self._size >= PIECE_CHARS and self._streams:
+            self._flush_run()
+
+    def write_range(self, text: str, start: int, end: int) -> None:
+        """Append ``text[start:end]``, sliced at most :data:`PIECE_CHARS` at a time (an unchanged stretch of
+        a large document is never copied whole)."""
+        for piece in _pieces(text, start, end):
+            self.write(piece)
+
+    def _flush_run(self) -> None:
+        data = "".join(self._run).encode("utf-8")
+        self._run, self._size = [], 0
+        self._emit(self._zlib.compress(data) if self._zlib is not None else data)
+
+    def _emit(self, data: bytes) -> None:
+        self._hash.update(data)
+        self.bytes_written += self._fh.write(data)
+
+    def close(self) -> str:
+        """Write what is left (and gzip's trailer); returns the hex SHA-256 of every byte written.
+
+        Raises:
+            OSError: the write failed.
+        """
+        if not self._streams:
+            self._emit(encode_text("".join(self._run), self._encoding, self._level))
+            self._run, self._size = [], 0
+            return self._hash.hexdigest()
+        self._flush_run()
+        if self._zlib is not None:
+            self._emit(self._zlib.flush())
+        return self._hash.hexdigest()
+
+
 def write_text(fh: BinaryIO, pieces: Iterable[str], encoding: Encoding, gzip_level: int | None) -> int:
-    """Write the text made of ``pieces`` to ``fh`` exactly as ``encode_text("".join(pieces), ...)`` would
-    encode it, holding one piece at a time rather than the whole text and its bytes: a plain document is
-    written piece by piece, and gzip at a known level goes through one zlib stream (whose output does not
-    depend on how its input is split). Other encodings (zstd, gzip of another writer) are joined and
-    encoded whole.
+    """Write the text made of ``pieces`` to ``fh`` (at its start) exactly as ``encode_text("".join(pieces),
+    ...)`` would encode it, through a :class:`TextSink`.
 
     Args:
         fh: a binary file open for writing (e.g. from :func:`aml.store.atomic.atomic_open`).
@@ -249,17 +316,11 @@ def write_text(fh: BinaryIO, pieces: Iterable[str], encoding: Encoding, gzip_lev
     Raises:
         OSError: the write failed.
     """
-    written = 0
-    if encoding == "plain":
-        for piece in _coalesced(pieces):
-            written += fh.write(piece.encode("utf-8"))
-        return written
-    if encoding == "gzip" and gzip_level is not None:
-        stream = zlib.compressobj(gzip_level, zlib.DEFLATED, 31)
-        for piece in _coalesced(pieces):
-            written += fh.write(stream.compress(piece.encode("utf-8")))
-        return written + fh.write(stream.flush())
-    return fh.write(encode_text("".join(pieces), encoding, gzip_level))
+    sink = TextSink(fh, encoding, gzip_level)
+    for piece in pieces:
+        sink.write(piece)
+    sink.close()
+    return sink.bytes_written
 
 
 def _ws(text: str, i: int) -> int:
@@ -380,20 +441,6 @@ def _pieces(text: str, start: int, end: int) -> Iterator[str]:
     """``text[start:end]`` in slices of at most :data:`PIECE_CHARS`."""
     for at in range(start, end, PIECE_CHARS):
         yield text[at : min(end, at + PIECE_CHARS)]
-
-
-def _coalesced(pieces: Iterable[str]) -> Iterator[str]:
-    """``pieces`` joined into runs of about :data:`PIECE_CHARS` (a rebuild yields one piece per element)."""
-    run: list[str] = []
-    size = 0
-    for piece in pieces:
-        run.append(piece)
-        size += len(piece)
-        if size >= PIECE_CHARS:
-            yield "".join(run)
-            run, size = [], 0
-    if run:
-        yield "".join(run)
 
 
 def rebuild(text: str, span: ListSpan, elements: Sequence[tuple[str, str | None]], *,
