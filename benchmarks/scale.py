@@ -102,7 +102,8 @@ PATTERNS_PER_MB = 1126
 
 
 def big_document(work: Path, mb: float, aml: list[str], env: dict[str, str], constant: int) -> list[str]:
-    """Time health, prune --dry-run, index build, migrate --dry-run, prune and its undo on one ~``mb`` MB document;
+    """Time health, prune --dry-run, index build, migrate --dry-run, prune, its undo and a real migration (the
+    store's last use) on one ~``mb`` MB document;
     print each peak RSS against the bound ``3 x document + constant`` (``constant``: the small-store health's
     peak RSS, bytes).
 
@@ -124,7 +125,8 @@ def big_document(work: Path, mb: float, aml: list[str], env: dict[str, str], con
                        ("optimize index", ["optimize", "index", "--full", "--json"]),
                        ("migrate --dry-run", ["migrate", "migrate", "--version", "2.0.0", "--dry-run", "--json"]),
                        ("prune", ["prune", "--json"]),
-                       ("prune undo", ["prune", "undo", "RUN", "--json"])):
+                       ("prune undo", ["prune", "undo", "RUN", "--json"]),
+                       ("migrate", ["migrate", "migrate", "--version", "2.0.0", "--json"])):
         r = measure(name, [*aml, str(store), *[run_id if a == "RUN" else a for a in argv]], env, 1)
         if name == "prune":
             run_id = json.loads(r.stdout)["run_id"]
@@ -145,7 +147,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--repeat", type=int, default=1)
     ap.add_argument("--workdir", type=Path, default=None)
     ap.add_argument("--big-document-mb", type=float, default=0.0,
-                    help="also run health, prune (dry run, real, undo), optimize index and migrate --dry-run on a "
+                    help="also run health, prune (dry run, real, undo), optimize index and migrate (dry run, real) on a "
                          "store of one ~N MB patterns.json (issue 12: 200) and check peak RSS against 3x the document "
                          "plus the small-store constant")
     ap.add_argument("--check", action="store_true", help="exit 1 when a ratio misses its target")

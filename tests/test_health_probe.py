@@ -29,18 +29,18 @@ def parses(monkeypatch: pytest.MonkeyPatch) -> Counter[str]:
     """Counts every parse of a document by the store reader (per path) and every document the query
     engine reads on its own (key ``"engine"``)."""
     counts: Counter[str] = Counter()
-    load_json, decode = documents_mod.load_json, query_mod.decode
+    load_json, read_document = documents_mod.load_json, query_mod.read_document
 
     def counting_load_json(data: bytes, path: Any, *, relpath: str | None = None) -> Any:
         counts[str(path)] += 1
         return load_json(data, path, relpath=relpath)
 
-    def counting_decode(raw: bytes, **kw: Any) -> Any:
+    def counting_read_document(*args: Any, **kw: Any) -> Any:
         counts["engine"] += 1
-        return decode(raw, **kw)
+        return read_document(*args, **kw)
 
     monkeypatch.setattr(documents_mod, "load_json", counting_load_json)
-    monkeypatch.setattr(query_mod, "decode", counting_decode)
+    monkeypatch.setattr(query_mod, "read_document", counting_read_document)
     return counts
 
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import importlib
 import json
 import math
 from datetime import UTC, datetime
@@ -333,3 +334,44 @@ def test_a_file_made_lossy_after_planning_is_left_alone(tmp_path: Path) -> None:
     result = apply_plan(plan, run_id="r")
     assert [p["code"] for p in result.problems] == ["lossy"]
     assert "debugger/patterns.json" not in result.files_written and len(result.files_written) == 11
+
+
+def _reference_detection(root: Path) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """What ``migrate detect`` reported when it parsed every collection file whole (load_collection)."""
+    from aml.migrate.detect import count_versions, version_of
+    from aml.migrate.files import collection_files, load_collection
+    from aml.store.documents import DocumentError
+    from aml.store.filestore import FileStore
+
+    store = FileStore(root)
+    agents = frozenset(store.agents())
+    found: dict[str, Any] = {}
+    unparseable: list[dict[str, Any]] = []
+    for relpath, agent, collection in collection_files(store):
+        try:
+            loaded = load_collection(store.root, relpath, agents)
+        except DocumentError as exc:
+            unparseable.append(exc.as_dict())
+            continue
+        counts = count_versions(loaded.data)
+        found.setdefault(agent, {})[collection] = {
+            "path": relpath, "encoding": loaded.encoding, "items": len(loaded.data),
+            "version": version_of(counts), "versions": dict(sorted(counts.items()))}
+    return found, unparseable
+
+
+@pytest.mark.parametrize("lazy", [False, True])
+@pytest.mark.parametrize("store", ["odd", "odd-gzip", "loom-plain-v1.0", "loom-gzip-v1.0"])
+def test_detect_reads_large_files_item_by_item_with_the_same_report(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                    store: str, lazy: bool) -> None:
+    """``migrate detect`` reads each collection once, a large one item by item (LazyItems), and reports the
+    same counts, versions and unparseable files (same codes, offsets and reasons) as a whole parse."""
+    detect_mod = importlib.import_module("aml.migrate.detect")  # the package's `detect` is the function
+    root = (_odd_store(tmp_path / "store", store == "odd-gzip") if store.startswith("odd")
+            else extract_loom(store, tmp_path))
+    if lazy:
+        monkeypatch.setattr(detect_mod, "LAZY_ITEMS_BYTES", 0)
+    found = detect_mod.detect(root)
+    agents, unparseable = _reference_detection(root)
+    assert found.agents == agents and found.unparseable == unparseable
+    assert agents and (unparseable or not store.startswith("odd"))

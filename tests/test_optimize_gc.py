@@ -71,7 +71,14 @@ def crafted_store(root: Path) -> dict[str, list[Any]]:
     }
 
 
-def test_plan_and_apply_on_crafted_store(tmp_path: Path) -> None:
+@pytest.mark.parametrize("lazy", [False, True])
+def test_plan_and_apply_on_crafted_store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, lazy: bool) -> None:
+    """The same plan whether the collections are parsed whole or read item by item (LazyItems, as a document
+    over ``LAZY_ITEMS_BYTES`` is)."""
+    import aml.optimize.gc as gc_mod
+
+    if lazy:
+        monkeypatch.setattr(gc_mod, "LAZY_ITEMS_BYTES", 0)
     root = tmp_path / ".loom" / "memory"
     expected = crafted_store(root)
     plan = plan_gc(root)

@@ -200,3 +200,30 @@ def test_utf8_checked_piecewise_as_the_full_parse_checks_it(tmp_path: Path, monk
     else:
         assert lazy.error is not None and (lazy.error.code, lazy.error.offset) == (eager.error.code,
                                                                                    eager.error.offset)
+
+
+def test_query_fetches_records_from_a_large_document_item_by_item(tmp_path: Path,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """The query engine reads a document over the limit as LazyItems (its bytes, not every item's objects)
+    and fetches the same records from it, found by pointer or, after the document moved its items, by id."""
+    import aml.optimize.query as query_mod
+    from aml.optimize.index import build_index
+    from tests.realdata import extract_loom
+
+    root = extract_loom("loom-plain-v1.0", tmp_path)
+    build_index(root, full=True)
+    monkeypatch.setattr(query_mod, "LAZY_ITEMS_BYTES", 0)
+    path = max(root.rglob("patterns.json"), key=lambda p: p.stat().st_size)
+    items = json.loads(path.read_bytes())
+    engine = query_mod.QueryEngine(root)
+    try:
+        for item in items[:5]:
+            hit = engine.lookup(item["id"])
+            assert hit is not None and engine.item(hit) == item
+        assert any(type(data) is LazyItems for _, data in engine._docs.values())
+        path.write_text(json.dumps(items[::-1], indent=2))  # an agent rewrote it: the index's pointers are stale
+        for item in items[:5]:
+            hit = engine.lookup(item["id"])
+            assert hit is not None and engine.item(hit) == item
+    finally:
+        engine.close()

@@ -10,15 +10,16 @@ from __future__ import annotations
 
 import os
 from collections import Counter
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from aml.migrate.chain import UnknownItemVersion, item_version
-from aml.migrate.files import SCHEMA_FILE, collection_files, load_collection, read_schema_file
+from aml.migrate.files import SCHEMA_FILE, collection_files, read_schema_file
 from aml.migrate.journal import JOURNAL_FILE, Journal, JournalError
 from aml.migrate.versions import DEFAULT_VERSION, LATEST, VERSIONS
-from aml.store.documents import DocumentError
+from aml.store.documents import LAZY_ITEMS_BYTES, DocumentError, read_document
 from aml.store.filestore import FileStore
 
 
@@ -30,7 +31,7 @@ def version_of(counts: Counter[str] | dict[str, int]) -> str | None:
     return present[0] if len(present) == 1 else "mixed"
 
 
-def count_versions(items: list[Any]) -> Counter[str]:
+def count_versions(items: Iterable[Any]) -> Counter[str]:
     """Items per version; an item declaring an unknown version counts as ``"unknown:<value>"``."""
     counts: Counter[str] = Counter()
     for item in items:
@@ -134,15 +135,15 @@ def detect(root: str | os.PathLike[str]) -> Detection:
     agents = frozenset(store.agents())
     total: Counter[str] = Counter()
     for relpath, agent, collection in collection_files(store):
-        try:
-            loaded = load_collection(store.root, relpath, agents)
-        except DocumentError as exc:
-            result.unparseable.append(exc.as_dict())
+        # a large collection is read item by item (LazyItems): its bytes and one item in memory
+        doc = read_document(store.root / relpath, relpath, loom_agents=agents, lazy_items=LAZY_ITEMS_BYTES)
+        if doc.error is not None:
+            result.unparseable.append(doc.error.as_dict())
             continue
-        counts = count_versions(loaded.data)
+        counts = count_versions(doc.data)
         total.update(counts)
         result.agents.setdefault(agent, {})[collection] = {
-            "path": relpath, "encoding": loaded.encoding, "items": len(loaded.data),
+            "path": relpath, "encoding": doc.encoding, "items": len(doc.data),
             "version": version_of(counts), "versions": dict(sorted(counts.items())),
         }
     result.versions = dict(total)

@@ -30,7 +30,7 @@ import hashlib
 import json
 import os
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any, Final, Literal
@@ -39,7 +39,7 @@ from aml.optimize.files import QUARANTINE_DIR, WRITER_SKIP_TOP
 from aml.store import accessors as acc
 from aml.store.atomic import atomic_write
 from aml.store.codec import Encoding, decode
-from aml.store.documents import DocumentError, ErrorCode
+from aml.store.documents import LAZY_ITEMS_BYTES, DocumentError, ErrorCode, LazyItems
 from aml.store.filestore import FileStore
 from aml.store.loomlock import loom_lock_held
 from aml.store.quarantine import quarantine
@@ -225,12 +225,15 @@ def canonical(item: Any) -> str:
 
 
 def plan_items(
-    items: Sequence[Any], *, document: str, collection: str
+    items: Iterable[Any], *, document: str, collection: str
 ) -> tuple[list[GcRemoval], list[dict[str, Any]], list[dict[str, Any]]]:
     """Apply gc's rules to the records of one collection document.
 
+    Exact duplicates are found by the SHA-256 of each record's :func:`canonical` text, so that memory holds
+    a digest per record, not a copy of the document.
+
     Args:
-        items: the document's list of records.
+        items: the document's records, read once in order (a list, or :class:`~aml.store.documents.LazyItems`).
         document: its store-relative path (copied into the results).
         collection: its collection name.
 
@@ -239,8 +242,8 @@ def plan_items(
     """
     removals: list[GcRemoval] = []
     bad_ts: list[dict[str, Any]] = []
-    first_copy: dict[str, str] = {}
-    by_id: dict[str, dict[str, str]] = {}
+    first_copy: dict[bytes, str] = {}  # canonical digest -> pointer of its first copy
+    by_id: dict[str, dict[bytes, str]] = {}
     for index, item in enumerate(items):
         pointer = json_pointer(index)
         if not isinstance(item, Mapping):
@@ -261,7 +264,7 @@ def plan_items(
         ts = _timestamp_value(item)
         if parse_iso_timestamp(ts) is None:
             bad_ts.append({"document": document, "pointer": pointer, "id": rid_s, "timestamp": ts})
-        text = canonical(item)
+        text = hashlib.sha256(canonical(item).encode("utf-8", "surrogatepass")).digest()
         kept = first_copy.get(text)  # the whole value, agent included: never a duplicate across agents
         if kept is not None:
             removals.append(GcRemoval(document, pointer, index, rid_s, agent_s, collection, "duplicate", kept))
@@ -295,12 +298,13 @@ def plan_gc(root: str | os.PathLike[str]) -> GcPlan:
     """
     store = FileStore(root)
     plan = GcPlan(store.store_id)
-    for doc in store.iter_documents():
+    # a large collection is read item by item (LazyItems): its bytes and one item in memory, each pass
+    for doc in store.iter_documents(lazy_items=LAZY_ITEMS_BYTES):
         if doc.error is not None:
             plan.unparseable.append(doc.error)
             continue
         top = PurePosixPath(doc.relpath).parts[0]
-        if doc.kind not in GC_KINDS or top in WRITER_SKIP_TOP or not isinstance(doc.data, list):
+        if doc.kind not in GC_KINDS or top in WRITER_SKIP_TOP or not isinstance(doc.data, list | LazyItems):
             continue
         collection = doc.collection or "patterns"
         plan.documents_checked += 1

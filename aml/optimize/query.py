@@ -37,8 +37,8 @@ from typing import Any, Final
 from aml.optimize.bloom import BloomFormatError, IdBloom
 from aml.optimize.cache import DEFAULT_CACHE_BYTES, CacheStats, DocStamp, LRUCache
 from aml.optimize.index import FORMAT, IndexMissingError, bloom_path, connect, index_path, read_meta, resolve_pointer
-from aml.store.codec import decode
-from aml.store.documents import LazyItems
+from aml.store.documents import LAZY_ITEMS_BYTES, LazyItems, read_document
+from aml.store.filestore import FileStore
 from aml.store.storeid import normalise_store_id
 
 DEFAULT_LIMIT: Final = 20
@@ -440,11 +440,15 @@ class QueryEngine:
             self._docs.move_to_end(hit.document)
             data = entry[1]
         else:
-            try:
-                raw = (self.root / hit.document).read_bytes()
-                data = json.loads(decode(raw)[0])
-            except (OSError, ValueError):
+            try:  # a large Loom collection comes as LazyItems: its bytes, each item decoded when read
+                agents = frozenset(FileStore(self.root).agents())
+            except OSError:
                 return None
+            doc = read_document(self.root / hit.document, hit.document, loom_agents=agents,
+                                lazy_items=LAZY_ITEMS_BYTES)
+            if doc.error is not None:
+                return None
+            data = doc.data
             self._docs[hit.document] = (stamp, data)
             while len(self._docs) > DOC_CACHE_ENTRIES:
                 self._docs.popitem(last=False)
