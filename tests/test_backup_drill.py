@@ -300,7 +300,8 @@ def test_extra_and_altered_files_are_named(tmp_path: Path, monkeypatch) -> None:
     from aml.backup import Repository, create_snapshot
     from aml.backup.restorer import restore as real_restore
 
-    store = make_json_store(tmp_path / "store", agents=1, docs=3)
+    store = make_json_store(tmp_path / "store", agents=1, docs=5)
+    (store / "agent-0" / "doc-003.json").chmod(0o640)
     repo = Repository(tmp_path / "repo").init()
     create_snapshot(store, repo, incremental=False)
 
@@ -310,17 +311,23 @@ def test_extra_and_altered_files_are_named(tmp_path: Path, monkeypatch) -> None:
         size = (store / "agent-0" / "doc-000.json").stat().st_size
         (target / "agent-0" / "doc-000.json").write_bytes(b"x" * size)  # same size, other bytes
         (target / "agent-0" / "doc-001.json").write_bytes(b"short")
-        (target / "agent-0" / "extra.json").write_text("{}")
+        (target / "agent-0" / "extra.json").write_text("{}")  # the directory's mtime changes too
         (target / "agent-0" / "doc-002.json").unlink()
+        (target / "agent-0" / "doc-003.json").chmod(0o644)  # same bytes, other mode
+        st = (target / "agent-0" / "doc-004.json").stat()
+        os.utime(target / "agent-0" / "doc-004.json", ns=(st.st_atime_ns, st.st_mtime_ns + 1500))  # other mtime
         return res
 
     monkeypatch.setattr(drill_mod, "restore", tampering_restore)
     result = drill_mod.run_drill(repo, scratch_root=tmp_path / "scratch")
     reasons = {f["path"]: f["reason"] for f in result.failures}
     assert set(reasons) == {"agent-0/doc-000.json", "agent-0/doc-001.json", "agent-0/doc-002.json",
-                            "agent-0/extra.json"}
+                            "agent-0/doc-003.json", "agent-0/doc-004.json", "agent-0/extra.json", "agent-0/"}
     assert "sha256" in reasons["agent-0/doc-000.json"] and "size 5 bytes" in reasons["agent-0/doc-001.json"]
     assert "missing" in reasons["agent-0/doc-002.json"] and "not in the snapshot" in reasons["agent-0/extra.json"]
+    assert reasons["agent-0/doc-003.json"] == "mode 0644 differs from the manifest's 0640"
+    assert reasons["agent-0/doc-004.json"] == "modification time differs from the manifest's by +0.000001500 s"
+    assert reasons["agent-0/"].startswith("modification time differs")
     assert result.scratch_removed and os.listdir(tmp_path / "scratch") == []
 
 
@@ -343,8 +350,10 @@ def test_symlinks_come_back_as_links_with_their_targets(tmp_path: Path, monkeypa
     def retargeting_restore(*args, **kwargs):
         res = real_restore(*args, **kwargs)
         link = Path(args[2]) / "agent-0" / "dangling"
+        before = link.parent.stat()
         link.unlink()
         os.symlink("/elsewhere", link)
+        os.utime(link.parent, ns=(before.st_atime_ns, before.st_mtime_ns))  # only the link differs
         return res
 
     monkeypatch.setattr(drill_mod, "restore", retargeting_restore)

@@ -3,7 +3,8 @@
 A drill answers "could this backup be restored today?" by doing it: the snapshot (default: the newest of
 the repository) is restored with :func:`~aml.backup.restorer.restore`, the code path of ``backup restore
 --target``, into a fresh scratch directory; then every restored file is read back and compared with the
-manifest (size in bytes and sha256 of the content), nothing the manifest lists may be missing and nothing
+manifest (size in bytes and sha256 of the content, then mode and modification time, as for each directory;
+each symlink's target), nothing the manifest lists may be missing and nothing
 it does not list may be there. The scratch copy is always removed, whatever happened. A damaged
 repository (a flipped byte in a pack, a missing pack, a damaged manifest) gives a *failed* drill naming
 each affected file, never a crash; a drill that could not run at all (no snapshot, repository locked by
@@ -31,6 +32,7 @@ import shutil
 import stat
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -74,10 +76,12 @@ class DrillResult:
         legacy: the snapshot is one of Loom's own backups (its recorded checksums were checked on reading).
         scratch: the scratch directory used (removed afterwards: see ``scratch_removed``).
         files_expected, dirs_expected: entries of the manifest in the drilled scope.
-        files_checked: restored files read back and compared with the manifest (size and sha256).
+        files_checked: restored files read back and compared with the manifest (size and sha256; then mode
+            and mtime).
         bytes_checked: bytes read back and hashed.
-        failures: ``[{"path", "reason"}]``, one per entry that is missing, extra, of the wrong size or
-            content, or could not be restored; a path is relative to the store root, or, for damage found
+        failures: ``[{"path", "reason"}]``, one per entry that is missing, extra, of the wrong size,
+            content, mode or modification time (files and directories: the restorer sets both exactly),
+            or could not be restored; a path is relative to the store root, or, for damage found
             before any file (a damaged manifest), the repository file's path relative to the repository.
         restore_seconds, check_seconds, duration_seconds: wall time of the restore, of the read-back, of
             the whole drill.
@@ -176,18 +180,26 @@ def choose_snapshot(repo: Repository | str | os.PathLike[str], *,
 # scratch directories
 
 
-def _make_writable(path: str) -> None:
-    """Give the owner full access to every directory below ``path`` (restored modes may forbid removal)."""
+def _make_writable(path: str) -> dict[str, int]:
+    """Give the owner full access to every directory below ``path`` (restored modes may forbid removal).
+
+    Returns:
+        Each directory's permission bits before (absolute path -> ``st_mode & 0o7777``), for a caller that
+        compares them.
+    """
+    before: dict[str, int] = {}
     stack = [path]
     while stack:
         d = stack.pop()
         with contextlib.suppress(OSError):
+            before[d] = stat.S_IMODE(os.lstat(d).st_mode)
             os.chmod(d, 0o700)  # d is a directory found by lstat: never a symlink
         try:
             with os.scandir(d) as it:
                 stack.extend(e.path for e in it if e.is_dir(follow_symlinks=False))
         except OSError:
             continue
+    return before
 
 
 def remove_scratch(path: str | os.PathLike[str]) -> bool:
@@ -250,10 +262,10 @@ def _short(text: str) -> str:
     return text if len(text) <= MAX_REASON else text[: MAX_REASON - 3] + "..."
 
 
-def _walk(root: str) -> tuple[dict[str, os.stat_result], set[str]]:
-    """Every non-directory entry (rel path -> lstat) and every directory (rel paths) below ``root``."""
+def _walk(root: str) -> tuple[dict[str, os.stat_result], dict[str, os.stat_result]]:
+    """Every non-directory entry and every directory below ``root`` (rel path -> lstat, each)."""
     entries: dict[str, os.stat_result] = {}
-    dirs: set[str] = set()
+    dirs: dict[str, os.stat_result] = {}
     stack = [("", root)]
     while stack:
         rel_dir, abs_dir = stack.pop()
@@ -262,7 +274,7 @@ def _walk(root: str) -> tuple[dict[str, os.stat_result], set[str]]:
                 rel = f"{rel_dir}/{e.name}" if rel_dir else e.name
                 st = e.stat(follow_symlinks=False)
                 if stat.S_ISDIR(st.st_mode):
-                    dirs.add(rel)
+                    dirs[rel] = st
                     stack.append((rel, e.path))
                 else:
                     entries[rel] = st
@@ -292,6 +304,17 @@ def _sha256_file(path: str, hasher: Any = hashlib.sha256) -> tuple[str, int]:
     return h.hexdigest(), n
 
 
+def _compare_meta(path: str, st: os.stat_result, mode: int, mtime_ns: int, fail: Callable[[str, str], None], *,
+                  found_mode: int | None = None) -> None:
+    """Fail ``path`` when its permission bits or modification time differ from the manifest's (the restorer
+    sets both exactly: ``chmod`` and ``utime`` in nanoseconds)."""
+    have = stat.S_IMODE(st.st_mode) if found_mode is None else found_mode
+    if have != mode:
+        fail(path, f"mode {have:04o} differs from the manifest's {mode:04o}")
+    elif st.st_mtime_ns != mtime_ns:
+        fail(path, f"modification time differs from the manifest's by {(st.st_mtime_ns - mtime_ns) / 1e9:+.9f} s")
+
+
 def _compare(scratch: str, files: FileTable, dirs: DirTable, fsel: list[int], dsel: list[int],
              links: dict[str, str], restored: RestoreResult, res: DrillResult,
              progress: ProgressCallback | None, hasher: Any = hashlib.sha256) -> None:
@@ -311,7 +334,7 @@ def _compare(scratch: str, files: FileTable, dirs: DirTable, fsel: list[int], ds
         named.add(path)
         res.failures.append({"path": path, "reason": _short(reason)})
 
-    _make_writable(scratch)  # restored directory modes may forbid listing; modes are not compared
+    dir_modes = _make_writable(scratch)  # restored directory modes may forbid listing: compared as they were
     found, found_dirs = _walk(scratch)
     expected_files = {files.path[i] for i in fsel}
     parents: set[str] = set()
@@ -341,6 +364,8 @@ def _compare(scratch: str, files: FileTable, dirs: DirTable, fsel: list[int], ds
                 res.bytes_checked += n
                 if digest != files.sha256[i]:
                     fail(p, f"sha256 {digest[:16]}... differs from the manifest's {files.sha256[i][:16]}...")
+                else:
+                    _compare_meta(p, st, files.mode[i], files.mtime_ns[i], fail)
         rep.state.files_done += 1
         rep.state.bytes_done += files.size[i]
         if not rep.state.files_done & 63:
@@ -357,10 +382,15 @@ def _compare(scratch: str, files: FileTable, dirs: DirTable, fsel: list[int], ds
     for p in sorted(set(found) - expected_files - set(links)):
         fail(p, "restored but not in the snapshot")
     expected_dirs = {dirs.path[i] for i in dsel}
-    for d in sorted(expected_dirs - found_dirs):
+    for d in sorted(expected_dirs - set(found_dirs)):
         fail(d + "/", "directory missing after restore")
-    for d in sorted(found_dirs - expected_dirs - parents):
+    for d in sorted(set(found_dirs) - expected_dirs - parents):
         fail(d + "/", "directory restored but not in the snapshot")
+    for i in dsel:
+        d = dirs.path[i]
+        if d in found_dirs:
+            mode = dir_modes.get(os.path.join(scratch, d), stat.S_IMODE(found_dirs[d].st_mode))
+            _compare_meta(d + "/", found_dirs[d], dirs.mode[i], dirs.mtime_ns[i], fail, found_mode=mode)
     for p, why in sorted(restore_errors.items()):
         if p not in named and p + "/" not in named:
             fail(p, f"restore error: {why}")
