@@ -147,9 +147,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--repeat", type=int, default=1)
     ap.add_argument("--workdir", type=Path, default=None)
     ap.add_argument("--big-document-mb", type=float, default=0.0,
-                    help="also run health, prune (dry run, real, undo), optimize index and migrate (dry run, real) on a "
-                         "store of one ~N MB patterns.json (issue 12: 200) and check peak RSS against 3x the document "
-                         "plus the small-store constant")
+                    help="also run health, prune (dry run, real, undo), optimize index and migrate (dry run, real) "
+                         "on a store of one ~N MB patterns.json (issue 12: 200) and check peak RSS against 3x the "
+                         "document plus the small-store constant")
     ap.add_argument("--check", action="store_true", help="exit 1 when a ratio misses its target")
     args = ap.parse_args(argv)
 

@@ -7,6 +7,7 @@ import json
 import os
 import shutil
 import zlib
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -183,6 +184,34 @@ def test_apply_skips_documents_changed_since_the_plan(tmp_path: Path) -> None:
     result = apply_gc(root, plan)
     assert {"relpath": "alpha/patterns.json", "reason": "changed"} in result.skipped
     assert changed.read_bytes() == before
+
+
+@pytest.mark.parametrize("fault", ["one more removed", "one changed", "cut short"])
+def test_a_rewrite_that_does_not_read_back_is_never_written(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                             fault: str) -> None:
+    """The read-back check compares the new document with the old one element by element (exact texts, in
+    order): a splice that removed too much, changed an element or cut the text is refused, the file untouched."""
+    import aml.optimize.gc as gc_mod
+    from aml.store.rewrite import SpliceError, removal_pieces
+
+    root = tmp_path / "m"
+    crafted_store(root)
+    plan = plan_gc(root)
+
+    def faulty(text: str, edits: Any) -> Iterator[str]:
+        ((span, removed),) = edits
+        if fault == "one more removed":
+            yield from removal_pieces(text, [(span, {*removed, 0})])
+            return
+        new = "".join(removal_pieces(text, edits))
+        yield new.replace('"alpha-0000"', '"alpha-000X"', 1) if fault == "one changed" else new[: len(new) // 2]
+
+    monkeypatch.setattr(gc_mod, "removal_pieces", faulty)
+    before = {p: p.read_bytes() for p in root.rglob("*.json")}
+    with pytest.raises((RuntimeError, SpliceError)):
+        apply_gc(root, plan)
+    assert {p: p.read_bytes() for p in root.rglob("*.json")} == before
+    assert not [p for p in root.rglob("*") if p.name.startswith(".aml-tmp-")]
 
 
 def test_dry_run_and_truncated_document_via_task(tmp_path: Path, aml_settings) -> None:

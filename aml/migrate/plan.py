@@ -412,6 +412,8 @@ def _plan_streamed(read: RawFile, agent: str, collection: str, target: ItemVersi
                 new_bytes = doc.encoded("".join(pieces))
             else:
                 written = sink.close()
+    except OSError:  # writing to the sink failed (disk full): not a reason to build the content in memory
+        raise
     except Exception:  # _plan_full reports it (or plans the file)
         return None
     st = read.stat

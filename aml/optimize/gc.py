@@ -37,14 +37,24 @@ from typing import Any, Final, Literal
 
 from aml.optimize.files import QUARANTINE_DIR, WRITER_SKIP_TOP
 from aml.store import accessors as acc
-from aml.store.atomic import atomic_write
-from aml.store.codec import Encoding, decode
+from aml.store.atomic import atomic_open
+from aml.store.codec import Encoding
 from aml.store.documents import LAZY_ITEMS_BYTES, DocumentError, ErrorCode, LazyItems
 from aml.store.filestore import FileStore
 from aml.store.loomlock import loom_lock_held
 from aml.store.quarantine import quarantine
 from aml.store.records import json_pointer
-from aml.store.rewrite import SpliceError, find_list, read_text, remove_elements
+from aml.store.rewrite import (
+    ListSpan,
+    SpliceError,
+    TextSink,
+    check_parses,
+    find_list,
+    offsets_only,
+    read_text,
+    rebuilt_parses,
+    removal_pieces,
+)
 from aml.store.timestamps import parse_iso_timestamp
 
 GcReason = Literal["missing_id", "missing_agent", "missing_timestamp", "duplicate"]
@@ -367,16 +377,40 @@ def quarantine_unparseable(
 # --------------------------------------------------------------------------------- apply
 
 
+class _Changed(Exception):
+    """Raised inside :func:`apply_gc`'s temporary file: the document changed while it was rewritten."""
+
+
+def _keeps_exactly(text: str, span: ListSpan, new_text: str, drop: set[int], relpath: str) -> bool:
+    """Whether ``new_text`` is a JSON document whose list holds exactly the elements of ``span`` (in ``text``)
+    not in ``drop``, each with its exact text, in order: the read-back check of a rewrite, element by element
+    (the same texts are the same values), without the values of either document in memory.
+
+    Raises:
+        SpliceError: ``new_text`` does not parse.
+    """
+    if not rebuilt_parses(text, span):  # a list that is not the whole document: parse the new one whole
+        check_parses(new_text, relpath)
+    after = find_list(new_text, "", keep=offsets_only)
+    kept = [i for i in range(len(span)) if i not in drop]
+    return len(after) == len(kept) and all(
+        new_text[after.starts[j] : after.ends[j]] == text[span.starts[i] : span.ends[i]] for j, i in enumerate(kept))
+
+
 def apply_gc(root: str | os.PathLike[str], plan: GcPlan, *, fsync: bool = True) -> GcResult:
     """Remove the planned records, one atomic rewrite per document.
 
     Each document is re-read; if its bytes differ from the plan's (sha256), it is skipped
     (``changed``): run gc again. A document Loom's runtime holds its lock on is skipped (``locked``).
-    The records are cut out of the decoded text by :func:`aml.store.rewrite.remove_elements`, the
+    The records are cut out of the decoded text by :func:`aml.store.rewrite.removal_pieces`, the
     splice prune uses: every other byte stays the writer's (records, fields, key order, number
     formats, indentation), so gc and prune removing the same records write the same bytes; the
-    encoding is kept (gzip stays gzip, readable by Loom's runtime). Applying the same plan twice
-    removes nothing the second time.
+    encoding is kept (gzip stays gzip, readable by Loom's runtime). The new text is read back before it
+    is written: its list must hold exactly the other elements, each with its exact text, in order
+    (``RuntimeError`` otherwise). A document over ``LAZY_ITEMS_BYTES`` (64 MiB) whose list is the whole
+    document is not read back but streamed to its temporary file, as prune writes it (it parses by
+    construction, :func:`aml.store.rewrite.rebuilt_parses`): memory holds its text once. Applying the
+    same plan twice removes nothing the second time.
 
     Args:
         root: the store directory.
@@ -388,6 +422,7 @@ def apply_gc(root: str | os.PathLike[str], plan: GcPlan, *, fsync: bool = True) 
 
     Raises:
         OSError: a write failed (that document is unchanged; earlier ones stay rewritten).
+        RuntimeError: a rewritten document did not read back (that document is unchanged).
     """
     started = time.perf_counter()
     base = FileStore(root).root
@@ -402,24 +437,35 @@ def apply_gc(root: str | os.PathLike[str], plan: GcPlan, *, fsync: bool = True) 
             if hashlib.sha256(doc.raw).hexdigest() != gdoc.sha256:
                 result.skipped.append({"relpath": gdoc.relpath, "reason": "changed"})
                 continue
-            span = find_list(doc.text, "")
+            doc.raw = b""  # only the text is needed from here: a large document is held once
+            span = find_list(doc.text, "", keep=offsets_only)
         except (DocumentError, SpliceError) as exc:
             reason = exc.reason if isinstance(exc, DocumentError) else str(exc)
             result.skipped.append({"relpath": gdoc.relpath, "reason": f"unreadable: {reason}"})
             continue
         drop = {r.index for r in gdoc.removals}
-        new_text = remove_elements(doc.text, span, drop)  # the same splice as prune: same records, same bytes
-        new = doc.encoded(new_text)
-        kept = [item for i, item in enumerate(span.items) if i not in drop]
-        if json.loads(decode(new)[0]) != kept:
-            raise RuntimeError(f"{gdoc.relpath}: rewritten document does not read back")
-        if not doc.unchanged_on_disk(path):
+        # the same splice as prune (same records removed, same bytes); read back unless the document is large
+        # and its list is the whole document, which then parses by construction (as prune writes it)
+        pieces: Iterable[str] = removal_pieces(doc.text, [(span, drop)])
+        if len(doc.text) <= LAZY_ITEMS_BYTES or not rebuilt_parses(doc.text, span):
+            new_text = "".join(pieces)
+            if not _keeps_exactly(doc.text, span, new_text, drop, gdoc.relpath):
+                raise RuntimeError(f"{gdoc.relpath}: rewritten document does not read back")
+            pieces = (new_text,)
+        try:
+            with atomic_open(path, mode=doc.mode, fsync=fsync) as fh:  # renamed over the file if the block ends
+                sink = TextSink(fh, doc.encoding, doc.gzip_level)
+                for piece in pieces:
+                    sink.write_range(piece, 0, len(piece))  # encoded in runs, never whole
+                sink.close()
+                if not doc.unchanged_on_disk(path):
+                    raise _Changed
+        except _Changed:
             result.skipped.append({"relpath": gdoc.relpath, "reason": "changed"})
             continue
-        atomic_write(path, new, mode=doc.mode, fsync=fsync)
         result.removed.extend(gdoc.removals)
-        result.written.append({"relpath": gdoc.relpath, "removed": len(drop), "bytes_before": len(doc.raw),
-                               "bytes_after": len(new)})
+        result.written.append({"relpath": gdoc.relpath, "removed": len(drop), "bytes_before": doc.size,
+                               "bytes_after": sink.bytes_written})
     result.duration_s = time.perf_counter() - started
     return result
 

@@ -367,7 +367,9 @@ ItemFilter = Callable[[int, Any], Any]
 """What :func:`find_list` keeps of each element: ``(index, parsed element) -> what ListSpan.items holds``."""
 
 
-def _none(index: int, item: Any) -> None:
+def offsets_only(index: int, item: Any) -> None:
+    """A :data:`ItemFilter` that keeps nothing of the elements (each is still parsed, so checked): for a caller
+    that needs only their offsets."""
     return None
 
 
@@ -419,7 +421,7 @@ def find_list(text: str, pointer: str, *, keep: ItemFilter | None = None) -> Lis
                     raise SpliceError(f"no member {token!r} on the path {pointer!r}")
                 i = found
             elif text[i] == "[" and token.isdigit():
-                span = _array(text, i, _none)  # only the offsets are needed on the way
+                span = _array(text, i, offsets_only)  # only the offsets are needed on the way
                 index = int(token)
                 if index >= len(span):
                     raise SpliceError(f"index {index} out of range on the path {pointer!r}")
