@@ -299,9 +299,10 @@ def _undo_documents(catalog: Catalog, pending: dict[str, list[int]]) -> Iterator
     Yields:
         One ``(store-relative path, its entries in id order)`` per document.
     """
+    shared: dict[Any, Any] = {}  # one copy of each list's layout
     for relpath in sorted(pending):
         with catalog(write=False) as session:  # each payload made lean as it is read
-            entries = [UndoEntry(action_id, relpath, record_id, lean_payload(record))
+            entries = [UndoEntry(action_id, relpath, record_id, lean_payload(record, shared))
                        for action_id, record_id, record in queries.prune_action_payloads(session, pending[relpath])]
         yield relpath, entries
 

@@ -159,8 +159,12 @@ def test_undo_with_lean_payloads_is_the_same(tmp_path: Path) -> None:
         plan = build_plan(root, PruneConfig(now=NOW), RULES)
         entries = entries_of(apply_plan(plan, run_id="r", archive_root=archives).applied)
         if lean:
-            entries = [UndoEntry(e.action_id, e.document, e.record_id, lean_payload(e.payload)) for e in entries]
+            shared: dict[Any, Any] = {}
+            entries = [UndoEntry(e.action_id, e.document, e.record_id, lean_payload(e.payload, shared))
+                       for e in entries]
             assert any(e.payload["item"] == {"id": e.record_id} for e in entries)
+            layouts = [e.payload["layout"] for e in entries if e.payload["archive"] is None and e.payload["layout"]]
+            assert layouts and len({id(x) for x in layouts}) < len(layouts)  # equal layouts held once
             assert all(e.payload["archive"] is None or ("id" in e.payload["item"] and len(e.payload["item"]) > 1)
                        for e in entries)
         undone = undo_entries(root, entries, archive_root=archives)

@@ -326,6 +326,7 @@ def _apply_document(plan: PrunePlan, relpath: str, actions: list[PlannedAction],
             applied.append(record)
             if archive_rel is not None:
                 archived[archive_rel].append(record)
+        span.items.clear()  # the anchors are taken: only the offsets are needed from here
     if len(spans) == 1 and rebuilt_parses(text, edits[0][0]):  # never write a document that would not parse
         pieces: Iterable[str] = removal_pieces(text, edits)
     else:

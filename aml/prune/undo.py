@@ -79,7 +79,7 @@ class UndoEntry:
     payload: dict[str, Any]
 
 
-def lean_payload(payload: dict[str, Any]) -> dict[str, Any]:
+def lean_payload(payload: dict[str, Any], shared: dict[Any, Any] | None = None) -> dict[str, Any]:
     """What undo reads of a row's payload, with less held: the record's parsed ``item`` is kept whole
     only when it must go back out of an archive (``archive`` set); otherwise only what
     :func:`aml.store.rewrite.element_key` reads of it (:func:`aml.store.rewrite.key_only`). Undo does
@@ -87,14 +87,20 @@ def lean_payload(payload: dict[str, Any]) -> dict[str, Any]:
 
     Args:
         payload: the row's ``record`` column (not changed).
+        shared: a dict kept by the caller across the rows of a run: equal ``layout`` values (one per list,
+            the same in every row of it) are then held once, not once per row.
 
     Returns:
-        The payload to put in an :class:`UndoEntry`.
+        The payload to put in an :class:`UndoEntry` (its values are only read).
     """
     archive = payload.get("archive")
     if isinstance(archive, str) and archive:
         return payload
-    return {**payload, "item": key_only(0, payload.get("item"))}
+    lean = {**payload, "item": key_only(0, payload.get("item"))}
+    layout = lean.get("layout")
+    if shared is not None and isinstance(layout, dict) and all(isinstance(v, str | None) for v in layout.values()):
+        lean["layout"] = shared.setdefault(("layout", *sorted(layout.items())), layout)
+    return lean
 
 
 @dataclass
