@@ -3,8 +3,8 @@
 A drill answers "could this backup be restored today?" by doing it: the snapshot (default: the newest of
 the repository) is restored with :func:`~aml.backup.restorer.restore`, the code path of ``backup restore
 --target``, into a fresh scratch directory; then every restored file is read back and compared with the
-manifest (size in bytes and sha256 of the content, then mode and modification time, as for each directory;
-each symlink's target), nothing the manifest lists may be missing and nothing
+manifest (size in bytes, sha256 of the content, mode and modification time; each directory's mode and
+modification time, each symlink's target), nothing the manifest lists may be missing and nothing
 it does not list may be there. The scratch copy is always removed, whatever happened. A damaged
 repository (a flipped byte in a pack, a missing pack, a damaged manifest) gives a *failed* drill naming
 each affected file, never a crash; a drill that could not run at all (no snapshot, repository locked by

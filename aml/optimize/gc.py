@@ -47,13 +47,13 @@ from aml.store.records import json_pointer
 from aml.store.rewrite import (
     ListSpan,
     SpliceError,
-    TextSink,
     check_parses,
     find_list,
     offsets_only,
     read_text,
     rebuilt_parses,
     removal_pieces,
+    write_text,
 )
 from aml.store.timestamps import parse_iso_timestamp
 
@@ -454,10 +454,7 @@ def apply_gc(root: str | os.PathLike[str], plan: GcPlan, *, fsync: bool = True) 
             pieces = (new_text,)
         try:
             with atomic_open(path, mode=doc.mode, fsync=fsync) as fh:  # renamed over the file if the block ends
-                sink = TextSink(fh, doc.encoding, doc.gzip_level)
-                for piece in pieces:
-                    sink.write_range(piece, 0, len(piece))  # encoded in runs, never whole
-                sink.close()
+                written = write_text(fh, pieces, doc.encoding, doc.gzip_level)  # encoded in runs, never whole
                 if not doc.unchanged_on_disk(path):
                     raise _Changed
         except _Changed:
@@ -465,7 +462,7 @@ def apply_gc(root: str | os.PathLike[str], plan: GcPlan, *, fsync: bool = True) 
             continue
         result.removed.extend(gdoc.removals)
         result.written.append({"relpath": gdoc.relpath, "removed": len(drop), "bytes_before": doc.size,
-                               "bytes_after": sink.bytes_written})
+                               "bytes_after": written})
     result.duration_s = time.perf_counter() - started
     return result
 

@@ -240,8 +240,14 @@ class TextSink:
     encoded whole at :meth:`close`.
 
     Args:
-        fh: a binary file open for writing (e.g. from :func:`aml.store.atomic.atomic_open`), at its start.
+        fh: a binary file open for writing (e.g. from :func:`aml.store.atomic.atomic_open`); it is emptied
+            first (:meth:`reset`).
         encoding, gzip_level: as in :class:`DocumentText`.
+
+    Attributes:
+        bytes_written: bytes written to ``fh`` so far (encoded).
+
+    :meth:`write`, :meth:`write_range` and :meth:`close` raise ``OSError`` when the file cannot be written.
     """
 
     def __init__(self, fh: BinaryIO, encoding: Encoding, gzip_level: int | None) -> None:
@@ -302,7 +308,7 @@ class TextSink:
 
 
 def write_text(fh: BinaryIO, pieces: Iterable[str], encoding: Encoding, gzip_level: int | None) -> int:
-    """Write the text made of ``pieces`` to ``fh`` (at its start) exactly as ``encode_text("".join(pieces),
+    """Write the text made of ``pieces`` to ``fh`` (emptied first) exactly as ``encode_text("".join(pieces),
     ...)`` would encode it, through a :class:`TextSink`.
 
     Args:
@@ -318,7 +324,7 @@ def write_text(fh: BinaryIO, pieces: Iterable[str], encoding: Encoding, gzip_lev
     """
     sink = TextSink(fh, encoding, gzip_level)
     for piece in pieces:
-        sink.write(piece)
+        sink.write_range(piece, 0, len(piece))  # a whole document given as one piece is encoded in runs too
     sink.close()
     return sink.bytes_written
 
