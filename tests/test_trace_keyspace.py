@@ -57,7 +57,17 @@ def _fill_all_types(client: redis.Redis) -> None:
     client.expire("h:1", 86400)
 
 
-def test_export_import_round_trip_of_every_type(port: int, tmp_path: Path) -> None:
+@pytest.mark.parametrize("absolute", [True, False], ids=["pexpiretime", "pttl"])
+def test_export_import_round_trip_of_every_type(port: int, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                absolute: bool) -> None:
+    """Every type round-trips; expiry times exactly where the server reports them absolutely (Redis 7's
+    PEXPIRETIME), within a second from the time left (PTTL) on older servers."""
+    import aml.trace.keyspace as keyspace_mod
+
+    if not absolute:
+        monkeypatch.setattr(keyspace_mod, "absolute_expiry_supported", lambda client: False)
+    elif not keyspace_mod.absolute_expiry_supported(fresh_db(port, 2)):
+        pytest.skip("this Redis has no PEXPIRETIME (before 7.0)")
     src, dst = fresh_db(port, 2), fresh_db(port, 3)
     _fill_all_types(src)
     result = export_keyspace(src, tmp_path / "snap.json", source="test")
@@ -69,6 +79,8 @@ def test_export_import_round_trip_of_every_type(port: int, tmp_path: Path) -> No
     assert report["written"] == result.keys and report["overwritten"] == 0
     assert_same_keyspace(keyspace_state(dst), keyspace_state(src))
     assert dst.get("s:pickle") == src.get("s:pickle")  # byte-identical, never unpickled
+    if absolute:
+        assert dst.execute_command("PEXPIRETIME", "h:1") == src.execute_command("PEXPIRETIME", "h:1") > 0
 
 
 def test_amaos_keyspace_snapshot_flush_restore_is_exact(port: int, tmp_path: Path) -> None:

@@ -76,11 +76,18 @@ def _value(client: redis.Redis, key: bytes, kind: object) -> object:
 def keyspace_state(client: redis.Redis) -> KeyspaceState:
     """Every key of the client's database with its type, value and absolute expiry. Values are compared
     logically: a DUMP of a hashtable-encoded hash depends on its insertion order."""
+    from aml.trace.keyspace import absolute_expiry_supported
+
+    absolute = absolute_expiry_supported(client)  # exact (PEXPIRETIME) where the server has it
     out: KeyspaceState = {}
     for key in client.scan_iter(count=1000):
-        pttl = int(client.pttl(key))
+        if absolute:
+            expire = int(client.execute_command("PEXPIRETIME", key))
+        else:
+            pttl = int(client.pttl(key))
+            expire = -1 if pttl < 0 else int(time.time() * 1000) + pttl
         kind = client.type(key)
-        out[key] = (kind, _value(client, key, kind), -1 if pttl < 0 else int(time.time() * 1000) + pttl)
+        out[key] = (kind, _value(client, key, kind), expire)
     return out
 
 

@@ -134,20 +134,36 @@ class Entry:
         return cls(d(raw.get("key")), kind, value, expire)
 
 
-def _fetch(client: redis.Redis, keys: list[bytes], now_ms: int) -> list[Entry]:
+def absolute_expiry_supported(client: redis.Redis) -> bool:
+    """Whether the server has ``PEXPIRETIME`` (Redis 7.0 and later, and servers that report such a version):
+    a key's expiry as an absolute Unix time in milliseconds, exact. Older servers give only the time left
+    (``PTTL``), which :func:`scan_entries` adds to its own clock.
+
+    Raises:
+        redis.exceptions.RedisError: the server does not answer.
+    """
+    version = str(client.info("server").get("redis_version", ""))
+    major = version.split(".", 1)[0]
+    return major.isdigit() and int(major) >= 7
+
+
+def _fetch(client: redis.Redis, keys: list[bytes], now_ms: int, absolute: bool) -> list[Entry]:
     pipe = client.pipeline(transaction=False)
     for key in keys:
         pipe.type(key)
-        pipe.pttl(key)
+        if absolute:
+            pipe.execute_command("PEXPIRETIME", key)  # -2 without the key, -1 without an expiry, as PTTL
+        else:
+            pipe.pttl(key)
     meta = pipe.execute()
     kinds = [(k, meta[2 * i].decode() if isinstance(meta[2 * i], bytes) else str(meta[2 * i]), meta[2 * i + 1])
              for i, k in enumerate(keys)]
     pipe = client.pipeline(transaction=False)
     present = []
-    for key, kind, pttl in kinds:
-        if kind == "none" or pttl == -2:
+    for key, kind, expiry in kinds:
+        if kind == "none" or expiry == -2:
             continue  # gone since SCAN
-        present.append((key, kind, pttl))
+        present.append((key, kind, expiry))
         if kind == "string":
             pipe.get(key)
         elif kind == "hash":
@@ -164,7 +180,7 @@ def _fetch(client: redis.Redis, keys: list[bytes], now_ms: int) -> list[Entry]:
             raise ValueError(f"{key!r}: type {kind} (a module type) cannot be exported")
     values = pipe.execute()
     entries = []
-    for (key, kind, pttl), value in zip(present, values, strict=True):
+    for (key, kind, expiry), value in zip(present, values, strict=True):
         if value is None:
             continue  # deleted between the two round trips
         if kind == "hash":
@@ -173,27 +189,31 @@ def _fetch(client: redis.Redis, keys: list[bytes], now_ms: int) -> list[Entry]:
             value = sorted(value)
         elif kind == "stream":
             value = [(i, list(f.items())) for i, f in value]
-        entries.append(Entry(key, kind, value, None if pttl < 0 else now_ms + int(pttl)))
+        expire = None if expiry < 0 else int(expiry) if absolute else now_ms + int(expiry)
+        entries.append(Entry(key, kind, value, expire))
     return entries
 
 
 def scan_entries(client: redis.Redis, *, match: str | None = None, keys: Iterable[bytes] | None = None
                  ) -> Iterator[Entry]:
-    """Read keys (every key matching ``match``, or exactly ``keys``) with their values and expiry times.
+    """Read keys (every key matching ``match``, or exactly ``keys``) with their values and expiry times
+    (absolute Unix milliseconds: the server's ``PEXPIRETIME`` where it has it, else this host's clock plus
+    ``PTTL``, :func:`absolute_expiry_supported`).
 
     Raises:
         ValueError: a key of a module type (not one of :data:`TYPES`).
         redis.exceptions.RedisError: the server does not answer.
     """
+    absolute = absolute_expiry_supported(client)
     source: Iterable[bytes] = keys if keys is not None else client.scan_iter(match=match, count=1000)
     batch: list[bytes] = []
     for key in source:
         batch.append(key)
         if len(batch) >= BATCH:
-            yield from _fetch(client, batch, int(time.time() * 1000))
+            yield from _fetch(client, batch, int(time.time() * 1000), absolute)
             batch = []
     if batch:
-        yield from _fetch(client, batch, int(time.time() * 1000))
+        yield from _fetch(client, batch, int(time.time() * 1000), absolute)
 
 
 @dataclass(slots=True)
