@@ -7,10 +7,11 @@ to find and edit the original item in its document, keeping every field aml does
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Final
+
+import msgspec
 
 COLLECTIONS: Final = {
     "patterns": "Loom <agent>/patterns.json items",
@@ -36,42 +37,39 @@ def json_pointer(*tokens: str | int) -> str:
 
 
 _COMPACT: Final = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), default=str)
-"""What :func:`item_size` measures: ``json.dumps(value, ensure_ascii=False, separators=(",", ":"),
-default=str)``, without building an encoder per call (``json.dumps`` makes one whenever an argument
-differs from its defaults)."""
+"""How :func:`item_size` measures a value that is not a JSON ``dict``/``list`` tree: ``json.dumps(value,
+ensure_ascii=False, separators=(",", ":"), default=str)``, without building an encoder per call."""
 
-
-def _reusable_c_encoder() -> Callable[[Any, int], list[str]] | None:
-    """The C encoder behind ``_COMPACT.encode``, built once and without the circular-reference check
-    (which needs fresh state per call), or ``None`` when ``json`` has no C encoder here or this one
-    does not encode as ``_COMPACT`` does (``c_make_encoder`` is not public API)."""
-    make = getattr(json.encoder, "c_make_encoder", None)
-    if make is None:
-        return None
-    try:
-        encode = make(None, _COMPACT.default, json.encoder.encode_basestring, None, ":", ",", False, False, True)
-        probe = {"a": [1, -2.5e-7, 1e300, "é\u2028\"/", None, True, {}, []], "b": {"c": float("nan")}, "d": datetime}
-        if "".join(encode(probe, 0)) != _COMPACT.encode(probe):
-            return None
-    except Exception:  # any surprise from a private API: use the public one
-        return None
-    return encode
-
-
-_C_ENCODE: Final = _reusable_c_encoder()
+_MSGSPEC_ENCODE: Final = msgspec.json.Encoder().encode
+"""msgspec's JSON encoder: compact, UTF-8, non-ASCII kept as is; about 4.5 times as fast as the ``json``
+module's C encoder on Loom items (75,000 items: 0.085 s against 0.38 s)."""
 
 
 def item_size(item: Any) -> int:
-    """Size in bytes of ``item`` serialised as compact UTF-8 JSON (``separators=(",", ":")``,
-    non-ASCII kept as is): a format-independent measure of what a record costs."""
+    """Size in bytes of ``item`` serialised as compact UTF-8 JSON: a format-independent measure of
+    what a record costs, whatever indentation or escapes its document uses.
+
+    A ``dict`` or ``list`` (what a parsed document holds) is measured as msgspec encodes it: the bytes of
+    ``json.dumps(item, ensure_ascii=False, separators=(",", ":"))`` except for floats, written as msgspec
+    writes them: the same shortest round-trip digits, its own choice of notation (``1e300``, ``1.5e16``,
+    ``0.00006103515625`` where ``json`` writes ``1e+300``, ``1.5e+16``, ``6.103515625e-05``), and non-finite
+    floats as ``null`` (JSON has no NaN).
+    Other Python types inside the tree are measured as msgspec writes them (a ``datetime`` as RFC 3339
+    text); anything else (a scalar, a tree holding an object msgspec does not encode, a cycle) is measured
+    as ``json.dumps(..., default=str)`` writes it.
+
+    Raises:
+        ValueError: a reference cycle (``json``'s check names it).
+        RecursionError: nesting deeper than the interpreter's recursion limit.
+        UnicodeEncodeError: a lone surrogate in a string (it has no UTF-8 form).
+    """
     kind = type(item)
-    if (kind is dict or kind is list) and _C_ENCODE is not None:
+    if kind is dict or kind is list:
         try:
-            text = "".join(_C_ENCODE(item, 0))
-        except RecursionError:  # a cycle (unchecked here) or deep nesting: the checked encoder says which
-            text = _COMPACT.encode(item)
-    else:
-        text = _COMPACT.encode(item)
+            return len(_MSGSPEC_ENCODE(item))
+        except (TypeError, RecursionError):  # an object msgspec does not encode, a cycle or deep nesting:
+            pass  # json with default=str, whose checks say which
+    text = _COMPACT.encode(item)
     return len(text) if text.isascii() else len(text.encode("utf-8"))
 
 
