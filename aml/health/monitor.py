@@ -247,8 +247,10 @@ def run_health(
             session_stats(doc)
             probe.visit(doc)  # the performance probe's lookups, on the scan's own read of the document
 
-        # a very large Loom collection is read item by item: memory holds its bytes and one item at a time
-        scan = store.scan(visit=visit, lazy_items=LAZY_ITEMS_BYTES) if root.is_dir() else ScanResult.empty()
+        # a very large Loom collection is read item by item: memory holds its bytes and one item at a time;
+        # health needs counts, bytes and wrong types, not a view of each record
+        scan = (store.scan(visit=visit, lazy_items=LAZY_ITEMS_BYTES, views=False) if root.is_dir()
+                else ScanResult.empty())
     scan_s = time.perf_counter() - scan_start
     times = probe.times_ms
     avg, p95 = summarize(times)
@@ -268,8 +270,7 @@ def run_health(
     results += _timed(lambda: check_index_exists(_index_evidence(root, scan), now,
                                                  max_age_hours=t.index_max_age_hours))
     results += _timed(lambda: check_recent_backup(backups, now, max_age_hours=t.backup_max_age_hours))
-    wrong_type = [finding for record in scan.records for finding in record.wrong_type_findings()]
-    results += _timed(lambda: check_file_integrity(failures, len(scan.documents), wrong_type))
+    results += _timed(lambda: check_file_integrity(failures, len(scan.documents), scan.wrong_type_findings))
     results += _timed(lambda: check_performance(
         perf, query_warning_ms=t.query_warning_ms, query_critical_ms=t.query_critical_ms,
         cache_hit_warning=t.cache_hit_warning, cache_hit_critical=t.cache_hit_critical))
@@ -284,7 +285,7 @@ def _samples(run: HealthRun, scan_s: float) -> list[MetricSample]:
     now = run.time
     out = [
         MetricSample(now, "store_bytes", float(run.scan.total_bytes), "bytes"),
-        MetricSample(now, "store_records", float(len(run.scan.records)), "count"),
+        MetricSample(now, "store_records", float(run.scan.record_count), "count"),
         MetricSample(now, "store_documents", float(len(run.scan.documents)), "count"),
         MetricSample(now, "integrity_failures", float(sum(e.code not in NOT_DOCUMENTS for e in run.scan.errors)),
                      "count"),

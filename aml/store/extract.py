@@ -8,13 +8,17 @@ field of the wrong JSON type reads as ``None`` and is listed in :attr:`Record.wr
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Mapping
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+import msgspec
+
 from aml.store import accessors as acc
 from aml.store.documents import Document
-from aml.store.records import Record, RecordLocation, item_size, json_pointer
+from aml.store.records import Record, RecordLocation, item_size, json_pointer, wrong_type_findings
 
 
 def records_from_document(store: str, doc: Document) -> list[Record]:
@@ -58,20 +62,25 @@ def _decision_fields(item: Any) -> _LoomFields:  # decisions, archived_decisions
     return kind, _flag(repeat), None, None, created, reviewed
 
 
+def _loom_agent(doc_agent: str | None, item: Any) -> str:
+    """A Loom item's agent: its directory's, else (the global archive) the item's own ``agent``, else ``global``."""
+    return doc_agent if doc_agent is not None else (acc.item_agent(item) or "global")
+
+
 def _loom(store: str, doc: Document) -> Iterator[Record]:
     collection = doc.collection or "patterns"
     fields = (_pattern_fields if collection == "patterns"
               else _solution_fields if collection == "solutions" else _decision_fields)
     relpath, doc_agent = doc.relpath, doc.agent
     # Bound once: this loop runs once per Loom item of the store.
-    item_id, item_agent, is_active = acc.item_id, acc.item_agent, acc.is_active
+    item_id, is_active = acc.item_id, acc.is_active
     detect_item_version, wrong_types = acc.detect_item_version, acc.wrong_types
     for index, item in enumerate(doc.data):
         pointer = f"/{index}"  # json_pointer(index): an int token needs no escaping
         kind, success, conf, count, created, last_used = fields(item)
         yield Record(
             store=store,
-            agent=doc_agent if doc_agent is not None else (item_agent(item) or "global"),
+            agent=_loom_agent(doc_agent, item),
             collection=collection,
             id=item_id(item) or f"{relpath}#{pointer}",  # _positional_id
             kind=kind or collection,
@@ -193,3 +202,80 @@ _EXTRACTORS: dict[str, Callable[[str, Document], Iterator[Record]]] = {
     "tinytroupe_spec": _tinytroupe_spec,
     "tinytroupe_cache": _tinytroupe_cache,
 }
+
+
+# --------------------------------------------------------------------------- tallies
+
+
+@dataclass(slots=True)
+class Tally:
+    """What a scan keeps of records when it keeps no record views (``monitor health``).
+
+    Attributes:
+        counts: number of records per ``(agent, collection)``.
+        sizes: bytes of those records per ``(agent, collection)`` (sum of :func:`item_size`).
+        wrong_types: one finding per field of a wrong type
+            (:func:`~aml.store.records.wrong_type_findings`), in document order.
+        records: number of records in all.
+    """
+
+    counts: Counter[tuple[str, str]] = field(default_factory=Counter)
+    sizes: Counter[tuple[str, str]] = field(default_factory=Counter)
+    wrong_types: list[dict[str, str]] = field(default_factory=list)
+    records: int = 0
+
+    def add_records(self, records: Iterable[Record]) -> int:
+        """Count ``records`` in; returns how many there were."""
+        n = 0
+        for record in records:
+            key = (record.agent, record.collection)
+            self.counts[key] += 1
+            self.sizes[key] += record.size_bytes
+            if record.wrong_types:
+                self.wrong_types += record.wrong_type_findings()
+            n += 1
+        self.records += n
+        return n
+
+    def add_document(self, store: str, doc: Document) -> int:
+        """Count in the records of ``doc`` as :func:`records_from_document` would see them, without building
+        their views where it can (a Loom collection or the archive: the agent, size and wrong types of each
+        item are all a record view of it feeds a tally); returns the document's number of records."""
+        if _EXTRACTORS.get(doc.kind) is not _loom or doc.error is not None or doc.data is None:
+            return self.add_records(records_from_document(store, doc))
+        collection = doc.collection or "patterns"
+        relpath, doc_agent, items = doc.relpath, doc.agent, doc.data
+        wrong_types, counts, sizes = acc.wrong_types, self.counts, self.sizes
+        whole_list = doc_agent is not None and type(items) is list  # one agent, items already decoded
+        all_objects = True
+        n = 0
+        for index, item in enumerate(items):
+            n += 1
+            if type(item) is not dict:
+                all_objects = False
+            found = wrong_types(item, collection)
+            if found:
+                pointer = f"/{index}"
+                self.wrong_types += wrong_type_findings(relpath, acc.item_id(item) or f"{relpath}#{pointer}",
+                                                        pointer, found)
+            if not whole_list:
+                key = (_loom_agent(doc_agent, item), collection)
+                counts[key] += 1
+                sizes[key] += item_size(item)
+        if whole_list and n and doc_agent is not None:
+            counts[doc_agent, collection] += n
+            sizes[doc_agent, collection] += _items_size(items) if all_objects else sum(map(item_size, items))
+        self.records += n
+        return n
+
+
+_ENCODE = msgspec.json.Encoder().encode
+
+
+def _items_size(items: list[Any]) -> int:
+    """``sum(item_size(item) for item in items)`` for a non-empty list of ``dict`` items, from one encoding of the
+    whole list (``[``, the items joined by ``,``, ``]``: the items' bytes plus ``len(items) + 1``)."""
+    try:
+        return len(_ENCODE(items)) - len(items) - 1
+    except (TypeError, RecursionError):  # what item_size measures another way
+        return sum(item_size(item) for item in items)

@@ -32,7 +32,7 @@ from aml.store.documents import (
     max_document_bytes,
     read_document,
 )
-from aml.store.extract import records_from_document
+from aml.store.extract import Tally, records_from_document
 from aml.store.records import Record
 from aml.store.storeid import normalise_store_id
 
@@ -46,15 +46,19 @@ class ScanResult:
 
     Attributes:
         store_id: the store's id.
-        records: record views of every live item, in walk order (sorted paths).
+        records: record views of every live item, in walk order (sorted paths); empty after a scan that
+            kept none (``FileStore.scan(views=False)``).
         errors: every document that failed (parse errors, symlinks, oversize...), in walk order.
         documents: one :class:`DocumentInfo` per entry (failed ones carry ``error``).
+        tally: counts, bytes and wrong types of every record, views kept or not
+            (:class:`~aml.store.extract.Tally`).
     """
 
     store_id: str
     records: list[Record] = field(default_factory=list)
     errors: list[DocumentError] = field(default_factory=list)
     documents: list[DocumentInfo] = field(default_factory=list)
+    tally: Tally = field(default_factory=Tally)
 
     @classmethod
     def empty(cls, store_id: str = "") -> ScanResult:
@@ -80,10 +84,7 @@ class ScanResult:
         Returns:
             ``{agent: {collection: count}}``, both levels sorted by name.
         """
-        counts: defaultdict[str, Counter[str]] = defaultdict(Counter)
-        for record in self.records:
-            counts[record.agent][record.collection] += 1
-        return {agent: dict(sorted(c.items())) for agent, c in sorted(counts.items())}
+        return _by_agent(self.tally.counts)
 
     def collection_bytes(self) -> dict[str, dict[str, int]]:
         """Record bytes (sum of :attr:`Record.size_bytes`, compact JSON) per agent and collection.
@@ -91,10 +92,17 @@ class ScanResult:
         Returns:
             ``{agent: {collection: bytes}}``, both levels sorted by name.
         """
-        sizes: defaultdict[str, Counter[str]] = defaultdict(Counter)
-        for record in self.records:
-            sizes[record.agent][record.collection] += record.size_bytes
-        return {agent: dict(sorted(c.items())) for agent, c in sorted(sizes.items())}
+        return _by_agent(self.tally.sizes)
+
+    @property
+    def record_count(self) -> int:
+        """Number of records in the store (views kept or not)."""
+        return self.tally.records
+
+    @property
+    def wrong_type_findings(self) -> list[dict[str, str]]:
+        """Every field of a wrong type: ``{"file", "record_id", "pointer", "field", "found", "expected"}``."""
+        return self.tally.wrong_types
 
     @property
     def total_bytes(self) -> int:
@@ -104,7 +112,7 @@ class ScanResult:
     def agents(self) -> list[str]:
         """Every agent seen (Loom agent directories, session and persona names), sorted."""
         return sorted(
-            {i.agent for i in self.documents if i.agent is not None} | {r.agent for r in self.records}
+            {i.agent for i in self.documents if i.agent is not None} | {agent for agent, _ in self.tally.counts}
         )
 
     def records_of(self, agent: str | None = None, collection: str | None = None) -> list[Record]:
@@ -114,6 +122,14 @@ class ScanResult:
             for r in self.records
             if (agent is None or r.agent == agent) and (collection is None or r.collection == collection)
         ]
+
+
+def _by_agent(per_key: Counter[tuple[str, str]]) -> dict[str, dict[str, int]]:
+    """``{(agent, collection): n}`` as ``{agent: {collection: n}}``, both levels sorted by name."""
+    nested: defaultdict[str, dict[str, int]] = defaultdict(dict)
+    for (agent, collection), n in sorted(per_key.items()):
+        nested[agent][collection] = n
+    return dict(nested)
 
 
 class FileStore:
@@ -245,7 +261,7 @@ class FileStore:
         return doc
 
     def scan(self, visit: Callable[[Document], None] | None = None, *,
-             lazy_items: int | None = None) -> ScanResult:
+             lazy_items: int | None = None, views: bool = True) -> ScanResult:
         """Read the whole store into record views. Writes nothing.
 
         Args:
@@ -253,6 +269,9 @@ class FileStore:
                 its summary: a way to compute more from one read (e.g. per-session statistics).
             lazy_items: as in :meth:`iter_documents` (``visit`` then sees such a document's items as
                 :class:`~aml.store.documents.LazyItems`).
+            views: keep a :class:`Record` per item (``records``); ``False`` keeps only the tally (counts,
+                bytes, wrong types), which skips building a view of each Loom item: about 40 % of
+                ``monitor health`` on a 75,000-record store.
 
         Returns:
             A :class:`ScanResult` with records, errors and one :class:`DocumentInfo` per entry.
@@ -261,12 +280,17 @@ class FileStore:
             NotADirectoryError, FileNotFoundError: the root is not a directory.
         """
         result = ScanResult(self.store_id)
+        tally = result.tally
         for doc in self.iter_documents(lazy_items=lazy_items):
             if visit is not None:
                 visit(doc)
-            records = records_from_document(self.store_id, doc)
-            result.records.extend(records)
-            result.documents.append(doc.info(len(records)))
+            if views:
+                records = records_from_document(self.store_id, doc)
+                result.records.extend(records)
+                count = tally.add_records(records)
+            else:
+                count = tally.add_document(self.store_id, doc)
+            result.documents.append(doc.info(count))
             if doc.error is not None:
                 result.errors.append(doc.error)
         return result

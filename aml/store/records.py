@@ -177,5 +177,11 @@ class Record:
 
     def wrong_type_findings(self) -> list[dict[str, str]]:
         """``{"file", "record_id", "pointer", "field", "found", "expected"}`` per :attr:`wrong_types`."""
-        return [{"file": self.location.document, "record_id": self.id, "pointer": self.location.pointer,
-                 **w.to_dict()} for w in self.wrong_types]
+        return wrong_type_findings(self.location.document, self.id, self.location.pointer, self.wrong_types)
+
+
+def wrong_type_findings(document: str, record_id: str, pointer: str,
+                        wrong_types: tuple[WrongType, ...]) -> list[dict[str, str]]:
+    """``{"file", "record_id", "pointer", "field", "found", "expected"}`` per wrong type of one record (what health
+    reports as ``wrong_type``), ``file`` being the document's store-relative path."""
+    return [{"file": document, "record_id": record_id, "pointer": pointer, **w.to_dict()} for w in wrong_types]
