@@ -309,7 +309,7 @@ def plan_gc(root: str | os.PathLike[str]) -> GcPlan:
     store = FileStore(root)
     plan = GcPlan(store.store_id)
     # a large collection is read item by item (LazyItems): its bytes and one item in memory, each pass
-    for doc in store.iter_documents(lazy_items=LAZY_ITEMS_BYTES):
+    for doc in store.iter_documents(lazy_items=LAZY_ITEMS_BYTES, check_types=True):
         if doc.error is not None:
             plan.unparseable.append(doc.error)
             continue
@@ -322,7 +322,7 @@ def plan_gc(root: str | os.PathLike[str]) -> GcPlan:
         removals, conflicts, bad_ts = plan_items(doc.data, document=doc.relpath, collection=collection)
         plan.id_conflicts += conflicts
         plan.bad_timestamps += bad_ts
-        for index, item in enumerate(doc.data):
+        for index, item in enumerate(() if doc.types_clean else doc.data):
             for wrong in acc.wrong_types(item, collection):
                 rid = acc.item_id(item) if isinstance(item, Mapping) else None
                 pointer = json_pointer(index)

@@ -420,7 +420,8 @@ def build_index(
                     result.documents_reused += 1
                     continue
                 # a very large Loom collection is read item by item (its bytes and one item in memory)
-                doc = read_document(f.path, f.relpath, loom_agents=loom_agents, lazy_items=LAZY_ITEMS_BYTES)
+                doc = read_document(f.path, f.relpath, loom_agents=loom_agents, lazy_items=LAZY_ITEMS_BYTES,
+                                    check_types=True)
                 records = records_from_document(store.store_id, doc)
                 refreshed, dropped = _replace_document(conn, doc, records, f.ino)
                 result.documents_read += 1

@@ -177,10 +177,12 @@ _KIND = {"patterns": acc.pattern_type, "solutions": acc.error_type, "decisions":
 
 
 def _candidate(agent: str, collection: str, document: str, index: int, item: Mapping[str, Any],
-               config: PruneConfig, now: datetime, *, lean: bool = False) -> Candidate:
+               config: PruneConfig, now: datetime, *, lean: bool = False,
+               clean: bool = False) -> Candidate:
     """The :class:`Candidate` of one Loom item (id and kind as :class:`aml.store.Record` has them);
     with ``lean``, its size (``size_bytes``, ``cost_bytes``) and ``value`` are left at 0, for
-    :func:`_matchable` to fill in for the candidates it keeps (:func:`_size_and_value`)."""
+    :func:`_matchable` to fill in for the candidates it keeps (:func:`_size_and_value`); ``clean``: its document
+    is proven free of wrong types (``Document.types_clean``)."""
     created = acc.item_timestamp(item) or acc.created_at(item)
     success = confidence = None
     executions = None
@@ -197,7 +199,7 @@ def _candidate(agent: str, collection: str, document: str, index: int, item: Map
         size_bytes=0, cost_bytes=0.0, value=0.0,
         last_used=last_used, created=created,
         success=success, confidence=confidence, executions=executions,
-        wrong_types=tuple(w.field for w in acc.wrong_types(item, collection)),
+        wrong_types=() if clean else tuple(w.field for w in acc.wrong_types(item, collection)),
     )
     if not lean:
         _size_and_value(c, item, config, now)
@@ -277,8 +279,8 @@ def build_plan(
             states[doc.relpath] = DocumentState(doc.size_bytes, doc.mtime_ns, doc.kind)
             if only is not None and doc.agent not in only:
                 return
-            made = [_candidate(doc.agent, doc.collection, doc.relpath, index, item, config, now, lean=not want_space)
-                    for index, item in enumerate(doc.data)]
+            made = [_candidate(doc.agent, doc.collection, doc.relpath, index, item, config, now, lean=not want_space,
+                               clean=doc.types_clean) for index, item in enumerate(doc.data)]
             scale = doc.size_bytes / (sum(c.size_bytes for c in made) or 1)
             for c in made:
                 c.cost_bytes = c.size_bytes * scale
@@ -312,7 +314,7 @@ def build_plan(
                 states[doc.relpath] = DocumentState(doc.size_bytes, doc.mtime_ns, doc.kind)
 
     # a very large Loom collection is read item by item (its bytes and one item in memory)
-    for doc in store.iter_documents(lazy_items=LAZY_ITEMS_BYTES):
+    for doc in store.iter_documents(lazy_items=LAZY_ITEMS_BYTES, check_types=True):
         scan(doc)
         del doc  # let this document go before the next one is parsed: one parsed document at a time
     plan.agent_bytes = dict(agent_bytes)

@@ -27,7 +27,10 @@ import re
 import sys
 from collections.abc import Mapping, Sequence
 from datetime import datetime
-from typing import Any, Final, Literal, get_args
+from types import GenericAlias
+from typing import Annotated, Any, Final, Literal, get_args
+
+import msgspec
 
 from aml.store.records import WrongType
 from aml.store.timestamps import iso_timestamp_form, json_type, parse_iso_timestamp, parse_timestamp
@@ -643,6 +646,82 @@ def wrong_types(item: object, collection: str) -> tuple[WrongType, ...]:
         return ()
     out.sort(key=lambda pair: pair[0])
     return tuple(w for _, w in out)
+
+
+_WHOLE_DOUBLE: Final = Annotated[float, msgspec.Meta(ge=-_DOUBLE_MAX, le=_DOUBLE_MAX)]
+_C_TYPES: Final[dict[str, Any]] = {"timestamp": datetime, "number": _WHOLE_DOUBLE, "string": str, "boolean": bool}
+"""What msgspec accepts for each expected kind: an RFC 3339 date-time, a JSON number within a double (an
+integer too; ``true`` is not one), a string, ``true``/``false``. ``null`` is none of them."""
+_CLEAN_DECODERS: dict[str, msgspec.json.Decoder[Any]] = {}
+_OVERFLOW_DATES: Final = (b"0001-01-01", b"9999-12-31")
+
+
+def _clean_decoder(collection: str) -> msgspec.json.Decoder[Any]:
+    """A decoder of a list of items holding only ``collection``'s typed fields (:data:`_TYPED_FIELDS`), each of
+    its expected kind (:data:`_C_TYPES`), nested as in the item; a missing field is allowed, any other field
+    skipped unread."""
+    found = _CLEAN_DECODERS.get(collection)
+    if found is not None:
+        return found
+    tree: dict[str, Any] = {}
+    for path, expected in _TYPED_FIELDS[collection]:
+        node = tree
+        for key in path[:-1]:
+            node = node.setdefault(key, {})
+        node[path[-1]] = expected
+
+    def struct(node: dict[str, Any], name: str) -> type:
+        return msgspec.defstruct(name, [
+            (f"f{i}", struct(sub, f"{name}_{i}") if isinstance(sub, dict) else _C_TYPES[sub],
+             msgspec.field(name=key, default=None))
+            for i, (key, sub) in enumerate(sorted(node.items()))])
+
+    items = GenericAlias(list, (struct(tree, f"Typed_{collection}"),))  # list[<the struct>]
+    found = _CLEAN_DECODERS[collection] = msgspec.json.Decoder(items)
+    return found
+
+
+def types_clean(body: bytes | memoryview, collection: str) -> bool:
+    """Whether no item of a Loom collection document has a field of a wrong type, proven in one C pass.
+
+    ``True`` means :func:`wrong_types` returns ``()`` for every item of ``body``; ``False`` means nothing
+    (call :func:`wrong_types` per item). msgspec decodes the document against the typed fields alone
+    (:func:`_clean_decoder`), which fails on any field :func:`wrong_types` would name: a non-string id,
+    a string number, a ``null`` flag, a number beyond a double, a timestamp that is not an RFC 3339 date-time
+    (numbers, numeric strings, surrounding blanks, impossible dates). It also fails, to no harm, on
+    what :func:`wrong_types` accepts (a parent that is not an object, an ISO 8601 form outside RFC 3339, a
+    non-object item). The two forms msgspec reads and :func:`parse_iso_timestamp` does not are ruled
+    out before: a lowercase ``z`` zone (Python's ``fromisoformat`` wants ``Z``) and the first and last days
+    of years 1 and 9999, where an offset takes the instant outside ``datetime`` (``0001-01-01T00:00:00+01:00``).
+    A fuzz and a hypothesis test check the implication (tests/test_store_types_clean.py).
+
+    Args:
+        body: a JSON document (UTF-8 bytes, no BOM) that should be a list of items.
+        collection: ``patterns``, ``solutions``, ``decisions`` or ``archived_decisions`` (others: ``False``).
+
+    Returns:
+        ``True`` when every item's typed fields are of their kind; ``False`` otherwise, or when unsure.
+    """
+    if collection not in _TYPED_FIELDS:
+        return False
+    data = bytes(body) if isinstance(body, memoryview) else body
+    if any(date in data for date in _OVERFLOW_DATES) or _lowercase_zone(data):
+        return False
+    try:
+        _clean_decoder(collection).decode(data)
+    except (msgspec.DecodeError, RecursionError):  # ValidationError is a DecodeError
+        return False
+    return True
+
+
+def _lowercase_zone(data: bytes) -> bool:
+    """Whether ``data`` holds ``<digit>z"`` (a time with a lowercase ``z`` zone, as the end of a string)."""
+    at = data.find(b'z"')
+    while at != -1:
+        if at > 0 and 0x30 <= data[at - 1] <= 0x39:
+            return True
+        at = data.find(b'z"', at + 2)
+    return False
 
 
 # --------------------------------------------------------------------------- Loom: store files

@@ -191,6 +191,9 @@ class Document:
         data: the parsed JSON value (``None`` for opaque, failed, symlink and special entries).
         error: the failure, or ``None``.
         decoded_size: size of the decoded bytes (after gzip/zstd), 0 if not read.
+        types_clean: ``True`` when read with ``check_types`` and proven to hold no field of a wrong type
+            (:func:`~aml.store.accessors.types_clean`): :func:`~aml.store.accessors.wrong_types` is ``()``
+            for every item, so readers skip it. ``False`` says nothing.
     """
 
     path: Path
@@ -204,6 +207,7 @@ class Document:
     data: Any = None
     error: DocumentError | None = None
     decoded_size: int = 0
+    types_clean: bool = False
 
     def info(self, record_count: int = 0) -> DocumentInfo:
         """This document's :class:`DocumentInfo` with ``record_count`` records."""
@@ -678,6 +682,7 @@ def read_document(
     max_bytes: int | None = None,
     max_decoded_bytes: int | None = None,
     lazy_items: int | None = None,
+    check_types: bool = False,
 ) -> Document:
     """Read, decode, parse and classify one regular file. Never raises for bad content: the
     failure is in ``Document.error``.
@@ -691,6 +696,8 @@ def read_document(
         lazy_items: for read-only callers: a Loom collection or archive whose decoded JSON is larger than this
             many bytes gets ``data`` as :class:`LazyItems` instead of a list (e.g. :data:`LAZY_ITEMS_BYTES`);
             ``None``: always a list.
+        check_types: for readers that look for wrong types: prove a Loom collection or archive read whole
+            free of them in one C pass (``Document.types_clean``; about 2 ms per MB).
 
     Returns:
         The :class:`Document`.
@@ -739,6 +746,10 @@ def read_document(
             raise
         doc.kind, doc.agent = classify(data, parts, placement, path)
         doc.data = data
+        if check_types and doc.kind in LIST_KINDS:
+            skip = 3 if decoded.startswith(b"\xef\xbb\xbf") else 0
+            doc.types_clean = acc.types_clean(memoryview(decoded)[skip:] if skip else decoded,
+                                              doc.collection or "patterns")
     except DocumentError as exc:
         if exc.code == "symlink":
             doc.kind = "symlink"

@@ -67,6 +67,11 @@ def _loom_agent(doc_agent: str | None, item: Any) -> str:
     return doc_agent if doc_agent is not None else (acc.item_agent(item) or "global")
 
 
+def _none(item: Any, collection: str) -> tuple[()]:
+    """:func:`~aml.store.accessors.wrong_types` of an item of a document proven clean of them."""
+    return ()
+
+
 def _loom(store: str, doc: Document) -> Iterator[Record]:
     collection = doc.collection or "patterns"
     fields = (_pattern_fields if collection == "patterns"
@@ -74,7 +79,7 @@ def _loom(store: str, doc: Document) -> Iterator[Record]:
     relpath, doc_agent = doc.relpath, doc.agent
     # Bound once: this loop runs once per Loom item of the store.
     item_id, is_active = acc.item_id, acc.is_active
-    detect_item_version, wrong_types = acc.detect_item_version, acc.wrong_types
+    detect_item_version, wrong_types = acc.detect_item_version, _none if doc.types_clean else acc.wrong_types
     for index, item in enumerate(doc.data):
         pointer = f"/{index}"  # json_pointer(index): an int token needs no escaping
         kind, success, conf, count, created, last_used = fields(item)
@@ -245,8 +250,16 @@ class Tally:
             return self.add_records(records_from_document(store, doc))
         collection = doc.collection or "patterns"
         relpath, doc_agent, items = doc.relpath, doc.agent, doc.data
-        wrong_types, counts, sizes = acc.wrong_types, self.counts, self.sizes
+        counts, sizes = self.counts, self.sizes
         whole_list = doc_agent is not None and type(items) is list  # one agent, items already decoded
+        if whole_list and doc.types_clean and doc_agent is not None:  # objects, of the right types: no loop
+            n = len(items)
+            if n:
+                counts[doc_agent, collection] += n
+                sizes[doc_agent, collection] += _items_size(items)
+            self.records += n
+            return n
+        wrong_types = _none if doc.types_clean else acc.wrong_types
         all_objects = True
         n = 0
         for index, item in enumerate(items):

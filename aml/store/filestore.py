@@ -181,7 +181,7 @@ class FileStore:
                     agents.append(name)
         return sorted(agents)
 
-    def iter_documents(self, *, lazy_items: int | None = None) -> Iterator[Document]:
+    def iter_documents(self, *, lazy_items: int | None = None, check_types: bool = False) -> Iterator[Document]:
         """Read every entry below the root, in sorted path order.
 
         Args:
@@ -202,9 +202,9 @@ class FileStore:
             NotADirectoryError, FileNotFoundError: the root is not a directory.
         """
         with gc_paused():
-            yield from self._documents(lazy_items)
+            yield from self._documents(lazy_items, check_types)
 
-    def _documents(self, lazy_items: int | None) -> Iterator[Document]:
+    def _documents(self, lazy_items: int | None, check_types: bool) -> Iterator[Document]:
         loom_agents = frozenset(self.agents())
         for path, relpath, error in self._walk(self.root, ""):
             if error is not None:
@@ -231,6 +231,7 @@ class FileStore:
                 max_bytes=self.max_bytes,
                 max_decoded_bytes=self.max_decoded_bytes,
                 lazy_items=lazy_items,
+                check_types=check_types,
             )
 
     def read_document(self, relpath: str) -> Document:
@@ -281,7 +282,7 @@ class FileStore:
         """
         result = ScanResult(self.store_id)
         tally = result.tally
-        for doc in self.iter_documents(lazy_items=lazy_items):
+        for doc in self.iter_documents(lazy_items=lazy_items, check_types=True):
             if visit is not None:
                 visit(doc)
             if views:
