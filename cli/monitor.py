@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from datetime import datetime
 from pathlib import Path
 from typing import Annotated, Any
@@ -16,6 +15,7 @@ from cli.lazy import lazy_module
 from cli.render import (
     console,
     err_console,
+    json_text,
     print_json,
     render_alerts,
     render_health,
@@ -131,13 +131,12 @@ def report(
         atomic_write(target, page.encode())
         console.print(f"wrote {target} ({len(page):,} bytes): status {data['status']}")
     elif fmt == "json":
-        text = json.dumps(data, indent=2, default=str) + "\n"
         if output is not None:
-            atomic_write(output, text.encode())
+            atomic_write(output, json_text(data).encode())
         print_json(data)
     else:
         if output is not None:
-            atomic_write(output, (json.dumps(data, indent=2, default=str) + "\n").encode())
+            atomic_write(output, json_text(data).encode())
         render_health(data)
     raise typer.Exit(int(data["status_code"]))
 
