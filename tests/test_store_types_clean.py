@@ -24,7 +24,7 @@ from aml.prune import MIB, PruneConfig, build_plan
 from aml.store import FileStore
 from aml.store import accessors as acc
 from aml.store.codec import decode
-from aml.store.timestamps import iso_timestamp_form
+from aml.store.timestamps import iso_timestamp_form, parse_iso_timestamp
 from tests.realdata import LOOM_COUNTS, extract_loom
 from tests.test_store_wrong_types import inject
 
@@ -74,8 +74,8 @@ def test_timestamps_msgspec_reads_are_timestamps_aml_reads(stamp: str, collectio
         assert not clean
 
 
-@pytest.mark.parametrize("stamp", ["2026-01-02t03:04:05z", "0001-01-01T00:00:00+01:00", "9999-12-31T23:59:59-01:00",
-                                   "12345", "2026-02-29T00:00:00Z", None])
+@pytest.mark.parametrize("stamp", ["0001-01-01T00:00:00+01:00", "9999-12-31T23:59:59-01:00", "12345",
+                                   "2026-02-29T00:00:00Z", "2026-01-02T03:04:05Zz", None])
 def test_timestamps_aml_cannot_read_are_not_clean(stamp: str | None) -> None:
     assert acc.wrong_types({"timestamp": stamp}, "patterns")
     assert not acc.types_clean(json.dumps([{"id": "a", "timestamp": stamp}]).encode(), "patterns")
@@ -88,6 +88,14 @@ def test_each_kind_of_wrong_type_is_not_clean(item: dict[str, Any]) -> None:
     collection = "solutions" if "verifiedCount" in item else "decisions" if "outcome" in item else "patterns"
     assert acc.wrong_types(item, collection)
     assert not acc.types_clean(json.dumps([item]).encode(), collection)
+
+
+def test_a_lowercase_zone_is_utc_as_rfc_3339_allows() -> None:
+    """RFC 3339 section 5.6: "T" and "Z" may be lower case; aml reads them as msgspec does."""
+    assert parse_iso_timestamp("2026-01-02t03:04:05.5z") == datetime(2026, 1, 2, 3, 4, 5, 500000, tzinfo=UTC)
+    assert acc.types_clean(b'[{"timestamp": "2026-01-02t03:04:05z"}]', "patterns")
+    assert acc.wrong_types({"timestamp": "2026-01-02t03:04:05z"}, "patterns") == ()
+    assert acc.wrong_types({"timestamp": "2026-01-02T03:04:05+01:00z"}, "patterns")
 
 
 def test_clean_documents_and_other_collections() -> None:

@@ -113,9 +113,16 @@ def _parse_text(value: str) -> datetime | None:
 
 
 def _from_iso(text: str) -> datetime | None:
-    """``text`` (stripped, not numeric) read by ``datetime.fromisoformat`` as aware UTC, or ``None``."""
+    """``text`` (stripped, not numeric) read by ``datetime.fromisoformat`` as aware UTC, or ``None``. A lowercase
+    ``z`` zone is UTC too (RFC 3339 section 5.6 allows ``t`` and ``z`` in lower case; Python 3.11 reads ``t``
+    only)."""
     try:
-        dt = datetime.fromisoformat(text)
+        try:
+            dt = datetime.fromisoformat(text)
+        except ValueError:
+            if text[-1:] != "z":
+                raise
+            dt = datetime.fromisoformat(text[:-1] + "Z")
         tz = dt.tzinfo
         if tz is UTC:  # "Z" and "+00:00": to_utc would return dt itself
             return dt
