@@ -12,13 +12,13 @@ fail half-way with "database is locked" because another process wrote in between
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
-import msgspec
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import URL, Connection, make_url
 from sqlalchemy.orm import Session, sessionmaker
+
+from aml.store.jsontext import dumps_compact, loads
 
 BUSY_TIMEOUT_S = 30.0
 """How long a SQLite connection waits for a lock held by another connection, seconds."""
@@ -56,29 +56,17 @@ def _on_sqlite_begin(conn: Connection) -> None:
     conn.exec_driver_sql(f"BEGIN {mode}")
 
 
-_ENCODE = msgspec.json.Encoder().encode
-_DECODE = msgspec.json.Decoder().decode
-
-
 def json_serializer(value: Any) -> str:
-    """The catalog's JSON columns' text of ``value``: compact, UTF-8 kept as is, encoded by msgspec (C: a prune
+    """The catalog's JSON columns' text of ``value``: :func:`aml.store.jsontext.dumps_compact` (msgspec: a prune
     writes one row per removed record, and ``json.dumps`` was about 15 µs of each). Non-finite floats become
-    ``null`` (PostgreSQL's ``json`` refuses ``NaN``), a ``datetime`` RFC 3339 text. A string with a lone surrogate
-    (no UTF-8 form) or a type msgspec does not encode goes to ``json.dumps``, which escapes the one and raises
-    ``TypeError`` for the other, as before."""
-    try:
-        return _ENCODE(value).decode("utf-8")
-    except (UnicodeEncodeError, TypeError):
-        return json.dumps(value)
+    ``null`` (PostgreSQL's ``json`` refuses ``NaN``)."""
+    return dumps_compact(value)
 
 
 def json_deserializer(text: str | bytes) -> Any:
-    """A JSON column's value back from its text: msgspec, or ``json.loads`` for what only Python's reader
-    accepts (``NaN``, lone surrogate escapes, numbers beyond a double), with its value and errors."""
-    try:
-        return _DECODE(text)
-    except (msgspec.DecodeError, RecursionError):
-        return json.loads(text)
+    """A JSON column's value back from its text: :func:`aml.store.jsontext.loads` (msgspec, or ``json.loads`` for
+    what only Python's reader accepts: rows written before by ``json.dumps`` may hold ``NaN``)."""
+    return loads(text)
 
 
 def make_engine(url: str | URL, **kwargs: Any) -> Engine:

@@ -718,8 +718,8 @@ def add_prune_actions(
         }
         for r in records
     ]
-    if rows:
-        session.execute(insert(PruneAction), rows)
+    if rows:  # a Core insert of the table: the rows are not ORM objects, and the ORM's bulk path costs ~15 µs each
+        session.execute(insert(cast(Table, PruneAction.__table__)), rows)
     return len(rows)
 
 

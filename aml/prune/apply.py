@@ -27,7 +27,6 @@ The caller takes the pre-prune snapshot before calling :func:`apply_plan`; the `
 
 from __future__ import annotations
 
-import json
 from collections import defaultdict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
@@ -39,6 +38,7 @@ from aml.prune.archive import add_to_archive, archive_file
 from aml.prune.plan import PlannedAction, PrunePlan
 from aml.store.atomic import atomic_open
 from aml.store.documents import DocumentError
+from aml.store.jsontext import loads
 from aml.store.loomlock import loom_lock_held
 from aml.store.records import item_size
 from aml.store.rewrite import (
@@ -101,11 +101,12 @@ class AppliedRecord:
     def payload(self) -> dict[str, Any]:
         """``{"v", "item", "text", "list", "index", "prev", "next", "layout", "archive"}`` (see
         :mod:`aml.prune.undo`), JSON-serialisable: what ``prune_actions.record`` holds. ``item`` is the
-        text parsed anew (as the splice parsed it: ``json.loads``) on every read."""
+        text parsed anew on every read (:func:`aml.store.jsontext.loads`: the value ``json.loads`` gives, as the
+        splice parsed it)."""
         text = self.text
         return {
             "v": PAYLOAD_VERSION,
-            "item": json.loads(text),
+            "item": loads(text),
             "text": text,
             "list": self.list_pointer,
             "index": self.index,
@@ -335,7 +336,7 @@ def _apply_document(plan: PrunePlan, relpath: str, actions: list[PlannedAction],
         pieces = (new_text,)
     for archive_rel, records in sorted(archived.items()):
         assert archive_root is not None
-        add_to_archive(archive_root / archive_rel, [json.loads(r.text) for r in records])
+        add_to_archive(archive_root / archive_rel, [loads(r.text) for r in records])
         result.archives.append(str(archive_root / archive_rel))
     with atomic_open(path, mode=doc.mode) as fh:  # replaces the file only when the block ends without error
         written = write_text(fh, pieces, doc.encoding, doc.gzip_level)
