@@ -190,8 +190,9 @@ def _candidate(agent: str, collection: str, document: str, index: int, item: Map
     if collection == "patterns":
         # the rules read the fields as stored (a missing one never matches); the value uses defaults
         success, confidence, executions = acc.success_rate(item), acc.confidence(item), acc.execution_count(item)
-        # an unreadable last use is unknown, not "never used": no fallback to the creation time
-        last_used = None if acc.last_used_unreadable(item) else (acc.last_used_at(item) or created)
+        # an unreadable last use is unknown, not "never used": no fallback to the creation time (a clean
+        # document has none: each last-use field it holds reads as ISO 8601 text)
+        last_used = None if not clean and acc.last_used_unreadable(item) else (acc.last_used_at(item) or created)
     c = Candidate(
         agent=agent, collection=collection,
         record_id=acc.item_id(item) or f"{document}#{json_pointer(index)}",

@@ -18,6 +18,8 @@ from __future__ import annotations
 import os
 from typing import Any
 
+import msgspec
+
 __all__ = ["is_text", "name_bytes", "resolve_text_path", "text_name", "text_names"]
 
 
@@ -53,19 +55,35 @@ def text_name(name: str) -> str:
 
 def text_names(obj: Any) -> Any:
     """``obj`` (JSON-like: dicts, lists, tuples, strings, scalars) with :func:`text_name` applied to every
-    string, dict keys included. Containers without such strings are returned as they are."""
+    string, dict keys included. Containers without such strings are returned as they are.
+
+    The common case, no such string anywhere, is settled in one C pass: msgspec encodes ``obj`` as UTF-8 JSON,
+    which fails on any lone surrogate (a prune plan's 27,000 actions: ~10 ms against ~150 ms walked in Python).
+    """
+    try:
+        _ENCODE(obj)
+    except (UnicodeEncodeError, TypeError, ValueError, RecursionError):  # a name to escape, or not JSON-like
+        return _text_names(obj)
+    return obj
+
+
+_ENCODE = msgspec.json.Encoder().encode
+
+
+def _text_names(obj: Any) -> Any:
+    """:func:`text_names`, walked."""
     if isinstance(obj, str):
         return text_name(obj)
     if isinstance(obj, dict):
         changed = False
         out: dict[Any, Any] = {}
         for k, v in obj.items():
-            k2, v2 = text_names(k), text_names(v)
+            k2, v2 = _text_names(k), _text_names(v)
             changed = changed or k2 is not k or v2 is not v
             out[k2] = v2
         return out if changed else obj
     if isinstance(obj, list | tuple):
-        items = [text_names(v) for v in obj]
+        items = [_text_names(v) for v in obj]
         if all(a is b for a, b in zip(obj, items, strict=True)):
             return obj
         return items if isinstance(obj, list) else tuple(items)
