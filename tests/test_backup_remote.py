@@ -148,6 +148,7 @@ def test_incremental_rotate_and_a_second_host(backend: Backend, loom_store: Path
     assert tree(out) == tree(loom_store)
 
 
+@pytest.mark.slow  # ~10 s: waits out the backend's timeouts
 def test_backend_that_stops_answering_leaves_no_visible_snapshot(s3_env: Any, loom_store: Path, tmp_path: Path,
                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
     """The S3 server is stopped for real (SIGSTOP) right before the index is uploaded: the packs are there,
@@ -208,6 +209,7 @@ def test_remote_repository_through_the_settings(s3_env: Any, loom_store: Path, t
     assert remote_mod.mirror_for(repo.path) is not None
 
 
+@pytest.mark.slow  # ~10 s: three CLI processes over a real sshd
 def test_cli_over_sftp_through_the_settings(sftp_server: Any, loom_store: Path, tmp_path: Path) -> None:
     """What an operator runs: ``AML_BACKUP_ROOT=sftp://...`` with the key and known_hosts settings, the real
     console entry point in subprocesses: init --encrypt, create, list, verify --read-data, restore; then a

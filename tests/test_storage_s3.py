@@ -115,6 +115,7 @@ def test_read_range_edges(s3_storage: S3Storage) -> None:
         s3_storage.read_range("packs/00/p", -1, 2)
 
 
+@pytest.mark.slow  # ~6 s: waits out the client's timeout
 def test_timeout_when_the_server_does_not_answer(s3_env: S3Server) -> None:
     bucket = s3_env.new_bucket()
     storage = S3Storage(s3_env.url(bucket, "repo"), StorageOptions(timeout=1))
