@@ -233,6 +233,23 @@ def test_plan_without_space_equals_the_plan_with_every_candidate(name: str, tmp_
             assert a.size_bytes == item_size(data[a.document][a.index])
 
 
+def test_a_compacted_plan_is_the_same_plan(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A large plan is made anew (pickled and unpickled, to pack it in memory): every field comes back equal, and
+    applying it removes what the plan as made would have."""
+    import aml.prune.plan as plan_mod
+
+    root = extract_loom("loom-plain-v1.0", tmp_path / "s")
+    config = PruneConfig(now=NOW, agent_limit_mib=0.05, store_limit_mib=0.2)
+    made = plan_mod._build_plan(root, config, [*RULES, "space_based"], agents=None)
+    monkeypatch.setattr(plan_mod, "_COMPACT_FROM", 1)
+    packed = build_plan(root, config, [*RULES, "space_based"])
+    assert packed is not made and len(packed.actions) > 100
+    assert packed.to_dict() == made.to_dict()
+    assert packed.actions == made.actions and packed.documents == made.documents and packed.root == made.root
+    monkeypatch.setattr(plan_mod, "_COMPACT_FROM", 10**9)
+    assert plan_mod._compacted(made) is made  # a small plan is kept as it is
+
+
 # --------------------------------------------------------------------------------- rewrite helpers
 
 
