@@ -59,7 +59,8 @@ def _on_sqlite_begin(conn: Connection) -> None:
 def json_serializer(value: Any) -> str:
     """The catalog's JSON columns' text of ``value``: :func:`aml.store.jsontext.dumps_compact` (msgspec: a prune
     writes one row per removed record, and ``json.dumps`` was about 15 µs of each). Non-finite floats become
-    ``null`` (PostgreSQL's ``json`` refuses ``NaN``)."""
+    ``null`` (PostgreSQL's ``json`` refuses ``NaN``), except in a value that also holds a lone surrogate, which
+    ``json.dumps`` writes as it always did."""
     return dumps_compact(value)
 
 

@@ -167,3 +167,28 @@ def test_document_locked_by_loom_is_left_alone(tmp_path: Path) -> None:
     assert locked not in result.documents and result.documents
     assert ((root / locked).read_bytes(), (root / locked).stat().st_mtime_ns) == before
     assert all(r.action.document != locked for r in result.applied)
+
+
+def test_undo_clears_the_archive_of_records_holding_nan(tmp_path: Path) -> None:
+    """A decision holding NaN (Python's json writes it) is archived with its NaN; the catalog keeps the payload's
+    parsed item with NaN as null (valid JSON): undo finds the archive entry from the record's text, so the
+    restored decision leaves the archive."""
+    from models.engine import json_deserializer, json_serializer
+
+    root = extract_loom("loom-plain-v1.0", tmp_path / "s")
+    for path in root.glob("*/decisions.json"):
+        items = load(path)
+        for item in items:
+            item["score"] = float("nan")
+        path.write_text(json.dumps(items, indent=2), encoding="utf-8")
+    before = files(root)
+    plan = build_plan(root, PruneConfig(now=NOW, agent_limit_mib=0.05), ALL)
+    result = apply_plan(plan, run_id="run-1", archive_root=tmp_path / "archives")
+    assert result.archived > 0
+    entries = [UndoEntry(n, a.action.document, a.action.record_id, json_deserializer(json_serializer(a.payload)))
+               for n, a in enumerate(result.applied)]
+    assert any(e.payload["item"].get("score", 0) is None for e in entries)  # the catalog's copy: null
+    undone = undo_entries(root, entries, archive_root=tmp_path / "archives")
+    assert len(undone.restored) == len(entries) and not undone.failed
+    assert files(root) == before
+    assert not list((tmp_path / "archives").rglob("*.json.gz")), "restored decisions leave the archive"

@@ -257,6 +257,9 @@ def test_item_size_of_exponent_floats_and_other_types() -> None:
     odd = {"o": object(), "s": {1}}  # msgspec does not encode object(): json with default=str measures it
     assert item_size(odd) == len(json.dumps(odd, ensure_ascii=False, separators=(",", ":"), default=str))
     assert item_size("é") == 4 and item_size(None) == 4 and item_size(12) == 2
+    # a lone surrogate (json.loads reads a "\ud800" escape as one) has no UTF-8 form: it counts as its escape
+    assert item_size({"a": "x\ud800"}) == len('{"a":"x\\ud800"}') == 15
+    assert item_size(["\udcff"]) == len('["\\udcff"]')
 
 
 def test_item_size_of_cycles_and_deep_nesting_raises_as_json_dumps_does() -> None:

@@ -80,6 +80,9 @@ def test_odd_collections(tmp_path: Path) -> None:
     _write(root / "b" / "patterns.json.gz", [_pattern(5), _pattern(6, timestamp=7)], gz=True)
     _write(root / "c" / "patterns.json", [_pattern(7, x=[1e16, 1.5e-7, {"k": 1e300}]), _pattern(8, y=-0.0)])
     _write(root / "d" / "patterns.json", [1, "x", None, _pattern(9)])  # not a list of objects: a document error
+    # a lone surrogate escape: json.loads reads it (msgspec does not), and the record is measured, not a crash
+    (root / "e").mkdir()
+    (root / "e" / "patterns.json").write_text('[{"id": "s\\ud800", "note": "x\\udcff"}]', encoding="utf-8")
     _write(root / "global" / "archived-decisions.json",
            [{"id": "d1", "agent": "a", "timestamp": "2026-01-01T00:00:00Z"},
             {"id": "d2", "timestamp": None}, {"id": "d3", "agent": 5}, {"agent": "b", "reviewedAt": 12}])
@@ -93,6 +96,7 @@ def test_odd_collections(tmp_path: Path) -> None:
                                                                   "metrics.successRate", "agent", "reviewedAt"}
         assert [e.code for e in scan.errors] == ["truncated_json", "wrong_type"]
         assert scan.counts()["c"] == {"patterns": 2}
+        assert scan.collection_bytes()["e"] == {"patterns": len('{"id":"s\\ud800","note":"x\\udcff"}')}
 
 
 _VALUES = st.recursive(

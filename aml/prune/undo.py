@@ -46,6 +46,7 @@ from aml.gcpause import gc_paused
 from aml.prune.archive import canonical_item, remove_canonical_from_archive
 from aml.store.atomic import atomic_open
 from aml.store.documents import DocumentError
+from aml.store.jsontext import loads
 from aml.store.rewrite import (
     Layout,
     ListSpan,
@@ -201,7 +202,9 @@ def undo_documents(root: Path, documents: Iterable[tuple[str, Sequence[UndoEntry
         for e in done:
             archive = e.payload.get("archive")
             if isinstance(archive, str) and archive:
-                archived[archive].add(canonical_item(e.payload.get("item")))
+                # the archive holds the record as its text reads (NaN included), not as the catalog's JSON keeps it
+                text = e.payload.get("text")
+                archived[archive].add(canonical_item(loads(text) if isinstance(text, str) else e.payload.get("item")))
     if archive_root is not None:
         for archive, keys in sorted(archived.items()):
             path = archive_root / archive

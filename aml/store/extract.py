@@ -290,5 +290,5 @@ def _items_size(items: list[Any]) -> int:
     whole list (``[``, the items joined by ``,``, ``]``: the items' bytes plus ``len(items) + 1``)."""
     try:
         return len(_ENCODE(items)) - len(items) - 1
-    except (TypeError, RecursionError):  # what item_size measures another way
+    except (TypeError, RecursionError, UnicodeEncodeError):  # what item_size measures another way
         return sum(item_size(item) for item in items)

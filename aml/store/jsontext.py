@@ -34,9 +34,10 @@ def loads(text: str | bytes) -> Any:
 
 def dumps_compact(value: Any) -> str:
     """``value`` as compact JSON text (no spaces), non-ASCII kept as is, encoded by msgspec: floats in its shortest
-    notation, non-finite floats as ``null`` (JSON has no ``NaN``), a ``datetime`` as RFC 3339 text. A string with a
-    lone surrogate (no UTF-8 form) goes to ``json.dumps``, which escapes it; so does a type msgspec does not encode,
-    for which ``json.dumps`` raises.
+    notation, non-finite floats as ``null`` (JSON has no ``NaN``), a ``datetime`` as RFC 3339 text. A value holding a
+    string with a lone surrogate (no UTF-8 form) is written whole by ``json.dumps`` instead, as before: the
+    surrogate and all non-ASCII escaped, a non-finite float as ``NaN``/``Infinity``; so is a type msgspec does not
+    encode, for which ``json.dumps`` raises.
 
     Raises:
         TypeError: ``value`` holds something JSON cannot represent.

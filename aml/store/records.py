@@ -58,19 +58,26 @@ def item_size(item: Any) -> int:
     text); anything else (a scalar, a tree holding an object msgspec does not encode, a cycle) is measured
     as ``json.dumps(..., default=str)`` writes it.
 
+    A lone surrogate in a string (it has no UTF-8 form; ``json.loads`` reads a ``"\\ud800"`` escape as one)
+    counts as that six-character escape.
+
     Raises:
         ValueError: a reference cycle (``json``'s check names it).
         RecursionError: nesting deeper than the interpreter's recursion limit.
-        UnicodeEncodeError: a lone surrogate in a string (it has no UTF-8 form).
     """
     kind = type(item)
     if kind is dict or kind is list:
         try:
             return len(_MSGSPEC_ENCODE(item))
-        except (TypeError, RecursionError):  # an object msgspec does not encode, a cycle or deep nesting:
-            pass  # json with default=str, whose checks say which
+        except (TypeError, RecursionError, UnicodeEncodeError):  # an object msgspec does not encode, a cycle,
+            pass  # deep nesting, a lone surrogate: json with default=str, whose checks say which
     text = _COMPACT.encode(item)
-    return len(text) if text.isascii() else len(text.encode("utf-8"))
+    if text.isascii():
+        return len(text)
+    try:
+        return len(text.encode("utf-8"))
+    except UnicodeEncodeError:  # a lone surrogate (json.loads reads a "\ud800" escape as one): as that escape
+        return len(text.encode("utf-8", "backslashreplace"))
 
 
 @dataclass(frozen=True, slots=True)
