@@ -16,16 +16,17 @@ from sqlalchemy import JSON, Column, Integer, MetaData, Table, insert, select
 
 from models.engine import json_deserializer, json_serializer, make_engine
 
-_JSON = st.recursive(
+JSON_VALUES = st.recursive(
     st.one_of(st.none(), st.booleans(), st.integers(min_value=-(2**63), max_value=2**64 - 1),
               st.floats(allow_nan=False, allow_infinity=False), st.text()),
     lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=4), inner, max_size=3),
     max_leaves=10,
 )
+"""Any JSON value (no NaN, integers within 64 bits): what results, rows and output hold."""
 
 
 @settings(max_examples=300, deadline=None)
-@given(value=_JSON)
+@given(value=JSON_VALUES)
 def test_round_trip(value: Any) -> None:
     text = json_serializer(value)
     assert json.loads(text) == value  # what any reader of the catalog (psql, sqlite3, jq) gets

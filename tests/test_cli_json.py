@@ -8,16 +8,9 @@ from pathlib import Path
 from typing import Any
 
 from hypothesis import given, settings
-from hypothesis import strategies as st
 
 from cli.render import json_text
-
-_JSON = st.recursive(
-    st.one_of(st.none(), st.booleans(), st.integers(min_value=-(2**63), max_value=2**64 - 1),
-              st.floats(allow_nan=False, allow_infinity=False), st.text(alphabet=st.characters(codec="utf-8"))),
-    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=4), inner, max_size=3),
-    max_leaves=10,
-)
+from tests.test_catalog_json import JSON_VALUES as _JSON
 
 
 @settings(max_examples=300, deadline=None)
