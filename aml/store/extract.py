@@ -252,29 +252,25 @@ class Tally:
         relpath, doc_agent, items = doc.relpath, doc.agent, doc.data
         counts, sizes = self.counts, self.sizes
         whole_list = doc_agent is not None and type(items) is list  # one agent, items already decoded
-        if whole_list and doc.types_clean and doc_agent is not None:  # objects, of the right types: no loop
-            n = len(items)
-            if n:
-                counts[doc_agent, collection] += n
-                sizes[doc_agent, collection] += _items_size(items)
-            self.records += n
-            return n
-        wrong_types = _none if doc.types_clean else acc.wrong_types
         all_objects = True
-        n = 0
-        for index, item in enumerate(items):
-            n += 1
-            if type(item) is not dict:
-                all_objects = False
-            found = wrong_types(item, collection)
-            if found:
-                pointer = f"/{index}"
-                self.wrong_types += wrong_type_findings(relpath, acc.item_id(item) or f"{relpath}#{pointer}",
-                                                        pointer, found)
-            if not whole_list:
-                key = (_loom_agent(doc_agent, item), collection)
-                counts[key] += 1
-                sizes[key] += item_size(item)
+        if whole_list and doc.types_clean:
+            n = len(items)  # objects with fields of the right types: nothing to look at one by one
+        else:
+            wrong_types = _none if doc.types_clean else acc.wrong_types
+            n = 0
+            for index, item in enumerate(items):
+                n += 1
+                if type(item) is not dict:
+                    all_objects = False
+                found = wrong_types(item, collection)
+                if found:
+                    pointer = f"/{index}"
+                    self.wrong_types += wrong_type_findings(relpath, acc.item_id(item) or f"{relpath}#{pointer}",
+                                                            pointer, found)
+                if not whole_list:
+                    key = (_loom_agent(doc_agent, item), collection)
+                    counts[key] += 1
+                    sizes[key] += item_size(item)
         if whole_list and n and doc_agent is not None:
             counts[doc_agent, collection] += n
             sizes[doc_agent, collection] += _items_size(items) if all_objects else sum(map(item_size, items))
