@@ -49,11 +49,13 @@ def run_task(task: Task, kwargs: dict[str, Any], *, enqueue: bool, wait: bool, t
     # imported here: the CLI's start-up (--help) pays for Celery and the catalog only when a command runs
     from celery.exceptions import TimeoutError as CeleryTimeoutError
 
+    from aml.gcpause import end_startup
     from workers.app import current_aml_app
     from workers.dispatch import NoConsumer, execute
     from workers.locks import LockUnavailable
 
     current_aml_app()
+    end_startup()  # what the command runs is imported: the collector back on (aml.gcpause)
     try:
         outcome = execute(task, kwargs, enqueue=enqueue, wait=wait, timeout=timeout)
     except (LockUnavailable, NoConsumer) as exc:  # a service aml needs is not there: nothing ran

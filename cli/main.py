@@ -17,6 +17,8 @@ import sys
 
 import typer
 
+from aml.gcpause import end_startup, exiting, pause_for_startup
+
 SERVICE_COMMANDS = frozenset({"worker", "beat", "flower", "exporter", "db", "demo", "trace"})
 
 
@@ -87,7 +89,14 @@ def main(argv: list[str] | None = None) -> None:
     # a known command word first: only its module is imported (anything else, e.g. --help or a typo, gets
     # the whole app, for its listing of the commands)
     only = rest[0] if rest and rest[0] in STORE_COMMANDS else None
-    build_store_app(only)(args=rest, prog_name=f"aml {store}", obj={"store": store})
+    if argv is None:  # the process's entry point: a one-shot command (never a worker, never a test's process)
+        pause_for_startup()
+    try:
+        build_store_app(only)(args=rest, prog_name=f"aml {store}", obj={"store": store})
+    finally:
+        end_startup()
+        if argv is None:
+            exiting()
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -1,0 +1,107 @@
+"""The ``aml`` process pauses Python's cyclic collector while it imports, and freezes what it imported
+(:mod:`aml.gcpause`, issue 12: start-up); the work itself runs with the collector on, and a test's or a
+worker's process is never touched."""
+
+from __future__ import annotations
+
+import gc
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from aml.gcpause import end_startup, exiting, pause_for_startup
+from cli.main import main
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture
+def collector() -> Iterator[None]:
+    """Leave the collector as it was found: on, nothing frozen."""
+    assert gc.isenabled()
+    try:
+        yield
+    finally:
+        gc.unfreeze()
+        gc.enable()
+
+
+def test_paused_start_up_ends_with_the_collector_on_and_the_start_up_frozen(collector: None) -> None:
+    gc.unfreeze()
+    pause_for_startup()
+    assert not gc.isenabled()
+    made_at_start_up = [[] for _ in range(1000)]  # tracked containers
+    end_startup()
+    assert gc.isenabled()
+    assert gc.get_freeze_count() >= len(made_at_start_up)
+    frozen = gc.get_freeze_count()
+    end_startup()  # a second end changes nothing
+    assert gc.isenabled() and gc.get_freeze_count() == frozen
+
+
+def test_start_up_not_paused_when_the_collector_was_already_off(collector: None) -> None:
+    gc.disable()
+    pause_for_startup()
+    end_startup()  # the caller turned it off: it stays off, nothing frozen
+    assert not gc.isenabled()
+    assert gc.get_freeze_count() == 0
+
+
+def test_end_without_pause_does_nothing(collector: None) -> None:
+    end_startup()
+    assert gc.isenabled() and gc.get_freeze_count() == 0
+
+
+def test_exiting_freezes_what_is_alive(collector: None) -> None:
+    alive = [{} for _ in range(100)]
+    exiting()
+    assert gc.get_freeze_count() >= len(alive)
+
+
+def test_main_with_arguments_leaves_the_collector_alone(tmp_path: Path, collector: None,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    # main(argv) is how tests and embedding code call the CLI: their process's collector is not theirs to pause
+    monkeypatch.setenv("AML_HOME", str(tmp_path / "home"))
+    (tmp_path / "store").mkdir()
+    with pytest.raises(SystemExit):
+        main([str(tmp_path / "store"), "monitor", "health", "--json"])
+    assert gc.isenabled()
+    assert gc.get_freeze_count() == 0
+
+
+def test_the_aml_process_runs_its_work_with_the_collector_on(tmp_path: Path) -> None:
+    # the console script's path (main() without arguments); the health task's body records the collector's
+    # state through the scan's visit of each document: a cycle made during the work must be collectable
+    store = tmp_path / "store"
+    (store / "agent-a").mkdir(parents=True)
+    (store / "agent-a" / "patterns.json").write_text("[]")
+    code = (
+        "import gc, json, sys\n"
+        "import aml.store.filestore as fs\n"
+        "seen = []\n"
+        "original = fs.FileStore.scan\n"
+        "def scan(self, *a, **k):\n"
+        "    seen.append(gc.isenabled())\n"
+        "    return original(self, *a, **k)\n"
+        "fs.FileStore.scan = scan\n"
+        "from cli.main import main\n"
+        f"sys.argv = ['aml', {str(store)!r}, 'monitor', 'health', '--json']\n"
+        "try:\n"
+        "    main()\n"
+        "except SystemExit as exc:\n"
+        "    code = exc.code\n"
+        "print(json.dumps({'during': seen, 'frozen': gc.get_freeze_count()}), file=sys.stderr)\n"
+    )
+    env = dict(os.environ, AML_HOME=str(tmp_path / "home"), AML_LOCK_URL="none", AML_REMEDIATE="off",
+               AML_BROKER_URL="redis://127.0.0.1:1/0")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True,
+                          timeout=120)
+    report = json.loads(proc.stderr.strip().splitlines()[-1])
+    assert report["during"] == [True], proc.stderr  # the scan ran, with the collector on
+    assert report["frozen"] > 10_000  # the start-up's modules were frozen (and what lived at the end)
+    assert json.loads(proc.stdout)["status"] in ("healthy", "warning", "critical")
