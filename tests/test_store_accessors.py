@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from pathlib import Path
 from types import MappingProxyType
@@ -19,6 +19,9 @@ from aml.store import accessors as acc
 from aml.store.codec import decode
 from aml.store.documents import load_json
 from aml.store.records import item_size
+from tests.loom_strategies import DECISIONS
+from tests.loom_strategies import LOOM_ITEMS as _ITEMS
+from tests.loom_strategies import VALUES as _VALUES
 from tests.realdata import LOOM_SCHEMA
 
 V10 = {
@@ -165,26 +168,6 @@ def test_real_items_detect_as_their_store_version(name: str, loom_store: Callabl
 
 # ---------------------------------------------------------------- one-pass readers and item_size
 
-_TS_TEXT = st.sampled_from(["2026-03-24T03:18:32.025Z", " 2025-12-06T22:58:25.942000+00:00 ", "2026-11-22T10:48:19",
-                            "1700000000", "20260324", "", "not a date", "2026-03-24T03:18:32+05:30"])
-_VALUES = st.one_of(st.none(), st.booleans(), st.integers(-3, 2**70), st.floats(allow_nan=True),
-                    st.text(max_size=3), _TS_TEXT, st.lists(st.integers(), max_size=2),
-                    st.dictionaries(st.text(max_size=2), st.integers(), max_size=2))
-_PARENTS = ("pattern", "metrics", "performance", "evolution", "lifecycle", "problem", "effectiveness", "decision",
-            "outcome")
-_KEYS = ("type", "successRate", "success_rate", "executionCount", "execution_count", "confidenceScore",
-         "confidence_score", "confidence", "created", "created_at", "lastUsed", "last_used", "last_used_at",
-         "errorType", "error_type", "worked", "wouldRepeat", "would_repeat", "avg_time_saved_ms", "avgTimeSavedMs",
-         "timeToFixMinutes", "time_to_fix_minutes", "preventedRecurrence", "prevented_recurrence")
-_TOP = ("id", "agent", "timestamp", "verifiedCount", "verified_count", "reviewedAt", "reviewed_at", "active")
-_ITEMS = st.builds(
-    lambda top, parents: {**top, **parents},
-    st.dictionaries(st.sampled_from(_TOP), _VALUES, max_size=5),
-    st.dictionaries(st.sampled_from(_PARENTS),
-                    st.one_of(_VALUES, st.dictionaries(st.sampled_from(_KEYS), _VALUES, max_size=6)), max_size=6),
-)
-
-
 @settings(max_examples=400, deadline=None)
 @given(item=st.one_of(_ITEMS, _VALUES))
 def test_one_pass_readers_equal_the_accessors(item: Any) -> None:
@@ -207,6 +190,49 @@ def test_one_pass_readers_equal_the_accessors(item: Any) -> None:
             assert acc.wrong_types(item, collection) == acc.wrong_types(MappingProxyType(item), collection)
         else:
             assert acc.wrong_types(item, collection) == ()
+
+
+@settings(max_examples=400, deadline=None)
+@given(item=st.one_of(_ITEMS, _VALUES))
+def test_rule_fields_equal_the_accessors(item: Any) -> None:
+    """pattern_rule_fields, solution_rule_fields and decision_rule_fields (prune's plan) return exactly what the
+    single-field accessors return, for a dict and for a Mapping that is not one."""
+    if isinstance(item, dict):
+        _check_rule_fields(item)
+
+
+@settings(max_examples=300, deadline=None)
+@given(item=DECISIONS)
+def test_decision_rule_fields_equal_the_accessors(item: dict[str, Any]) -> None:
+    """The same, on decisions whose outcome holds its fields in every spelling and type."""
+    _check_rule_fields(item)
+
+
+def _check_rule_fields(item: dict[str, Any]) -> None:
+    created = acc.item_timestamp(item) or acc.created_at(item)
+    for view in (item, MappingProxyType(item)):
+        assert acc.pattern_rule_fields(view) == (acc.item_id(item), acc.pattern_type(item), created,
+                                                 acc.last_used_at(item), acc.success_rate(item),
+                                                 acc.confidence(item), acc.execution_count(item))
+        assert acc.solution_rule_fields(view) == (acc.item_id(item), acc.error_type(item), created,
+                                                  acc.solution_worked(item))
+        assert acc.decision_rule_fields(view) == (acc.item_id(item), acc.decision_type(item), created,
+                                                  acc.has_outcome(item), acc.would_repeat(item))
+
+
+@settings(max_examples=400, deadline=None)
+@given(item=DECISIONS)
+def test_outcome_scores_one_pass_equals_the_general_path(item: dict[str, Any]) -> None:
+    """outcome_scores of a dict (one lookup per parent) reads each named metric's first spelling holding a value,
+    as a number, exactly as its general path (any Mapping) does."""
+    metrics = acc._first(item, ("outcome", "successMetrics"), ("outcome", "success_metrics"))
+    expected = {}
+    if isinstance(metrics, Mapping):  # the oracle: each name's first spelling holding a value, read as a number
+        for name, spellings in acc.OUTCOME_SCORES.items():
+            value = next((metrics[s] for s in spellings if metrics.get(s) is not None), None)
+            if value is not None and acc.finite_number(value):
+                expected[name] = float(value)
+    assert acc.outcome_scores(item) == expected == acc.outcome_scores(MappingProxyType(item))
 
 
 _JSON = st.recursive(

@@ -174,43 +174,45 @@ class PrunePlan:
         return out
 
 
-_KIND = {"patterns": acc.pattern_type, "solutions": acc.error_type, "decisions": acc.decision_type}
-
-
 def _candidate(agent: str, collection: str, document: str, index: int, item: Mapping[str, Any],
                config: PruneConfig, now: datetime, *, lean: bool = False,
                clean: bool = False) -> Candidate:
     """The :class:`Candidate` of one Loom item (id and kind as :class:`aml.store.Record` has them);
     with ``lean``, its size (``size_bytes``, ``cost_bytes``) and ``value`` are left at 0, for
     :func:`_matchable` to fill in for the candidates it keeps (:func:`_size_and_value`); ``clean``: its document
-    is proven free of wrong types (``Document.types_clean``)."""
-    created = acc.item_timestamp(item) or acc.created_at(item)
-    success = confidence = None
+    is proven free of wrong types (``Document.types_clean``).
+
+    Its fields are read in one pass per item (``acc.pattern_rule_fields`` and its kin: each parent object looked
+    up once), which return what the single-field accessors do (tests/test_prune_candidates.py)."""
+    success = confidence = worked = None
     executions = None
-    last_used = created
+    negative = False
     if collection == "patterns":
         # the rules read the fields as stored (a missing one never matches); the value uses defaults
-        success, confidence, executions = acc.success_rate(item), acc.confidence(item), acc.execution_count(item)
+        record_id, kind, created, last_used, success, confidence, executions = acc.pattern_rule_fields(item)
         # an unreadable last use is unknown, not "never used": no fallback to the creation time (a clean
         # document has none: each last-use field it holds reads as ISO 8601 text)
-        last_used = None if not clean and acc.last_used_unreadable(item) else (acc.last_used_at(item) or created)
+        last_used = None if not clean and acc.last_used_unreadable(item) else (last_used or created)
+    elif collection == "solutions":
+        record_id, kind, created, worked = acc.solution_rule_fields(item)
+        last_used = created
+    else:
+        record_id, kind, created, outcome, repeat = acc.decision_rule_fields(item)
+        last_used = created
+        if outcome:
+            average = outcome_metric_average(item)
+            negative = repeat is False or (average is not None and average < config.negative_metric_average)
     c = Candidate(
         agent=agent, collection=collection,
-        record_id=acc.item_id(item) or f"{document}#{json_pointer(index)}",
-        kind=_KIND[collection](item) or collection, document=document, index=index,
+        record_id=record_id or f"{document}#{json_pointer(index)}",
+        kind=kind or collection, document=document, index=index,
         size_bytes=0, cost_bytes=0.0, value=0.0,
         last_used=last_used, created=created,
-        success=success, confidence=confidence, executions=executions,
+        success=success, confidence=confidence, executions=executions, worked=worked, negative=negative,
         wrong_types=() if clean else tuple(w.field for w in acc.wrong_types(item, collection)),
     )
     if not lean:
         _size_and_value(c, item, config, now)
-    if collection == "solutions":
-        c.worked = acc.solution_worked(item)
-    elif collection == "decisions" and acc.has_outcome(item):
-        average = outcome_metric_average(item)
-        c.negative = acc.would_repeat(item) is False or (
-            average is not None and average < config.negative_metric_average)
     return c
 
 

@@ -370,6 +370,9 @@ name -> spellings read. ``developmentSpeed`` is a multiplier 0-2 (1.0 = baseline
 are 0-1 scores. ``customMetrics`` are free-form counts with no scale and are not among them."""
 
 
+_OUTCOME_SPELLINGS: Final = tuple(OUTCOME_SCORES.items())
+
+
 def outcome_scores(item: Item) -> dict[str, float]:
     """The named success metrics of a decision's outcome, as stored (camelCase or snake_case).
 
@@ -377,8 +380,20 @@ def outcome_scores(item: Item) -> dict[str, float]:
         ``{canonical name: value}`` for each of :data:`OUTCOME_SCORES` present as a number; empty
         without outcome. Values are not rescaled (``development_speed`` stays a 0-2 multiplier).
     """
-    metrics = _first(item, ("outcome", "successMetrics"), ("outcome", "success_metrics"))
-    out: dict[str, float] = {}
+    if type(item) is dict:  # one lookup per parent (the general path below reads any Mapping)
+        metrics = _either(_sub(item, "outcome"), "successMetrics", "success_metrics")
+        if type(metrics) is dict:
+            out = {}
+            for name, spellings in _OUTCOME_SPELLINGS:
+                value = metrics.get(spellings[0])
+                if value is None and len(spellings) > 1:
+                    value = metrics.get(spellings[1])
+                if value is not None and (number := _as_float(value)) is not None:
+                    out[name] = number
+            return out
+    else:
+        metrics = _first(item, ("outcome", "successMetrics"), ("outcome", "success_metrics"))
+    out = {}
     for name, spellings in OUTCOME_SCORES.items():
         value = _as_float(_first(metrics, *((s,) for s in spellings)))
         if value is not None:
@@ -479,6 +494,54 @@ def solution_score_fields(item: Item) -> tuple[bool | None, float | None, int | 
             _as_float(_either(effectiveness, "timeToFixMinutes", "time_to_fix_minutes")),
             _as_int(_either(item, "verifiedCount", "verified_count")),
             _as_int(_either(effectiveness, "preventedRecurrence", "prevented_recurrence")))
+
+
+def pattern_rule_fields(
+    item: Item,
+) -> tuple[str | None, str | None, datetime | None, datetime | None, float | None, float | None, int | None]:
+    """``(item_id, pattern_type, created, last_used_at, success_rate, confidence, execution_count)`` of a pattern,
+    in one pass: what prune's rules read of it. ``created`` is ``item_timestamp(item) or created_at(item)``: the
+    top-level ``timestamp`` first, as Loom's pruner has it."""
+    if type(item) is not dict:
+        return (item_id(item), pattern_type(item), item_timestamp(item) or created_at(item), last_used_at(item),
+                success_rate(item), confidence(item), execution_count(item))
+    lifecycle, evolution = _sub(item, "lifecycle"), _sub(item, "evolution")
+    rate, conf, count = _pattern_numbers(_sub(item, "performance"), _sub(item, "metrics"), lifecycle, evolution)
+    last = lifecycle.get("last_used_at")
+    if last is None:
+        last = _either(evolution, "lastUsed", "last_used")
+    created = parse_iso_timestamp(item.get("timestamp"))
+    if created is None:
+        created = _created_at(item, lifecycle, evolution)
+    return (_as_str(item.get("id")), _as_str(_sub(item, "pattern").get("type")), created, parse_iso_timestamp(last),
+            _as_float(rate), _as_float(conf), _as_int(count))
+
+
+def solution_rule_fields(item: Item) -> tuple[str | None, str | None, datetime | None, bool | None]:
+    """``(item_id, error_type, created, solution_worked)`` of a solution, in one pass (``created`` as in
+    :func:`pattern_rule_fields`)."""
+    if type(item) is not dict:
+        return item_id(item), error_type(item), item_timestamp(item) or created_at(item), solution_worked(item)
+    created = parse_iso_timestamp(item.get("timestamp"))
+    if created is None:
+        created = _created_at(item, _sub(item, "lifecycle"), _sub(item, "evolution"))
+    return (_as_str(item.get("id")), _as_str(_either(_sub(item, "problem"), "errorType", "error_type")), created,
+            _as_bool(_sub(item, "effectiveness").get("worked")))
+
+
+def decision_rule_fields(item: Item) -> tuple[str | None, str | None, datetime | None, bool, bool | None]:
+    """``(item_id, decision_type, created, has_outcome, would_repeat)`` of a decision, in one pass (``created``
+    as in :func:`pattern_rule_fields`)."""
+    if type(item) is not dict:
+        return (item_id(item), decision_type(item), item_timestamp(item) or created_at(item), has_outcome(item),
+                would_repeat(item))
+    created = parse_iso_timestamp(item.get("timestamp"))
+    if created is None:
+        created = _created_at(item, _sub(item, "lifecycle"), _sub(item, "evolution"))
+    outcome = item.get("outcome")
+    present = type(outcome) is dict or isinstance(outcome, Mapping)
+    repeat = _either(outcome, "wouldRepeat", "would_repeat") if present else None
+    return (_as_str(item.get("id")), _as_str(_sub(item, "decision").get("type")), created, present, _as_bool(repeat))
 
 
 def solution_fields(item: Item) -> tuple[str | None, bool | None, int | None, datetime | None]:
