@@ -33,6 +33,7 @@ from aml.migrate.files import (
     sha256,
 )
 from aml.migrate.journal import Journal
+from aml.migrate.lean import lean_counts
 from aml.migrate.legacy import LEGACY_KEY
 from aml.migrate.steps import KIND_OF_COLLECTION, StepContext, loom_style
 from aml.migrate.versions import DEFAULT_VERSION, LATEST, VERSIONS, check_version
@@ -360,6 +361,18 @@ def _plan_streamed(read: RawFile, agent: str, collection: str, target: ItemVersi
             sink.write_range(text, start, len(text) if end is None else end)
     heads: dict[str, str] = {}  # the text of each key, for dumps_element
     copied = scanned = line_start = 0
+    if not keep_bytes:  # counts only: one C pass over the bytes when it can vouch for the file
+        if stamps:
+            for stamp_style in (TS_STYLE, PY_AWARE_STYLE):
+                ctx.stamp_as(stamp_style)
+        try:
+            counted = lean_counts(read.decoded, target, ctx, stamps=stamps)
+        except Exception:  # e.g. a stamp that cannot be made: the streamed pass decides, as for any error there
+            counted = None
+        if counted is not None:
+            st = read.stat
+            return FilePlan(read.relpath, agent, collection, read.encoding, sha256(read.raw), st.st_size,
+                            st.st_mtime_ns, counted[0], counted[1], counted[2], [], None, None)
     try:
         doc = document_text(read.raw, read.stat, read.decoded, read.encoding, read.path)
         text = doc.text
