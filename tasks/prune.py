@@ -132,7 +132,7 @@ def run_body(store_id: str, run_id: str, *, strategies: Sequence[str] | None, ag
         root = store_path(store_id)
         # a redelivered task (same id): adopt what a killed attempt removed, forget what it did not
         resumed = None if dry_run else drop_unpublished(catalog, root, store_id, run_id)
-        plan = build_plan(root, config, strategies, agents=agents)
+        plan = build_plan(root, config, strategies, agents=agents, compact=not dry_run)
         planned = plan.to_dict(include_actions=False)
         planned["actions"] = [a.to_dict() for a in plan.actions[:ACTIONS_IN_RESULT]]
         planned["actions_truncated"] = len(plan.actions) > ACTIONS_IN_RESULT

@@ -7,6 +7,7 @@ from __future__ import annotations
 import gc
 import gzip
 import json
+import pickle
 from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
@@ -246,6 +247,9 @@ def test_a_compacted_plan_is_the_same_plan(tmp_path: Path, monkeypatch: pytest.M
     assert packed is not made and len(packed.actions) > 100
     assert packed.to_dict() == made.to_dict()
     assert packed.actions == made.actions and packed.documents == made.documents and packed.root == made.root
+    assert pickle.loads(pickle.dumps(made.actions)) == made.actions  # PlannedAction pickles as the call that makes it
+    loose = build_plan(root, config, [*RULES, "space_based"], compact=False)  # a dry run's plan
+    assert loose.to_dict() == made.to_dict()
     monkeypatch.setattr(plan_mod, "_COMPACT_FROM", 10**9)
     assert plan_mod._compacted(made) is made  # a small plan is kept as it is
 
