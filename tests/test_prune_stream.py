@@ -8,6 +8,7 @@ import gc
 import gzip
 import json
 import pickle
+import weakref
 from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
@@ -248,6 +249,25 @@ def test_a_compacted_plan_is_the_same_plan(tmp_path: Path, monkeypatch: pytest.M
     assert packed.to_dict() == made.to_dict()
     assert packed.actions == made.actions and packed.documents == made.documents and packed.root == made.root
     assert pickle.loads(pickle.dumps(made.actions)) == made.actions  # PlannedAction pickles as the call that makes it
+    # the plan as made is gone when it is made anew (else both are in memory and the compaction gains nothing)
+    alive_at_load: list[bool] = []
+    made_refs: list[weakref.ref[Any]] = []
+    real_build, real_loads = plan_mod._build_plan, pickle.loads
+
+    def build(*args: Any, **kwargs: Any) -> Any:
+        plan = real_build(*args, **kwargs)
+        made_refs.append(weakref.ref(plan))
+        return plan
+
+    def loads(data: bytes) -> Any:
+        alive_at_load.append(made_refs[-1]() is not None)
+        return real_loads(data)
+
+    with monkeypatch.context() as patched:
+        patched.setattr(plan_mod, "_build_plan", build)
+        patched.setattr(plan_mod.pickle, "loads", loads)
+        assert build_plan(root, config, [*RULES, "space_based"]).to_dict() == made.to_dict()
+    assert alive_at_load == [False]
     loose = build_plan(root, config, [*RULES, "space_based"], compact=False)  # a dry run's plan
     assert loose.to_dict() == made.to_dict()
     monkeypatch.setattr(plan_mod, "_COMPACT_FROM", 10**9)

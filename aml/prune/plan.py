@@ -266,10 +266,10 @@ def build_plan(
         ValueError: an unknown strategy.
         FileNotFoundError, NotADirectoryError: the root is not a directory.
     """
-    plan = _build_plan(root, config, strategies, agents=agents)
     if not compact:
-        return plan
-    return _compacted(plan)
+        return _build_plan(root, config, strategies, agents=agents)
+    # passed straight on: no reference here may keep the plan as made alive while it is made anew
+    return _compacted(_build_plan(root, config, strategies, agents=agents))
 
 
 def _compacted(plan: PrunePlan) -> PrunePlan:
