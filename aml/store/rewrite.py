@@ -323,8 +323,12 @@ def write_text(fh: BinaryIO, pieces: Iterable[str], encoding: Encoding, gzip_lev
         OSError: the write failed.
     """
     sink = TextSink(fh, encoding, gzip_level)
+    write, write_range = sink.write, sink.write_range
     for piece in pieces:
-        sink.write_range(piece, 0, len(piece))  # a whole document given as one piece is encoded in runs too
+        if len(piece) <= PIECE_CHARS:  # the usual piece (an element, a separator): no slicing to do
+            write(piece)
+        else:  # a whole document given as one piece is encoded in runs too
+            write_range(piece, 0, len(piece))
     sink.close()
     return sink.bytes_written
 
