@@ -1,9 +1,12 @@
 """Python's cyclic garbage collector paused around work that makes objects by the million and no cycles.
 
-Parsed JSON, record views, spans and index rows hold no reference cycles, so the collector's full passes,
-which the sheer number of objects of a large document triggers, only cost time: about a quarter of
-``monitor health`` and ``optimize index`` and 40 % of a prune or an undo on a 75,000-record store (issue 12).
-Reference counting still frees every object as soon as it is unused.
+Parsed JSON, record views, spans, index rows and a snapshot's entries hold no reference cycles, so the
+collector's full passes, which the sheer number of objects of a large document (or of a 100,000-file store)
+triggers, only cost time: about a quarter of ``monitor health`` and ``optimize index`` and 40 % of a prune or an
+undo on a 75,000-record store, a quarter of an incremental backup and of a verify of 100,000 files (issues 11
+and 12). Reference counting still frees every object as soon as it is unused.
+
+A one-shot ``aml`` process also pauses it while it imports (:func:`pause_for_startup`).
 """
 
 from __future__ import annotations

@@ -32,6 +32,7 @@ from typing import Any
 
 import zstandard
 
+from aml.gcpause import gc_paused
 from aml.store.atomic import atomic_write
 from aml.store.documents import AGENT_FILES, base_name, read_document
 from aml.store.names import text_names
@@ -408,6 +409,7 @@ def _taken_names(repo: Repository) -> set[str]:
     return names
 
 
+@gc_paused()  # a snapshot's entries and objects hold no reference cycles (aml.gcpause)
 def create_snapshot(
     store_root: str | os.PathLike[str],
     repo: Repository | str | os.PathLike[str],

@@ -40,6 +40,7 @@ from typing import Any
 
 import zstandard
 
+from aml.gcpause import gc_paused
 from aml.store.atomic import atomic_write
 from aml.store.names import text_names
 from aml.store.timestamps import utc_iso_z
@@ -184,6 +185,7 @@ def _load_state(root: os.PathLike[str] | str) -> dict[str, str]:
         return {}
 
 
+@gc_paused()  # a snapshot's entries and objects hold no reference cycles (aml.gcpause)
 def check(
     repo: Repository | str | os.PathLike[str],
     *,

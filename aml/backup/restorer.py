@@ -38,6 +38,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
+from aml.gcpause import gc_paused
 from aml.store.names import text_names
 
 from . import crypto
@@ -271,6 +272,7 @@ def check_target(
 # public API
 
 
+@gc_paused()  # a snapshot's entries and objects hold no reference cycles (aml.gcpause)
 def restore(
     repo: Repository | str | os.PathLike[str],
     backup_id: str,
