@@ -39,7 +39,9 @@ def pause_for_startup() -> None:
 
     A CLI run imports Celery, SQLAlchemy, pydantic and aml's engines (some 400,000 objects, none of them garbage),
     and the collector's full passes over that growing heap cost 0.15-0.2 s of a ``monitor health`` (issue 12:
-    0.86 -> 0.73 s on a small store). :func:`end_startup` turns it back on once the work is about to start.
+    0.86 -> 0.73 s on a small store). :func:`end_startup` turns it back on once what the command runs is imported:
+    as an operation's body begins (``tasks.base.run_operation``), as a task is enqueued, as a repository is opened,
+    or as the command ends.
     For a process's entry point only (the ``aml`` console script), never in a worker or a test process."""
     if gc.isenabled():
         gc.disable()
@@ -61,5 +63,10 @@ def exiting() -> None:
 
     CPython collects cycles once more while it shuts down, the collector on or off, walking every object still
     tracked; after :func:`gc.freeze` it walks none of them (the process's memory goes back to the system as it
-    exits either way). For a process's entry point, as it ends (the ``aml`` console script)."""
+    exits either way). The young generations are collected first (cheap), so the cycles the command's last work
+    left are finalized as before. The trade-off: an older cycle's finalizers (``__del__``, a generator's
+    ``finally``) no longer run at exit. aml has none; its writes are complete (fsync, rename, commit) before a
+    command returns, and files and connections are closed by reference counting or at interpreter shutdown. For a
+    process's entry point, as it ends (the ``aml`` console script)."""
+    gc.collect(1)
     gc.freeze()

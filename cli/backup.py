@@ -55,10 +55,13 @@ def _backup_callback(password_file: PasswordFileOpt = None) -> None:
 
 def _repository(ctx: typer.Context) -> Any:
     """The store's repository, with the password of the settings (``--password-file``)."""
+    from aml.gcpause import end_startup
     from tasks.snapshots import repository_of, store_id_of
     from workers.app import current_aml_app
 
-    return repository_of(store_id_of(store_of(ctx)), current_aml_app().conf.aml_settings)
+    repository = repository_of(store_id_of(store_of(ctx)), current_aml_app().conf.aml_settings)
+    end_startup()  # what the command runs is imported (aml.gcpause)
+    return repository
 
 
 def _engine_call(fn: Any) -> Any:

@@ -55,7 +55,8 @@ def run_task(task: Task, kwargs: dict[str, Any], *, enqueue: bool, wait: bool, t
     from workers.locks import LockUnavailable
 
     current_aml_app()
-    end_startup()  # what the command runs is imported: the collector back on (aml.gcpause)
+    if enqueue:  # nothing more to import; an inline run ends the start-up as its body begins (tasks.base)
+        end_startup()
     try:
         outcome = execute(task, kwargs, enqueue=enqueue, wait=wait, timeout=timeout)
     except (LockUnavailable, NoConsumer) as exc:  # a service aml needs is not there: nothing ran

@@ -24,6 +24,7 @@ import sqlalchemy.exc
 from celery import Task
 from sqlalchemy.orm import Session
 
+from aml.gcpause import end_startup
 from aml.store.guard import WriteRevoked
 from aml.store.names import text_names
 from aml.store.storeid import normalise_store_id
@@ -199,6 +200,7 @@ def run_operation(
     def begin(catalog: Catalog) -> dict[str, Any]:
         nonlocal body_started
         body_started = True
+        end_startup()  # a one-shot aml process has imported what it runs: the cyclic collector back on
         return body(catalog)
 
     try:

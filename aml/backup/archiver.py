@@ -32,7 +32,6 @@ from typing import Any
 
 import zstandard
 
-from aml.gcpause import gc_paused
 from aml.store.atomic import atomic_write
 from aml.store.documents import AGENT_FILES, base_name, read_document
 from aml.store.names import text_names
@@ -47,7 +46,7 @@ from .index import load_index, write_index
 from .manifest import DirTable, FileTable, LinkTable, Manifest, load_manifest, read_header, write_manifest
 from .pack import Dictionary, PackWriter, train_dictionary
 from .progress import ProgressCallback, Reporter
-from .repository import Repository, as_repository
+from .repository import Repository, as_repository, local_collector_paused
 from .summary import read_summary, summary_entry, update_summary
 
 NON_AGENT_DIRS = frozenset({"global", "config", "monitoring", "audit", "backup"})
@@ -409,7 +408,7 @@ def _taken_names(repo: Repository) -> set[str]:
     return names
 
 
-@gc_paused()  # a snapshot's entries and objects hold no reference cycles (aml.gcpause)
+@local_collector_paused
 def create_snapshot(
     store_root: str | os.PathLike[str],
     repo: Repository | str | os.PathLike[str],

@@ -40,7 +40,6 @@ from typing import Any
 
 import zstandard
 
-from aml.gcpause import gc_paused
 from aml.store.atomic import atomic_write
 from aml.store.names import text_names
 from aml.store.timestamps import utc_iso_z
@@ -53,7 +52,7 @@ from .index import list_pack_ids, load_index
 from .manifest import Manifest, load_body, read_header
 from .pack import PackReader, open_pack
 from .progress import ProgressCallback, Reporter
-from .repository import Repository, as_repository
+from .repository import Repository, as_repository, local_collector_paused
 from .restorer import validate_tables
 from .retention import ORPHAN_GRACE
 from .storage import StorageError
@@ -185,7 +184,7 @@ def _load_state(root: os.PathLike[str] | str) -> dict[str, str]:
         return {}
 
 
-@gc_paused()  # a snapshot's entries and objects hold no reference cycles (aml.gcpause)
+@local_collector_paused
 def check(
     repo: Repository | str | os.PathLike[str],
     *,

@@ -38,7 +38,6 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-from aml.gcpause import gc_paused
 from aml.store.names import text_names
 
 from . import crypto
@@ -50,7 +49,7 @@ from .fileswriter import RESTORE_THREADS, FilesWriter, attempt, sync_filesystem,
 from .index import load_index
 from .manifest import DirTable, FileTable, LinkTable, check_relpath, load_manifest
 from .progress import ProgressCallback, Reporter
-from .repository import Repository, as_repository
+from .repository import Repository, as_repository, local_collector_paused
 from .restore_plan import RestorePlan, Scope, Selection, plan_restore, select, validate_tables
 
 __all__ = [
@@ -272,7 +271,7 @@ def check_target(
 # public API
 
 
-@gc_paused()  # a snapshot's entries and objects hold no reference cycles (aml.gcpause)
+@local_collector_paused
 def restore(
     repo: Repository | str | os.PathLike[str],
     backup_id: str,

@@ -26,6 +26,7 @@ from aml.migrate.legacy import LEGACY_KEY
 from aml.migrate.steps import StepContext, loom_style
 from aml.migrate.versions import VERSIONS
 from aml.store.accessors import ItemVersion
+from aml.store.documents import valid_utf8
 
 _UNSET: Final = msgspec.UNSET
 
@@ -61,10 +62,11 @@ def lean_counts(decoded: bytes, target: ItemVersion, ctx: StepContext, *,
         ``(items, {source version: items}, changed)``, versions sorted; ``None`` when the file needs the
         streamed pass (see the module docstring).
     """
+    if not valid_utf8(decoded):  # msgspec checks the UTF-8 of the strings it decodes, not of those it skips
+        return None
     try:
-        decoded.decode("utf-8")  # msgspec checks the UTF-8 of the strings it decodes, not of those it skips
         heads = _HEADS.decode(decoded)
-    except (UnicodeDecodeError, msgspec.DecodeError, RecursionError):  # ValidationError is a DecodeError
+    except (msgspec.DecodeError, RecursionError):  # ValidationError is a DecodeError
         return None
     wanted = VERSIONS.index(target)
     position = {v: n for n, v in enumerate(VERSIONS)}

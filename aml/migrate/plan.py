@@ -212,7 +212,8 @@ def plan_file(root: Path, relpath: str, agent: str, collection: str, agents: fro
     """Plan one collection file.
 
     The file is read once and its items parsed one at a time (:func:`_plan_streamed`); without
-    ``keep_bytes`` an upgraded item is only counted, not built. A file that pass cannot vouch for
+    ``keep_bytes`` an upgraded item is only counted, not built (in one C pass over the bytes when it can:
+    :mod:`aml.migrate.lean`). A file that pass cannot vouch for
     (invalid JSON, a non-object item, an unknown version, a broken ``aml_legacy``, any error) is
     planned by :func:`_plan_full` instead, which reports it exactly as it always did. The result is
     the same :class:`FilePlan` either way.
@@ -313,7 +314,9 @@ _V12: Final = VERSIONS.index("1.2.0")
 def _plan_streamed(read: RawFile, agent: str, collection: str, target: ItemVersion, ctx: StepContext, *,
                    keep_bytes: bool, check_loss: bool, sink: TextSink | None = None) -> FilePlan | None:
     """The plan of one file from one streaming pass over its text (:func:`aml.migrate.files.iter_spans`:
-    one item in memory at a time), or ``None`` when the file needs :func:`_plan_full`.
+    one item in memory at a time), or ``None`` when the file needs :func:`_plan_full`. A lean plan (no
+    ``keep_bytes``) is first tried in one C pass over the bytes (:func:`aml.migrate.lean.lean_counts`), which
+    gives the same counts when it can vouch for the file and leaves it to this pass otherwise.
 
     With ``keep_bytes``, every changed item is migrated and its new text
     (:func:`aml.store.rewrite.dumps_element`, at the column the old one started at) replaces the old
@@ -362,10 +365,10 @@ def _plan_streamed(read: RawFile, agent: str, collection: str, target: ItemVersi
     heads: dict[str, str] = {}  # the text of each key, for dumps_element
     copied = scanned = line_start = 0
     if not keep_bytes:  # counts only: one C pass over the bytes when it can vouch for the file
-        if stamps:
-            for stamp_style in (TS_STYLE, PY_AWARE_STYLE):
-                ctx.stamp_as(stamp_style)
         try:
+            if stamps:
+                for stamp_style in (TS_STYLE, PY_AWARE_STYLE):
+                    ctx.stamp_as(stamp_style)
             counted = lean_counts(read.decoded, target, ctx, stamps=stamps)
         except Exception:  # e.g. a stamp that cannot be made: the streamed pass decides, as for any error there
             counted = None

@@ -635,7 +635,7 @@ class LazyItems(Sequence[Any]):
 _UTF8_CHUNK: Final = 16 * 1024 * 1024
 
 
-def _valid_utf8(data: memoryview) -> bool:
+def valid_utf8(data: bytes | memoryview) -> bool:
     """Whether ``data`` is UTF-8, checked 16 MiB at a time (no ``str`` of the whole document)."""
     decoder = codecs.getincrementaldecoder("utf-8")()
     try:
@@ -656,7 +656,7 @@ def _lazy_list_of_objects(decoded: bytes, path: Path, relpath: str, *, what: str
     """
     skip = 3 if decoded.startswith(b"\xef\xbb\xbf") else 0
     body = memoryview(decoded)[skip:]
-    if not _valid_utf8(body):  # the item split does not check the bytes inside strings
+    if not valid_utf8(body):  # the item split does not check the bytes inside strings
         return None
     try:
         raws = _split_items(body)
