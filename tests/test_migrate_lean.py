@@ -4,6 +4,7 @@ are compared with the reference plan in tests/test_migrate_speed_equiv.py; this 
 
 from __future__ import annotations
 
+import gzip
 import json
 from typing import Any
 
@@ -15,8 +16,10 @@ from aml.migrate import VERSIONS, build_plan
 from aml.migrate import lean as lean_module
 from aml.migrate.chain import UnknownItemVersion, item_version
 from aml.migrate.lean import lean_counts
+from aml.migrate.plan import plan_file
+from aml.store.documents import DocumentError
 from tests.realdata import extract_loom
-from tests.test_migrate_items import CTX, PROPS, item_at
+from tests.test_migrate_items import CTX, PROPS, item_at, json_value
 
 
 def _dump(items: Any) -> bytes:
@@ -83,3 +86,35 @@ def test_a_dry_run_of_a_real_store_takes_the_pass(tmp_path: Any, monkeypatch: py
     plan = build_plan(root, "2.0.0")
     assert plan.files and len(taken) == len(plan.files) and all(taken)
     assert sum(f.changed for f in plan.files) == sum(f.items for f in plan.files) > 0
+
+
+@PROPS
+@given(data=st.data(), target=st.sampled_from(VERSIONS), gzipped=st.booleans())
+def test_a_file_planned_with_or_without_the_pass_gets_the_same_plan(tmp_path_factory: pytest.TempPathFactory,
+                                                                    data: st.DataObject, target: str,
+                                                                    gzipped: bool) -> None:
+    """plan_file with the C pass and with the streamed pass alone, on lists of items of every version and of any
+    JSON value (non-objects, unknown versions, odd metadata...), written with any indent: the same plan, or the
+    same error."""
+    items = data.draw(st.lists(st.one_of(st.sampled_from(VERSIONS).flatmap(lambda v: item_at(v, "pattern")),
+                                         json_value,
+                                         st.builds(lambda v, m: {"version": v, "metadata": m, "tags": [], "active": 1},
+                                                   st.one_of(json_value, st.sampled_from(VERSIONS)), json_value)),
+                              max_size=5))
+    body = json.dumps(items, indent=data.draw(st.sampled_from([None, 2, "\t"]))).encode()
+    root = tmp_path_factory.mktemp("store")
+    (root / "agent").mkdir()
+    (root / "agent" / "patterns.json").write_bytes(gzip.compress(body, mtime=0) if gzipped else body)
+
+    def planned() -> Any:
+        try:
+            made = plan_file(root, "agent/patterns.json", "agent", "patterns", frozenset({"agent"}), target, CTX,
+                             keep_bytes=False)
+        except DocumentError as exc:
+            return ("error", exc.as_dict())
+        return (made.items, made.versions, made.changed, made.lost, made.sha256, made.size_bytes)
+
+    with_pass = planned()
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr("aml.migrate.plan.lean_counts", lambda *a, **k: None)
+        assert planned() == with_pass
