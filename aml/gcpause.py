@@ -3,8 +3,8 @@
 Parsed JSON, record views, spans, index rows and a snapshot's entries hold no reference cycles, so the
 collector's full passes, which the sheer number of objects of a large document (or of a 100,000-file store)
 triggers, only cost time: about a quarter of ``monitor health`` and ``optimize index`` and 40 % of a prune or an
-undo on a 75,000-record store, a quarter of an incremental backup and of a verify of 100,000 files (issues 11
-and 12). Reference counting still frees every object as soon as it is unused.
+undo on a 75,000-record store, a seventh to a fifth of an incremental backup and of a verify of 100,000 files
+(issues 11 and 12). Reference counting still frees every object as soon as it is unused.
 
 A one-shot ``aml`` process also pauses it while it imports (:func:`pause_for_startup`).
 """

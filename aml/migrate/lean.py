@@ -61,6 +61,10 @@ def lean_counts(decoded: bytes, target: ItemVersion, ctx: StepContext, *,
     Returns:
         ``(items, {source version: items}, changed)``, versions sorted; ``None`` when the file needs the
         streamed pass (see the module docstring).
+
+    Raises:
+        Exception: whatever :meth:`StepContext.stamp` raises for a stamp it cannot make (the caller then leaves
+            the file to the streamed pass, which reports it).
     """
     if not valid_utf8(decoded):  # msgspec checks the UTF-8 of the strings it decodes, not of those it skips
         return None
