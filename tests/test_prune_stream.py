@@ -83,8 +83,9 @@ def test_apply_can_keep_payloads_with_a_hook(tmp_path: Path) -> None:
     assert len(result.applied) == len(plan.actions) == result.removed + result.archived > 0
 
 
-def test_apply_payloads_hold_whole_items_and_neighbour_keys(tmp_path: Path) -> None:
-    """Apply keeps only the planned elements whole: the payloads are what the whole parse gives."""
+def test_apply_payloads_hold_exact_texts_keys_and_neighbour_keys(tmp_path: Path) -> None:
+    """Apply keeps only the planned elements' places: each payload's text parses to what the whole parse gives,
+    its key is the record's id, and it holds no parsed copy (payload version 2)."""
     root = extract_loom("loom-plain-v2.0.0", tmp_path / "s")
     before = {rel: json.loads(data) for rel, data in files(root).items() if rel.endswith(".json")}
     plan = build_plan(root, PruneConfig(now=NOW), RULES)
@@ -93,7 +94,10 @@ def test_apply_payloads_hold_whole_items_and_neighbour_keys(tmp_path: Path) -> N
     for applied in result.applied:
         items = before[applied.action.document]
         index = applied.payload["index"]
-        assert applied.payload["item"] == items[index]
+        payload = applied.payload
+        assert payload["v"] == 2 and "item" not in payload
+        assert json.loads(payload["text"]) == items[index]
+        assert payload["key"] == ({"id": items[index]["id"]} if isinstance(items[index].get("id"), str) else None)
         if index > 0 and isinstance(items[index - 1].get("id"), str):
             assert applied.payload["prev"] == {"id": items[index - 1]["id"]}
 
@@ -152,7 +156,7 @@ def test_undo_documents_matches_undo_entries(tmp_path: Path) -> None:
 
 
 def test_undo_with_lean_payloads_is_the_same(tmp_path: Path) -> None:
-    """The task hands undo lean payloads (the item's key unless it goes back out of an archive)."""
+    """The task hands undo lean payloads (the record's key unless it goes back out of an archive)."""
     outcomes = []
     for lean in (False, True):
         root = extract_loom("loom-plain-v1.0", tmp_path / f"s{lean}")
@@ -164,11 +168,10 @@ def test_undo_with_lean_payloads_is_the_same(tmp_path: Path) -> None:
             shared: dict[Any, Any] = {}
             entries = [UndoEntry(e.action_id, e.document, e.record_id, lean_payload(e.payload, shared))
                        for e in entries]
-            assert any(e.payload["item"] == {"id": e.record_id} for e in entries)
+            assert any(e.payload.get("item") == {"id": e.record_id} for e in entries)
             layouts = [e.payload["layout"] for e in entries if e.payload["archive"] is None and e.payload["layout"]]
             assert layouts and len({id(x) for x in layouts}) < len(layouts)  # equal layouts held once
-            assert all(e.payload["archive"] is None or ("id" in e.payload["item"] and len(e.payload["item"]) > 1)
-                       for e in entries)
+            assert all(e.payload["archive"] is None or e.payload["key"] == {"id": e.record_id} for e in entries)
         undone = undo_entries(root, entries, archive_root=archives)
         assert files(root) == before
         outcomes.append((undone.restored, undone.failed, len(undone.archives_updated)))

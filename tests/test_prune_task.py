@@ -65,7 +65,7 @@ def test_run_records_snapshot_and_one_row_per_record_then_undo(tmp_path: Path, a
         assert {r.task_run_id for r in rows} == {result["task_run_id"]}
         planned = {(a["document"], a["record_id"], a["reason"], a["action"]) for a in result["plan"]["actions"]}
         assert {(r.document_path, r.record_id, r.reason, r.action) for r in rows} == planned
-        assert all(r.record["text"] and r.record["item"]["id"] == r.record_id for r in rows)
+        assert all(r.record["text"] and r.record["key"] == {"id": r.record_id} and "item" not in r.record for r in rows)
         by_document: dict[str, set[object]] = {}
         for r in rows:
             by_document.setdefault(r.document_path, set()).add(r.created_at)

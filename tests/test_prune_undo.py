@@ -33,19 +33,27 @@ def write_like_loom(path: Path, items, gz: bool) -> None:
     path.write_bytes(zlib.compress(data, 6, wbits=31) if gz else data)
 
 
-def prune(root: Path, tmp: Path, **cfg):
+def as_version_1(payload: dict) -> dict:
+    """A payload as rows written before version 2 hold it: the record parsed (``item``), no ``key``."""
+    return {**{k: v for k, v in payload.items() if k != "key"}, "v": 1, "item": json.loads(payload["text"])}
+
+
+def prune(root: Path, tmp: Path, *, payload_version: int = 2, **cfg):
     plan = build_plan(root, PruneConfig(now=NOW, agent_limit_mib=0.05, **cfg), ALL)
     result = apply_plan(plan, run_id="run-1", archive_root=tmp / "archives")
-    entries = [UndoEntry(n, a.action.document, a.action.record_id, json.loads(json.dumps(a.payload)))
-               for n, a in enumerate(result.applied)]
+    payloads = [a.payload if payload_version == 2 else as_version_1(a.payload) for a in result.applied]
+    entries = [UndoEntry(n, a.action.document, a.action.record_id, json.loads(json.dumps(p)))
+               for n, (a, p) in enumerate(zip(result.applied, payloads, strict=True))]
     return plan, result, entries
 
 
+@pytest.mark.parametrize("payload_version", [2, 1])
 @pytest.mark.parametrize("name", ["loom-gzip-v1.0", "loom-plain-v1.0", "loom-plain-v2.0.0"])
-def test_apply_then_undo_is_byte_identical(name: str, tmp_path: Path) -> None:
+def test_apply_then_undo_is_byte_identical(name: str, payload_version: int, tmp_path: Path) -> None:
     root = extract_loom(name, tmp_path / "s")
     before = files(root)
-    plan, result, entries = prune(root, tmp_path)
+    plan, result, entries = prune(root, tmp_path, payload_version=payload_version)
+    assert all(("key" in e.payload) == (payload_version == 2) for e in entries)
     assert not result.conflicts and result.error is None
     assert len(result.applied) == len(plan.actions) > 0
     after = files(root)
@@ -170,9 +178,9 @@ def test_document_locked_by_loom_is_left_alone(tmp_path: Path) -> None:
 
 
 def test_undo_clears_the_archive_of_records_holding_nan(tmp_path: Path) -> None:
-    """A decision holding NaN (Python's json writes it) is archived with its NaN; the catalog keeps the payload's
-    parsed item with NaN as null (valid JSON): undo finds the archive entry from the record's text, so the
-    restored decision leaves the archive."""
+    """A decision holding NaN (Python's json writes it) is archived with its NaN; a version 1 row kept the
+    payload's parsed item with NaN as null (valid JSON): undo finds the archive entry from the record's text, so
+    the restored decision leaves the archive, with rows of either version."""
     from models.engine import json_deserializer, json_serializer
 
     root = extract_loom("loom-plain-v1.0", tmp_path / "s")
@@ -185,10 +193,16 @@ def test_undo_clears_the_archive_of_records_holding_nan(tmp_path: Path) -> None:
     plan = build_plan(root, PruneConfig(now=NOW, agent_limit_mib=0.05), ALL)
     result = apply_plan(plan, run_id="run-1", archive_root=tmp_path / "archives")
     assert result.archived > 0
-    entries = [UndoEntry(n, a.action.document, a.action.record_id, json_deserializer(json_serializer(a.payload)))
-               for n, a in enumerate(result.applied)]
-    assert any(e.payload["item"].get("score", 0) is None for e in entries)  # the catalog's copy: null
-    undone = undo_entries(root, entries, archive_root=tmp_path / "archives")
-    assert len(undone.restored) == len(entries) and not undone.failed
-    assert files(root) == before
-    assert not list((tmp_path / "archives").rglob("*.json.gz")), "restored decisions leave the archive"
+    old = [UndoEntry(n, a.action.document, a.action.record_id,
+                     json_deserializer(json_serializer(as_version_1(a.payload)))) for n, a in enumerate(result.applied)]
+    assert any(e.payload["item"].get("score", 0) is None for e in old)  # the catalog's copy: null
+    new = [UndoEntry(n, a.action.document, a.action.record_id, json_deserializer(json_serializer(a.payload)))
+           for n, a in enumerate(result.applied)]
+    assert all("NaN" in e.payload["text"] for e in new if e.payload["archive"])
+    for entries in (old, new):
+        undone = undo_entries(root, entries, archive_root=tmp_path / "archives")
+        assert len(undone.restored) == len(entries) and not undone.failed
+        assert files(root) == before
+        assert not list((tmp_path / "archives").rglob("*.json.gz")), "restored decisions leave the archive"
+        plan = build_plan(root, PruneConfig(now=NOW, agent_limit_mib=0.05), ALL)  # again, for the next round
+        assert apply_plan(plan, run_id="run-1", archive_root=tmp_path / "archives").archived > 0

@@ -56,8 +56,10 @@ from aml.store.rewrite import (
     write_text,
 )
 
-PAYLOAD_VERSION = 1
-"""Version of the ``prune_actions.record`` payload written by :func:`apply_plan`."""
+PAYLOAD_VERSION = 2
+"""Version of the ``prune_actions.record`` payload written by :func:`apply_plan`: 2 holds the record's ``key``
+(its id) and exact ``text``; 1 held the record parsed (``item``) as well, a third of each row's bytes (undo reads
+both, :mod:`aml.prune.undo`)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,6 +81,8 @@ class AppliedRecord:
             next element that stays (``None`` at the ends).
         layout: the list's :class:`~aml.store.rewrite.Layout` (``None`` for an empty list).
         archive: its archive file relative to the archive root, for an archived record.
+        key: what :func:`aml.store.rewrite.key_only` keeps of it: ``{"id": <id>}``, or ``None`` when it has
+            no string id (undo then knows it by its text's digest).
     """
 
     action: PlannedAction
@@ -91,6 +95,7 @@ class AppliedRecord:
     next: dict[str, str] | None
     layout: Layout | None
     archive: str | None
+    key: dict[str, str] | None = None
 
     @property
     def text(self) -> str:
@@ -99,15 +104,12 @@ class AppliedRecord:
 
     @property
     def payload(self) -> dict[str, Any]:
-        """``{"v", "item", "text", "list", "index", "prev", "next", "layout", "archive"}`` (see
-        :mod:`aml.prune.undo`), JSON-serialisable: what ``prune_actions.record`` holds. ``item`` is the
-        text parsed anew on every read (:func:`aml.store.jsontext.loads`: the value ``json.loads`` gives, as the
-        splice parsed it)."""
-        text = self.text
+        """``{"v", "key", "text", "list", "index", "prev", "next", "layout", "archive"}`` (see
+        :mod:`aml.prune.undo`), JSON-serialisable: what ``prune_actions.record`` holds."""
         return {
             "v": PAYLOAD_VERSION,
-            "item": loads(text),
-            "text": text,
+            "key": self.key,
+            "text": self.text,
             "list": self.list_pointer,
             "index": self.index,
             "prev": self.prev,
@@ -323,7 +325,7 @@ def _apply_document(plan: PrunePlan, relpath: str, actions: list[PlannedAction],
                 a, text, span.starts[i], span.ends[i], pointer, i,
                 _key_dict(span, text, i - 1) if i > 0 else None,
                 _key_dict(span, text, following) if following is not None else None,
-                layout, archive_rel)
+                layout, archive_rel, span.items[i])
             applied.append(record)
             if archive_rel is not None:
                 archived[archive_rel].append(record)
