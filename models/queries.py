@@ -661,8 +661,8 @@ def delete_backups(session: Session, backup_ids: Iterable[str], repository: str 
 class PrunedRecord:
     """One record a prune run archived or removed (input of :func:`add_prune_actions`).
 
-    ``record`` is the record's original JSON, ``document_path`` the document it was in (so undo
-    can put it back); ``score`` its value score 0-1.
+    ``record`` is undo's payload (the record's exact text, its key and its place: :mod:`aml.prune.undo`),
+    ``document_path`` the document it was in (so undo can put it back); ``score`` its value score 0-1.
     """
 
     agent: str

@@ -261,8 +261,9 @@ class PruneAction(Base):
 
     ``run_id`` is the prune run's id as users see it (``aml <store> prune undo <run_id>``: the
     Celery task id); ``task_run_id`` links the :class:`TaskRun` row when there is one.
-    ``backup_id`` is the pre-prune snapshot. ``record`` is the record's original JSON and
-    ``document_path`` the document it was in; ``undone_at`` is set once the action was undone.
+    ``backup_id`` is the pre-prune snapshot. ``record`` is undo's payload (the record's exact text, its key
+    and its place in the list: :mod:`aml.prune.undo`) and ``document_path`` the document it was in;
+    ``undone_at`` is set once the action was undone.
     """
 
     __tablename__ = "prune_actions"

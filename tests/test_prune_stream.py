@@ -85,7 +85,7 @@ def test_apply_can_keep_payloads_with_a_hook(tmp_path: Path) -> None:
 
 def test_apply_payloads_hold_exact_texts_keys_and_neighbour_keys(tmp_path: Path) -> None:
     """Apply keeps only the planned elements' places: each payload's text parses to what the whole parse gives,
-    its key is the record's id, and it holds no parsed copy (payload version 2)."""
+    its item is the record's key alone (payload version 2: no parsed copy)."""
     root = extract_loom("loom-plain-v2.0.0", tmp_path / "s")
     before = {rel: json.loads(data) for rel, data in files(root).items() if rel.endswith(".json")}
     plan = build_plan(root, PruneConfig(now=NOW), RULES)
@@ -95,9 +95,9 @@ def test_apply_payloads_hold_exact_texts_keys_and_neighbour_keys(tmp_path: Path)
         items = before[applied.action.document]
         index = applied.payload["index"]
         payload = applied.payload
-        assert payload["v"] == 2 and "item" not in payload
+        assert payload["v"] == 2
         assert json.loads(payload["text"]) == items[index]
-        assert payload["key"] == ({"id": items[index]["id"]} if isinstance(items[index].get("id"), str) else None)
+        assert payload["item"] == ({"id": items[index]["id"]} if isinstance(items[index].get("id"), str) else None)
         if index > 0 and isinstance(items[index - 1].get("id"), str):
             assert applied.payload["prev"] == {"id": items[index - 1]["id"]}
 
@@ -168,10 +168,10 @@ def test_undo_with_lean_payloads_is_the_same(tmp_path: Path) -> None:
             shared: dict[Any, Any] = {}
             entries = [UndoEntry(e.action_id, e.document, e.record_id, lean_payload(e.payload, shared))
                        for e in entries]
-            assert any(e.payload.get("item") == {"id": e.record_id} for e in entries)
+            assert any(e.payload["item"] == {"id": e.record_id} for e in entries)
             layouts = [e.payload["layout"] for e in entries if e.payload["archive"] is None and e.payload["layout"]]
             assert layouts and len({id(x) for x in layouts}) < len(layouts)  # equal layouts held once
-            assert all(e.payload["archive"] is None or e.payload["key"] == {"id": e.record_id} for e in entries)
+            assert all(e.payload["item"] == {"id": e.record_id} for e in entries)
         undone = undo_entries(root, entries, archive_root=archives)
         assert files(root) == before
         outcomes.append((undone.restored, undone.failed, len(undone.archives_updated)))

@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from sqlalchemy import update
 
 from tests.fixtures_runtime import REPO, runtime_env
 from tests.realdata import extract_loom, snapshot_tree
@@ -65,7 +66,7 @@ def test_run_records_snapshot_and_one_row_per_record_then_undo(tmp_path: Path, a
         assert {r.task_run_id for r in rows} == {result["task_run_id"]}
         planned = {(a["document"], a["record_id"], a["reason"], a["action"]) for a in result["plan"]["actions"]}
         assert {(r.document_path, r.record_id, r.reason, r.action) for r in rows} == planned
-        assert all(r.record["text"] and r.record["key"] == {"id": r.record_id} and "item" not in r.record for r in rows)
+        assert all(r.record["text"] and r.record["item"] == {"id": r.record_id} and r.record["v"] == 2 for r in rows)
         by_document: dict[str, set[object]] = {}
         for r in rows:
             by_document.setdefault(r.document_path, set()).add(r.created_at)
@@ -93,6 +94,46 @@ def test_run_records_snapshot_and_one_row_per_record_then_undo(tmp_path: Path, a
 
     with pytest.raises(ValueError, match="no prune run"):
         apply(prune.undo, store=str(store), run_id="no-such-run")
+
+
+def test_undo_of_rows_written_with_payload_version_1(tmp_path: Path, aml_settings) -> None:
+    """A run recorded before payload version 2 (each row holding the whole record parsed as ``item``, as the
+    catalog's JSON keeps it: NaN as null) is undone through the task as a new one is: byte-identical documents,
+    the archives emptied, and a second undo finds every record in place."""
+    from models import queries
+    from models.tables import PruneAction
+    from tasks import prune
+    from workers.catalog import session_scope
+
+    store = extract_loom("loom-plain-v1.0", tmp_path)
+    for path in store.glob("*/decisions.json"):  # a value the catalog's JSON cannot keep as it is
+        items = json.loads(path.read_text(encoding="utf-8"))
+        items[0]["score"] = float("nan")
+        path.write_text(json.dumps(items, indent=2), encoding="utf-8")
+    before = files(store)
+    result = apply(prune.run, store=str(store), strategies=STRATEGIES, now=NOW, overrides={"agent_limit_mib": 0.02})
+    assert result["status"] == "success" and result["applied"]["archived"] > 0
+    run_id = result["run_id"]
+    with session_scope(aml_settings.catalog_url) as session:
+        rows = queries.prune_actions_for_run(session, run_id)
+        for row in rows:  # as the code before version 2 wrote them
+            record = dict(row.record)
+            record.update(v=1, item=json.loads(record["text"]))
+            session.execute(update(PruneAction).where(PruneAction.id == row.id).values(record=record))
+    with session_scope(aml_settings.catalog_url) as session:
+        rows = queries.prune_actions_for_run(session, run_id)
+        assert rows and all(r.record["v"] == 1 and r.record["item"]["id"] == r.record_id for r in rows)
+        assert any(r.record["item"].get("score", 0) is None for r in rows)
+
+    undone = apply(prune.undo, store=str(store), run_id=run_id)
+    assert undone["status"] == "success" and undone["restored"] == len(rows)
+    assert files(store) == before
+    assert not list((store.parent / "memory-backup" / "archives").rglob("decisions_*.json.gz"))
+    with session_scope(aml_settings.catalog_url) as session:  # undo once more, from the rows not marked
+        session.execute(update(PruneAction).where(PruneAction.run_id == run_id).values(undone_at=None))
+    again = apply(prune.undo, store=str(store), run_id=run_id)
+    assert again["restored"] == 0 and again["already_present"] == len(rows)
+    assert files(store) == before
 
 
 def test_nothing_to_prune_takes_no_snapshot(tmp_path: Path, aml_settings) -> None:

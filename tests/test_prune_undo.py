@@ -34,8 +34,8 @@ def write_like_loom(path: Path, items, gz: bool) -> None:
 
 
 def as_version_1(payload: dict) -> dict:
-    """A payload as rows written before version 2 hold it: the record parsed (``item``), no ``key``."""
-    return {**{k: v for k, v in payload.items() if k != "key"}, "v": 1, "item": json.loads(payload["text"])}
+    """A payload as rows written before version 2 hold it: the whole record parsed as ``item``."""
+    return {**payload, "v": 1, "item": json.loads(payload["text"])}
 
 
 def prune(root: Path, tmp: Path, *, payload_version: int = 2, **cfg):
@@ -53,7 +53,7 @@ def test_apply_then_undo_is_byte_identical(name: str, payload_version: int, tmp_
     root = extract_loom(name, tmp_path / "s")
     before = files(root)
     plan, result, entries = prune(root, tmp_path, payload_version=payload_version)
-    assert all(("key" in e.payload) == (payload_version == 2) for e in entries)
+    assert all(e.payload["v"] == payload_version for e in entries)
     assert not result.conflicts and result.error is None
     assert len(result.applied) == len(plan.actions) > 0
     after = files(root)

@@ -57,9 +57,9 @@ from aml.store.rewrite import (
 )
 
 PAYLOAD_VERSION = 2
-"""Version of the ``prune_actions.record`` payload written by :func:`apply_plan`: 2 holds the record's ``key``
-(its id) and exact ``text``; 1 held the record parsed (``item``) as well, a third of each row's bytes (undo reads
-both, :mod:`aml.prune.undo`)."""
+"""Version of the ``prune_actions.record`` payload written by :func:`apply_plan`: 2 holds the record's key as
+``item`` (``{"id": <id>}`` or ``null``) and its exact ``text``; 1 held the whole record parsed as ``item``, a third
+of each row's bytes for nothing undo reads (:mod:`aml.prune.undo` reads both the same way)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,7 +95,7 @@ class AppliedRecord:
     next: dict[str, str] | None
     layout: Layout | None
     archive: str | None
-    key: dict[str, str] | None = None
+    key: dict[str, str] | None
 
     @property
     def text(self) -> str:
@@ -104,11 +104,12 @@ class AppliedRecord:
 
     @property
     def payload(self) -> dict[str, Any]:
-        """``{"v", "key", "text", "list", "index", "prev", "next", "layout", "archive"}`` (see
-        :mod:`aml.prune.undo`), JSON-serialisable: what ``prune_actions.record`` holds."""
+        """``{"v", "item", "text", "list", "index", "prev", "next", "layout", "archive"}`` (see
+        :mod:`aml.prune.undo`), JSON-serialisable: what ``prune_actions.record`` holds; ``item`` is the record's
+        key (:attr:`key`), all of it that undo reads."""
         return {
             "v": PAYLOAD_VERSION,
-            "key": self.key,
+            "item": self.key,
             "text": self.text,
             "list": self.list_pointer,
             "index": self.index,

@@ -5,7 +5,7 @@ Each ``prune_actions`` row holds, in its ``record`` column, the payload written 
 
     {
       "v": 2,
-      "key": {"id": <its id>} | null,                  # null: it has no string id
+      "item": {"id": <its id>} | null,                 # its key: null when it has no string id
       "text": <its exact source text in the document>,
       "list": <JSON pointer of its list ("" for a Loom collection)>,
       "index": <its position in the list before the run>,
@@ -15,8 +15,9 @@ Each ``prune_actions`` row holds, in its ``record`` column, the payload written 
       "archive": "<agent>/decisions_<run>.json.gz" | null   # under <repository>/archives/
     }
 
-Rows written before payload version 2 hold ``"item": <the record as parsed>`` instead of ``key``; undo reads
-both (:func:`own_key`).
+Rows of payload version 1 hold the record parsed whole as ``item``; undo reads of it only what it reads of a
+version 2 row, its key (:func:`aml.store.rewrite.element_key`), so either version undoes the same way (and
+code that knows only version 1 reads version 2 rows right).
 
 Elements are recognised by their ``id`` when they have one (Loom items), else by the sha256 of their
 exact text. For each document, in order of original index, a record is put back:
@@ -83,23 +84,11 @@ class UndoEntry:
     payload: dict[str, Any]
 
 
-def own_key(payload: Mapping[str, Any]) -> dict[str, str] | None:
-    """What :func:`aml.store.rewrite.element_key` needs of the record of ``payload``: ``{"id": <id>}``, or ``None``
-    (the record is then known by its text's digest). From ``key`` (version 2), or from the parsed ``item`` of a
-    version 1 row; a ``key`` that is not ``{"id": <string>}`` counts as none."""
-    if "item" in payload:
-        return key_only(0, payload["item"])
-    found = payload.get("key")
-    if isinstance(found, dict) and len(found) == 1 and isinstance(found.get("id"), str):
-        return {"id": found["id"]}
-    return None
-
-
 def lean_payload(payload: dict[str, Any], shared: dict[Any, Any] | None = None) -> dict[str, Any]:
-    """What undo reads of a row's payload, with less held: ``item`` becomes the record's key alone
-    (:func:`own_key`: what :func:`aml.store.rewrite.element_key` reads; a version 1 row's parsed record is cut to
-    it), except for a record that must go back out of an archive (``archive`` set), whose payload is kept as
-    it is. Undo does the same with either (the record's exact ``text`` is what it puts back).
+    """What undo reads of a row's payload, with less held: a version 1 row's parsed ``item`` is kept whole
+    only when it must go back out of an archive (``archive`` set); otherwise only what
+    :func:`aml.store.rewrite.element_key` reads of it (:func:`aml.store.rewrite.key_only`), which is all a
+    version 2 row holds. Undo does the same with either (the record's exact ``text`` is what it puts back).
 
     Args:
         payload: the row's ``record`` column (not changed).
@@ -112,7 +101,7 @@ def lean_payload(payload: dict[str, Any], shared: dict[Any, Any] | None = None) 
     archive = payload.get("archive")
     if isinstance(archive, str) and archive:
         return payload
-    lean = {**payload, "item": own_key(payload)}
+    lean = {**payload, "item": key_only(0, payload.get("item"))}
     layout = lean.get("layout")
     if shared is not None and isinstance(layout, dict) and all(isinstance(v, str | None) for v in layout.values()):
         lean["layout"] = shared.setdefault(("layout", *sorted(layout.items())), layout)
@@ -251,7 +240,7 @@ class _ListIndex:
 
     def holds(self, payload: dict[str, Any], item_text: str) -> bool:
         """Whether the record of ``payload`` is in the list (same id, or same exact text)."""
-        own = element_key(own_key(payload), item_text)
+        own = element_key(payload.get("item"), item_text)
         return (own[0] == "id" and own in self.position) or item_text in self.present_texts
 
 
@@ -326,7 +315,7 @@ def _undo_document(root: Path, relpath: str, entries: list[UndoEntry], result: U
             if not isinstance(item_text, str):
                 result.failed.append({"action_id": e.action_id, "document": relpath, "reason": "no record text"})
                 continue
-            own = element_key(own_key(payload), item_text)
+            own = element_key(payload.get("item"), item_text)
             if now.holds(payload, item_text):
                 present.append(e.action_id)
                 done.append(e)
