@@ -181,6 +181,14 @@ def floor_table(work: Path, store: Path, aml: list[str], env: dict[str, str], re
 
     Where the floor's ratio to the plain parse is above the target, the target cannot be met by making the
     per-record work faster: only by importing less or parsing faster.
+
+    Args:
+        work: the run's scratch directory (an empty store is made under it).
+        store: the benchmark's store.
+        aml, env: how the commands are run (as in :func:`main`).
+        repeat: runs per measurement (at least 3; the best is kept).
+        rows: the main table's timings (the targeted ones get a floor row).
+        parse: the plain parse, the unit of every ratio.
     """
     empty = work / "empty" / ".loom" / "memory"
     empty.mkdir(parents=True, exist_ok=True)
