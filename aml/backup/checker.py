@@ -26,13 +26,13 @@ Symlink entries are checked like every path (safe, no entry below a link); they 
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import json
 import math
 import os
 import time
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -51,6 +51,7 @@ from .errors import BackupError, CorruptionError, SnapshotNotFound, UnsafePathEr
 from .index import list_pack_ids, load_index
 from .manifest import Manifest, load_body, read_header
 from .pack import PackReader, open_pack
+from .procpool import ordered_map
 from .progress import ProgressCallback, Reporter
 from .repository import Repository, as_repository, local_collector_paused
 from .restorer import validate_tables
@@ -323,9 +324,10 @@ def check(
                 k = min(len(candidates), math.ceil(frac * len(candidates)))
                 chosen = sorted(candidates, key=lambda p: (state.get(p, ""), p))[:k]
                 res.subset = f"{frac:.4g} (least recently verified first)"
-            workers = max(1, min(CHECK_THREADS, os.cpu_count() or 1))
-            pool = stack.enter_context(ThreadPoolExecutor(workers, thread_name_prefix="aml-check"))
-            jobs = pool.map(lambda p: _verify_pack(root, p, index.pack_entries[p]), chosen)
+            # started now, read below: the worker processes read packs while this thread checks manifests
+            jobs = stack.enter_context(ordered_map(
+                functools.partial(_verify_pack_job, root), [(p, index.pack_entries[p]) for p in chosen],
+                workers=CHECK_WORKERS, processes=remote.mirror_for(root) is None))
 
         # ---- manifests
         damaged_objects: dict[str, list[Problem]] = {}
@@ -519,8 +521,14 @@ def _orphan_summary(orphans: list[tuple[str, int, float]], now: float, grace: fl
     }
 
 
-CHECK_THREADS = 2
-"""Packs verified in parallel (decompression and sha256 release the GIL)."""
+CHECK_WORKERS = 2
+"""Packs verified in parallel: by forked worker processes in a local repository
+(:func:`~aml.backup.procpool.ordered_map`), by threads in a remote one (whose storage clients stay in
+this process)."""
+
+
+def _verify_pack_job(root: Path, job: tuple[str, list[tuple[str, int, int, int]]]) -> _PackOutcome:
+    return _verify_pack(root, job[0], job[1])
 
 
 @dataclass

@@ -1,0 +1,122 @@
+"""Spreading one operation's CPU-bound work over the machine's cores with forked worker processes.
+
+The repository's hot loops (decompressing and re-hashing every object of a pack, say) are many short
+calls into C. Threads overlap only the part of each call that releases the interpreter lock; the rest
+of the loop waits for it, so a second thread gains little. Worker processes each have their own
+interpreter: :func:`ordered_map` runs a function over items in processes forked from this one (they
+inherit everything already loaded, an unlocked repository key included, so they start in milliseconds)
+and yields the results in the order of the items, as ``map`` does.
+
+It falls back to threads of this process, with the same results, where forking workers is not possible
+or not useful:
+
+* one usable CPU (:func:`usable_cpus`), or one item;
+* no ``fork`` start method (not Linux or another Unix);
+* this process is a daemonic :mod:`multiprocessing` process, which may not have children: a pool child
+  of a prefork Celery worker is one (the worker's ``--concurrency`` processes are already how the
+  operator spreads aml's tasks over the machine's cores).
+
+At most two items per worker are handed out ahead of the result being read, so results waiting to be
+read take bounded memory however many items there are.
+
+A worker process that dies (killed, out of memory) loses no item: the items whose results had not come
+back are computed again in this process (:class:`concurrent.futures.process.BrokenProcessPool` is
+caught and logged). An exception raised by the function itself is re-raised here, as ``map`` does.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import logging
+import multiprocessing
+import os
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Executor, Future, ProcessPoolExecutor, ThreadPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+from typing import TypeVar
+
+__all__ = ["MAX_PROCESSES", "fork_workers_possible", "ordered_map", "usable_cpus"]
+
+log = logging.getLogger(__name__)
+
+_T = TypeVar("_T")
+_R = TypeVar("_R")
+
+MAX_PROCESSES = 4
+"""At most this many worker processes, whatever the CPU count: the work is also bounded by the disk."""
+
+
+def usable_cpus() -> int:
+    """CPUs this process may run on (its affinity mask, as a container's cpuset limits it), at least 1."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):  # no sched_getaffinity (not Linux)
+        return max(1, os.cpu_count() or 1)
+
+
+def fork_workers_possible() -> bool:
+    """Whether this process can fork worker processes: the ``fork`` start method exists and this is not a
+    daemonic :mod:`multiprocessing` process (those may not have children)."""
+    if "fork" not in multiprocessing.get_all_start_methods():
+        return False
+    return not multiprocessing.current_process().daemon
+
+
+@contextlib.contextmanager
+def ordered_map(fn: Callable[[_T], _R], items: Sequence[_T], *, workers: int,
+                processes: bool = True) -> Iterator[Iterator[_R]]:
+    """Start computing ``fn(item)`` for every item, by up to ``workers`` forked processes (or threads: see
+    the module docstring), and give the results in the order of ``items``.
+
+    The work starts when the context is entered, so the caller can do something else before it reads the
+    first result. Leaving the context cancels the items not yet started and waits for the running ones.
+
+    Args:
+        fn: a module-level function (or a ``functools.partial`` of one) whose arguments and result pickle.
+        items: the inputs.
+        workers: the most processes (or threads) to use; processes are also capped at
+            :data:`MAX_PROCESSES`, the usable CPUs and the number of items.
+        processes: False to use threads of this process whatever the machine (work that needs this
+            process's own connections, say).
+
+    Yields:
+        An iterator of ``fn(item)``, item by item, each as soon as it (and those before it) is ready; it
+        raises what ``fn`` raised, at the first item whose call raised.
+    """
+    count = min(workers, MAX_PROCESSES, usable_cpus(), len(items))
+    pool: Executor
+    if processes and count > 1 and fork_workers_possible():
+        pool = ProcessPoolExecutor(count, mp_context=multiprocessing.get_context("fork"))
+    else:
+        pool = ThreadPoolExecutor(max(1, min(workers, len(items))), thread_name_prefix="aml-worker")
+    try:
+        ahead = AHEAD_PER_WORKER * count
+        futures = collections.deque(pool.submit(fn, item) for item in items[:ahead])
+        yield _results(pool, fn, items, futures, ahead)
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
+AHEAD_PER_WORKER = 2
+"""Items handed out per worker ahead of the result being read (one running, one queued)."""
+
+
+def _results(pool: Executor, fn: Callable[[_T], _R], items: Sequence[_T], futures: collections.deque[Future[_R]],
+             submitted: int) -> Iterator[_R]:
+    """The results of ``futures`` (items ``0..submitted - 1``, in order), handing out one more item as each
+    result is read; a dead worker's items, and those after, are computed here."""
+    for i in range(len(items)):
+        fut = futures.popleft()
+        try:
+            result = fut.result()
+        except BrokenProcessPool as exc:
+            log.warning("a worker process died (%s); the %d remaining items are computed in this process",
+                        exc, len(items) - i)
+            for item in items[i:]:
+                yield fn(item)
+            return
+        if submitted < len(items):
+            futures.append(pool.submit(fn, items[submitted]))
+            submitted += 1
+        yield result

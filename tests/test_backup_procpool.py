@@ -1,0 +1,176 @@
+"""Verify's packs read by forked worker processes (aml.backup.procpool): results in order, no item lost
+when a worker is killed, errors raised here, threads where forking is not possible, the same findings as
+threads, and inside a real prefork Celery worker."""
+
+from __future__ import annotations
+
+import json
+import logging
+import multiprocessing
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from aml.backup import Repository, check, create_snapshot, load_index, procpool
+from aml.backup.pack import pack_path
+from aml.backup.procpool import ordered_map, usable_cpus
+from tests.backup_helpers import flip_byte, make_json_store, small_repo
+from tests.fixtures_runtime import REPO, runtime_env, spawn_worker, stop_process
+
+PARENT = os.getpid()
+TWO_CPUS = pytest.mark.skipif(usable_cpus() < 2, reason="one usable CPU: ordered_map uses a thread")
+
+
+def _square_and_pid(x: int) -> tuple[int, int]:
+    return x * x, os.getpid()
+
+
+def _die_in_a_worker_on_3(x: int) -> tuple[int, int]:
+    if x == 3 and os.getpid() != PARENT:
+        os.kill(os.getpid(), signal.SIGKILL)
+    return x * x, os.getpid()
+
+
+def _raise_on_2(x: int) -> int:
+    if x == 2:
+        raise ValueError(f"bad item {x}")
+    return x
+
+
+def _touch(directory: str, x: int) -> int:
+    time.sleep(0.05)
+    Path(directory, str(x)).touch()
+    return x
+
+
+@TWO_CPUS
+def test_results_come_in_order_from_worker_processes() -> None:
+    with ordered_map(_square_and_pid, list(range(40)), workers=2) as results:
+        got = list(results)
+    assert [v for v, _ in got] == [x * x for x in range(40)]
+    pids = {pid for _, pid in got}
+    assert PARENT not in pids and 1 <= len(pids) <= 2
+
+
+@TWO_CPUS
+def test_a_killed_worker_process_loses_no_item(caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.WARNING, logger="aml.backup.procpool"), \
+            ordered_map(_die_in_a_worker_on_3, list(range(8)), workers=2) as results:
+        got = list(results)
+    assert [v for v, _ in got] == [x * x for x in range(8)]
+    assert got[3][1] == PARENT  # the item whose worker died was computed here
+    assert "a worker process died" in caplog.text
+
+
+@pytest.mark.parametrize("processes", [True, False])
+def test_an_error_of_the_function_is_raised_at_its_item(processes: bool) -> None:
+    seen = []
+    with pytest.raises(ValueError, match="bad item 2"), \
+            ordered_map(_raise_on_2, [0, 1, 2, 3], workers=2, processes=processes) as results:
+        for value in results:
+            seen.append(value)
+    assert seen == [0, 1]
+
+
+def test_processes_false_runs_in_threads_of_this_process() -> None:
+    with ordered_map(_square_and_pid, list(range(10)), workers=2, processes=False) as results:
+        got = list(results)
+    assert got == [(x * x, PARENT) for x in range(10)]
+
+
+def _in_a_daemon(conn: Any) -> None:
+    with ordered_map(_square_and_pid, list(range(6)), workers=2) as results:
+        conn.send((os.getpid(), list(results)))
+
+
+def test_a_daemonic_process_uses_threads() -> None:
+    ctx = multiprocessing.get_context("fork")
+    here, there = ctx.Pipe()
+    proc = ctx.Process(target=_in_a_daemon, args=(there,), daemon=True)
+    proc.start()
+    assert here.poll(60), "the daemonic process sent nothing"
+    pid, got = here.recv()
+    proc.join(30)
+    assert proc.exitcode == 0
+    assert got == [(x * x, pid) for x in range(6)]
+
+
+@pytest.mark.parametrize("processes", [True, False])
+def test_leaving_early_cancels_the_items_not_started(tmp_path: Path, processes: bool) -> None:
+    import functools
+
+    with ordered_map(functools.partial(_touch, str(tmp_path)), list(range(60)), workers=2,
+                     processes=processes) as results:
+        assert next(results) == 0
+    assert 1 <= len(list(tmp_path.iterdir())) < 60
+
+
+def _findings(repo: Repository) -> dict[str, Any]:
+    out = check(repo, read_data=True).to_dict()
+    out.pop("duration_seconds")
+    return out
+
+
+@TWO_CPUS
+def test_processes_and_threads_find_the_same_damage(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    store = make_json_store(tmp_path / "store", agents=4, docs=30)
+    repo = small_repo(tmp_path / "repo", pack_size=8 * 1024)
+    create_snapshot(store, repo, incremental=False)
+    index = load_index(repo.path)
+    assert len(index.packs) >= 6
+    packs = sorted(index.pack_entries)
+    # one object's frame damaged in the third pack, the trailer of the fifth
+    oid, off, ln, _ = index.pack_entries[packs[2]][1]
+    flip_byte(pack_path(repo.path, packs[2]), off + ln // 2)
+    fifth = pack_path(repo.path, packs[4])
+    flip_byte(fifth, fifth.stat().st_size - 2)
+    in_processes = _findings(repo)
+    monkeypatch.setattr(procpool, "fork_workers_possible", lambda: False)
+    in_threads = _findings(repo)
+    assert in_processes == in_threads
+    kinds = {(p["kind"], p["location"].rsplit("/", 1)[-1]) for p in in_processes["errors"]}
+    assert ("object_corrupt", packs[2]) in kinds
+    assert any(pack == packs[4] for _, pack in kinds)
+    corrupt = next(p for p in in_processes["errors"] if p["location"].endswith(packs[2]))
+    assert oid in corrupt["objects"] and corrupt["files"]
+    assert in_processes["packs_read"] == len(packs)
+
+
+@pytest.mark.slow
+@TWO_CPUS
+def test_verify_read_data_in_a_prefork_worker_names_the_damage(tmp_path: Path, redis_server: Any) -> None:
+    home = tmp_path / "home"
+    home.mkdir()
+    env = runtime_env(home, redis_server.url(5))
+    env["AML_BACKUP_ROOT"] = str(tmp_path / "repos")
+    store = make_json_store(tmp_path / "store", agents=6, docs=40)
+
+    def aml(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "cli.main", str(store), *args, "--json"], cwd=REPO, env=env,
+                              capture_output=True, text=True, timeout=300)
+
+    made = aml("backup", "create")
+    assert made.returncode == 0, made.stdout[-2000:] + made.stderr[-2000:]
+    repo_path = Path(json.loads(made.stdout)["repository"])
+    index = load_index(repo_path)
+    pack_id = sorted(index.pack_entries)[0]
+    oid, off, ln, _ = index.pack_entries[pack_id][0]
+    flip_byte(pack_path(repo_path, pack_id), off + ln // 2)
+    worker = spawn_worker(env, tmp_path / "worker.log", "--pool", "prefork")
+    try:
+        got = aml("backup", "verify", "--read-data", "--enqueue", "--wait", "--timeout", "240")
+    finally:
+        stop_process(worker)
+    log = (tmp_path / "worker.log").read_text(errors="replace")
+    assert got.returncode == 2, got.stdout[-2000:] + got.stderr[-2000:] + log[-3000:]
+    result = json.loads(got.stdout)
+    corrupt = [p for p in result["errors"] if p["kind"] == "object_corrupt"]
+    assert corrupt and oid in corrupt[0]["objects"], result["errors"]
+    assert result["packs_read"] == len(index.packs)
+    assert "daemonic" not in log and "Traceback" not in log
