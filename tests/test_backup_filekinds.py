@@ -228,6 +228,41 @@ def test_bodies_without_links_are_unchanged_and_unknown_kinds_are_refused() -> N
         decode_body(zstandard.ZstdCompressor().compress(json.dumps(doc).encode()))
 
 
+_NAMES = st.lists(st.binary(min_size=1, max_size=12).filter(lambda b: b"/" not in b and b"\0" not in b)
+                  .map(os.fsdecode), min_size=1, max_size=8)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(names=_NAMES, chunked=st.booleans())
+def test_a_body_round_trips_any_names_and_earlier_readers_read_it_alike(names: list[str], chunked: bool) -> None:
+    from aml.backup import DirTable, FileTable
+
+    files = FileTable()
+    for i, name in enumerate(names):
+        oid = hashlib.sha256(name.encode("utf-8", "surrogateescape")).hexdigest()
+        files.append(name, oid, i, 10**18 + i, 0o644, 2**40 + i, chunks=[oid, oid] if chunked and i == 0 else None)
+    dirs = DirTable(names[:2], [0o755] * len(names[:2]), [7] * len(names[:2]))
+    links = LinkTable(names[:1], ["../" + names[-1]], [9])
+    body = encode_body(files, dirs, links)
+    assert decode_body(body) == (files, dirs, links)
+    # what aml wrote before msgspec (json.dumps, ASCII) and read with json.loads: the same document
+    doc = json.loads(zstandard.ZstdDecompressor().decompress(body))
+    assert doc["files"]["path"] == names and doc["links"]["target"] == ["../" + names[-1]]
+
+
+@settings(max_examples=40, deadline=None)
+@given(entries=st.lists(st.tuples(st.binary(min_size=32, max_size=32).map(bytes.hex), st.integers(0, 2**40),
+                                  st.integers(1, 2**31), st.integers(0, 2**40)), min_size=0, max_size=20))
+def test_an_index_file_round_trips(entries: list[tuple[str, int, int, int]]) -> None:
+    from aml.backup.index import _parse, serialize_index
+    from aml.backup.pack import PackEntry, PackInfo
+
+    info = PackInfo("ab" * 32, 12345, [PackEntry(*e) for e in entries])
+    supersedes, packs = _parse(serialize_index([info], ["cd" * 32]), "x")
+    assert supersedes == ["cd" * 32]
+    assert packs == [("ab" * 32, 12345, entries)]
+
+
 def test_modes_and_empty_directories_round_trip(tmp_path: Path) -> None:
     store = tmp_path / "store"
     (store / "a" / "b" / "c").mkdir(parents=True)  # nested empty directories

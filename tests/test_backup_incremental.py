@@ -58,6 +58,25 @@ def test_incremental_reads_only_changed_files(tmp_path: Path) -> None:
     assert diff_states(tree_state(store), tree_state(tmp_path / "out")) == []
 
 
+def test_files_whose_objects_the_index_lost_are_read_again(tmp_path: Path) -> None:
+    store = make_json_store(tmp_path / "store")
+    repo = small_repo(tmp_path / "repo")
+    first = create_snapshot(store, repo, incremental=False)
+    index_files = set((repo.path / "index").iterdir())
+    changed = mutate(store, 0.1, seed=5)
+    second = create_snapshot(store, repo, incremental=True)
+    assert second.files_read == len(changed)
+    # the index file of the second backup is lost: the objects of the changed files are in no index
+    (lost,) = set((repo.path / "index").iterdir()) - index_files
+    lost.unlink()
+    third = create_snapshot(store, repo, incremental=True)
+    assert third.parent_backup_id == second.backup_id
+    assert third.files_read == len(changed)
+    assert third.files_unchanged == first.file_count - len(changed)
+    assert restore(repo, third.backup_id, tmp_path / "out").ok
+    assert diff_states(tree_state(store), tree_state(tmp_path / "out")) == []
+
+
 def test_unchanged_metadata_means_not_read(tmp_path: Path) -> None:
     """Proof by content: a file rewritten in place with the same size, mtime and inode is not re-read."""
     store = make_json_store(tmp_path / "store", agents=1, docs=5)

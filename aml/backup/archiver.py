@@ -514,15 +514,18 @@ def create_snapshot(
         try:
             # which files must be read (the others are unchanged since the parent)
             reuse: dict[int, int] = {}
-            if pf is not None:
+            if pf is not None and parent_m is not None:
+                # objects of the parent the index no longer has (damaged index files): their files are read
+                lost = parent_m.referenced_objects().difference(objects)
+                psize, pmtime, pinode = pf.size, pf.mtime_ns, pf.inode
                 for n, (rel, size, mtime_ns, _mode, ino) in enumerate(scan.files):
                     j = pmap.get(rel)
                     if (
                         j is not None
-                        and pf.size[j] == size
-                        and pf.mtime_ns[j] == mtime_ns
-                        and pf.inode[j] == ino
-                        and all(o in objects for o in pf.objects_of(j))
+                        and psize[j] == size
+                        and pmtime[j] == mtime_ns
+                        and pinode[j] == ino
+                        and (not lost or lost.isdisjoint(pf.objects_of(j)))
                     ):
                         reuse[n] = j
             dictionary = _dictionary(repo, scan.files, reuse, dirfds)

@@ -21,7 +21,6 @@ data ``index``), and ``index_id`` is the sha256 of the sealed bytes.
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -29,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from aml.store.atomic import atomic_write
+from aml.store.jsontext import dumps_compact, loads
 
 from . import crypto, remote
 from ._common import TMP_PREFIX
@@ -131,7 +131,7 @@ def serialize_index(packs: Iterable[PackInfo], supersedes: Iterable[str] = ()) -
             for p in packs
         ],
     }
-    return json.dumps(doc, separators=(",", ":")).encode("ascii")
+    return dumps_compact(doc).encode("ascii")
 
 
 def write_index(root: Path | str, packs: Iterable[PackInfo], supersedes: Iterable[str] = ()) -> str:
@@ -159,7 +159,7 @@ def write_index(root: Path | str, packs: Iterable[PackInfo], supersedes: Iterabl
 
 
 def _parse(data: bytes, index_id: str) -> tuple[list[str], list[tuple[str, int, list[tuple[str, int, int, int]]]]]:
-    doc = json.loads(data)
+    doc = loads(data)
     if not isinstance(doc, dict) or doc.get("format") != INDEX_FORMAT:
         raise ValueError("not an aml index file")
     if doc.get("version") != INDEX_VERSION:
@@ -171,7 +171,7 @@ def _parse(data: bytes, index_id: str) -> tuple[list[str], list[tuple[str, int, 
         n = len(offsets)
         if len(ids) != 64 * n or len(lengths) != n or len(sizes) != n:
             raise ValueError(f"pack {p.get('id')}: column lengths differ")
-        entries = [(ids[64 * i : 64 * i + 64], offsets[i], lengths[i], sizes[i]) for i in range(n)]
+        entries = list(zip([ids[i : i + 64] for i in range(0, 64 * n, 64)], offsets, lengths, sizes, strict=True))
         packs.append((str(p["id"]), int(p["size"]), entries))
     return [str(s) for s in doc.get("supersedes", [])], packs
 

@@ -61,6 +61,7 @@ from typing import Any
 import zstandard
 
 from aml.store.atomic import atomic_write, fsync_dir
+from aml.store.jsontext import dumps_compact, loads
 from aml.store.timestamps import require_timestamp, utc_iso_z
 
 from . import crypto, remote
@@ -356,8 +357,9 @@ def encode_body(files: FileTable, dirs: DirTable, links: LinkTable | None = None
     }
     if links:
         doc["links"] = {"path": links.path, "target": links.target, "mtime_ns": links.mtime_ns}
-    # ensure_ascii: a name's non-UTF-8 bytes (surrogateescape code points) become "\udcXX" escapes
-    raw = json.dumps(doc, separators=(",", ":"), ensure_ascii=True).encode("ascii")
+    # compact JSON by msgspec; a body with a name holding non-UTF-8 bytes (surrogateescape code points) is
+    # written by json.dumps, which escapes them as "\udcXX" (ensure_ascii)
+    raw = dumps_compact(doc).encode("utf-8")
     return zstandard.ZstdCompressor(level=level, write_content_size=True).compress(raw)
 
 
@@ -371,7 +373,7 @@ def decode_body(data: bytes) -> tuple[FileTable, DirTable, LinkTable]:
         UnsafePathError: the body declares entry kinds aml does not know (devices, a later format...).
         ValueError, KeyError, TypeError, zstandard.ZstdError: malformed body.
     """
-    doc = json.loads(zstandard.ZstdDecompressor().decompress(data))
+    doc = loads(zstandard.ZstdDecompressor().decompress(data))
     if doc.get("format") != BODY_FORMAT or doc.get("version") != MANIFEST_VERSION:
         raise ValueError("not an aml snapshot body of a supported version")
     extra = set(doc) - {"format", "version", "files", "dirs", "links"}
