@@ -174,3 +174,47 @@ def test_verify_read_data_in_a_prefork_worker_names_the_damage(tmp_path: Path, r
     assert corrupt and oid in corrupt[0]["objects"], result["errors"]
     assert result["packs_read"] == len(index.packs)
     assert "daemonic" not in log and "Traceback" not in log
+
+
+def _tricky_store(root: Path) -> Path:
+    for top in ("alpha", "beta", "gamma", "delta"):
+        for sub in ("", "x", "x/y"):
+            d = root / top / sub
+            d.mkdir(parents=True, exist_ok=True)
+            (d / "a.json").write_text("{}")
+            (d / "b.tmp").write_text("skip me")
+            (d / ".aml-tmp-123").write_text("temporary")
+        os.symlink("alpha/a.json", root / f"link-{top}")
+        os.symlink("../a.json", root / top / "x" / "up")
+        os.mkfifo(root / top / "x" / "fifo")
+        (root / top / "empty").mkdir()
+    (root / "top.json").write_text("[]")
+    (root / "repo" / "packs").mkdir(parents=True)
+    (root / "repo" / "packs" / "p").write_bytes(b"pack")
+    os.mkfifo(root / "fifo-at-top")
+    return root
+
+
+@TWO_CPUS
+def test_the_scan_in_worker_processes_equals_the_scan_here(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from aml.backup.archiver import _scan
+    from aml.backup.excludes import Excludes
+
+    root = _tricky_store(tmp_path / "store")
+
+    def scan() -> Any:
+        s = _scan(str(root), [root / "repo"], Excludes(["*.tmp", "gamma/x"], defaults=True))
+        return s.files, s.dirs, s.links, s.errors, s.skipped_temp, s.excluded
+
+    assert procpool.worker_processes(2, 4) == 2  # the four top-level directories go to two processes
+    in_processes = scan()
+    monkeypatch.setattr(procpool, "fork_workers_possible", lambda: False)
+    here = scan()
+    assert in_processes == here
+    files, dirs, links, errors, skipped, excluded = here
+    assert [f[0] for f in files] == sorted(f[0] for f in files) and len(files) == 3 + 3 + 1 + 3 + 1  # gamma/x excluded
+    assert "repo" not in {d[0] for d in dirs} and "delta/empty" in {d[0] for d in dirs}
+    assert {x[0] for x in links} == {f"link-{t}" for t in ("alpha", "beta", "gamma", "delta")} | {
+        f"{t}/x/up" for t in ("alpha", "beta", "delta")}
+    assert [e["path"] for e in errors] == ["alpha/x/fifo", "beta/x/fifo", "delta/x/fifo", "fifo-at-top"]
+    assert skipped == 10 and excluded == 10 + 1  # the .tmp files and gamma/x

@@ -36,7 +36,7 @@ from concurrent.futures import Executor, Future, ProcessPoolExecutor, ThreadPool
 from concurrent.futures.process import BrokenProcessPool
 from typing import TypeVar
 
-__all__ = ["MAX_PROCESSES", "fork_workers_possible", "ordered_map", "usable_cpus"]
+__all__ = ["MAX_PROCESSES", "fork_workers_possible", "ordered_map", "usable_cpus", "worker_processes"]
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +63,13 @@ def fork_workers_possible() -> bool:
     return not multiprocessing.current_process().daemon
 
 
+def worker_processes(workers: int, items: int) -> int:
+    """How many worker processes :func:`ordered_map` forks for ``items`` items with ``workers``: 0 where it
+    uses threads instead (so a caller whose work gains nothing from threads can do it itself)."""
+    count = min(workers, MAX_PROCESSES, usable_cpus(), items)
+    return count if count > 1 and fork_workers_possible() else 0
+
+
 @contextlib.contextmanager
 def ordered_map(fn: Callable[[_T], _R], items: Sequence[_T], *, workers: int,
                 processes: bool = True) -> Iterator[Iterator[_R]]:
@@ -84,12 +91,13 @@ def ordered_map(fn: Callable[[_T], _R], items: Sequence[_T], *, workers: int,
         An iterator of ``fn(item)``, item by item, each as soon as it (and those before it) is ready; it
         raises what ``fn`` raised, at the first item whose call raised.
     """
-    count = min(workers, MAX_PROCESSES, usable_cpus(), len(items))
+    count = worker_processes(workers, len(items)) if processes else 0
     pool: Executor
-    if processes and count > 1 and fork_workers_possible():
+    if count:
         pool = ProcessPoolExecutor(count, mp_context=multiprocessing.get_context("fork"))
     else:
-        pool = ThreadPoolExecutor(max(1, min(workers, len(items))), thread_name_prefix="aml-worker")
+        count = max(1, min(workers, len(items)))
+        pool = ThreadPoolExecutor(count, thread_name_prefix="aml-worker")
     try:
         ahead = AHEAD_PER_WORKER * count
         futures = collections.deque(pool.submit(fn, item) for item in items[:ahead])
