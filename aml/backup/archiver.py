@@ -584,13 +584,16 @@ def create_snapshot(
 
             last_dir: str | None = None
             dfd = root_fd
+            parent_sha = pf.sha256 if pf is not None else []
+            parent_chunks = pf.chunks if pf is not None else {}
             for n, (rel, size, mtime_ns, mode, ino) in enumerate(scan.files):
                 j = reuse.get(n)
-                if j is not None and pf is not None:
-                    objs = pf.objects_of(j)
-                    if len(objs) > 1:
-                        chunked[len(rows)] = objs
-                    row((rel, pf.sha256[j], size, mtime_ns, mode, ino))
+                if j is not None:  # unchanged since the parent: its entry, not read
+                    if parent_chunks:
+                        objs = parent_chunks.get(j)
+                        if objs is not None and len(objs) > 1:
+                            chunked[len(rows)] = objs
+                    row((rel, parent_sha[j], size, mtime_ns, mode, ino))
                     unchanged += 1
                     total_size += size
                     if not n & 255:
@@ -671,15 +674,9 @@ def create_snapshot(
                     st_.current = rel
                     rep.tick()
                     lock.maybe_refresh()
-            table = FileTable(
-                path=[r[0] for r in rows],
-                sha256=[r[1] for r in rows],
-                size=[r[2] for r in rows],
-                mtime_ns=[r[3] for r in rows],
-                mode=[r[4] for r in rows],
-                inode=[r[5] for r in rows],
-                chunks=chunked,
-            )
+            columns: list[list[Any]] = [list(c) for c in zip(*rows, strict=True)] if rows else [[]] * 6
+            table = FileTable(path=columns[0], sha256=columns[1], size=columns[2], mtime_ns=columns[3],
+                              mode=columns[4], inode=columns[5], chunks=chunked)
             del rows
             packs = writer.flush()
             stored_bytes = writer.bytes_written
