@@ -416,3 +416,55 @@ def test_build_leaves_the_garbage_collector_as_it_was(tmp_path: Path) -> None:
         assert not gc.isenabled()
     finally:
         gc.enable()
+
+
+def _index_tables(root: Path) -> dict[str, list[tuple[Any, ...]]]:
+    conn = sqlite3.connect(root / INDEX_FILE)
+    try:
+        return {
+            "documents": conn.execute("SELECT * FROM documents ORDER BY relpath").fetchall(),
+            "records": conn.execute("SELECT * FROM records ORDER BY rid").fetchall(),
+            "fts": conn.execute("SELECT rowid, text FROM records_fts ORDER BY rowid").fetchall(),
+            "tags": conn.execute("SELECT * FROM tags ORDER BY tag, rid").fetchall(),
+            "warm": conn.execute("SELECT key, id, document, pointer, value, item, size_bytes, doc_size, "
+                                 "doc_mtime_ns, doc_ino FROM warm ORDER BY key").fetchall(),
+        }
+    finally:
+        conn.close()
+
+
+def test_documents_read_by_workers_and_here_index_alike(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Worker processes (documents up to PARALLEL_DOCUMENT_BYTES) and this process (larger ones, rows written
+    in batches) build the same index, warm entries refreshed and dropped alike on an incremental build."""
+    from aml.optimize import index as index_mod
+
+    built: dict[str, dict[str, list[tuple[Any, ...]]]] = {}
+    for mode, limit, batch in (("workers", index_mod.PARALLEL_DOCUMENT_BYTES, index_mod.ROW_BATCH), ("here", -1, 7)):
+        monkeypatch.setattr(index_mod, "PARALLEL_DOCUMENT_BYTES", limit)
+        monkeypatch.setattr(index_mod, "ROW_BATCH", batch)
+        root = extract_loom("loom-plain-v2.0.0", tmp_path / mode)
+        build_index(root)
+        warm_cache(root, limit=60)
+        warmed = _index_tables(root)["warm"]
+        # one warm document changes (its first item removed, one item's text changed); another is deleted
+        docs = sorted({w[2] for w in warmed})
+        assert len(docs) >= 2
+        changed, deleted = root / docs[0], root / docs[1]
+        data = json.loads(changed.read_bytes())
+        data = data[1:]
+        data[0] = {**data[0], "description": "changed text"}
+        atomic_write(changed, json.dumps(data, indent=2).encode())
+        os.utime(changed, ns=(1_700_000_000_000_000_000, 1_700_000_000_000_000_000))
+        deleted.unlink()
+        again = build_index(root)
+        assert again.documents_read == 1 and again.documents_removed == 1
+        assert again.warm_dropped >= 1 and again.warm_refreshed >= 1
+        built[mode] = _index_tables(root)
+    workers, here = built["workers"], built["here"]
+    for table in ("documents", "records", "warm"):  # inodes differ between the two copies of the store
+        strip = {"documents": 7, "warm": 9}.get(table)
+        w = [r[:strip] + r[strip + 1:] if strip is not None else r for r in workers[table]]
+        h = [r[:strip] + r[strip + 1:] if strip is not None else r for r in here[table]]
+        assert w == h, table
+    assert workers["fts"] == here["fts"] and workers["tags"] == here["tags"]
+    assert len(workers["records"]) > 100

@@ -33,6 +33,7 @@ from typing import Any
 
 import zstandard
 
+from aml.procpool import ordered_map, worker_processes
 from aml.store.atomic import atomic_write
 from aml.store.documents import AGENT_FILES, base_name, read_document
 from aml.store.names import text_names
@@ -46,7 +47,6 @@ from .excludes import Excludes
 from .index import load_index, write_index
 from .manifest import DirTable, FileTable, LinkTable, Manifest, load_manifest, read_header, write_manifest
 from .pack import Dictionary, PackWriter, train_dictionary
-from .procpool import ordered_map, worker_processes
 from .progress import ProgressCallback, Reporter
 from .repository import Repository, as_repository, local_collector_paused
 from .summary import read_summary, summary_entry, update_summary
@@ -161,7 +161,7 @@ def scan_store(
 
 
 SCAN_WORKERS = 2
-"""Worker processes that scan the store's top-level directories (:mod:`~aml.backup.procpool`; the scan is
+"""Worker processes that scan the store's top-level directories (:mod:`~aml.procpool`; the scan is
 one ``lstat`` per entry plus the Python around it: a second process takes a third off a 100,000-file scan)."""
 
 

@@ -40,6 +40,7 @@ from typing import Any
 
 import zstandard
 
+from aml.procpool import ordered_map
 from aml.store.atomic import atomic_write
 from aml.store.names import text_names
 from aml.store.timestamps import utc_iso_z
@@ -51,7 +52,6 @@ from .errors import BackupError, CorruptionError, SnapshotNotFound, UnsafePathEr
 from .index import list_pack_ids, load_index
 from .manifest import Manifest, load_body, read_header
 from .pack import PackReader, open_pack
-from .procpool import ordered_map
 from .progress import ProgressCallback, Reporter
 from .repository import Repository, as_repository, local_collector_paused
 from .restorer import validate_tables
@@ -523,7 +523,7 @@ def _orphan_summary(orphans: list[tuple[str, int, float]], now: float, grace: fl
 
 CHECK_WORKERS = 2
 """Packs verified in parallel: by forked worker processes in a local repository
-(:func:`~aml.backup.procpool.ordered_map`), by threads in a remote one (whose storage clients stay in
+(:func:`~aml.procpool.ordered_map`), by threads in a remote one (whose storage clients stay in
 this process)."""
 
 

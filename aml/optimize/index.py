@@ -37,13 +37,14 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import hashlib
+import itertools
 import json
 import os
 import re
 import sqlite3
 import tempfile
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from itertools import repeat
 from pathlib import Path
@@ -53,6 +54,7 @@ from aml.gcpause import gc_paused
 from aml.optimize.bloom import DEFAULT_FALSE_POSITIVE_RATE, IdBloom
 from aml.optimize.files import AML_DIR, BLOOM_FILE, INDEX_FILE, INDEX_LOCK_FILE, iter_store_files
 from aml.optimize.value import record_value
+from aml.procpool import ordered_map
 from aml.store import accessors as acc
 from aml.store.atomic import TMP_PREFIX, atomic_write, fsync_dir
 from aml.store.documents import LAZY_ITEMS_BYTES, Document, LazyItems, read_document
@@ -381,6 +383,10 @@ def build_index(
 ) -> IndexResult:
     """Build (or update) the index and the Bloom filter of a file store. Reads the store only.
 
+    Documents of up to :data:`PARALLEL_DOCUMENT_BYTES` are read, and their rows made, by
+    :data:`INDEX_WORKERS` forked worker processes (:func:`aml.procpool.ordered_map`) while this
+    process writes the rows of the ones before; larger documents are read here, item by item.
+
     Args:
         root: the store directory.
         full: read every document even when the current index could be updated incrementally.
@@ -413,20 +419,27 @@ def build_index(
                 else:
                     known = {r[0]: (r[1], r[2], r[3]) for r in
                              conn.execute("SELECT relpath, size_bytes, mtime_ns, ino FROM documents")}
+            warm: dict[str, list[tuple[str, str]]] = {}
+            for key, wid, document in conn.execute("SELECT key, id, document FROM warm"):
+                warm.setdefault(document, []).append((key, wid))
             seen: set[str] = set()
+            jobs: list[_Job] = []
             for f in iter_store_files(base):
                 seen.add(f.relpath)
                 if known.get(f.relpath) == (f.size, f.mtime_ns, f.ino):
                     result.documents_reused += 1
                     continue
-                # a very large Loom collection is read item by item (its bytes and one item in memory)
-                doc = read_document(f.path, f.relpath, loom_agents=loom_agents, lazy_items=LAZY_ITEMS_BYTES,
-                                    check_types=True)
-                records = records_from_document(store.store_id, doc)
-                refreshed, dropped = _replace_document(conn, doc, records, f.ino)
-                result.documents_read += 1
-                result.warm_refreshed += refreshed
-                result.warm_dropped += dropped
+                jobs.append(_Job(f.path, f.relpath, f.ino, f.size, store.store_id, loom_agents,
+                                 warm.get(f.relpath, [])))
+            small = [j for j in jobs if j.size <= PARALLEL_DOCUMENT_BYTES]
+            with ordered_map(_document_rows, small, workers=INDEX_WORKERS) as computed:
+                done = iter(computed)
+                for job in jobs:  # in the store's order, as before: rids follow it
+                    rows = next(done) if job.size <= PARALLEL_DOCUMENT_BYTES else None
+                    refreshed, dropped = _replace_document(conn, job, rows)
+                    result.documents_read += 1
+                    result.warm_refreshed += refreshed
+                    result.warm_dropped += dropped
             for gone in sorted(set(known) - seen):
                 result.warm_dropped += _drop_document(conn, gone)
                 result.documents_removed += 1
@@ -469,51 +482,101 @@ def _drop_document(conn: sqlite3.Connection, relpath: str) -> int:
 
 
 ROW_BATCH: Final = 10_000
-"""Records whose rows are held before they are written (one ``executemany`` per table)."""
+"""Records whose rows are held before they are written (one ``executemany`` per table), for a document
+read here."""
+
+PARALLEL_DOCUMENT_BYTES: Final = 16 * 1024 * 1024
+"""Documents of at most this many bytes on disk are read by worker processes, which send back all their
+rows at once; larger ones are read here and written :data:`ROW_BATCH` records at a time (bounded memory)."""
+
+INDEX_WORKERS: Final = 2
+"""Worker processes reading documents during a build."""
 
 
-def _insert_rows(conn: sqlite3.Connection, record_rows: list[tuple[Any, ...]], text_rows: list[tuple[int, str]],
-                 tag_rows: list[tuple[str, int]]) -> None:
-    """Write the held rows of ``records``, ``records_fts`` and ``tags``, and empty the three lists."""
-    conn.executemany(
-        "INSERT INTO records(rid, key, id, agent, collection, kind, tags, confidence, success_rate, execution_count, "
-        "value, created_at, last_used_at, recency, active, version, role, size_bytes, document, pointer, "
-        "item_index) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-        record_rows,
-    )
-    conn.executemany("INSERT INTO records_fts(rowid, text) VALUES (?, ?)", text_rows)
-    if tag_rows:
-        conn.executemany("INSERT OR IGNORE INTO tags(tag, rid) VALUES (?, ?)", tag_rows)
-    record_rows.clear()
-    text_rows.clear()
-    tag_rows.clear()
+@dataclass(frozen=True)
+class _Job:
+    """A document to (re-)read: where it is, and the warm-set entries ``(key, id)`` placed in it."""
+
+    path: Path
+    relpath: str
+    ino: int
+    size: int
+    store_id: str
+    loom_agents: frozenset[str]
+    warm: list[tuple[str, str]]
 
 
-def _replace_document(
-    conn: sqlite3.Connection, doc: Document, records: list[Record], ino: int
-) -> tuple[int, int]:
-    """Replace the rows of one document; refresh its warm entries. Returns ``(refreshed, dropped)``."""
-    warm = [(r["key"], r["id"]) for r in conn.execute("SELECT key, id FROM warm WHERE document = ?", (doc.relpath,))]
-    conn.execute("DELETE FROM records_fts WHERE rowid IN (SELECT rid FROM records WHERE document = ?)",
-                 (doc.relpath,))
-    conn.execute("DELETE FROM tags WHERE rid IN (SELECT rid FROM records WHERE document = ?)", (doc.relpath,))
-    conn.execute("DELETE FROM records WHERE document = ?", (doc.relpath,))
-    conn.execute(
-        "INSERT OR REPLACE INTO documents(relpath, kind, agent, collection, encoding, size_bytes, mtime_ns, ino, "
-        "record_count, error) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-        (doc.relpath, doc.kind, doc.agent, doc.collection, doc.encoding, doc.size_bytes, doc.mtime_ns, ino,
-         len(records), doc.error.code if doc.error else None),
-    )
+_Row = tuple[tuple[Any, ...], str, list[str]]
+"""One record's ``records`` row without its rid, its full-text, and its tags."""
+
+_WarmRow = tuple[str, str, str, str, float, str]
+"""A refreshed warm-set entry: ``(key, id, document, pointer, value, item JSON)``."""
+
+
+@dataclass
+class _DocumentRows:
+    """What a build writes for one document: its ``documents`` row (but the inode), its records' rows, and
+    for each of its warm-set entries the refreshed entry or ``None`` (dropped), by the entry's old key."""
+
+    document: tuple[Any, ...]
+    rows: Iterable[_Row]
+    warm: dict[str, _WarmRow | None]
+
+
+def _document_rows(job: _Job, *, materialise: bool = True) -> _DocumentRows:
+    """Read one document and make its rows (in a worker process, or here for a large one). A very large Loom
+    collection is read item by item (:data:`~aml.store.documents.LAZY_ITEMS_BYTES`).
+
+    Args:
+        job: the document.
+        materialise: rows as a list (to send back from a worker), else a generator (written in batches).
+    """
+    doc = read_document(job.path, job.relpath, loom_agents=job.loom_agents, lazy_items=LAZY_ITEMS_BYTES,
+                        check_types=True)
+    records = records_from_document(job.store_id, doc)
+    document = (doc.relpath, doc.kind, doc.agent, doc.collection, doc.encoding, doc.size_bytes, doc.mtime_ns,
+                len(records), doc.error.code if doc.error else None)
     # only the items the warm set may need are kept (a large document is never held whole)
-    warm_keys, warm_ids = {key for key, _ in warm}, {wid for _, wid in warm}
+    warm_keys, warm_ids = {key for key, _ in job.warm}, {wid for _, wid in job.warm}
     by_key: dict[str, tuple[Record, Any]] = {}
     by_id: dict[str, str] = {}
-    # Rows are written with executemany, ROW_BATCH records at a time. Their rids are the ones SQLite would
-    # have given row by row: one more than the largest rid in the table, then counting up.
-    rid = (conn.execute("SELECT max(rid) FROM records").fetchone()[0] or 0)
-    record_rows: list[tuple[Any, ...]] = []
-    text_rows: list[tuple[int, str]] = []
-    tag_rows: list[tuple[str, int]] = []
+    made = _record_rows(doc, records, warm_keys, warm_ids, by_key, by_id)
+    warm: dict[str, _WarmRow | None] = {}
+    rows: Iterable[_Row]
+    if materialise:
+        rows = list(made)
+        warm.update(_warm_entries(job, doc, by_key, by_id))
+    else:  # the warm entries once every row has been read (they need its item)
+        rows = _then(made, lambda: warm.update(_warm_entries(job, doc, by_key, by_id)))
+    return _DocumentRows(document, rows, warm)
+
+
+def _then(rows: Iterator[_Row], after: Callable[[], None]) -> Iterator[_Row]:
+    yield from rows
+    after()
+
+
+def _warm_entries(job: _Job, doc: Document, by_key: dict[str, tuple[Record, Any]],
+                  by_id: dict[str, str]) -> dict[str, _WarmRow | None]:
+    """Each warm-set entry of the document, refreshed (the record of the same key and id, else of the same
+    id) or ``None`` (dropped: the record is gone, or the document no longer reads)."""
+    warm: dict[str, _WarmRow | None] = {}
+    for key, wid in job.warm:
+        new_key = key if key in by_key and by_key[key][0].id == wid else by_id.get(wid)
+        if new_key is None or doc.error is not None:
+            warm[key] = None
+            continue
+        record, item = by_key[new_key]
+        payload = json.dumps(item, ensure_ascii=False, separators=(",", ":"))
+        warm[key] = (new_key, record.id, record.location.document, record.location.pointer,
+                     record_value(record, item), payload)
+    return warm
+
+
+def _record_rows(doc: Document, records: list[Record], warm_keys: set[str], warm_ids: set[str],
+                 by_key: dict[str, tuple[Record, Any]], by_id: dict[str, str]) -> Iterator[_Row]:
+    """Each record's row (no rid), text and tags; the records the warm set may need go to ``by_key`` and
+    ``by_id`` as they pass."""
     data = doc.data
     data_is_list = type(data) is list or type(data) is LazyItems
     for record in records:
@@ -538,39 +601,63 @@ def _replace_document(
         recency_dt = record.last_used_at or record.created_at
         created_at, last_used_at = record.created_at, record.last_used_at
         key = f"{location.document}#{pointer}"
-        rid += 1
-        record_rows.append(
-            (rid, key, record.id, record.agent, record.collection, record.kind, tags_json, record.confidence,
-             record.success_rate, record.execution_count, record_value(record, item),
-             None if created_at is None else utc_iso_z(created_at),
-             None if last_used_at is None else utc_iso_z(last_used_at),
-             recency_dt.timestamp() if recency_dt else None, int(record.active), record.version, record.role,
-             record.size_bytes, location.document, pointer, location.index)
-        )
-        text_rows.append((rid, record_text(record, item, tags)))
-        if tags:
-            tag_rows.extend((t, rid) for t in tags)
+        yield ((key, record.id, record.agent, record.collection, record.kind, tags_json, record.confidence,
+                record.success_rate, record.execution_count, record_value(record, item),
+                None if created_at is None else utc_iso_z(created_at),
+                None if last_used_at is None else utc_iso_z(last_used_at),
+                recency_dt.timestamp() if recency_dt else None, int(record.active), record.version, record.role,
+                record.size_bytes, location.document, pointer, location.index),
+               record_text(record, item, tags), tags)
         if key in warm_keys or record.id in warm_ids:
             by_key[key] = (record, item)
             by_id.setdefault(record.id, key)
-        if len(record_rows) >= ROW_BATCH:
-            _insert_rows(conn, record_rows, text_rows, tag_rows)
-    _insert_rows(conn, record_rows, text_rows, tag_rows)
+
+
+def _insert_rows(conn: sqlite3.Connection, first_rid: int, rows: list[_Row]) -> None:
+    """Write rows of ``records``, ``records_fts`` and ``tags``, with rids from ``first_rid`` on."""
+    conn.executemany(
+        "INSERT INTO records(rid, key, id, agent, collection, kind, tags, confidence, success_rate, execution_count, "
+        "value, created_at, last_used_at, recency, active, version, role, size_bytes, document, pointer, "
+        "item_index) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        [(rid, *row) for rid, (row, _, _) in enumerate(rows, first_rid)],
+    )
+    conn.executemany("INSERT INTO records_fts(rowid, text) VALUES (?, ?)",
+                     [(rid, text) for rid, (_, text, _) in enumerate(rows, first_rid)])
+    tag_rows = [(t, rid) for rid, (_, _, tags) in enumerate(rows, first_rid) for t in tags]
+    if tag_rows:
+        conn.executemany("INSERT OR IGNORE INTO tags(tag, rid) VALUES (?, ?)", tag_rows)
+
+
+def _replace_document(conn: sqlite3.Connection, job: _Job, computed: _DocumentRows | None) -> tuple[int, int]:
+    """Replace the rows of one document (read here when not ``computed`` by a worker); refresh its warm
+    entries. Returns ``(refreshed, dropped)``."""
+    if computed is None:
+        computed = _document_rows(job, materialise=False)
+    relpath = job.relpath
+    conn.execute("DELETE FROM records_fts WHERE rowid IN (SELECT rid FROM records WHERE document = ?)", (relpath,))
+    conn.execute("DELETE FROM tags WHERE rid IN (SELECT rid FROM records WHERE document = ?)", (relpath,))
+    conn.execute("DELETE FROM records WHERE document = ?", (relpath,))
+    conn.execute(
+        "INSERT OR REPLACE INTO documents(relpath, kind, agent, collection, encoding, size_bytes, mtime_ns, "
+        "record_count, error, ino) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", (*computed.document, job.ino))
+    # Rows are written with executemany, ROW_BATCH records at a time. Their rids are the ones SQLite would
+    # have given row by row: one more than the largest rid in the table, then counting up.
+    rid = (conn.execute("SELECT max(rid) FROM records").fetchone()[0] or 0) + 1
+    rows = iter(computed.rows)
+    while batch := list(itertools.islice(rows, ROW_BATCH)):
+        _insert_rows(conn, rid, batch)
+        rid += len(batch)
     refreshed = dropped = 0
-    for key, wid in warm:
-        new_key = key if key in by_key and by_key[key][0].id == wid else by_id.get(wid)
-        if new_key is None or doc.error is not None:
-            conn.execute("DELETE FROM warm WHERE key = ?", (key,))
+    for key, entry in computed.warm.items():
+        conn.execute("DELETE FROM warm WHERE key = ?", (key,))
+        if entry is None:
             dropped += 1
             continue
-        record, item = by_key[new_key]
-        payload = json.dumps(item, ensure_ascii=False, separators=(",", ":"))
-        conn.execute("DELETE FROM warm WHERE key = ?", (key,))
         conn.execute(
             "INSERT OR REPLACE INTO warm(key, id, document, pointer, value, item, size_bytes, doc_size, doc_mtime_ns, "
             "doc_ino, loaded_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            (new_key, record.id, record.location.document, record.location.pointer, record_value(record, item),
-             payload, len(payload.encode("utf-8")), doc.size_bytes, doc.mtime_ns, ino, utc_iso_z(now_utc())),
+            (*entry, len(entry[5].encode("utf-8")), computed.document[5], computed.document[6], job.ino,
+             utc_iso_z(now_utc())),
         )
         refreshed += 1
     return refreshed, dropped

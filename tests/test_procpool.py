@@ -1,6 +1,6 @@
-"""Verify's packs read by forked worker processes (aml.backup.procpool): results in order, no item lost
-when a worker is killed, errors raised here, threads where forking is not possible, the same findings as
-threads, and inside a real prefork Celery worker."""
+"""Work spread over forked worker processes (aml.procpool): results in order, no item lost when a worker is
+killed, errors raised here, threads where forking is not possible; verify's packs and the backup scan find
+the same in processes as here, and verify runs inside a real prefork Celery worker."""
 
 from __future__ import annotations
 
@@ -17,9 +17,10 @@ from typing import Any
 
 import pytest
 
-from aml.backup import Repository, check, create_snapshot, load_index, procpool
+from aml import procpool
+from aml.backup import Repository, check, create_snapshot, load_index
 from aml.backup.pack import pack_path
-from aml.backup.procpool import ordered_map, usable_cpus
+from aml.procpool import ordered_map, usable_cpus
 from tests.backup_helpers import flip_byte, make_json_store, small_repo
 from tests.fixtures_runtime import REPO, runtime_env, spawn_worker, stop_process
 
@@ -60,7 +61,7 @@ def test_results_come_in_order_from_worker_processes() -> None:
 
 @TWO_CPUS
 def test_a_killed_worker_process_loses_no_item(caplog: pytest.LogCaptureFixture) -> None:
-    with caplog.at_level(logging.WARNING, logger="aml.backup.procpool"), \
+    with caplog.at_level(logging.WARNING, logger="aml.procpool"), \
             ordered_map(_die_in_a_worker_on_3, list(range(8)), workers=2) as results:
         got = list(results)
     assert [v for v, _ in got] == [x * x for x in range(8)]

@@ -5,7 +5,9 @@ calls into C. Threads overlap only the part of each call that releases the inter
 of the loop waits for it, so a second thread gains little. Worker processes each have their own
 interpreter: :func:`ordered_map` runs a function over items in processes forked from this one (they
 inherit everything already loaded, an unlocked repository key included, so they start in milliseconds)
-and yields the results in the order of the items, as ``map`` does.
+and yields the results in the order of the items, as ``map`` does. Its users: ``verify --read-data``
+(one pack per item, :mod:`aml.backup.checker`), the backup's scan (one top-level directory per item,
+:mod:`aml.backup.archiver`) and ``optimize index`` (one document per item, :mod:`aml.optimize.index`).
 
 It falls back to threads of this process, with the same results, where forking workers is not possible
 or not useful:
