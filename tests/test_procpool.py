@@ -219,3 +219,26 @@ def test_the_scan_in_worker_processes_equals_the_scan_here(tmp_path: Path, monke
         f"{t}/x/up" for t in ("alpha", "beta", "delta")}
     assert [e["path"] for e in errors] == ["alpha/x/fifo", "beta/x/fifo", "delta/x/fifo", "fifo-at-top"]
     assert skipped == 10 and excluded == 10 + 1  # the .tmp files and gamma/x
+
+
+def _summary(doc: Any) -> tuple[str, str, str | None, int, int]:
+    return doc.relpath, doc.kind, None if doc.error is None else doc.error.code, doc.size_bytes, os.getpid()
+
+
+def test_map_documents_gives_iter_documents_in_order(tmp_path: Path) -> None:
+    from aml.store import FileStore
+
+    root = _tricky_store(tmp_path / "store")
+    (root / "alpha" / "patterns.json").write_text('[{"id": "p1"}, {"id": "p2"}]')
+    (root / "beta" / "broken.json").write_text('{"id": ')
+    (root / "big.json").write_text(json.dumps([{"id": str(i)} for i in range(200)]))
+    store = FileStore(root)
+    want = [_summary(d)[:4] for d in store.iter_documents(check_types=True)]
+    got = list(store.map_documents(_summary, check_types=True, parallel_max_bytes=1024))
+    assert [g[:4] for g in got] == want
+    codes = {g[0]: g[2] for g in got}
+    assert codes["beta/broken.json"] is not None and codes["link-alpha"] == "symlink"
+    here = {g[0] for g in got if g[4] == PARENT}
+    assert "big.json" in here and "link-alpha" in here and "fifo-at-top" in here  # large, or not a file
+    if usable_cpus() >= 2:
+        assert "alpha/patterns.json" not in here  # small documents went to the workers

@@ -12,6 +12,7 @@ and are never touched. ``--dry-run`` is exactly this function.
 
 from __future__ import annotations
 
+import functools
 import os
 import pickle
 from collections import Counter, defaultdict
@@ -307,60 +308,22 @@ def _build_plan(root: str | os.PathLike[str], config: PruneConfig | None, strate
     session_actions: list[PlannedAction] = []
     agent_bytes: Counter[str] = Counter()
     states: dict[str, DocumentState] = {}
-    want_sessions = "session_based" in chosen
-    want_space = "space_based" in chosen  # it weighs every record: all candidates, all sized
-
-    def scan(doc: Document) -> None:
-        """Take in one document: its bytes, its errors, its candidates or its session actions."""
-        plan.store_bytes += doc.size_bytes
-        if doc.agent is not None:
-            agent_bytes[doc.agent] += doc.size_bytes
-        if doc.error is not None:
-            plan.errors.append(doc.error.as_dict())
-            return
-        if doc.kind == "loom_collection" and doc.collection in LOOM_LIVE and doc.agent is not None:
-            plan.records_scanned += len(doc.data)
-            states[doc.relpath] = DocumentState(doc.size_bytes, doc.mtime_ns, doc.kind)
-            if only is not None and doc.agent not in only:
-                return
-            made = [_candidate(doc.agent, doc.collection, doc.relpath, index, item, config, now, lean=not want_space,
-                               clean=doc.types_clean) for index, item in enumerate(doc.data)]
-            scale = doc.size_bytes / (sum(c.size_bytes for c in made) or 1)
-            for c in made:
-                c.cost_bytes = c.size_bytes * scale
-                if c.wrong_types:
-                    plan.wrong_type.append({"file": c.document, "record_id": c.record_id,
-                                            "pointer": json_pointer(c.index), "agent": c.agent,
-                                            "collection": c.collection, "fields": list(c.wrong_types)})
-            if not want_space:  # keep only what a rule can take, sized (the rest is never taken nor reported)
-                made = _matchable(made, doc.data, chosen, config, now)
-            candidates.extend(made)
-        elif doc.kind in ("aitor_session", "tinytroupe_spec"):
-            records = records_from_document(store.store_id, doc)
-            plan.records_scanned += len(records)
-            if not want_sessions:
-                return
-            by_pointer = {r.location.pointer: r for r in records}
-            if doc.kind == "aitor_session":
-                session_plan = _plan_session(plan, doc.relpath, doc.path, doc.agent, doc.data, config)
-                if session_plan is None:
-                    return
-                removals = [(json_pointer(key), i, reason) for key, i, reason in session_plan]
-            else:
-                removals = [(EPISODIC_POINTER, i, reason) for i, reason in episodic_removals(doc.data, config)]
-            for list_pointer, index, reason in removals:
-                r = by_pointer[f"{list_pointer}/{index}"]
-                if only is not None and r.agent not in only:
-                    continue
-                session_actions.append(PlannedAction(
-                    "session_based", reason, "removed", r.agent, r.collection, r.id, r.kind, doc.relpath,
-                    list_pointer, index, None, r.size_bytes))
-                states[doc.relpath] = DocumentState(doc.size_bytes, doc.mtime_ns, doc.kind)
-
-    # a very large Loom collection is read item by item (its bytes and one item in memory)
-    for doc in store.iter_documents(lazy_items=LAZY_ITEMS_BYTES, check_types=True):
-        scan(doc)
-        del doc  # let this document go before the next one is parsed: one parsed document at a time
+    read = functools.partial(_scan_document, store_id=store.store_id, config=config, now=now, chosen=chosen,
+                             only=only)
+    # documents read by worker processes, in path order; a very large Loom collection is read here, item by
+    # item (its bytes and one item in memory)
+    for part in store.map_documents(read, lazy_items=LAZY_ITEMS_BYTES, check_types=True, workers=PLAN_WORKERS):
+        plan.store_bytes += part.size_bytes
+        if part.agent is not None:
+            agent_bytes[part.agent] += part.size_bytes
+        plan.errors.extend(part.errors)
+        plan.records_scanned += part.records_scanned
+        if part.state is not None:
+            states[part.relpath] = part.state
+        plan.wrong_type.extend(part.wrong_type)
+        candidates.extend(part.candidates)
+        plan.sessions.update(part.sessions)
+        session_actions.extend(part.session_actions)
     plan.agent_bytes = dict(agent_bytes)
 
     taken: dict[int, PlannedAction] = {}
@@ -390,12 +353,81 @@ def _build_plan(root: str | os.PathLike[str], config: PruneConfig | None, strate
         elif strategy == "space_based":
             _plan_space(plan, candidates, taken, preserve, take, only)
     actions = list(taken.values())
-    if want_sessions:
+    if "session_based" in chosen:
         actions.extend(session_actions)
     actions.sort(key=lambda a: (a.document, a.list_pointer, a.index))
     plan.actions = actions
     plan.documents = {a.document: states[a.document] for a in actions}
     return plan
+
+
+PLAN_WORKERS: Final = 2
+"""Worker processes reading the store's documents for a plan (:meth:`aml.store.FileStore.map_documents`)."""
+
+
+@dataclass
+class _DocumentScan:
+    """What the plan takes in from one document (made where the document was read, maybe a worker)."""
+
+    relpath: str
+    agent: str | None
+    size_bytes: int
+    records_scanned: int = 0
+    state: DocumentState | None = None
+    errors: list[dict[str, Any]] = field(default_factory=list)
+    wrong_type: list[dict[str, Any]] = field(default_factory=list)
+    candidates: list[Candidate] = field(default_factory=list)
+    sessions: dict[str, dict[str, Any]] = field(default_factory=dict)
+    session_actions: list[PlannedAction] = field(default_factory=list)
+
+
+def _scan_document(doc: Document, *, store_id: str, config: PruneConfig, now: datetime,
+                   chosen: tuple[Strategy, ...], only: frozenset[str] | None) -> _DocumentScan:
+    """Take in one document: its bytes, its errors, its candidates or its session actions."""
+    part = _DocumentScan(doc.relpath, doc.agent, doc.size_bytes)
+    if doc.error is not None:
+        part.errors.append(doc.error.as_dict())
+        return part
+    want_space = "space_based" in chosen  # it weighs every record: all candidates, all sized
+    if doc.kind == "loom_collection" and doc.collection in LOOM_LIVE and doc.agent is not None:
+        part.records_scanned = len(doc.data)
+        part.state = DocumentState(doc.size_bytes, doc.mtime_ns, doc.kind)
+        if only is not None and doc.agent not in only:
+            return part
+        made = [_candidate(doc.agent, doc.collection, doc.relpath, index, item, config, now, lean=not want_space,
+                           clean=doc.types_clean) for index, item in enumerate(doc.data)]
+        scale = doc.size_bytes / (sum(c.size_bytes for c in made) or 1)
+        for c in made:
+            c.cost_bytes = c.size_bytes * scale
+            if c.wrong_types:
+                part.wrong_type.append({"file": c.document, "record_id": c.record_id,
+                                        "pointer": json_pointer(c.index), "agent": c.agent,
+                                        "collection": c.collection, "fields": list(c.wrong_types)})
+        if not want_space:  # keep only what a rule can take, sized (the rest is never taken nor reported)
+            made = _matchable(made, doc.data, chosen, config, now)
+        part.candidates = made
+    elif doc.kind in ("aitor_session", "tinytroupe_spec"):
+        records = records_from_document(store_id, doc)
+        part.records_scanned = len(records)
+        if "session_based" not in chosen:
+            return part
+        by_pointer = {r.location.pointer: r for r in records}
+        if doc.kind == "aitor_session":
+            session_plan = _plan_session(part, doc.relpath, doc.path, doc.agent, doc.data, config)
+            if session_plan is None:
+                return part
+            removals = [(json_pointer(key), i, reason) for key, i, reason in session_plan]
+        else:
+            removals = [(EPISODIC_POINTER, i, reason) for i, reason in episodic_removals(doc.data, config)]
+        for list_pointer, index, reason in removals:
+            r = by_pointer[f"{list_pointer}/{index}"]
+            if only is not None and r.agent not in only:
+                continue
+            part.session_actions.append(PlannedAction(
+                "session_based", reason, "removed", r.agent, r.collection, r.id, r.kind, doc.relpath,
+                list_pointer, index, None, r.size_bytes))
+            part.state = DocumentState(doc.size_bytes, doc.mtime_ns, doc.kind)
+    return part
 
 
 def _matchable(made: list[Candidate], items: Sequence[Any], chosen: tuple[Strategy, ...], config: PruneConfig,
@@ -423,7 +455,7 @@ def _matchable(made: list[Candidate], items: Sequence[Any], chosen: tuple[Strate
     return kept
 
 
-def _plan_session(plan: PrunePlan, relpath: str, path: Path, agent: str | None, data: Mapping[str, Any],
+def _plan_session(plan: _DocumentScan, relpath: str, path: Path, agent: str | None, data: Mapping[str, Any],
                   config: PruneConfig) -> list[tuple[str, int, str]] | None:
     """The removals of one Aitor session, with its limits resolved (sidecar, per-agent, general) and
     recorded in ``plan.sessions``; ``None`` (and an entry in ``plan.errors``) when its sidecar is unreadable."""

@@ -14,13 +14,16 @@ root. aml's temporary files (``.aml-tmp-*``) and ``.aml*`` directories are skipp
 
 from __future__ import annotations
 
+import functools
 import os
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypeVar
 
 from aml.gcpause import gc_paused
+from aml.procpool import ordered_map
 from aml.store.atomic import TMP_PREFIX
 from aml.store.documents import (
     AGENT_FILES,
@@ -35,6 +38,11 @@ from aml.store.documents import (
 from aml.store.extract import Tally, records_from_document
 from aml.store.records import Record
 from aml.store.storeid import normalise_store_id
+
+_R = TypeVar("_R")
+
+PARALLEL_DOCUMENT_BYTES = 16 * 1024 * 1024
+"""Files of at most this many bytes are read by worker processes in :meth:`FileStore.map_documents`."""
 
 AML_PREFIX = ".aml"
 """Entries whose name starts with this belong to aml (temp files, own folders) and are skipped."""
@@ -205,34 +213,45 @@ class FileStore:
             yield from self._documents(lazy_items, check_types)
 
     def _documents(self, lazy_items: int | None, check_types: bool) -> Iterator[Document]:
-        loom_agents = frozenset(self.agents())
-        for path, relpath, error in self._walk(self.root, ""):
-            if error is not None:
-                yield Document(
-                    path=path,
-                    relpath=relpath,
-                    kind="symlink"
-                    if error.code == "symlink"
-                    else "special"
-                    if error.code == "not_regular"
-                    else "unknown",
-                    agent=_agent_of(relpath, loom_agents),
-                    collection=None,
-                    encoding=None,
-                    size_bytes=_lstat_size(path),
-                    mtime_ns=_lstat_mtime(path),
-                    error=error,
-                )
-                continue
-            yield read_document(
-                path,
-                relpath,
-                loom_agents=loom_agents,
-                max_bytes=self.max_bytes,
-                max_decoded_bytes=self.max_decoded_bytes,
-                lazy_items=lazy_items,
-                check_types=check_types,
-            )
+        read = functools.partial(_document_of, loom_agents=frozenset(self.agents()), max_bytes=self.max_bytes,
+                                 max_decoded_bytes=self.max_decoded_bytes, lazy_items=lazy_items,
+                                 check_types=check_types)
+        for entry in self._walk(self.root, ""):
+            yield read(entry)
+
+    def map_documents(self, fn: Callable[[Document], _R], *, lazy_items: int | None = None,
+                      check_types: bool = False, workers: int = 2,
+                      parallel_max_bytes: int = PARALLEL_DOCUMENT_BYTES) -> Iterator[_R]:
+        """``fn(document)`` for every entry below the root, in sorted path order (the documents of
+        :meth:`iter_documents`), computed by forked worker processes (:func:`aml.procpool.ordered_map`)
+        for the files of up to ``parallel_max_bytes`` and here, one at a time, for larger ones and entries
+        that are not regular files. ``fn`` reads what it needs of a document and returns something small
+        that pickles (the document itself stays in the process that read it).
+
+        Args:
+            fn: a module-level function (or a ``functools.partial`` of one).
+            lazy_items, check_types: as in :meth:`iter_documents`.
+            workers: worker processes (threads where processes cannot be forked: :mod:`aml.procpool`).
+            parallel_max_bytes: larger files are read here, so memory holds at most one of them.
+
+        Yields:
+            ``fn``'s result for each document, in path order.
+
+        Raises:
+            NotADirectoryError, FileNotFoundError: the root is not a directory.
+            Exception: what ``fn`` raised.
+        """
+        read = functools.partial(_document_of, loom_agents=frozenset(self.agents()), max_bytes=self.max_bytes,
+                                 max_decoded_bytes=self.max_decoded_bytes, lazy_items=lazy_items,
+                                 check_types=check_types)
+        entries = list(self._walk(self.root, ""))
+        small = [e[2] is None and _lstat_size(e[0]) <= parallel_max_bytes for e in entries]
+        with gc_paused(), ordered_map(functools.partial(_apply, fn, read),
+                                      [e for e, s in zip(entries, small, strict=True) if s],
+                                      workers=workers) as results:
+            done = iter(results)
+            for entry, in_worker in zip(entries, small, strict=True):
+                yield next(done) if in_worker else fn(read(entry))
 
     def read_document(self, relpath: str) -> Document:
         """Read one document by its store-relative path (for writers that edit it next).
@@ -380,6 +399,34 @@ def _readlink(path: Path) -> str:
         return os.readlink(path)
     except OSError:
         return "?"
+
+
+def _document_of(entry: tuple[Path, str, DocumentError | None], *, loom_agents: frozenset[str],
+                 max_bytes: int | None, max_decoded_bytes: int | None, lazy_items: int | None,
+                 check_types: bool) -> Document:
+    """The :class:`Document` of one entry of :meth:`FileStore._walk` (an entry that is not a regular file
+    comes with its error, unread)."""
+    path, relpath, error = entry
+    if error is not None:
+        return Document(
+            path=path,
+            relpath=relpath,
+            kind="symlink" if error.code == "symlink" else "special" if error.code == "not_regular" else "unknown",
+            agent=_agent_of(relpath, loom_agents),
+            collection=None,
+            encoding=None,
+            size_bytes=_lstat_size(path),
+            mtime_ns=_lstat_mtime(path),
+            error=error,
+        )
+    return read_document(path, relpath, loom_agents=loom_agents, max_bytes=max_bytes,
+                         max_decoded_bytes=max_decoded_bytes, lazy_items=lazy_items, check_types=check_types)
+
+
+def _apply(fn: Callable[[Document], _R], read: Callable[[tuple[Path, str, DocumentError | None]], Document],
+           entry: tuple[Path, str, DocumentError | None]) -> _R:
+    """``fn`` of one entry's document (what a worker process of :meth:`FileStore.map_documents` runs)."""
+    return fn(read(entry))
 
 
 def _lstat_size(path: Path) -> int:
