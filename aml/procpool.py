@@ -33,6 +33,7 @@ import contextlib
 import logging
 import multiprocessing
 import os
+import signal
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Executor, Future, ProcessPoolExecutor, ThreadPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
@@ -72,6 +73,25 @@ def worker_processes(workers: int, items: int) -> int:
     return count if count > 1 and fork_workers_possible() else 0
 
 
+PR_SET_PDEATHSIG = 1
+"""``prctl`` option: the signal the kernel sends this process when its parent dies (Linux, prctl(2))."""
+
+
+def _die_with_parent(parent: int) -> None:
+    """A worker process's first step: be killed with the process that forked it (``PR_SET_PDEATHSIG``), so a
+    task killed mid-work (``SIGKILL``, a worker's time limit) leaves no worker process behind, waiting
+    forever for more work and holding the task's output pipes open. Elsewhere than Linux the worker stays
+    until it next reads its queue."""
+    try:
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    except (OSError, AttributeError):
+        return
+    if os.getppid() != parent:  # the parent died before the request took effect
+        os._exit(1)
+
+
 @contextlib.contextmanager
 def ordered_map(fn: Callable[[_T], _R], items: Sequence[_T], *, workers: int,
                 processes: bool = True) -> Iterator[Iterator[_R]]:
@@ -96,7 +116,8 @@ def ordered_map(fn: Callable[[_T], _R], items: Sequence[_T], *, workers: int,
     count = worker_processes(workers, len(items)) if processes else 0
     pool: Executor
     if count:
-        pool = ProcessPoolExecutor(count, mp_context=multiprocessing.get_context("fork"))
+        pool = ProcessPoolExecutor(count, mp_context=multiprocessing.get_context("fork"),
+                                   initializer=_die_with_parent, initargs=(os.getpid(),))
     else:
         count = max(1, min(workers, len(items)))
         pool = ThreadPoolExecutor(count, thread_name_prefix="aml-worker")

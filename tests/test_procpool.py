@@ -242,3 +242,49 @@ def test_map_documents_gives_iter_documents_in_order(tmp_path: Path) -> None:
     assert "big.json" in here and "link-alpha" in here and "fifo-at-top" in here  # large, or not a file
     if usable_cpus() >= 2:
         assert "alpha/patterns.json" not in here  # small documents went to the workers
+
+
+_KILLED_PARENT = """
+import os, sys, time
+from pathlib import Path
+from aml.procpool import ordered_map
+
+def slow(x):
+    Path(sys.argv[1], str(os.getpid())).touch()
+    time.sleep(60)
+    return x
+
+if __name__ == "__main__":
+    with ordered_map(slow, list(range(4)), workers=2) as results:
+        list(results)
+"""
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+@TWO_CPUS
+def test_worker_processes_die_with_a_killed_parent(tmp_path: Path) -> None:
+    marks = tmp_path / "pids"
+    marks.mkdir()
+    script = tmp_path / "parent.py"
+    script.write_text(_KILLED_PARENT)
+    proc = subprocess.Popen([sys.executable, str(script), str(marks)], cwd=REPO,
+                            env={**os.environ, "PYTHONPATH": str(REPO)}, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 30
+    while len(list(marks.iterdir())) < 2:
+        assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read() if proc.stderr else ""
+        time.sleep(0.05)
+    workers = [int(p.name) for p in marks.iterdir()]
+    proc.kill()
+    proc.communicate(timeout=10)  # returns: no worker holds the parent's output pipes open
+    deadline = time.monotonic() + 10
+    while any(_alive(pid) for pid in workers) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not any(_alive(pid) for pid in workers)
