@@ -421,6 +421,7 @@ def test_cli_backup_create_exits_0_and_prints_escaped_names(tmp_path: Path) -> N
                                                                   and b not in (b".", b"..")
                                                                   and not b.startswith(b".aml-tmp-")),
                       min_size=1, max_size=6, unique=True))
+@pytest.mark.slow
 def test_any_name_bytes_round_trip(tmp_path_factory: pytest.TempPathFactory, names: list[bytes]) -> None:
     base = tmp_path_factory.mktemp("names")
     store = os.fsencode(base / "store")

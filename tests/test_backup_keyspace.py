@@ -96,6 +96,7 @@ def test_every_type_round_trips_byte_exact_with_ttls(port: int, tmp_path: Path) 
     assert check(repo, read_data=True).ok
 
 
+@pytest.mark.slow
 def test_the_amaos_keyspace_round_trips(port: int, tmp_path: Path) -> None:
     client = fresh_db(port, 2)
     assert load_amaos(client) == 4297
@@ -209,6 +210,7 @@ def test_restore_into_another_database_and_expired_keys_are_skipped(port: int, t
     assert source.dbsize() == 20  # the source is only read
 
 
+@pytest.mark.slow
 def test_a_redis_that_dies_mid_snapshot_leaves_no_snapshot(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import aml.backup.keyspace as ks
 

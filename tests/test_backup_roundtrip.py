@@ -128,6 +128,7 @@ def _materialise(root: Path, spec: dict[str, tuple[str, int, int, int, int]]) ->
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.large_base_example],
 )
+@pytest.mark.slow
 @given(first=trees(), second=trees())
 def test_generated_trees_round_trip(
     first: dict[str, tuple[str, int, int, int, int]], second: dict[str, tuple[str, int, int, int, int]]

@@ -165,6 +165,7 @@ def test_db_downgrade_and_upgrade_commands(aml_settings) -> None:
     assert f"at revision {head}" in db("upgrade")
 
 
+@pytest.mark.slow
 @pytest.mark.postgres
 def test_worker_refuses_a_catalog_that_is_behind(tmp_path: Path) -> None:
     """A shared (PostgreSQL) catalog is never migrated behind its operator's back: after

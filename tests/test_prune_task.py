@@ -96,6 +96,7 @@ def test_run_records_snapshot_and_one_row_per_record_then_undo(tmp_path: Path, a
         apply(prune.undo, store=str(store), run_id="no-such-run")
 
 
+@pytest.mark.slow
 def test_undo_of_rows_written_with_payload_version_1(tmp_path: Path, aml_settings) -> None:
     """A run recorded before payload version 2 (each row holding the whole record parsed as ``item``, as the
     catalog's JSON keeps it: NaN as null) is undone through the task as a new one is: byte-identical documents,

@@ -107,6 +107,7 @@ def test_detects_the_layouts_writers_use(layout: dict[str, Any], ensure_ascii: b
 @settings(max_examples=200, deadline=None)
 @given(a=st.lists(records, max_size=6), c=st.lists(records, max_size=6), layout=st.sampled_from(LAYOUTS),
        ensure_ascii=st.booleans(), piece=st.integers(1, 40), data=st.data())
+@pytest.mark.slow
 def test_removing_from_several_lists_in_pieces_of_any_size(a: list[Any], c: list[Any], layout: dict[str, Any],
                                                           ensure_ascii: bool, piece: int,
                                                           data: st.DataObject) -> None:

@@ -83,6 +83,7 @@ def test_export_import_round_trip_of_every_type(port: int, tmp_path: Path, monke
         assert dst.execute_command("PEXPIRETIME", "h:1") == src.execute_command("PEXPIRETIME", "h:1") > 0
 
 
+@pytest.mark.slow
 def test_amaos_keyspace_snapshot_flush_restore_is_exact(port: int, tmp_path: Path) -> None:
     if not AMAOS_RDB.exists():
         pytest.skip("shared AMAOS data not found")
