@@ -35,8 +35,7 @@ import multiprocessing
 import os
 import signal
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import Executor, Future, ProcessPoolExecutor, ThreadPoolExecutor
-from concurrent.futures.process import BrokenProcessPool
+from concurrent.futures import BrokenExecutor, Executor, Future, ThreadPoolExecutor
 from typing import TypeVar
 
 __all__ = ["MAX_PROCESSES", "fork_workers_possible", "ordered_map", "usable_cpus", "worker_processes"]
@@ -116,6 +115,8 @@ def ordered_map(fn: Callable[[_T], _R], items: Sequence[_T], *, workers: int,
     count = worker_processes(workers, len(items)) if processes else 0
     pool: Executor
     if count:
+        from concurrent.futures import ProcessPoolExecutor  # here: a command that forks none does not import it
+
         pool = ProcessPoolExecutor(count, mp_context=multiprocessing.get_context("fork"),
                                    initializer=_die_with_parent, initargs=(os.getpid(),))
     else:
@@ -141,7 +142,7 @@ def _results(pool: Executor, fn: Callable[[_T], _R], items: Sequence[_T], future
         fut = futures.popleft()
         try:
             result = fut.result()
-        except BrokenProcessPool as exc:
+        except BrokenExecutor as exc:  # BrokenProcessPool: a worker process died
             log.warning("a worker process died (%s); the %d remaining items are computed in this process",
                         exc, len(items) - i)
             for item in items[i:]:
