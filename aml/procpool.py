@@ -38,7 +38,8 @@ from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import BrokenExecutor, Executor, Future, ThreadPoolExecutor
 from typing import TypeVar
 
-__all__ = ["MAX_PROCESSES", "fork_workers_possible", "ordered_map", "usable_cpus", "worker_processes"]
+__all__ = ["MAX_PROCESSES", "PARALLEL_MIN_BYTES", "fork_workers_possible", "ordered_map", "usable_cpus",
+           "worker_processes"]
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +48,11 @@ _R = TypeVar("_R")
 
 MAX_PROCESSES = 4
 """At most this many worker processes, whatever the CPU count: the work is also bounded by the disk."""
+
+PARALLEL_MIN_BYTES = 32 * 1024 * 1024
+"""Work on less input than this (bytes) is done by the task's own process: starting and stopping a pool
+of forked workers costs tens of milliseconds, what reading and parsing a few megabytes costs. Callers
+compare their input's size with it."""
 
 
 def usable_cpus() -> int:

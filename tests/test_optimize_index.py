@@ -436,8 +436,10 @@ def _index_tables(root: Path) -> dict[str, list[tuple[Any, ...]]]:
 def test_documents_read_by_workers_and_here_index_alike(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Worker processes (documents up to PARALLEL_DOCUMENT_BYTES) and this process (larger ones, rows written
     in batches) build the same index, warm entries refreshed and dropped alike on an incremental build."""
+    from aml import procpool
     from aml.optimize import index as index_mod
 
+    monkeypatch.setattr(procpool, "PARALLEL_MIN_BYTES", 0)  # a small store: its documents to the processes
     built: dict[str, dict[str, list[tuple[Any, ...]]]] = {}
     for mode, limit, batch in (("workers", index_mod.PARALLEL_DOCUMENT_BYTES, index_mod.ROW_BATCH), ("here", -1, 7)):
         monkeypatch.setattr(index_mod, "PARALLEL_DOCUMENT_BYTES", limit)

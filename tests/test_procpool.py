@@ -131,6 +131,7 @@ def test_processes_and_threads_find_the_same_damage(tmp_path: Path, monkeypatch:
     flip_byte(pack_path(repo.path, packs[2]), off + ln // 2)
     fifth = pack_path(repo.path, packs[4])
     flip_byte(fifth, fifth.stat().st_size - 2)
+    monkeypatch.setattr(procpool, "PARALLEL_MIN_BYTES", 0)  # a small repository: processes all the same
     in_processes = _findings(repo)
     monkeypatch.setattr(procpool, "fork_workers_possible", lambda: False)
     in_threads = _findings(repo)
@@ -198,6 +199,7 @@ def _tricky_store(root: Path) -> Path:
 
 @TWO_CPUS
 def test_the_scan_in_worker_processes_equals_the_scan_here(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from aml.backup import archiver
     from aml.backup.archiver import _scan
     from aml.backup.excludes import Excludes
 
@@ -207,6 +209,7 @@ def test_the_scan_in_worker_processes_equals_the_scan_here(tmp_path: Path, monke
         s = _scan(str(root), [root / "repo"], Excludes(["*.tmp", "gamma/x"], defaults=True))
         return s.files, s.dirs, s.links, s.errors, s.skipped_temp, s.excluded
 
+    monkeypatch.setattr(archiver, "SCAN_PARALLEL_AFTER", 0)  # a small store: every tree to the processes
     assert procpool.worker_processes(2, 4) == 2  # the four top-level directories go to two processes
     in_processes = scan()
     monkeypatch.setattr(procpool, "fork_workers_possible", lambda: False)
@@ -234,7 +237,7 @@ def test_map_documents_gives_iter_documents_in_order(tmp_path: Path) -> None:
     (root / "big.json").write_text(json.dumps([{"id": str(i)} for i in range(200)]))
     store = FileStore(root)
     want = [_summary(d)[:4] for d in store.iter_documents(check_types=True)]
-    got = list(store.map_documents(_summary, check_types=True, parallel_max_bytes=1024))
+    got = list(store.map_documents(_summary, check_types=True, parallel_max_bytes=1024, min_bytes_for_processes=0))
     assert [g[:4] for g in got] == want
     codes = {g[0]: g[2] for g in got}
     assert codes["beta/broken.json"] is not None and codes["link-alpha"] == "symlink"
@@ -242,6 +245,8 @@ def test_map_documents_gives_iter_documents_in_order(tmp_path: Path) -> None:
     assert "big.json" in here and "link-alpha" in here and "fifo-at-top" in here  # large, or not a file
     if usable_cpus() >= 2:
         assert "alpha/patterns.json" not in here  # small documents went to the workers
+    # a store of a few kilobytes is not worth forking for (PARALLEL_MIN_BYTES): all of it read in this process
+    assert {g[4] for g in store.map_documents(_summary, check_types=True)} == {PARENT}
 
 
 _KILLED_PARENT = """

@@ -164,10 +164,15 @@ SCAN_WORKERS = 2
 """Worker processes that scan the store's top-level directories (:mod:`~aml.procpool`; the scan is
 one ``lstat`` per entry plus the Python around it: a second process takes a third off a 100,000-file scan)."""
 
+SCAN_PARALLEL_AFTER = 20_000
+"""Entries the scan finds by itself before it hands the remaining top-level directories to
+:data:`SCAN_WORKERS` processes (about a tenth of a second of scanning: less would not repay the fork)."""
+
 
 def _scan(root: str, exclude: Iterable[str | os.PathLike[str]], patterns: Excludes) -> _Scan:
-    """Scan ``root``: its own entries here, its top-level directories' trees by :data:`SCAN_WORKERS` worker
-    processes where they can be forked (else here, one after the other). Lists sorted by path, errors too."""
+    """Scan ``root``: its own entries here, then its top-level directories' trees, one after the other until
+    :data:`SCAN_PARALLEL_AFTER` entries are found, the rest by :data:`SCAN_WORKERS` worker processes where
+    they can be forked (else here). Lists sorted by path, errors too."""
     excluded: set[tuple[int, int]] = set()
     for ex in exclude:
         try:
@@ -178,6 +183,9 @@ def _scan(root: str, exclude: Iterable[str | os.PathLike[str]], patterns: Exclud
     out = _Scan([], [], [], 0)
     subdirs: list[tuple[str, str]] = []
     _scan_into(out, [("", root)], excluded, patterns, subdirs)
+    # top-level trees scanned here until SCAN_PARALLEL_AFTER entries are seen: a small store never forks
+    while subdirs and len(out.files) + len(out.dirs) < SCAN_PARALLEL_AFTER:
+        _scan_into(out, [subdirs.pop()], excluded, patterns)
     if worker_processes(SCAN_WORKERS, len(subdirs)) > 1:
         with ordered_map(functools.partial(_scan_tree, excluded=excluded, patterns=patterns), subdirs,
                          workers=SCAN_WORKERS) as parts:

@@ -40,6 +40,7 @@ from typing import Any
 
 import zstandard
 
+from aml import procpool
 from aml.procpool import ordered_map
 from aml.store.atomic import atomic_write
 from aml.store.names import text_names
@@ -327,7 +328,8 @@ def check(
             # started now, read below: the worker processes read packs while this thread checks manifests
             jobs = stack.enter_context(ordered_map(
                 functools.partial(_verify_pack_job, root), [(p, index.pack_entries[p]) for p in chosen],
-                workers=CHECK_WORKERS, processes=remote.mirror_for(root) is None))
+                workers=CHECK_WORKERS, processes=remote.mirror_for(root) is None
+                and sum(index.packs[p] for p in chosen) >= procpool.PARALLEL_MIN_BYTES))
 
         # ---- manifests
         damaged_objects: dict[str, list[Problem]] = {}
@@ -522,9 +524,9 @@ def _orphan_summary(orphans: list[tuple[str, int, float]], now: float, grace: fl
 
 
 CHECK_WORKERS = 2
-"""Packs verified in parallel: by forked worker processes in a local repository
-(:func:`~aml.procpool.ordered_map`), by threads in a remote one (whose storage clients stay in
-this process)."""
+"""Packs verified in parallel: by forked worker processes in a local repository when they hold at least
+:data:`~aml.procpool.PARALLEL_MIN_BYTES` (:func:`~aml.procpool.ordered_map`), else by threads (a remote
+repository's storage clients stay in this process)."""
 
 
 def _verify_pack_job(root: Path, job: tuple[str, list[tuple[str, int, int, int]]]) -> _PackOutcome:

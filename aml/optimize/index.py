@@ -50,6 +50,7 @@ from itertools import repeat
 from pathlib import Path
 from typing import Any, Final
 
+from aml import procpool
 from aml.gcpause import gc_paused
 from aml.optimize.bloom import DEFAULT_FALSE_POSITIVE_RATE, IdBloom
 from aml.optimize.files import AML_DIR, BLOOM_FILE, INDEX_FILE, INDEX_LOCK_FILE, iter_store_files
@@ -384,8 +385,9 @@ def build_index(
     """Build (or update) the index and the Bloom filter of a file store. Reads the store only.
 
     Documents of up to :data:`PARALLEL_DOCUMENT_BYTES` are read, and their rows made, by
-    :data:`INDEX_WORKERS` forked worker processes (:func:`aml.procpool.ordered_map`) while this
-    process writes the rows of the ones before; larger documents are read here, item by item.
+    :data:`INDEX_WORKERS` forked worker processes (:func:`aml.procpool.ordered_map`; threads when they add
+    up to less than :data:`aml.procpool.PARALLEL_MIN_BYTES`) while this process writes the rows of the ones
+    before; larger documents are read here, item by item.
 
     Args:
         root: the store directory.
@@ -432,7 +434,8 @@ def build_index(
                 jobs.append(_Job(f.path, f.relpath, f.ino, f.size, store.store_id, loom_agents,
                                  warm.get(f.relpath, [])))
             small = [j for j in jobs if j.size <= PARALLEL_DOCUMENT_BYTES]
-            with ordered_map(_document_rows, small, workers=INDEX_WORKERS) as computed:
+            with ordered_map(_document_rows, small, workers=INDEX_WORKERS,
+                             processes=sum(j.size for j in small) >= procpool.PARALLEL_MIN_BYTES) as computed:
                 done = iter(computed)
                 for job in jobs:  # in the store's order, as before: rids follow it
                     rows = next(done) if job.size <= PARALLEL_DOCUMENT_BYTES else None

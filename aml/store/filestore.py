@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import TypeVar
 
 from aml.gcpause import gc_paused
-from aml.procpool import ordered_map
+from aml.procpool import PARALLEL_MIN_BYTES, ordered_map
 from aml.store.atomic import TMP_PREFIX
 from aml.store.documents import (
     AGENT_FILES,
@@ -221,7 +221,8 @@ class FileStore:
 
     def map_documents(self, fn: Callable[[Document], _R], *, lazy_items: int | None = None,
                       check_types: bool = False, workers: int = 2,
-                      parallel_max_bytes: int = PARALLEL_DOCUMENT_BYTES) -> Iterator[_R]:
+                      parallel_max_bytes: int = PARALLEL_DOCUMENT_BYTES,
+                      min_bytes_for_processes: int = PARALLEL_MIN_BYTES) -> Iterator[_R]:
         """``fn(document)`` for every entry below the root, in sorted path order (the documents of
         :meth:`iter_documents`), computed by forked worker processes (:func:`aml.procpool.ordered_map`)
         for the files of up to ``parallel_max_bytes`` and here, one at a time, for larger ones and entries
@@ -233,6 +234,8 @@ class FileStore:
             lazy_items, check_types: as in :meth:`iter_documents`.
             workers: worker processes (threads where processes cannot be forked: :mod:`aml.procpool`).
             parallel_max_bytes: larger files are read here, so memory holds at most one of them.
+            min_bytes_for_processes: when the files of up to ``parallel_max_bytes`` add up to less, threads
+                read them (forking a pool costs more than it saves on a small store).
 
         Yields:
             ``fn``'s result for each document, in path order.
@@ -245,10 +248,12 @@ class FileStore:
                                  max_decoded_bytes=self.max_decoded_bytes, lazy_items=lazy_items,
                                  check_types=check_types)
         entries = list(self._walk(self.root, ""))
-        small = [e[2] is None and _lstat_size(e[0]) <= parallel_max_bytes for e in entries]
+        sizes = [_lstat_size(e[0]) if e[2] is None else -1 for e in entries]
+        small = [0 <= size <= parallel_max_bytes for size in sizes]
+        total = sum(size for size, s in zip(sizes, small, strict=True) if s)
         with gc_paused(), ordered_map(functools.partial(_apply, fn, read),
-                                      [e for e, s in zip(entries, small, strict=True) if s],
-                                      workers=workers) as results:
+                                      [e for e, s in zip(entries, small, strict=True) if s], workers=workers,
+                                      processes=total >= min_bytes_for_processes) as results:
             done = iter(results)
             for entry, in_worker in zip(entries, small, strict=True):
                 yield next(done) if in_worker else fn(read(entry))
