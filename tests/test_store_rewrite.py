@@ -81,6 +81,7 @@ def style_of(layout: dict[str, Any], ensure_ascii: bool) -> JsonStyle:
 @settings(max_examples=200, deadline=None)
 @given(items=st.lists(records, min_size=1, max_size=6), layout=st.sampled_from(LAYOUTS), ensure_ascii=st.booleans(),
        nested=st.booleans(), data=st.data())
+@pytest.mark.slow
 def test_replacing_in_the_writers_style_at_any_depth(items: list[Any], layout: dict[str, Any], ensure_ascii: bool,
                                                      nested: bool, data: st.DataObject) -> None:
     def document(episodes: list[Any]) -> Any:

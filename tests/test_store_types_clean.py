@@ -61,6 +61,7 @@ def _implies_clean(items: list[Any], collection: str) -> bool:
 
 @settings(max_examples=600, deadline=None)
 @given(items=st.lists(_ITEM, max_size=4), collection=st.sampled_from(COLLECTIONS))
+@pytest.mark.slow
 def test_clean_implies_no_wrong_types(items: list[Any], collection: str) -> None:
     _implies_clean(items, collection)
 

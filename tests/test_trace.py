@@ -177,6 +177,7 @@ def test_a_redis_that_disappears_mid_trace_gives_a_partial_result(tmp_path: Path
     assert report["patterns"]["item:*"]["keys"] == report["keys"]
 
 
+@pytest.mark.slow
 def test_wrong_password_and_missing_db_are_refused_before_reading(tmp_path: Path) -> None:
     proc, port = start_redis_server(tmp_path, "--requirepass", "s3cret")
     try:

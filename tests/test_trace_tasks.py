@@ -81,6 +81,7 @@ def test_a_partial_trace_neither_records_series_nor_resolves(aml_settings: Setti
         assert len(queries.open_alerts(session, store=url)) == 1
 
 
+@pytest.mark.slow
 def test_the_password_is_never_recorded(aml_settings: Settings, tmp_path: Path) -> None:
     proc, port = start_redis_server(tmp_path, "--requirepass", "hunter2")
     try:
