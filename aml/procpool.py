@@ -7,7 +7,8 @@ interpreter: :func:`ordered_map` runs a function over items in processes forked 
 inherit everything already loaded, an unlocked repository key included, so they start in milliseconds)
 and yields the results in the order of the items, as ``map`` does. Its users: ``verify --read-data``
 (one pack per item, :mod:`aml.backup.checker`), the backup's scan (one top-level directory per item,
-:mod:`aml.backup.archiver`) and ``optimize index`` (one document per item, :mod:`aml.optimize.index`).
+:mod:`aml.backup.archiver`), ``optimize index`` (one document per item, :mod:`aml.optimize.index`) and
+prune's plan (one document per item, :meth:`aml.store.FileStore.map_documents`).
 
 It falls back to threads of this process, with the same results, where forking workers is not possible
 or not useful:
@@ -85,8 +86,8 @@ PR_SET_PDEATHSIG = 1
 def _die_with_parent(parent: int) -> None:
     """A worker process's first step: be killed with the process that forked it (``PR_SET_PDEATHSIG``), so a
     task killed mid-work (``SIGKILL``, a worker's time limit) leaves no worker process behind, waiting
-    forever for more work and holding the task's output pipes open. Elsewhere than Linux the worker stays
-    until it next reads its queue."""
+    forever for more work and holding the task's output pipes open. Without ``prctl`` (not Linux) there is
+    no such guarantee."""
     try:
         import ctypes
 
@@ -143,11 +144,13 @@ AHEAD_PER_WORKER = 2
 def _results(pool: Executor, fn: Callable[[_T], _R], items: Sequence[_T], futures: collections.deque[Future[_R]],
              submitted: int) -> Iterator[_R]:
     """The results of ``futures`` (items ``0..submitted - 1``, in order), handing out one more item as each
-    result is read; a dead worker's items, and those after, are computed here."""
+    result is read. Once the pool is broken (a worker process died: its futures raise, and it takes no
+    more items), the items from the first one without a result on are computed here."""
     for i in range(len(items)):
-        fut = futures.popleft()
         try:
-            result = fut.result()
+            if not futures:  # the pool refused the next item (below): it is broken
+                raise BrokenExecutor("the pool no longer takes items")
+            result = futures.popleft().result()
         except BrokenExecutor as exc:  # BrokenProcessPool: a worker process died
             log.warning("a worker process died (%s); the %d remaining items are computed in this process",
                         exc, len(items) - i)
@@ -155,6 +158,7 @@ def _results(pool: Executor, fn: Callable[[_T], _R], items: Sequence[_T], future
                 yield fn(item)
             return
         if submitted < len(items):
-            futures.append(pool.submit(fn, items[submitted]))
-            submitted += 1
+            with contextlib.suppress(BrokenExecutor):  # a broken pool: that item is computed here, above
+                futures.append(pool.submit(fn, items[submitted]))
+                submitted += 1
         yield result

@@ -60,7 +60,7 @@ from aml.store import accessors as acc
 from aml.store.atomic import TMP_PREFIX, atomic_write, fsync_dir
 from aml.store.documents import LAZY_ITEMS_BYTES, Document, LazyItems, read_document
 from aml.store.extract import records_from_document
-from aml.store.filestore import FileStore
+from aml.store.filestore import PARALLEL_DOCUMENT_BYTES, FileStore
 from aml.store.records import Record
 from aml.store.timestamps import now_utc, utc_iso_z
 
@@ -384,10 +384,11 @@ def build_index(
 ) -> IndexResult:
     """Build (or update) the index and the Bloom filter of a file store. Reads the store only.
 
-    Documents of up to :data:`PARALLEL_DOCUMENT_BYTES` are read, and their rows made, by
-    :data:`INDEX_WORKERS` forked worker processes (:func:`aml.procpool.ordered_map`; threads when they add
-    up to less than :data:`aml.procpool.PARALLEL_MIN_BYTES`) while this process writes the rows of the ones
-    before; larger documents are read here, item by item.
+    Documents of up to :data:`~aml.store.filestore.PARALLEL_DOCUMENT_BYTES` are read, and their rows made,
+    by :data:`INDEX_WORKERS` forked worker processes (:func:`aml.procpool.ordered_map`; threads when they
+    add up to less than :data:`aml.procpool.PARALLEL_MIN_BYTES`), each sending back a document's rows at
+    once, while this process writes the rows of the ones before; larger documents are read here, item by
+    item, and written :data:`ROW_BATCH` records at a time.
 
     Args:
         root: the store directory.
@@ -487,10 +488,6 @@ def _drop_document(conn: sqlite3.Connection, relpath: str) -> int:
 ROW_BATCH: Final = 10_000
 """Records whose rows are held before they are written (one ``executemany`` per table), for a document
 read here."""
-
-PARALLEL_DOCUMENT_BYTES: Final = 16 * 1024 * 1024
-"""Documents of at most this many bytes on disk are read by worker processes, which send back all their
-rows at once; larger ones are read here and written :data:`ROW_BATCH` records at a time (bounded memory)."""
 
 INDEX_WORKERS: Final = 2
 """Worker processes reading documents during a build."""

@@ -42,7 +42,8 @@ from aml.store.storeid import normalise_store_id
 _R = TypeVar("_R")
 
 PARALLEL_DOCUMENT_BYTES = 16 * 1024 * 1024
-"""Files of at most this many bytes are read by worker processes in :meth:`FileStore.map_documents`."""
+"""Files of at most this many bytes are read by worker processes (:meth:`FileStore.map_documents`, and
+``optimize index``); larger ones are read by the task's process, one at a time, so memory holds one."""
 
 AML_PREFIX = ".aml"
 """Entries whose name starts with this belong to aml (temp files, own folders) and are skipped."""
