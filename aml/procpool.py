@@ -7,7 +7,7 @@ interpreter: :func:`ordered_map` runs a function over items in processes forked 
 inherit everything already loaded, an unlocked repository key included, so they start in milliseconds)
 and yields the results in the order of the items, as ``map`` does. Its users: ``verify --read-data``
 (one pack per item, :mod:`aml.backup.checker`), the backup's scan (one top-level directory per item,
-:mod:`aml.backup.archiver`), ``optimize index`` (one document per item, :mod:`aml.optimize.index`) and
+:mod:`aml.backup.archiver`) and reads (a batch of files per item, :mod:`aml.backup.fileread`), ``optimize index`` (one document per item, :mod:`aml.optimize.index`) and
 prune's plan (one document per item, :meth:`aml.store.FileStore.map_documents`).
 
 It falls back to threads of this process, with the same results, where forking workers is not possible

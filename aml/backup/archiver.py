@@ -18,6 +18,7 @@ descended into nor stored.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import gc
 import hashlib
@@ -44,6 +45,7 @@ from ._common import TMP_PREFIX, hostname
 from ._fs import DirFds, open_root
 from .errors import BackupError, CorruptionError, SnapshotNotFound
 from .excludes import Excludes
+from .fileread import READ_FLAGS, read_ahead
 from .index import load_index, write_index
 from .manifest import DirTable, FileTable, LinkTable, Manifest, load_manifest, read_header, write_manifest
 from .pack import Dictionary, PackWriter, train_dictionary
@@ -53,8 +55,6 @@ from .summary import read_summary, summary_entry, update_summary
 
 NON_AGENT_DIRS = frozenset({"global", "config", "monitoring", "audit", "backup"})
 """Top-level directories of a Loom store that are not agents (DESIGN.md, Memory stores)."""
-
-_READ_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
 
 _FOREIGN_KINDS = frozenset({"aitor_session", "tinytroupe_spec", "tinytroupe_cache"})
 """Document kinds that make a folder a folder of sessions or specs, not an agent (``aml.store.documents``)."""
@@ -423,7 +423,7 @@ def _dictionary(
         rel = files[i][0]
         dname, _, fname = rel.rpartition("/")
         try:
-            fd = os.open(fname, _READ_FLAGS, dir_fd=dirfds.get(dname))
+            fd = os.open(fname, READ_FLAGS, dir_fd=dirfds.get(dname))
         except (OSError, BackupError):
             continue
         try:
@@ -554,6 +554,7 @@ def create_snapshot(
         files_read = bytes_read = unchanged = 0
         total_size = 0
         writer: PackWriter | None = None
+        workers = contextlib.ExitStack()
         gc_was_enabled = gc.isenabled()
         gc.disable()  # the loop allocates ~10 objects per file and frees none: collections only cost time
         try:
@@ -575,7 +576,11 @@ def create_snapshot(
                         reuse[n] = j
             dictionary = _dictionary(repo, scan.files, reuse, dirfds)
             writer = PackWriter(root, target_size=cfg.pack_size, level=cfg.compression_level, dictionary=dictionary)
-            add = writer.add
+            add, add_frame = writer.add, writer.add_frame
+            # the files to read, read, hashed and compressed ahead by worker processes where that pays
+            ready = workers.enter_context(read_ahead(
+                root_fd, scan.files, [n for n in range(len(scan.files)) if n not in reuse], known=objects,
+                object_id=object_id, dictionary=dictionary, level=cfg.compression_level, chunk_size=chunk_size))
             rows: list[tuple[str, str, int, int, int, int]] = []
             row = rows.append
             chunked: dict[int, list[str]] = {}
@@ -609,63 +614,74 @@ def create_snapshot(
                         st_.files_unchanged = unchanged
                         rep.tick()
                     continue
-                dname, _, fname = rel.rpartition("/")
-                try:
-                    if dname != last_dir:
-                        dfd = dirfds.get(dname)
-                        last_dir = dname
-                    fd = os_open(fname, _READ_FLAGS, dir_fd=dfd)
-                except (OSError, BackupError) as exc:
-                    last_dir = None
-                    errors.append({"path": rel, "reason": f"cannot open: {getattr(exc, 'strerror', None) or exc}"})
-                    continue
-                try:
-                    data = os_read(fd, size + 1) if size <= chunk_size else None
-                    if data is not None and len(data) == size:
-                        fst = os_fstat(fd)
-                        if not (
-                            fst.st_size == size
-                            and fst.st_mtime_ns == mtime_ns
-                            and fst.st_ino == ino
-                            and s_isreg(fst.st_mode)
-                        ):
-                            data = None  # changed since the scan: read it again, with care
-                    else:
-                        data = None
-                    if data is not None:  # the hot path: one read, exactly the size scanned, file unchanged
-                        fsize = size
-                        oid = object_id(data)
-                        if oid not in objects and oid not in added:
-                            add(oid, data)
+                got = next(ready) if ready is not None else None  # a worker's result for this file
+                if got is not None:
+                    oid, frame, fsize = got
+                    if oid not in objects and oid not in added:
+                        if frame is None:
+                            got = None  # deduplicated by a worker against what is not stored: read it here
+                        else:
+                            add_frame(oid, frame, fsize)
                             added.add(oid)
                             bytes_added += fsize
-                        del data
-                    else:  # large, or not as scanned: stream from offset 0 into chunk_size objects
-                        oid, fsize, chunk_ids, before, stable = _read_stream(fd, chunk_size, store, sha256)
-                        if len(chunk_ids) > 1:
-                            chunked[len(rows)] = chunk_ids
-                        if stable:
-                            # a consistent copy (perhaps newer than the scan): describe it as it was read
-                            mtime_ns, mode, ino = before.st_mtime_ns, before.st_mode & 0o7777, before.st_ino
+                if got is None:
+                    dname, _, fname = rel.rpartition("/")
+                    try:
+                        if dname != last_dir:
+                            dfd = dirfds.get(dname)
+                            last_dir = dname
+                        fd = os_open(fname, READ_FLAGS, dir_fd=dfd)
+                    except (OSError, BackupError) as exc:
+                        last_dir = None
+                        errors.append({"path": rel, "reason": f"cannot open: {getattr(exc, 'strerror', None) or exc}"})
+                        continue
+                    try:
+                        data = os_read(fd, size + 1) if size <= chunk_size else None
+                        if data is not None and len(data) == size:
+                            fst = os_fstat(fd)
+                            if not (
+                                fst.st_size == size
+                                and fst.st_mtime_ns == mtime_ns
+                                and fst.st_ino == ino
+                                and s_isreg(fst.st_mode)
+                            ):
+                                data = None  # changed since the scan: read it again, with care
                         else:
-                            # changed during the read: keep what was read (the entry describes exactly
-                            # those bytes) and the scan's mtime, so the next incremental reads it again
-                            changed += 1
-                            warnings.append(
-                                {
-                                    "path": rel,
-                                    "reason": f"changed while being read: stored as read ({fsize} bytes; "
-                                    f"{size} at scan time)",
-                                }
-                            )
-                except OSError as exc:
-                    errors.append({"path": rel, "reason": f"read error: {exc.strerror or exc}"})
-                    continue
-                except _NotRegular:
-                    errors.append({"path": rel, "reason": "no longer a regular file: not stored"})
-                    continue
-                finally:
-                    os_close(fd)
+                            data = None
+                        if data is not None:  # the hot path: one read, exactly the size scanned, file unchanged
+                            fsize = size
+                            oid = object_id(data)
+                            if oid not in objects and oid not in added:
+                                add(oid, data)
+                                added.add(oid)
+                                bytes_added += fsize
+                            del data
+                        else:  # large, or not as scanned: stream from offset 0 into chunk_size objects
+                            oid, fsize, chunk_ids, before, stable = _read_stream(fd, chunk_size, store, sha256)
+                            if len(chunk_ids) > 1:
+                                chunked[len(rows)] = chunk_ids
+                            if stable:
+                                # a consistent copy (perhaps newer than the scan): describe it as it was read
+                                mtime_ns, mode, ino = before.st_mtime_ns, before.st_mode & 0o7777, before.st_ino
+                            else:
+                                # changed during the read: keep what was read (the entry describes exactly
+                                # those bytes) and the scan's mtime, so the next incremental reads it again
+                                changed += 1
+                                warnings.append(
+                                    {
+                                        "path": rel,
+                                        "reason": f"changed while being read: stored as read ({fsize} bytes; "
+                                        f"{size} at scan time)",
+                                    }
+                                )
+                    except OSError as exc:
+                        errors.append({"path": rel, "reason": f"read error: {exc.strerror or exc}"})
+                        continue
+                    except _NotRegular:
+                        errors.append({"path": rel, "reason": "no longer a regular file: not stored"})
+                        continue
+                    finally:
+                        os_close(fd)
                 # size is the bytes stored; mtime and inode as scanned *before* the read unless the read
                 # was stable: if the file changed meanwhile, the next incremental sees a newer mtime and
                 # reads it again (never the reverse)
@@ -689,6 +705,7 @@ def create_snapshot(
             packs = writer.flush()
             stored_bytes = writer.bytes_written
         finally:
+            workers.close()  # before the descriptors they read through are closed
             if gc_was_enabled:
                 gc.enable()
             if writer is not None:

@@ -76,6 +76,7 @@ __all__ = [
     "PackInfo",
     "PackReader",
     "PackWriter",
+    "compressor_for",
     "open_pack",
     "pack_path",
     "parse_trailer",
@@ -168,6 +169,14 @@ def train_dictionary(samples: list[bytes], *, max_size: int = 64 * 1024) -> Dict
     except zstandard.ZstdError:
         return None
     return Dictionary(d.as_bytes())
+
+
+def compressor_for(dictionary: Dictionary | None, level: int) -> zstandard.ZstdCompressor:
+    """A compressor making the frames of a pack written with ``dictionary`` (or none) at zstd ``level``:
+    content size in every frame header (not thread-safe: one per thread)."""
+    if dictionary is not None:
+        return dictionary.compressor(level)
+    return zstandard.ZstdCompressor(level=level, write_content_size=True)
 
 
 def pack_path(root: Path, pack_id: str) -> Path:
@@ -264,11 +273,7 @@ class PackWriter:
     def _compressor(self) -> zstandard.ZstdCompressor:
         c: zstandard.ZstdCompressor | None = getattr(self._local, "c", None)
         if c is None:
-            if self.dictionary is not None:
-                c = self.dictionary.compressor(self._level)
-            else:
-                c = zstandard.ZstdCompressor(level=self._level, write_content_size=True)
-            self._local.c = c
+            c = self._local.c = compressor_for(self.dictionary, self._level)
         return c
 
     def _compress(self, batch: list[tuple[str, bytes]]) -> list[tuple[str, bytes, int]]:
