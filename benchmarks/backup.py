@@ -11,8 +11,9 @@ Builds a store of Loom-like JSON documents (default 50 agents x 2,000 documents,
 
 and prints both wall times, both CPU times (user + sys, threads and child processes included), their
 ratios (restic / aml: above 1 means aml is faster) and both repository sizes. It also times the floor of a
-full backup (``tar | zstd -3`` into one file, issue 11's "physical floor") on the same store and disk, and prints
-restic's time over it: the highest ratio any tool could reach on that row by that measure. The machines are shared
+full backup (``tar | zstd -3`` into one file, issue 11's "physical floor") and of a restore (``tar -x`` of the
+store from an uncompressed archive, then ``sync``) on the same store and disk, and prints restic's time over
+each: the highest ratio any tool could reach on that row by that measure. The machines are shared
 and noisy: read the ratios, not the absolute times; ``--repeat N`` reports the best of N repetitions
 (each on fresh repositories, alternating which tool goes first).
 
@@ -195,29 +196,51 @@ FULL_BACKUP_FLOOR = "tar -cf - -C {store} . | zstd -3 -q -c > {out}"
 every file and compress it all (zstd -3, one stream) into one file. (``zstd -dc | sha256sum`` of that file is no
 floor for a verification: coreutils' sha256sum alone takes longer here than aml's whole ``check --read-data``.)"""
 
+RESTORE_FLOOR = "tar -xf {archive} -C {out} && sync"
+"""The floor of a restore by the same measure: create every file of the store with its content, mode and mtime
+(GNU tar, from an uncompressed archive of the store made beforehand and still in the page cache: no
+decompression, no decryption, no hashing), then flush to disk as both tools' restores do."""
 
-def full_backup_floor(work: Path, store: Path) -> tuple[float, float] | None:
-    """Time :data:`FULL_BACKUP_FLOOR` once.
+FLOORS = {"full backup": FULL_BACKUP_FLOOR, "restore + sync": RESTORE_FLOOR}
+"""The benchmark's rows that have a floor, and the pipeline timed for it."""
+
+
+def _time_pipeline(line: str) -> tuple[float, float]:
+    """``(wall seconds, CPU seconds)`` of one run of the shell pipeline ``line`` (pipefail: any stage failing
+    raises ``subprocess.CalledProcessError``)."""
+    wall, cpu, _ = timed(partial(subprocess.run, ["bash", "-o", "pipefail", "-c", line], check=True))
+    return wall, cpu
+
+
+def floors(work: Path, store: Path) -> dict[str, tuple[float, float]]:
+    """Time every pipeline of :data:`FLOORS` once on the same store and disk.
 
     Args:
-        work: scratch directory on the store's disk (the output file is written there, then removed).
+        work: scratch directory on the store's disk (outputs are written there, then removed).
         store: the store directory.
 
     Returns:
-        ``(wall seconds, CPU seconds of the pipeline)``, or ``None`` when ``tar`` or ``zstd`` is missing.
+        operation -> ``(wall seconds, CPU seconds of the pipeline)``; empty when ``tar`` or ``zstd`` is missing.
 
     Raises:
-        subprocess.CalledProcessError: the pipeline failed.
+        subprocess.CalledProcessError: a pipeline failed.
     """
     if shutil.which("tar") is None or shutil.which("zstd") is None:
-        return None
-    out = work / "floor.tar.zst"
-    line = FULL_BACKUP_FLOOR.format(store=shlex.quote(str(store)), out=shlex.quote(str(out)))
+        return {}
+    q = shlex.quote
+    packed, archive, out = work / "floor.tar.zst", work / "floor.tar", work / "floor-restore"
+    got: dict[str, tuple[float, float]] = {}
     try:
-        wall, cpu, _ = timed(partial(subprocess.run, ["bash", "-o", "pipefail", "-c", line], check=True))
+        got["full backup"] = _time_pipeline(FULL_BACKUP_FLOOR.format(store=q(str(store)), out=q(str(packed))))
+        subprocess.run(["tar", "-cf", str(archive), "-C", str(store), "."], check=True)
+        out.mkdir()
+        subprocess.run(["sync"], check=True)
+        got["restore + sync"] = _time_pipeline(RESTORE_FLOOR.format(archive=q(str(archive)), out=q(str(out))))
     finally:
-        out.unlink(missing_ok=True)
-    return wall, cpu
+        packed.unlink(missing_ok=True)
+        archive.unlink(missing_ok=True)
+        shutil.rmtree(out, ignore_errors=True)
+    return got
 
 
 def prepare_store(workdir: Path, agents: int, docs: int) -> tuple[Path, Path, int, int]:
@@ -320,11 +343,11 @@ def main(argv: list[str] | None = None) -> int:
 
     best: dict[str, dict[str, tuple[float, float]]] = {op: {} for op in OPERATIONS}
     sizes: dict[str, int] = {}
-    floor: tuple[float, float] | None = None
+    floor: dict[str, tuple[float, float]] = {}
     for rnd in range(max(1, args.repeat)):
-        got = full_backup_floor(work, store)
-        if got is not None:
-            floor = got if floor is None else (min(floor[0], got[0]), min(floor[1], got[1]))
+        for op, (wall, cpu) in floors(work, store).items():
+            old = floor.get(op)
+            floor[op] = (min(old[0], wall), min(old[1], cpu)) if old else (wall, cpu)
         times, sizes = run_once(work, store, nfiles, args.agents, args.docs, rnd, with_restic, args.encrypt)
         for op, per_tool in times.items():
             for tool, (wall, cpu) in per_tool.items():
@@ -361,14 +384,15 @@ def main(argv: list[str] | None = None) -> int:
         f"{max(1, args.repeat)}; ratio = restic / aml "
         "(above 1: aml faster or smaller); cpu = user+sys seconds incl. threads and child processes"
     )
-    if floor is not None:
-        r_wall = best["full backup"].get("restic", (0.0, 0.0))[0]
-        print(f"floor of a full backup (tar | zstd -3 into one file): {floor[0]:.2f} s ({floor[1]:.2f} s cpu); "
-              f"restic / floor {ratio(r_wall, floor[0])}: the highest full-backup ratio reachable by that measure")
+    what = {"full backup": "tar | zstd -3 into one file", "restore + sync": "tar -x of the store, then sync"}
+    for op, (f_wall, f_cpu) in floor.items():
+        r_wall = best[op].get("restic", (0.0, 0.0))[0]
+        print(f"floor of {op} ({what[op]}): {f_wall:.2f} s ({f_cpu:.2f} s cpu); restic / floor "
+              f"{ratio(r_wall, f_wall)}, aml / floor {ratio(best[op]['aml'][0], f_wall)}: restic / floor is the "
+              "highest ratio reachable on that row by that measure")
     if args.json:
-        full_floor = None if floor is None else {"wall_s": floor[0], "cpu_s": floor[1]}
         print(json.dumps({"files": nfiles, "bytes": nbytes, "rows": results, "repo_bytes": sizes,
-                          "full_backup_floor": full_floor}, indent=2))
+                          "floors": {op: {"wall_s": w, "cpu_s": c} for op, (w, c) in floor.items()}}, indent=2))
     if not args.keep:
         shutil.rmtree(work, ignore_errors=True)
     return 0
