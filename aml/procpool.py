@@ -7,8 +7,9 @@ interpreter: :func:`ordered_map` runs a function over items in processes forked 
 inherit everything already loaded, an unlocked repository key included, so they start in milliseconds)
 and yields the results in the order of the items, as ``map`` does. Its users: ``verify --read-data``
 (one pack per item, :mod:`aml.backup.checker`), the backup's scan (one top-level directory per item,
-:mod:`aml.backup.archiver`) and reads (a batch of files per item, :mod:`aml.backup.fileread`), ``optimize index`` (one document per item, :mod:`aml.optimize.index`) and
-prune's plan (one document per item, :meth:`aml.store.FileStore.map_documents`).
+:mod:`aml.backup.archiver`) and reads (a batch of files per item, :mod:`aml.backup.fileread`),
+``optimize index`` (one document per item, :mod:`aml.optimize.index`) and prune's plan (one document
+per item, :meth:`aml.store.FileStore.map_documents`).
 
 It falls back to threads of this process, with the same results, where forking workers is not possible
 or not useful:
@@ -22,7 +23,9 @@ or not useful:
 At most two items per worker are handed out ahead of the result being read, so results waiting to be
 read take bounded memory however many items there are.
 
-A worker process that dies (killed, out of memory) loses no item: the items whose results had not come
+Where the workers cannot be forked when the pool starts (``fork`` fails with ``EAGAIN`` at a process limit,
+such as a container's ``pids.max``, or ``ENOMEM``), threads of this process do the work instead, with a
+warning. A worker process that dies (killed, out of memory) loses no item: the items whose results had not come
 back are computed again in this process (:class:`concurrent.futures.process.BrokenProcessPool` is
 caught and logged). An exception raised by the function itself is re-raised here, as ``map`` does.
 """
@@ -120,21 +123,38 @@ def ordered_map(fn: Callable[[_T], _R], items: Sequence[_T], *, workers: int,
         raises what ``fn`` raised, at the first item whose call raised.
     """
     count = worker_processes(workers, len(items)) if processes else 0
-    pool: Executor
+    pool: Executor | None = None
+    futures: collections.deque[Future[_R]] = collections.deque()
     if count:
         from concurrent.futures import ProcessPoolExecutor  # here: a command that forks none does not import it
 
         pool = ProcessPoolExecutor(count, mp_context=multiprocessing.get_context("fork"),
                                    initializer=_die_with_parent, initargs=(os.getpid(),))
-    else:
+        try:
+            futures.append(pool.submit(fn, items[0]))  # forks every worker (the "fork" pool starts them at once)
+        except OSError as exc:  # fork(2) failed: EAGAIN at a process limit (a container's pids.max), ENOMEM
+            log.warning("cannot fork worker processes (%s); threads of this process do the work", exc)
+            _abandon(pool)
+            pool = None
+    if pool is None:
         count = max(1, min(workers, len(items)))
         pool = ThreadPoolExecutor(count, thread_name_prefix="aml-worker")
     try:
         ahead = AHEAD_PER_WORKER * count
-        futures = collections.deque(pool.submit(fn, item) for item in items[:ahead])
+        futures.extend(pool.submit(fn, item) for item in items[len(futures):ahead])
         yield _results(pool, fn, items, futures, ahead)
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _abandon(pool: Executor) -> None:
+    """Stop a process pool whose start failed half-way: the workers already forked (if any) are killed, since
+    without the pool's manager thread nothing would ever tell them to exit."""
+    started = dict(getattr(pool, "_processes", None) or {})  # concurrent.futures' own record of its workers
+    for proc in started.values():
+        proc.kill()
+        proc.join()
+    pool.shutdown(wait=False, cancel_futures=True)
 
 
 AHEAD_PER_WORKER = 2

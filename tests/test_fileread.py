@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import os
 from collections.abc import Iterator
@@ -69,10 +70,20 @@ def test_a_backup_read_by_worker_processes_equals_one_read_here(tmp_path: Path,
     monkeypatch.setattr(archiver, "read_ahead", spy)
     with_workers = small_repo(tmp_path / "a", pack_size=16 * 1024, chunk_size=64 * 1024)
     a = create_snapshot(store, with_workers, incremental=False)
+
+    def fork_at_a_process_limit() -> int:  # EAGAIN: the batches go to two threads of this process instead
+        raise BlockingIOError(errno.EAGAIN, "Resource temporarily unavailable")
+
+    with monkeypatch.context() as m:
+        m.setattr(os, "fork", fork_at_a_process_limit)
+        in_threads = small_repo(tmp_path / "c", pack_size=16 * 1024, chunk_size=64 * 1024)
+        c = create_snapshot(store, in_threads, incremental=False)
     monkeypatch.setattr(procpool, "fork_workers_possible", lambda: False)
     here = small_repo(tmp_path / "b", pack_size=16 * 1024, chunk_size=64 * 1024)
     b = create_snapshot(store, here, incremental=False)
-    assert calls == [True, False] and not a.errors and not b.errors
+    assert calls == [True, True, False] and not a.errors and not b.errors and not c.errors
+    assert _table(in_threads, c.backup_id) == _table(here, b.backup_id)
+    assert sorted(load_index(in_threads.path).packs) == sorted(load_index(here.path).packs)
     assert (a.files_read, a.objects_added, a.bytes_added, a.stored_bytes, a.packs_written) == (
         b.files_read, b.objects_added, b.bytes_added, b.stored_bytes, b.packs_written)
     assert _table(with_workers, a.backup_id) == _table(here, b.backup_id)

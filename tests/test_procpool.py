@@ -4,6 +4,7 @@ the same in processes as here, and verify runs inside a real prefork Celery work
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import multiprocessing
@@ -67,6 +68,29 @@ def test_a_killed_worker_process_loses_no_item(caplog: pytest.LogCaptureFixture)
     assert [v for v, _ in got] == [x * x for x in range(8)]
     assert got[3][1] == PARENT  # the item whose worker died was computed here
     assert "a worker process died" in caplog.text
+
+
+@TWO_CPUS
+@pytest.mark.parametrize("forks_that_succeed", [0, 1])
+def test_workers_that_cannot_be_forked_leave_the_work_to_threads(
+        forks_that_succeed: int, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    real_fork = os.fork
+    forks: list[int] = []
+
+    def fork_at_a_process_limit() -> int:  # fork(2) failing with EAGAIN: a fault a root test cannot cause for real
+        if len(forks) >= forks_that_succeed:
+            raise BlockingIOError(errno.EAGAIN, "Resource temporarily unavailable")
+        pid = real_fork()
+        forks.append(pid)
+        return pid
+
+    monkeypatch.setattr(os, "fork", fork_at_a_process_limit)
+    with caplog.at_level(logging.WARNING, logger="aml.procpool"), \
+            ordered_map(_square_and_pid, list(range(8)), workers=2) as results:
+        got = list(results)
+    assert got == [(x * x, PARENT) for x in range(8)]  # all computed here, by threads
+    assert "cannot fork worker processes" in caplog.text
+    assert not multiprocessing.active_children()  # the worker forked before the failure was stopped
 
 
 @pytest.mark.parametrize("processes", [True, False])
