@@ -85,6 +85,18 @@ class DirFds:
             os.close(old)
         return fd
 
+    def open_file(self, rel: str, flags: int) -> int:
+        """``os.open`` of the file ``rel`` (``/``-separated, relative to the root) with ``flags``, through its
+        directory's cached descriptor (no component followed if it is a symlink; add ``O_NOFOLLOW`` to
+        ``flags`` for the file itself).
+
+        Raises:
+            UnsafePathError, BackupError, FileNotFoundError: as :meth:`get`, for the directory.
+            OSError: the file cannot be opened.
+        """
+        dname, _, fname = rel.rpartition("/")
+        return os.open(fname, flags, dir_fd=self.get(dname))
+
     def _open_child(self, pfd: int, name: str, rel_dir: str) -> int:
         try:
             return os.open(name, _DIR_FLAGS, dir_fd=pfd)

@@ -421,9 +421,8 @@ def _dictionary(
     samples: list[bytes] = []
     for i in cands[::step][:DICT_SAMPLES]:
         rel = files[i][0]
-        dname, _, fname = rel.rpartition("/")
         try:
-            fd = os.open(fname, READ_FLAGS, dir_fd=dirfds.get(dname))
+            fd = dirfds.open_file(rel, READ_FLAGS)
         except (OSError, BackupError):
             continue
         try:
@@ -584,7 +583,7 @@ def create_snapshot(
             rows: list[tuple[str, str, int, int, int, int]] = []
             row = rows.append
             chunked: dict[int, list[str]] = {}
-            os_open, os_read, os_close, os_fstat = os.open, os.read, os.close, os.fstat
+            os_read, os_close, os_fstat, open_file = os.read, os.close, os.fstat, dirfds.open_file
             s_isreg = stat.S_ISREG
 
             def store(oid: str, data: bytes) -> None:
@@ -595,8 +594,6 @@ def create_snapshot(
                     bytes_added += len(data)
                 lock.maybe_refresh()
 
-            last_dir: str | None = None
-            dfd = root_fd
             parent_sha = pf.sha256 if pf is not None else []
             parent_chunks = pf.chunks if pf is not None else {}
             for n, (rel, size, mtime_ns, mode, ino) in enumerate(scan.files):
@@ -625,14 +622,9 @@ def create_snapshot(
                             added.add(oid)
                             bytes_added += fsize
                 if got is None:
-                    dname, _, fname = rel.rpartition("/")
                     try:
-                        if dname != last_dir:
-                            dfd = dirfds.get(dname)
-                            last_dir = dname
-                        fd = os_open(fname, READ_FLAGS, dir_fd=dfd)
+                        fd = open_file(rel, READ_FLAGS)
                     except (OSError, BackupError) as exc:
-                        last_dir = None
                         errors.append({"path": rel, "reason": f"cannot open: {getattr(exc, 'strerror', None) or exc}"})
                         continue
                     try:

@@ -156,27 +156,21 @@ def _read_batch(span: tuple[int, int], *, job_id: int) -> list[Prepared]:
     job = _JOBS[job_id]
     compress = _compressor(job_id, job).compress
     files, known, object_id, chunk_size = job.files, job.known, job.object_id, job.chunk_size
-    os_open, os_read, os_close, os_fstat, s_isreg = os.open, os.read, os.close, os.fstat, stat.S_ISREG
+    os_read, os_close, os_fstat, s_isreg = os.read, os.close, os.fstat, stat.S_ISREG
     seen: set[str] = set()
     out: list[Prepared] = []
     put = out.append
     dirfds = DirFds(job.root_fd)
-    last_dir: str | None = None
-    dfd = job.root_fd
+    open_file = dirfds.open_file
     try:
         for n in job.todo[span[0]:span[1]]:
             rel, size, mtime_ns, _mode, ino = files[n]
             if size > chunk_size:
                 put(None)
                 continue
-            dname, _, fname = rel.rpartition("/")
             try:
-                if dname != last_dir:
-                    dfd = dirfds.get(dname)
-                    last_dir = dname
-                fd = os_open(fname, READ_FLAGS, dir_fd=dfd)
+                fd = open_file(rel, READ_FLAGS)
             except (OSError, BackupError):
-                last_dir = None
                 put(None)
                 continue
             try:
