@@ -163,6 +163,38 @@ def test_exists_uses_the_bloom_filter_of_the_index(indexed_v12: Path) -> None:
         assert engine.lookup("no-such-id") is None
 
 
+def _index_names_and_plan(root: Path) -> tuple[set[str], str]:
+    conn = sqlite3.connect(root / INDEX_FILE)
+    try:
+        names = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'index'")}
+        plan = " ".join(str(r[-1]) for r in conn.execute("EXPLAIN QUERY PLAN SELECT * FROM records WHERE id = 'x'"))
+        return names, plan
+    finally:
+        conn.close()
+
+
+def test_secondary_indexes_after_a_build_from_scratch_and_an_update(tmp_path: Path) -> None:
+    """A build from scratch creates the secondary indexes once its rows are in; an update keeps them."""
+    from aml.optimize.index import SECONDARY_INDEXES
+
+    wanted = {re.search(r"EXISTS (\w+) ON", s)[1] for s in SECONDARY_INDEXES}  # type: ignore[index]
+    root = extract_loom("loom-plain-v1.0", tmp_path)
+    assert build_index(root, full=True).full
+    names, plan = _index_names_and_plan(root)
+    assert wanted <= names and "USING INDEX records_id" in plan
+    path = root / "debugger" / "patterns.json"
+    data = json.loads(path.read_bytes())
+    atomic_write(path, json.dumps(data[1:], indent=2).encode())
+    update = build_index(root)
+    assert not update.full and update.documents_read == 1
+    assert _index_names_and_plan(root) == (names, plan)
+    engine = QueryEngine(root)
+    try:
+        assert not engine.exists(data[0]["id"]) and engine.exists(data[1]["id"])
+    finally:
+        engine.close()
+
+
 def test_incremental_and_atomic_rebuilds(tmp_path: Path) -> None:
     root = extract_loom("loom-plain-v1.0", tmp_path)
     with pytest.raises(IndexMissingError):
