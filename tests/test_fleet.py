@@ -183,6 +183,7 @@ def test_client_routes_like_the_workers() -> None:
         task_name("defrag")
 
 
+@pytest.mark.slow
 def test_wait_with_no_worker_says_so_in_one_line(tmp_path: Path, fleet_env: dict[str, str]) -> None:
     store = make_json_store(tmp_path / "store", agents=1, docs=2)
     proc = subprocess.run([sys.executable, "-m", "cli.main", str(store), "monitor", "health", "--enqueue", "--wait"],

@@ -192,6 +192,7 @@ def test_missing_store_is_critical(tmp_path: Path, aml_settings) -> None:
     assert report["checks"]["directory_structure"] is False
 
 
+@pytest.mark.slow
 def test_enqueue_runs_on_real_worker_and_catalog_records_it(tmp_path: Path, celery_worker_process) -> None:
     import sqlalchemy as sa
 

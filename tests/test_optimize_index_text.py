@@ -77,6 +77,7 @@ JSON = st.recursive(SCALARS, lambda children: st.one_of(st.lists(children, max_s
                     max_leaves=40)
 
 
+@pytest.mark.slow
 @settings(max_examples=400, deadline=None)
 @given(item=JSON, tags=st.lists(st.text(max_size=5), max_size=3), limit=st.sampled_from([1, 5, 30, 200, 32 * 1024]))
 def test_record_text_matches_the_reference_walk(item: Any, tags: list[str], limit: int) -> None:

@@ -141,6 +141,7 @@ def stopped_guard() -> Iterator[list[int]]:
             os.kill(pid, signal.SIGCONT)
 
 
+@pytest.mark.slow
 def test_timeout_when_server_stops_answering(sftp_server: SFTPServer, stopped_guard: list[int]) -> None:
     before = set(sftp_server.descendants())
     options = replace(sftp_server.options, timeout=2)

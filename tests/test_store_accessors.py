@@ -266,6 +266,7 @@ def _reference_size(value: Any) -> int:
     return len(dump(value).encode("utf-8"))
 
 
+@pytest.mark.slow
 @settings(max_examples=400, deadline=None)
 @given(value=_JSON)
 def test_item_size_is_compact_utf8_json(value: Any) -> None:

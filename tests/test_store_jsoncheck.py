@@ -59,6 +59,7 @@ def mutate(raw: bytes, how: str, at: int) -> bytes:
     }[how]
 
 
+@pytest.mark.slow
 @settings(max_examples=400, deadline=None)
 @given(doc=documents, indent=st.sampled_from([None, 2, "\t"]), relpath=st.sampled_from(PLACES),
        how=st.sampled_from(["none", "truncate", "flip", "insert_nul", "insert_ctrl", "insert_quote", "insert_comma",

@@ -35,6 +35,7 @@ def _write_collection(root: Path, payload: bytes) -> Path:
     return path
 
 
+@pytest.mark.slow
 @settings(max_examples=200, deadline=None)
 @given(_ITEMS, st.booleans(), st.sampled_from([None, 2]))
 def test_lazy_items_read_as_the_full_parse(tmp_path_factory: pytest.TempPathFactory, items: list[dict[str, Any]],

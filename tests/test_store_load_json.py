@@ -7,6 +7,7 @@ import json
 import math
 from typing import Any
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -67,6 +68,7 @@ def test_same_outcome_as_json_loads_on_documents(value: Any, ensure_ascii: bool,
     assert got[0] == want[0] and _same(got[1], want[1]), (data[:200], got, want)
 
 
+@pytest.mark.slow
 @settings(max_examples=400, deadline=None)
 @given(_VALUES, st.data())
 def test_same_outcome_as_json_loads_on_damaged_documents(value: Any, data: st.DataObject) -> None:

@@ -56,6 +56,7 @@ def write(data: Any, layout: dict[str, Any], ensure_ascii: bool, bom: bool, newl
     return ("\ufeff" if bom else "") + json.dumps(data, ensure_ascii=ensure_ascii, **layout) + ("\n" if newline else "")
 
 
+@pytest.mark.slow
 @settings(max_examples=200, deadline=None)
 @given(items=st.lists(records, max_size=8), layout=st.sampled_from(LAYOUTS), ensure_ascii=st.booleans(),
        bom=st.booleans(), newline=st.booleans(), data=st.data())

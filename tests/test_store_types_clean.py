@@ -72,6 +72,7 @@ def _escaped(text: str, which: list[bool]) -> str:
                          for c, esc in zip(text, which + [False] * len(text), strict=False)) + '"'
 
 
+@pytest.mark.slow
 @settings(max_examples=600, deadline=None)
 @given(stamp=st.one_of(_STAMP, st.sampled_from(_EDGES)), collection=st.sampled_from(COLLECTIONS),
        escapes=st.lists(st.booleans(), max_size=40))

@@ -186,6 +186,7 @@ def test_export_then_import_into_another_database(aml_settings: Settings, keyspa
     assert 3500 < other.ttl("agent:coder:turn:1") <= 3600
 
 
+@pytest.mark.slow
 def test_trace_runs_on_a_real_worker_sent_by_name(celery_worker_process, keyspace: tuple[str, redis.Redis]) -> None:
     """An agent that has only Celery sends aml.trace.run by name; the worker traces and records it."""
     from celery import Celery
