@@ -15,10 +15,17 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 
+# aml's own modules, compiled to bytecode before a run as an installed package is: with
+# PYTHONDONTWRITEBYTECODE set (as on these machines), every process a test starts (the CLI, Celery
+# workers) would otherwise compile them all again from source.
+SOURCES := aml cli models tasks workers config beat_schedule.py
+
 demo: $(STAMP)
+	$(BIN)/python -m compileall -q $(SOURCES)
 	$(BIN)/aml demo
 
 test: $(STAMP)
+	$(BIN)/python -m compileall -q $(SOURCES)
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
 
 lint: $(STAMP)
