@@ -201,10 +201,6 @@ RESTORE_FLOOR = "tar -xf {archive} -C {out} && sync"
 (GNU tar, from an uncompressed archive of the store made beforehand and still in the page cache: no
 decompression, no decryption, no hashing), then flush to disk as both tools' restores do."""
 
-FLOORS = {"full backup": FULL_BACKUP_FLOOR, "restore + sync": RESTORE_FLOOR}
-"""The benchmark's rows that have a floor, and the pipeline timed for it."""
-
-
 def _time_pipeline(line: str) -> tuple[float, float]:
     """``(wall seconds, CPU seconds)`` of one run of the shell pipeline ``line`` (pipefail: any stage failing
     raises ``subprocess.CalledProcessError``)."""
@@ -213,14 +209,15 @@ def _time_pipeline(line: str) -> tuple[float, float]:
 
 
 def floors(work: Path, store: Path) -> dict[str, tuple[float, float]]:
-    """Time every pipeline of :data:`FLOORS` once on the same store and disk.
+    """Time :data:`FULL_BACKUP_FLOOR` and :data:`RESTORE_FLOOR` once each on the same store and disk.
 
     Args:
         work: scratch directory on the store's disk (outputs are written there, then removed).
         store: the store directory.
 
     Returns:
-        operation -> ``(wall seconds, CPU seconds of the pipeline)``; empty when ``tar`` or ``zstd`` is missing.
+        ``{"full backup": ..., "restore + sync": ...}`` (the rows they are the floor of) -> ``(wall seconds, CPU
+        seconds of the pipeline)``; empty when ``tar`` or ``zstd`` is missing.
 
     Raises:
         subprocess.CalledProcessError: a pipeline failed.

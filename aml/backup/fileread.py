@@ -141,6 +141,8 @@ def read_ahead(
             yield itertools.chain.from_iterable(results)
     finally:
         del _JOBS[job_id]
+        if getattr(_local, "compressor", (None,))[0] == job_id:  # batches done here (a worker died): let it go
+            del _local.compressor
 
 
 def _compressor(job_id: int, job: _Job) -> zstandard.ZstdCompressor:
