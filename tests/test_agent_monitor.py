@@ -433,6 +433,7 @@ for a in fired:
 """
 
 
+@pytest.mark.slow
 def test_done_when_an_agent_process_alert_shows_in_the_cli(tmp_path: Path) -> None:
     """Issue 10's first "Done when": an agent process tracks a real Aitor agent and a TinyTroupe spec's memory,
     gets growth alerts through its callback, and ``aml <store> monitor alerts`` lists the same alerts."""

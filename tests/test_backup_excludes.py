@@ -162,6 +162,7 @@ def test_tasks_take_excludes_and_exclude_files(tmp_path: Path, aml_settings) -> 
         apply(backup.create, store="redis://127.0.0.1:1/0", excludes=["*"])
 
 
+@pytest.mark.slow
 def test_cli_exclude_and_exclude_file(tmp_path: Path) -> None:
     store = make_json_store(tmp_path / "store", agents=2, docs=2)
     (store / "agent-0" / "x.tmp").write_text("t")

@@ -108,6 +108,7 @@ def test_encrypted_backup_restores_byte_identical_on_another_host(backend: Backe
     assert result.packs_read >= 1 and result.orphans.get("packs", 0) == 0
 
 
+@pytest.mark.slow
 def test_wrong_password_and_flipped_byte_are_caught(backend: Backend, loom_store: Path, tmp_path: Path) -> None:
     repo = _repo(backend, tmp_path / "cache").init(encrypt=True)
     res = create_snapshot(loom_store, repo, incremental=False)
@@ -126,6 +127,7 @@ def test_wrong_password_and_flipped_byte_are_caught(backend: Backend, loom_store
     assert res.backup_id in result.damaged_snapshots
 
 
+@pytest.mark.slow
 def test_incremental_rotate_and_a_second_host(backend: Backend, loom_store: Path, tmp_path: Path) -> None:
     a = _repo(backend, tmp_path / "cache-a", password=None).init()
     first = create_snapshot(loom_store, a, incremental=False)
@@ -261,6 +263,7 @@ def test_cli_over_sftp_through_the_settings(sftp_server: Any, loom_store: Path, 
     assert unknown.returncode == 2 and "127.0.0.1" in text and "Traceback" not in text, text
 
 
+@pytest.mark.slow
 def test_drill_and_a_keyspace_snapshot_on_a_remote_repository(s3_env: Any, loom_store: Path, tmp_path: Path) -> None:
     """The other users of a repository work on a remote one too: a restore drill of a file snapshot, and a
     Redis keyspace snapshot restored into another database of a private redis-server."""

@@ -149,6 +149,7 @@ def test_cli_backup_round_trip_and_verify_exit_code(tmp_path: Path) -> None:
     assert index.name.encode() in broken.stdout
 
 
+@pytest.mark.slow
 def test_cli_reports_a_locked_store_and_exits_non_zero(tmp_path: Path, aml_settings, monkeypatch) -> None:
     from typer.testing import CliRunner
 

@@ -118,6 +118,7 @@ def test_ensure_catalog_creates_and_upgrades_sqlite(tmp_path: Path) -> None:
         catalog.dispose_engines(url)
 
 
+@pytest.mark.slow
 def test_ensure_catalog_concurrent_processes(tmp_path: Path) -> None:
     """Several processes creating one embedded catalog at once: one migrates, the others wait."""
     url = f"sqlite:///{tmp_path / 'catalog.db'}"

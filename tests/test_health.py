@@ -159,6 +159,7 @@ def test_metric_samples_recorded_per_agent_and_collection(tmp_path: Path, aml_se
     assert {s["subject"] for s in samples if s["name"] == "check_duration"} >= {"file_integrity", "performance_ok"}
 
 
+@pytest.mark.slow
 def test_healthy_store_exits_zero_via_cli(tmp_path: Path) -> None:
     from aml.sample import SampleSpec, generate_loom_store
 

@@ -145,6 +145,7 @@ def test_cli_prune_refuses_when_the_lock_redis_is_down(tmp_path: Path, aml_setti
     assert tree_state(store) == before
 
 
+@pytest.mark.slow
 def test_silent_redis_loses_the_lock_before_the_lease_ends(tmp_path: Path) -> None:
     """A lock Redis that stops answering (SIGSTOP: a real hang, not a refused connection) makes the holder
     stop writing within half the lease plus one bounded call, so before anyone else could take the lease."""

@@ -133,6 +133,7 @@ def test_every_single_step_lands_on_its_version(data: st.DataObject, kind: str) 
     assert len(path(source, target)) == abs(VERSIONS.index(target) - VERSIONS.index(source))
 
 
+@pytest.mark.slow
 @PROPS
 @given(a=st.dictionaries(st.text(max_size=4), json_value, max_size=5),
        b=st.dictionaries(st.text(max_size=4), json_value, max_size=5))

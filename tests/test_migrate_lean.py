@@ -37,6 +37,7 @@ def _streamed_counts(items: list[Any], target: str) -> tuple[int, dict[str, int]
     return len(items), dict(sorted(versions.items())), changed
 
 
+@pytest.mark.slow
 @PROPS
 @given(data=st.data(), target=st.sampled_from(VERSIONS))
 def test_counts_of_upgrades_are_the_streamed_counts(data: st.DataObject, target: str) -> None:

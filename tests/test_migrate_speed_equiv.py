@@ -219,6 +219,7 @@ def test_a_streaming_pass_that_gives_up_leaves_none_of_its_output(tmp_path: Path
     assert _tree(root) == _tree(reference)
 
 
+@pytest.mark.slow
 @PROPS
 @given(data=st.data(), target=st.sampled_from(VERSIONS))
 def test_lean_plans_equal_full_plans_on_generated_items(tmp_path_factory: pytest.TempPathFactory,

@@ -124,6 +124,7 @@ def _cli(store: Path, *args: str) -> Result:
     return CliRunner().invoke(store_app, list(args), obj={"store": str(store)})
 
 
+@pytest.mark.slow
 def test_seed_cli_commands(tmp_path: Path, aml_settings) -> None:
     store = extract_loom("loom-plain-v1.0", tmp_path / "p")
     env = runtime_env(aml_settings.home, "redis://127.0.0.1:1/0") | {"AML_LOCK_URL": "none://"}

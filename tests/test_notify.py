@@ -128,6 +128,7 @@ def _iso(text: str) -> datetime:
 # --------------------------------------------------------------------------------- inline, HTTP
 
 
+@pytest.mark.slow
 def test_firing_repeat_and_resolution_reach_alertmanager_and_webhook(tmp_path: Path, aml_settings, recorder,
                                                                       monkeypatch, caplog) -> None:
     caplog.set_level(logging.DEBUG)

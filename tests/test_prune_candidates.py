@@ -59,6 +59,7 @@ def _check(item: Mapping[str, Any]) -> None:
             assert made == oracle(collection, "a/x.json", 7, item, clean=clean), (collection, clean)
 
 
+@pytest.mark.slow
 @settings(max_examples=300, deadline=None)
 @given(item=st.one_of(LOOM_ITEMS, DECISIONS))
 def test_candidate_equals_the_field_by_field_reading(item: dict[str, Any]) -> None:

@@ -77,6 +77,7 @@ def test_write_once_never_replaces_an_existing_object(s3_storage: S3Storage, s3_
     assert s3_storage.read("packs/ab/ab01") == b"first"
 
 
+@pytest.mark.slow
 def test_conditional_put_refuses_an_object_created_after_the_check(
     s3_storage: S3Storage,
     monkeypatch: pytest.MonkeyPatch,
@@ -158,6 +159,7 @@ def test_missing_credentials(s3_env: S3Server, monkeypatch: pytest.MonkeyPatch) 
     storage.close()
 
 
+@pytest.mark.slow
 def test_prefixless_url(s3_env: S3Server) -> None:
     bucket = s3_env.new_bucket()
     with S3Storage(s3_env.url(bucket)) as storage:

@@ -59,6 +59,7 @@ def _dump(value: Any, ensure_ascii: bool, indent: int | None) -> bytes:
     return json.dumps(value, ensure_ascii=ensure_ascii, indent=indent).encode("utf-8", "surrogatepass")
 
 
+@pytest.mark.slow
 @settings(max_examples=400, deadline=None)
 @given(_VALUES, st.booleans(), st.sampled_from([None, 0, 2]), st.booleans())
 def test_same_outcome_as_json_loads_on_documents(value: Any, ensure_ascii: bool, indent: int | None,
