@@ -8,6 +8,7 @@ by Alembic (``alembic/``, driven by ``workers.catalog``), never by ``create_all`
 - :mod:`models.tables`: the seven tables and their allowed values.
 - :mod:`models.engine`: :func:`make_engine` (SQLite WAL, busy timeout, foreign keys), :func:`session_factory`.
 - :mod:`models.queries`: the data-access functions the tasks use.
+- :mod:`models.bulk`: :func:`~models.bulk.insert_rows`, many rows into one table (a prune run's undo log).
 """
 
 from models.base import NAMING_CONVENTION, Base, UTCDateTime, as_utc, utcnow
