@@ -4,7 +4,9 @@ For each document of the plan, in path order:
 
 1. read it again and check it is the document the plan saw (same size and mtime, and every planned
    record still at its index with the same id and size); otherwise it is left alone and reported as
-   a conflict (an agent wrote it in between; the next run plans it again);
+   a conflict (an agent wrote it in between; the next run plans it again). On a large store, worker
+   processes find the planned lists' elements in the next documents meanwhile (:mod:`aml.prune.locate`);
+   their offsets are used only for a text with the same SHA-256 as the one read here;
 2. write the decisions to archive into ``<archive_root>/<agent>/decisions_<run_id>.json.gz``
    (:mod:`aml.prune.archive`), atomically;
 3. cut the planned records out of the decoded text (:func:`aml.store.rewrite.removal_pieces`, as
@@ -35,21 +37,18 @@ from typing import Any
 
 from aml.gcpause import gc_paused
 from aml.prune.archive import add_to_archive, archive_file
+from aml.prune.locate import Located, locate, located_ahead, text_digest
 from aml.prune.plan import PlannedAction, PrunePlan
 from aml.store.atomic import atomic_open
 from aml.store.documents import DocumentError
 from aml.store.jsontext import loads
 from aml.store.loomlock import loom_lock_held
-from aml.store.records import item_size
 from aml.store.rewrite import (
-    ItemFilter,
     Layout,
     ListSpan,
     SpliceError,
     check_parses,
     element_key,
-    find_list,
-    key_only,
     read_text,
     rebuilt_parses,
     removal_pieces,
@@ -174,19 +173,6 @@ def _key_dict(span: ListSpan, text: str, index: int) -> dict[str, str]:
     return {kind: value}
 
 
-def _keeper(planned: set[int], seen: dict[int, tuple[Any, int]]) -> ItemFilter:
-    """What :func:`_apply_document` keeps of a list's elements: their keys
-    (:func:`aml.store.rewrite.key_only`: all the ``prev``/``next`` anchors need); of a planned one also
-    its id and size in ``seen`` (what :func:`_matches` compares with the plan)."""
-
-    def keep(index: int, item: Any) -> Any:
-        if index in planned:
-            seen[index] = (item.get("id") if isinstance(item, dict) else None, item_size(item))
-        return key_only(index, item)
-
-    return keep
-
-
 def _matches(action: PlannedAction, seen: dict[int, tuple[Any, int]]) -> bool:
     found = seen.get(action.index)
     if found is None:  # the list is shorter now
@@ -244,34 +230,46 @@ def apply_plan(
     by_doc: defaultdict[str, list[PlannedAction]] = defaultdict(list)
     for a in plan.actions:
         by_doc[a.document].append(a)
-    for relpath in sorted(by_doc):
-        try:
-            with gc_paused():
-                applied = _apply_document(plan, relpath, by_doc.pop(relpath), run_id, archive_root, result,
-                                          before_publish)
-        except (DocumentError, SpliceError) as exc:
-            result.conflicts.append({"document": relpath, "reason": str(exc)})
-            continue
-        except OSError as exc:
-            result.error = f"{relpath}: {exc.strerror or exc}"
-            break
-        if applied is None:
-            continue
-        removed = sum(1 for a in applied if a.action.action == "removed")
-        result.removed += removed
-        result.archived += len(applied) - removed
-        if keep_applied:
-            result.applied.extend(a.detached() for a in applied)
-        del applied  # the records reference the document's text
-        result.documents.append(relpath)
-        if on_document is not None:
-            on_document(relpath)
+    order = sorted(by_doc)
+    jobs = [(relpath, _planned_lists(by_doc[relpath])) for relpath in order]
+    with located_ahead(plan.root, jobs, sum(plan.documents[relpath].size_bytes for relpath in order)) as ahead:
+        for relpath in order:
+            located = next(ahead) if ahead is not None else None  # the workers' finding, checked before use
+            try:
+                with gc_paused():
+                    applied = _apply_document(plan, relpath, by_doc.pop(relpath), run_id, archive_root, result,
+                                              before_publish, located)
+            except (DocumentError, SpliceError) as exc:
+                result.conflicts.append({"document": relpath, "reason": str(exc)})
+                continue
+            except OSError as exc:
+                result.error = f"{relpath}: {exc.strerror or exc}"
+                break
+            if applied is None:
+                continue
+            removed = sum(1 for a in applied if a.action.action == "removed")
+            result.removed += removed
+            result.archived += len(applied) - removed
+            if keep_applied:
+                result.applied.extend(a.detached() for a in applied)
+            del applied  # the records reference the document's text
+            result.documents.append(relpath)
+            if on_document is not None:
+                on_document(relpath)
     return result
+
+
+def _planned_lists(actions: Iterable[PlannedAction]) -> dict[str, frozenset[int]]:
+    """List pointer -> the indexes of its planned elements."""
+    lists: defaultdict[str, set[int]] = defaultdict(set)
+    for a in actions:
+        lists[a.list_pointer].add(a.index)
+    return {pointer: frozenset(indexes) for pointer, indexes in lists.items()}
 
 
 def _apply_document(plan: PrunePlan, relpath: str, actions: list[PlannedAction], run_id: str,
                     archive_root: Path | None, result: ApplyResult,
-                    before_publish: BeforePublish | None) -> list[AppliedRecord] | None:
+                    before_publish: BeforePublish | None, located: Located | None = None) -> list[AppliedRecord] | None:
     path = plan.root / relpath
     state = plan.documents[relpath]
     if loom_lock_held(path):
@@ -285,11 +283,10 @@ def _apply_document(plan: PrunePlan, relpath: str, actions: list[PlannedAction],
     lists: defaultdict[str, list[PlannedAction]] = defaultdict(list)
     for a in actions:
         lists[a.list_pointer].append(a)
-    # every element parsed (checked) and freed at once: of each only its key is kept, of the planned
-    # ones also the id and size the plan saw
-    seen: dict[str, dict[int, tuple[Any, int]]] = {pointer: {} for pointer in lists}
-    spans = {pointer: find_list(text, pointer, keep=_keeper({a.index for a in acts}, seen[pointer]))
-             for pointer, acts in lists.items()}
+    if located is not None and located.spans.keys() == lists.keys() and located.digest == text_digest(text):
+        spans, seen = located.spans, located.seen  # a worker found them in this very text
+    else:
+        spans, seen = locate(text, {pointer: {a.index for a in acts} for pointer, acts in lists.items()})
     for pointer, acts in lists.items():
         bad = [a for a in acts if not _matches(a, seen[pointer])]
         if bad:

@@ -1,0 +1,132 @@
+"""Finding a prune plan's records in their documents, ahead of :func:`aml.prune.apply.apply_plan`, in worker
+processes.
+
+``apply_plan`` rewrites one document at a time in the task's process. For each it must first find the
+planned lists and their elements in the decoded text (:func:`aml.store.rewrite.find_list`: every element
+parsed, so checked, and its offsets and key kept), which costs about as much as parsing the document; the
+rest of its time goes to the undo rows (a catalog write) and the new file. :func:`located_ahead` has forked
+workers (:func:`aml.procpool.ordered_map`) do that finding for the next documents while the task's process
+records and writes the current one.
+
+A worker decides nothing. It reads the document on its own and returns what it found with the SHA-256 of the
+text it read; ``apply_plan`` reads the document itself as before (its size and mtime checked against the
+plan's) and uses the worker's result only when the digest of its own text is the same, so the offsets are
+those of the very text it cuts. Otherwise (the file changed in between), or when the worker could not read
+or parse it, ``apply_plan`` locates the records itself, and reports what is wrong exactly as without
+workers. Nothing a worker does writes anything.
+
+Workers are used only for at least two documents holding at least :data:`aml.procpool.PARALLEL_MIN_BYTES`
+together, where processes can be forked; otherwise :func:`located_ahead` yields ``None``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+from collections.abc import Collection, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from aml.procpool import PARALLEL_MIN_BYTES, ordered_map, worker_processes
+from aml.store.records import item_size
+from aml.store.rewrite import ItemFilter, ListSpan, find_list, key_only, read_text
+
+__all__ = ["LOCATE_WORKERS", "Located", "Seen", "locate", "located_ahead", "text_digest"]
+
+LOCATE_WORKERS = 2
+"""Worker processes that locate documents ahead (the task's process is busy with the catalog and the writes)."""
+
+Seen = dict[str, dict[int, tuple[Any, int]]]
+"""Per list pointer, per planned index: the element's ``id`` (``None`` without one) and its compact size in bytes."""
+
+
+@dataclass(frozen=True, slots=True)
+class Located:
+    """The planned lists of one document as a worker found them.
+
+    Attributes:
+        digest: SHA-256 of the decoded text the offsets refer to (:func:`text_digest`).
+        spans: per list pointer, its :class:`~aml.store.rewrite.ListSpan` (``items``: each element's key,
+            :func:`~aml.store.rewrite.key_only`).
+        seen: what the planned elements are now (:data:`Seen`), for the plan's checks.
+    """
+
+    digest: bytes
+    spans: dict[str, ListSpan]
+    seen: Seen
+
+
+def text_digest(text: str) -> bytes:
+    """SHA-256 of ``text`` as UTF-8 (a decoded document is valid UTF-8, so the encoding cannot fail)."""
+    return hashlib.sha256(text.encode("utf-8")).digest()
+
+
+def _keeper(planned: Collection[int], seen: dict[int, tuple[Any, int]]) -> ItemFilter:
+    """What is kept of a list's elements: their keys (:func:`aml.store.rewrite.key_only`: all the ``prev``/``next``
+    anchors of undo need); of a planned one also its id and size in ``seen``."""
+
+    def keep(index: int, item: Any) -> Any:
+        if index in planned:
+            seen[index] = (item.get("id") if isinstance(item, dict) else None, item_size(item))
+        return key_only(index, item)
+
+    return keep
+
+
+def locate(text: str, lists: Mapping[str, Collection[int]]) -> tuple[dict[str, ListSpan], Seen]:
+    """Find the lists ``lists`` names in ``text``: every element parsed (checked) and freed at once, of each
+    only its key kept, and of the planned ones also their id and size.
+
+    Args:
+        text: a decoded document.
+        lists: list pointer (RFC 6901) -> indexes of its planned elements.
+
+    Returns:
+        ``(spans, seen)``: per pointer its :class:`~aml.store.rewrite.ListSpan`, and :data:`Seen`.
+
+    Raises:
+        aml.store.rewrite.SpliceError: a pointer leads nowhere or to no array, or the text is not valid JSON
+            there.
+    """
+    seen: Seen = {pointer: {} for pointer in lists}
+    spans = {pointer: find_list(text, pointer, keep=_keeper(frozenset(indexes), seen[pointer]))
+             for pointer, indexes in lists.items()}
+    return spans, seen
+
+
+def _locate_file(job: tuple[str, Mapping[str, Collection[int]]]) -> Located | None:
+    """A worker's part: the document at ``job[0]`` read and located, or ``None`` when that failed in any way
+    (the task's process then does it again itself, and reports the reason)."""
+    path, lists = job
+    try:
+        text = read_text(path, keep_raw=False).text
+        spans, seen = locate(text, lists)
+        return Located(text_digest(text), spans, seen)
+    except Exception:  # nothing is decided here: the task's own path reads it again and names the error
+        return None
+
+
+@contextlib.contextmanager
+def located_ahead(root: Path, documents: Sequence[tuple[str, Mapping[str, Collection[int]]]],
+                  total_bytes: int) -> Iterator[Iterator[Located | None] | None]:
+    """Locate ``documents`` in worker processes, in order, a few ahead of the reader.
+
+    Args:
+        root: the store's directory.
+        documents: ``(store-relative path, {list pointer: planned indexes})`` in the order they are applied.
+        total_bytes: their size on disk, bytes (the plan's sizes).
+
+    Yields:
+        ``None`` when the work stays in the task's process (one document, less than
+        :data:`~aml.procpool.PARALLEL_MIN_BYTES`, or no worker processes possible); else an iterator of one
+        :class:`Located` (or ``None``, see :func:`_locate_file`) per document, in order. Leaving the context
+        stops the workers.
+    """
+    if (len(documents) < 2 or total_bytes < PARALLEL_MIN_BYTES
+            or worker_processes(LOCATE_WORKERS, len(documents)) < 2):
+        yield None
+        return
+    jobs = [(str(root / relpath), lists) for relpath, lists in documents]
+    with ordered_map(_locate_file, jobs, workers=LOCATE_WORKERS) as results:
+        yield results

@@ -1,0 +1,149 @@
+"""Prune's documents located ahead by worker processes (aml.prune.locate): the same rewrite as without them,
+and a worker's finding used only for the very text it was made from."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import aml.prune.apply as apply_mod
+import aml.prune.locate as locate_mod
+from aml.procpool import worker_processes
+from aml.prune import AppliedRecord, PruneConfig, apply_plan, build_plan
+from aml.prune.plan import PrunePlan
+from tests.realdata import extract_loom, snapshot_tree
+
+NOW = datetime(2026, 11, 23, tzinfo=UTC)
+RULES = ["time_based", "performance_based"]
+
+
+def _files(root: Path) -> dict[str, bytes]:
+    return {k: v[0] for k, v in snapshot_tree(root).items() if (root / k).is_file()}
+
+
+def _count_local_locates(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Texts apply located in the task's own process (workers' calls are not seen: they run in other processes)."""
+    calls: list[str] = []
+    real = apply_mod.locate
+
+    def counting(text: str, lists: Any) -> Any:
+        calls.append(text)
+        return real(text, lists)
+
+    monkeypatch.setattr(apply_mod, "locate", counting)
+    return calls
+
+
+def _apply(plan: PrunePlan, tmp_path: Path) -> tuple[Any, list[dict[str, Any]]]:
+    payloads: list[dict[str, Any]] = []
+
+    def hook(document: str, records: list[AppliedRecord]) -> None:
+        payloads.extend({"document": document, **r.payload} for r in records)
+
+    result = apply_plan(plan, run_id="r", archive_root=tmp_path / "archives", before_publish=hook)
+    return result, payloads
+
+
+def _store(tmp_path: Path, name: str) -> tuple[Path, PrunePlan]:
+    root = extract_loom("loom-plain-v2.0.0", tmp_path / name)
+    plan = build_plan(root, PruneConfig(now=NOW), RULES)
+    assert len({a.document for a in plan.actions}) >= 2, "the case needs several documents to prune"
+    return root, plan
+
+
+needs_workers = pytest.mark.skipif(worker_processes(2, 2) < 2, reason="no two worker processes on this machine")
+
+
+@needs_workers
+def test_located_by_workers_the_documents_and_undo_rows_are_the_same(tmp_path: Path,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    serial_root, serial_plan = _store(tmp_path, "serial")
+    serial, serial_rows = _apply(serial_plan, tmp_path / "a1")
+
+    monkeypatch.setattr(locate_mod, "PARALLEL_MIN_BYTES", 0)
+    local = _count_local_locates(monkeypatch)
+    root, plan = _store(tmp_path, "workers")
+    result, rows = _apply(plan, tmp_path / "a2")
+
+    assert local == [], "every document was located by a worker"
+    assert _files(root) == _files(serial_root)
+    assert rows == serial_rows and len(rows) == len(plan.actions)
+    assert (result.removed, result.archived, result.documents, result.conflicts) == (
+        serial.removed, serial.archived, serial.documents, serial.conflicts)
+
+
+def _shift_layout(path: Path) -> None:
+    """Rewrite ``path`` with the same size and mtime but its elements at other offsets: two spaces of
+    indentation moved from the first record to the last."""
+    st = path.stat()
+    text = path.read_text("utf-8")
+    first = text.index('\n    "id"')
+    last = text.rindex('\n    "id"')
+    assert first < last
+    shifted = text[:first] + '\n  "id"' + text[first + len('\n    "id"'):last] + '\n      "id"' + text[
+        last + len('\n    "id"'):]
+    assert len(shifted) == len(text) and json.loads(shifted) == json.loads(text)
+    path.write_text(shifted, "utf-8")
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
+
+
+@contextlib.contextmanager
+def _stale_findings(plan: PrunePlan, changed: str) -> Iterator[Iterator[Any]]:
+    """What workers would have found before ``changed`` was rewritten (the others are found as they are)."""
+    yield iter([locate_mod._locate_file((str(plan.root / rel), apply_mod._planned_lists(
+        [a for a in plan.actions if a.document == rel]))) for rel in sorted({a.document for a in plan.actions})])
+
+
+def test_a_finding_for_another_text_is_not_used(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A document rewritten after a worker located it (same size and mtime, so the plan's check passes) is
+    located again by apply itself: its elements moved, and the worker's offsets would cut the wrong bytes."""
+    serial_root, serial_plan = _store(tmp_path, "serial")
+    changed = sorted({a.document for a in serial_plan.actions})[0]
+    _shift_layout(serial_root / changed)
+    _apply(serial_plan, tmp_path / "a1")
+
+    root, plan = _store(tmp_path, "stale")
+    findings = _stale_findings(plan, changed)
+    stale = findings.__enter__()
+    _shift_layout(root / changed)
+    shifted = (root / changed).read_text("utf-8")
+    monkeypatch.setattr(apply_mod, "located_ahead", lambda *args: contextlib.nullcontext(stale))
+    local = _count_local_locates(monkeypatch)
+    result, _ = _apply(plan, tmp_path / "a2")
+
+    assert local == [shifted], "only the rewritten document was located again, in its new text"
+    assert result.conflicts == []
+    assert _files(root) == _files(serial_root)
+    for rel, data in _files(root).items():
+        if rel.endswith(".json"):
+            json.loads(data)
+
+
+def test_a_document_a_worker_could_not_read_is_reported_as_without_workers(tmp_path: Path,
+                                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    """A worker that fails (here: the document no longer parses) returns nothing; apply reads the document
+    itself and reports the same conflict as without workers, and the other documents are pruned."""
+    results = []
+    for name, parallel in (("serial", False), ("workers", True)):
+        root, plan = _store(tmp_path, name)
+        broken = sorted({a.document for a in plan.actions})[-1]
+        st = (root / broken).stat()
+        data = (root / broken).read_bytes()
+        (root / broken).write_bytes(data[:-2] + b"}}")  # same size, no longer JSON
+        os.utime(root / broken, ns=(st.st_atime_ns, st.st_mtime_ns))
+        with monkeypatch.context() as patched:
+            if parallel:
+                patched.setattr(locate_mod, "PARALLEL_MIN_BYTES", 0)
+                assert locate_mod._locate_file((str(root / broken), {"": frozenset({0})})) is None
+            result, rows = _apply(plan, tmp_path / f"a-{name}")
+        assert [c["document"] for c in result.conflicts] == [broken]
+        assert (root / broken).read_bytes()[:-2] == data[:-2], "left as it was"
+        results.append((result.conflicts, result.documents, rows, _files(root)))
+    assert results[0] == results[1]
