@@ -325,7 +325,8 @@ def undo_body(store_id: str, run_id: str) -> Any:
         if not waiting:
             return result
         snapshot = safety_snapshot(catalog, store_id, root, settings, reason="pre-undo", tags=[f"undo:{run_id}"])
-        undone = undo_documents(root, _undo_documents(catalog, pending), archive_root=archive_root_of(root, settings))
+        undone = undo_documents(root, _undo_documents(catalog, pending), archive_root=archive_root_of(root, settings),
+                                paths=sorted(pending))  # the order _undo_documents yields them in
         with catalog() as session:
             queries.mark_prune_actions_undone(session, run_id, ids=undone.done)
         result.update(undone.to_dict())

@@ -44,6 +44,9 @@ def test_values_msgspec_does_not_write_fall_back_to_json() -> None:
     assert json_deserializer("[1e400]") == [math.inf]
     with pytest.raises(json.JSONDecodeError):
         json_deserializer('{"a": ')
+    # a text holding a lone surrogate has no UTF-8 form for msgspec: json.loads answers (it was a UnicodeEncodeError)
+    assert json_deserializer('{"a": "\ud800"}') == {"a": "\ud800"}
+    assert json_deserializer('"x\udcff"') == "x\udcff"
 
 
 def test_through_a_sqlite_catalog(tmp_path: Path) -> None:

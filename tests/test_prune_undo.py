@@ -8,10 +8,15 @@ import json
 import zlib
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
+import aml.prune.undo as undo_mod
 from aml.prune import PruneConfig, UndoEntry, apply_plan, archive_file, build_plan, read_archive, undo_entries
+from aml.store.rewrite import Layout, find_list, key_only, rebuilt_pieces
 from tests.realdata import extract_loom, snapshot_tree
 
 NOW = datetime(2026, 11, 23, tzinfo=UTC)
@@ -206,3 +211,41 @@ def test_undo_clears_the_archive_of_records_holding_nan(tmp_path: Path) -> None:
         assert not list((tmp_path / "archives").rglob("*.json.gz")), "restored decisions leave the archive"
         plan = build_plan(root, PruneConfig(now=NOW, agent_limit_mib=0.05), ALL)  # again, for the next round
         assert apply_plan(plan, run_id="run-1", archive_root=tmp_path / "archives").archived > 0
+
+
+# ------------------------------------------------------------------ the pieces of a rebuilt list
+
+
+def _element_wise(text: str, span: Any, inserts: dict[int, list[str]]) -> list[tuple[str, str | None]]:
+    """The reference: every original element with its own separator, inserted texts in their gaps."""
+    out: list[tuple[str, str | None]] = []
+    for i in range(len(span) + 1):
+        out.extend((t, None) for t in inserts.get(i, ()))
+        if i < len(span):
+            out.append((span.element_text(text, i), span.sep_after(text, i)))
+    return out
+
+
+@settings(max_examples=200, deadline=None)
+@given(elements=st.lists(st.integers(0, 99), max_size=8),
+       seps=st.lists(st.sampled_from([",", ", ", ",\n  ", " ,\t"]), min_size=8, max_size=8),
+       inserts=st.dictionaries(st.integers(0, 8), st.lists(st.sampled_from(['"a"', "{}", "[1]"]), min_size=1,
+                                                            max_size=3), max_size=4),
+       lead=st.sampled_from(["", "\n  ", " "]), trail=st.sampled_from(["", "\n", " "]))
+def test_stretches_of_untouched_elements_rebuild_the_same_text(elements: list[int], seps: list[str],
+                                                               inserts: dict[int, list[str]], lead: str,
+                                                               trail: str) -> None:
+    """undo hands each stretch of original elements to the rebuild as one piece: the text is the one an
+    element-by-element rebuild gives (each element with its writer's separator)."""
+    body = "".join(f"{e}{seps[i] if i + 1 < len(elements) else ''}" for i, e in enumerate(elements))
+    text = f'{{"k": [{lead if elements else ""}{body}{trail if elements else ""}]}}'
+    span = find_list(text, "/k", keep=key_only)
+    inserts = {g: texts for g, texts in inserts.items() if g <= len(span)}
+    layout = Layout(lead or "\n", ", ", trail)
+    stretches = list(undo_mod._with_inserts(text, span, inserts))
+    reference = _element_wise(text, span, inserts)
+    assert "".join(rebuilt_pieces(text, span, stretches, layout=layout)) == "".join(
+        rebuilt_pieces(text, span, reference, layout=layout))
+    assert len(stretches) <= len(reference)
+    if len(span) and not inserts:
+        assert len(stretches) == 1, "an untouched list is one piece"

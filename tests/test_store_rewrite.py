@@ -198,3 +198,32 @@ def test_splice_errors() -> None:
         find_list('[{"a": 1}, ', "")
     with pytest.raises(SpliceError):
         check_parses('[1,,2]', "doc")
+
+
+def _one_value_reference(text: str) -> bool:
+    """The standard library's answer: ``raw_decode`` reads one value from the first character to the last."""
+    try:
+        _, end = json.JSONDecoder().raw_decode(text)
+    except ValueError:
+        return False
+    return end == len(text)
+
+
+_PYTHON_JSON = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=5), inner, max_size=3),
+    max_leaves=8)
+
+
+@settings(max_examples=300, deadline=None)
+@given(value=_PYTHON_JSON, indent=st.sampled_from([None, 2]), ascii_only=st.booleans(),
+       before=st.sampled_from(["", " ", "\n", "\x0c"]), after=st.sampled_from(["", " ", "\t", ",", "]", "x"]),
+       cut=st.integers(0, 3), noise=st.sampled_from(["", '"', "\\", "\x01", "\ud800", "01", "NaN", "}"]))
+def test_is_json_value_answers_as_the_standard_library(value: Any, indent: int | None, ascii_only: bool,
+                                                        before: str, after: str, cut: int, noise: str) -> None:
+    """msgspec's fast check and the decoder's fallback together give raw_decode's answer: one whole value
+    (NaN, Infinity and lone surrogates included), nothing around it, for valid and damaged texts alike."""
+    text = json.dumps(value, indent=indent, ensure_ascii=ascii_only)
+    for candidate in (text, before + text + after, text[: max(0, len(text) - cut)], text + noise,
+                      noise + text, text[: len(text) // 2] + noise + text[len(text) // 2:]):
+        assert aml.store.rewrite.is_json_value(candidate) == _one_value_reference(candidate), candidate

@@ -40,14 +40,16 @@ nothing for them. :func:`present_entries` applies the same test without writing,
 
 from __future__ import annotations
 
+import contextlib
 from collections import defaultdict
 from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 from aml.gcpause import gc_paused
 from aml.prune.archive import canonical_item, remove_canonical_from_archive
+from aml.prune.locate import Located, located_ahead, text_digest
 from aml.store.atomic import atomic_open
 from aml.store.documents import DocumentError
 from aml.store.jsontext import loads
@@ -168,12 +170,13 @@ def undo_entries(root: Path, entries: Iterable[UndoEntry], *, archive_root: Path
     by_doc: defaultdict[str, list[UndoEntry]] = defaultdict(list)
     for e in entries:
         by_doc[e.document].append(e)
-    return undo_documents(root, ((relpath, by_doc.pop(relpath)) for relpath in sorted(by_doc)),
-                          archive_root=archive_root)
+    order = sorted(by_doc)
+    return undo_documents(root, ((relpath, by_doc.pop(relpath)) for relpath in order), archive_root=archive_root,
+                          paths=order)
 
 
 def undo_documents(root: Path, documents: Iterable[tuple[str, Sequence[UndoEntry]]], *,
-                   archive_root: Path | None = None) -> UndoResult:
+                   archive_root: Path | None = None, paths: Sequence[str] | None = None) -> UndoResult:
     """:func:`undo_entries` fed one document at a time, so that only one document's rows, text and
     spans are in memory at once (a caller reading the rows from the catalog can fetch them per document).
 
@@ -183,6 +186,10 @@ def undo_documents(root: Path, documents: Iterable[tuple[str, Sequence[UndoEntry
             once, in the order to restore them (:func:`undo_entries` uses path order); a lazy iterable
             is consumed one pair at a time.
         archive_root: as for :func:`undo_entries`.
+        paths: the paths ``documents`` yields, in the same order, when they are known before: worker
+            processes then find the documents' top-level lists (a Loom collection's) a few documents ahead,
+            as prune's apply does (:func:`aml.prune.locate.located_ahead`; a finding is used only for the
+            very text undo reads, and a document whose list is elsewhere is found here as without them).
 
     Returns:
         An :class:`UndoResult` (its lists in the order of ``documents``, archives in path order).
@@ -192,29 +199,54 @@ def undo_documents(root: Path, documents: Iterable[tuple[str, Sequence[UndoEntry
     """
     result = UndoResult()
     archived: defaultdict[str, set[str]] = defaultdict(set)  # archive -> canonical JSON of its restored items
-    for relpath, doc_entries in documents:
-        try:
-            with gc_paused():
-                done = _undo_document(root, relpath, list(doc_entries), result)
-        except (DocumentError, SpliceError, FileNotFoundError) as exc:
-            reason = "document is missing" if isinstance(exc, FileNotFoundError) else str(exc)
-            if isinstance(exc, DocumentError) and exc.code == "unreadable" and not (root / relpath).exists():
-                reason = "document is missing"
-            for e in doc_entries:
-                result.failed.append({"action_id": e.action_id, "document": relpath, "reason": reason})
-            continue
-        for e in done:
-            archive = e.payload.get("archive")
-            if isinstance(archive, str) and archive:
-                # the archive holds the record as its text reads (NaN included), not as the catalog's JSON keeps it
-                text = e.payload.get("text")
-                archived[archive].add(canonical_item(loads(text) if isinstance(text, str) else e.payload.get("item")))
+    order = list(paths or ())
+    with located_ahead(root, [(relpath, TOP_LEVEL_LIST) for relpath in order], _disk_bytes(root, order)) as ahead:
+        for n, (relpath, doc_entries) in enumerate(documents):
+            located = next(ahead) if ahead is not None and n < len(order) else None
+            if located is not None and order[n] != relpath:  # not the order announced: no use of the workers
+                located = None
+            _undo_one(root, relpath, doc_entries, result, archived, located)
     if archive_root is not None:
         for archive, keys in sorted(archived.items()):
             path = archive_root / archive
             if remove_canonical_from_archive(path, keys):
                 result.archives_updated.append(str(path))
     return result
+
+
+TOP_LEVEL_LIST: Final[Mapping[str, Collection[int]]] = {"": frozenset()}
+"""What workers look for ahead of undo: the document's top-level array (a Loom collection), no planned elements."""
+
+
+def _disk_bytes(root: Path, paths: Sequence[str]) -> int:
+    """Size on disk of the files ``paths`` (missing ones count 0), bytes."""
+    total = 0
+    for relpath in paths:
+        with contextlib.suppress(OSError):
+            total += (root / relpath).lstat().st_size
+    return total
+
+
+def _undo_one(root: Path, relpath: str, doc_entries: Sequence[UndoEntry], result: UndoResult,
+              archived: defaultdict[str, set[str]], located: Located | None) -> None:
+    """Undo one document's entries into ``result``; the restored archived records' canonical JSON is added to
+    ``archived`` (by archive file). A document that is missing or cannot be read or spliced is reported."""
+    try:
+        with gc_paused():
+            done = _undo_document(root, relpath, list(doc_entries), result, located)
+    except (DocumentError, SpliceError, FileNotFoundError) as exc:
+        reason = "document is missing" if isinstance(exc, FileNotFoundError) else str(exc)
+        if isinstance(exc, DocumentError) and exc.code == "unreadable" and not (root / relpath).exists():
+            reason = "document is missing"
+        for e in doc_entries:
+            result.failed.append({"action_id": e.action_id, "document": relpath, "reason": reason})
+        return
+    for e in done:
+        archive = e.payload.get("archive")
+        if isinstance(archive, str) and archive:
+            # the archive holds the record as its text reads (NaN included), not as the catalog's JSON keeps it
+            text = e.payload.get("text")
+            archived[archive].add(canonical_item(loads(text) if isinstance(text, str) else e.payload.get("item")))
 
 
 @dataclass(frozen=True, slots=True)
@@ -283,7 +315,8 @@ def present_entries(root: Path, entries: Iterable[UndoEntry]) -> list[int]:
     return [e.action_id for docs in by_doc.values() for e in docs if e.action_id in present]
 
 
-def _undo_document(root: Path, relpath: str, entries: list[UndoEntry], result: UndoResult) -> list[UndoEntry]:
+def _undo_document(root: Path, relpath: str, entries: list[UndoEntry], result: UndoResult,
+                   located: Located | None = None) -> list[UndoEntry]:
     """Restore one document's records; returns the entries restored or already present."""
     path = root / relpath
     if not path.exists():
@@ -293,9 +326,10 @@ def _undo_document(root: Path, relpath: str, entries: list[UndoEntry], result: U
     by_list: defaultdict[str, list[UndoEntry]] = defaultdict(list)
     for e in entries:
         by_list[str(e.payload.get("list", ""))].append(e)
-    spans = {}
-    for pointer in by_list:
-        spans[pointer] = find_list(text, pointer, keep=key_only)  # undo compares keys only
+    if located is not None and located.spans.keys() == by_list.keys() and located.digest == text_digest(text):
+        spans = located.spans  # a worker found them in this very text
+    else:
+        spans = {pointer: find_list(text, pointer, keep=key_only) for pointer in by_list}  # keys: all undo compares
     done: list[UndoEntry] = []
     restored: list[int] = []
     present: list[int] = []
@@ -359,10 +393,16 @@ def _undo_document(root: Path, relpath: str, entries: list[UndoEntry], result: U
 def _with_inserts(text: str, span: ListSpan, inserts: Mapping[int, list[str]]) -> Iterator[tuple[str, str | None]]:
     """The elements of ``span`` with ``inserts`` (texts by the gap they go in: 0 before the first element,
     ``len(span)`` after the last) put in, as :func:`aml.store.rewrite.rebuilt_pieces` reads them: each
-    original element's text with the separator the writer put after it, each inserted one with ``None``
-    (the list's usual separator). Sliced from ``text`` as they are read."""
-    for i in range(len(span) + 1):
-        for inserted in inserts.get(i, ()):
+    inserted text with ``None`` (the list's usual separator), and each stretch of original elements between
+    two gaps that receive texts as one piece, sliced from ``text`` as it is read, with the writer's own
+    separators inside it and the one the writer put after its last element (a stretch is exactly its
+    elements and their separators in a row: one piece instead of two per element, for the writer)."""
+    first = 0
+    for gap in sorted(g for g in inserts if 0 <= g <= len(span)):
+        if first < gap:
+            yield text[span.starts[first] : span.ends[gap - 1]], span.sep_after(text, gap - 1)
+        for inserted in inserts[gap]:
             yield inserted, None
-        if i < len(span):
-            yield span.element_text(text, i), span.sep_after(text, i)
+        first = gap
+    if first < len(span):
+        yield text[span.starts[first] : span.ends[-1]], None

@@ -28,8 +28,19 @@ def loads(text: str | bytes) -> Any:
     """
     try:
         return _DECODE(text)
-    except (msgspec.DecodeError, RecursionError):
+    except (msgspec.DecodeError, RecursionError, UnicodeEncodeError):  # a str with a lone surrogate: no UTF-8
         return json.loads(text)
+
+
+def is_strict_json(text: str) -> bool:
+    """Whether msgspec reads ``text`` as one strict JSON value (whitespace around it allowed). ``True`` means
+    ``json.loads`` reads it too (msgspec accepts a subset of what it accepts: see :func:`loads`); ``False`` means
+    only "not strict JSON": ``NaN`` or a lone surrogate escape may still be Python JSON, which the caller decides."""
+    try:
+        _DECODE(text)
+    except (msgspec.DecodeError, RecursionError, UnicodeEncodeError):  # a str with a lone surrogate: no UTF-8
+        return False
+    return True
 
 
 def dumps_compact(value: Any) -> str:

@@ -39,6 +39,7 @@ from typing import Any, BinaryIO, Final
 
 from aml.store.codec import Encoding, encode
 from aml.store.documents import decode_bytes, read_file_bytes
+from aml.store.jsontext import is_strict_json
 
 _DECODER: Final = json.JSONDecoder()
 _WS: Final = re.compile(r"[ \t\n\r]*")
@@ -620,7 +621,11 @@ def spans_whole_document(text: str, span: ListSpan) -> bool:
 
 
 def is_json_value(text: str) -> bool:
-    """Whether ``text`` is exactly one JSON value, with no whitespace around it (an element's text)."""
+    """Whether ``text`` is exactly one JSON value as ``json.loads`` reads it, with no whitespace around it (an
+    element's text). Checked by msgspec first (about twice as fast on a record's text: undo checks every record
+    it puts back), then by the standard library's decoder for what only it accepts (``NaN``)."""
+    if text and text[0] not in _JSON_WS and text[-1] not in _JSON_WS and is_strict_json(text):
+        return True
     try:
         _, end = _DECODER.raw_decode(text)
     except ValueError:
