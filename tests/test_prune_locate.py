@@ -202,3 +202,24 @@ def test_undo_does_not_use_a_finding_for_another_text(tmp_path: Path, monkeypatc
     assert {rel: data for rel, data in after.items() if rel != changed} == {
         rel: data for rel, data in before.items() if rel != changed}
     assert json.loads(after[changed]) == json.loads(before[changed]), "every record back in place"
+
+
+@needs_workers
+def test_a_document_above_the_worker_size_is_located_by_apply_itself(tmp_path: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """Workers take documents of up to PARALLEL_DOCUMENT_BYTES only (one large text per process at a time);
+    a larger one is located in the task's process, in its turn, and the result is the same."""
+    serial_root, serial_plan = _store(tmp_path, "serial")
+    _apply(serial_plan, tmp_path / "a1")
+    root, plan = _store(tmp_path, "workers")
+    sizes = {rel: plan.documents[rel].size_bytes for rel in {a.document for a in plan.actions}}
+    largest = max(sizes, key=lambda rel: sizes[rel])
+    assert sum(1 for size in sizes.values() if size < sizes[largest]) >= 2
+    assert list(sizes.values()).count(sizes[largest]) == 1
+    large_text = (root / largest).read_text("utf-8")
+    monkeypatch.setattr(locate_mod, "PARALLEL_MIN_BYTES", 0)
+    monkeypatch.setattr(locate_mod, "PARALLEL_DOCUMENT_BYTES", sizes[largest] - 1)
+    local = _count_local_locates(monkeypatch)
+    _apply(plan, tmp_path / "a2")
+    assert local == [large_text]
+    assert _files(root) == _files(serial_root)

@@ -231,8 +231,8 @@ def apply_plan(
     for a in plan.actions:
         by_doc[a.document].append(a)
     order = sorted(by_doc)
-    jobs = [(relpath, _planned_lists(by_doc[relpath])) for relpath in order]
-    with located_ahead(plan.root, jobs, sum(plan.documents[relpath].size_bytes for relpath in order)) as ahead:
+    jobs = [(relpath, _planned_lists(by_doc[relpath]), plan.documents[relpath].size_bytes) for relpath in order]
+    with located_ahead(plan.root, jobs) as ahead:
         for relpath in order:
             located = next(ahead) if ahead is not None else None  # the workers' finding, checked before use
             try:

@@ -16,7 +16,8 @@ or parse it, ``apply_plan`` locates the records itself, and reports what is wron
 workers. Nothing a worker does writes anything.
 
 Workers are used only for at least two documents holding at least :data:`aml.procpool.PARALLEL_MIN_BYTES`
-together, where processes can be forked; otherwise :func:`located_ahead` yields ``None``.
+together, each of at most :data:`aml.store.filestore.PARALLEL_DOCUMENT_BYTES`, where processes can be forked;
+otherwise :func:`located_ahead` yields ``None``.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from aml.procpool import PARALLEL_MIN_BYTES, ordered_map, worker_processes
+from aml.store.filestore import PARALLEL_DOCUMENT_BYTES
 from aml.store.records import item_size
 from aml.store.rewrite import ItemFilter, ListSpan, find_list, key_only, read_text
 
@@ -108,25 +110,31 @@ def _locate_file(job: tuple[str, Mapping[str, Collection[int]]]) -> Located | No
 
 
 @contextlib.contextmanager
-def located_ahead(root: Path, documents: Sequence[tuple[str, Mapping[str, Collection[int]]]],
-                  total_bytes: int) -> Iterator[Iterator[Located | None] | None]:
+def located_ahead(root: Path, documents: Sequence[tuple[str, Mapping[str, Collection[int]], int]]
+                  ) -> Iterator[Iterator[Located | None] | None]:
     """Locate ``documents`` in worker processes, in order, a few ahead of the reader.
+
+    Only documents of up to :data:`~aml.store.filestore.PARALLEL_DOCUMENT_BYTES` go to the workers (as for
+    the plan's reads): a worker holds one document's text, and the task's process holds its own, so a store
+    of large documents never has several of them in memory at once; a larger document gets ``None`` and the
+    task's process locates it.
 
     Args:
         root: the store's directory.
-        documents: ``(store-relative path, {list pointer: planned indexes})`` in the order they are applied.
-        total_bytes: their size on disk, bytes (the plan's sizes).
+        documents: ``(store-relative path, {list pointer: planned indexes}, size on disk in bytes)`` in the
+            order they are applied.
 
     Yields:
-        ``None`` when the work stays in the task's process (one document, less than
-        :data:`~aml.procpool.PARALLEL_MIN_BYTES`, or no worker processes possible); else an iterator of one
-        :class:`Located` (or ``None``, see :func:`_locate_file`) per document, in order. Leaving the context
-        stops the workers.
+        ``None`` when the work stays in the task's process (fewer than two documents for the workers, less
+        than :data:`~aml.procpool.PARALLEL_MIN_BYTES` in them, or no worker processes possible); else an
+        iterator of one :class:`Located` (or ``None``: see above and :func:`_locate_file`) per document of
+        ``documents``, in order. Leaving the context stops the workers.
     """
-    if (len(documents) < 2 or total_bytes < PARALLEL_MIN_BYTES
-            or worker_processes(LOCATE_WORKERS, len(documents)) < 2):
+    small = [0 <= size <= PARALLEL_DOCUMENT_BYTES for _, _, size in documents]
+    jobs = [(str(root / relpath), lists) for (relpath, lists, _), s in zip(documents, small, strict=True) if s]
+    if (len(jobs) < 2 or sum(size for (_, _, size), s in zip(documents, small, strict=True) if s) < PARALLEL_MIN_BYTES
+            or worker_processes(LOCATE_WORKERS, len(jobs)) < 2):
         yield None
         return
-    jobs = [(str(root / relpath), lists) for relpath, lists in documents]
     with ordered_map(_locate_file, jobs, workers=LOCATE_WORKERS) as results:
-        yield results
+        yield (next(results) if s else None for s in small)

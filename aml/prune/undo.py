@@ -40,7 +40,6 @@ nothing for them. :func:`present_entries` applies the same test without writing,
 
 from __future__ import annotations
 
-import contextlib
 from collections import defaultdict
 from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -200,7 +199,7 @@ def undo_documents(root: Path, documents: Iterable[tuple[str, Sequence[UndoEntry
     result = UndoResult()
     archived: defaultdict[str, set[str]] = defaultdict(set)  # archive -> canonical JSON of its restored items
     order = list(paths or ())
-    with located_ahead(root, [(relpath, TOP_LEVEL_LIST) for relpath in order], _disk_bytes(root, order)) as ahead:
+    with located_ahead(root, [(relpath, TOP_LEVEL_LIST, _disk_bytes(root, relpath)) for relpath in order]) as ahead:
         for n, (relpath, doc_entries) in enumerate(documents):
             located = next(ahead) if ahead is not None and n < len(order) else None
             if located is not None and order[n] != relpath:  # not the order announced: no use of the workers
@@ -218,13 +217,12 @@ TOP_LEVEL_LIST: Final[Mapping[str, Collection[int]]] = {"": frozenset()}
 """What workers look for ahead of undo: the document's top-level array (a Loom collection), no planned elements."""
 
 
-def _disk_bytes(root: Path, paths: Sequence[str]) -> int:
-    """Size on disk of the files ``paths`` (missing ones count 0), bytes."""
-    total = 0
-    for relpath in paths:
-        with contextlib.suppress(OSError):
-            total += (root / relpath).lstat().st_size
-    return total
+def _disk_bytes(root: Path, relpath: str) -> int:
+    """Size on disk of the file ``relpath``, bytes; -1 when it cannot be seen (left to the task's process)."""
+    try:
+        return (root / relpath).lstat().st_size
+    except OSError:
+        return -1
 
 
 def _undo_one(root: Path, relpath: str, doc_entries: Sequence[UndoEntry], result: UndoResult,
