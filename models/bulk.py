@@ -5,9 +5,9 @@ type-processes each row's parameters in Python (``construct_params``, then every
 about 30 µs per row of ``prune_actions``: 0.8 s of a 27,000-row prune on SQLite, as long as SQLite's own work.
 On SQLite :func:`insert_rows` does the same conversion itself, with the same processors SQLAlchemy would
 call (:meth:`~sqlalchemy.types.TypeEngine.dialect_impl` and its ``bind_processor``: ``UTCDateTime``'s text,
-the engine's JSON serializer), once per distinct object for a value repeated in every row (the run id, the
-timestamp), and hands plain tuples to the driver's ``executemany``. The stored values are the ones the Core
-path stores (``tests/test_catalog_bulk.py`` compares both files).
+the engine's JSON serializer), once for a value that repeats in consecutive rows (the run id, the timestamp),
+and hands plain tuples to the driver's ``executemany``. The stored values are the ones the Core path stores
+(``tests/test_catalog_bulk.py`` compares both files).
 
 Other databases keep the Core path: on PostgreSQL SQLAlchemy already batches the rows into multi-row
 ``INSERT ... VALUES`` statements ("insertmanyvalues"), which a plain driver ``executemany`` would lose.
@@ -28,8 +28,8 @@ def _client_defaults(table: Table) -> set[str]:
 
 
 def _processed(values: list[Any], process: Callable[[Any], Any] | None) -> list[Any]:
-    """``values`` through ``process``, computed once for each run of the same object (a value set once for
-    every row of a batch, such as a run id or a timestamp, is converted once). ``None`` goes through
+    """``values`` through ``process``, computed once for each run of consecutive repeats of the same object (a
+    value set once for every row of a batch, such as a run id or a timestamp, is converted once). ``None`` goes through
     ``process`` as well, as in SQLAlchemy: a JSON column's processor writes it as JSON ``null``, not SQL NULL."""
     if process is None:
         return values
@@ -56,7 +56,9 @@ def insert_rows(session: Session, table: Table, rows: Sequence[Mapping[str, Any]
 
     Raises:
         KeyError: a row lacks a key the first row has, or names no column of ``table``.
-        sqlalchemy.exc.DBAPIError: the database refused a row (a constraint); nothing of the statement stays.
+        sqlalchemy.exc.DBAPIError: the database refused a row (a constraint); the rows before it are in the
+            transaction, which the caller rolls back (``session_scope`` does on any error).
+        TypeError: a value its column's type cannot convert (the Core path wraps it in ``StatementError``).
     """
     if not rows:
         return 0

@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import sys
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -127,27 +128,90 @@ def test_a_finding_for_another_text_is_not_used(tmp_path: Path, monkeypatch: pyt
             json.loads(data)
 
 
+@needs_workers
 def test_a_document_a_worker_could_not_read_is_reported_as_without_workers(tmp_path: Path,
                                                                            monkeypatch: pytest.MonkeyPatch) -> None:
-    """A worker that fails (here: the document no longer parses) returns nothing; apply reads the document
-    itself and reports the same conflict as without workers, and the other documents are pruned."""
+    """A worker that fails (here: a document in the middle no longer parses) returns nothing; apply reads that
+    document itself and reports the same conflict as without workers, and the findings of the documents after
+    it are still used, each for its own document."""
     results = []
     for name, parallel in (("serial", False), ("workers", True)):
         root, plan = _store(tmp_path, name)
-        broken = sorted({a.document for a in plan.actions})[-1]
+        broken = sorted({a.document for a in plan.actions})[1]
         st = (root / broken).stat()
         data = (root / broken).read_bytes()
         (root / broken).write_bytes(data[:-2] + b"}}")  # same size, no longer JSON
         os.utime(root / broken, ns=(st.st_atime_ns, st.st_mtime_ns))
         with monkeypatch.context() as patched:
+            local = _count_local_locates(patched)
             if parallel:
                 patched.setattr(locate_mod, "PARALLEL_MIN_BYTES", 0)
                 assert locate_mod._locate_file((str(root / broken), {"": frozenset({0})})) is None
             result, rows = _apply(plan, tmp_path / f"a-{name}")
+        if parallel:
+            assert local == [(root / broken).read_text("utf-8")], "only the broken one was located here"
         assert [c["document"] for c in result.conflicts] == [broken]
         assert (root / broken).read_bytes()[:-2] == data[:-2], "left as it was"
         results.append((result.conflicts, result.documents, rows, _files(root)))
     assert results[0] == results[1]
+
+
+_FAILING = ""
+"""The document whose finding does not come back (set by the test before the workers fork)."""
+_REAL_LOCATE_FILE = locate_mod._locate_file
+
+
+def _failing_for_one(job: Any) -> Any:
+    """A worker's part that raises for :data:`_FAILING` (module level: the pool pickles it by name)."""
+    if job[0] == _FAILING:
+        raise RecursionError("maximum recursion depth exceeded while pickling an object")
+    return _REAL_LOCATE_FILE(job)
+
+
+@needs_workers
+def test_a_finding_that_does_not_come_back_leaves_the_rest_to_apply(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                     caplog: pytest.LogCaptureFixture) -> None:
+    """A worker's result that cannot come back (its call raised in the worker, as an unpicklable result would)
+    stops the findings: that document and the later ones are located by apply itself, with a warning, and the
+    run prunes exactly what it prunes without workers."""
+    serial_root, serial_plan = _store(tmp_path, "serial")
+    serial, serial_rows = _apply(serial_plan, tmp_path / "a1")
+    root, plan = _store(tmp_path, "workers")
+    documents = sorted({a.document for a in plan.actions})
+    monkeypatch.setattr(sys.modules[__name__], "_FAILING", str(root / documents[1]))
+    monkeypatch.setattr(locate_mod, "_locate_file", _failing_for_one)  # before the workers fork: they run it too
+    monkeypatch.setattr(locate_mod, "PARALLEL_MIN_BYTES", 0)
+    local = _count_local_locates(monkeypatch)
+    result, rows = _apply(plan, tmp_path / "a2")
+    assert len(local) == len(documents) - 1, "the first document's finding was used, none after the failure"
+    assert "locating documents ahead stopped (RecursionError" in caplog.text
+    assert rows == serial_rows and result.conflicts == serial.conflicts == []
+    assert _files(root) == _files(serial_root)
+
+
+@needs_workers
+def test_a_document_of_more_elements_than_a_finding_holds_is_located_by_apply(tmp_path: Path,
+                                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    serial_root, serial_plan = _store(tmp_path, "serial")
+    _apply(serial_plan, tmp_path / "a1")
+    root, plan = _store(tmp_path, "workers")
+    monkeypatch.setattr(locate_mod, "PARALLEL_MIN_BYTES", 0)
+    monkeypatch.setattr(locate_mod, "LOCATE_MAX_ELEMENTS", 0)
+    local = _count_local_locates(monkeypatch)
+    _apply(plan, tmp_path / "a2")
+    assert len(local) == len({a.document for a in plan.actions}), "no finding came back: all located here"
+    assert _files(root) == _files(serial_root)
+
+
+def test_an_id_that_is_not_a_string_is_not_kept() -> None:
+    """Only string ids are compared with the plan's: a nested id (which may not even pickle) is kept as None."""
+    deep: Any = "x"
+    for _ in range(50):
+        deep = [deep]
+    text = json.dumps([{"id": deep, "n": 1}, {"id": "p1"}, {"id": 7}])
+    spans, seen = locate_mod.locate(text, {"": {0, 1, 2}})
+    assert [found for found, _ in (seen[""][i] for i in range(3))] == [None, "p1", None]
+    assert spans[""].items == [None, {"id": "p1"}, None]
 
 
 # ------------------------------------------------------------------------------------------- undo

@@ -9,6 +9,7 @@ import zlib
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+from unittest import mock
 
 import pytest
 from hypothesis import given, settings
@@ -227,25 +228,30 @@ def _element_wise(text: str, span: Any, inserts: dict[int, list[str]]) -> list[t
 
 
 @settings(max_examples=200, deadline=None)
-@given(elements=st.lists(st.integers(0, 99), max_size=8),
+@given(piece_chars=st.sampled_from([1, 4, 9, 10**9]), elements=st.lists(st.integers(0, 99), max_size=8),
        seps=st.lists(st.sampled_from([",", ", ", ",\n  ", " ,\t"]), min_size=8, max_size=8),
        inserts=st.dictionaries(st.integers(0, 8), st.lists(st.sampled_from(['"a"', "{}", "[1]"]), min_size=1,
                                                             max_size=3), max_size=4),
        lead=st.sampled_from(["", "\n  ", " "]), trail=st.sampled_from(["", "\n", " "]))
-def test_stretches_of_untouched_elements_rebuild_the_same_text(elements: list[int], seps: list[str],
+def test_stretches_of_untouched_elements_rebuild_the_same_text(piece_chars: int, elements: list[int], seps: list[str],
                                                                inserts: dict[int, list[str]], lead: str,
                                                                trail: str) -> None:
-    """undo hands each stretch of original elements to the rebuild as one piece: the text is the one an
-    element-by-element rebuild gives (each element with its writer's separator)."""
+    """undo hands each stretch of original elements to the rebuild in runs of about PIECE_CHARS characters: the
+    text is the one an element-by-element rebuild gives (each element with its writer's separator), and no run
+    is longer than PIECE_CHARS plus one element."""
     body = "".join(f"{e}{seps[i] if i + 1 < len(elements) else ''}" for i, e in enumerate(elements))
     text = f'{{"k": [{lead if elements else ""}{body}{trail if elements else ""}]}}'
     span = find_list(text, "/k", keep=key_only)
     inserts = {g: texts for g, texts in inserts.items() if g <= len(span)}
     layout = Layout(lead or "\n", ", ", trail)
-    stretches = list(undo_mod._with_inserts(text, span, inserts))
+    with mock.patch.object(undo_mod, "PIECE_CHARS", piece_chars):
+        stretches = list(undo_mod._with_inserts(text, span, inserts))
     reference = _element_wise(text, span, inserts)
+    longest = max((len(span.element_text(text, i)) for i in range(len(span))), default=0)
+    runs = [piece for piece, _ in stretches if piece[:1].isdigit()]  # the inserted texts start otherwise
+    assert all(len(run) < piece_chars + longest + max(map(len, seps)) for run in runs)
     assert "".join(rebuilt_pieces(text, span, stretches, layout=layout)) == "".join(
         rebuilt_pieces(text, span, reference, layout=layout))
     assert len(stretches) <= len(reference)
-    if len(span) and not inserts:
+    if len(span) and not inserts and piece_chars > len(text):
         assert len(stretches) == 1, "an untouched list is one piece"

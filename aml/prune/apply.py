@@ -173,7 +173,7 @@ def _key_dict(span: ListSpan, text: str, index: int) -> dict[str, str]:
     return {kind: value}
 
 
-def _matches(action: PlannedAction, seen: dict[int, tuple[Any, int]]) -> bool:
+def _matches(action: PlannedAction, seen: dict[int, tuple[str | None, int]]) -> bool:
     found = seen.get(action.index)
     if found is None:  # the list is shorter now
         return False

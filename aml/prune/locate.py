@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import logging
 from collections.abc import Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,13 +35,22 @@ from aml.store.filestore import PARALLEL_DOCUMENT_BYTES
 from aml.store.records import item_size
 from aml.store.rewrite import ItemFilter, ListSpan, find_list, key_only, read_text
 
-__all__ = ["LOCATE_WORKERS", "Located", "Seen", "locate", "located_ahead", "text_digest"]
+__all__ = ["LOCATE_MAX_ELEMENTS", "LOCATE_WORKERS", "Located", "Seen", "locate", "located_ahead", "text_digest"]
+
+log = logging.getLogger(__name__)
 
 LOCATE_WORKERS = 2
 """Worker processes that locate documents ahead (the task's process is busy with the catalog and the writes)."""
 
-Seen = dict[str, dict[int, tuple[Any, int]]]
-"""Per list pointer, per planned index: the element's ``id`` (``None`` without one) and its compact size in bytes."""
+Seen = dict[str, dict[int, tuple[str | None, int]]]
+"""Per list pointer, per planned index: the element's ``id`` (``None`` without a string one) and its compact size
+in bytes."""
+
+LOCATE_MAX_ELEMENTS = 32_768
+"""A worker sends back nothing for a document whose lists hold more elements than this (the task's process then
+locates it): a finding holds each element's offsets and key, about 250 bytes each, and up to two per worker wait
+to be read, so findings take at most about 40 MB whatever the documents (a 16 MiB document of tiny records would
+otherwise give one of hundreds of MB)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,13 +74,14 @@ def text_digest(text: str) -> bytes:
     return hashlib.sha256(text.encode("utf-8")).digest()
 
 
-def _keeper(planned: Collection[int], seen: dict[int, tuple[Any, int]]) -> ItemFilter:
+def _keeper(planned: Collection[int], seen: dict[int, tuple[str | None, int]]) -> ItemFilter:
     """What is kept of a list's elements: their keys (:func:`aml.store.rewrite.key_only`: all the ``prev``/``next``
     anchors of undo need); of a planned one also its id and size in ``seen``."""
 
     def keep(index: int, item: Any) -> Any:
-        if index in planned:
-            seen[index] = (item.get("id") if isinstance(item, dict) else None, item_size(item))
+        if index in planned:  # only a string id is ever compared with the plan's: another is kept as None
+            found = item.get("id") if isinstance(item, dict) else None
+            seen[index] = (found if isinstance(found, str) else None, item_size(item))
         return key_only(index, item)
 
     return keep
@@ -104,9 +115,11 @@ def _locate_file(job: tuple[str, Mapping[str, Collection[int]]]) -> Located | No
     try:
         text = read_text(path, keep_raw=False).text
         spans, seen = locate(text, lists)
-        return Located(text_digest(text), spans, seen)
     except Exception:  # nothing is decided here: the task's own path reads it again and names the error
         return None
+    if sum(len(span) for span in spans.values()) > LOCATE_MAX_ELEMENTS:
+        return None
+    return Located(text_digest(text), spans, seen)
 
 
 @contextlib.contextmanager
@@ -137,4 +150,21 @@ def located_ahead(root: Path, documents: Sequence[tuple[str, Mapping[str, Collec
         yield None
         return
     with ordered_map(_locate_file, jobs, workers=LOCATE_WORKERS) as results:
-        yield (next(results) if s else None for s in small)
+        yield _findings(results, small)
+
+
+def _findings(results: Iterator[Located | None], small: Sequence[bool]) -> Iterator[Located | None]:
+    """One finding per document (``None`` for those not handed to the workers). If a result does not come back
+    (it could not be pickled, say: a record nested deeper than ``pickle`` recurses), that document and the
+    following ones get ``None``, with a warning: the task's process locates them itself."""
+    alive = True
+    for to_workers in small:
+        found: Located | None = None
+        if to_workers and alive:
+            try:
+                found = next(results)
+            except Exception as exc:  # the task's own path reads each document and reports what is wrong
+                log.warning("locating documents ahead stopped (%s: %s); the task's process locates the rest",
+                            type(exc).__name__, exc)
+                alive = False
+        yield found

@@ -53,6 +53,7 @@ from aml.store.atomic import atomic_open
 from aml.store.documents import DocumentError
 from aml.store.jsontext import loads
 from aml.store.rewrite import (
+    PIECE_CHARS,
     Layout,
     ListSpan,
     SpliceError,
@@ -391,16 +392,28 @@ def _undo_document(root: Path, relpath: str, entries: list[UndoEntry], result: U
 def _with_inserts(text: str, span: ListSpan, inserts: Mapping[int, list[str]]) -> Iterator[tuple[str, str | None]]:
     """The elements of ``span`` with ``inserts`` (texts by the gap they go in: 0 before the first element,
     ``len(span)`` after the last) put in, as :func:`aml.store.rewrite.rebuilt_pieces` reads them: each
-    inserted text with ``None`` (the list's usual separator), and each stretch of original elements between
-    two gaps that receive texts as one piece, sliced from ``text`` as it is read, with the writer's own
-    separators inside it and the one the writer put after its last element (a stretch is exactly its
-    elements and their separators in a row: one piece instead of two per element, for the writer)."""
+    inserted text with ``None`` (the list's usual separator), and the original elements between two gaps
+    that receive texts in runs (:func:`_runs`), sliced from ``text`` as they are read."""
     first = 0
     for gap in sorted(g for g in inserts if 0 <= g <= len(span)):
-        if first < gap:
-            yield text[span.starts[first] : span.ends[gap - 1]], span.sep_after(text, gap - 1)
+        yield from _runs(text, span, first, gap)
         for inserted in inserts[gap]:
             yield inserted, None
-        first = gap
-    if first < len(span):
-        yield text[span.starts[first] : span.ends[-1]], None
+        first = max(first, gap)
+    yield from _runs(text, span, first, len(span))
+
+
+def _runs(text: str, span: ListSpan, first: int, stop: int) -> Iterator[tuple[str, str | None]]:
+    """Elements ``first..stop - 1`` of ``span`` as few pieces: each piece is consecutive elements with the
+    writer's separators between them, as they are in ``text``, and the separator the writer put after its last
+    one; a piece ends at the first element that takes it to :data:`~aml.store.rewrite.PIECE_CHARS` characters
+    (one piece per element would cost the writer two calls per element; a piece per stretch would copy a large
+    list whole)."""
+    starts, ends = span.starts, span.ends
+    while first < stop:
+        last = first
+        limit = starts[first] + PIECE_CHARS
+        while last + 1 < stop and ends[last] < limit:
+            last += 1
+        yield text[starts[first] : ends[last]], span.sep_after(text, last)
+        first = last + 1

@@ -33,9 +33,11 @@ def loads(text: str | bytes) -> Any:
 
 
 def is_strict_json(text: str) -> bool:
-    """Whether msgspec reads ``text`` as one strict JSON value (whitespace around it allowed). ``True`` means
-    ``json.loads`` reads it too (msgspec accepts a subset of what it accepts: see :func:`loads`); ``False`` means
-    only "not strict JSON": ``NaN`` or a lone surrogate escape may still be Python JSON, which the caller decides."""
+    """Whether msgspec reads ``text`` as one strict JSON value (whitespace around it allowed). ``True`` means aml's
+    readers read it too (:func:`loads` and :func:`aml.store.documents.load_json` try msgspec first), and so does
+    ``json.loads`` (msgspec accepts a subset of what it accepts: see :func:`loads`), except for nesting a few levels
+    short of Python's recursion limit, which msgspec reads a little deeper. ``False`` means only "not strict JSON":
+    ``NaN`` or a lone surrogate escape may still be Python JSON, which the caller decides."""
     try:
         _DECODE(text)
     except (msgspec.DecodeError, RecursionError, UnicodeEncodeError):  # a str with a lone surrogate: no UTF-8

@@ -628,7 +628,7 @@ def is_json_value(text: str) -> bool:
         return True
     try:
         _, end = _DECODER.raw_decode(text)
-    except ValueError:
+    except (ValueError, RecursionError):  # nested deeper than the decoder recurses: not known to parse
         return False
     return end == len(text)
 
