@@ -227,3 +227,12 @@ def test_is_json_value_answers_as_the_standard_library(value: Any, indent: int |
     for candidate in (text, before + text + after, text[: max(0, len(text) - cut)], text + noise,
                       noise + text, text[: len(text) // 2] + noise + text[len(text) // 2:]):
         assert aml.store.rewrite.is_json_value(candidate) == _one_value_reference(candidate), candidate
+
+
+def test_a_value_nested_too_deeply_is_a_splice_error_not_a_crash() -> None:
+    """A document nested deeper than the decoder recurses is one document that cannot be edited (prune and undo
+    report it as a conflict), never a RecursionError that stops the whole run."""
+    deep = "[" * 100_000 + "]" * 100_000
+    with pytest.raises(SpliceError, match="nested too deeply"):
+        find_list(f'{{"k": [1, {deep}]}}', "/k")
+    assert aml.store.rewrite.is_json_value(deep) is False

@@ -345,6 +345,8 @@ def _value_end(text: str, i: int) -> tuple[Any, int]:
         return _DECODER.raw_decode(text, i)
     except json.JSONDecodeError as exc:
         raise SpliceError(f"invalid JSON at character {exc.pos}: {exc.msg}") from exc
+    except RecursionError as exc:  # a document, not the run, is what cannot be edited
+        raise SpliceError(f"the value at character {i} is nested too deeply to be edited") from exc
 
 
 def _member(text: str, i: int, key: str) -> int | None:
