@@ -719,8 +719,8 @@ def add_prune_actions(
         }
         for r in records
     ]
-    # not ORM objects (the ORM's bulk path costs ~15 µs a row): one executemany, its values converted once per
-    # distinct value on SQLite (models.bulk)
+    # not ORM objects (the ORM's bulk path costs ~15 µs a row): one executemany; on SQLite its values are converted
+    # without SQLAlchemy's per-row work, a value repeated in consecutive rows once (models.bulk)
     return insert_rows(session, cast(Table, PruneAction.__table__), rows)
 
 

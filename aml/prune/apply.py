@@ -37,7 +37,7 @@ from typing import Any
 
 from aml.gcpause import gc_paused
 from aml.prune.archive import add_to_archive, archive_file
-from aml.prune.locate import Located, locate, located_ahead, text_digest
+from aml.prune.locate import Located, locate, located_ahead
 from aml.prune.plan import PlannedAction, PrunePlan
 from aml.store.atomic import atomic_open
 from aml.store.documents import DocumentError
@@ -283,7 +283,7 @@ def _apply_document(plan: PrunePlan, relpath: str, actions: list[PlannedAction],
     lists: defaultdict[str, list[PlannedAction]] = defaultdict(list)
     for a in actions:
         lists[a.list_pointer].append(a)
-    if located is not None and located.spans.keys() == lists.keys() and located.digest == text_digest(text):
+    if located is not None and located.found_in(text, lists):
         spans, seen = located.spans, located.seen  # a worker found them in this very text
     else:
         spans, seen = locate(text, {pointer: {a.index for a in acts} for pointer, acts in lists.items()})

@@ -68,6 +68,11 @@ class Located:
     spans: dict[str, ListSpan]
     seen: Seen
 
+    def found_in(self, text: str, pointers: Collection[str]) -> bool:
+        """Whether these are the lists ``pointers`` of this very ``text`` (the same pointers, and a text of the
+        same SHA-256): the only case where the caller may use :attr:`spans`, whose offsets index that text."""
+        return self.spans.keys() == set(pointers) and self.digest == text_digest(text)
+
 
 def text_digest(text: str) -> bytes:
     """SHA-256 of ``text`` as UTF-8 (a decoded document is valid UTF-8, so the encoding cannot fail)."""

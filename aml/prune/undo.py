@@ -48,7 +48,7 @@ from typing import Any, Final
 
 from aml.gcpause import gc_paused
 from aml.prune.archive import canonical_item, remove_canonical_from_archive
-from aml.prune.locate import Located, located_ahead, text_digest
+from aml.prune.locate import Located, located_ahead
 from aml.store.atomic import atomic_open
 from aml.store.documents import DocumentError
 from aml.store.jsontext import loads
@@ -325,7 +325,7 @@ def _undo_document(root: Path, relpath: str, entries: list[UndoEntry], result: U
     by_list: defaultdict[str, list[UndoEntry]] = defaultdict(list)
     for e in entries:
         by_list[str(e.payload.get("list", ""))].append(e)
-    if located is not None and located.spans.keys() == by_list.keys() and located.digest == text_digest(text):
+    if located is not None and located.found_in(text, by_list):
         spans = located.spans  # a worker found them in this very text
     else:
         spans = {pointer: find_list(text, pointer, keep=key_only) for pointer in by_list}  # keys: all undo compares
