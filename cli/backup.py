@@ -47,19 +47,19 @@ PasswordFileOpt = Annotated[Path | None, typer.Option(
 def _backup_callback(password_file: PasswordFileOpt = None) -> None:
     if password_file is None:
         return
-    from workers.app import current_aml_app
+    from workers.app import get_settings, use_settings
 
-    app = current_aml_app()  # the inline task reads the password file from the settings, never from arguments
-    app.conf["aml_settings"] = app.conf.aml_settings.replace(backup_password_file=str(password_file))
+    # the inline task reads the password file from the settings, never from arguments
+    use_settings(get_settings().replace(backup_password_file=str(password_file)))
 
 
 def _repository(ctx: typer.Context) -> Any:
     """The store's repository, with the password of the settings (``--password-file``)."""
     from aml.gcpause import end_startup
     from tasks.snapshots import repository_of, store_id_of
-    from workers.app import current_aml_app
+    from workers.app import get_settings
 
-    repository = repository_of(store_id_of(store_of(ctx)), current_aml_app().conf.aml_settings)
+    repository = repository_of(store_id_of(store_of(ctx)), get_settings())
     end_startup()  # what the command runs is imported (aml.gcpause)
     return repository
 

@@ -3,15 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import Annotated, Any
 
 import typer
 from rich.markup import escape
 
 from cli.render import err_console, print_json, styled
-
-if TYPE_CHECKING:
-    from celery import Task
 
 EXIT_UNAVAILABLE = 69
 """Exit code when a service aml needs does not answer (the lock Redis, or no worker consumes the queue):
@@ -35,9 +32,10 @@ def store_of(ctx: typer.Context) -> str:
     return str(store)
 
 
-def run_task(task: Task, kwargs: dict[str, Any], *, enqueue: bool, wait: bool, timeout: float,
+def run_task(task: Any, kwargs: dict[str, Any], *, enqueue: bool, wait: bool, timeout: float,
              as_json: bool) -> dict[str, Any] | None:
-    """Run ``task`` inline or enqueue it; print the task id when queued without waiting.
+    """Run ``task`` (a :class:`tasks.registry.OperationTask`) inline or enqueue it; print the task id when
+    queued without waiting.
 
     Returns:
         The result dict, or ``None`` when the task was queued and not waited for.
@@ -46,23 +44,27 @@ def run_task(task: Task, kwargs: dict[str, Any], *, enqueue: bool, wait: bool, t
         typer.Exit: code 2 when the task raised (its error is printed); 69 (:data:`EXIT_UNAVAILABLE`) when
             the lock Redis does not answer or no worker consumes the queue; 75 when ``--wait`` timed out.
     """
-    # imported here: the CLI's start-up (--help) pays for Celery and the catalog only when a command runs
-    from celery.exceptions import TimeoutError as CeleryTimeoutError
-
+    # imported here: the CLI's start-up (--help) pays for the catalog only when a command runs, and an inline
+    # run never imports Celery (tasks.registry)
     from aml.gcpause import end_startup
-    from workers.app import current_aml_app
     from workers.dispatch import NoConsumer, execute
     from workers.locks import LockUnavailable
 
-    current_aml_app()
-    if enqueue:  # nothing more to import; an inline run ends the start-up as its body begins (tasks.base)
-        end_startup()
+    timeout_error: type[Exception] = _NeverRaised
+    if enqueue:
+        from celery.exceptions import TimeoutError as CeleryTimeoutError
+
+        from workers.app import current_aml_app
+
+        current_aml_app()
+        timeout_error = CeleryTimeoutError
+        end_startup()  # nothing more to import; an inline run ends the start-up as its body begins (tasks.base)
     try:
         outcome = execute(task, kwargs, enqueue=enqueue, wait=wait, timeout=timeout)
     except (LockUnavailable, NoConsumer) as exc:  # a service aml needs is not there: nothing ran
         err_console.print(f"[red]refused[/]: {escape(str(exc))}", soft_wrap=True)
         raise typer.Exit(EXIT_UNAVAILABLE) from None
-    except CeleryTimeoutError:
+    except timeout_error:
         err_console.print(f"[yellow]timed out[/]: {task.name} did not finish within {timeout:g} s; it is still "
                           "queued or running (see Flower, or `aml <store> monitor ...` later)", soft_wrap=True)
         raise typer.Exit(EXIT_TEMPFAIL) from None
@@ -76,6 +78,10 @@ def run_task(task: Task, kwargs: dict[str, Any], *, enqueue: bool, wait: bool, t
             err_console.print(f"queued {task.name} as task {outcome.task_id}")
         return None
     return outcome.result
+
+
+class _NeverRaised(Exception):
+    """Stands for Celery's ``TimeoutError`` in an inline run (which cannot time out, and imports no Celery)."""
 
 
 def exit_if_skipped(result: dict[str, Any], command: str, as_json: bool) -> None:

@@ -6,8 +6,9 @@ Two shapes, as the seeds' CLI has them::
     aml worker | beat | flower | db upgrade|downgrade|current | demo
 
 The first word decides: a service command name, or else the path of a memory store. Operations
-run inline by default (``task.apply()``: no broker, embedded SQLite catalog); ``--enqueue`` sends
-them to the workers. Exit codes: 0 ok, 1 warning, 2 critical/failure.
+run inline by default (the task's own function, as ``task.apply()`` would run it, without importing Celery:
+:mod:`tasks.registry`; no broker, embedded SQLite catalog); ``--enqueue`` sends them to the workers. Exit codes:
+0 ok, 1 warning, 2 critical/failure.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import sys
 import typer
 
 from aml.gcpause import end_startup, exiting, pause_for_startup
+from tasks.registry import defer_celery
 
 SERVICE_COMMANDS = frozenset({"worker", "beat", "flower", "exporter", "db", "demo", "trace"})
 
@@ -91,6 +93,7 @@ def main(argv: list[str] | None = None) -> None:
     only = rest[0] if rest and rest[0] in STORE_COMMANDS else None
     if argv is None:  # the process's entry point: a one-shot command (never a worker, never a test's process)
         pause_for_startup()
+        defer_celery()  # its tasks become Celery tasks only if it enqueues (tasks.registry)
     try:
         build_store_app(only)(args=rest, prog_name=f"aml {store}", obj={"store": store})
     finally:

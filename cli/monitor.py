@@ -44,11 +44,11 @@ def health(
 ) -> None:
     """Run the health checks; raise/resolve alerts; record metrics; list (or, with --remediate, run) what the
     seeds' decision matrix calls for. Exit 0 healthy, 1 warning, 2 critical (of the last health run)."""
-    from workers.app import current_aml_app
+    from workers.app import get_settings
 
     if dry_run and not remediate:
         raise typer.BadParameter("--dry-run goes with --remediate")
-    mode = current_aml_app().conf.aml_settings.remediate
+    mode = get_settings().remediate
     if remediate and not dry_run and mode != "on":
         err_console.print(f"remediation is {mode} (AML_REMEDIATE={mode}): listing what would run; set "
                           "AML_REMEDIATE=on to run it")

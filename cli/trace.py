@@ -144,9 +144,8 @@ def trace_rdb_command(
     from aml.trace.rdbfile import RdbError
     from aml.trace.run import trace_rdb_file
     from tasks.trace import trace_options
-    from workers.app import current_aml_app, get_settings
+    from workers.app import get_settings
 
-    current_aml_app()
     options = trace_options(get_settings(), families=tuple(family) if family else None)
     try:
         report = trace_rdb_file(rdb, options, db=db, now=now)

@@ -11,9 +11,7 @@ from __future__ import annotations
 import os
 from datetime import datetime
 from pathlib import Path
-from typing import Any
-
-from celery import Task, shared_task
+from typing import TYPE_CHECKING, Any
 
 from aml.backup import (
     Excludes,
@@ -30,12 +28,15 @@ from aml.backup.crypto import is_encrypted
 from aml.backup.excludes import read_exclude_file
 from aml.store.timestamps import parse_timestamp, utc_iso_z
 from models import queries
-from tasks import keyspace as keyspace_tasks
-from tasks.base import AmlTask, Catalog, run_operation, store_path
+from tasks.base import Catalog, run_operation, store_path
 from tasks.progress import task_progress
+from tasks.registry import operation_task
 from tasks.snapshots import is_keyspace, record_snapshot, repository_for, repository_of, safety_snapshot, store_id_of
 from workers.app import get_settings
 from workers.settings import Settings
+
+if TYPE_CHECKING:
+    from celery import Task
 
 
 def _snapshot_result(result: SnapshotResult) -> dict[str, Any]:
@@ -69,6 +70,8 @@ def _create(task: Task, store_id: str, incremental: bool, tags: list[str], descr
     :func:`tasks.keyspace.snapshot_keyspace`. ``excludes``: restic-style patterns (file stores; aml's derived
     files are always excluded, :data:`aml.backup.excludes.DEFAULT_EXCLUDES`)."""
     if is_keyspace(store_id):
+        from tasks import keyspace as keyspace_tasks  # redis-py only for a keyspace
+
         result: SnapshotResult = keyspace_tasks.snapshot_keyspace(
             url or store_id, incremental=incremental, tags=tags, description=description,
             progress=task_progress(task))
@@ -81,7 +84,7 @@ def _create(task: Task, store_id: str, incremental: bool, tags: list[str], descr
     return result
 
 
-@shared_task(base=AmlTask, bind=True, name="aml.backup.create")
+@operation_task("aml.backup.create")
 def create(self: Task, store: str, incremental: bool = False, tags: list[str] | None = None,
            description: str | None = None, excludes: list[str] | None = None,
            exclude_files: list[str] | None = None) -> dict[str, Any]:
@@ -116,7 +119,7 @@ def create(self: Task, store: str, incremental: bool = False, tags: list[str] | 
                          body=body, destructive=True)
 
 
-@shared_task(base=AmlTask, bind=True, name="aml.backup.list")
+@operation_task("aml.backup.list")
 def list_(self: Task, store: str) -> dict[str, Any]:
     """List the snapshots of a store's repository (aml's and Loom's legacy backups), oldest first.
 
@@ -146,7 +149,7 @@ def list_(self: Task, store: str) -> dict[str, Any]:
             "damaged": damaged}
 
 
-@shared_task(base=AmlTask, bind=True, name="aml.backup.restore")
+@operation_task("aml.backup.restore")
 def restore_(self: Task, store: str, backup_id: str | None = None, at: str | None = None,
              target: str | None = None, agent: str | None = None, paths: list[str] | None = None,
              exact: bool = True, dry_run: bool = False, pattern: str | None = None) -> dict[str, Any]:
@@ -188,6 +191,8 @@ def restore_(self: Task, store: str, backup_id: str | None = None, at: str | Non
         if agent or paths:
             raise ValueError("a keyspace restore selects keys with --pattern GLOB (--agent and --path are for "
                              "file stores)")
+        from tasks import keyspace as keyspace_tasks  # redis-py only for a keyspace
+
         return keyspace_tasks.restore_snapshot(self.request.id, store, backup_id=backup_id, when=when,
                                                target=target, pattern=pattern, dry_run=dry_run)
     if pattern is not None:
@@ -271,7 +276,7 @@ def _rotate(store_id: str, policy: RetentionPolicy, dry_run: bool, catalog: Cata
     return result.to_dict()
 
 
-@shared_task(base=AmlTask, bind=True, name="aml.backup.rotate")
+@operation_task("aml.backup.rotate")
 def rotate_(self: Task, store: str, keep: dict[str, Any] | None = None, dry_run: bool = False) -> dict[str, Any]:
     """Apply a retention policy to a store's repository, then remove unreferenced data.
 
@@ -301,7 +306,7 @@ def rotate_(self: Task, store: str, keep: dict[str, Any] | None = None, dry_run:
                          destructive=not dry_run)
 
 
-@shared_task(base=AmlTask, bind=True, name="aml.backup.auto")
+@operation_task("aml.backup.auto")
 def auto(self: Task, store: str, excludes: list[str] | None = None,
          exclude_files: list[str] | None = None) -> dict[str, Any]:
     """The seeds' daily job: an incremental backup (full when none exists), then rotate.

@@ -11,17 +11,15 @@ from __future__ import annotations
 import contextlib
 import functools
 import hashlib
+import importlib
 import logging
+import sys
 import time
 import traceback
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-import kombu.exceptions
-import redis.exceptions
-import sqlalchemy.exc
-from celery import Task
 from sqlalchemy.orm import Session
 
 from aml.gcpause import end_startup
@@ -54,15 +52,32 @@ normalize_store = normalise_store_id
 apart from surrounding whitespace; ``ValueError`` for an empty argument)."""
 
 
-TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
-    redis.exceptions.ConnectionError,
-    redis.exceptions.TimeoutError,
-    kombu.exceptions.OperationalError,
-    sqlalchemy.exc.OperationalError,
-    sqlalchemy.exc.DisconnectionError,
+_TRANSIENT: tuple[tuple[str, str], ...] = (
+    ("redis.exceptions", "ConnectionError"),
+    ("redis.exceptions", "TimeoutError"),
+    ("kombu.exceptions", "OperationalError"),
+    ("sqlalchemy.exc", "OperationalError"),
+    ("sqlalchemy.exc", "DisconnectionError"),
 )
-"""Errors a later attempt can succeed after: a broker, lock Redis or catalog that did not answer (a
-SQLite catalog busy past its timeout is an ``OperationalError`` too). Never a data error."""
+"""The errors a later attempt can succeed after, as ``(module, class)``: a broker, lock Redis or catalog that did
+not answer (a SQLite catalog busy past its timeout is an ``OperationalError`` too). Never a data error."""
+
+
+def transient_errors(*, load: bool = False) -> tuple[type[BaseException], ...]:
+    """The classes of :data:`_TRANSIENT`.
+
+    Args:
+        load: import their modules (the Celery task's ``autoretry_for``, :class:`tasks.retry.AmlTask`). Else
+            only the classes of modules this process has imported: an error of a module never imported
+            cannot have been raised, and an inline run of the ``aml`` command imports neither redis-py nor
+            kombu (:mod:`tasks.registry`).
+    """
+    found = []
+    for module_name, class_name in _TRANSIENT:
+        module = importlib.import_module(module_name) if load else sys.modules.get(module_name)
+        if module is not None:
+            found.append(getattr(module, class_name))
+    return tuple(found)
 
 
 class NotRetried(RuntimeError):
@@ -71,57 +86,37 @@ class NotRetried(RuntimeError):
     the task fails instead and says what to check."""
 
 
-class AmlTask(Task):
-    """Base class of every aml task: a store held by a live operation (:class:`StoreLocked`), an
-    unreachable lock Redis and transient broker/catalog errors (before a destructive body starts:
-    :class:`NotRetried`) are retried with exponential backoff and
-    full jitter (2 s, 4 s, ... capped at 300 s; 10 retries, about 20 minutes in all), on the workers.
-    An inline run (``task.apply()``) never retries: it raises the error, or reports the lock as skipped.
-
-    Source: Celery's ``autoretry_for`` / ``retry_backoff`` / ``retry_jitter`` (the "exponential backoff
-    and jitter" of AWS's architecture blog, which Celery's documentation cites).
-    """
-
-    autoretry_for = (StoreLocked, LockUnavailable, *TRANSIENT_ERRORS)
-    retry_backoff = 2
-    retry_backoff_max = 300
-    retry_jitter = True
-    max_retries = 10
-
-    def retry(self, args: Any = None, kwargs: Any = None, exc: BaseException | None = None, throw: bool = True,
-              eta: Any = None, countdown: float | None = None, max_retries: int | None = None,
-              **options: Any) -> Any:
-        """Celery's retry on a worker; an inline run re-raises ``exc`` instead of re-running at once."""
-        if self.request.is_eager and exc is not None:
-            raise exc
-        return super().retry(args=args, kwargs=kwargs, exc=exc, throw=throw, eta=eta, countdown=countdown,
-                             max_retries=max_retries, **options)
-
-
 CAUSE_HEADER = "aml_cause"
 """Message header naming what started a task: the remediation chain's ``{"remediation_id", "rule",
 "fingerprint"}`` (:mod:`tasks.remediate`); recorded under ``cause`` in the task run's arguments."""
 
 
-def _cause() -> dict[str, Any] | None:
-    """The running task's :data:`CAUSE_HEADER`, if any (a worker merges custom headers into the request; an
-    inline ``apply(headers=...)`` keeps them in ``request.headers``)."""
+def _current_request() -> Any:
+    """The request of the Celery task running in this thread, or ``None``: none runs, or Celery was never
+    imported (an inline run of the ``aml`` command, :mod:`tasks.registry`, which reads no header)."""
+    if "celery" not in sys.modules:
+        return None
     from celery import current_task
 
     task = current_task._get_current_object()
-    if task is None:
+    return None if task is None else task.request
+
+
+def _cause() -> dict[str, Any] | None:
+    """The running task's :data:`CAUSE_HEADER`, if any (a worker merges custom headers into the request; an
+    inline ``apply(headers=...)`` keeps them in ``request.headers``)."""
+    request = _current_request()
+    if request is None:
         return None
-    request = task.request
     cause = getattr(request, CAUSE_HEADER, None) or (getattr(request, "headers", None) or {}).get(CAUSE_HEADER)
     return dict(cause) if isinstance(cause, dict) else None
 
 
 def _is_eager() -> bool:
-    """Whether the running task was applied inline (``task.apply()``), or no task is running at all."""
-    from celery import current_task
-
-    task = current_task._get_current_object()
-    return task is None or bool(getattr(task.request, "is_eager", True))
+    """Whether the running task was applied inline (``task.apply()`` or :meth:`OperationTask.run_inline
+    <tasks.registry.OperationTask.run_inline>`), or no task is running at all."""
+    request = _current_request()
+    return request is None or bool(getattr(request, "is_eager", True))
 
 
 @contextlib.contextmanager
@@ -219,9 +214,9 @@ def run_operation(
         try:
             _finish_run(url, run, status="failure", error="".join(traceback.format_exception_only(exc)).strip(),
                         result={"traceback": traceback.format_exc(limit=20)})
-        except TRANSIENT_ERRORS:
+        except transient_errors():
             log.exception("could not record the failure of %s on %s", operation, store)
-        if destructive and body_started and isinstance(exc, TRANSIENT_ERRORS) and not _is_eager():
+        if destructive and body_started and isinstance(exc, transient_errors()) and not _is_eager():
             raise NotRetried(f"{operation} on {store} stopped after it began changing the store ({exc}); not "
                              "retried automatically: check the store and its task run, then run it again") from exc
         raise
@@ -231,7 +226,7 @@ def run_operation(
                    "duration_s": round(time.perf_counter() - started, 6)})
     try:
         _finish_run(url, run, status=status, result=_summary(result))
-    except TRANSIENT_ERRORS as exc:
+    except transient_errors() as exc:
         if destructive and not _is_eager():
             raise NotRetried(f"{operation} on {store} finished ({status}) but its task run could not be recorded "
                              f"({exc}); not re-run automatically") from exc

@@ -10,14 +10,17 @@ with the password masked (the catalog is what it maintains).
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from celery import Task, shared_task
 from sqlalchemy.engine import make_url
 
 from models.retention import apply_retention
-from tasks.base import AmlTask, Catalog, run_operation
+from tasks.base import Catalog, run_operation
+from tasks.registry import operation_task
 from workers.app import get_settings
+
+if TYPE_CHECKING:
+    from celery import Task
 
 
 def catalog_store_id(url: str) -> str:
@@ -25,7 +28,7 @@ def catalog_store_id(url: str) -> str:
     return make_url(url).render_as_string(hide_password=True)
 
 
-@shared_task(base=AmlTask, bind=True, name="aml.catalog.retention")
+@operation_task("aml.catalog.retention")
 def retention(
     self: Task,
     raw_days: float | None = None,

@@ -23,9 +23,7 @@ Metric samples (store-wide): ``compress_bytes_saved`` (bytes), ``gc_records_remo
 
 from __future__ import annotations
 
-from typing import Any, cast
-
-from celery import Task, shared_task
+from typing import TYPE_CHECKING, Any, cast
 
 from aml.optimize import CODECS, SCOPES, apply_gc, build_index, compress_store, plan_gc, quarantine_unparseable
 from aml.optimize import measure_lookups as measure_engine_lookups
@@ -33,9 +31,13 @@ from aml.optimize import warm_cache as warm_engine
 from aml.optimize.compress import DEFAULT_AGE_DAYS, Codec, Scope
 from aml.optimize.warm import DEFAULT_WARM_BYTES, DEFAULT_WARM_LIMIT
 from models import queries
-from tasks.base import AmlTask, Catalog, OperationBody, normalize_store, run_operation, store_path
+from tasks.base import Catalog, OperationBody, normalize_store, run_operation, store_path
+from tasks.registry import operation_task
 from tasks.snapshots import safety_snapshot
 from workers.app import get_settings
+
+if TYPE_CHECKING:
+    from celery import Task
 
 MIB = 1024 * 1024
 
@@ -167,7 +169,7 @@ def all_body(store_id: str, *, dry_run: bool, age_days: float, codec: str, level
 # ------------------------------------------------------------------------------------ tasks
 
 
-@shared_task(base=AmlTask, bind=True, name="aml.compress.compress")
+@operation_task("aml.compress.compress")
 def compress(self: Task, store: str, age_days: float = DEFAULT_AGE_DAYS, codec: str = "gzip",
              level: int | None = None, decompress: bool = False, scope: str = "loom",
              dry_run: bool = False) -> dict[str, Any]:
@@ -198,7 +200,7 @@ def compress(self: Task, store: str, age_days: float = DEFAULT_AGE_DAYS, codec: 
                          destructive=not dry_run)
 
 
-@shared_task(base=AmlTask, bind=True, name="aml.compress.gc")
+@operation_task("aml.compress.gc")
 def gc(self: Task, store: str, dry_run: bool = False, quarantine: bool = True) -> dict[str, Any]:
     """Remove invalid and duplicate records; quarantine unparseable documents (``optimize gc``).
 
@@ -220,7 +222,7 @@ def gc(self: Task, store: str, dry_run: bool = False, quarantine: bool = True) -
                          body=gc_body(store_id, dry_run=dry_run, quarantine=quarantine), destructive=not dry_run)
 
 
-@shared_task(base=AmlTask, bind=True, name="aml.compress.index")
+@operation_task("aml.compress.index")
 def index(self: Task, store: str, full: bool = False) -> dict[str, Any]:
     """Build or update ``<store>/.aml/index.sqlite`` and its Bloom filter (``optimize index``).
 
@@ -236,7 +238,7 @@ def index(self: Task, store: str, full: bool = False) -> dict[str, Any]:
                          arguments={"store": store, "full": full}, body=index_body(store_id, full=full))
 
 
-@shared_task(base=AmlTask, bind=True, name="aml.compress.warm_cache")
+@operation_task("aml.compress.warm_cache")
 def warm_cache(self: Task, store: str, limit: int = DEFAULT_WARM_LIMIT, max_mb: float = DEFAULT_WARM_BYTES / MIB,
                agent: str | None = None, measure: int = 50) -> dict[str, Any]:
     """Preload the highest-value records into the index's warm set (``optimize warm-cache``).
@@ -265,7 +267,7 @@ def warm_cache(self: Task, store: str, limit: int = DEFAULT_WARM_LIMIT, max_mb: 
                                         measure=measure))
 
 
-@shared_task(base=AmlTask, bind=True, name="aml.compress.all")
+@operation_task("aml.compress.all")
 def optimize_all(self: Task, store: str, dry_run: bool = False, age_days: float = DEFAULT_AGE_DAYS,
                  codec: str = "gzip", level: int | None = None, scope: str = "loom",
                  quarantine: bool = True) -> dict[str, Any]:

@@ -20,18 +20,20 @@ from __future__ import annotations
 import logging
 import time
 from pathlib import Path
-from typing import Any
-
-from celery import Task, shared_task
+from typing import TYPE_CHECKING, Any
 
 from aml.backup import BackupError
 from aml.backup.drill import run_drill
 from models import queries
-from tasks.base import AmlTask, Catalog, run_operation, store_path
+from tasks.base import Catalog, run_operation, store_path
 from tasks.progress import task_progress
+from tasks.registry import operation_task
 from tasks.snapshots import is_keyspace, repository_for, store_id_of
 from workers.app import get_settings
 from workers.settings import Settings
+
+if TYPE_CHECKING:
+    from celery import Task
 
 log = logging.getLogger("aml.tasks")
 
@@ -58,7 +60,7 @@ def _error_result(drill_id: int, backup_id: str | None, agent: str | None, repos
             "failures": [], "failures_total": 0, "duration_seconds": round(duration_s, 6), "status": "failure"}
 
 
-@shared_task(base=AmlTask, bind=True, name="aml.backup.drill")
+@operation_task("aml.backup.drill")
 def drill(self: Task, store: str, backup_id: str | None = None, agent: str | None = None) -> dict[str, Any]:
     """Restore a snapshot (or one agent of it) into a scratch directory, check every file, record the outcome.
 

@@ -11,20 +11,23 @@ from __future__ import annotations
 
 import logging
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from celery import Task, shared_task
 from sqlalchemy.orm import Session
 
 from aml.health.checks import BackupEvidence, CheckResult, Severity
 from aml.health.monitor import run_health
 from models import queries
 from tasks.backup_evidence import backup_evidence, drill_evidence
-from tasks.base import AmlTask, Catalog, normalize_store, run_operation, store_path
+from tasks.base import Catalog, normalize_store, run_operation, store_path
 from tasks.notify import notify_store
+from tasks.registry import operation_task
 from tasks.remediate import decide, record_outcome, start_chain
 from workers.app import get_settings
 from workers.settings import Settings
+
+if TYPE_CHECKING:
+    from celery import Task
 
 log = logging.getLogger("aml.tasks.health")
 
@@ -111,7 +114,7 @@ def health_body(store_id: str, lookup_sample: int, *, act: bool = False, eager: 
     return body
 
 
-@shared_task(base=AmlTask, bind=True, name="aml.health.check")
+@operation_task("aml.health.check")
 def check(self: Task, store: str, lookup_sample: int = 50, remediate: bool | None = None,
           remediation_id: int | None = None) -> dict[str, Any]:
     """Run the health checks on a file store, update alerts and metrics in the catalog, and apply the
@@ -148,7 +151,7 @@ def check(self: Task, store: str, lookup_sample: int = 50, remediate: bool | Non
     return result
 
 
-@shared_task(base=AmlTask, bind=True, name="aml.health.alerts")
+@operation_task("aml.health.alerts")
 def alerts(self: Task, store: str | None = None, include_resolved: bool = False, limit: int = 100) -> dict[str, Any]:
     """List alerts from the catalog (read-only, not recorded as a task run).
 
@@ -169,7 +172,7 @@ def alerts(self: Task, store: str | None = None, include_resolved: bool = False,
                 "active": sum(1 for a in rows if a.resolved_at is None)}
 
 
-@shared_task(base=AmlTask, bind=True, name="aml.health.metrics")
+@operation_task("aml.health.metrics")
 def metrics(self: Task, store: str, name: str | None = None, hours: float = 24.0) -> dict[str, Any]:
     """Return recorded metric samples of a store (the time series), newest last.
 
@@ -191,7 +194,7 @@ def metrics(self: Task, store: str, name: str | None = None, hours: float = 24.0
                 "samples": [queries.sample_to_dict(r) for r in rows]}
 
 
-@shared_task(base=AmlTask, bind=True, name="aml.health.remediations")
+@operation_task("aml.health.remediations")
 def remediations(self: Task, store: str | None = None, limit: int = 50) -> dict[str, Any]:
     """List the remediation policy's decisions from the catalog, newest first (read-only, not recorded).
 

@@ -11,21 +11,24 @@ from __future__ import annotations
 
 from datetime import datetime
 from pathlib import Path
-from typing import Any
-
-from celery import Task, shared_task
+from typing import TYPE_CHECKING, Any
 
 from aml.backup.keyspace import KeyspaceSnapshotResult, create_keyspace_snapshot
 from aml.backup.keyspace_restore import resolve_keyspace_at, restore_keyspace
 from aml.backup.progress import ProgressCallback
+from aml.store.storeid import keyspace_id
 from aml.trace.keyspace import export_keyspace, import_entries, read_keyspace_file
-from aml.trace.live import keyspace_id, tracing_client
-from tasks.base import AmlTask, Catalog, run_operation
+from aml.trace.live import tracing_client
+from tasks.base import Catalog, run_operation
+from tasks.registry import operation_task
 from tasks.snapshots import is_keyspace, keyspace_repository, run_file
 from workers.app import get_settings
 
+if TYPE_CHECKING:
+    from celery import Task
 
-@shared_task(base=AmlTask, bind=True, name="aml.backup.export")
+
+@operation_task("aml.backup.export")
 def export(self: Task, store: str, path: str, pattern: str | None = None) -> dict[str, Any]:
     """Export every key of a Redis database (or those matching ``pattern``) to the JSON file ``path``
     (written atomically, on the machine that runs the task).
@@ -50,7 +53,7 @@ def export(self: Task, store: str, path: str, pattern: str | None = None) -> dic
                          arguments={"store": store_id, "path": path, "pattern": pattern}, body=body)
 
 
-@shared_task(base=AmlTask, bind=True, name="aml.backup.import")
+@operation_task("aml.backup.import")
 def import_(self: Task, store: str, path: str, pattern: str | None = None, dry_run: bool = False) -> dict[str, Any]:
     """Write the keys of a keyspace file into a Redis database: each key replaced whole, expiry times kept,
     keys whose expiry time has passed skipped and counted, nothing else touched (never ``FLUSHDB``).

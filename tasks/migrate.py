@@ -10,15 +10,17 @@ write.
 
 from __future__ import annotations
 
-from typing import Any
-
-from celery import Task, shared_task
+from typing import TYPE_CHECKING, Any
 
 from aml.migrate import Journal, MigrationResult, apply_plan, build_plan, check_version, detect, new_run_id
 from aml.migrate import rollback as rollback_store
-from tasks.base import AmlTask, Catalog, OperationBody, normalize_store, run_operation, store_path
+from tasks.base import Catalog, OperationBody, normalize_store, run_operation, store_path
+from tasks.registry import operation_task
 from tasks.snapshots import safety_snapshot
 from workers.app import get_settings
+
+if TYPE_CHECKING:
+    from celery import Task
 
 
 def detect_body(store_id: str) -> OperationBody:
@@ -64,7 +66,7 @@ def migrate_body(store_id: str, version: str | None, *, dry_run: bool, force: bo
     return body
 
 
-@shared_task(base=AmlTask, bind=True, name="aml.migrate.detect")
+@operation_task("aml.migrate.detect")
 def detect_versions(self: Task, store: str) -> dict[str, Any]:
     """Report the schema version of every agent and collection of a file store (reads only).
 
@@ -81,7 +83,7 @@ def detect_versions(self: Task, store: str) -> dict[str, Any]:
                          arguments={"store": store}, body=detect_body(store_id))
 
 
-@shared_task(base=AmlTask, bind=True, name="aml.migrate.migrate")
+@operation_task("aml.migrate.migrate")
 def migrate(self: Task, store: str, version: str | None = None, dry_run: bool = False, force: bool = False,
             rollback: bool = False) -> dict[str, Any]:
     """Migrate a file store to a schema version (both ways), journaled, after a safety snapshot.

@@ -25,9 +25,7 @@ from __future__ import annotations
 import logging
 import random
 from datetime import UTC, datetime
-from typing import Any
-
-from celery import Task, shared_task
+from typing import TYPE_CHECKING, Any
 
 from aml.notify import (
     PermanentDeliveryError,
@@ -38,8 +36,12 @@ from aml.notify import (
     scrub,
 )
 from models import queries
+from tasks.registry import operation_task
 from workers.app import get_settings
 from workers.settings import Settings
+
+if TYPE_CHECKING:
+    from celery import Task
 
 log = logging.getLogger(__name__)
 
@@ -133,7 +135,7 @@ def notify_store(store_id: str, *, eager: bool, settings: Settings | None = None
     return summary
 
 
-@shared_task(bind=True, name="aml.notify.send", acks_late=True)
+@operation_task("aml.notify.send", retry=False, acks_late=True)
 def send(self: Task, target: str, notices: list[dict[str, Any]]) -> dict[str, Any]:
     """Deliver ``notices`` to one configured target (``alertmanager``, ``webhook`` or ``email``).
 

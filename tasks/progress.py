@@ -11,11 +11,12 @@ import contextlib
 import contextvars
 import time
 from collections.abc import Callable, Iterator
-from typing import Any
-
-from celery import Task
+from typing import TYPE_CHECKING, Any
 
 from aml.backup.progress import Progress, ProgressCallback
+
+if TYPE_CHECKING:
+    from celery import Task
 
 _SINK: contextvars.ContextVar[Callable[[Progress], None] | None] = contextvars.ContextVar("aml_progress_sink",
                                                                                          default=None)

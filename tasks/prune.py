@@ -26,9 +26,7 @@ import uuid
 from collections.abc import Collection, Iterator, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
-
-from celery import Task, shared_task
+from typing import TYPE_CHECKING, Any
 
 from aml.prune import (
     AppliedRecord,
@@ -44,10 +42,14 @@ from aml.prune import (
 from aml.prune.sessions import parse_limits
 from aml.store.names import resolve_text_path, text_name
 from models import queries
-from tasks.base import AmlTask, Catalog, normalize_store, run_operation, store_path
+from tasks.base import Catalog, normalize_store, run_operation, store_path
+from tasks.registry import operation_task
 from tasks.snapshots import archive_root as archive_root_of
 from tasks.snapshots import safety_snapshot
 from workers.app import get_settings
+
+if TYPE_CHECKING:
+    from celery import Task
 
 log = logging.getLogger("aml.tasks.prune")
 
@@ -199,7 +201,7 @@ def run_body(store_id: str, run_id: str, *, strategies: Sequence[str] | None, ag
     return body
 
 
-@shared_task(base=AmlTask, bind=True, name="aml.prune.run")
+@operation_task("aml.prune.run")
 def run(
     self: Task,
     store: str,
@@ -338,7 +340,7 @@ def undo_body(store_id: str, run_id: str) -> Any:
     return body
 
 
-@shared_task(base=AmlTask, bind=True, name="aml.prune.undo")
+@operation_task("aml.prune.undo")
 def undo(self: Task, store: str, run_id: str) -> dict[str, Any]:
     """Put back exactly the records prune run ``run_id`` removed or archived (idempotent).
 

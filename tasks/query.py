@@ -17,19 +17,21 @@ On a worker, the engine (and its LRU record cache) lives as long as the worker p
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
-
-from celery import Task, shared_task
+from typing import TYPE_CHECKING, Any
 
 from aml.optimize import Query, shared_engine
 from aml.optimize.query import DEFAULT_LIMIT
 from models import queries
-from tasks.base import AmlTask, normalize_store, store_path
+from tasks.base import normalize_store, store_path
+from tasks.registry import operation_task
 from workers.app import get_settings
 from workers.catalog import session_scope
 
+if TYPE_CHECKING:
+    from celery import Task
 
-@shared_task(base=AmlTask, bind=True, name="aml.trace.query")
+
+@operation_task("aml.trace.query")
 def query(
     self: Task,
     store: str,

@@ -44,10 +44,7 @@ import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any
-
-from celery import Task
-from celery import chain as celery_chain
+from typing import TYPE_CHECKING, Any
 
 from aml.health.checks import CheckResult
 from aml.health.remediate import (
@@ -69,6 +66,9 @@ from tasks.base import CAUSE_HEADER, Catalog
 from workers.app import get_settings
 from workers.catalog import session_scope
 from workers.settings import Settings
+
+if TYPE_CHECKING:
+    from celery import Task
 
 log = logging.getLogger("aml.tasks.remediate")
 
@@ -466,6 +466,8 @@ def start_chain(task: Task, store: str, chain: Mapping[str, Any], *, lookup_samp
     closing = {"store": store, "lookup_sample": lookup_sample, "remediation_id": rid, "remediate": True}
     headers = {CAUSE_HEADER: {"remediation_id": rid, "rule": chain["rule"], "fingerprint": chain.get("fingerprint")}}
     if not task.request.is_eager:
+        from celery import chain as celery_chain
+
         closing["remediate"] = None
         sigs = [task.app.signature(s["task"], kwargs=s["kwargs"], immutable=True)
                 .set(task_id=s["task_id"], headers=headers) for s in chain["steps"]]

@@ -18,7 +18,7 @@ from aml.backup import BackupError, Repository, SnapshotResult, create_snapshot
 from aml.backup.progress import ProgressCallback
 from aml.backup.storage import StorageOptions, is_remote_url
 from aml.prune.archive import ARCHIVE_DIR
-from aml.trace.live import keyspace_id
+from aml.store.storeid import keyspace_id
 from models import queries
 from tasks.backup_evidence import repository_cache, repository_path
 from tasks.base import Catalog, normalize_store, store_path

@@ -13,26 +13,29 @@ from __future__ import annotations
 
 import hashlib
 from pathlib import Path
-from typing import Any
-
-from celery import Task, shared_task
+from typing import TYPE_CHECKING, Any
 
 from aml.backup.progress import Progress
+from aml.store.storeid import keyspace_id
 from aml.trace.anomalies import KINDS, AnomalyThresholds
 from aml.trace.clean import CleanCriteria, clean, undo_clean
 from aml.trace.files import trace_file_store
 from aml.trace.keyspace import KeyspaceFileError
-from aml.trace.live import keyspace_id, tracing_client
+from aml.trace.live import tracing_client
 from aml.trace.run import TraceOptions, trace_keyspace
 from aml.trace.timeseries import append as append_timeseries
 from models import queries
 from models.tables import TaskRun
-from tasks.base import AmlTask, Catalog, normalize_store, run_operation
+from tasks.base import Catalog, normalize_store, run_operation
 from tasks.notify import notify_store
 from tasks.progress import task_progress
+from tasks.registry import operation_task
 from tasks.snapshots import run_file
 from workers.app import get_settings
 from workers.settings import Settings
+
+if TYPE_CHECKING:
+    from celery import Task
 
 SERIES = ("trace_items", "trace_bytes")
 """The per-pattern series a trace records (subject = pattern; ``None`` = the whole keyspace)."""
@@ -89,7 +92,7 @@ def _previous(catalog: Catalog, store_id: str) -> dict[str, tuple[float, float]]
     return {p: (v, nbytes.get(p, 0.0)) for p, v in keys.items() if p is not None}
 
 
-@shared_task(base=AmlTask, bind=True, name="aml.trace.run")
+@operation_task("aml.trace.run")
 def run(self: Task, store: str, pattern: str | None = None, sample: int | None = None,
         families: list[str] | None = None, sniff: bool | None = True) -> dict[str, Any]:
     """Trace a Redis keyspace per key pattern, or a file store per agent and collection, and record its time
@@ -146,7 +149,7 @@ def run(self: Task, store: str, pattern: str | None = None, sample: int | None =
     return result
 
 
-@shared_task(base=AmlTask, bind=True, name="aml.trace.clean")
+@operation_task("aml.trace.clean")
 def clean_keys(self: Task, store: str, pattern: str, ttl_zero_only: bool = False, no_ttl: bool = False,
                idle_days: float | None = None, dry_run: bool = False) -> dict[str, Any]:
     """Remove the keys of a pattern from a Redis keyspace, after a snapshot of them (:mod:`aml.trace.clean`).
@@ -190,7 +193,7 @@ def clean_keys(self: Task, store: str, pattern: str, ttl_zero_only: bool = False
                          body=body, destructive=not dry_run)
 
 
-@shared_task(base=AmlTask, bind=True, name="aml.trace.undo_clean")
+@operation_task("aml.trace.undo_clean")
 def undo_clean_keys(self: Task, store: str, run_id: int, dry_run: bool = False) -> dict[str, Any]:
     """Put back the keys a ``trace clean`` run removed, from its snapshot; keys created again since are left
     alone, keys whose expiry time has passed are skipped.

@@ -9,19 +9,21 @@ longer counts as a recent backup for health.
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Any
-
-from celery import Task, shared_task
+from typing import TYPE_CHECKING, Any
 
 from aml.backup import check, list_snapshots
 from models import queries
-from tasks.base import AmlTask, Catalog, run_operation
+from tasks.base import Catalog, run_operation
 from tasks.progress import task_progress
+from tasks.registry import operation_task
 from tasks.snapshots import repository_of, store_id_of
 from workers.app import get_settings
 
+if TYPE_CHECKING:
+    from celery import Task
 
-@shared_task(base=AmlTask, bind=True, name="aml.verify.check")
+
+@operation_task("aml.verify.check")
 def verify(self: Task, store: str, backup_id: str | None = None, read_data: bool = False,
            read_data_subset: str | None = None) -> dict[str, Any]:
     """Check a store's backup repository and record the result per snapshot.

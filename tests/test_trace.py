@@ -12,7 +12,7 @@ import redis
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from aml.trace.live import keyspace_id, redact
+from aml.store.storeid import keyspace_id, redact
 from aml.trace.rdbfile import RdbError
 from aml.trace.run import TraceOptions, trace_keyspace, trace_rdb_file
 from tests.fixtures_runtime import REPO, start_redis_server

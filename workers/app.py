@@ -13,13 +13,14 @@ from a plain Celery process (``send_task("aml.health.check", ...)`` without ``qu
 
 from __future__ import annotations
 
-from typing import Any
+import sys
+from typing import TYPE_CHECKING, Any
 
-from celery import Celery
-from kombu import Exchange, Queue
-
-from beat_schedule import beat_schedule
 from workers.settings import Settings, load_settings
+
+if TYPE_CHECKING:
+    from celery import Celery
+    from kombu import Queue
 
 HEAVY_OPERATIONS = ("backup", "compress", "migrate", "prune")
 FAST_OPERATIONS = ("health", "trace", "verify", "catalog", "notify")
@@ -55,6 +56,8 @@ QUEUES = ("heavy", "fast", DEFAULT_QUEUE)
 
 def declare_queues() -> tuple[Queue, ...]:
     """The :class:`kombu.Queue` declarations of :data:`QUEUES`, each on its own direct exchange."""
+    from kombu import Exchange, Queue
+
     return tuple(Queue(name, Exchange(name, type="direct"), routing_key=name) for name in QUEUES)
 
 
@@ -85,7 +88,11 @@ def create_app(settings: Settings | None = None, *, set_as_current: bool = False
     Returns:
         A configured :class:`celery.Celery`; ``app.conf.aml_settings`` holds the settings.
     """
-    settings = settings or load_settings()
+    from celery import Celery
+
+    from beat_schedule import beat_schedule
+
+    settings = settings or _process_settings or load_settings()
     app = Celery("aml", broker=settings.broker_url, backend=settings.result_backend, include=TASK_MODULES,
                  set_as_current=set_as_current)
     routes = {f"aml.{op}.*": {"queue": queue_for(op), "exchange": queue_for(op), "routing_key": queue_for(op)}
@@ -169,20 +176,46 @@ def _glob_annotations(by_glob: dict[str, dict[str, int]]) -> list[object]:
     return [_ByGlob()]
 
 
+_process_settings: Settings | None = None
+"""The settings of a process that runs tasks without a Celery app (the ``aml`` command's inline runs,
+:mod:`tasks.registry`), or that :func:`use_settings` set: read once, then the same object for every task."""
+
+
 def get_settings() -> Settings:
-    """Return the settings of Celery's current app (``AML_*`` variables for an app aml did not create)."""
+    """Return the settings of Celery's current app; in a process that never imported Celery (an inline run of
+    the ``aml`` command) or whose current app aml did not create, the process's settings (``AML_*``
+    variables, read once when Celery is absent, else at each call unless :func:`use_settings` set them)."""
+    global _process_settings
+    if "celery" not in sys.modules:  # no Celery app can be current: one Settings for the whole process
+        if _process_settings is None:
+            _process_settings = load_settings()
+        return _process_settings
     from celery import current_app
 
     settings = current_app.conf.get("aml_settings")
     if isinstance(settings, Settings):
         return settings
-    return load_settings()
+    return _process_settings or load_settings()
+
+
+def use_settings(settings: Settings) -> None:
+    """Make ``settings`` this process's: for its inline runs, for an aml app made later
+    (:func:`current_aml_app`) and for the aml app already current, if any (e.g. the CLI's ``--password-file``)."""
+    global _process_settings
+    _process_settings = settings
+    if "celery" in sys.modules:
+        from celery import current_app
+
+        app = current_app._get_current_object()
+        if isinstance(app.conf.get("aml_settings"), Settings):
+            app.conf["aml_settings"] = settings
 
 
 def current_aml_app() -> Celery:
-    """Celery's current app when aml created it, else a new aml app (from ``AML_*``) made current.
+    """Celery's current app when aml created it, else a new aml app (from :func:`get_settings`'s process settings,
+    else ``AML_*``) made current.
 
-    The CLI calls this before it runs or enqueues a task, so a process that imports only ``tasks.*``
+    The CLI calls this before it enqueues a task, so a process that imports only ``tasks.*``
     never has its own current app replaced.
     """
     from celery import current_app

@@ -1,15 +1,18 @@
-"""Run a task inline (``task.apply()``, no broker) or on the workers (``apply_async``).
+"""Run a task inline (no broker) or on the workers (``apply_async``).
 
 One code path for both (DESIGN.md): the CLI builds the task's keyword arguments and calls
-:func:`execute`; the task body is the same either way.
+:func:`execute`; the task body is the same either way. Inline, an aml task runs without Celery
+(:meth:`tasks.registry.OperationTask.run_inline`, what ``task.apply()`` does, minus Celery's import); any other
+Celery task through ``task.apply()``.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from celery import Celery, Task
+if TYPE_CHECKING:
+    from celery import Celery
 
 
 @dataclass
@@ -43,12 +46,12 @@ def consumers_of(app: Celery, queue: str, timeout: float = 2.0) -> list[str]:
     return sorted(node for node, queues in replies.items() if any(q.get("name") == queue for q in queues or []))
 
 
-def execute(task: Task, kwargs: dict[str, Any], *, enqueue: bool = False, wait: bool = False,
+def execute(task: Any, kwargs: dict[str, Any], *, enqueue: bool = False, wait: bool = False,
             timeout: float | None = 3600.0) -> Outcome:
     """Run ``task`` with ``kwargs``.
 
     Args:
-        task: a Celery task of ``tasks.*``.
+        task: a task of ``tasks.*`` (:class:`tasks.registry.OperationTask`), or any Celery task.
         kwargs: its keyword arguments (JSON-serialisable).
         enqueue: send to the workers through the broker instead of running here.
         wait: with ``enqueue``, wait for the result.
@@ -63,6 +66,10 @@ def execute(task: Task, kwargs: dict[str, Any], *, enqueue: bool = False, wait: 
         celery.exceptions.TimeoutError: the enqueued task did not finish within ``timeout``.
     """
     if not enqueue:
+        run_inline = getattr(type(task), "run_inline", None)  # an aml task: no Celery needed
+        if run_inline is not None:
+            result, task_id = run_inline(task, kwargs)
+            return Outcome(result, task_id, False)
         eager = task.apply(kwargs=kwargs, throw=True)
         return Outcome(eager.get(), str(eager.id), False)
     if wait:

@@ -32,12 +32,12 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
-
-import redis
-from redis.exceptions import LockError, RedisError
+from typing import TYPE_CHECKING, Any
 
 from aml.store import guard
+
+if TYPE_CHECKING:
+    import redis
 
 __all__ = ["LockInfo", "LockUnavailable", "StoreLocked", "lock_key", "store_lock"]
 
@@ -201,6 +201,9 @@ def store_lock(
 
 
 def _connect(url: str, lease_s: float) -> redis.Redis:
+    import redis  # only a Redis lock needs redis-py: a file lock's process never imports it
+    from redis.exceptions import RedisError
+
     # a renewal call may hang this long: a sixth of the lease keeps "lost" declared before the lease ends
     timeout = max(0.2, min(5.0, lease_s / 6))
     client = redis.Redis.from_url(url, socket_connect_timeout=min(2.0, timeout), socket_timeout=timeout)
@@ -263,6 +266,8 @@ return 0
 @contextlib.contextmanager
 def _redis_lease(client: redis.Redis, url: str, store_id: str, info: LockInfo, deadline: float,
                  lease_s: float) -> Iterator[None]:
+    from redis.exceptions import LockError, RedisError
+
     key = lock_key(store_id)
     token = json.dumps(info.owner, sort_keys=True)
     lock = client.lock(key, timeout=lease_s, blocking=False, thread_local=False)

@@ -24,6 +24,7 @@ from typing import Any
 import redis
 import redis.exceptions
 
+from aml.store.storeid import keyspace_id, redact
 from aml.trace.patterns import decode_key
 from aml.trace.sniff import ValueEncoding, sniff
 from aml.trace.stats import KeyspaceStats
@@ -248,36 +249,3 @@ def tracing_client(source: str | redis.Redis) -> tuple[redis.Redis, int, str]:
     where = kwargs.get("path") or f"{kwargs.get('host', 'localhost')}:{kwargs.get('port', 6379)}"
     scheme = "unix" if kwargs.get("path") else "redis"
     return client, db, f"{scheme}://{where}/{db}"
-
-
-def keyspace_id(url: str) -> str:
-    """The store id of a Redis database: its URL without password, with the database number always
-    written (``redis://host:6379`` and ``redis://host:6379/0`` are one keyspace).
-
-    Raises:
-        ValueError: not a Redis URL.
-    """
-    from urllib.parse import urlsplit, urlunsplit
-
-    url = url.strip()
-    if not url.startswith(("redis://", "rediss://", "unix://")):
-        raise ValueError(f"{redact(url)} is not a Redis URL (redis://host:port/db)")
-    parts = urlsplit(redact(url))
-    if parts.scheme == "unix":
-        return urlunsplit(parts)
-    path = parts.path.strip("/") or "0"
-    return urlunsplit(parts._replace(path=f"/{path}"))
-
-
-def redact(url: str) -> str:
-    """``url`` without its password (``redis://user:secret@host/0`` -> ``redis://user:***@host/0``)."""
-    from urllib.parse import urlsplit, urlunsplit
-
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    user = parts.username or ""
-    host = parts.hostname or ""
-    netloc = f"{user}:***@{host}" + (f":{parts.port}" if parts.port else "")
-    return urlunsplit(parts._replace(netloc=netloc))
-

@@ -1,0 +1,153 @@
+"""aml's tasks without Celery in an inline run of the ``aml`` command (tasks.registry, issue 12's start-up).
+
+The registry's state is per process, and this test process imported Celery long ago: each case runs in a
+process of its own, as the ``aml`` command does."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+
+import pytest
+
+from tests.fixtures_runtime import REPO, runtime_env
+from tests.realdata import extract_loom
+
+CELERY_FAMILY = ("celery", "kombu", "redis", "billiard", "amqp")
+
+
+def _python(code: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True,
+                          timeout=180)
+
+
+def _as_aml(args: list[str]) -> str:
+    """Code running ``aml <args>`` as the console script does (``main()`` with no argv), then printing the
+    Celery-family modules it imported, as JSON on the last line of stderr."""
+    return ("import json, sys\n"
+            f"sys.argv = ['aml', *{args!r}]\n"
+            "from cli.main import main\n"
+            "try:\n    main()\nexcept SystemExit as exc:\n    code = exc.code\nelse:\n    code = 0\n"
+            f"loaded = sorted({{m for m in sys.modules if m.split('.')[0] in {CELERY_FAMILY!r}}})\n"
+            "print(json.dumps({'code': code, 'loaded': loaded}), file=sys.stderr)\n")
+
+
+def _outcome(proc: subprocess.CompletedProcess[str]) -> dict[str, object]:
+    return json.loads(proc.stderr.strip().splitlines()[-1])
+
+
+@pytest.fixture
+def sample_store(tmp_path: Path) -> Path:
+    """A private copy of a real Loom store (prune changes it)."""
+    return extract_loom("loom-plain-v1.0", tmp_path / "store")
+
+
+@pytest.fixture
+def env(tmp_path: Path) -> dict[str, str]:
+    environ = runtime_env(tmp_path / "home", "redis://127.0.0.1:1/0")
+    environ.update(AML_LOCK_URL="none", AML_REMEDIATE="off")
+    return environ
+
+
+def test_inline_health_and_prune_never_import_celery(sample_store: Path, env: dict[str, str]) -> None:
+    """Inline health (read-only) and prune (destructive: file lock, backup first, undo rows) run to the end
+    without importing Celery, kombu, billiard or redis-py; each run is recorded under a UUID task id."""
+    health = _python(_as_aml([str(sample_store), "monitor", "health", "--json"]), env)
+    outcome = _outcome(health)
+    assert outcome["loaded"] == [], outcome
+    assert outcome["code"] in (0, 1, 2) and json.loads(health.stdout)["results"], health.stderr
+    prune = _python(_as_aml([str(sample_store), "prune", "--strategies", "time_based", "--json"]), env)
+    outcome = _outcome(prune)
+    assert outcome["loaded"] == [] and outcome["code"] == 0, prune.stderr
+    result = json.loads(prune.stdout)
+    assert result["status"] == "success" and result["task_run_id"]
+    runs = _python("import json\nfrom workers.app import get_settings\nfrom workers.catalog import session_scope\n"
+                   "from models import queries\n"
+                   "with session_scope(get_settings().catalog_url) as s:\n"
+                   "    print(json.dumps([[r.operation, r.task_id, r.status] for r in queries.recent_task_runs(s)]))\n",
+                   env)
+    assert runs.returncode == 0, runs.stderr
+    recorded = json.loads(runs.stdout)
+    assert sorted(op for op, _, _ in recorded) == ["health", "prune"]
+    for _, task_id, status in recorded:
+        assert uuid.UUID(task_id).version == 4 and status in ("success", "warning")
+
+
+def test_a_store_command_that_enqueues_imports_celery(sample_store: Path, env: dict[str, str]) -> None:
+    """The same command with ``--enqueue`` makes its task a Celery task and sends it (to a broker nobody
+    listens on here: the refusal is Celery's own connection error, exit 2), so deferring changes nothing there."""
+    env["AML_BROKER_URL"] = "redis://127.0.0.1:1/0"  # port 1: nothing listens
+    proc = _python(_as_aml([str(sample_store), "monitor", "health", "--enqueue"]), env)
+    outcome = _outcome(proc)
+    assert "celery" in outcome["loaded"] and "kombu" in outcome["loaded"]
+    assert outcome["code"] == 2 and "aml.health.check failed" in proc.stderr
+
+
+def test_deferred_tasks_become_celery_tasks_together(env: dict[str, str]) -> None:
+    """Deferred, a task module imports no Celery; the first Celery use of any task makes every task declared so
+    far a Celery task of the current aml app, and a module imported after that is registered at once."""
+    code = """
+import sys
+from tasks.registry import defer_celery
+defer_celery()
+import tasks.health
+assert "celery" not in sys.modules, "deferred: no Celery at import"
+assert tasks.health.check.name == "aml.health.check" and "celery" not in sys.modules, "the name needs no Celery"
+assert "not yet a Celery task" in repr(tasks.health.check)
+signature = tasks.health.alerts.s(store="/x")
+assert "celery" in sys.modules and signature.task == "aml.health.alerts"
+from workers.app import current_aml_app
+app = current_aml_app()
+names = set(app.tasks)
+assert {"aml.health.check", "aml.health.alerts", "aml.health.metrics", "aml.notify.send"} <= names, names
+assert "aml.prune.run" not in names
+import tasks.prune
+assert {"aml.prune.run", "aml.prune.undo"} <= set(app.tasks), "a module imported after: registered at once"
+assert app.tasks["aml.health.check"].max_retries == 10, "the retry policy (AmlTask) is the base"
+assert app.tasks["aml.notify.send"].acks_late is True and app.tasks["aml.notify.send"].max_retries == 3
+print("ok")
+"""
+    proc = _python(code, env)
+    assert proc.returncode == 0 and proc.stdout.strip() == "ok", proc.stderr
+
+
+def test_without_deferring_a_task_module_registers_its_tasks_at_import(env: dict[str, str]) -> None:
+    """A worker, a user's Celery app or a test never defers: importing a task module registers its Celery
+    tasks at once, as ``shared_task`` did (a user's app created before or after the import finds them)."""
+    code = """
+import sys
+from celery import Celery
+import tasks.health
+assert "celery" in sys.modules
+mine = Celery("users-own-app", broker="memory://", set_as_current=False)
+assert "aml.health.check" in mine.tasks
+assert mine.tasks["aml.health.check"].max_retries == 10
+print("ok")
+"""
+    proc = _python(code, env)
+    assert proc.returncode == 0 and proc.stdout.strip() == "ok", proc.stderr
+
+
+def test_run_inline_gives_the_task_what_eager_apply_gives(sample_store: Path, aml_settings) -> None:
+    """An aml task run by ``execute`` inline gets ``self.request.id`` (a UUID4, recorded with its run) and
+    ``is_eager``; its error is raised as it is, as ``apply(throw=True)`` raises it."""
+    from models import queries
+    from tasks import health
+    from tasks.registry import InlineTask, OperationTask
+    from workers.catalog import session_scope
+    from workers.dispatch import execute
+
+    assert isinstance(health.check, OperationTask)
+    outcome = execute(health.check, {"store": str(sample_store)})
+    assert not outcome.queued and uuid.UUID(outcome.task_id).version == 4
+    assert outcome.result is not None and outcome.result["operation"] == "health"
+    with session_scope(aml_settings.catalog_url) as session:
+        run = queries.get_task_run(session, outcome.task_id)
+        assert run is not None and run.id == outcome.result["task_run_id"] and run.operation == "health"
+    inline = InlineTask(health.check, "t-1")
+    assert inline.request.id == "t-1" and inline.request.is_eager and inline.name == "aml.health.check"
+    with pytest.raises(ValueError):
+        execute(health.check, {"store": ""})
