@@ -78,7 +78,7 @@ def test_main_with_arguments_leaves_the_collector_alone(tmp_path: Path, collecto
 
 def test_the_aml_process_runs_its_work_with_the_collector_on(tmp_path: Path) -> None:
     # the console script's path (main() without arguments); the health task's body records the collector's
-    # state through the scan's visit of each document: a cycle made during the work must be collectable
+    # state when its scan starts: a cycle made during the work must be collectable
     store = tmp_path / "store"
     (store / "agent-a").mkdir(parents=True)
     (store / "agent-a" / "patterns.json").write_text("[]")
@@ -93,11 +93,11 @@ def test_the_aml_process_runs_its_work_with_the_collector_on(tmp_path: Path) -> 
         "sys.meta_path.insert(0, Probe())\n"
         "import aml.store.filestore as fs\n"
         "seen = []\n"
-        "original = fs.FileStore.scan\n"
-        "def scan(self, *a, **k):\n"
+        "original = fs.FileStore.scan_tallies\n"
+        "def scan_tallies(self, *a, **k):\n"
         "    seen.append((gc.isenabled(), gc.get_freeze_count()))\n"
         "    return original(self, *a, **k)\n"
-        "fs.FileStore.scan = scan\n"
+        "fs.FileStore.scan_tallies = scan_tallies\n"
         "from cli.main import main\n"
         f"sys.argv = ['aml', {str(store)!r}, 'monitor', 'health', '--json']\n"
         "try:\n"

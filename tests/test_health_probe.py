@@ -12,10 +12,11 @@ import pytest
 import aml.optimize.query as query_mod
 import aml.store.documents as documents_mod
 from aml.health.monitor import run_health
-from aml.health.probe import LookupProbe
+from aml.health.probe import PROBE_DOCUMENTS, LookupProbe
 from aml.optimize.files import INDEX_FILE
 from aml.optimize.index import build_index
 from aml.sample import SampleSpec, generate_loom_store
+from aml.store import FileStore
 
 
 def _store(tmp_path: Path, **spec: Any) -> Path:
@@ -95,3 +96,30 @@ def test_the_sample_is_bounded_by_documents(tmp_path: Path) -> None:
     empty.mkdir()
     perf = run_health(empty, lookup_sample=50).report()["performance"]
     assert perf["probe"] == "none" and perf["lookups"] == 0
+
+
+def test_lookups_are_timed_in_a_few_documents_read_by_healths_own_process(tmp_path: Path) -> None:
+    """Without an index, the lookups are shared by at most PROBE_DOCUMENTS documents (the scan reads them in the
+    probe's process, the rest of the store in workers); each of them is visited once, and all lookups are made."""
+    root = _store(tmp_path, agents=3)  # 9 collection documents
+    with LookupProbe(root, sample=50) as probe:
+        planned = probe.documents
+        assert len(planned) == PROBE_DOCUMENTS and all(p.endswith(".json") for p in planned)
+        visited = []
+        for part in FileStore(root).scan_tallies(here=planned, visit=lambda doc: (visited.append(doc.relpath),
+                                                                                  probe.visit(doc)),
+                                                 min_bytes_for_processes=0):
+            assert part.info.relpath
+        assert sorted(visited) == sorted(planned) and probe.documents == frozenset()
+        assert len(probe.times_ms) == 50
+
+
+def test_drawn_ids_are_distinct_and_found_where_few_items_have_one(tmp_path: Path) -> None:
+    probe = LookupProbe(tmp_path / "none", sample=5)
+    items: list[Any] = [{"id": f"r{i}"} for i in range(100)]
+    drawn = probe._draw_ids(items, 10)
+    assert len(drawn) == 10 == len(set(drawn)) and all(d.startswith("r") for d in drawn)
+    sparse: list[Any] = [{"x": 1}] * 500 + [{"id": "only"}, 7, None]  # draws keep missing: all ids, sampled
+    assert probe._draw_ids(sparse, 3) == ["only"]
+    assert probe._draw_ids([{"id": "a"}, {"id": "b"}], 5) in (["a", "b"], ["b", "a"])
+    assert probe._draw_ids([], 3) == []

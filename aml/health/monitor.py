@@ -194,6 +194,20 @@ def _index_evidence(root: Path, scan: ScanResult) -> IndexEvidence:
     return IndexEvidence(None, None, newest)
 
 
+def session_stats(doc: Document) -> dict[str, Any] | None:
+    """The memory statistics of an Aitor session document (:func:`aml.agent.stats.analyze_memory_usage`, without
+    its own timestamp: the report has one), ``{"agent", "error"}`` for a session they cannot read, ``None`` for
+    any other document. Computed where the scan reads the document (a worker process)."""
+    if doc.kind != "aitor_session" or doc.error is not None:
+        return None
+    try:
+        stats = analyze_memory_usage(doc.data)
+    except (TypeError, ValueError, ArithmeticError) as exc:  # a session the statistics cannot read
+        return {"agent": doc.agent, "error": str(exc)}
+    stats.pop("analysis_timestamp", None)
+    return {"agent": doc.agent, **stats}
+
+
 def run_health(
     root: Path,
     *,
@@ -230,27 +244,17 @@ def run_health(
     store = FileStore(root)
     scan_start = time.perf_counter()
     sessions: dict[str, dict[str, Any]] = {}
-
-    def session_stats(doc: Document) -> None:
-        if doc.kind == "aitor_session" and doc.error is None:
-            try:
-                stats = analyze_memory_usage(doc.data)
-            except (TypeError, ValueError, ArithmeticError) as exc:  # a session the statistics cannot read
-                sessions[doc.relpath] = {"agent": doc.agent, "error": str(exc)}
-                return
-            stats.pop("analysis_timestamp", None)  # the report has its own timestamp
-            sessions[doc.relpath] = {"agent": doc.agent, **stats}
-
+    scan = ScanResult.empty(store.store_id)
     with LookupProbe(root, sample=lookup_sample) as probe:
-
-        def visit(doc: Document) -> None:
-            session_stats(doc)
-            probe.visit(doc)  # the performance probe's lookups, on the scan's own read of the document
-
-        # a very large Loom collection is read item by item: memory holds its bytes and one item at a time;
-        # health needs counts, bytes and wrong types, not a view of each record
-        scan = (store.scan(visit=visit, lazy_items=LAZY_ITEMS_BYTES, views=False) if root.is_dir()
-                else ScanResult.empty())
+        if root.is_dir():
+            # worker processes read the documents; the probe's own documents are read here, where their lookups
+            # are timed on the scan's read; a very large Loom collection is read here too, item by item (memory
+            # holds its bytes and one item at a time); health needs counts, bytes and wrong types, not record views
+            for part in store.scan_tallies(session_stats, here=probe.documents, visit=probe.visit,
+                                           lazy_items=LAZY_ITEMS_BYTES):
+                scan.add(part)
+                if part.extra is not None:
+                    sessions[part.info.relpath] = part.extra
     scan_s = time.perf_counter() - scan_start
     times = probe.times_ms
     avg, p95 = summarize(times)

@@ -14,8 +14,9 @@ its 50 lookups took 8 s per lookup).
   and mtime it was read with) and the record's lookups are timed then. ``source`` is ``"index"``.
 * **Without an index** (or one that cannot be read), a lookup is what an agent's own tools do once
   they hold a document: find the record by id in the parsed list. A bounded sample of the Loom
-  collection documents (at most ``sample``, chosen deterministically before the scan from the agent
-  directories) is probed while the scan holds each one. ``source`` is ``"documents"``.
+  collection documents (at most :data:`PROBE_DOCUMENTS`, chosen deterministically before the scan from the
+  agent directories) is probed while the scan holds each one, in health's own process (the scan's workers
+  read the rest, :meth:`aml.store.FileStore.scan_tallies`). ``source`` is ``"documents"``.
 
 Mean and p95 are in milliseconds (``time.perf_counter``). The probe reads only; it never writes.
 """
@@ -41,6 +42,11 @@ PROBE_COLLECTIONS: Final = ("patterns", "solutions", "decisions")
 """The Loom collections whose records the probe looks up."""
 
 _COLLECTION_FILES: Final = frozenset(f"{c}.json" for c in PROBE_COLLECTIONS)
+
+PROBE_DOCUMENTS: Final = 4
+"""Without an index, the lookups are timed in at most this many documents (sampled, their shares in proportion
+to their sizes). Health reads these documents in its own process, where the lookups are timed on the scan's
+read, and leaves the rest of the store to worker processes (:meth:`aml.store.FileStore.scan_tallies`)."""
 
 
 def find_by_id(doc: Any, record_id: str) -> bool:
@@ -110,7 +116,7 @@ class LookupProbe:
         candidates = sorted(_collection_documents(self.root))
         if not candidates:
             return
-        docs = sorted(self._rng.sample(candidates, min(self.sample, len(candidates))))
+        docs = sorted(self._rng.sample(candidates, min(self.sample, len(candidates), PROBE_DOCUMENTS)))
         # lookups shared in proportion to the documents' sizes (records are, roughly); a document with
         # fewer records than its share passes the rest on to the documents after it (_visit_document)
         total = sum(size for _, size in docs) or 1
@@ -124,6 +130,12 @@ class LookupProbe:
         self.source = "documents"
 
     # ------------------------------------------------------------------ the scan's hook
+
+    @property
+    def documents(self) -> frozenset[str]:
+        """Store-relative paths of the documents whose lookups are still to be timed: the scan must read them in
+        the probe's process and show each to :meth:`visit`."""
+        return frozenset(self._plan)
 
     def visit(self, doc: Document) -> None:
         """Time the planned lookups of ``doc`` while the scan holds it (the scan's ``visit`` hook)."""
@@ -164,10 +176,8 @@ class LookupProbe:
 
     def _visit_document(self, doc: Document, n: int) -> int:
         """Time up to ``n`` lookups in ``doc``; returns how many were made."""
-        items = doc.data if isinstance(doc.data, list) else []
-        ids = [str(item.get("id")) for item in items if isinstance(item, dict) and item.get("id") is not None]
         made = 0
-        for record_id in self._rng.sample(ids, min(n, len(ids))):
+        for record_id in self._draw_ids(doc.data if isinstance(doc.data, list) else [], n):
             start = time.perf_counter()
             found = find_by_id(doc.data, record_id)
             elapsed = time.perf_counter() - start
@@ -175,6 +185,22 @@ class LookupProbe:
                 self.times_ms.append(elapsed * 1000.0)
                 made += 1
         return made
+
+    def _draw_ids(self, items: list[Any], n: int) -> list[str]:
+        """Up to ``n`` distinct ids of ``items``' objects, drawn at random positions: as many draws as ids are
+        wanted when items have ids (a Loom collection), not a list of every id; the ids of all items, sampled,
+        where draws keep missing (items without ids)."""
+        picked: dict[str, None] = {}  # drawn ids, in draw order
+        for _ in range(4 * n):
+            if len(picked) >= n or not items:
+                break
+            item = items[self._rng.randrange(len(items))]
+            if isinstance(item, dict) and item.get("id") is not None:
+                picked[str(item["id"])] = None
+        if len(picked) >= min(n, len(items)):
+            return list(picked)
+        ids = [str(item.get("id")) for item in items if isinstance(item, dict) and item.get("id") is not None]
+        return self._rng.sample(ids, min(n, len(ids)))
 
     def close(self) -> None:
         """Release the index connection (the probe cannot be used afterwards)."""

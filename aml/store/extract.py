@@ -229,6 +229,13 @@ class Tally:
     wrong_types: list[dict[str, str]] = field(default_factory=list)
     records: int = 0
 
+    def merge(self, other: Tally) -> None:
+        """Count ``other``'s records in (a tally of the next documents, e.g. made by a worker process)."""
+        self.counts.update(other.counts)
+        self.sizes.update(other.sizes)
+        self.wrong_types += other.wrong_types
+        self.records += other.records
+
     def add_records(self, records: Iterable[Record]) -> int:
         """Count ``records`` in; returns how many there were."""
         n = 0

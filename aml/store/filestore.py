@@ -2,7 +2,8 @@
 
 :class:`FileStore` walks the tree, reads every regular file once (never writing, never following
 symlinks), classifies it and extracts record views. :meth:`FileStore.scan` gathers everything into
-a :class:`ScanResult`.
+a :class:`ScanResult`; :meth:`FileStore.scan_tallies` has worker processes read the documents and send back
+what a scan without record views keeps of each (``monitor health``).
 
 Layout rules (DESIGN.md, "Memory stores"): Loom agents are the top-level directories that hold a
 Loom agent file (``patterns.json``, ``solutions.json``, ``decisions.json``, ``metrics.json``,
@@ -17,10 +18,10 @@ from __future__ import annotations
 import functools
 import os
 from collections import Counter, defaultdict
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from aml.gcpause import gc_paused
 from aml.procpool import PARALLEL_MIN_BYTES, ordered_map
@@ -108,6 +109,13 @@ class ScanResult:
         """Number of records in the store (views kept or not)."""
         return self.tally.records
 
+    def add(self, part: DocumentTally) -> None:
+        """Add one document's :class:`DocumentTally` (documents added in walk order)."""
+        self.tally.merge(part.tally)
+        self.documents.append(part.info)
+        if part.error is not None:
+            self.errors.append(part.error)
+
     @property
     def wrong_type_findings(self) -> list[dict[str, str]]:
         """Every field of a wrong type: ``{"file", "record_id", "pointer", "field", "found", "expected"}``."""
@@ -131,6 +139,24 @@ class ScanResult:
             for r in self.records
             if (agent is None or r.agent == agent) and (collection is None or r.collection == collection)
         ]
+
+
+@dataclass(slots=True)
+class DocumentTally:
+    """What a scan without record views keeps of one document (:meth:`FileStore.scan_tallies`): its summary,
+    its error, the tally of its records and ``extra``, what the caller's function computed from it."""
+
+    info: DocumentInfo
+    error: DocumentError | None
+    tally: Tally
+    extra: Any = None
+
+
+def tally_document(store_id: str, extra: Callable[[Document], Any] | None, doc: Document) -> DocumentTally:
+    """The :class:`DocumentTally` of ``doc`` (what a worker of :meth:`FileStore.scan_tallies` returns)."""
+    tally = Tally()
+    count = tally.add_document(store_id, doc)
+    return DocumentTally(doc.info(count), doc.error, tally, None if extra is None else extra(doc))
 
 
 def _by_agent(per_key: Counter[tuple[str, str]]) -> dict[str, dict[str, int]]:
@@ -223,7 +249,8 @@ class FileStore:
     def map_documents(self, fn: Callable[[Document], _R], *, lazy_items: int | None = None,
                       check_types: bool = False, workers: int = 2,
                       parallel_max_bytes: int = PARALLEL_DOCUMENT_BYTES,
-                      min_bytes_for_processes: int = PARALLEL_MIN_BYTES) -> Iterator[_R]:
+                      min_bytes_for_processes: int = PARALLEL_MIN_BYTES, here: Collection[str] = (),
+                      visit: Callable[[Document], None] | None = None) -> Iterator[_R]:
         """``fn(document)`` for every entry below the root, in sorted path order (the documents of
         :meth:`iter_documents`), computed by forked worker processes (:func:`aml.procpool.ordered_map`)
         for the files of up to ``parallel_max_bytes`` and here, one at a time, for larger ones and entries
@@ -237,6 +264,9 @@ class FileStore:
             parallel_max_bytes: larger files are read here, so memory holds at most one of them.
             min_bytes_for_processes: when the files of up to ``parallel_max_bytes`` add up to less, threads
                 read them (forking a pool costs more than it saves on a small store).
+            here: store-relative paths of documents to read in this process, whatever their size.
+            visit: called here with each document read here (``here``, larger files, entries that are not
+                regular files), before ``fn``: what needs the document in this process (a lookup probe).
 
         Yields:
             ``fn``'s result for each document, in path order.
@@ -250,14 +280,44 @@ class FileStore:
                                  check_types=check_types)
         entries = list(self._walk(self.root, ""))
         sizes = [_lstat_size(e[0]) if e[2] is None else -1 for e in entries]
-        small = [0 <= size <= parallel_max_bytes for size in sizes]
+        small = [0 <= size <= parallel_max_bytes and e[1] not in here for e, size in zip(entries, sizes, strict=True)]
         total = sum(size for size, s in zip(sizes, small, strict=True) if s)
         with gc_paused(), ordered_map(functools.partial(_apply, fn, read),
                                       [e for e, s in zip(entries, small, strict=True) if s], workers=workers,
                                       processes=total >= min_bytes_for_processes) as results:
             done = iter(results)
             for entry, in_worker in zip(entries, small, strict=True):
-                yield next(done) if in_worker else fn(read(entry))
+                if in_worker:
+                    yield next(done)
+                    continue
+                doc = read(entry)
+                if visit is not None:
+                    visit(doc)
+                yield fn(doc)
+
+    def scan_tallies(self, extra: Callable[[Document], Any] | None = None, *, here: Collection[str] = (),
+                     visit: Callable[[Document], None] | None = None, lazy_items: int | None = None,
+                     workers: int = 2, min_bytes_for_processes: int = PARALLEL_MIN_BYTES) -> Iterator[DocumentTally]:
+        """What :meth:`scan` with ``views=False`` keeps of each document, read by worker processes
+        (:meth:`map_documents`): add each to a :class:`ScanResult` (:meth:`ScanResult.add`).
+
+        Args:
+            extra: a module-level function (or a partial of one) of a document, computed where it is read;
+                its result (small, picklable) is the part's ``extra``.
+            here, visit: as in :meth:`map_documents`: documents read in this process, and the function that
+                sees each of them (a probe that times lookups in the held document).
+            lazy_items: as in :meth:`iter_documents`.
+            workers, min_bytes_for_processes: as in :meth:`map_documents` (threads below that many bytes).
+
+        Yields:
+            One :class:`DocumentTally` per entry, in path order.
+
+        Raises:
+            NotADirectoryError, FileNotFoundError: the root is not a directory.
+        """
+        return self.map_documents(functools.partial(tally_document, self.store_id, extra), lazy_items=lazy_items,
+                                  check_types=True, workers=workers, here=here, visit=visit,
+                                  min_bytes_for_processes=min_bytes_for_processes)
 
     def read_document(self, relpath: str) -> Document:
         """Read one document by its store-relative path (for writers that edit it next).
