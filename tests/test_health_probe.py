@@ -123,3 +123,26 @@ def test_drawn_ids_are_distinct_and_found_where_few_items_have_one(tmp_path: Pat
     assert probe._draw_ids(sparse, 3) == ["only"]
     assert probe._draw_ids([{"id": "a"}, {"id": "b"}], 5) in (["a", "b"], ["b", "a"])
     assert probe._draw_ids([], 3) == []
+
+
+def test_the_index_sample_comes_from_a_few_documents(tmp_path: Path) -> None:
+    """With an index the sampled records lie in at most PROBE_DOCUMENTS documents, the same ones for a seed, and
+    the probe reads only those in its own process; without the bound they spread over the store."""
+    from aml.optimize.query import QueryEngine
+
+    root = _store(tmp_path, agents=4, patterns=60, solutions=60, decisions=60)  # 12 collection documents
+    build_index(root)
+    engine = QueryEngine(root)
+    try:
+        spread = engine.sample_records(50, seed=7)
+        bounded = engine.sample_records(50, seed=7, documents=PROBE_DOCUMENTS)
+        assert len({doc for _, doc in spread}) > PROBE_DOCUMENTS
+        assert len(bounded) == 50 and len({doc for _, doc in bounded}) <= PROBE_DOCUMENTS
+        assert len(set(bounded)) == 50 and bounded == engine.sample_records(50, seed=7, documents=PROBE_DOCUMENTS)
+    finally:
+        engine.close()
+    with LookupProbe(root, sample=50) as probe:
+        assert probe.source == "index" and 0 < len(probe.documents) <= PROBE_DOCUMENTS
+        for _ in FileStore(root).scan_tallies(here=probe.documents, visit=probe.visit, min_bytes_for_processes=0):
+            pass
+        assert len(probe.times_ms) == 50

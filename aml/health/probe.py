@@ -9,9 +9,10 @@ its 50 lookups took 8 s per lookup).
   ``aml <store> query --id`` does: the Bloom filter and the index find the record by id, and its value
   comes from the record cache or the warm set, else from its document (:class:`aml.optimize.QueryEngine`,
   one new engine per probe, empty record cache). The sample is drawn from the index (records of Loom
-  collections); when the scan reaches a sampled record's document, the engine is handed that parsed
-  document (:meth:`~aml.optimize.QueryEngine.adopt_document`, only if the file still has the size
-  and mtime it was read with) and the record's lookups are timed then. ``source`` is ``"index"``.
+  collections, in at most :data:`PROBE_DOCUMENTS` documents, read by health's own process); when the scan
+  reaches a sampled record's document, the engine is handed that parsed document
+  (:meth:`~aml.optimize.QueryEngine.adopt_document`, only if the file still has the size and mtime it was
+  read with) and the record's lookups are timed then. ``source`` is ``"index"``.
 * **Without an index** (or one that cannot be read), a lookup is what an agent's own tools do once
   they hold a document: find the record by id in the parsed list. A bounded sample of the Loom
   collection documents (at most :data:`PROBE_DOCUMENTS`, chosen deterministically before the scan from the
@@ -44,9 +45,10 @@ PROBE_COLLECTIONS: Final = ("patterns", "solutions", "decisions")
 _COLLECTION_FILES: Final = frozenset(f"{c}.json" for c in PROBE_COLLECTIONS)
 
 PROBE_DOCUMENTS: Final = 4
-"""Without an index, the lookups are timed in at most this many documents (sampled, their shares in proportion
-to their sizes). Health reads these documents in its own process, where the lookups are timed on the scan's
-read, and leaves the rest of the store to worker processes (:meth:`aml.store.FileStore.scan_tallies`)."""
+"""The lookups are timed in records of at most this many documents (without an index: sampled, their shares in
+proportion to their sizes; with one: those of the first records a sample of the index draws). Health reads these
+documents in its own process, where the lookups are timed on the scan's read, and leaves the rest of the store
+to worker processes (:meth:`aml.store.FileStore.scan_tallies`)."""
 
 
 def find_by_id(doc: Any, record_id: str) -> bool:
@@ -100,7 +102,7 @@ class LookupProbe:
             return False
         try:
             chosen = engine.sample_records(self.sample, seed=self._rng.randrange(2**32),
-                                           collections=PROBE_COLLECTIONS)
+                                           collections=PROBE_COLLECTIONS, documents=PROBE_DOCUMENTS)
         except (OSError, sqlite3.Error):
             engine.close()
             return False

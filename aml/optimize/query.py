@@ -477,21 +477,40 @@ class QueryEngine:
 
     def sample_records(self, n: int, *, seed: int = 0, collections: Sequence[str] = ("patterns", "solutions",
                                                                                          "decisions"),
-                       ) -> list[tuple[str, str]]:
-        """Like :meth:`sample_ids`, with each record's document: ``[(id, document relpath)]``."""
+                       documents: int | None = None) -> list[tuple[str, str]]:
+        """Like :meth:`sample_ids`, with each record's document: ``[(id, document relpath)]``.
+
+        ``documents``: the records come from at most this many documents, those of the first records a sample of
+        the whole index draws (so a document is chosen in proportion to its records), then ``n`` records are
+        drawn among theirs. ``None``: from any document."""
         marks = ",".join("?" for _ in collections)
+        rng = random.Random(seed)
         with self._lock:
             db = self._db()
             # row ids only (the covering index on (agent, collection) answers it), then the chosen rows
             rids = [r[0] for r in db.execute(f"SELECT rid FROM records INDEXED BY records_agent "
                                              f"WHERE collection IN ({marks}) ORDER BY rid", list(collections))]
-            chosen = random.Random(seed).sample(rids, min(n, len(rids)))
-            found: dict[int, tuple[str, str]] = {}
-            for start in range(0, len(chosen), 500):
-                part = chosen[start:start + 500]
-                found.update((r[0], (r[1], r[2])) for r in db.execute(
-                    f"SELECT rid, id, document FROM records WHERE rid IN ({','.join('?' for _ in part)})", part))
+            chosen = rng.sample(rids, min(n, len(rids)))
+            found = self._rows_of(db, chosen)
+            if documents is not None:
+                kept = list(dict.fromkeys(found[rid][1] for rid in chosen if rid in found))[:documents]
+                rids = [r[0] for r in db.execute(
+                    f"SELECT rid FROM records INDEXED BY records_document WHERE document IN "
+                    f"({','.join('?' for _ in kept)}) AND collection IN ({marks}) ORDER BY rid",
+                    [*kept, *collections])]
+                chosen = rng.sample(rids, min(n, len(rids)))
+                found = self._rows_of(db, chosen)
         return [found[rid] for rid in chosen if rid in found]
+
+    @staticmethod
+    def _rows_of(db: sqlite3.Connection, rids: list[int]) -> dict[int, tuple[str, str]]:
+        """``{rid: (id, document)}`` of the records ``rids`` (500 per query: SQLite's variable limit)."""
+        found: dict[int, tuple[str, str]] = {}
+        for start in range(0, len(rids), 500):
+            part = rids[start:start + 500]
+            found.update((r[0], (r[1], r[2])) for r in db.execute(
+                f"SELECT rid, id, document FROM records WHERE rid IN ({','.join('?' for _ in part)})", part))
+        return found
 
     def adopt_document(self, relpath: str, stamp: DocStamp, data: Any) -> None:
         """Serve misses in ``relpath`` from ``data``, its document already parsed by the caller (health's
