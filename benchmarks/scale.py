@@ -174,13 +174,15 @@ def floor_table(work: Path, store: Path, aml: list[str], env: dict[str, str], re
     """Print what each targeted command pays before its per-record work, measured in this run.
 
     * **empty store**: the command on a Loom store with no agents: interpreter, imports (typer, the engine,
-      Celery's task, the SQLAlchemy catalog), the catalog's run record, the output;
-    * **msgspec parse**: reading and decoding every document with the parser aml reads with, less the
-      interpreter's start (``python -c pass``), which the empty-store run already holds;
-    * **floor** = empty store + msgspec parse: a command that did no work per record at all would take this long.
+      the SQLAlchemy catalog; no Celery inline), the catalog's run record, the output;
+    * **msgspec parse**: reading and decoding every document with the parser aml reads with, in one process,
+      less the interpreter's start (``python -c pass``), which the empty-store run already holds;
+    * **floor** = empty store + msgspec parse: a command that read the store in its own process and did no work
+      per record at all would take this long.
 
     Where the floor's ratio to the plain parse is above the target, the target cannot be met by making the
-    per-record work faster: only by importing less or parsing faster.
+    per-record work faster in one process: only by importing less, parsing faster or reading in worker
+    processes (health does: its per-record column can go below zero).
 
     Args:
         work: the run's scratch directory (an empty store is made under it).
