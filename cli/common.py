@@ -56,6 +56,8 @@ def run_task(task: Any, kwargs: dict[str, Any], *, enqueue: bool, wait: bool, ti
 
         from workers.app import current_aml_app
 
+        if hasattr(type(task), "celery_task"):
+            task.celery_task()  # the aml tasks become Celery tasks (tasks.registry)
         current_aml_app()
         timeout_error = CeleryTimeoutError
         end_startup()  # nothing more to import; an inline run ends the start-up as its body begins (tasks.base)

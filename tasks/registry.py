@@ -15,6 +15,8 @@ by name, finds them all registered.
 
 from __future__ import annotations
 
+import importlib
+import threading
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -26,13 +28,18 @@ if TYPE_CHECKING:
 _deferred = False
 _celery_loaded = False
 _pending: list[OperationTask] = []
+_lock = threading.RLock()
+"""Serialises making Celery tasks (two threads of a deferred process may first use tasks at once)."""
 
 
 def defer_celery() -> None:
     """Declare this process a one-shot command: tasks declared from now on are made Celery tasks only when
     first used as such (:class:`OperationTask`). Called by the ``aml`` command before it imports any task."""
+    from workers.app import one_shot_process
+
     global _deferred
     _deferred = True
+    one_shot_process()  # its settings: read once, the same for every task (workers.app.get_settings)
 
 
 @dataclass
@@ -79,17 +86,26 @@ class OperationTask:
         self.__doc__ = fun.__doc__
         self.__wrapped__ = fun
 
+    @property
+    def deferred(self) -> bool:
+        """Whether the Celery task is not made yet (a deferred process that has not used Celery): an inline run
+        then calls the function itself (:meth:`run_inline`), as :func:`workers.dispatch.execute` does."""
+        return self._celery is None
+
     def celery_task(self) -> Task:
         """The Celery task (made now if it was deferred, with every other deferred aml task)."""
         if self._celery is None:
-            _materialise_pending()
-            if self._celery is None:
-                self._materialise()
+            with _lock:
+                _materialise_pending()
+                if self._celery is None:
+                    self._materialise()
         assert self._celery is not None
         return self._celery
 
     def _materialise(self) -> None:
         global _celery_loaded
+        if self._celery is not None:
+            return
         from celery import shared_task
 
         base: dict[str, Any] = {}
@@ -120,14 +136,24 @@ class OperationTask:
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         return self.celery_task()(*args, **kwargs)
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        """Pickled by reference, as its module holds it (Celery pickles a task by name, too)."""
+        return _module_attribute, (self.fun.__module__, self.fun.__name__)
+
     def __repr__(self) -> str:
         return f"<aml task {self.name}{'' if self._celery is not None else ' (not yet a Celery task)'}>"
 
 
+def _module_attribute(module: str, name: str) -> Any:
+    """``module.name``: an unpickled :class:`OperationTask` is the one its module declares."""
+    return getattr(importlib.import_module(module), name)
+
+
 def _materialise_pending() -> None:
     """Make every deferred task its Celery task (importing Celery); later declarations are made at once."""
-    while _pending:
-        _pending.pop(0)._materialise()
+    with _lock:
+        while _pending:
+            _pending.pop(0)._materialise()
 
 
 def operation_task(name: str, *, retry: bool = True, **options: Any) -> Callable[[Callable[..., Any]],
@@ -147,10 +173,11 @@ def operation_task(name: str, *, retry: bool = True, **options: Any) -> Callable
 
     def decorate(fun: Callable[..., Any]) -> OperationTask:
         task = OperationTask(fun, name, retry=retry, options=options)
-        if _deferred and not _celery_loaded:
-            _pending.append(task)
-        else:
-            task._materialise()
+        with _lock:
+            if _deferred and not _celery_loaded:
+                _pending.append(task)
+                return task
+        task._materialise()
         return task
 
     return decorate

@@ -181,10 +181,10 @@ def _same_cause(row: Remediation, finding: Finding, alert_now: Mapping[str, Any]
 def _step_failed_for_good(task_id: str) -> bool:
     """Whether Celery's result backend says the task failed with no retry left (``FAILURE``; a task being
     retried is ``RETRY``). A backend that does not answer says no: the stale bound closes the chain later."""
-    from celery import current_app
+    from workers.app import current_aml_app  # the aml app's result backend, inline too (where none was made yet)
 
     try:
-        return bool(current_app.AsyncResult(task_id).state == "FAILURE")
+        return bool(current_aml_app().AsyncResult(task_id).state == "FAILURE")
     except Exception:  # an unreachable result backend: decide later
         return False
 

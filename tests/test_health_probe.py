@@ -99,9 +99,9 @@ def test_the_sample_is_bounded_by_documents(tmp_path: Path) -> None:
 
 
 def test_lookups_are_timed_in_a_few_documents_read_by_healths_own_process(tmp_path: Path) -> None:
-    """Without an index, the lookups are shared by at most PROBE_DOCUMENTS documents (the scan reads them in the
-    probe's process, the rest of the store in workers); each of them is visited once, and all lookups are made."""
-    root = _store(tmp_path, agents=3)  # 9 collection documents
+    """Without an index, the lookups are shared by PROBE_DOCUMENTS documents that hold enough records (the scan
+    reads them in the probe's process, the rest of the store in workers); each is visited once, every lookup made."""
+    root = _store(tmp_path, agents=3, patterns=400, solutions=400, decisions=400)  # 9 documents of 0.4-1 MB
     with LookupProbe(root, sample=50) as probe:
         planned = probe.documents
         assert len(planned) == PROBE_DOCUMENTS and all(p.endswith(".json") for p in planned)
@@ -146,3 +146,15 @@ def test_the_index_sample_comes_from_a_few_documents(tmp_path: Path) -> None:
         for _ in FileStore(root).scan_tallies(here=probe.documents, visit=probe.visit, min_bytes_for_processes=0):
             pass
         assert len(probe.times_ms) == 50
+
+
+def test_small_documents_widen_the_sample_so_every_lookup_is_made(tmp_path: Path) -> None:
+    """Documents of a few records each: more than PROBE_DOCUMENTS of them are sampled, so the 50 lookups are made
+    (with or without an index) rather than as many as four documents hold."""
+    root = _store(tmp_path, agents=12, patterns=5, solutions=5, decisions=5)  # 36 documents of 5 records
+    with LookupProbe(root, sample=50) as probe:
+        assert probe.source == "documents" and len(probe.documents) > PROBE_DOCUMENTS
+    assert run_health(root, lookup_sample=50).report()["performance"]["lookups"] == 50
+    build_index(root)
+    perf = run_health(root, lookup_sample=50).report()["performance"]
+    assert perf["probe"] == "index" and perf["lookups"] == 50

@@ -81,3 +81,13 @@ def test_documents_asked_here_are_read_and_visited_here(store: Path) -> None:
                                                min_bytes_for_processes=0))
     assert set(seen) == here | {"global/link.json"}
     assert [p.info.relpath for p in parts] == sorted(p.info.relpath for p in parts)  # path order kept
+
+
+def test_a_document_gone_since_the_listing_is_reported_not_raised(tmp_path: Path) -> None:
+    """The scan lists the store before its workers read it: a file deleted in between is one unreadable entry
+    (as a file that cannot be opened), never an error that stops the whole health run."""
+    from aml.store.documents import read_document
+
+    doc = read_document(tmp_path / "gone" / "patterns.json", "gone/patterns.json", loom_agents=frozenset({"gone"}))
+    assert doc.error is not None and doc.error.code == "unreadable" and "cannot open" in doc.error.reason
+    assert doc.relpath == "gone/patterns.json"

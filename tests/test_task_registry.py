@@ -132,22 +132,66 @@ print("ok")
 
 
 def test_run_inline_gives_the_task_what_eager_apply_gives(sample_store: Path, aml_settings) -> None:
-    """An aml task run by ``execute`` inline gets ``self.request.id`` (a UUID4, recorded with its run) and
-    ``is_eager``; its error is raised as it is, as ``apply(throw=True)`` raises it."""
+    """``run_inline`` gives the task ``self.request.id`` (a UUID4, recorded with its run) and ``is_eager``, and
+    raises its error as it is, as ``apply(throw=True)`` does; ``execute`` uses it only for a task not yet made a
+    Celery task (the aml command's), Celery's ``apply()`` in a process like this one."""
     from models import queries
     from tasks import health
     from tasks.registry import InlineTask, OperationTask
     from workers.catalog import session_scope
     from workers.dispatch import execute
 
-    assert isinstance(health.check, OperationTask)
-    outcome = execute(health.check, {"store": str(sample_store)})
-    assert not outcome.queued and uuid.UUID(outcome.task_id).version == 4
-    assert outcome.result is not None and outcome.result["operation"] == "health"
+    assert isinstance(health.check, OperationTask) and not health.check.deferred
+    result, task_id = health.check.run_inline({"store": str(sample_store)})
+    assert uuid.UUID(task_id).version == 4 and result["operation"] == "health"
     with session_scope(aml_settings.catalog_url) as session:
-        run = queries.get_task_run(session, outcome.task_id)
-        assert run is not None and run.id == outcome.result["task_run_id"] and run.operation == "health"
+        run = queries.get_task_run(session, task_id)
+        assert run is not None and run.id == result["task_run_id"] and run.operation == "health"
     inline = InlineTask(health.check, "t-1")
     assert inline.request.id == "t-1" and inline.request.is_eager and inline.name == "aml.health.check"
     with pytest.raises(ValueError):
-        execute(health.check, {"store": ""})
+        health.check.run_inline({"store": ""})
+    outcome = execute(health.check, {"store": str(sample_store)})  # through Celery's eager apply here
+    assert outcome.result is not None and outcome.result["operation"] == "health" and not outcome.queued
+
+
+def test_a_task_pickles_as_the_one_its_module_declares() -> None:
+    import pickle
+
+    from tasks import backup, health
+
+    assert pickle.loads(pickle.dumps(health.check)) is health.check
+    assert pickle.loads(pickle.dumps(backup.list_)) is backup.list_
+
+
+def test_use_settings_outside_the_aml_command_sets_the_current_apps_settings(aml_settings) -> None:
+    """In a process that is not the one-shot command (a test, an embedding app) the override goes to the current
+    aml app, whose settings the test restores, and nothing stays in the process."""
+    import workers.app as app_mod
+
+    changed = aml_settings.replace(backup_password_file="/nonexistent/pw")
+    app_mod.use_settings(changed)
+    assert app_mod.get_settings() is changed and app_mod._process_settings is None
+
+
+def test_a_failed_step_is_read_from_the_aml_apps_result_backend_in_a_deferred_process(env: dict[str, str]) -> None:
+    """Inline remediation reconciles a chain by its steps' states in the result backend: in the aml command too
+    (where no Celery app was made before) the aml app's backend is asked, not Celery's default app."""
+    db = 13
+    task_id = f"aml-test-{uuid.uuid4()}"
+    env.update(AML_BROKER_URL=f"redis://127.0.0.1:6379/{db}", AML_RESULT_BACKEND=f"redis://127.0.0.1:6379/{db}")
+    code = f"""
+from tasks.registry import defer_celery
+defer_celery()
+from workers.app import get_settings
+from celery import Celery
+writer = Celery("w", backend=get_settings().result_backend, set_as_current=False)
+writer.backend.mark_as_failure({task_id!r}, RuntimeError("boom"))
+from tasks.remediate import _step_failed_for_good
+try:
+    print(_step_failed_for_good({task_id!r}))
+finally:
+    writer.backend.forget({task_id!r})
+"""
+    proc = _python(code, env)
+    assert proc.returncode == 0 and proc.stdout.strip() == "True", proc.stderr

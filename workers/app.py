@@ -92,7 +92,7 @@ def create_app(settings: Settings | None = None, *, set_as_current: bool = False
 
     from beat_schedule import beat_schedule
 
-    settings = settings or _process_settings or load_settings()
+    settings = settings or (get_settings() if _one_shot else load_settings())
     app = Celery("aml", broker=settings.broker_url, backend=settings.result_backend, include=TASK_MODULES,
                  set_as_current=set_as_current)
     routes = {f"aml.{op}.*": {"queue": queue_for(op), "exchange": queue_for(op), "routing_key": queue_for(op)}
@@ -176,17 +176,23 @@ def _glob_annotations(by_glob: dict[str, dict[str, int]]) -> list[object]:
     return [_ByGlob()]
 
 
+_one_shot = False
 _process_settings: Settings | None = None
-"""The settings of a process that runs tasks without a Celery app (the ``aml`` command's inline runs,
-:mod:`tasks.registry`), or that :func:`use_settings` set: read once, then the same object for every task."""
+
+
+def one_shot_process() -> None:
+    """Declare this process a one-shot command (the ``aml`` command, :func:`tasks.registry.defer_celery`): its
+    settings are read once and are the same object for every task it runs, with or without a Celery app."""
+    global _one_shot
+    _one_shot = True
 
 
 def get_settings() -> Settings:
-    """Return the settings of Celery's current app; in a process that never imported Celery (an inline run of
-    the ``aml`` command) or whose current app aml did not create, the process's settings (``AML_*``
-    variables, read once when Celery is absent, else at each call unless :func:`use_settings` set them)."""
+    """Return the settings of this process's tasks: in a one-shot command (:func:`one_shot_process`), read once
+    from ``AML_*`` (or as :func:`use_settings` set them), the aml app it may make later included; elsewhere those
+    of Celery's current app, or ``AML_*`` read now for an app aml did not create."""
     global _process_settings
-    if "celery" not in sys.modules:  # no Celery app can be current: one Settings for the whole process
+    if _one_shot:  # no Celery import needed: an inline run of the aml command
         if _process_settings is None:
             _process_settings = load_settings()
         return _process_settings
@@ -195,13 +201,17 @@ def get_settings() -> Settings:
     settings = current_app.conf.get("aml_settings")
     if isinstance(settings, Settings):
         return settings
-    return _process_settings or load_settings()
+    return load_settings()
 
 
 def use_settings(settings: Settings) -> None:
-    """Make ``settings`` this process's: for its inline runs, for an aml app made later
-    (:func:`current_aml_app`) and for the aml app already current, if any (e.g. the CLI's ``--password-file``)."""
+    """Make ``settings`` those of this process's tasks (the CLI's ``--password-file``): in a one-shot command,
+    the process's settings (and its aml app's, if it made one); elsewhere the current aml app's (made now if
+    there is none)."""
     global _process_settings
+    if not _one_shot:
+        current_aml_app().conf["aml_settings"] = settings
+        return
     _process_settings = settings
     if "celery" in sys.modules:
         from celery import current_app
@@ -212,8 +222,8 @@ def use_settings(settings: Settings) -> None:
 
 
 def current_aml_app() -> Celery:
-    """Celery's current app when aml created it, else a new aml app (from :func:`get_settings`'s process settings,
-    else ``AML_*``) made current.
+    """Celery's current app when aml created it, else a new aml app (from :func:`get_settings` in a one-shot
+    command, else ``AML_*``) made current.
 
     The CLI calls this before it enqueues a task, so a process that imports only ``tasks.*``
     never has its own current app replaced.

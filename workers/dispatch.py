@@ -1,9 +1,9 @@
 """Run a task inline (no broker) or on the workers (``apply_async``).
 
 One code path for both (DESIGN.md): the CLI builds the task's keyword arguments and calls
-:func:`execute`; the task body is the same either way. Inline, an aml task runs without Celery
-(:meth:`tasks.registry.OperationTask.run_inline`, what ``task.apply()`` does, minus Celery's import); any other
-Celery task through ``task.apply()``.
+:func:`execute`; the task body is the same either way. Inline, an aml task of the ``aml`` command runs without Celery
+(:meth:`tasks.registry.OperationTask.run_inline`, what ``task.apply()`` does, minus Celery's import); in any
+other process, and once the command has used Celery, through Celery's ``task.apply()``.
 """
 
 from __future__ import annotations
@@ -66,9 +66,8 @@ def execute(task: Any, kwargs: dict[str, Any], *, enqueue: bool = False, wait: b
         celery.exceptions.TimeoutError: the enqueued task did not finish within ``timeout``.
     """
     if not enqueue:
-        run_inline = getattr(type(task), "run_inline", None)  # an aml task: no Celery needed
-        if run_inline is not None:
-            result, task_id = run_inline(task, kwargs)
+        if getattr(task, "deferred", False) is True:  # an aml task the aml command has not made a Celery task
+            result, task_id = task.run_inline(kwargs)
             return Outcome(result, task_id, False)
         eager = task.apply(kwargs=kwargs, throw=True)
         return Outcome(eager.get(), str(eager.id), False)

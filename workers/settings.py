@@ -196,8 +196,8 @@ class Settings(BaseSettings):
     @classmethod
     def _parse_beat_schedule(cls, value: Any) -> Any:
         """``TASK=SCHEDULE;...`` (or a mapping), checked: a typo must fail at start-up, not skip an entry."""
-        if not (value.strip() if isinstance(value, str) else value):  # none given: nothing to check, and the
-            return {}  # check's schedule module (which imports Celery) stays unimported in an inline run
+        if (isinstance(value, str) and not value.strip()) or (isinstance(value, Mapping) and not value):
+            return {}  # none given: nothing to check (the check's module, which imports Celery, stays unimported)
         from beat_schedule import check_overrides, parse_overrides
 
         if isinstance(value, str):

@@ -17,7 +17,7 @@ Mapping of a key onto a manifest entry (``FileTable`` columns):
 * ``mtime_ns``: the key's absolute expiry time, nanoseconds since the Unix epoch (millisecond precision),
   ``0`` when the key has no expiry. ``mode`` and ``inode`` are ``0``.
 
-The manifest's ``source_path`` is the keyspace id (URL without password, :func:`aml.trace.live.keyspace_id`),
+The manifest's ``source_path`` is the keyspace id (URL without password, :func:`aml.store.storeid.keyspace_id`),
 ``file_count`` the number of keys, ``total_size_bytes`` the bytes of their objects (uncompressed), ``dirs``
 is empty, and ``stats["keyspace_format"] == 1`` marks it as a keyspace snapshot.
 

@@ -45,10 +45,14 @@ PROBE_COLLECTIONS: Final = ("patterns", "solutions", "decisions")
 _COLLECTION_FILES: Final = frozenset(f"{c}.json" for c in PROBE_COLLECTIONS)
 
 PROBE_DOCUMENTS: Final = 4
-"""The lookups are timed in records of at most this many documents (without an index: sampled, their shares in
-proportion to their sizes; with one: those of the first records a sample of the index draws). Health reads these
-documents in its own process, where the lookups are timed on the scan's read, and leaves the rest of the store
-to worker processes (:meth:`aml.store.FileStore.scan_tallies`)."""
+"""The lookups are timed in records of this many documents, more where these hold fewer records than lookups
+(without an index: sampled, their shares in proportion to their sizes; with one: those of the first records a
+sample of the index draws). Health reads these documents in its own process, where the lookups are timed on the
+scan's read, and leaves the rest of the store to worker processes (:meth:`aml.store.FileStore.scan_tallies`)."""
+
+BYTES_PER_LOOKUP: Final = 16 * 1024
+"""Without an index, documents are added to the sample until they hold this many bytes per lookup (a Loom record
+takes 1-3 KB as Loom writes it), so that they can hold every lookup of the sample."""
 
 
 def find_by_id(doc: Any, record_id: str) -> bool:
@@ -118,7 +122,13 @@ class LookupProbe:
         candidates = sorted(_collection_documents(self.root))
         if not candidates:
             return
-        docs = sorted(self._rng.sample(candidates, min(self.sample, len(candidates), PROBE_DOCUMENTS)))
+        shuffled = self._rng.sample(candidates, len(candidates))
+        count = held = 0  # PROBE_DOCUMENTS documents, more while they hold too few bytes for the lookups
+        for _, size in shuffled:
+            if count >= min(self.sample, PROBE_DOCUMENTS) and held >= self.sample * BYTES_PER_LOOKUP:
+                break
+            count, held = count + 1, held + size
+        docs = sorted(shuffled[:min(count, self.sample)])
         # lookups shared in proportion to the documents' sizes (records are, roughly); a document with
         # fewer records than its share passes the rest on to the documents after it (_visit_document)
         total = sum(size for _, size in docs) or 1

@@ -480,9 +480,9 @@ class QueryEngine:
                        documents: int | None = None) -> list[tuple[str, str]]:
         """Like :meth:`sample_ids`, with each record's document: ``[(id, document relpath)]``.
 
-        ``documents``: the records come from at most this many documents, those of the first records a sample of
-        the whole index draws (so a document is chosen in proportion to its records), then ``n`` records are
-        drawn among theirs. ``None``: from any document."""
+        ``documents``: the records come from this many documents (more while these hold fewer than ``n`` records),
+        those of the first records a sample of the whole index draws (so a document is chosen in proportion to its
+        records), then ``n`` records are drawn among theirs. ``None``: from any document."""
         marks = ",".join("?" for _ in collections)
         rng = random.Random(seed)
         with self._lock:
@@ -493,7 +493,14 @@ class QueryEngine:
             chosen = rng.sample(rids, min(n, len(rids)))
             found = self._rows_of(db, chosen)
             if documents is not None:
-                kept = list(dict.fromkeys(found[rid][1] for rid in chosen if rid in found))[:documents]
+                drawn = list(dict.fromkeys(found[rid][1] for rid in chosen if rid in found))
+                kept = drawn[:documents]
+                if len(kept) < len(drawn):  # more documents while these hold fewer records than lookups
+                    sizes = dict(db.execute(
+                        f"SELECT document, count(*) FROM records INDEXED BY records_document WHERE document IN "
+                        f"({','.join('?' for _ in drawn)}) GROUP BY document", drawn).fetchall())
+                    while len(kept) < len(drawn) and sum(sizes.get(d, 0) for d in kept) < n:
+                        kept.append(drawn[len(kept)])
                 rids = [r[0] for r in db.execute(
                     f"SELECT rid FROM records INDEXED BY records_document WHERE document IN "
                     f"({','.join('?' for _ in kept)}) AND collection IN ({marks}) ORDER BY rid",
