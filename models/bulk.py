@@ -1,4 +1,4 @@
-"""Bulk inserts of many rows into one catalog table (a prune run's undo log: tens of thousands of rows).
+"""Bulk inserts and reads of many rows of one catalog table (a prune run's undo log: tens of thousands of rows).
 
 A Core ``insert(table)`` with a list of rows is one ``executemany``, but SQLAlchemy still builds and
 type-processes each row's parameters in Python (``construct_params``, then every column's bind processor),
@@ -11,6 +11,10 @@ and hands plain tuples to the driver's ``executemany``. The stored values are th
 
 Other databases keep the Core path: on PostgreSQL SQLAlchemy already batches the rows into multi-row
 ``INSERT ... VALUES`` statements ("insertmanyvalues"), which a plain driver ``executemany`` would lose.
+
+:func:`select_in` reads rows by key the same way: on SQLite one driver query per batch, each value through its
+column's result processor (the JSON deserializer), about half the time of a Core ``select`` through the session
+for 27,000 undo payloads (0.18 against 0.31-0.47 s).
 """
 
 from __future__ import annotations
@@ -18,7 +22,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from sqlalchemy import Table, insert
+from sqlalchemy import Table, insert, select
 from sqlalchemy.orm import Session
 
 
@@ -81,3 +85,40 @@ def insert_rows(session: Session, table: Table, rows: Sequence[Mapping[str, Any]
     params = list(zip(*(converted[i] for i in order), strict=True))
     conn.exec_driver_sql(str(compiled), params)
     return len(rows)
+
+
+def select_in(session: Session, table: Table, columns: Sequence[str], key: str, values: Sequence[Any]
+              ) -> list[tuple[Any, ...]]:
+    """The ``columns`` of the rows of ``table`` whose ``key`` column is in ``values`` (in no particular order), as
+    ``session.execute(select(*columns).where(key.in_(values)))`` returns them.
+
+    Args:
+        session: an open session (read in its transaction).
+        table: the table.
+        columns: column keys to read.
+        key: the column ``values`` are matched against.
+        values: at most 999 of them (SQLite's default limit of bound variables, before 3.32).
+
+    Returns:
+        One tuple per row, each value converted as SQLAlchemy converts it (a JSON column's text parsed).
+
+    Raises:
+        KeyError: a key that names no column of ``table``.
+    """
+    if not values:
+        return []
+    selected = [table.c[c] for c in columns]
+    where = table.c[key]
+    conn = session.connection()
+    dialect = conn.dialect
+    if dialect.name != "sqlite" or dialect.paramstyle != "qmark":
+        return [tuple(row) for row in session.execute(select(*selected).where(where.in_(values)))]
+    names = ", ".join(dialect.identifier_preparer.quote(c.name) for c in selected)
+    sql = (f"SELECT {names} FROM {dialect.identifier_preparer.format_table(table)} "
+           f"WHERE {dialect.identifier_preparer.quote(where.name)} IN ({', '.join('?' for _ in values)})")
+    processors = [c.type.dialect_impl(dialect).result_processor(dialect, None) for c in selected]
+    rows = conn.exec_driver_sql(sql, tuple(values)).fetchall()
+    if not any(processors):
+        return [tuple(row) for row in rows]
+    return [tuple(value if process is None else process(value) for value, process in zip(row, processors, strict=True))
+            for row in rows]

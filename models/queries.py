@@ -22,7 +22,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from models.base import as_utc, iso_z, utcnow
-from models.bulk import insert_rows
+from models.bulk import insert_rows, select_in
 from models.tables import (
     SEVERITY_RANK,
     TERMINAL_STATUSES,
@@ -766,8 +766,8 @@ def prune_action_payloads(session: Session, ids: Sequence[int]) -> Iterator[tupl
     Consume it inside the session's transaction."""
     for start in range(0, len(ids), PRUNE_ID_BATCH):
         batch = ids[start:start + PRUNE_ID_BATCH]
-        stmt = select(PruneAction.id, PruneAction.record_id, PruneAction.record).where(PruneAction.id.in_(batch))
-        found = {action_id: (record_id, record) for action_id, record_id, record in session.execute(stmt)}
+        found = {action_id: (record_id, record) for action_id, record_id, record
+                 in select_in(session, cast(Table, PruneAction.__table__), ("id", "record_id", "record"), "id", batch)}
         for action_id in batch:
             if action_id in found:
                 record_id, record = found.pop(action_id)

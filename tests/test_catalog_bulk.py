@@ -14,7 +14,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from models import Base, make_engine, session_factory
-from models.bulk import insert_rows
+from models.bulk import insert_rows, select_in
 from models.tables import MetricSample, PruneAction
 from tests.catalog_helpers import empty_catalog
 
@@ -123,3 +123,41 @@ def test_inserted_rows_read_back_through_the_models(kind: str, tmp_path: Path) -
         engine.dispose()
     assert [(a.record_id, a.record, a.created_at, a.undone_at) for a in got] == [
         (f"p{n}", {"text": f"t{n}", "n": [n, None]}, at, None) for n in range(5)]
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(records=st.lists(json_values, min_size=1, max_size=6), picked=st.sets(st.integers(1, 8), max_size=8))
+def test_select_in_reads_what_a_core_select_reads(records: list[Any], picked: set[int], scratch: Path) -> None:
+    """The driver-level read gives the values SQLAlchemy's own select gives (JSON parsed, timestamps and NULLs
+    alike), for any set of keys, those that match no row included."""
+    path = scratch / "read.db"
+    path.unlink(missing_ok=True)
+    engine = make_engine(f"sqlite:///{path}")
+    Base.metadata.create_all(engine)
+    at = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
+    try:
+        with session_factory(engine)() as session, session.begin():
+            insert_rows(session, PRUNE, [_row(n, record, at) for n, record in enumerate(records)])
+        columns = ("id", "record_id", "record", "created_at", "undone_at", "score")
+        with session_factory(engine, write=False)() as session:
+            got = sorted(select_in(session, PRUNE, columns, "id", sorted(picked)))
+            expected = sorted(tuple(row) for row in session.execute(
+                sa.select(*(PRUNE.c[c] for c in columns)).where(PRUNE.c.id.in_(sorted(picked)))))
+            assert select_in(session, PRUNE, columns, "id", []) == []
+    finally:
+        engine.dispose()
+    assert got == expected and len(got) == len(picked & set(range(1, len(records) + 1)))
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "postgres"])
+def test_select_in_on_each_catalog(kind: str, tmp_path: Path) -> None:
+    at = datetime(2026, 3, 4, 5, 6, 7, 890000, tzinfo=UTC)
+    with empty_catalog(kind, tmp_path) as url:
+        engine = make_engine(url)
+        Base.metadata.create_all(engine)
+        with session_factory(engine)() as session, session.begin():
+            insert_rows(session, PRUNE, [_row(n, {"text": f"t{n}"}, at) for n in range(4)])
+        with session_factory(engine, write=False)() as session:
+            got = sorted(select_in(session, PRUNE, ("id", "record", "created_at"), "id", [2, 4, 99]))
+        engine.dispose()
+    assert got == [(2, {"text": "t1"}, at), (4, {"text": "t3"}, at)]
