@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import sqlite3
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta, timezone
@@ -53,6 +54,20 @@ def _both(tmp_path: Path, table: sa.Table, rows: list[dict[str, Any]]) -> tuple[
         engine.dispose()
         stored.append(_stored(path, table.name))
     return stored[0], stored[1]
+
+
+@contextlib.contextmanager
+def _catalog(kind: str, tmp_path: Path, rows: list[dict[str, Any]]) -> Iterator[sa.Engine]:
+    """An empty catalog of ``kind`` (``sqlite`` or ``postgres``) with ``rows`` inserted by :func:`insert_rows`."""
+    with empty_catalog(kind, tmp_path) as url:
+        engine = make_engine(url)
+        try:
+            Base.metadata.create_all(engine)
+            with session_factory(engine)() as session, session.begin():
+                assert insert_rows(session, PRUNE, rows) == len(rows)
+            yield engine
+        finally:
+            engine.dispose()
 
 
 @pytest.fixture
@@ -113,14 +128,9 @@ def test_no_rows_inserts_nothing(tmp_path: Path) -> None:
 @pytest.mark.parametrize("kind", ["sqlite", "postgres"])
 def test_inserted_rows_read_back_through_the_models(kind: str, tmp_path: Path) -> None:
     at = datetime(2026, 3, 4, 5, 6, 7, 890000, tzinfo=UTC)
-    with empty_catalog(kind, tmp_path) as url:
-        engine = make_engine(url)
-        Base.metadata.create_all(engine)
-        with session_factory(engine)() as session, session.begin():
-            assert insert_rows(session, PRUNE, [_row(n, {"text": f"t{n}", "n": [n, None]}, at) for n in range(5)]) == 5
-        with session_factory(engine, write=False)() as session:
-            got = list(session.scalars(sa.select(PruneAction).order_by(PruneAction.id)))
-        engine.dispose()
+    rows = [_row(n, {"text": f"t{n}", "n": [n, None]}, at) for n in range(5)]
+    with _catalog(kind, tmp_path, rows) as engine, session_factory(engine, write=False)() as session:
+        got = list(session.scalars(sa.select(PruneAction).order_by(PruneAction.id)))
     assert [(a.record_id, a.record, a.created_at, a.undone_at) for a in got] == [
         (f"p{n}", {"text": f"t{n}", "n": [n, None]}, at, None) for n in range(5)]
 
@@ -152,12 +162,7 @@ def test_select_in_reads_what_a_core_select_reads(records: list[Any], picked: se
 @pytest.mark.parametrize("kind", ["sqlite", "postgres"])
 def test_select_in_on_each_catalog(kind: str, tmp_path: Path) -> None:
     at = datetime(2026, 3, 4, 5, 6, 7, 890000, tzinfo=UTC)
-    with empty_catalog(kind, tmp_path) as url:
-        engine = make_engine(url)
-        Base.metadata.create_all(engine)
-        with session_factory(engine)() as session, session.begin():
-            insert_rows(session, PRUNE, [_row(n, {"text": f"t{n}"}, at) for n in range(4)])
-        with session_factory(engine, write=False)() as session:
-            got = sorted(select_in(session, PRUNE, ("id", "record", "created_at"), "id", [2, 4, 99]))
-        engine.dispose()
+    rows = [_row(n, {"text": f"t{n}"}, at) for n in range(4)]
+    with _catalog(kind, tmp_path, rows) as engine, session_factory(engine, write=False)() as session:
+        got = sorted(select_in(session, PRUNE, ("id", "record", "created_at"), "id", [2, 4, 99]))
     assert got == [(2, {"text": "t1"}, at), (4, {"text": "t3"}, at)]
