@@ -10,7 +10,7 @@ and sends one body per configured target (Alertmanager, webhook, e-mail):
   jitter (2 s, 4 s, ... capped at 600 s; ``AML_ALERT_RETRIES`` retries), never on permanent ones
   (HTTP 4xx, SMTP 5xx). Source: Celery's ``Task.retry`` and the "exponential backoff and jitter" of
   AWS's architecture blog (full jitter: a uniform delay between 0 and the exponential bound);
-- inline (``task.apply()``, the CLI's default), synchronously, one attempt per target bounded by
+- inline (the CLI's default, or ``task.apply()``), synchronously, one attempt per target bounded by
   ``AML_ALERT_TIMEOUT`` seconds; when no target received it the claim is released, so the next run
   tries again.
 

@@ -80,8 +80,8 @@ class OperationTask:
                  options: dict[str, Any]) -> None:
         self.fun = fun
         self.name = name
-        self.retry = retry
-        self.options = options
+        self._retry = retry  # not ``retry`` or ``options``: those names are the Celery task's (``Task.retry``)
+        self._options = options
         self._celery: Task | None = None
         self.__doc__ = fun.__doc__
         self.__wrapped__ = fun
@@ -109,11 +109,11 @@ class OperationTask:
         from celery import shared_task
 
         base: dict[str, Any] = {}
-        if self.retry:
+        if self._retry:
             from tasks.retry import AmlTask
 
             base["base"] = AmlTask
-        self._celery = shared_task(bind=True, name=self.name, **base, **self.options)(self.fun)
+        self._celery = shared_task(bind=True, name=self.name, **base, **self._options)(self.fun)
         _celery_loaded = True
 
     def run_inline(self, kwargs: dict[str, Any]) -> tuple[dict[str, Any], str]:

@@ -1,8 +1,8 @@
-"""A scan that keeps no record views (``FileStore.scan(views=False)``, what ``monitor health`` runs) tallies
-exactly what the record views say: counts and bytes per agent and collection, the number of records, every
-wrong-type finding, the agents and each document's record count. Checked on every real data set, on odd
-collections (global archive items with and without an agent, non-object items, wrong types, gzip, items read
-one by one) and on random collections (hypothesis)."""
+"""A scan that keeps no record views (``FileStore.scan(views=False)``; ``monitor health`` adds the same per
+document, ``scan_tallies``) tallies exactly what the record views say: counts and bytes per agent and collection,
+the number of records, every wrong-type finding, the agents and each document's record count. Checked on every real
+data set, on odd collections (global archive items with and without an agent, non-object items, wrong types, gzip,
+items read one by one) and on random collections (hypothesis)."""
 
 from __future__ import annotations
 

@@ -48,11 +48,14 @@ PROBE_DOCUMENTS: Final = 4
 """The lookups are timed in records of this many documents, more where these hold fewer records than lookups
 (without an index: sampled, their shares in proportion to their sizes; with one: those of the first records a
 sample of the index draws). Health reads these documents in its own process, where the lookups are timed on the
-scan's read, and leaves the rest of the store to worker processes (:meth:`aml.store.FileStore.scan_tallies`)."""
+scan's read, and leaves the rest of the store to worker processes (:meth:`aml.store.FileStore.scan_tallies`).
+Four is a choice, not a source's number: on the benchmark's store (24 collection documents, two workers) the
+health process then reads and times about as much as each worker reads."""
 
 BYTES_PER_LOOKUP: Final = 16 * 1024
-"""Without an index, documents are added to the sample until they hold this many bytes per lookup (a Loom record
-takes 1-3 KB as Loom writes it), so that they can hold every lookup of the sample."""
+"""Without an index, documents are added to the sample until they hold this many bytes per lookup, so that they
+can hold every lookup of the sample: a Loom record takes 0.8-1.2 KB as Loom writes it (the collections of
+``shared/data/loom``, measured), so 16 KiB is over ten records per lookup."""
 
 
 def find_by_id(doc: Any, record_id: str) -> bool:
