@@ -236,6 +236,18 @@ def test_plan_without_space_equals_the_plan_with_every_candidate(name: str, tmp_
                 for rel, raw in files(root).items() if rel.endswith(".json")}
         for a in lean.actions:
             assert a.size_bytes == item_size(data[a.document][a.index])
+    # every match kept for its value: the preserved records of both rules and several documents, in the order
+    # a run meets them (time rule first, then the performance rule, each in document order)
+    keep_all = PruneConfig(now=NOW, agent_limit_mib=1e6, store_limit_mib=1e6, high_value_threshold=0.0)
+    lean = build_plan(root, keep_all, RULES)
+    full = build_plan(root, keep_all, [*RULES, "space_based"])
+    assert not lean.actions and not full.actions
+    assert lean.preserved == full.preserved
+    reasons = [p["reason"] for p in lean.preserved]
+    assert {"unused_too_long", "outdated_solution"} <= set(reasons)
+    assert len({p["document"] for p in lean.preserved}) > 1
+    first_performance = reasons.index("outdated_solution")
+    assert "unused_too_long" not in reasons[first_performance:], "time rule's records first"
 
 
 def test_a_compacted_plan_is_the_same_plan(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -19,6 +19,7 @@ from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
+from operator import itemgetter
 from pathlib import Path
 from typing import Any, Final
 
@@ -186,7 +187,7 @@ def _candidate(agent: str, collection: str, document: str, index: int, item: Map
                clean: bool = False) -> Candidate:
     """The :class:`Candidate` of one Loom item (id and kind as :class:`aml.store.Record` has them);
     with ``lean``, its size (``size_bytes``, ``cost_bytes``) and ``value`` are left at 0, for
-    :func:`_matchable` to fill in for the candidates it keeps (:func:`_size_and_value`); ``clean``: its document
+    :func:`_apply_rules` to fill in for the candidates a rule matches (:func:`_size_and_value`); ``clean``: its document
     is proven free of wrong types (``Document.types_clean``).
 
     Its fields are read in one pass per item (``acc.pattern_rule_fields`` and its kin: each parent object looked
@@ -305,6 +306,8 @@ def _build_plan(root: str | os.PathLike[str], config: PruneConfig | None, strate
     plan = PrunePlan(store.store_id, store.root, config, now, chosen, only)
 
     candidates: list[Candidate] = []
+    rule_actions: list[PlannedAction] = []
+    ranked_preserved: list[tuple[int, dict[str, Any]]] = []
     session_actions: list[PlannedAction] = []
     agent_bytes: Counter[str] = Counter()
     states: dict[str, DocumentState] = {}
@@ -322,43 +325,87 @@ def _build_plan(root: str | os.PathLike[str], config: PruneConfig | None, strate
             states[part.relpath] = part.state
         plan.wrong_type.extend(part.wrong_type)
         candidates.extend(part.candidates)
+        rule_actions.extend(part.rule_actions)
+        ranked_preserved.extend(part.preserved)
         plan.sessions.update(part.sessions)
         session_actions.extend(part.session_actions)
     plan.agent_bytes = dict(agent_bytes)
 
-    taken: dict[int, PlannedAction] = {}
-    preserved_ids: set[int] = set()
-
-    def preserve(c: Candidate, reason: str) -> bool:
-        if config.preserve_high_value and c.value >= config.high_value_threshold:
-            if id(c) not in preserved_ids:
-                preserved_ids.add(id(c))
-                plan.preserved.append({"agent": c.agent, "collection": c.collection, "record_id": c.record_id,
-                                       "document": c.document, "reason": reason, "value": round(c.value, 6)})
-            return True
-        return False
-
-    def take(c: Candidate, strategy: str, reason: str) -> None:
-        taken[id(c)] = PlannedAction(strategy, reason, c.action, c.agent, c.collection, c.record_id, c.kind,
-                                     c.document, "", c.index, c.value, c.size_bytes)
-
-    for strategy in chosen:
-        if strategy in ("time_based", "performance_based"):
-            open_ = [c for c in candidates if id(c) not in taken]
-            matches = (strat.time_based(open_, config, now) if strategy == "time_based"
-                       else strat.performance_based(open_, config))
-            for c, reason in matches:
-                if not preserve(c, reason):
-                    take(c, strategy, reason)
-        elif strategy == "space_based":
-            _plan_space(plan, candidates, taken, preserve, take, only)
-    actions = list(taken.values())
+    if "space_based" in chosen:  # the rules weigh every candidate of the store together
+        actions = _plan_with_space(plan, candidates, only)
+    else:  # each document's rules were applied where it was read; its preserved records come in rule order
+        actions = rule_actions
+        ranked_preserved.sort(key=itemgetter(0))  # stable: document order within a rule
+        plan.preserved = [entry for _, entry in ranked_preserved]
     if "session_based" in chosen:
         actions.extend(session_actions)
     actions.sort(key=lambda a: (a.document, a.list_pointer, a.index))
     plan.actions = actions
     plan.documents = {a.document: states[a.document] for a in actions}
     return plan
+
+
+def _plan_with_space(plan: PrunePlan, candidates: list[Candidate], only: frozenset[str] | None) -> list[PlannedAction]:
+    """The actions of a run with ``space_based``: the time and performance rules over every candidate (sized and
+    valued), then space pruning over what they left; records kept for their value go to ``plan.preserved``."""
+    config = plan.config
+    taken: dict[int, PlannedAction] = {}
+    preserved_ids: set[int] = set()
+
+    def preserve(c: Candidate, reason: str) -> bool:
+        if _kept_for_value(c, config):
+            if id(c) not in preserved_ids:
+                preserved_ids.add(id(c))
+                plan.preserved.append(_preserved_entry(c, reason))
+            return True
+        return False
+
+    def take(c: Candidate, strategy: str, reason: str) -> None:
+        taken[id(c)] = _planned(c, strategy, reason)
+
+    for c, strategy, reason in _rule_matches(candidates, plan.strategies, config, plan.now):
+        if not preserve(c, reason):
+            take(c, strategy, reason)
+    _plan_space(plan, candidates, taken, preserve, take, only)
+    return list(taken.values())
+
+
+def _rule_matches(candidates: list[Candidate], chosen: tuple[Strategy, ...], config: PruneConfig,
+                  now: datetime) -> list[tuple[Candidate, str, str]]:
+    """Each candidate a time or performance rule matches, once, with the first matching rule's strategy and
+    reason: the time rule's matches, then the performance rule's others, each in candidate order (the order a
+    run meets them, strategy by strategy)."""
+    seen: set[int] = set()
+    out: list[tuple[Candidate, str, str]] = []
+    for strategy in chosen:
+        if strategy == "time_based":
+            matches = strat.time_based(candidates, config, now)
+        elif strategy == "performance_based":
+            matches = strat.performance_based(candidates, config)
+        else:
+            continue
+        for c, reason in matches:
+            if id(c) not in seen:
+                seen.add(id(c))
+                out.append((c, strategy, reason))
+    return out
+
+
+def _kept_for_value(c: Candidate, config: PruneConfig) -> bool:
+    """Whether ``preserve_high_value`` keeps ``c`` (its value at least ``high_value_threshold``)."""
+    return config.preserve_high_value and c.value >= config.high_value_threshold
+
+
+def _preserved_entry(c: Candidate, reason: str) -> dict[str, Any]:
+    """A :attr:`PrunePlan.preserved` entry: ``c``, which ``reason`` matched, kept for its value."""
+    return {"agent": c.agent, "collection": c.collection, "record_id": c.record_id, "document": c.document,
+            "reason": reason, "value": round(c.value, 6)}
+
+
+def _planned(c: Candidate, strategy: str, reason: str) -> PlannedAction:
+    """The action of a Loom record a rule took."""
+    return PlannedAction(strategy, reason, c.action, c.agent, c.collection, c.record_id, c.kind, c.document, "",
+                         c.index, c.value, c.size_bytes)
 
 
 PLAN_WORKERS: Final = 2
@@ -377,6 +424,8 @@ class _DocumentScan:
     errors: list[dict[str, Any]] = field(default_factory=list)
     wrong_type: list[dict[str, Any]] = field(default_factory=list)
     candidates: list[Candidate] = field(default_factory=list)
+    rule_actions: list[PlannedAction] = field(default_factory=list)
+    preserved: list[tuple[int, dict[str, Any]]] = field(default_factory=list)
     sessions: dict[str, dict[str, Any]] = field(default_factory=dict)
     session_actions: list[PlannedAction] = field(default_factory=list)
 
@@ -403,9 +452,10 @@ def _scan_document(doc: Document, *, store_id: str, config: PruneConfig, now: da
                 part.wrong_type.append({"file": c.document, "record_id": c.record_id,
                                         "pointer": json_pointer(c.index), "agent": c.agent,
                                         "collection": c.collection, "fields": list(c.wrong_types)})
-        if not want_space:  # keep only what a rule can take, sized (the rest is never taken nor reported)
-            made = _matchable(made, doc.data, chosen, config, now)
-        part.candidates = made
+        if want_space:
+            part.candidates = made
+        else:  # the rules look at each record alone: they are applied here, and only what they match is sized
+            _apply_rules(part, made, doc.data, chosen, config, now)
     elif doc.kind in ("aitor_session", "tinytroupe_spec"):
         records = records_from_document(store_id, doc)
         part.records_scanned = len(records)
@@ -430,29 +480,30 @@ def _scan_document(doc: Document, *, store_id: str, config: PruneConfig, now: da
     return part
 
 
-def _matchable(made: list[Candidate], items: Sequence[Any], chosen: tuple[Strategy, ...], config: PruneConfig,
-               now: datetime) -> list[Candidate]:
-    """The candidates of one document that a time or performance rule matches (in document order),
-    with their sizes and values, for a run without ``space_based``: those rules look at each record
-    alone, from fields that need neither a size nor a value, so the others can never be taken (nor
-    preserved, nor reported). This keeps the plan's memory to the records it may act on, and sizes and
-    values only those.
+def _apply_rules(part: _DocumentScan, made: list[Candidate], items: Sequence[Any], chosen: tuple[Strategy, ...],
+                 config: PruneConfig, now: datetime) -> None:
+    """Apply the time and performance rules to one document's candidates, for a run without ``space_based``.
+
+    Those rules look at each record alone, from fields that need neither a size nor a value, so a document's
+    verdicts need nothing from the rest of the store: only the records a rule matches are sized and valued
+    (:func:`_size_and_value`), and only their actions (``part.rule_actions``) and the records kept for their
+    value (``part.preserved``, each with the rank of its rule in ``chosen``, for the plan to put them in rule
+    order) go back to the plan. The same verdicts as :func:`_plan_with_space` with limits it never reaches.
 
     Args:
+        part: what the plan takes in from the document; filled here.
         made: the document's candidates, lean (:func:`_candidate` with ``lean=True``).
         items: the document's list (``made[i].index`` indexes it).
         chosen: the run's strategies.
         config, now: as for the rules.
     """
-    matched: set[int] = set()
-    if "time_based" in chosen:
-        matched.update(id(c) for c, _ in strat.time_based(made, config, now))
-    if "performance_based" in chosen:
-        matched.update(id(c) for c, _ in strat.performance_based(made, config))
-    kept = [c for c in made if id(c) in matched]
-    for c in kept:
+    rank: dict[str, int] = {strategy: i for i, strategy in enumerate(chosen)}
+    for c, strategy, reason in _rule_matches(made, chosen, config, now):
         _size_and_value(c, items[c.index], config, now)
-    return kept
+        if _kept_for_value(c, config):
+            part.preserved.append((rank[strategy], _preserved_entry(c, reason)))
+        else:
+            part.rule_actions.append(_planned(c, strategy, reason))
 
 
 def _plan_session(plan: _DocumentScan, relpath: str, path: Path, agent: str | None, data: Mapping[str, Any],
