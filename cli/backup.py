@@ -12,7 +12,6 @@ from typing import Annotated, Any
 
 import typer
 from rich.markup import escape
-from rich.table import Table
 
 from cli.common import (
     EnqueueOpt,
@@ -27,7 +26,7 @@ from cli.common import (
 )
 from cli.lazy import lazy_module
 from cli.progressbar import progress_bar
-from cli.render import console, err_console, print_json, styled
+from cli.render import console, err_console, new_table, print_json, styled
 
 backup_tasks = lazy_module("tasks.backup")
 drill_tasks = lazy_module("tasks.drill")
@@ -111,7 +110,7 @@ def key_list(ctx: typer.Context, as_json: JsonOpt = False) -> None:
     if as_json:
         print_json({"repository": repo.url, "keys": keys})
         return
-    table = Table(title=repo.url, header_style="bold")
+    table = new_table(title=repo.url)
     for col in ("id", "created", "host", "user", "kdf"):
         table.add_column(col)
     for k in keys:
@@ -256,7 +255,7 @@ def list_(ctx: typer.Context, as_json: JsonOpt = False) -> None:
         if damaged:
             raise typer.Exit(1)
         return
-    table = Table(title=result["repository"], header_style="bold")
+    table = new_table(title=result["repository"])
     table.add_column("id", no_wrap=True)
     for col in ("type", "time (UTC)", "files", "size", "stored", "verified", "tags"):
         table.add_column(col)

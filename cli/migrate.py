@@ -14,7 +14,6 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 import typer
-from rich.table import Table
 
 from aml.migrate import check_version
 from cli.common import (
@@ -27,7 +26,7 @@ from cli.common import (
     store_of,
 )
 from cli.lazy import lazy_module
-from cli.render import console, styled
+from cli.render import console, new_table, styled
 
 migrate_tasks = lazy_module("tasks.migrate")
 
@@ -52,7 +51,7 @@ def render_detect(result: dict[str, Any]) -> None:
     state = "consistent" if result["consistent"] else "[yellow]not consistent[/]"
     console.print(f"[bold]{result['store']}[/]: data {version}; schema_version.json claims {claim}; {state}"
                   f" (latest {result['latest']})")
-    table = Table(show_header=True, header_style="bold")
+    table = new_table()
     for col in ("agent", "collection", "items", "version", "encoding"):
         table.add_column(col)
     for agent, collections in result["agents"].items():
@@ -84,7 +83,7 @@ def render_migration(result: dict[str, Any]) -> None:
         for c in result.get("conflicts", []):
             console.print(f"  [red]conflict[/] {c['path']}: {c['reason']} (--force restores it anyway)")
         return
-    table = Table(show_header=True, header_style="bold")
+    table = new_table()
     for col in ("agent", "collection", "items", "from", "changed"):
         table.add_column(col)
     for agent, collections in result["agents"].items():

@@ -12,7 +12,6 @@ import json
 from typing import Annotated, Any
 
 import typer
-from rich.table import Table
 
 from cli.common import (
     EnqueueOpt,
@@ -24,7 +23,7 @@ from cli.common import (
     store_of,
 )
 from cli.lazy import lazy_module
-from cli.render import console, print_json, styled
+from cli.render import console, new_table, print_json, styled
 
 compress_tasks = lazy_module("tasks.compress")
 query_tasks = lazy_module("tasks.query")
@@ -62,7 +61,7 @@ def _print_gc(r: dict[str, Any]) -> None:
     console.print(f"gc: {head} {n} of {plan['records_checked']} records in {plan['documents_checked']} collection "
                   f"documents {json.dumps(plan['by_reason'])}")
     if plan["records"]:
-        table = Table(show_header=True, header_style="bold")
+        table = new_table()
         for col in ("document", "pointer", "id", "agent", "reason"):
             table.add_column(col, overflow="fold")
         for rec in plan["records"][:50]:
@@ -241,7 +240,7 @@ def query(
     if as_json:
         print_json(result)
         return
-    table = Table(show_header=True, header_style="bold")
+    table = new_table()
     for col in ("agent", "collection", "kind", "id", "conf", "success", "value", "location"):
         table.add_column(col, overflow="fold")
     for h in result["hits"]:

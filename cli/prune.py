@@ -10,7 +10,6 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 import typer
-from rich.table import Table
 from typer.core import TyperGroup
 
 from aml.prune.config import DEFAULT_STRATEGIES, STRATEGIES
@@ -26,7 +25,7 @@ from cli.common import (
     store_of,
 )
 from cli.lazy import lazy_module
-from cli.render import console, print_json, styled
+from cli.render import console, new_table, print_json, styled
 
 prune_tasks = lazy_module("tasks.prune")
 
@@ -91,7 +90,7 @@ def render_plan(result: dict[str, Any], limit: int) -> None:
     """Print a prune result: the plan as a table (at most ``limit`` rows), counts, and what was done."""
     plan = result["plan"]
     counts = plan["counts"]
-    table = Table(show_header=True, header_style="bold",
+    table = new_table(
                   title=f"prune plan: {counts['total']} records ({counts['removed']} to remove, "
                         f"{counts['archived']} to archive) of {plan['records_scanned']} scanned")
     for col in ("agent", "collection", "record", "reason", "value", "action"):

@@ -7,11 +7,10 @@ from typing import Annotated, Any
 
 import typer
 from rich.markup import escape
-from rich.table import Table
 
 from cli.common import EnqueueOpt, JsonOpt, TimeoutOpt, WaitOpt, emit, run_task, store_of
 from cli.progressbar import progress_bar
-from cli.render import console, err_console, print_json, styled
+from cli.render import console, err_console, new_table, print_json, styled
 
 trace_app = typer.Typer(help="Memory use of a Redis keyspace per key pattern: sizes, TTLs, idle time, "
                         "value encodings, anomalies.", invoke_without_command=True)
@@ -38,7 +37,7 @@ def _render_files(report: dict[str, Any], top: int) -> None:
                   f"of records ({_size(report['bytes_on_disk'])} on disk) in {len(report['agents'])} agents, "
                   f"{report['duration_s']:.2f} s" + (f"; {report['document_errors']} documents failed to read"
                                                      if report["document_errors"] else ""), soft_wrap=True)
-    table = Table(show_header=True, header_style="bold")
+    table = new_table()
     for col in ("agent/collection", "records", "bytes", "avg", "unused"):
         table.add_column(col, overflow="fold")
     for name, p in list(report["patterns"].items())[:top]:
@@ -85,7 +84,7 @@ def _render_keyspace(report: dict[str, Any], top: int) -> None:
     values = ", ".join(f"{k} {v:,}" for k, v in report["values"].items())
     console.print(f"  values: {values}; with TTL {report['with_ttl']:,}, without {report['without_ttl']:,}",
                   soft_wrap=True)
-    table = Table(show_header=True, header_style="bold")
+    table = new_table()
     for col in ("pattern", "keys", "bytes", "TTL none/1h/1d/1w/+", "idle avg", "values"):
         table.add_column(col, overflow="fold", ratio=3 if col == "pattern" else 1)
     for name, p in list(report["patterns"].items())[:top]:

@@ -16,7 +16,6 @@ from aml.migrate import Journal, MigrationResult, apply_plan, build_plan, check_
 from aml.migrate import rollback as rollback_store
 from tasks.base import Catalog, OperationBody, normalize_store, run_operation, store_path
 from tasks.registry import operation_task
-from tasks.snapshots import safety_snapshot
 from workers.app import get_settings
 
 if TYPE_CHECKING:
@@ -47,6 +46,9 @@ def migrate_body(store_id: str, version: str | None, *, dry_run: bool, force: bo
             if pending is None or dry_run:
                 return {"status": "success", "outcome": "nothing" if pending is None else "dry_run",
                         "journal": pending.summary() if pending is not None else None, "backup_id": None}
+            # imported by runs that change the store only: a dry run does without its ~25 ms
+            from tasks.snapshots import safety_snapshot
+
             snapshot = safety_snapshot(catalog, store_id, root, settings, reason="pre-migrate", tags=["rollback"])
             undone = rollback_store(root, force=force).to_dict()
             undone["backup_id"] = snapshot.backup_id
@@ -58,6 +60,9 @@ def migrate_body(store_id: str, version: str | None, *, dry_run: bool, force: bo
             result = MigrationResult(plan, outcome, run_id, problems=list(plan.problems)).to_dict()
             result["backup_id"] = None
             return result
+        # imported by runs that change the store only: a dry run does without its ~25 ms
+        from tasks.snapshots import safety_snapshot
+
         snapshot = safety_snapshot(catalog, store_id, root, settings, reason="pre-migrate")
         result = apply_plan(plan, run_id=run_id).to_dict()
         result["backup_id"] = snapshot.backup_id

@@ -44,8 +44,6 @@ from aml.store.names import resolve_text_path, text_name
 from models import queries
 from tasks.base import Catalog, normalize_store, run_operation, store_path
 from tasks.registry import operation_task
-from tasks.snapshots import archive_root as archive_root_of
-from tasks.snapshots import safety_snapshot
 from workers.app import get_settings
 
 if TYPE_CHECKING:
@@ -146,6 +144,10 @@ def run_body(store_id: str, run_id: str, *, strategies: Sequence[str] | None, ag
         if not plan.actions:  # nothing to remove: a known zero (the remediation policy reads it)
             result.update(records_removed=0, records_archived=0)
             return result
+        # imported by runs that change the store only: a dry run does without its ~25 ms
+        from tasks.snapshots import archive_root as archive_root_of
+        from tasks.snapshots import safety_snapshot
+
         snapshot = safety_snapshot(catalog, store_id, root, settings, reason="pre-prune", tags=[f"prune:{run_id}"])
         result["backup_id"] = snapshot.backup_id
         archive_root = archive_root_of(root, settings)
@@ -326,6 +328,9 @@ def undo_body(store_id: str, run_id: str) -> Any:
                                   "restored": 0, "already_present": 0, "failed": [], "backup_id": None}
         if not waiting:
             return result
+        from tasks.snapshots import archive_root as archive_root_of
+        from tasks.snapshots import safety_snapshot
+
         snapshot = safety_snapshot(catalog, store_id, root, settings, reason="pre-undo", tags=[f"undo:{run_id}"])
         undone = undo_documents(root, _undo_documents(catalog, pending), archive_root=archive_root_of(root, settings),
                                 paths=sorted(pending))  # the order _undo_documents yields them in

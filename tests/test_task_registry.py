@@ -24,14 +24,15 @@ def _python(code: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
                           timeout=180)
 
 
-def _as_aml(args: list[str]) -> str:
+def _as_aml(args: list[str], watched: tuple[str, ...] = CELERY_FAMILY) -> str:
     """Code running ``aml <args>`` as the console script does (``main()`` with no argv), then printing the
-    Celery-family modules it imported, as JSON on the last line of stderr."""
+    ``watched`` modules it imported (a name, or a top-level package: the Celery family by default), as JSON on the
+    last line of stderr."""
     return ("import json, sys\n"
             f"sys.argv = ['aml', *{args!r}]\n"
             "from cli.main import main\n"
             "try:\n    main()\nexcept SystemExit as exc:\n    code = exc.code\nelse:\n    code = 0\n"
-            f"loaded = sorted({{m for m in sys.modules if m.split('.')[0] in {CELERY_FAMILY!r}}})\n"
+            f"loaded = sorted({{m for m in sys.modules if m in {watched!r} or m.split('.')[0] in {watched!r}}})\n"
             "print(json.dumps({'code': code, 'loaded': loaded}), file=sys.stderr)\n")
 
 
@@ -74,6 +75,21 @@ def test_inline_health_and_prune_never_import_celery(sample_store: Path, env: di
     assert sorted(op for op, _, _ in recorded) == ["health", "prune"]
     for _, task_id, status in recorded:
         assert uuid.UUID(task_id).version == 4 and status in ("success", "warning")
+
+
+def test_a_dry_run_imports_neither_the_safety_snapshot_nor_rich_tables(sample_store: Path,
+                                                                      env: dict[str, str]) -> None:
+    """What only a run that changes the store needs (the safety snapshot's backup engine) or only a table prints
+    (``rich.table``) is imported by those alone: a dry run's ``--json`` output has neither, its table the table."""
+    watched = ("tasks.snapshots", "aml.backup.repository", "rich.table")
+    for args in (["prune", "--dry-run", "--json"], ["migrate", "migrate", "--version", "2.0.0", "--dry-run", "--json"],
+                 ["optimize", "gc", "--dry-run", "--json"]):
+        outcome = _outcome(_python(_as_aml([str(sample_store), *args], watched), env))
+        assert outcome["loaded"] == [] and outcome["code"] == 0, (args, outcome)
+    outcome = _outcome(_python(_as_aml([str(sample_store), "prune", "--dry-run"], watched), env))
+    assert outcome["loaded"] == ["rich.table"], outcome
+    outcome = _outcome(_python(_as_aml([str(sample_store), "prune", "--json"], watched), env))
+    assert {"tasks.snapshots", "aml.backup.repository"} <= set(outcome["loaded"]), outcome
 
 
 def test_a_store_command_that_enqueues_imports_celery(sample_store: Path, env: dict[str, str]) -> None:
