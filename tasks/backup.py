@@ -30,10 +30,15 @@ from aml.store.timestamps import parse_timestamp, utc_iso_z
 from models import queries
 from tasks.base import Catalog, run_operation, store_path
 from tasks.progress import task_progress
-from tasks.registry import operation_task
+from tasks.registry import deferring, operation_task
 from tasks.snapshots import is_keyspace, record_snapshot, repository_for, repository_of, safety_snapshot, store_id_of
 from workers.app import get_settings
 from workers.settings import Settings
+
+if not deferring():
+    # A Celery process (a worker, a user's own app, a test) gets the keyspace tasks (aml.backup.export/import) with
+    # the backup tasks, as it always has; the one-shot command imports them (and redis-py) for a keyspace only.
+    import tasks.keyspace  # noqa: F401
 
 if TYPE_CHECKING:
     from celery import Task

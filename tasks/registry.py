@@ -42,6 +42,12 @@ def defer_celery() -> None:
     one_shot_process()  # its settings: read once, the same for every task (workers.app.get_settings)
 
 
+def deferring() -> bool:
+    """Whether this process is a one-shot command that has not used Celery yet (:func:`defer_celery`): a task
+    module then need not import what only registers more Celery tasks."""
+    return _deferred and not _celery_loaded
+
+
 @dataclass
 class InlineRequest:
     """What a task reads of ``self.request`` in an inline run: the same fields Celery's eager ``apply()`` sets."""

@@ -141,6 +141,8 @@ assert "celery" in sys.modules
 mine = Celery("users-own-app", broker="memory://", set_as_current=False)
 assert "aml.health.check" in mine.tasks
 assert mine.tasks["aml.health.check"].max_retries == 10
+import tasks.backup
+assert {"aml.backup.create", "aml.backup.export", "aml.backup.import"} <= set(mine.tasks), "keyspace tasks too"
 print("ok")
 """
     proc = _python(code, env)
