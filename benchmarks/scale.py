@@ -288,8 +288,10 @@ def main(argv: list[str] | None = None) -> int:
                                                   "--dry-run", "--json"], env, args.repeat, parse_argv))
         best_prune: Timing | None = None
         best_undo: Timing | None = None
-        references: list[float] = []  # the parse of the whole store before each prune: undo's too (it puts the
-        for _ in range(args.repeat):  # store back to what that parse read; a parse after the prune reads less)
+        # the parse of the whole store before each prune is undo's reference too: undo puts the store back to what
+        # that parse read, while a parse after the prune reads less
+        references: list[float] = []
+        for _ in range(args.repeat):
             pruned = measure("prune", [*aml, str(store), "prune", "--json"], env, 1, parse_argv)
             assert pruned.reference is not None
             references.append(pruned.reference)

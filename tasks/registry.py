@@ -180,7 +180,7 @@ def operation_task(name: str, *, retry: bool = True, **options: Any) -> Callable
     def decorate(fun: Callable[..., Any]) -> OperationTask:
         task = OperationTask(fun, name, retry=retry, options=options)
         with _lock:
-            if _deferred and not _celery_loaded:
+            if deferring():
                 _pending.append(task)
                 return task
         task._materialise()
