@@ -110,6 +110,9 @@ def render_plan(result: dict[str, Any], limit: int) -> None:
             for doc, s in plan["sessions"].items()), soft_wrap=True)
     if counts["by_reason"]:
         console.print("  by reason: " + ", ".join(f"{k} {v}" for k, v in counts["by_reason"].items()))
+    if plan.get("documents_from_index"):
+        console.print(f"  {plan['documents_from_index']} unchanged documents taken from the record index, unread "
+                      "(--no-index reads them)")
     if plan["preserved"]:
         console.print(f"  kept for their value (≥ {plan['config']['high_value_threshold']}): {len(plan['preserved'])}")
     for err in plan["errors"]:
@@ -162,6 +165,10 @@ def prune(
     now: Annotated[str | None, typer.Option(help="Reference instant (ISO 8601) for ages; default now.",
                                             hidden=True)] = None,
     limit: Annotated[int, typer.Option(help="Rows of the plan table shown.")] = 50,
+    no_index: Annotated[bool, typer.Option(
+        "--no-index", help="Read every document. By default the live Loom collections that the record index "
+                           "(optimize index) holds unchanged, same size, mtime and inode, are taken from it "
+                           "unread.")] = False,
     as_json: JsonOpt = False,
     enqueue: EnqueueOpt = False,
     wait: WaitOpt = False,
@@ -179,6 +186,8 @@ def prune(
     kwargs = {"store": store_of(ctx), "strategies": strategies or None, "aggressive": aggressive,
               "dry_run": dry_run, "agents": agents or None, "now": now, "overrides": overrides or None,
               "limits": limits or None, "fifo": fifo}
+    if no_index:
+        kwargs["use_index"] = False
     result = run_task(prune_tasks.run, kwargs, enqueue=enqueue, wait=wait, timeout=timeout, as_json=as_json)
     if result is None:
         return

@@ -124,7 +124,7 @@ def drop_unpublished(catalog: Catalog, root: Path, store_id: str, run_id: str,
 
 
 def run_body(store_id: str, run_id: str, *, strategies: Sequence[str] | None, agents: Sequence[str] | None,
-             config: PruneConfig, dry_run: bool) -> Any:
+             config: PruneConfig, dry_run: bool, use_index: bool = True) -> Any:
     """Build the operation body of one prune run (see :func:`tasks.base.run_operation`)."""
     settings = get_settings()
 
@@ -132,7 +132,7 @@ def run_body(store_id: str, run_id: str, *, strategies: Sequence[str] | None, ag
         root = store_path(store_id)
         # a redelivered task (same id): adopt what a killed attempt removed, forget what it did not
         resumed = None if dry_run else drop_unpublished(catalog, root, store_id, run_id)
-        plan = build_plan(root, config, strategies, agents=agents, compact=not dry_run)
+        plan = build_plan(root, config, strategies, agents=agents, compact=not dry_run, use_index=use_index)
         planned = plan.to_dict(include_actions=False)
         planned["actions"] = [a.to_dict() for a in plan.actions[:ACTIONS_IN_RESULT]]
         planned["actions_truncated"] = len(plan.actions) > ACTIONS_IN_RESULT
@@ -215,6 +215,7 @@ def run(
     overrides: dict[str, Any] | None = None,
     limits: list[str] | str | None = None,
     fifo: bool = False,
+    use_index: bool = True,
 ) -> dict[str, Any]:
     """Prune a file store (or, with ``dry_run``, only plan it).
 
@@ -233,6 +234,8 @@ def run(
             beats ``AML_SESSION_LIMITS`` at the same level; Aitor's 100/50/100 apply last.
         fifo: prune sessions with Aitor 1.1.2's own rule (oldest first, whatever the role) instead of
             the default ``managed`` rule (the seed's ``ManagedReactAgent.prune_memory`` by whole exchanges).
+        use_index: take the live Loom collections the record index holds unchanged (same size, mtime and
+            inode) from it, unread (:mod:`aml.prune.indexed`); ``False`` reads every document.
 
     Returns:
         ``{"run_id", "dry_run", "plan": {counts, actions, preserved, ...}, "backup_id", "applied":
@@ -252,11 +255,12 @@ def run(
                          setting_limits=get_settings().session_limits)
     normalise_strategies(strategies)
     arguments = {"store": store, "strategies": strategies, "aggressive": aggressive, "dry_run": dry_run,
-                 "agents": agents, "now": now, "overrides": overrides, "limits": limits, "fifo": fifo}
+                 "agents": agents, "now": now, "overrides": overrides, "limits": limits, "fifo": fifo,
+                 "use_index": use_index}
     return run_operation(task_id=self.request.id, operation="prune", store=store_id, arguments=arguments,
                          destructive=not dry_run,
                          body=run_body(store_id, run_id, strategies=strategies, agents=agents, config=config,
-                                       dry_run=dry_run))
+                                       dry_run=dry_run, use_index=use_index))
 
 
 def _no_rows_message(catalog: Catalog, store_id: str, run_id: str) -> str:

@@ -18,7 +18,10 @@ probe read it (:mod:`aml.optimize.query`). Tables:
     ``(tag, rid)`` pairs for tag filters.
 ``documents``
     every file of the store as last read: ``relpath``, ``kind``, ``agent``, ``collection``,
-    ``encoding``, ``size_bytes``, ``mtime_ns``, ``ino``, ``record_count``, ``error`` (code).
+    ``encoding``, ``size_bytes``, ``mtime_ns``, ``ino``, ``record_count``, ``error`` (code); and for an
+    agent's live Loom collection, ``prune_fields``: what prune's rules read of each item, its value inputs
+    and size (MessagePack, :mod:`aml.prune.fields`), from which a prune plan takes the document unread while
+    it is unchanged (:mod:`aml.prune.indexed`).
 ``warm``
     the warm set written by ``optimize warm-cache`` (:mod:`aml.optimize.warm`).
 ``meta``
@@ -53,9 +56,10 @@ from typing import Any, Final
 from aml import procpool
 from aml.gcpause import gc_paused
 from aml.optimize.bloom import DEFAULT_FALSE_POSITIVE_RATE, IdBloom
-from aml.optimize.files import AML_DIR, BLOOM_FILE, INDEX_FILE, INDEX_LOCK_FILE, iter_store_files
+from aml.optimize.files import AML_DIR, BLOOM_FILE, INDEX_FILE, INDEX_LOCK_FILE, RECORD_INDEX_FORMAT, iter_store_files
 from aml.optimize.value import record_value
 from aml.procpool import ordered_map
+from aml.prune.fields import LOOM_LIVE, IndexedItem, encode_document, indexed_item
 from aml.store import accessors as acc
 from aml.store.atomic import TMP_PREFIX, atomic_write, fsync_dir
 from aml.store.documents import LAZY_ITEMS_BYTES, Document, LazyItems, read_document
@@ -64,7 +68,7 @@ from aml.store.filestore import PARALLEL_DOCUMENT_BYTES, FileStore
 from aml.store.records import Record
 from aml.store.timestamps import now_utc, utc_iso_z
 
-FORMAT: Final = "aml-index/1"
+FORMAT: Final = RECORD_INDEX_FORMAT
 """Value of ``meta.format``; an index of another format is rebuilt from scratch."""
 
 TEXT_LIMIT: Final = 32 * 1024
@@ -75,7 +79,7 @@ CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE documents (
     relpath TEXT PRIMARY KEY, kind TEXT NOT NULL, agent TEXT, collection TEXT, encoding TEXT,
     size_bytes INTEGER NOT NULL, mtime_ns INTEGER NOT NULL, ino INTEGER NOT NULL,
-    record_count INTEGER NOT NULL, error TEXT
+    record_count INTEGER NOT NULL, error TEXT, prune_fields BLOB
 );
 CREATE TABLE records (
     rid INTEGER PRIMARY KEY,
@@ -528,6 +532,7 @@ class _DocumentRows:
     document: tuple[Any, ...]
     rows: Iterable[_Row]
     warm: dict[str, _WarmRow | None]
+    prune_fields: bytes | None = None
 
 
 def _document_rows(job: _Job, *, materialise: bool = True) -> _DocumentRows:
@@ -547,15 +552,23 @@ def _document_rows(job: _Job, *, materialise: bool = True) -> _DocumentRows:
     warm_keys, warm_ids = {key for key, _ in job.warm}, {wid for _, wid in job.warm}
     by_key: dict[str, tuple[Record, Any]] = {}
     by_id: dict[str, str] = {}
-    made = _record_rows(doc, records, warm_keys, warm_ids, by_key, by_id)
-    warm: dict[str, _WarmRow | None] = {}
-    rows: Iterable[_Row]
+    # an agent's live Loom collection: its items' prune fields (a plan then takes the document unread)
+    packed: list[IndexedItem] | None = (
+        [] if doc.kind == "loom_collection" and doc.collection in LOOM_LIVE and doc.agent is not None
+        and doc.error is None else None)
+    made = _record_rows(doc, records, warm_keys, warm_ids, by_key, by_id, packed)
+    out = _DocumentRows(document, (), {})
+
+    def finish() -> None:
+        out.warm.update(_warm_entries(job, doc, by_key, by_id))
+        out.prune_fields = None if packed is None else encode_document(packed)
+
     if materialise:
-        rows = list(made)
-        warm.update(_warm_entries(job, doc, by_key, by_id))
-    else:  # the warm entries once every row has been read (they need its item)
-        rows = _then(made, lambda: warm.update(_warm_entries(job, doc, by_key, by_id)))
-    return _DocumentRows(document, rows, warm)
+        out.rows = list(made)
+        finish()
+    else:  # the warm entries and prune fields once every row has been read (they need its item)
+        out.rows = _then(made, finish)
+    return out
 
 
 def _then(rows: Iterator[_Row], after: Callable[[], None]) -> Iterator[_Row]:
@@ -581,11 +594,13 @@ def _warm_entries(job: _Job, doc: Document, by_key: dict[str, tuple[Record, Any]
 
 
 def _record_rows(doc: Document, records: list[Record], warm_keys: set[str], warm_ids: set[str],
-                 by_key: dict[str, tuple[Record, Any]], by_id: dict[str, str]) -> Iterator[_Row]:
+                 by_key: dict[str, tuple[Record, Any]], by_id: dict[str, str],
+                 packed: list[IndexedItem] | None) -> Iterator[_Row]:
     """Each record's row (no rid), text and tags; the records the warm set may need go to ``by_key`` and
-    ``by_id`` as they pass."""
+    ``by_id`` as they pass; an agent's live Loom collection's items to ``packed`` (when not ``None``)."""
     data = doc.data
     data_is_list = type(data) is list or type(data) is LazyItems
+    collection, clean = doc.collection or "", doc.types_clean
     for record in records:
         location = record.location
         pointer = location.pointer
@@ -608,16 +623,26 @@ def _record_rows(doc: Document, records: list[Record], warm_keys: set[str], warm
         recency_dt = record.last_used_at or record.created_at
         created_at, last_used_at = record.created_at, record.last_used_at
         key = f"{location.document}#{pointer}"
+        count = record.execution_count
+        if count is not None and not _SQLITE_MIN_INT <= count <= _SQLITE_MAX_INT:
+            count = None  # a count no SQLite INTEGER holds (2**70 written out) is not indexed as one
         yield ((key, record.id, record.agent, record.collection, record.kind, tags_json, record.confidence,
-                record.success_rate, record.execution_count, record_value(record, item),
+                record.success_rate, count, record_value(record, item),
                 None if created_at is None else utc_iso_z(created_at),
                 None if last_used_at is None else utc_iso_z(last_used_at),
                 recency_dt.timestamp() if recency_dt else None, int(record.active), record.version, record.role,
                 record.size_bytes, location.document, pointer, location.index),
                record_text(record, item, tags), tags)
+        if packed is not None:
+            packed.append(indexed_item(collection, item, clean=clean, size_bytes=record.size_bytes,
+                                       wrong_types=tuple(w.field for w in record.wrong_types)))
         if key in warm_keys or record.id in warm_ids:
             by_key[key] = (record, item)
             by_id.setdefault(record.id, key)
+
+
+_SQLITE_MIN_INT: Final = -(2**63)
+_SQLITE_MAX_INT: Final = 2**63 - 1
 
 
 def _insert_rows(conn: sqlite3.Connection, first_rid: int, rows: list[_Row]) -> None:
@@ -664,6 +689,8 @@ def _replace_document(conn: sqlite3.Connection, job: _Job, computed: _DocumentRo
     while batch := list(itertools.islice(rows, ROW_BATCH)):
         _insert_rows(conn, rid, batch)
         rid += len(batch)
+    if computed.prune_fields is not None:  # made once every row was read
+        conn.execute("UPDATE documents SET prune_fields = ? WHERE relpath = ?", (computed.prune_fields, relpath))
     refreshed = dropped = 0
     for key, entry in computed.warm.items():
         conn.execute("DELETE FROM warm WHERE key = ?", (key,))

@@ -16,7 +16,7 @@ import functools
 import os
 import pickle
 from collections import Counter, defaultdict
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from operator import itemgetter
@@ -25,18 +25,18 @@ from typing import Any, Final
 
 from aml.prune import strategies as strat
 from aml.prune.config import PruneConfig, Strategy, normalise_strategies
+from aml.prune.fields import LOOM_LIVE, RuleFields, rule_fields, value_inputs
+from aml.prune.indexed import PlanIndex
 from aml.prune.sessions import SESSION_LISTS, read_sidecar, resolve_limits, session_removals
 from aml.prune.strategies import Action, Candidate
 from aml.prune.tinytroupe import EPISODIC_POINTER, episodic_removals
-from aml.prune.value import loom_value_inputs, outcome_metric_average, pattern_inputs, value_score
+from aml.prune.value import value_of_base, value_score
 from aml.store import accessors as acc
 from aml.store.documents import LAZY_ITEMS_BYTES, Document
 from aml.store.extract import records_from_document
 from aml.store.filestore import FileStore
 from aml.store.records import item_size, json_pointer
 from aml.store.timestamps import now_utc, utc_iso_z
-
-LOOM_LIVE = frozenset({"patterns", "solutions", "decisions"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -127,6 +127,8 @@ class PrunePlan:
             type: ``{"file", "record_id", "pointer", "agent", "collection", "fields"}``.
         sessions: per Aitor session (store-relative path): ``{"agent", "mode", "limits", "limit_sources",
             "before": {list: entries}, "removed": {list: entries}}`` (``session_based`` runs only).
+        documents_from_index: live Loom collections taken from the record index, unread (unchanged since it
+            was built: :mod:`aml.prune.indexed`).
     """
 
     store: str
@@ -144,6 +146,7 @@ class PrunePlan:
     errors: list[dict[str, Any]] = field(default_factory=list)
     sessions: dict[str, dict[str, Any]] = field(default_factory=dict)
     wrong_type: list[dict[str, Any]] = field(default_factory=list)
+    documents_from_index: int = 0
 
     def counts(self) -> dict[str, Any]:
         """``{"total", "removed", "archived", "by_reason": {...}, "by_strategy": {...}, "by_agent": {...}}``."""
@@ -159,8 +162,8 @@ class PrunePlan:
 
     def to_dict(self, *, include_actions: bool = True) -> dict[str, Any]:
         """JSON-ready form: ``{"store", "now", "strategies", "session_mode", "agents", "config", "counts",
-        "records_scanned", "agent_bytes", "store_bytes", "preserved", "errors", "sessions", "wrong_type",
-        "actions"}``."""
+        "records_scanned", "documents_from_index", "agent_bytes", "store_bytes", "preserved", "errors", "sessions",
+        "wrong_type", "actions"}``."""
         out: dict[str, Any] = {
             "store": self.store,
             "now": utc_iso_z(self.now),
@@ -170,6 +173,7 @@ class PrunePlan:
             "config": self.config.to_dict(),
             "counts": self.counts(),
             "records_scanned": self.records_scanned,
+            "documents_from_index": self.documents_from_index,
             "agent_bytes": dict(sorted(self.agent_bytes.items())),
             "store_bytes": self.store_bytes,
             "preserved": self.preserved,
@@ -190,38 +194,24 @@ def _candidate(agent: str, collection: str, document: str, index: int, item: Map
     :func:`_apply_rules` to fill in for the candidates a rule matches (:func:`_size_and_value`); ``clean``: its document
     is proven free of wrong types (``Document.types_clean``).
 
-    Its fields are read in one pass per item (``acc.pattern_rule_fields`` and its kin: each parent object looked
-    up once), which return what the single-field accessors do (tests/test_prune_candidates.py)."""
-    success = confidence = worked = None
-    executions = None
-    negative = False
-    if collection == "patterns":
-        # the rules read the fields as stored (a missing one never matches); the value uses defaults
-        record_id, kind, created, last_used, success, confidence, executions = acc.pattern_rule_fields(item)
-        # an unreadable last use is unknown, not "never used": no fallback to the creation time (a clean
-        # document has none: each last-use field it holds reads as ISO 8601 text)
-        last_used = None if not clean and acc.last_used_unreadable(item) else (last_used or created)
-    elif collection == "solutions":
-        record_id, kind, created, worked = acc.solution_rule_fields(item)
-        last_used = created
-    else:
-        record_id, kind, created, outcome, repeat = acc.decision_rule_fields(item)
-        last_used = created
-        if outcome:
-            average = outcome_metric_average(item)
-            negative = repeat is False or (average is not None and average < config.negative_metric_average)
-    c = Candidate(
-        agent=agent, collection=collection,
-        record_id=record_id or f"{document}#{json_pointer(index)}",
-        kind=kind or collection, document=document, index=index,
-        size_bytes=0, cost_bytes=0.0, value=0.0,
-        last_used=last_used, created=created,
-        success=success, confidence=confidence, executions=executions, worked=worked, negative=negative,
-        wrong_types=() if clean else tuple(w.field for w in acc.wrong_types(item, collection)),
-    )
+    Its fields are read in one pass per item (:func:`aml.prune.fields.rule_fields`), which returns what the
+    single-field accessors do (tests/test_prune_candidates.py)."""
+    wrong = () if clean else tuple(w.field for w in acc.wrong_types(item, collection))
+    c = _from_fields(agent, collection, document, index, rule_fields(collection, item, clean=clean), wrong, config)
     if not lean:
         _size_and_value(c, item, config, now)
     return c
+
+
+def _from_fields(agent: str, collection: str, document: str, index: int, f: RuleFields, wrong_types: tuple[str, ...],
+                 config: PruneConfig) -> Candidate:
+    """The lean :class:`Candidate` (no size, no value) of a Loom item whose rule fields are ``f``."""
+    average = f.outcome_average
+    # positional, in Candidate's field order (about twice as fast as by keyword, once per Loom item of the store)
+    return Candidate(agent, collection, f.record_id or f"{document}#{json_pointer(index)}", f.kind or collection,
+                     document, index, 0, 0.0, 0.0, f.last_used, f.created, f.success, f.confidence, f.executions,
+                     f.worked, f.repeat_false or (average is not None and average < config.negative_metric_average),
+                     wrong_types)
 
 
 def _size_and_value(c: Candidate, item: Mapping[str, Any], config: PruneConfig, now: datetime) -> None:
@@ -233,10 +223,7 @@ def _size_and_value(c: Candidate, item: Mapping[str, Any], config: PruneConfig, 
         config: for the recency half-life.
         now: the reference instant.
     """
-    if c.collection == "patterns":
-        inputs = pattern_inputs(c.success, c.confidence, c.executions, acc.avg_time_saved_ms(item), c.last_used)
-    else:
-        inputs = loom_value_inputs(c.collection, item)
+    inputs = value_inputs(c.collection, item, c.success, c.confidence, c.executions, c.last_used)
     c.size_bytes = item_size(item)
     c.cost_bytes = float(c.size_bytes)
     c.value = value_score(inputs, now, half_life_days=config.recency_half_life_days)
@@ -249,6 +236,7 @@ def build_plan(
     *,
     agents: Iterable[str] | None = None,
     compact: bool = True,
+    use_index: bool = True,
 ) -> PrunePlan:
     """Plan a prune run. Reads the store; writes nothing.
 
@@ -260,6 +248,8 @@ def build_plan(
         compact: lay a large plan out anew in memory (:func:`_compacted`), for a plan that is to be applied (its
             apply phase then reads documents in the memory the planning freed); a dry run, which only reports
             the plan, skips it.
+        use_index: take the live Loom collections the record index holds unchanged from it, unread
+            (:mod:`aml.prune.indexed`); ``False`` reads every document.
 
     Returns:
         The :class:`PrunePlan`.
@@ -269,9 +259,9 @@ def build_plan(
         FileNotFoundError, NotADirectoryError: the root is not a directory.
     """
     if not compact:
-        return _build_plan(root, config, strategies, agents=agents)
+        return _build_plan(root, config, strategies, agents=agents, use_index=use_index)
     # passed straight on: no reference here may keep the plan as made alive while it is made anew
-    return _compacted(_build_plan(root, config, strategies, agents=agents))
+    return _compacted(_build_plan(root, config, strategies, agents=agents, use_index=use_index))
 
 
 def _compacted(plan: PrunePlan) -> PrunePlan:
@@ -296,7 +286,7 @@ _COMPACT_FROM: Final = 10_000
 
 
 def _build_plan(root: str | os.PathLike[str], config: PruneConfig | None, strategies: Iterable[str] | None, *,
-                agents: Iterable[str] | None) -> PrunePlan:
+                agents: Iterable[str] | None, use_index: bool = True) -> PrunePlan:
     """:func:`build_plan`, before its actions are compacted."""
     config = config or PruneConfig()
     chosen = normalise_strategies(strategies)
@@ -313,22 +303,31 @@ def _build_plan(root: str | os.PathLike[str], config: PruneConfig | None, strate
     states: dict[str, DocumentState] = {}
     read = functools.partial(_scan_document, store_id=store.store_id, config=config, now=now, chosen=chosen,
                              only=only)
+    source = PlanIndex.open(store) if use_index else None
+    substitute = None if source is None else functools.partial(_scan_indexed, source=source, config=config, now=now,
+                                                                chosen=chosen, only=only)
     # documents read by worker processes, in path order; a very large Loom collection is read here, item by
-    # item (its bytes and one item in memory)
-    for part in store.map_documents(read, lazy_items=LAZY_ITEMS_BYTES, check_types=True, workers=PLAN_WORKERS):
-        plan.store_bytes += part.size_bytes
-        if part.agent is not None:
-            agent_bytes[part.agent] += part.size_bytes
-        plan.errors.extend(part.errors)
-        plan.records_scanned += part.records_scanned
-        if part.state is not None:
-            states[part.relpath] = part.state
-        plan.wrong_type.extend(part.wrong_type)
-        candidates.extend(part.candidates)
-        rule_actions.extend(part.rule_actions)
-        ranked_preserved.extend(part.preserved)
-        plan.sessions.update(part.sessions)
-        session_actions.extend(part.session_actions)
+    # item (its bytes and one item in memory); the unchanged live Loom collections of a current index are not read
+    try:
+        for part in store.map_documents(read, lazy_items=LAZY_ITEMS_BYTES, check_types=True, workers=PLAN_WORKERS,
+                                        substitute=substitute):
+            plan.documents_from_index += part.from_index
+            plan.store_bytes += part.size_bytes
+            if part.agent is not None:
+                agent_bytes[part.agent] += part.size_bytes
+            plan.errors.extend(part.errors)
+            plan.records_scanned += part.records_scanned
+            if part.state is not None:
+                states[part.relpath] = part.state
+            plan.wrong_type.extend(part.wrong_type)
+            candidates.extend(part.candidates)
+            rule_actions.extend(part.rule_actions)
+            ranked_preserved.extend(part.preserved)
+            plan.sessions.update(part.sessions)
+            session_actions.extend(part.session_actions)
+    finally:
+        if source is not None:
+            source.close()
     plan.agent_bytes = dict(agent_bytes)
 
     if "space_based" in chosen:  # the rules weigh every candidate of the store together
@@ -428,6 +427,7 @@ class _DocumentScan:
     preserved: list[tuple[int, dict[str, Any]]] = field(default_factory=list)
     sessions: dict[str, dict[str, Any]] = field(default_factory=dict)
     session_actions: list[PlannedAction] = field(default_factory=list)
+    from_index: bool = False
 
 
 def _scan_document(doc: Document, *, store_id: str, config: PruneConfig, now: datetime,
@@ -437,25 +437,15 @@ def _scan_document(doc: Document, *, store_id: str, config: PruneConfig, now: da
     if doc.error is not None:
         part.errors.append(doc.error.as_dict())
         return part
-    want_space = "space_based" in chosen  # it weighs every record: all candidates, all sized
     if doc.kind == "loom_collection" and doc.collection in LOOM_LIVE and doc.agent is not None:
         part.records_scanned = len(doc.data)
         part.state = DocumentState(doc.size_bytes, doc.mtime_ns, doc.kind)
         if only is not None and doc.agent not in only:
             return part
-        made = [_candidate(doc.agent, doc.collection, doc.relpath, index, item, config, now, lean=not want_space,
-                           clean=doc.types_clean) for index, item in enumerate(doc.data)]
-        scale = doc.size_bytes / (sum(c.size_bytes for c in made) or 1)
-        for c in made:
-            c.cost_bytes = c.size_bytes * scale
-            if c.wrong_types:
-                part.wrong_type.append({"file": c.document, "record_id": c.record_id,
-                                        "pointer": json_pointer(c.index), "agent": c.agent,
-                                        "collection": c.collection, "fields": list(c.wrong_types)})
-        if want_space:
-            part.candidates = made
-        else:  # the rules look at each record alone: they are applied here, and only what they match is sized
-            _apply_rules(part, made, doc.data, chosen, config, now)
+        items = doc.data
+        made = [_candidate(doc.agent, doc.collection, doc.relpath, index, item, config, now, lean=True,
+                           clean=doc.types_clean) for index, item in enumerate(items)]
+        _loom_verdicts(part, made, lambda c: _size_and_value(c, items[c.index], config, now), chosen, config, now)
     elif doc.kind in ("aitor_session", "tinytroupe_spec"):
         records = records_from_document(store_id, doc)
         part.records_scanned = len(records)
@@ -480,26 +470,80 @@ def _scan_document(doc: Document, *, store_id: str, config: PruneConfig, now: da
     return part
 
 
-def _apply_rules(part: _DocumentScan, made: list[Candidate], items: Sequence[Any], chosen: tuple[Strategy, ...],
-                 config: PruneConfig, now: datetime) -> None:
+def _scan_indexed(relpath: str, st: os.stat_result, *, source: PlanIndex, config: PruneConfig, now: datetime,
+                  chosen: tuple[Strategy, ...], only: frozenset[str] | None) -> _DocumentScan | None:
+    """Take in an unchanged live Loom collection from the record index (:mod:`aml.prune.indexed`), unread: what
+    :func:`_scan_document` takes in from reading it; ``None`` when the index does not hold it unchanged."""
+    held = source.document(relpath, st)
+    if held is None:
+        return None
+    agent, collection, items = held
+    part = _DocumentScan(relpath, agent, st.st_size, records_scanned=len(items),
+                         state=DocumentState(st.st_size, st.st_mtime_ns, "loom_collection"), from_index=True)
+    if only is not None and agent not in only:
+        return part
+    made = [_from_fields(agent, collection, relpath, index, item.rule, item.wrong_types, config)
+            for index, item in enumerate(items)]
+    half_life = config.recency_half_life_days
+
+    def size_and_value(c: Candidate) -> None:
+        item = items[c.index]
+        c.size_bytes = item.size_bytes
+        c.cost_bytes = float(item.size_bytes)
+        c.value = value_of_base(item.base, item.value_last_used, now, half_life_days=half_life)
+
+    _loom_verdicts(part, made, size_and_value, chosen, config, now)
+    return part
+
+
+def _loom_verdicts(part: _DocumentScan, made: list[Candidate], size_and_value: Callable[[Candidate], None],
+                   chosen: tuple[Strategy, ...], config: PruneConfig, now: datetime) -> None:
+    """Take in one live Loom collection's lean candidates (``made``, in item order): its records of a wrong type,
+    and either every candidate sized and valued (a run with ``space_based``: it weighs every record of the store
+    together) or the verdicts of the time and performance rules (:func:`_apply_rules`).
+
+    Args:
+        part: what the plan takes in from the document (``size_bytes`` set); filled here.
+        made: the candidates.
+        size_and_value: sets a candidate's size and value (:func:`_size_and_value`, or from the index).
+        chosen, config, now: the run's strategies, thresholds and reference instant.
+    """
+    want_space = "space_based" in chosen
+    if want_space:
+        for c in made:
+            size_and_value(c)
+    scale = part.size_bytes / (sum(c.size_bytes for c in made) or 1)
+    for c in made:
+        c.cost_bytes = c.size_bytes * scale
+        if c.wrong_types:
+            part.wrong_type.append({"file": c.document, "record_id": c.record_id, "pointer": json_pointer(c.index),
+                                    "agent": c.agent, "collection": c.collection, "fields": list(c.wrong_types)})
+    if want_space:
+        part.candidates = made
+    else:  # the rules look at each record alone: they are applied here, and only what they match is sized
+        _apply_rules(part, made, size_and_value, chosen, config, now)
+
+
+def _apply_rules(part: _DocumentScan, made: list[Candidate], size_and_value: Callable[[Candidate], None],
+                 chosen: tuple[Strategy, ...], config: PruneConfig, now: datetime) -> None:
     """Apply the time and performance rules to one document's candidates, for a run without ``space_based``.
 
     Those rules look at each record alone, from fields that need neither a size nor a value, so a document's
     verdicts need nothing from the rest of the store: only the records a rule matches are sized and valued
-    (:func:`_size_and_value`), and only their actions (``part.rule_actions``) and the records kept for their
+    (``size_and_value``), and only their actions (``part.rule_actions``) and the records kept for their
     value (``part.preserved``, each with the rank of its rule in ``chosen``, for the plan to put them in rule
     order) go back to the plan. The same verdicts as :func:`_plan_with_space` with limits it never reaches.
 
     Args:
         part: what the plan takes in from the document; filled here.
         made: the document's candidates, lean (:func:`_candidate` with ``lean=True``).
-        items: the document's list (``made[i].index`` indexes it).
+        size_and_value: sets a candidate's size and value.
         chosen: the run's strategies.
         config, now: as for the rules.
     """
     rank: dict[str, int] = {strategy: i for i, strategy in enumerate(chosen)}
     for c, strategy, reason in _rule_matches(made, chosen, config, now):
-        _size_and_value(c, items[c.index], config, now)
+        size_and_value(c)
         if _kept_for_value(c, config):
             part.preserved.append((rank[strategy], _preserved_entry(c, reason)))
         else:

@@ -84,10 +84,24 @@ def value_score(inputs: ValueInputs, now: datetime, *, half_life_days: float = 3
     Returns:
         The value in [0, 1]; 0.1 * R when the record has none of the four terms.
     """
-    base = base_score(inputs)
+    return value_of_base(base_score(inputs), inputs.last_used, now, half_life_days=half_life_days)
+
+
+def value_of_base(base: float, last_used: datetime | None, now: datetime, *, half_life_days: float = 30.0) -> float:
+    """:func:`value_score` from its ``B`` (:func:`base_score`) and the instant recency is measured from.
+
+    Args:
+        base: ``B``, 0-1.
+        last_used: ``ValueInputs.last_used`` (aware UTC), or ``None`` (no recency credit).
+        now: the reference instant (aware UTC).
+        half_life_days: recency half-life in days (> 0).
+
+    Returns:
+        The value in [0, 1].
+    """
     recency = 0.0
-    if inputs.last_used is not None:
-        age_days = max(0.0, (now - inputs.last_used).total_seconds() / SECONDS_PER_DAY)
+    if last_used is not None:
+        age_days = max(0.0, (now - last_used).total_seconds() / SECONDS_PER_DAY)
         recency = math.pow(2.0, -age_days / half_life_days)
     return max(base, (1.0 - RECENCY_WEIGHT) * base + RECENCY_WEIGHT * recency)
 

@@ -250,7 +250,8 @@ class FileStore:
                       check_types: bool = False, workers: int = 2,
                       parallel_max_bytes: int = PARALLEL_DOCUMENT_BYTES,
                       min_bytes_for_processes: int = PARALLEL_MIN_BYTES, here: Collection[str] = (),
-                      visit: Callable[[Document], None] | None = None) -> Iterator[_R]:
+                      visit: Callable[[Document], None] | None = None,
+                      substitute: Callable[[str, os.stat_result], _R | None] | None = None) -> Iterator[_R]:
         """``fn(document)`` for every entry below the root, in sorted path order (the documents of
         :meth:`iter_documents`), computed by forked worker processes (:func:`aml.procpool.ordered_map`)
         for the files of up to ``parallel_max_bytes`` and here, one at a time, for larger ones and entries
@@ -267,6 +268,9 @@ class FileStore:
             here: store-relative paths of documents to read in this process, whatever their size.
             visit: called here with each document read here (``here``, larger files, entries that are not
                 regular files), before ``fn``: what needs the document in this process (a lookup probe).
+            substitute: called here with each regular file's store-relative path and ``lstat``, before anything
+                reads it: a result other than ``None`` is yielded in place of ``fn``'s, and the file is not read
+                (what a caller already knows of an unchanged file, e.g. from the record index).
 
         Yields:
             ``fn``'s result for each document, in path order.
@@ -279,7 +283,11 @@ class FileStore:
                                  max_decoded_bytes=self.max_decoded_bytes, lazy_items=lazy_items,
                                  check_types=check_types)
         entries = list(self._walk(self.root, ""))
-        sizes = [_lstat_size(e[0]) if e[2] is None else -1 for e in entries]
+        known: dict[str, _R] = {}
+        if substitute is None:
+            sizes = [_lstat_size(e[0]) if e[2] is None else -1 for e in entries]
+        else:
+            sizes = [_substituted(substitute, e, known) if e[2] is None else -1 for e in entries]
         small = [0 <= size <= parallel_max_bytes and e[1] not in here for e, size in zip(entries, sizes, strict=True)]
         total = sum(size for size, s in zip(sizes, small, strict=True) if s)
         with gc_paused(), ordered_map(functools.partial(_apply, fn, read),
@@ -287,6 +295,9 @@ class FileStore:
                                       processes=total >= min_bytes_for_processes) as results:
             done = iter(results)
             for entry, in_worker in zip(entries, small, strict=True):
+                if entry[1] in known:
+                    yield known.pop(entry[1])
+                    continue
                 if in_worker:
                     yield next(done)
                     continue
@@ -493,6 +504,22 @@ def _apply(fn: Callable[[Document], _R], read: Callable[[tuple[Path, str, Docume
            entry: tuple[Path, str, DocumentError | None]) -> _R:
     """``fn`` of one entry's document (what a worker process of :meth:`FileStore.map_documents` runs)."""
     return fn(read(entry))
+
+
+def _substituted(substitute: Callable[[str, os.stat_result], _R | None],
+                 entry: tuple[Path, str, DocumentError | None], known: dict[str, _R]) -> int:
+    """The size of a regular file for :meth:`FileStore.map_documents` (0 when it cannot be ``lstat``-ed), and
+    ``substitute``'s result for it in ``known`` when there is one (then -1: read nowhere)."""
+    path, relpath, _ = entry
+    try:
+        st = os.lstat(path)
+    except OSError:
+        return 0
+    result = substitute(relpath, st)
+    if result is None:
+        return st.st_size
+    known[relpath] = result
+    return -1
 
 
 def _lstat_size(path: Path) -> int:

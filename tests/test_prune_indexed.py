@@ -1,0 +1,224 @@
+"""A prune plan takes the live Loom collections the record index holds unchanged from it, unread: the plan is
+the one made by reading every document, on real stores, on odd fields, for every strategy set; and a
+changed document, a damaged or foreign index are read instead."""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from aml.optimize.index import build_index, index_path
+from aml.prune import PruneConfig, apply_plan, build_plan
+from aml.prune.fields import decode_document, encode_document, indexed_item, rule_fields, value_inputs
+from aml.prune.plan import PrunePlan
+from aml.prune.value import base_score
+from tests.realdata import extract_loom
+from tests.test_prune_task import files, run_cli
+from tests.test_store_wrong_types import AGENT, JSON_VALUES, inject
+
+NOW = datetime(2026, 11, 23, tzinfo=UTC)
+RULES = ["time_based", "performance_based"]
+STRATEGY_SETS = (RULES, [*RULES, "space_based"], ["performance_based"], ["space_based"],
+                 [*RULES, "space_based", "session_based"])
+CONFIGS = {
+    "default": PruneConfig(now=NOW),
+    "aggressive": PruneConfig(now=NOW).aggressive(),
+    "keep-all": PruneConfig(now=NOW, high_value_threshold=0.0),
+    "space": PruneConfig(now=NOW, agent_limit_mib=0.05, store_limit_mib=0.2),
+    "no-preserve": PruneConfig(now=NOW, preserve_high_value=False, negative_metric_average=0.9),
+}
+
+
+def live_plain_documents(root: Path) -> int:
+    conn = sqlite3.connect(index_path(root))
+    try:
+        return int(conn.execute(
+            "SELECT count(*) FROM documents WHERE kind = 'loom_collection' AND encoding = 'plain' AND error IS NULL "
+            "AND agent IS NOT NULL AND collection IN ('patterns', 'solutions', 'decisions')").fetchone()[0])
+    finally:
+        conn.close()
+
+
+def same_plan(indexed: PrunePlan, read: PrunePlan) -> None:
+    a, b = indexed.to_dict(), read.to_dict()
+    assert b.pop("documents_from_index") == 0
+    a.pop("documents_from_index")
+    assert a == b
+    assert indexed.actions == read.actions
+    assert indexed.documents == read.documents
+
+
+def both_plans(root: Path, config: PruneConfig, strategies: list[str],
+               agents: list[str] | None = None) -> tuple[PrunePlan, PrunePlan]:
+    indexed = build_plan(root, config, strategies, agents=agents)
+    read = build_plan(root, config, strategies, agents=agents, use_index=False)
+    same_plan(indexed, read)
+    return indexed, read
+
+
+@pytest.mark.parametrize("name", ["loom-plain-v1.0", "loom-plain-v2.0.0", "loom-plain-v1.0-pyops", "odd"])
+def test_the_plan_from_the_index_is_the_plan_from_the_documents(name: str, tmp_path: Path) -> None:
+    root = extract_loom("loom-plain-v1.0" if name == "odd" else name, tmp_path / "s")
+    if name == "odd":  # wrong types (integer lastUsed, null timestamps, string numbers), integers beyond 64 bits
+        inject(root)
+        for collection, edit in (("patterns", lambda item: item["metrics"].update(executionCount=2**70)),
+                                 ("solutions", lambda item: item.update(verifiedCount=2**70))):
+            rel = root / AGENT / f"{collection}.json"
+            items = json.loads(rel.read_text(encoding="utf-8"))
+            edit(items[30])
+            rel.write_text(json.dumps(items, indent=2), encoding="utf-8")
+    build_index(root)
+    expected = live_plain_documents(root)
+    assert expected >= 3
+    for config in CONFIGS.values():
+        for strategies in STRATEGY_SETS:
+            indexed, _ = both_plans(root, config, strategies)
+            # the patterns holding an execution count beyond 64 bits have no packed fields: they are read
+            assert indexed.documents_from_index == expected - (name == "odd")
+    indexed, read = both_plans(root, CONFIGS["aggressive"], RULES, agents=[AGENT])
+    assert read.actions and {a.agent for a in read.actions} == {AGENT}
+    if name == "odd":
+        assert read.wrong_type and read.preserved
+
+
+def test_a_changed_document_is_read_and_the_rest_taken_from_the_index(tmp_path: Path) -> None:
+    root = extract_loom("loom-plain-v1.0", tmp_path / "s")
+    build_index(root)
+    expected = live_plain_documents(root)
+    config = PruneConfig(now=NOW).aggressive()
+    kept = {a.record_id for a in build_plan(root, config, RULES).actions}
+    path = root / AGENT / "patterns.json"
+    items = json.loads(path.read_text(encoding="utf-8"))
+    del items[0]
+    failing = [item for item in items if item["id"] not in kept][:10]
+    assert len(failing) == 10
+    for item in failing:
+        item["metrics"].update(successRate=0.01, executionCount=100)
+    path.write_text(json.dumps(items, indent=2), encoding="utf-8")
+    indexed, _ = both_plans(root, config, RULES)
+    assert indexed.documents_from_index == expected - 1
+    assert {item["id"] for item in failing} <= {a.record_id for a in indexed.actions}, "the document as it is now"
+    # applied, the plan taken partly from the index removes what a plan from the documents would
+    result = apply_plan(indexed, run_id="from-index", archive_root=tmp_path / "archives")
+    assert len(result.applied) == len(indexed.actions)
+    rebuilt = build_plan(root, config, RULES, use_index=False)
+    assert not rebuilt.actions, "everything planned was pruned"
+
+
+def test_an_edit_that_keeps_the_size_is_seen_by_the_mtime(tmp_path: Path) -> None:
+    root = extract_loom("loom-plain-v1.0", tmp_path / "s")
+    build_index(root)
+    config = PruneConfig(now=NOW)
+    kept = {a.record_id for a in build_plan(root, config, RULES).actions}
+    path = root / AGENT / "patterns.json"
+    before = path.stat()
+    text = path.read_text(encoding="utf-8")
+    item = next(i for i in json.loads(text) if i["id"] not in kept and i["metrics"]["executionCount"] >= 10
+                and str(i["metrics"]["successRate"]).startswith("0.") and str(i["metrics"]["successRate"])[2] > "3")
+    at = text.index('"successRate": 0.', text.index(f'"id": "{item["id"]}"')) + len('"successRate": 0.')
+    path.write_text(text[:at] + "0" + text[at + 1:], encoding="utf-8")  # 0.6392 -> 0.0392: same size
+    os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns + 1_000_000))
+    assert path.stat().st_size == before.st_size and path.stat().st_ino == before.st_ino
+    indexed, _ = both_plans(root, config, RULES)
+    assert indexed.documents_from_index == live_plain_documents(root) - 1
+    assert item["id"] in {a.record_id for a in indexed.actions}
+
+
+def test_a_damaged_or_foreign_index_is_not_trusted(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    root = extract_loom("loom-plain-v1.0", tmp_path / "s")
+    build_index(root)
+    expected = live_plain_documents(root)
+    config = CONFIGS["aggressive"]
+    conn = sqlite3.connect(index_path(root))
+    blob = conn.execute("SELECT prune_fields FROM documents WHERE relpath = ?",
+                        (f"{AGENT}/patterns.json",)).fetchone()[0]
+    conn.execute("UPDATE documents SET prune_fields = ? WHERE relpath = ?",
+                 (blob[:-7], f"{AGENT}/patterns.json"))
+    conn.commit()
+    indexed, _ = both_plans(root, config, RULES)
+    assert indexed.documents_from_index == expected - 1, "prune fields that do not read: the document is read"
+    items = decode_document(conn.execute("SELECT prune_fields FROM documents WHERE relpath = ?",
+                                         (f"{AGENT}/decisions.json",)).fetchone()[0])
+    conn.execute("UPDATE documents SET prune_fields = ? WHERE relpath = ?",
+                 (encode_document(items[1:]), f"{AGENT}/decisions.json"))
+    conn.commit()
+    indexed, _ = both_plans(root, config, RULES)
+    assert indexed.documents_from_index == expected - 2, "an item missing: the document is read"
+    # a limit on documents' size below a document's: it is refused as when read, not taken from the index
+    monkeypatch.setenv("AML_MAX_DOCUMENT_MB", str((root / AGENT / "patterns.json").stat().st_size / 2**20 / 2))
+    indexed, read = both_plans(root, config, RULES)
+    assert any(e["relpath"] == f"{AGENT}/patterns.json" for e in read.errors)
+    monkeypatch.delenv("AML_MAX_DOCUMENT_MB")
+    conn.execute("UPDATE meta SET value = 'aml-index/1' WHERE key = 'format'")
+    conn.commit()
+    conn.close()
+    indexed, _ = both_plans(root, config, RULES)
+    assert indexed.documents_from_index == 0, "an index of another format"
+    build_index(root)
+    assert build_plan(root, config, RULES).documents_from_index == expected
+    (root / "new-agent").mkdir()
+    (root / "new-agent" / "patterns.json").write_text("[]", encoding="utf-8")
+    indexed, _ = both_plans(root, config, RULES)
+    assert indexed.documents_from_index == 0, "an index built for other agent directories"
+
+
+ITEMS = st.dictionaries(
+    st.sampled_from(["id", "timestamp", "type", "metrics", "evolution", "lifecycle", "performance", "effectiveness",
+                     "outcome", "decision", "reviewedAt", "verifiedCount", "avgTimeSavedMs", "problem"]),
+    JSON_VALUES, max_size=8)
+
+
+@settings(max_examples=300, deadline=None)
+@given(collection=st.sampled_from(["patterns", "solutions", "decisions"]), items=st.lists(ITEMS, max_size=3),
+       clean=st.booleans())
+def test_packed_fields_read_back_as_read_from_the_items(collection: str, items: list[dict[str, Any]],
+                                                        clean: bool) -> None:
+    packed = encode_document([indexed_item(collection, item, clean=clean, wrong_types=("a.b",), size_bytes=n)
+                              for n, item in enumerate(items)])
+    expected = [rule_fields(collection, item, clean=clean) for item in items]
+    if packed is None:  # only an execution count no 64 bits hold
+        assert any(f.executions is not None and not -(2**63) <= f.executions < 2**64 for f in expected)
+        return
+    back = decode_document(packed)
+    assert [b.rule for b in back] == expected
+    for n, (b, f, item) in enumerate(zip(back, expected, items, strict=True)):
+        inputs = value_inputs(collection, item, f.success, f.confidence, f.executions, f.last_used)
+        assert b.base == base_score(inputs)
+        assert b.value_last_used == inputs.last_used
+        assert b.wrong_types == ("a.b",) and b.size_bytes == n
+
+
+def test_cli_prune_takes_unchanged_documents_from_the_index(tmp_path: Path, aml_settings, capsys,
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("COLUMNS", "200")
+    store = extract_loom("loom-plain-v1.0", tmp_path)
+    before = files(store)
+    args = [str(store), "prune", "--aggressive", "--now", NOW.isoformat()]
+    code, out = run_cli(capsys, *args, "--dry-run", "--json")
+    assert code == 0 and json.loads(out)["plan"]["documents_from_index"] == 0, "no index yet"
+    assert run_cli(capsys, str(store), "optimize", "index")[0] == 0
+    code, out = run_cli(capsys, *args, "--dry-run", "--json")
+    from_index = json.loads(out)["plan"]
+    code, out = run_cli(capsys, *args, "--dry-run", "--json", "--no-index")
+    read = json.loads(out)["plan"]
+    assert from_index.pop("documents_from_index") == live_plain_documents(store)
+    assert read.pop("documents_from_index") == 0
+    assert from_index == read and read["counts"]["total"] > 0
+    code, out = run_cli(capsys, *args, "--dry-run")
+    assert code == 0 and f"{live_plain_documents(store)} unchanged documents taken from the record index" in out
+    code, out = run_cli(capsys, *args, "--dry-run", "--no-index")
+    assert code == 0 and "record index" not in out
+    # a real run planned from the index prunes, and its undo puts every byte back
+    code, out = run_cli(capsys, *args)
+    assert code == 0 and f"removed {read['counts']['removed']}, archived {read['counts']['archived']}" in out, out
+    run_id = out.split("prune undo")[-1].split()[0]
+    assert run_cli(capsys, str(store), "prune", "undo", run_id)[0] == 0
+    assert {k: v for k, v in files(store).items() if not k.startswith(".aml/")} == before
