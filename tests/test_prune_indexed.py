@@ -16,10 +16,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from aml.optimize.index import build_index, index_path
+from aml.optimize.value import record_value
 from aml.prune import PruneConfig, apply_plan, build_plan
-from aml.prune.fields import decode_document, encode_document, indexed_item, rule_fields, value_inputs
+from aml.prune.fields import LOOM_LIVE, decode_document, encode_document, indexed_item, rule_fields, value_inputs
 from aml.prune.plan import PrunePlan
 from aml.prune.value import base_score
+from aml.store.extract import records_from_document
+from aml.store.filestore import FileStore
 from tests.realdata import extract_loom
 from tests.test_prune_task import files, run_cli
 from tests.test_store_wrong_types import AGENT, JSON_VALUES, inject
@@ -87,6 +90,26 @@ def test_the_plan_from_the_index_is_the_plan_from_the_documents(name: str, tmp_p
     assert read.actions and {a.agent for a in read.actions} == {AGENT}
     if name == "odd":
         assert read.wrong_type and read.preserved
+
+
+@pytest.mark.parametrize("name", ["loom-plain-v1.0", "loom-plain-v2.0.0", "odd"])
+def test_the_indexed_base_is_the_records_value(name: str, tmp_path: Path) -> None:
+    """The index writes a live Loom item's value from its packed B: the value record_value computes."""
+    root = extract_loom("loom-plain-v1.0" if name == "odd" else name, tmp_path / "s")
+    if name == "odd":
+        inject(root)
+    store = FileStore(root)
+    seen = 0
+    for doc in store.iter_documents(check_types=True):
+        if doc.kind != "loom_collection" or doc.collection not in LOOM_LIVE or doc.agent is None:
+            continue
+        for record in records_from_document(store.store_id, doc):
+            item = doc.data[record.location.index]
+            fields = indexed_item(record.collection, item, clean=doc.types_clean, size_bytes=record.size_bytes,
+                                  wrong_types=())
+            assert round(fields.base, 6) == record_value(record, item), record.id
+            seen += 1
+    assert seen > 500
 
 
 def test_a_changed_document_is_read_and_the_rest_taken_from_the_index(tmp_path: Path) -> None:

@@ -626,16 +626,21 @@ def _record_rows(doc: Document, records: list[Record], warm_keys: set[str], warm
         count = record.execution_count
         if count is not None and not _SQLITE_MIN_INT <= count <= _SQLITE_MAX_INT:
             count = None  # a count no SQLite INTEGER holds (2**70 written out) is not indexed as one
+        if packed is not None:
+            fields = indexed_item(collection, item, clean=clean, size_bytes=record.size_bytes,
+                                  wrong_types=tuple(w.field for w in record.wrong_types))
+            packed.append(fields)
+            # an object's value is its B, already computed (record_value's Loom branch: the same inputs)
+            value = round(fields.base, 6) if type(item) is dict else record_value(record, item)
+        else:
+            value = record_value(record, item)
         yield ((key, record.id, record.agent, record.collection, record.kind, tags_json, record.confidence,
-                record.success_rate, count, record_value(record, item),
+                record.success_rate, count, value,
                 None if created_at is None else utc_iso_z(created_at),
                 None if last_used_at is None else utc_iso_z(last_used_at),
                 recency_dt.timestamp() if recency_dt else None, int(record.active), record.version, record.role,
                 record.size_bytes, location.document, pointer, location.index),
                record_text(record, item, tags), tags)
-        if packed is not None:
-            packed.append(indexed_item(collection, item, clean=clean, size_bytes=record.size_bytes,
-                                       wrong_types=tuple(w.field for w in record.wrong_types)))
         if key in warm_keys or record.id in warm_ids:
             by_key[key] = (record, item)
             by_id.setdefault(record.id, key)
