@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import sqlite3
+import time
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -18,7 +19,15 @@ from hypothesis import strategies as st
 from aml.optimize.index import build_index, index_path
 from aml.optimize.value import record_value
 from aml.prune import PruneConfig, apply_plan, build_plan
-from aml.prune.fields import LOOM_LIVE, decode_document, encode_document, indexed_item, rule_fields, value_inputs
+from aml.prune.fields import (
+    LOOM_LIVE,
+    decode_document,
+    digest,
+    encode_document,
+    indexed_item,
+    rule_fields,
+    value_inputs,
+)
 from aml.prune.plan import PrunePlan
 from aml.prune.value import base_score
 from aml.store.extract import records_from_document
@@ -38,6 +47,14 @@ CONFIGS = {
     "space": PruneConfig(now=NOW, agent_limit_mib=0.05, store_limit_mib=0.2),
     "no-preserve": PruneConfig(now=NOW, preserve_high_value=False, negative_metric_average=0.9),
 }
+
+
+def age(root: Path, seconds: int = 3600) -> None:
+    """Put every file's mtime ``seconds`` back (its ctime becomes now)."""
+    for path in root.rglob("*"):
+        if path.is_file() and ".aml" not in path.parts:
+            st = path.stat()
+            os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns - seconds * 10**9))
 
 
 def live_plain_documents(root: Path) -> int:
@@ -78,6 +95,7 @@ def test_the_plan_from_the_index_is_the_plan_from_the_documents(name: str, tmp_p
             items = json.loads(rel.read_text(encoding="utf-8"))
             edit(items[30])
             rel.write_text(json.dumps(items, indent=2), encoding="utf-8")
+        age(root)  # modified an hour ago: documents modified just before the index reads them are read by plans
     build_index(root)
     expected = live_plain_documents(root)
     assert expected >= 3
@@ -136,7 +154,8 @@ def test_a_changed_document_is_read_and_the_rest_taken_from_the_index(tmp_path: 
     assert not rebuilt.actions, "everything planned was pruned"
 
 
-def test_an_edit_that_keeps_the_size_is_seen_by_the_mtime(tmp_path: Path) -> None:
+def test_an_edit_that_keeps_the_size_and_the_mtime_is_seen_by_the_ctime(tmp_path: Path) -> None:
+    """A same-size rewrite whose mtime is put back (``cp -p``, ``touch -r``, ``rsync -a --inplace``)."""
     root = extract_loom("loom-plain-v1.0", tmp_path / "s")
     build_index(root)
     config = PruneConfig(now=NOW)
@@ -147,12 +166,36 @@ def test_an_edit_that_keeps_the_size_is_seen_by_the_mtime(tmp_path: Path) -> Non
     item = next(i for i in json.loads(text) if i["id"] not in kept and i["metrics"]["executionCount"] >= 10
                 and str(i["metrics"]["successRate"]).startswith("0.") and str(i["metrics"]["successRate"])[2] > "3")
     at = text.index('"successRate": 0.', text.index(f'"id": "{item["id"]}"')) + len('"successRate": 0.')
+    time.sleep(0.05)  # a ctime step (a jiffy) after the extraction's
     path.write_text(text[:at] + "0" + text[at + 1:], encoding="utf-8")  # 0.6392 -> 0.0392: same size
-    os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns + 1_000_000))
-    assert path.stat().st_size == before.st_size and path.stat().st_ino == before.st_ino
+    os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns))
+    after = path.stat()
+    assert (after.st_size, after.st_mtime_ns, after.st_ino) == (before.st_size, before.st_mtime_ns, before.st_ino)
     indexed, _ = both_plans(root, config, RULES)
     assert indexed.documents_from_index == live_plain_documents(root) - 1
     assert item["id"] in {a.record_id for a in indexed.actions}
+
+
+def test_a_document_modified_just_before_the_index_read_it_is_read(tmp_path: Path) -> None:
+    """Racily clean: modified within a timestamp step of the index's read, a document may be written again in
+    that step without changing its size, mtime or ctime; plans read it, and the next build reads it again."""
+    root = extract_loom("loom-plain-v1.0", tmp_path / "s")
+    path = root / AGENT / "solutions.json"
+    path.write_bytes(path.read_bytes())  # modified now
+    build_index(root)
+    expected = live_plain_documents(root)
+    indexed, _ = both_plans(root, CONFIGS["aggressive"], RULES)
+    assert indexed.documents_from_index == expected - 1
+    st = path.stat()
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns - 3600 * 10**9))
+    assert build_index(root).documents_read == 1, "read again (its ctime changed too)"
+    assert build_plan(root, CONFIGS["aggressive"], RULES).documents_from_index == expected
+    time.sleep(0.05)
+    os.utime(path)  # mtime now, content unchanged
+    result = build_index(root)
+    assert result.documents_read == 1
+    assert build_index(root).documents_read == 1, "still within a timestamp step of its read: read again"
+    assert build_plan(root, CONFIGS["aggressive"], RULES).documents_from_index == expected - 1
 
 
 def test_a_damaged_or_foreign_index_is_not_trusted(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -161,20 +204,49 @@ def test_a_damaged_or_foreign_index_is_not_trusted(tmp_path: Path, monkeypatch: 
     expected = live_plain_documents(root)
     config = CONFIGS["aggressive"]
     conn = sqlite3.connect(index_path(root))
-    blob = conn.execute("SELECT prune_fields FROM documents WHERE relpath = ?",
-                        (f"{AGENT}/patterns.json",)).fetchone()[0]
-    conn.execute("UPDATE documents SET prune_fields = ? WHERE relpath = ?",
-                 (blob[:-7], f"{AGENT}/patterns.json"))
+    def fields(relpath: str) -> tuple[bytes, str]:
+        return conn.execute("SELECT prune_fields, prune_fields_digest FROM documents WHERE relpath = ?",
+                            (relpath,)).fetchone()
+
+    def put(relpath: str, blob: bytes, checksum: str) -> None:
+        conn.execute("UPDATE documents SET prune_fields = ?, prune_fields_digest = ? WHERE relpath = ?",
+                     (blob, checksum, relpath))
+        conn.commit()
+
+    blob, checksum = fields(f"{AGENT}/patterns.json")
+    items = decode_document(blob, checksum)
+    items[3].rule.success = 0.0 if items[3].rule.success != 0.0 else 0.5
+    put(f"{AGENT}/patterns.json", encode_document(items) or b"", checksum)
+    indexed, _ = both_plans(root, config, RULES)
+    assert indexed.documents_from_index == expected - 1, "fields that do not match their checksum: read"
+    blob, _ = fields(f"{AGENT}/solutions.json")
+    put(f"{AGENT}/solutions.json", blob[:-7], digest(blob[:-7]))
+    indexed, _ = both_plans(root, config, RULES)
+    assert indexed.documents_from_index == expected - 2, "prune fields that do not read: the document is read"
+    items = decode_document(*fields(f"{AGENT}/decisions.json"))
+    blob = encode_document(items[1:]) or b""
+    put(f"{AGENT}/decisions.json", blob, digest(blob))
+    indexed, _ = both_plans(root, config, RULES)
+    assert indexed.documents_from_index == expected - 3, "an item missing: the document is read"
+    conn.close()
+    build_index(root, full=True)  # a fresh index, then damaged places and versions
+    conn = sqlite3.connect(index_path(root))
+    conn.execute("UPDATE documents SET agent = 'debugger' WHERE relpath = ?", (f"{AGENT}/patterns.json",))
+    conn.execute("UPDATE documents SET collection = 'decisions' WHERE relpath = ?", (f"{AGENT}/solutions.json",))
     conn.commit()
     indexed, _ = both_plans(root, config, RULES)
-    assert indexed.documents_from_index == expected - 1, "prune fields that do not read: the document is read"
-    items = decode_document(conn.execute("SELECT prune_fields FROM documents WHERE relpath = ?",
-                                         (f"{AGENT}/decisions.json",)).fetchone()[0])
-    conn.execute("UPDATE documents SET prune_fields = ? WHERE relpath = ?",
-                 (encode_document(items[1:]), f"{AGENT}/decisions.json"))
-    conn.commit()
-    indexed, _ = both_plans(root, config, RULES)
-    assert indexed.documents_from_index == expected - 2, "an item missing: the document is read"
+    assert indexed.documents_from_index == expected - 2, "a place the path does not give: read"
+    for key, value in (("prune_fields", "0"), ("aml_version", "0.0.1")):
+        conn.close()
+        build_index(root, full=True)
+        conn = sqlite3.connect(index_path(root))
+        conn.execute("UPDATE meta SET value = ? WHERE key = ?", (value, key))
+        conn.commit()
+        indexed, _ = both_plans(root, config, RULES)
+        assert indexed.documents_from_index == 0, f"an index of another {key}"
+    conn.close()
+    build_index(root, full=True)
+    conn = sqlite3.connect(index_path(root))
     # a limit on documents' size below a document's: it is refused as when read, not taken from the index
     monkeypatch.setenv("AML_MAX_DOCUMENT_MB", str((root / AGENT / "patterns.json").stat().st_size / 2**20 / 2))
     indexed, read = both_plans(root, config, RULES)
@@ -210,7 +282,7 @@ def test_packed_fields_read_back_as_read_from_the_items(collection: str, items: 
     if packed is None:  # only an execution count no 64 bits hold
         assert any(f.executions is not None and not -(2**63) <= f.executions < 2**64 for f in expected)
         return
-    back = decode_document(packed)
+    back = decode_document(packed, digest(packed))
     assert [b.rule for b in back] == expected
     for n, (b, f, item) in enumerate(zip(back, expected, items, strict=True)):
         inputs = value_inputs(collection, item, f.success, f.confidence, f.executions, f.last_used)

@@ -144,7 +144,11 @@ def _index_rows(root: Path) -> dict[str, list[tuple[Any, ...]]]:
     conn = sqlite3.connect(root / INDEX_FILE)
     try:
         return {table: conn.execute(f"SELECT * FROM {table} ORDER BY 1, 2").fetchall()
-                for table in ("records", "tags", "documents")} | {
+                for table in ("records", "tags")} | {
+            # every column but the time of the read (prune fields included: the same when read item by item)
+            "documents": conn.execute(
+                "SELECT relpath, kind, agent, collection, encoding, size_bytes, mtime_ns, ino, record_count, error, "
+                "ctime_ns, prune_fields, prune_fields_digest FROM documents ORDER BY 1, 2").fetchall()} | {
             "fts": conn.execute("SELECT rowid, text FROM records_fts ORDER BY rowid").fetchall()}
     finally:
         conn.close()

@@ -25,7 +25,13 @@ INDEX_FILE: Final = f"{AML_DIR}/index.sqlite"
 """The record index written by ``optimize index`` (store-relative)."""
 RECORD_INDEX_FORMAT: Final = "aml-index/2"
 """The record index's format (its ``meta.format``); an index of another format is rebuilt from scratch, and
-never read as this one (aml-index/2 added ``records.prune_fields``)."""
+never read as this one (aml-index/2 added ``documents.prune_fields`` and what tells a document unchanged since
+it was read: ``ctime_ns``, ``read_at_ns``)."""
+CHANGE_TICK_NS: Final = 2_000_000_000
+"""The coarsest file timestamp step the record index allows for, nanoseconds (FAT's 2 s; ext3 and HFS+ have
+1 s). A document modified less than this before the index read it may be rewritten again within the same
+step, leaving its size, mtime and ctime as they were: the index reads it again at its next build, and prune
+never takes it from the index (git's "racily clean" entries, handled the same way)."""
 BLOOM_FILE: Final = f"{AML_DIR}/index.bloom"
 """The Bloom filter over record ids, saved next to the index (store-relative)."""
 INDEX_LOCK_FILE: Final = f"{AML_DIR}/index.lock"
@@ -46,6 +52,7 @@ class StoreFile:
         size: bytes on disk.
         mtime_ns: modification time, nanoseconds since the epoch.
         ino: inode number (an atomic rewrite always changes it).
+        ctime_ns: status change time, nanoseconds since the epoch (any write, ``utime`` or ``chmod`` sets it).
     """
 
     path: Path
@@ -53,6 +60,7 @@ class StoreFile:
     size: int
     mtime_ns: int
     ino: int
+    ctime_ns: int = 0
 
     @property
     def top(self) -> str | None:
@@ -100,7 +108,7 @@ def _walk(directory: Path, prefix: str, skip_top: frozenset[str]) -> Iterator[St
                 continue
             yield from _walk(Path(entry.path), f"{prefix}{name}/", skip_top)
         elif stat.S_ISREG(st.st_mode):
-            yield StoreFile(Path(entry.path), prefix + name, st.st_size, st.st_mtime_ns, st.st_ino)
+            yield StoreFile(Path(entry.path), prefix + name, st.st_size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns)
 
 
 def unchanged(path: Path, before: os.stat_result | StoreFile) -> bool:

@@ -18,19 +18,22 @@ probe read it (:mod:`aml.optimize.query`). Tables:
     ``(tag, rid)`` pairs for tag filters.
 ``documents``
     every file of the store as last read: ``relpath``, ``kind``, ``agent``, ``collection``,
-    ``encoding``, ``size_bytes``, ``mtime_ns``, ``ino``, ``record_count``, ``error`` (code); and for an
-    agent's live Loom collection, ``prune_fields``: what prune's rules read of each item, its value inputs
-    and size (MessagePack, :mod:`aml.prune.fields`), from which a prune plan takes the document unread while
-    it is unchanged (:mod:`aml.prune.indexed`).
+    ``encoding``, ``size_bytes``, ``mtime_ns``, ``ino``, ``ctime_ns``, ``record_count``, ``error`` (code),
+    ``read_at_ns`` (wall clock just before the read); and for an agent's live Loom collection,
+    ``prune_fields``: what prune's rules read of each item, its value inputs and size (MessagePack,
+    :mod:`aml.prune.fields`), with its checksum ``prune_fields_digest``, from which a prune plan takes the
+    document unread while it is unchanged (:mod:`aml.prune.indexed`).
 ``warm``
     the warm set written by ``optimize warm-cache`` (:mod:`aml.optimize.warm`).
 ``meta``
-    ``format``, ``store_id``, ``built_at``, ``records``, ``documents``, ``loom_agents``, ``bloom_sha256``.
+    ``format``, ``store_id``, ``built_at``, ``records``, ``documents``, ``loom_agents``, ``bloom_sha256``,
+    ``prune_fields`` (:data:`aml.prune.fields.FIELDS_VERSION`), ``aml_version``.
 
 Builds are **atomic**: the new index is written to a temporary file in ``.aml/`` and renamed over
 the old one (readers holding the old file keep reading it). They are **incremental**: a build
-starts from a copy of the current index and re-reads only the documents whose size, mtime or inode
-changed (and drops the rows of documents that are gone); ``full=True`` reads everything. Warm-set
+starts from a copy of the current index and re-reads only the documents whose size, mtime, ctime or inode
+changed, or that were modified less than :data:`~aml.optimize.files.CHANGE_TICK_NS` before it last read them
+(and drops the rows of documents that are gone); ``full=True`` reads everything. Warm-set
 entries of re-read documents are refreshed in the same build. Writers of the index (build,
 warm-cache) are serialised by an ``flock`` on ``.aml/index.lock``.
 """
@@ -53,13 +56,22 @@ from itertools import repeat
 from pathlib import Path
 from typing import Any, Final
 
+import aml
 from aml import procpool
 from aml.gcpause import gc_paused
 from aml.optimize.bloom import DEFAULT_FALSE_POSITIVE_RATE, IdBloom
-from aml.optimize.files import AML_DIR, BLOOM_FILE, INDEX_FILE, INDEX_LOCK_FILE, RECORD_INDEX_FORMAT, iter_store_files
+from aml.optimize.files import (
+    AML_DIR,
+    BLOOM_FILE,
+    CHANGE_TICK_NS,
+    INDEX_FILE,
+    INDEX_LOCK_FILE,
+    RECORD_INDEX_FORMAT,
+    iter_store_files,
+)
 from aml.optimize.value import record_value
 from aml.procpool import ordered_map
-from aml.prune.fields import LOOM_LIVE, IndexedItem, encode_document, indexed_item
+from aml.prune.fields import FIELDS_VERSION, LOOM_LIVE, IndexedItem, digest, encode_document, indexed_item
 from aml.store import accessors as acc
 from aml.store.atomic import TMP_PREFIX, atomic_write, fsync_dir
 from aml.store.documents import LAZY_ITEMS_BYTES, Document, LazyItems, read_document
@@ -79,7 +91,8 @@ CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE documents (
     relpath TEXT PRIMARY KEY, kind TEXT NOT NULL, agent TEXT, collection TEXT, encoding TEXT,
     size_bytes INTEGER NOT NULL, mtime_ns INTEGER NOT NULL, ino INTEGER NOT NULL,
-    record_count INTEGER NOT NULL, error TEXT, prune_fields BLOB
+    record_count INTEGER NOT NULL, error TEXT, ctime_ns INTEGER NOT NULL, read_at_ns INTEGER NOT NULL,
+    prune_fields BLOB, prune_fields_digest TEXT
 );
 CREATE TABLE records (
     rid INTEGER PRIMARY KEY,
@@ -423,15 +436,17 @@ def build_index(
         incremental = not full and _current_index_usable(base)
         result = IndexResult(store.store_id, str(index_path(base)), full=not incremental)
         with replace_index(base, start_from_current=incremental) as conn:
-            known: dict[str, tuple[int, int, int]] = {}
+            known: dict[str, tuple[int, int, int, int]] = {}
             if incremental:
                 meta = read_meta(conn)
                 if meta.get("loom_agents") != agents_json:  # agent set changed: placements may differ
                     _clear(conn)
                     result.full = True
                 else:
-                    known = {r[0]: (r[1], r[2], r[3]) for r in
-                             conn.execute("SELECT relpath, size_bytes, mtime_ns, ino FROM documents")}
+                    # a document modified within a timestamp step of its read is read again (racily clean)
+                    known = {r[0]: (r[1], r[2], r[3], r[4]) for r in conn.execute(
+                        "SELECT relpath, size_bytes, mtime_ns, ino, ctime_ns FROM documents "
+                        "WHERE mtime_ns < read_at_ns - ?", (CHANGE_TICK_NS,))}
             warm: dict[str, list[tuple[str, str]]] = {}
             for key, wid, document in conn.execute("SELECT key, id, document FROM warm"):
                 warm.setdefault(document, []).append((key, wid))
@@ -439,7 +454,7 @@ def build_index(
             jobs: list[_Job] = []
             for f in iter_store_files(base):
                 seen.add(f.relpath)
-                if known.get(f.relpath) == (f.size, f.mtime_ns, f.ino):
+                if known.get(f.relpath) == (f.size, f.mtime_ns, f.ino, f.ctime_ns):
                     result.documents_reused += 1
                     continue
                 jobs.append(_Job(f.path, f.relpath, f.ino, f.size, store.store_id, loom_agents,
@@ -466,7 +481,8 @@ def build_index(
             bloom_bytes = bloom.to_bytes()
             meta_rows = {"format": FORMAT, "store_id": store.store_id, "built_at": utc_iso_z(now_utc()),
                          "records": str(result.records), "documents": str(result.documents),
-                         "loom_agents": agents_json, "bloom_sha256": _sha256(bloom_bytes)}
+                         "loom_agents": agents_json, "bloom_sha256": _sha256(bloom_bytes),
+                         "prune_fields": FIELDS_VERSION, "aml_version": aml.__version__}
             conn.executemany("INSERT OR REPLACE INTO meta(key, value) VALUES (?, ?)", meta_rows.items())
             result.bloom_items = bloom.items
             result.bloom_bytes = len(bloom_bytes)
@@ -543,11 +559,12 @@ def _document_rows(job: _Job, *, materialise: bool = True) -> _DocumentRows:
         job: the document.
         materialise: rows as a list (to send back from a worker), else a generator (written in batches).
     """
+    read_at_ns = time.time_ns()  # before the read: what was modified since may not show in what is read
     doc = read_document(job.path, job.relpath, loom_agents=job.loom_agents, lazy_items=LAZY_ITEMS_BYTES,
                         check_types=True)
     records = records_from_document(job.store_id, doc)
     document = (doc.relpath, doc.kind, doc.agent, doc.collection, doc.encoding, doc.size_bytes, doc.mtime_ns,
-                len(records), doc.error.code if doc.error else None)
+                len(records), doc.error.code if doc.error else None, doc.ctime_ns, read_at_ns)
     # only the items the warm set may need are kept (a large document is never held whole)
     warm_keys, warm_ids = {key for key, _ in job.warm}, {wid for _, wid in job.warm}
     by_key: dict[str, tuple[Record, Any]] = {}
@@ -686,7 +703,8 @@ def _replace_document(conn: sqlite3.Connection, job: _Job, computed: _DocumentRo
         conn.execute("DELETE FROM records WHERE document = ?", (relpath,))
     conn.execute(
         "INSERT OR REPLACE INTO documents(relpath, kind, agent, collection, encoding, size_bytes, mtime_ns, "
-        "record_count, error, ino) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", (*computed.document, job.ino))
+        "record_count, error, ctime_ns, read_at_ns, ino) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        (*computed.document, job.ino))
     # Rows are written with executemany, ROW_BATCH records at a time. Their rids are the ones SQLite would
     # have given row by row: one more than the largest rid in the table, then counting up.
     rid = (conn.execute("SELECT max(rid) FROM records").fetchone()[0] or 0) + 1
@@ -695,7 +713,8 @@ def _replace_document(conn: sqlite3.Connection, job: _Job, computed: _DocumentRo
         _insert_rows(conn, rid, batch)
         rid += len(batch)
     if computed.prune_fields is not None:  # made once every row was read
-        conn.execute("UPDATE documents SET prune_fields = ? WHERE relpath = ?", (computed.prune_fields, relpath))
+        conn.execute("UPDATE documents SET prune_fields = ?, prune_fields_digest = ? WHERE relpath = ?",
+                     (computed.prune_fields, digest(computed.prune_fields), relpath))
     refreshed = dropped = 0
     for key, entry in computed.warm.items():
         conn.execute("DELETE FROM warm WHERE key = ?", (key,))

@@ -11,6 +11,7 @@ nanosecond), so they come back equal.
 
 from __future__ import annotations
 
+import hashlib
 from datetime import datetime
 from typing import Annotated, Any, Final
 
@@ -21,6 +22,11 @@ from aml.store import accessors as acc
 
 Instant = Annotated[datetime, msgspec.Meta(tz=True)]
 """An aware instant (one read back without a time zone is refused: a damaged index)."""
+
+FIELDS_VERSION: Final = "1"
+"""The version of what :func:`indexed_item` computes, kept in the index's ``meta.prune_fields``: raise it with any
+change to the rule fields, the value inputs or the wrong-type rule, so that an index made by older code is
+never taken as the current plan's view (it is rebuilt instead)."""
 
 LOOM_LIVE: Final = frozenset({"patterns", "solutions", "decisions"})
 """The live Loom collections prune plans (``global/archived-decisions.json`` is already an archive)."""
@@ -132,16 +138,28 @@ def encode_document(items: list[IndexedItem]) -> bytes | None:
     when a field does not fit MessagePack (an integer beyond 64 bits): a plan then reads that document."""
     try:
         return _ENCODER.encode(items)
-    except (OverflowError, TypeError, msgspec.EncodeError):
+    except (OverflowError, TypeError, ValueError, msgspec.EncodeError):  # ValueError: a lone surrogate
         return None
 
 
-def decode_document(data: bytes) -> list[IndexedItem]:
+def digest(data: bytes) -> str:
+    """The checksum the index keeps beside :func:`encode_document`'s bytes (BLAKE2b, 128 bits, hex): a damaged
+    blob that still decodes is refused, not taken as the document's view."""
+    return hashlib.blake2b(data, digest_size=16).hexdigest()
+
+
+def decode_document(data: bytes, checksum: str) -> list[IndexedItem]:
     """:func:`encode_document`'s bytes read back.
 
+    Args:
+        data: the bytes.
+        checksum: their :func:`digest`, as stored.
+
     Raises:
-        ValueError: the bytes are not such an array (a damaged index).
+        ValueError: the bytes do not match their checksum or are not such an array (a damaged index).
     """
+    if digest(data) != checksum:
+        raise ValueError("prune fields do not match their checksum")
     try:
         return _DECODER.decode(data)
     except (msgspec.DecodeError, ValueError, TypeError) as exc:

@@ -194,6 +194,7 @@ class Document:
         types_clean: ``True`` when read with ``check_types`` and proven to hold no field of a wrong type
             (:func:`~aml.store.accessors.types_clean`): :func:`~aml.store.accessors.wrong_types` is ``()``
             for every item, so readers skip it. ``False`` says nothing.
+        ctime_ns: status change time of the file as read, nanoseconds since the epoch (0 if not read).
     """
 
     path: Path
@@ -208,6 +209,7 @@ class Document:
     error: DocumentError | None = None
     decoded_size: int = 0
     types_clean: bool = False
+    ctime_ns: int = 0
 
     def info(self, record_count: int = 0) -> DocumentInfo:
         """This document's :class:`DocumentInfo` with ``record_count`` records."""
@@ -725,7 +727,7 @@ def read_document(
             raise DocumentError(path, None, f"cannot open: {exc.strerror or exc}", relpath=relpath) from exc
         doc.size_bytes, doc.mtime_ns = st.st_size, st.st_mtime_ns
         raw, st = read_file_bytes(path, max_bytes=max_bytes, relpath=relpath)
-        doc.size_bytes, doc.mtime_ns = st.st_size, st.st_mtime_ns
+        doc.size_bytes, doc.mtime_ns, doc.ctime_ns = st.st_size, st.st_mtime_ns, st.st_ctime_ns
         doc.encoding = sniff(raw)
         parse_as_json = placement.kind is not None or base_name(parts[-1]).endswith(".json")
         if doc.encoding != "plain" and not parse_as_json:
