@@ -8,7 +8,6 @@ import json
 import os
 import sqlite3
 import time
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -33,11 +32,10 @@ from aml.prune.value import base_score
 from aml.store.extract import records_from_document
 from aml.store.filestore import FileStore
 from tests.realdata import extract_loom
+from tests.test_prune_stream import NOW, RULES
 from tests.test_prune_task import files, run_cli
 from tests.test_store_wrong_types import AGENT, JSON_VALUES, inject
 
-NOW = datetime(2026, 11, 23, tzinfo=UTC)
-RULES = ["time_based", "performance_based"]
 STRATEGY_SETS = (RULES, [*RULES, "space_based"], ["performance_based"], ["space_based"],
                  [*RULES, "space_based", "session_based"])
 CONFIGS = {
