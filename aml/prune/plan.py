@@ -1,7 +1,8 @@
 """The prune plan: what a run would remove or archive, why, and the value of each record. Writes nothing.
 
-:func:`build_plan` reads the store once (:class:`aml.store.FileStore`), builds one
-:class:`~aml.prune.strategies.Candidate` per live Loom record (patterns, solutions, decisions of
+:func:`build_plan` reads the store once (:class:`aml.store.FileStore`), but for the live Loom collections the
+record index holds unchanged, whose records' rule fields it takes from the index (:mod:`aml.prune.indexed`),
+builds one :class:`~aml.prune.strategies.Candidate` per live Loom record (patterns, solutions, decisions of
 the agent directories; ``global/archived-decisions.json`` is already an archive and is left alone),
 applies the requested strategies in the order of :data:`~aml.prune.config.STRATEGIES`, and returns a
 :class:`PrunePlan`. A record matched by several rules appears once, with the first rule's reason.
