@@ -35,6 +35,7 @@ from aml.store import FileStore, Record
 from aml.store import accessors as acc
 from aml.store.atomic import atomic_write
 from aml.store.codec import decode
+from aml.store.names import text_name
 from aml.store.records import RecordLocation
 from tests.realdata import extract_loom
 
@@ -502,3 +503,32 @@ def test_documents_read_by_workers_and_here_index_alike(tmp_path: Path, monkeypa
         assert w == h, table
     assert workers["fts"] == here["fts"] and workers["tags"] == here["tags"]
     assert len(workers["records"]) > 100
+
+
+def test_names_and_strings_that_are_not_utf8_are_indexed_escaped(tmp_path: Path) -> None:
+    """A file name with a byte that is not UTF-8, and a record id holding a lone surrogate (a JSON "\\udcff"),
+    used to fail the whole build (SQLite takes text only): both are indexed, escaped as text is elsewhere
+    (aml.store.names.text_name), and the next build takes them as unchanged."""
+    root = extract_loom("loom-plain-v1.0", tmp_path)
+    path = root / "frontend-developer" / "patterns.json"
+    first = json.loads(path.read_text(encoding="utf-8"))[0]
+    path.write_text(path.read_text(encoding="utf-8").replace(first["id"], "\\udcff-odd-id", 1), encoding="utf-8")
+    odd = os.fsencode(root) + b"/frontend-developer/notes-\xff.json"
+    with open(odd, "wb") as fh:
+        fh.write(b'[{"id": "n1", "text": "zebracorn"}]')
+    for name in (path, Path(os.fsdecode(odd))):  # changed an hour ago: not read again as racily clean
+        st = os.stat(name)
+        os.utime(name, ns=(st.st_atime_ns, st.st_mtime_ns - 3600 * 10**9))
+    result = build_index(root)
+    assert result.errors == 0 and result.records > 600
+    with QueryEngine(root) as engine:
+        hits = engine.search(Query(agent="frontend-developer", limit=10_000)).hits
+        assert text_name("\udcff-odd-id") in {h.id for h in hits}
+    conn = sqlite3.connect(root / INDEX_FILE)
+    try:
+        names = {r[0] for r in conn.execute("SELECT relpath FROM documents")}
+    finally:
+        conn.close()
+    assert "frontend-developer/notes-\\xff.json" in names
+    again = build_index(root)
+    assert again.documents_read == 0 and again.documents_removed == 0 and again.records == result.records

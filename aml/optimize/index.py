@@ -77,6 +77,7 @@ from aml.store.atomic import TMP_PREFIX, atomic_write, fsync_dir
 from aml.store.documents import LAZY_ITEMS_BYTES, Document, LazyItems, read_document
 from aml.store.extract import records_from_document
 from aml.store.filestore import PARALLEL_DOCUMENT_BYTES, FileStore
+from aml.store.names import text_name, text_names
 from aml.store.records import Record
 from aml.store.timestamps import now_utc, utc_iso_z
 
@@ -453,12 +454,13 @@ def build_index(
             seen: set[str] = set()
             jobs: list[_Job] = []
             for f in iter_store_files(base):
-                seen.add(f.relpath)
-                if known.get(f.relpath) == (f.size, f.mtime_ns, f.ino, f.ctime_ns):
+                name = text_name(f.relpath)  # as the index keeps it
+                seen.add(name)
+                if known.get(name) == (f.size, f.mtime_ns, f.ino, f.ctime_ns):
                     result.documents_reused += 1
                     continue
                 jobs.append(_Job(f.path, f.relpath, f.ino, f.size, store.store_id, loom_agents,
-                                 warm.get(f.relpath, [])))
+                                 warm.get(name, [])))
             small = [j for j in jobs if j.size <= PARALLEL_DOCUMENT_BYTES]
             with ordered_map(_document_rows, small, workers=INDEX_WORKERS,
                              processes=sum(j.size for j in small) >= procpool.PARALLEL_MIN_BYTES) as computed:
@@ -563,8 +565,10 @@ def _document_rows(job: _Job, *, materialise: bool = True) -> _DocumentRows:
     doc = read_document(job.path, job.relpath, loom_agents=job.loom_agents, lazy_items=LAZY_ITEMS_BYTES,
                         check_types=True)
     records = records_from_document(job.store_id, doc)
-    document = (doc.relpath, doc.kind, doc.agent, doc.collection, doc.encoding, doc.size_bytes, doc.mtime_ns,
-                len(records), doc.error.code if doc.error else None, doc.ctime_ns, read_at_ns)
+    # SQLite takes text only: a name or string that is not valid UTF-8 is written escaped (text_names)
+    document = text_names((doc.relpath, doc.kind, doc.agent, doc.collection, doc.encoding, doc.size_bytes,
+                           doc.mtime_ns, len(records), doc.error.code if doc.error else None, doc.ctime_ns,
+                           read_at_ns))
     # only the items the warm set may need are kept (a large document is never held whole)
     warm_keys, warm_ids = {key for key, _ in job.warm}, {wid for _, wid in job.warm}
     by_key: dict[str, tuple[Record, Any]] = {}
@@ -577,11 +581,11 @@ def _document_rows(job: _Job, *, materialise: bool = True) -> _DocumentRows:
     out = _DocumentRows(document, (), {})
 
     def finish() -> None:
-        out.warm.update(_warm_entries(job, doc, by_key, by_id))
+        out.warm.update(text_names(_warm_entries(job, doc, by_key, by_id)))
         out.prune_fields = None if packed is None else encode_document(packed)
 
     if materialise:
-        out.rows = list(made)
+        out.rows = text_names(list(made))  # one C pass when every string is text (about 1 µs a row)
         finish()
     else:  # the warm entries and prune fields once every row has been read (they need its item)
         out.rows = _then(made, finish)
@@ -693,9 +697,10 @@ def _replace_document(conn: sqlite3.Connection, job: _Job, computed: _DocumentRo
     """Replace the rows of one document (read here when not ``computed`` by a worker); refresh its warm
     entries. ``fresh``: a build from scratch, where the document has no rows yet (and the table no index on
     ``document`` to find them by). Returns ``(refreshed, dropped)``."""
+    lazy = computed is None
     if computed is None:
         computed = _document_rows(job, materialise=False)
-    relpath = job.relpath
+    relpath = text_name(job.relpath)
     if not fresh:
         conn.execute("DELETE FROM records_fts WHERE rowid IN (SELECT rid FROM records WHERE document = ?)",
                      (relpath,))
@@ -710,7 +715,7 @@ def _replace_document(conn: sqlite3.Connection, job: _Job, computed: _DocumentRo
     rid = (conn.execute("SELECT max(rid) FROM records").fetchone()[0] or 0) + 1
     rows = iter(computed.rows)
     while batch := list(itertools.islice(rows, ROW_BATCH)):
-        _insert_rows(conn, rid, batch)
+        _insert_rows(conn, rid, text_names(batch) if lazy else batch)
         rid += len(batch)
     if computed.prune_fields is not None:  # made once every row was read
         conn.execute("UPDATE documents SET prune_fields = ?, prune_fields_digest = ? WHERE relpath = ?",
