@@ -12,6 +12,18 @@ from tests.realdata import extract_loom
 pytest_plugins = ["tests.fixtures_runtime", "tests.s3_server", "tests.sftp_server"]
 
 
+@pytest.fixture(autouse=True)
+def no_change_tick(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Tests write a store and index it within milliseconds, where the record index's racily-clean margin
+    (:data:`aml.optimize.files.CHANGE_TICK_NS`, 2 s) would have every document read again: in this process it is 0
+    (a document changed before the read is taken as read). tests/test_prune_indexed.py sets it back to test it."""
+    import aml.optimize.index as index_mod
+    import aml.prune.indexed as indexed_mod
+
+    monkeypatch.setattr(index_mod, "CHANGE_TICK_NS", 0)
+    monkeypatch.setattr(indexed_mod, "CHANGE_TICK_NS", 0)
+
+
 @pytest.fixture(scope="session")
 def loom_store(tmp_path_factory: pytest.TempPathFactory) -> Callable[[str], Path]:
     """Factory: ``loom_store("loom-plain-v1.0")`` extracts that tarball once per session and

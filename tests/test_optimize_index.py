@@ -532,3 +532,50 @@ def test_names_and_strings_that_are_not_utf8_are_indexed_escaped(tmp_path: Path)
     assert "frontend-developer/notes-\\xff.json" in names
     again = build_index(root)
     assert again.documents_read == 0 and again.documents_removed == 0 and again.records == result.records
+
+
+def test_a_racily_clean_document_that_is_deleted_is_dropped(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A document changed within a timestamp step of its read is read again by later builds; deleted, its rows
+    go too (they used to stay in the index for good)."""
+    from aml.optimize import index as index_mod
+
+    monkeypatch.setattr(index_mod, "CHANGE_TICK_NS", 3600 * 10**9)  # every document is racily clean
+    root = extract_loom("loom-plain-v1.0", tmp_path)
+    first = build_index(root)
+    gone = root / "frontend-developer" / "patterns.json"
+    gone.unlink()
+    again = build_index(root)
+    assert again.documents_removed == 1 and again.documents_read == first.documents - 1
+    with QueryEngine(root) as engine:
+        assert not [h for h in engine.search(Query(agent="frontend-developer", collection="patterns")).hits]
+
+
+def test_an_index_made_by_other_code_is_made_again(tmp_path: Path) -> None:
+    """An index recorded with another prune-fields or aml version is rebuilt whole, not updated (its unchanged
+    rows would keep fields the current code computes otherwise)."""
+    root = extract_loom("loom-plain-v1.0", tmp_path)
+    build_index(root)
+    for key in ("prune_fields", "aml_version"):
+        conn = sqlite3.connect(root / INDEX_FILE)
+        conn.execute("UPDATE meta SET value = 'older' WHERE key = ?", (key,))
+        conn.commit()
+        conn.close()
+        result = build_index(root)
+        assert result.full and result.documents_reused == 0
+        conn = sqlite3.connect(root / INDEX_FILE)
+        assert dict(conn.execute("SELECT key, value FROM meta").fetchall())[key] != "older"
+        conn.close()
+        assert not build_index(root).full
+
+
+def test_a_name_that_escapes_to_another_files_name_is_left_out(tmp_path: Path) -> None:
+    """Byte 0xff in a name is indexed as the text \\xff; a file whose name is that very text keeps it, and the
+    other is left out and counted (it used to fail the whole build on records.key, or drop rows)."""
+    root = extract_loom("loom-plain-v1.0", tmp_path)
+    literal, raw = root / "notes\\xff.json", Path(os.fsdecode(os.fsencode(root) + b"/notes\xff.json"))
+    literal.write_text('{"literal": true}', encoding="utf-8")
+    raw.write_text('{"raw": true}', encoding="utf-8")
+    result = build_index(root)
+    assert result.names_skipped == 1
+    again = build_index(root)
+    assert again.names_skipped == 1 and again.documents_removed == 0 and again.documents == result.documents

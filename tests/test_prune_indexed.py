@@ -174,26 +174,35 @@ def test_an_edit_that_keeps_the_size_and_the_mtime_is_seen_by_the_ctime(tmp_path
     assert item["id"] in {a.record_id for a in indexed.actions}
 
 
-def test_a_document_modified_just_before_the_index_read_it_is_read(tmp_path: Path) -> None:
-    """Racily clean: modified within a timestamp step of the index's read, a document may be written again in
-    that step without changing its size, mtime or ctime; plans read it, and the next build reads it again."""
+def test_a_document_changed_just_before_the_index_read_it_is_read(tmp_path: Path,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """Racily clean: changed (mtime or ctime) within a timestamp step of the index's read, a document may be
+    written again in that step without changing its size, mtime or ctime; plans read it, and builds read it
+    again until they read it a step after its change."""
+    import aml.optimize.index as index_mod
+    import aml.prune.indexed as indexed_mod
+
+    for module in (index_mod, indexed_mod):  # a 0.3 s step (2 s outside the tests)
+        monkeypatch.setattr(module, "CHANGE_TICK_NS", 300_000_000)
     root = extract_loom("loom-plain-v1.0", tmp_path / "s")
+    time.sleep(0.35)  # the extraction a step before the reads
     path = root / AGENT / "solutions.json"
-    path.write_bytes(path.read_bytes())  # modified now
+    path.write_bytes(path.read_bytes())  # changed now
     build_index(root)
     expected = live_plain_documents(root)
     indexed, _ = both_plans(root, CONFIGS["aggressive"], RULES)
     assert indexed.documents_from_index == expected - 1
-    st = path.stat()
-    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns - 3600 * 10**9))
-    assert build_index(root).documents_read == 1, "read again (its ctime changed too)"
+    time.sleep(0.35)
+    assert build_index(root).documents_read == 1, "read again, now a step after its change"
+    assert build_index(root).documents_read == 0
     assert build_plan(root, CONFIGS["aggressive"], RULES).documents_from_index == expected
-    time.sleep(0.05)
-    os.utime(path)  # mtime now, content unchanged
-    result = build_index(root)
-    assert result.documents_read == 1
-    assert build_index(root).documents_read == 1, "still within a timestamp step of its read: read again"
-    assert build_plan(root, CONFIGS["aggressive"], RULES).documents_from_index == expected - 1
+    # a same-size rewrite with its old mtime put back: the mtime is old, the ctime is now
+    before = path.stat()
+    path.write_bytes(path.read_bytes())
+    os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns))
+    assert build_index(root).documents_read == 1, "its ctime changed"
+    indexed, _ = both_plans(root, CONFIGS["aggressive"], RULES)
+    assert indexed.documents_from_index == expected - 1, "its ctime is within a step of the read"
 
 
 def test_a_damaged_or_foreign_index_is_not_trusted(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

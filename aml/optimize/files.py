@@ -29,9 +29,9 @@ never read as this one (aml-index/2 added ``documents.prune_fields`` and what te
 it was read: ``ctime_ns``, ``read_at_ns``)."""
 CHANGE_TICK_NS: Final = 2_000_000_000
 """The coarsest file timestamp step the record index allows for, nanoseconds (FAT's 2 s; ext3 and HFS+ have
-1 s). A document modified less than this before the index read it may be rewritten again within the same
-step, leaving its size, mtime and ctime as they were: the index reads it again at its next build, and prune
-never takes it from the index (git's "racily clean" entries, handled the same way)."""
+1 s). A document changed (mtime or ctime) less than this before the index read it may be rewritten again
+within the same step, leaving its size, mtime and ctime as they were: the index reads it again at its next
+build, and prune never takes it from the index (git's "racily clean" entries, handled the same way)."""
 BLOOM_FILE: Final = f"{AML_DIR}/index.bloom"
 """The Bloom filter over record ids, saved next to the index (store-relative)."""
 INDEX_LOCK_FILE: Final = f"{AML_DIR}/index.lock"

@@ -31,9 +31,10 @@ probe read it (:mod:`aml.optimize.query`). Tables:
 
 Builds are **atomic**: the new index is written to a temporary file in ``.aml/`` and renamed over
 the old one (readers holding the old file keep reading it). They are **incremental**: a build
-starts from a copy of the current index and re-reads only the documents whose size, mtime, ctime or inode
-changed, or that were modified less than :data:`~aml.optimize.files.CHANGE_TICK_NS` before it last read them
-(and drops the rows of documents that are gone); ``full=True`` reads everything. Warm-set
+starts from a copy of the current index (of the same format, made by the same aml and prune-fields
+versions) and re-reads only the documents whose size, mtime, ctime or inode changed, or that changed (mtime or
+ctime) less than :data:`~aml.optimize.files.CHANGE_TICK_NS` before it last read them (and drops the rows of
+documents that are gone); ``full=True`` reads everything. Warm-set
 entries of re-read documents are refreshed in the same build. Writers of the index (build,
 warm-cache) are serialised by an ``flock`` on ``.aml/index.lock``.
 """
@@ -151,6 +152,8 @@ class IndexResult:
         documents_reused: files whose rows were kept (size, mtime and inode unchanged).
         documents_removed: files that disappeared since the previous build.
         errors: files that failed to read or parse (indexed without records).
+        names_skipped: files left out because their name, not valid UTF-8, escapes (``\\xNN``) to another
+            file's name.
         warm_refreshed, warm_dropped: warm-set entries refreshed from re-read documents, or dropped
             because their record is gone.
         bloom_items: ids in the Bloom filter; bloom_bytes: its file size, bytes.
@@ -167,6 +170,7 @@ class IndexResult:
     documents_reused: int = 0
     documents_removed: int = 0
     errors: int = 0
+    names_skipped: int = 0
     warm_refreshed: int = 0
     warm_dropped: int = 0
     bloom_items: int = 0
@@ -392,7 +396,10 @@ def _current_index_usable(root: Path) -> bool:
     except sqlite3.Error:
         return False
     try:
-        return read_meta(conn).get("format") == FORMAT
+        meta = read_meta(conn)
+        # made by other code: every row is made again (its prune fields may differ)
+        return (meta.get("format") == FORMAT and meta.get("prune_fields") == FIELDS_VERSION
+                and meta.get("aml_version") == aml.__version__)
     finally:
         conn.close()
 
@@ -438,23 +445,30 @@ def build_index(
         result = IndexResult(store.store_id, str(index_path(base)), full=not incremental)
         with replace_index(base, start_from_current=incremental) as conn:
             known: dict[str, tuple[int, int, int, int]] = {}
+            indexed: set[str] = set()  # every document the current index holds (the gone ones are dropped)
             if incremental:
                 meta = read_meta(conn)
                 if meta.get("loom_agents") != agents_json:  # agent set changed: placements may differ
                     _clear(conn)
                     result.full = True
                 else:
-                    # a document modified within a timestamp step of its read is read again (racily clean)
+                    indexed = {r[0] for r in conn.execute("SELECT relpath FROM documents")}
+                    # a document changed (mtime or ctime) within a timestamp step of its read is read again
                     known = {r[0]: (r[1], r[2], r[3], r[4]) for r in conn.execute(
                         "SELECT relpath, size_bytes, mtime_ns, ino, ctime_ns FROM documents "
-                        "WHERE mtime_ns < read_at_ns - ?", (CHANGE_TICK_NS,))}
+                        "WHERE max(mtime_ns, ctime_ns) < read_at_ns - ?", (CHANGE_TICK_NS,))}
             warm: dict[str, list[tuple[str, str]]] = {}
             for key, wid, document in conn.execute("SELECT key, id, document FROM warm"):
                 warm.setdefault(document, []).append((key, wid))
             seen: set[str] = set()
             jobs: list[_Job] = []
-            for f in iter_store_files(base):
+            files = list(iter_store_files(base))
+            names = {f.relpath for f in files}
+            for f in files:
                 name = text_name(f.relpath)  # as the index keeps it
+                if name != f.relpath and name in names:  # escapes to another file's very name: left out
+                    result.names_skipped += 1
+                    continue
                 seen.add(name)
                 if known.get(name) == (f.size, f.mtime_ns, f.ino, f.ctime_ns):
                     result.documents_reused += 1
@@ -472,7 +486,7 @@ def build_index(
                     result.warm_refreshed += refreshed
                     result.warm_dropped += dropped
             create_secondary_indexes(conn)
-            for gone in sorted(set(known) - seen):
+            for gone in sorted(indexed - seen):
                 result.warm_dropped += _drop_document(conn, gone)
                 result.documents_removed += 1
             result.records = conn.execute("SELECT count(*) FROM records").fetchone()[0]

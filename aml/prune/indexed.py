@@ -2,11 +2,11 @@
 
 A plan reads every document of the store, except the live Loom collections the index
 (``.aml/index.sqlite``, :mod:`aml.optimize.index`) read at least :data:`~aml.optimize.files.CHANGE_TICK_NS`
-after their last modification and recorded with the same size, ``st_mtime_ns``, ``st_ctime_ns`` and inode as
+after their last change (mtime and ctime) and recorded with the same size, ``st_mtime_ns``, ``st_ctime_ns`` and inode as
 they have now: for those it takes each record's rule fields, size and value inputs from
 ``documents.prune_fields`` (:mod:`aml.prune.fields`), which the index made from the same bytes with the same
-functions. Any write, ``utime`` (``cp -p``, ``touch -r``) or ``chmod`` sets the ctime; a write within the same
-timestamp step as the modification before the read is ruled out by that step's margin (git's "racily clean"
+functions. Any write, ``utime`` (``cp -p``, ``touch -r``) or ``chmod`` sets the ctime; a change within the
+same timestamp step as the one before the read is ruled out by that step's margin (git's "racily clean"
 rule). Applying a plan still re-reads every document it edits, refuses one that changed since the plan, and
 checks each record's id at its position before removing it.
 
@@ -76,7 +76,7 @@ class PlanIndex:
                 row[0]: (row[1], row[2], row[3], row[4], row[5], row[6], row[7]) for row in conn.execute(
                     "SELECT relpath, size_bytes, mtime_ns, ino, ctime_ns, agent, collection, record_count "
                     "FROM documents WHERE kind = 'loom_collection' AND encoding = 'plain' AND error IS NULL "
-                    "AND prune_fields IS NOT NULL AND mtime_ns < read_at_ns - ?", (CHANGE_TICK_NS,))
+                    "AND prune_fields IS NOT NULL AND max(mtime_ns, ctime_ns) < read_at_ns - ?", (CHANGE_TICK_NS,))
                 if row[6] in LOOM_LIVE
                 and place(PurePosixPath(row[0]).parts, agents) == Placement("loom_collection", row[5], row[6])
             }

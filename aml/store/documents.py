@@ -725,7 +725,7 @@ def read_document(
             st = os.lstat(path)
         except OSError as exc:  # gone since the store was listed: reported as a file that cannot be opened
             raise DocumentError(path, None, f"cannot open: {exc.strerror or exc}", relpath=relpath) from exc
-        doc.size_bytes, doc.mtime_ns = st.st_size, st.st_mtime_ns
+        doc.size_bytes, doc.mtime_ns, doc.ctime_ns = st.st_size, st.st_mtime_ns, st.st_ctime_ns
         raw, st = read_file_bytes(path, max_bytes=max_bytes, relpath=relpath)
         doc.size_bytes, doc.mtime_ns, doc.ctime_ns = st.st_size, st.st_mtime_ns, st.st_ctime_ns
         doc.encoding = sniff(raw)
