@@ -8,6 +8,7 @@ import json
 import os
 import sqlite3
 import time
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +21,9 @@ from aml.optimize.value import record_value
 from aml.prune import PruneConfig, apply_plan, build_plan
 from aml.prune.fields import (
     LOOM_LIVE,
+    IndexedItem,
+    ItemPacker,
+    RuleFields,
     decode_document,
     digest,
     encode_document,
@@ -324,3 +328,22 @@ def test_cli_prune_takes_unchanged_documents_from_the_index(tmp_path: Path, aml_
     run_id = out.split("prune undo")[-1].split()[0]
     assert run_cli(capsys, str(store), "prune", "undo", run_id)[0] == 0
     assert {k: v for k, v in files(store).items() if not k.startswith(".aml/")} == before
+
+
+@pytest.mark.parametrize("count", [0, 1, 15, 16, 65_535, 65_536])
+def test_items_packed_one_by_one_are_the_document_encoded_whole(count: int) -> None:
+    """The index encodes a collection's items as they come (only their bytes held): the same bytes as one
+    encode of them all, on each side of MessagePack's array-header sizes."""
+    when = datetime(2026, 1, 2, 3, 4, 5, 678901, tzinfo=UTC)
+    items = [IndexedItem(RuleFields(f"id-{n}", None, when, None, 0.5, None, n, None, False, None), 0.25, when, (), n)
+             for n in range(count)]
+    packer = ItemPacker()
+    for item in items:
+        packer.add(item)
+    packed = packer.encode()
+    assert packed == encode_document(items)
+    assert packed is not None and decode_document(packed, digest(packed)) == items
+    packer.add(IndexedItem(RuleFields("big", None, None, None, None, None, 2**70, None, False, None), 0.0, None, (), 1))
+    packer.add(items[0] if items else IndexedItem(RuleFields(None, None, None, None, None, None, None, None, False,
+                                                             None), 0.0, None, (), 0))
+    assert packer.encode() is None, "an integer beyond 64 bits: no fields for the document"

@@ -72,7 +72,7 @@ from aml.optimize.files import (
 )
 from aml.optimize.value import record_value
 from aml.procpool import ordered_map
-from aml.prune.fields import FIELDS_VERSION, LOOM_LIVE, IndexedItem, digest, encode_document, indexed_item
+from aml.prune.fields import FIELDS_VERSION, LOOM_LIVE, ItemPacker, digest, indexed_item
 from aml.store import accessors as acc
 from aml.store.atomic import TMP_PREFIX, atomic_write, fsync_dir
 from aml.store.documents import LAZY_ITEMS_BYTES, Document, LazyItems, read_document
@@ -588,15 +588,15 @@ def _document_rows(job: _Job, *, materialise: bool = True) -> _DocumentRows:
     by_key: dict[str, tuple[Record, Any]] = {}
     by_id: dict[str, str] = {}
     # an agent's live Loom collection: its items' prune fields (a plan then takes the document unread)
-    packed: list[IndexedItem] | None = (
-        [] if doc.kind == "loom_collection" and doc.collection in LOOM_LIVE and doc.agent is not None
+    packed: ItemPacker | None = (
+        ItemPacker() if doc.kind == "loom_collection" and doc.collection in LOOM_LIVE and doc.agent is not None
         and doc.error is None else None)
     made = _record_rows(doc, records, warm_keys, warm_ids, by_key, by_id, packed)
     out = _DocumentRows(document, (), {})
 
     def finish() -> None:
         out.warm.update(text_names(_warm_entries(job, doc, by_key, by_id)))
-        out.prune_fields = None if packed is None else encode_document(packed)
+        out.prune_fields = None if packed is None else packed.encode()
 
     if materialise:
         out.rows = text_names(list(made))  # one C pass when every string is text (about 1 µs a row)
@@ -630,7 +630,7 @@ def _warm_entries(job: _Job, doc: Document, by_key: dict[str, tuple[Record, Any]
 
 def _record_rows(doc: Document, records: list[Record], warm_keys: set[str], warm_ids: set[str],
                  by_key: dict[str, tuple[Record, Any]], by_id: dict[str, str],
-                 packed: list[IndexedItem] | None) -> Iterator[_Row]:
+                 packed: ItemPacker | None) -> Iterator[_Row]:
     """Each record's row (no rid), text and tags; the records the warm set may need go to ``by_key`` and
     ``by_id`` as they pass; an agent's live Loom collection's items to ``packed`` (when not ``None``)."""
     data = doc.data
@@ -664,7 +664,7 @@ def _record_rows(doc: Document, records: list[Record], warm_keys: set[str], warm
         if packed is not None:
             fields = indexed_item(collection, item, clean=clean, size_bytes=record.size_bytes,
                                   wrong_types=tuple(w.field for w in record.wrong_types))
-            packed.append(fields)
+            packed.add(fields)
             # an object's value is its B, already computed (record_value's Loom branch: the same inputs)
             value = round(fields.base, 6) if type(item) is dict else record_value(record, item)
         else:
