@@ -2,10 +2,11 @@
 stored by the record index (``documents.prune_fields``) so a plan can skip reading an unchanged document.
 
 :func:`rule_fields` reads them from an item. The index keeps, for each agent's live Loom collection, one
-MessagePack array with an :class:`IndexedItem` per item, in item order (:func:`encode_document`,
-:func:`decode_document`): its :class:`RuleFields`, the value score's ``B`` and recency instant, its wrong-type
-fields and its size. One function reads an item for both ways, so a plan made from the index is the plan made
-from the document (tests/test_prune_indexed.py). Instants are MessagePack timestamps (exact to the
+MessagePack array with an :class:`IndexedItem` per item, in item order (written by :class:`ItemPacker` item by
+item, the bytes :func:`encode_document` gives for the whole list; read by :func:`decode_document`): its
+:class:`RuleFields`, the value score's ``B`` and recency instant, its wrong-type fields and its size. One
+function reads an item for both ways, so a plan made from the index is the plan made from the document
+(tests/test_prune_indexed.py). Instants are MessagePack timestamps (exact to the
 nanosecond), so they come back equal.
 """
 
@@ -111,7 +112,16 @@ def value_inputs(collection: str, item: Any, success: float | None, confidence: 
                  executions: int | None, last_used: datetime | None) -> ValueInputs:
     """The value score's inputs of an item: a pattern's from the rules' ``success``, ``confidence``,
     ``executions`` and ``last_used`` (:class:`RuleFields`), its time saved and Loom's defaults; others' from
-    :func:`aml.prune.value.loom_value_inputs`."""
+    :func:`aml.prune.value.loom_value_inputs`.
+
+    Args:
+        collection: ``patterns``, ``solutions`` or ``decisions``.
+        item: the item as stored.
+        success, confidence, executions, last_used: its :class:`RuleFields` (ratios 0-1, a count, aware UTC).
+
+    Returns:
+        The :class:`aml.prune.value.ValueInputs` (their formula and sources: :func:`aml.prune.value.value_score`).
+    """
     if collection == "patterns":
         return pattern_inputs(success, confidence, executions, acc.avg_time_saved_ms(item), last_used)
     return loom_value_inputs(collection, item)
