@@ -217,4 +217,6 @@ def undo(
                       f"{result['already_undone']} undone before); pre-undo snapshot {result['backup_id'] or '-'}")
         for f in result["failed"]:
             console.print(f"  [yellow]not restored[/] {f['document']}: {f['reason']}")
+        if result.get("restore_hint"):
+            console.print(f"  {result['restore_hint']}")
     exit_for_status(result)

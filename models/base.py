@@ -33,7 +33,7 @@ def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
-SCHEMA_REVISION = "0005"
+SCHEMA_REVISION = "0006"
 """The newest catalog migration (``models/migrations/versions``): a catalog stamped with it needs no Alembic at
 run time (:func:`workers.catalog.ensure_catalog`). A test checks it is Alembic's head."""
 

@@ -17,7 +17,8 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, NamedTuple, cast
 
-from sqlalchemy import Table, case, delete, func, insert, select, update
+from sqlalchemy import Table, case, delete, exists, func, insert, select, update
+from sqlalchemy.engine import CursorResult
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -33,6 +34,7 @@ from models.tables import (
     MetricSample,
     PruneAction,
     PruneActionKind,
+    PruneUndoLog,
     RestoreDrill,
     Severity,
     TaskRun,
@@ -40,6 +42,7 @@ from models.tables import (
     Unit,
     VerifyStatus,
 )
+from models.undolog import UndoLogError, decode_payloads, encode_payloads
 
 __all__ = [
     "PrunedRecord",
@@ -62,6 +65,8 @@ __all__ = [
     "observe_check",
     "open_alert_fingerprints",
     "open_alerts",
+    "prune_action_payload",
+    "prune_action_payloads",
     "prune_actions_for_run",
     "queue_task_run",
     "recent_task_runs",
@@ -686,9 +691,11 @@ def add_prune_actions(
     backup_id: str | None = None,
     now: datetime | None = None,
 ) -> int:
-    """Record what prune run ``run_id`` did, one row per record, in one statement.
+    """Record what prune run ``run_id`` did to one document: one row per record, their undo payloads together in one
+    :class:`PruneUndoLog` (:mod:`models.undolog`), in two statements.
 
     Args:
+        records: the records, all of one document (the log is named after the first one's ``document_path``).
         run_id: the prune run's id (its Celery task id), the handle of ``prune undo``.
         task_run_id: the :class:`TaskRun` row of the run, if any.
         backup_id: the pre-prune snapshot.
@@ -698,8 +705,18 @@ def add_prune_actions(
 
     Raises:
         ValueError: an action is not ``archived``/``removed``.
+        TypeError: a payload holds a value that neither JSON nor MessagePack encodes.
     """
     at = _now(now)
+    records = list(records)
+    if not records:
+        return 0
+    # the payloads in one undo log (models.undolog), each row pointing at its entry; ``record`` holds JSON null
+    codec, value = encode_payloads([r.record for r in records])
+    inserted = cast(CursorResult[Any], session.execute(insert(PruneUndoLog).values(
+        run_id=run_id, store=store, document_path=_text(records[0].document_path), codec=codec,
+        entries=len(records), payloads=value, created_at=at)))
+    log_id = inserted.inserted_primary_key[0]  # type: ignore[index]  # always set for a single-row insert
     rows = [
         {
             "run_id": run_id,
@@ -713,11 +730,13 @@ def add_prune_actions(
             "score": r.score,
             "action": _choice(r.action, PruneActionKind, "action"),
             "document_path": _text(r.document_path),
-            "record": r.record,
+            "record": None,
             "created_at": at,
             "undone_at": None,
+            "undo_log_id": log_id,
+            "undo_index": index,
         }
-        for r in records
+        for index, r in enumerate(records)
     ]
     # not ORM objects (the ORM's bulk path costs ~15 µs a row): one executemany; on SQLite its values are converted
     # without SQLAlchemy's per-row work, a value repeated in consecutive rows once (models.bulk)
@@ -759,24 +778,69 @@ def prune_action_documents(session: Session, run_id: str, store: str) -> tuple[i
 
 
 def prune_action_payloads(session: Session, ids: Sequence[int]) -> Iterator[tuple[int, str, dict[str, Any]]]:
-    """``(id, record_id, record)`` of the prune actions ``ids`` in the order of ``ids`` (give them sorted
-    for id order), read :data:`PRUNE_ID_BATCH` ids per query (``record``: the stored payload, ``{}`` when
-    there is none). Rows are yielded as they are read: a caller that keeps less of each payload than the
-    whole (undo: :func:`aml.prune.undo.lean_payload`) never holds every payload of a large run at once.
-    Consume it inside the session's transaction."""
+    """``(id, record_id, payload)`` of the prune actions ``ids`` in the order of ``ids`` (give them sorted
+    for id order), read :data:`PRUNE_ID_BATCH` ids per query (``payload``: the action's entry of its undo log, or the
+    ``record`` column of a row written before undo logs; ``{}`` when there is none). Rows are yielded as they are
+    read: a caller that keeps less of each payload than the whole (undo: :func:`aml.prune.undo.lean_payload`)
+    never holds every payload of a large run at once; the logs of the rows read are held until the generator ends
+    (give the ids of one document at a time: a run writes a document's rows into its own logs). Consume it inside
+    the session's transaction.
+
+    Raises:
+        models.undolog.UndoLogError: an undo log that does not decode (named by its id).
+    """
+    logs: dict[int, list[dict[str, Any]]] = {}
     for start in range(0, len(ids), PRUNE_ID_BATCH):
         batch = ids[start:start + PRUNE_ID_BATCH]
-        found = {action_id: (record_id, record) for action_id, record_id, record
-                 in select_in(session, cast(Table, PruneAction.__table__), ("id", "record_id", "record"), "id", batch)}
+        found = {row[0]: row[1:] for row in select_in(
+            session, cast(Table, PruneAction.__table__), ("id", "record_id", "record", "undo_log_id", "undo_index"),
+            "id", batch)}
+        _load_logs(session, {row[2] for row in found.values() if row[2] is not None} - logs.keys(), logs)
         for action_id in batch:
             if action_id in found:
-                record_id, record = found.pop(action_id)
-                yield action_id, record_id, dict(record or {})
+                record_id, record, log_id, index = found.pop(action_id)
+                yield action_id, record_id, _payload(logs, action_id, record, log_id, index)
+
+
+def prune_action_payload(session: Session, action: PruneAction) -> dict[str, Any]:
+    """The undo payload of one prune action (see :func:`prune_action_payloads`, which reads many at a time).
+
+    Raises:
+        models.undolog.UndoLogError: its undo log does not decode, or holds no entry for it.
+    """
+    logs: dict[int, list[dict[str, Any]]] = {}
+    if action.undo_log_id is not None:
+        _load_logs(session, {action.undo_log_id}, logs)
+    return _payload(logs, action.id, action.record, action.undo_log_id, action.undo_index)
+
+
+def _load_logs(session: Session, wanted: set[int], into: dict[int, list[dict[str, Any]]]) -> None:
+    """Decode the undo logs ``wanted`` into ``into`` (log id -> payloads)."""
+    if not wanted:
+        return
+    table = cast(Table, PruneUndoLog.__table__)
+    for log_id, codec, value in select_in(session, table, ("id", "codec", "payloads"), "id", sorted(wanted)):
+        try:
+            into[log_id] = decode_payloads(codec, value)
+        except UndoLogError as exc:
+            raise UndoLogError(f"prune undo log {log_id}: {exc}") from exc
+
+
+def _payload(logs: Mapping[int, list[dict[str, Any]]], action_id: int, record: Any, log_id: int | None,
+             index: int | None) -> dict[str, Any]:
+    """One action's payload: its log's entry ``index``, else its own ``record`` (a row older than undo logs)."""
+    if log_id is None:
+        return dict(record or {})
+    payloads = logs.get(log_id)
+    if payloads is None or index is None or not 0 <= index < len(payloads):
+        raise UndoLogError(f"prune action {action_id}: its undo log {log_id} is missing or has no entry {index}")
+    return dict(payloads[index])
 
 
 def delete_prune_actions(session: Session, run_id: str, ids: Iterable[int]) -> int:
     """Delete actions of ``run_id`` by id (rows a crashed attempt wrote ahead of a rewrite that never
-    happened: their records are still in the store). Undone rows are never deleted.
+    happened: their records are still in the store), and the run's undo logs left with no row. Undone rows are
+    never deleted.
 
     Returns:
         The number of rows deleted.
@@ -788,6 +852,10 @@ def delete_prune_actions(session: Session, run_id: str, ids: Iterable[int]) -> i
                                          PruneAction.id.in_(wanted[start:start + PRUNE_ID_BATCH]))
         result = session.execute(stmt.execution_options(synchronize_session=False))
         deleted += int(getattr(result, "rowcount", 0) or 0)
+    if deleted:  # the run's undo logs no row points at any more
+        orphan = ~exists().where(PruneAction.run_id == run_id, PruneAction.undo_log_id == PruneUndoLog.id)
+        session.execute(delete(PruneUndoLog).where(PruneUndoLog.run_id == run_id, orphan)
+                        .execution_options(synchronize_session=False))
     return deleted
 
 

@@ -1,5 +1,5 @@
-"""The catalog's tables: task runs, backups, alerts, metric samples, prune actions, restore drills,
-remediations.
+"""The catalog's tables: task runs, backups, alerts, metric samples, prune actions and their undo logs,
+restore drills, remediations.
 
 Units everywhere: sizes in bytes, durations in seconds, ratios 0-1, instants aware UTC
 (:class:`models.base.UTCDateTime`). Enumerated columns are plain strings guarded by ``CHECK``
@@ -20,6 +20,7 @@ from sqlalchemy import (
     ForeignKey,
     Index,
     Integer,
+    LargeBinary,
     String,
     Text,
     UniqueConstraint,
@@ -261,9 +262,11 @@ class PruneAction(Base):
 
     ``run_id`` is the prune run's id as users see it (``aml <store> prune undo <run_id>``: the
     Celery task id); ``task_run_id`` links the :class:`TaskRun` row when there is one.
-    ``backup_id`` is the pre-prune snapshot. ``record`` is undo's payload (the record's exact text, its key
-    and its place in the list: :mod:`aml.prune.undo`) and ``document_path`` the document it was in;
-    ``undone_at`` is set once the action was undone.
+    ``backup_id`` is the pre-prune snapshot. Undo's payload (the record's exact text, its key and its place in
+    the list: :mod:`aml.prune.undo`) is entry ``undo_index`` of the :class:`PruneUndoLog` ``undo_log_id``
+    (written since catalog revision 0006); a row written before holds it in ``record`` (JSON), which is
+    JSON ``null`` on newer rows (:func:`models.queries.prune_action_payloads` reads either).
+    ``document_path`` is the document the record was in; ``undone_at`` is set once the action was undone.
     """
 
     __tablename__ = "prune_actions"
@@ -283,6 +286,8 @@ class PruneAction(Base):
     record: Mapped[Any] = mapped_column(JSON)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
     undone_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    undo_log_id: Mapped[int | None] = mapped_column(BigIntPK, ForeignKey("prune_undo_logs.id"))
+    undo_index: Mapped[int | None] = mapped_column(Integer)
 
     __table_args__ = (
         CheckConstraint(_in("action", PruneActionKind), name="action"),
@@ -293,6 +298,33 @@ class PruneAction(Base):
 
     def __repr__(self) -> str:
         return f"<PruneAction {self.run_id} {self.action} {self.agent}/{self.collection}/{self.record_id}>"
+
+
+class PruneUndoLog(Base):
+    """The undo payloads of a batch of one prune run's actions in one document, stored together.
+
+    A run writes one log per document it rewrites (per :data:`tasks.prune.WRITE_AHEAD_BATCH` records of a
+    large one), ahead of the rewrite, in the same transaction as its :class:`PruneAction` rows; row
+    ``undo_index`` of the log is the payload of the action whose ``undo_index`` it is. ``payloads`` is a list
+    of payloads encoded as ``codec`` says (:mod:`models.undolog`: MessagePack in a zstd frame, about a
+    thirteenth of the JSON's bytes on Loom records); ``entries`` is its length. Logs are never rewritten.
+    """
+
+    __tablename__ = "prune_undo_logs"
+
+    id: Mapped[int] = mapped_column(BigIntPK, primary_key=True, autoincrement=True)
+    run_id: Mapped[str] = mapped_column(String(255))
+    store: Mapped[str] = mapped_column(Text)
+    document_path: Mapped[str] = mapped_column(Text)
+    codec: Mapped[str] = mapped_column(String(32))
+    entries: Mapped[int] = mapped_column(Integer)
+    payloads: Mapped[bytes] = mapped_column(LargeBinary)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+    __table_args__ = (Index("ix_prune_undo_logs_run_id", "run_id"),)
+
+    def __repr__(self) -> str:
+        return f"<PruneUndoLog {self.run_id} {self.document_path} {self.entries}>"
 
 
 class DrillStatus(enum.StrEnum):

@@ -3,7 +3,8 @@
 A run follows DESIGN.md's order: the plan (record, collection, reason, value) -> ``dry_run`` stops
 there -> a pre-prune safety snapshot, whose id is recorded with the run -> atomic rewrites of the
 touched documents (decisions archived into the backup repository's ``archives/<agent>/``), with one
-``prune_actions`` row per removed or archived record, holding what undo needs. Both tasks are
+``prune_actions`` row per removed or archived record and, per document, one undo log holding what undo needs
+of each (``prune_undo_logs``, :mod:`models.undolog`). Both tasks are
 destructive: they hold the store's lock (a dry run does not take it).
 
 The run id users see (``aml <store> prune undo <run_id>``) is the Celery task id.
@@ -42,6 +43,7 @@ from aml.prune import (
 from aml.prune.sessions import parse_limits
 from aml.store.names import resolve_text_path, text_name
 from models import queries
+from models.undolog import UndoLogError
 from tasks.base import Catalog, normalize_store, run_operation, store_path
 from tasks.registry import operation_task
 from workers.app import get_settings
@@ -113,9 +115,10 @@ def drop_unpublished(catalog: Catalog, root: Path, store_id: str, run_id: str,
     """
     wanted = None if documents is None else {text_name(d) for d in documents}  # the catalog keeps paths as text
     with catalog(write=False) as session:
-        entries = [UndoEntry(r.id, resolve_text_path(root, r.document_path), r.record_id, dict(r.record or {}))
-                   for r in queries.prune_actions_for_run(session, run_id)
-                   if r.store == store_id and (wanted is None or r.document_path in wanted)]
+        _, pending = queries.prune_action_documents(session, run_id, store_id)
+        entries = [UndoEntry(action_id, resolve_text_path(root, document_path), record_id, payload)
+                   for document_path, ids in pending.items() if wanted is None or document_path in wanted
+                   for action_id, record_id, payload in queries.prune_action_payloads(session, ids)]
     stale = present_entries(root, entries) if entries else []
     if stale:
         with catalog() as session:
@@ -263,18 +266,35 @@ def run(
                                        dry_run=dry_run, use_index=use_index))
 
 
+def _pre_prune_snapshot(catalog: Catalog, store_id: str, run_id: str) -> str | None:
+    """The id of run ``run_id``'s pre-prune snapshot (tagged ``prune:<run_id>``), if the catalog has it."""
+    with catalog(write=False) as session:
+        tagged = [b.backup_id for b in queries.list_backups(session, store_id) if f"prune:{run_id}" in (b.tags or [])]
+    return tagged[-1] if tagged else None
+
+
+def _restore_hint(store_id: str, backup_id: str) -> str:
+    return (f"its pre-prune snapshot {backup_id} holds the store as it was before the run: "
+            f"aml {store_id} backup restore --backup-id {backup_id} --dry-run shows what that would put back")
+
+
+def _snapshot_hint(catalog: Catalog, store_id: str, run_id: str) -> str:
+    """Where the records undo could not read from the catalog are kept: the run's pre-prune snapshot."""
+    snapshot = _pre_prune_snapshot(catalog, store_id, run_id)
+    if snapshot is None:
+        return f"prune run {run_id!r} has no pre-prune snapshot recorded in the catalog"
+    return f"some undo logs of prune run {run_id!r} do not decode; " + _restore_hint(store_id, snapshot)
+
+
 def _no_rows_message(catalog: Catalog, store_id: str, run_id: str) -> str:
     """Why ``undo`` has nothing to put back: an unknown run, or a run that removed nothing (it stopped
     before its first rewrite, or its rows were deleted), whose pre-prune snapshot (tagged
     ``prune:<run_id>``) is then named."""
-    with catalog(write=False) as session:
-        tagged = [b.backup_id for b in queries.list_backups(session, store_id) if f"prune:{run_id}" in (b.tags or [])]
-    if not tagged:
+    snapshot = _pre_prune_snapshot(catalog, store_id, run_id)
+    if snapshot is None:
         return f"no prune run {run_id!r} recorded for {store_id}"
     return (f"prune run {run_id!r} recorded no actions (it stopped before its first rewrite, or its rows were "
-            "deleted); "
-            f"its pre-prune snapshot {tagged[-1]} holds the store as it was before the run: "
-            f"aml {store_id} backup restore --backup-id {tagged[-1]} --dry-run shows what that would put back")
+            "deleted); " + _restore_hint(store_id, snapshot))
 
 
 WRITE_AHEAD_BATCH = 5000
@@ -298,20 +318,28 @@ def _undo_rows(catalog: Catalog, root: Path, store_id: str, run_id: str) -> tupl
     return total, {relpath: sorted(ids) for relpath, ids in pending.items()}
 
 
-def _undo_documents(catalog: Catalog, pending: dict[str, list[int]]) -> Iterator[tuple[str, list[UndoEntry]]]:
+def _undo_documents(catalog: Catalog, pending: dict[str, list[int]],
+                    unreadable: list[dict[str, Any]]) -> Iterator[tuple[str, list[UndoEntry]]]:
     """``(document, its UndoEntry rows)`` in path order, each document's payloads read from the catalog
     only when undo reaches it (:func:`models.queries.prune_action_payloads`, a short read transaction), so
     that one document's rows are in memory at a time; each payload is made lean
-    (:func:`aml.prune.undo.lean_payload`).
+    (:func:`aml.prune.undo.lean_payload`). A document whose undo log does not decode is yielded with no entries
+    and its rows added to ``unreadable`` (``{"action_id", "document", "reason"}``, the reason naming the log).
 
     Yields:
         One ``(store-relative path, its entries in id order)`` per document.
     """
     shared: dict[Any, Any] = {}  # one copy of each list's layout
     for relpath in sorted(pending):
-        with catalog(write=False) as session:  # each payload made lean as it is read
-            entries = [UndoEntry(action_id, relpath, record_id, lean_payload(record, shared))
-                       for action_id, record_id, record in queries.prune_action_payloads(session, pending[relpath])]
+        try:
+            with catalog(write=False) as session:  # each payload made lean as it is read
+                entries = [UndoEntry(action_id, relpath, record_id, lean_payload(record, shared))
+                           for action_id, record_id, record in queries.prune_action_payloads(session, pending[relpath])]
+        except UndoLogError as exc:  # that document's records cannot be put back from the catalog; the others can
+            log.error("prune undo: %s: %s", relpath, exc)
+            unreadable.extend({"action_id": action_id, "document": relpath, "reason": str(exc)}
+                              for action_id in pending[relpath])
+            entries = []
         yield relpath, entries
 
 
@@ -336,12 +364,17 @@ def undo_body(store_id: str, run_id: str) -> Any:
         from tasks.snapshots import safety_snapshot
 
         snapshot = safety_snapshot(catalog, store_id, root, settings, reason="pre-undo", tags=[f"undo:{run_id}"])
-        undone = undo_documents(root, _undo_documents(catalog, pending), archive_root=archive_root_of(root, settings),
+        unreadable: list[dict[str, Any]] = []
+        undone = undo_documents(root, _undo_documents(catalog, pending, unreadable),
+                                archive_root=archive_root_of(root, settings),
                                 paths=sorted(pending))  # the order _undo_documents yields them in
         with catalog() as session:
             queries.mark_prune_actions_undone(session, run_id, ids=undone.done)
+        undone.failed.extend(unreadable)
         result.update(undone.to_dict())
         result["backup_id"] = snapshot.backup_id
+        if unreadable:
+            result["restore_hint"] = _snapshot_hint(catalog, store_id, run_id)
         if undone.failed:
             result["status"] = "warning"
         return result
@@ -363,7 +396,8 @@ def undo(self: Task, store: str, run_id: str) -> dict[str, Any]:
     Returns:
         ``{"run_id", "records", "already_undone", "restored", "already_present", "failed": [...],
         "documents", "archives_updated", "backup_id", "status", ...}``; status ``warning`` when some
-        records could not be put back (their document is missing or does not parse).
+        records could not be put back (their document is missing or does not parse, or their undo log in the
+        catalog does not decode: then ``restore_hint`` names the run's pre-prune snapshot, which holds them).
 
     Raises:
         ValueError: no such run for this store.

@@ -7,6 +7,7 @@ that is dropped afterwards.
 
 from __future__ import annotations
 
+import json
 import os
 import sqlite3
 import subprocess
@@ -29,8 +30,8 @@ from tests.catalog_helpers import empty_catalog
 from workers import catalog
 
 REPO = Path(__file__).resolve().parent.parent
-CATALOG_TABLES = {"task_runs", "backups", "alerts", "metric_samples", "prune_actions", "restore_drills",
-                  "remediations"}
+CATALOG_TABLES = {"task_runs", "backups", "alerts", "metric_samples", "prune_actions", "prune_undo_logs",
+                  "restore_drills", "remediations"}
 T0 = datetime(2026, 1, 2, 3, 4, 5, 678901, tzinfo=UTC)
 
 
@@ -59,7 +60,7 @@ def _tables(url: str) -> set[str]:
 def test_upgrade_downgrade_upgrade(db_url: str) -> None:
     assert catalog.current_revision(db_url) is None
     catalog.upgrade(db_url)
-    assert catalog.current_revision(db_url) == catalog.head_revision() == "0005"
+    assert catalog.current_revision(db_url) == catalog.head_revision() == "0006"
     assert _tables(db_url) >= CATALOG_TABLES
 
     catalog.downgrade(db_url, "base")
@@ -160,7 +161,7 @@ def test_alembic_config_works_from_any_directory(tmp_path: Path, monkeypatch: py
     monkeypatch.chdir(tmp_path)
     cfg = catalog.alembic_config("sqlite://")
     assert Path(str(cfg.get_main_option("script_location"))) == REPO / "models" / "migrations"
-    assert catalog.head_revision() == "0005"
+    assert catalog.head_revision() == "0006"
 
 
 def test_top_level_alembic_is_the_shipped_migrations() -> None:
@@ -660,7 +661,8 @@ def test_prune_actions_record_and_undo(migrated: str) -> None:
     with catalog.session_scope(migrated) as session:
         actions = q.prune_actions_for_run(session, "prune-1")
         assert [a.record_id for a in actions] == ["p0", "p1", "p2"]
-        assert actions[1].record == {"id": "p1", "metrics": {"successRate": 0.1}}
+        assert q.prune_action_payload(session, actions[1]) == {"id": "p1", "metrics": {"successRate": 0.1}}
+        assert actions[1].record is None and actions[1].undo_index == 1  # the payload is in the run's undo log
         assert [a.action for a in actions] == ["archived", "removed", "archived"]
         assert actions[0].created_at.tzinfo is UTC and actions[0].backup_id == "full_1"
         assert q.mark_prune_actions_undone(session, "prune-1", ids=[actions[0].id]) == 1
@@ -669,6 +671,94 @@ def test_prune_actions_record_and_undo(migrated: str) -> None:
     with catalog.session_scope(migrated, write=False) as session:
         assert q.prune_actions_for_run(session, "prune-1") == []
         assert len(q.prune_actions_for_run(session, "prune-1", include_undone=True)) == 3
+
+
+def _pruned(document: str, n: int, text: str = "x") -> list[q.PrunedRecord]:
+    return [q.PrunedRecord("a", "patterns", f"p{i}", "old", "removed", document,
+                           {"v": 2, "item": {"id": f"p{i}"}, "text": f'{{"id": "p{i}", "t": "{text}"}}', "index": i})
+            for i in range(n)]
+
+
+def test_prune_undo_logs_hold_each_documents_payloads(migrated: str) -> None:
+    """One undo log per call (one document), its rows pointing at their entries; a payload that MessagePack cannot
+    hold (a lone surrogate) is kept by the JSON codec; every payload reads back equal."""
+    from models import PruneUndoLog
+    from models.undolog import JSON_ZSTD, MSGPACK_ZSTD
+
+    first, odd = _pruned("a/patterns.json", 3), _pruned("b/patterns.json", 2, text="\udcff \udcff")
+    odd[1] = q.PrunedRecord(**{**odd[1].__dict__, "record_id": "p\udcff", "record": {"item": {"id": "p\udcff"}}})
+    with catalog.session_scope(migrated) as session:
+        assert q.add_prune_actions(session, run_id="r", store="/s", records=first) == 3
+        assert q.add_prune_actions(session, run_id="r", store="/s", records=odd) == 2
+        assert q.add_prune_actions(session, run_id="r", store="/s", records=[]) == 0
+    with catalog.session_scope(migrated, write=False) as session:
+        logs = list(session.scalars(sa.select(PruneUndoLog).order_by(PruneUndoLog.id)))
+        assert [(g.document_path, g.entries, g.codec) for g in logs] == [
+            ("a/patterns.json", 3, MSGPACK_ZSTD), ("b/patterns.json", 2, JSON_ZSTD)]
+        actions = q.prune_actions_for_run(session, "r")
+        assert [(a.undo_log_id, a.undo_index) for a in actions] == [(logs[0].id, 0), (logs[0].id, 1), (logs[0].id, 2),
+                                                                     (logs[1].id, 0), (logs[1].id, 1)]
+        expected = [r.record for r in first + odd]
+        assert [q.prune_action_payload(session, a) for a in actions] == expected
+        ids = [a.id for a in actions]
+        assert [p for _, _, p in q.prune_action_payloads(session, ids)] == expected
+        assert [p for _, _, p in q.prune_action_payloads(session, ids[::-1])] == expected[::-1]
+
+
+def test_deleting_prune_actions_drops_the_undo_logs_left_empty(migrated: str) -> None:
+    from models import PruneUndoLog
+
+    with catalog.session_scope(migrated) as session:
+        q.add_prune_actions(session, run_id="r", store="/s", records=_pruned("a/patterns.json", 2))
+        q.add_prune_actions(session, run_id="r", store="/s", records=_pruned("b/patterns.json", 2))
+        q.add_prune_actions(session, run_id="other", store="/s", records=_pruned("a/patterns.json", 1))
+    with catalog.session_scope(migrated) as session:
+        a1, a2, b1, b2 = (a.id for a in q.prune_actions_for_run(session, "r"))
+        assert q.delete_prune_actions(session, "r", [a1, b1]) == 2
+        assert session.scalar(sa.select(sa.func.count()).select_from(PruneUndoLog)) == 3  # each still has a row
+        assert q.delete_prune_actions(session, "r", [b2]) == 1
+        assert sorted(session.scalars(sa.select(PruneUndoLog.document_path))) == ["a/patterns.json"] * 2
+        (left,) = q.prune_actions_for_run(session, "r")
+        assert left.id == a2 and q.prune_action_payload(session, left)["item"] == {"id": "p1"}
+
+
+def test_a_damaged_undo_log_is_named(migrated: str) -> None:
+    from models import PruneUndoLog
+    from models.undolog import UndoLogError
+
+    with catalog.session_scope(migrated) as session:
+        q.add_prune_actions(session, run_id="r", store="/s", records=_pruned("a/patterns.json", 2))
+        log_id = session.scalar(sa.select(PruneUndoLog.id))
+        value = bytearray(session.scalar(sa.select(PruneUndoLog.payloads)))
+        value[len(value) // 2] ^= 0xFF
+        session.execute(sa.update(PruneUndoLog).values(payloads=bytes(value)))
+    with catalog.session_scope(migrated, write=False) as session:
+        actions = q.prune_actions_for_run(session, "r")
+        with pytest.raises(UndoLogError, match=f"prune undo log {log_id}"):
+            q.prune_action_payload(session, actions[0])
+        with pytest.raises(UndoLogError, match=f"prune undo log {log_id}"):
+            list(q.prune_action_payloads(session, [a.id for a in actions]))
+
+
+def test_downgrade_puts_undo_log_payloads_back_in_their_rows(db_url: str) -> None:
+    """Down to 0005, each row holds its own payload again (as that aml reads it); up again, those rows read the same."""
+    catalog.upgrade(db_url)
+    records = _pruned("a/patterns.json", 3) + _pruned("b/patterns.json", 2, text="\udcff")
+    with catalog.session_scope(db_url) as session:
+        q.add_prune_actions(session, run_id="r", store="/s", records=records[:3])
+        q.add_prune_actions(session, run_id="r", store="/s", records=records[3:])
+    catalog.dispose_engines(db_url)
+    catalog.downgrade(db_url, "0005")
+    assert "prune_undo_logs" not in _tables(db_url)
+    with catalog.get_engine(db_url).connect() as conn:
+        stored = conn.execute(sa.text("SELECT record FROM prune_actions ORDER BY id")).scalars().all()
+    assert [json.loads(v) if isinstance(v, str) else v for v in stored] == [r.record for r in records]
+    catalog.dispose_engines(db_url)
+    catalog.upgrade(db_url)
+    with catalog.session_scope(db_url, write=False) as session:
+        actions = q.prune_actions_for_run(session, "r")
+        assert [(a.undo_log_id, q.prune_action_payload(session, a)) for a in actions] == [
+            (None, r.record) for r in records]
 
 
 def test_schema_revision_is_alembics_head() -> None:

@@ -245,7 +245,7 @@ def test_old_finished_task_runs_are_deleted(db_url: str) -> None:
         # prune undo still finds everything it needs
         for run_id, task_run_key in (("prune-1", "pruned-by-id"), ("prune-2", None)):
             (action,) = q.prune_actions_for_run(session, run_id)
-            assert action.record == {"id": "r1"} and action.document_path == "a/c.json"
+            assert q.prune_action_payload(session, action) == {"id": "r1"} and action.document_path == "a/c.json"
             assert action.task_run_id == (kept[task_run_key] if task_run_key else None)
         assert q.get_task_run(session, "prune-1") is not None
         assert q.get_task_run(session, "prune-2") is not None

@@ -427,3 +427,39 @@ def test_undo_task_reads_rows_per_document(tmp_path: Path, aml_settings: Any) ->
     assert undone["status"] == "warning"
     now = files(store)
     assert {k for k in before if now.get(k) != before[k]} == {documents[0], missing}
+
+
+def test_undo_task_with_a_damaged_undo_log_restores_the_other_documents(tmp_path: Path, aml_settings: Any) -> None:
+    """A document whose undo log in the catalog no longer decodes is reported (the log named, the pre-prune
+    snapshot given) and left as the run left it; every other document comes back byte-identical, and the rows of
+    the damaged log stay not undone."""
+    import sqlalchemy as sa
+
+    from models import PruneUndoLog, queries
+    from tasks import prune
+    from workers.catalog import session_scope
+
+    store = extract_loom("loom-plain-v1.0", tmp_path)
+    before = files(store)
+    result = prune.run.apply(kwargs={"store": str(store), "strategies": RULES, "now": "2026-11-23T00:00:00Z"},
+                             throw=True).get()
+    run_id, documents = result["run_id"], result["applied"]["documents"]
+    assert len(documents) > 1
+    damaged = documents[0]
+    pruned = files(store)
+    with session_scope(aml_settings.catalog_url) as session:
+        log = session.scalars(sa.select(PruneUndoLog).where(PruneUndoLog.document_path == damaged)).one()
+        log.payloads = log.payloads[:-8]
+        log_id = log.id
+        rows = [r.id for r in queries.prune_actions_for_run(session, run_id) if r.document_path == damaged]
+    undone = prune.undo.apply(kwargs={"store": str(store), "run_id": run_id}, throw=True).get()
+    assert undone["status"] == "warning"
+    assert sorted(f["action_id"] for f in undone["failed"]) == sorted(rows)
+    assert all(f["document"] == damaged and f"prune undo log {log_id}" in f["reason"] for f in undone["failed"])
+    assert result["backup_id"] in undone["restore_hint"]
+    assert undone["restored"] == result["plan"]["counts"]["total"] - len(rows)
+    now = files(store)
+    assert now[damaged] == pruned[damaged]
+    assert {k for k in before if now.get(k) != before[k]} == {damaged}
+    with session_scope(aml_settings.catalog_url, write=False) as session:
+        assert sorted(r.id for r in queries.prune_actions_for_run(session, run_id)) == sorted(rows)

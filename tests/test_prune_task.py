@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from sqlalchemy import update
+from sqlalchemy import delete, update
 
 from tests.fixtures_runtime import REPO, runtime_env
 from tests.realdata import extract_loom, snapshot_tree
@@ -66,11 +66,19 @@ def test_run_records_snapshot_and_one_row_per_record_then_undo(tmp_path: Path, a
         assert {r.task_run_id for r in rows} == {result["task_run_id"]}
         planned = {(a["document"], a["record_id"], a["reason"], a["action"]) for a in result["plan"]["actions"]}
         assert {(r.document_path, r.record_id, r.reason, r.action) for r in rows} == planned
-        assert all(r.record["text"] and r.record["item"] == {"id": r.record_id} and r.record["v"] == 2 for r in rows)
+        payloads = [queries.prune_action_payload(session, r) for r in rows]
+        assert all(p["text"] and p["item"] == {"id": r.record_id} and p["v"] == 2
+                   for r, p in zip(rows, payloads, strict=True))
         by_document: dict[str, set[object]] = {}
+        logs: dict[str, set[int | None]] = {}
         for r in rows:
             by_document.setdefault(r.document_path, set()).add(r.created_at)
+            logs.setdefault(r.document_path, set()).add(r.undo_log_id)
         assert all(len(times) == 1 for times in by_document.values()), "one write-ahead instant per document"
+        # one undo log per document, or per WRITE_AHEAD_BATCH of its rows; no log shared by two documents
+        sizes = {d: sum(1 for r in rows if r.document_path == d) for d in logs}
+        assert all(len(ids) == -(-sizes[d] // (batch or 5000)) and None not in ids for d, ids in logs.items())
+        assert len(set().union(*logs.values())) == sum(len(ids) for ids in logs.values())
         assert queries.get_backup(session, backup_id) is not None
         assert queries.get_task_run(session, run_id).status == "success"
     # decisions were archived in the backup repository, not deleted
@@ -97,12 +105,14 @@ def test_run_records_snapshot_and_one_row_per_record_then_undo(tmp_path: Path, a
 
 
 @pytest.mark.slow
-def test_undo_of_rows_written_with_payload_version_1(tmp_path: Path, aml_settings) -> None:
-    """A run recorded before payload version 2 (each row holding the whole record parsed as ``item``, as the
-    catalog's JSON keeps it: NaN as null) is undone through the task as a new one is: byte-identical documents,
-    the archives emptied, and a second undo finds every record in place."""
+@pytest.mark.parametrize("version", [1, 2])
+def test_undo_of_rows_written_before_undo_logs(version: int, tmp_path: Path, aml_settings) -> None:
+    """A run recorded before undo logs (catalog revision 0006), each row holding its payload in ``record``: of payload
+    version 1 (the whole record parsed as ``item``, as the catalog's JSON keeps it: NaN as null) or 2 (its key and
+    text), is undone through the task as a new one is: byte-identical documents, the archives emptied, and a second
+    undo finds every record in place."""
     from models import queries
-    from models.tables import PruneAction
+    from models.tables import PruneAction, PruneUndoLog
     from tasks import prune
     from workers.catalog import session_scope
 
@@ -117,14 +127,17 @@ def test_undo_of_rows_written_with_payload_version_1(tmp_path: Path, aml_setting
     run_id = result["run_id"]
     with session_scope(aml_settings.catalog_url) as session:
         rows = queries.prune_actions_for_run(session, run_id)
-        for row in rows:  # as the code before version 2 wrote them
-            record = dict(row.record)
-            record.update(v=1, item=json.loads(record["text"]))
-            session.execute(update(PruneAction).where(PruneAction.id == row.id).values(record=record))
+        for row in rows:  # as the code before version 2 wrote them: the payload in the row, not in an undo log
+            record = queries.prune_action_payload(session, row)
+            if version == 1:
+                record.update(v=1, item=json.loads(record["text"]))
+            session.execute(update(PruneAction).where(PruneAction.id == row.id)
+                            .values(record=record, undo_log_id=None, undo_index=None))
     with session_scope(aml_settings.catalog_url) as session:
         rows = queries.prune_actions_for_run(session, run_id)
-        assert rows and all(r.record["v"] == 1 and r.record["item"]["id"] == r.record_id for r in rows)
-        assert any(r.record["item"].get("score", 0) is None for r in rows)
+        assert rows and all(r.record["v"] == version and r.record["item"]["id"] == r.record_id for r in rows)
+        assert version == 2 or any(r.record["item"].get("score", 0) is None for r in rows)
+        session.execute(delete(PruneUndoLog))
 
     undone = apply(prune.undo, store=str(store), run_id=run_id)
     assert undone["status"] == "success" and undone["restored"] == len(rows)

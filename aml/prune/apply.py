@@ -24,7 +24,7 @@ every record already removed from a document has its undo row (recorded in step 
 steps 4 and 5 leaves rows for records still in their document: undo finds them "already present", and
 a resumed run drops those rows before it plans again (:func:`aml.prune.undo.present_entries`).
 The caller takes the pre-prune snapshot before calling :func:`apply_plan`; the ``payload`` of an
-:class:`AppliedRecord` is what ``prune_actions.record`` holds (see :mod:`aml.prune.undo`).
+:class:`AppliedRecord` is the undo payload the catalog keeps for it (see :mod:`aml.prune.undo`).
 """
 
 from __future__ import annotations
@@ -56,7 +56,7 @@ from aml.store.rewrite import (
 )
 
 PAYLOAD_VERSION = 2
-"""Version of the ``prune_actions.record`` payload written by :func:`apply_plan`: 2 holds the record's key as
+"""Version of the undo payload written by :func:`apply_plan`: 2 holds the record's key as
 ``item`` (``{"id": <id>}`` or ``null``) and its exact ``text``; 1 held the whole record parsed as ``item``, a third
 of each row's bytes for nothing undo reads (:mod:`aml.prune.undo` reads both the same way)."""
 
@@ -104,7 +104,7 @@ class AppliedRecord:
     @property
     def payload(self) -> dict[str, Any]:
         """``{"v", "item", "text", "list", "index", "prev", "next", "layout", "archive"}`` (see
-        :mod:`aml.prune.undo`), JSON-serialisable: what ``prune_actions.record`` holds; ``item`` is the record's
+        :mod:`aml.prune.undo`), JSON-serialisable: the undo payload the catalog keeps; ``item`` is the record's
         key (:attr:`key`), all of it that undo reads."""
         return {
             "v": PAYLOAD_VERSION,

@@ -1,7 +1,8 @@
 """Undo of a prune run: put back exactly the records it removed or archived, and nothing else.
 
-Each ``prune_actions`` row holds, in its ``record`` column, the payload written by
-:func:`aml.prune.apply.apply_plan`::
+Each ``prune_actions`` row has a payload written by :func:`aml.prune.apply.apply_plan`, kept in the catalog's
+undo log of its document (``prune_undo_logs``, :mod:`models.undolog`; in the row's ``record`` column for rows
+written before catalog revision 0006)::
 
     {
       "v": 2,
@@ -77,7 +78,7 @@ class UndoEntry:
         action_id: the row's id (reported back so the caller can mark it undone).
         document: store-relative path of the document.
         record_id: the record's id.
-        payload: the row's ``record`` column (see the module docstring).
+        payload: the row's undo payload (see the module docstring).
     """
 
     action_id: int
@@ -93,7 +94,7 @@ def lean_payload(payload: dict[str, Any], shared: dict[Any, Any] | None = None) 
     version 2 row holds. Undo does the same with either (the record's exact ``text`` is what it puts back).
 
     Args:
-        payload: the row's ``record`` column (not changed).
+        payload: the row's undo payload (not changed).
         shared: a dict kept by the caller across the rows of a run: equal ``layout`` values (one per list,
             the same in every row of it) are then held once, not once per row.
 
@@ -229,7 +230,10 @@ def _disk_bytes(root: Path, relpath: str) -> int:
 def _undo_one(root: Path, relpath: str, doc_entries: Sequence[UndoEntry], result: UndoResult,
               archived: defaultdict[str, set[str]], located: Located | None) -> None:
     """Undo one document's entries into ``result``; the restored archived records' canonical JSON is added to
-    ``archived`` (by archive file). A document that is missing or cannot be read or spliced is reported."""
+    ``archived`` (by archive file). A document that is missing or cannot be read or spliced is reported; one with
+    no entries (its rows' payloads could not be read: the caller reports them) is not read."""
+    if not doc_entries:
+        return
     try:
         with gc_paused():
             done = _undo_document(root, relpath, list(doc_entries), result, located)
