@@ -6,9 +6,10 @@ writes (and undo reads, and marking the rows undone rewrites) row by row. A log 
 (a batch of them) together:
 
 ``msgpack+zstd``
-    the list of payloads as one MessagePack array (msgspec), in one zstd frame (level
-    :data:`ZSTD_LEVEL`). 33.6 MB of JSON payloads from a 75,000-record sample store are 2.5 MB, encoded in
-    about 0.05 s.
+    the list of payloads as one MessagePack array (msgspec), in one zstd frame (level :data:`ZSTD_LEVEL`)
+    that records its decoded size and a checksum of its content (XXH64, 4 bytes), so that damage is found
+    rather than decoded into other payloads. 33.6 MB of JSON payloads from a 75,000-record sample store are
+    2.5 MB, encoded in about 0.05 s.
 ``json+zstd``
     the same list as JSON text (UTF-8) in one zstd frame. Used for a batch MessagePack cannot hold: a string
     with a lone surrogate (a record id written ``"\\udcff"`` in its JSON), which JSON escapes.
@@ -37,8 +38,10 @@ CODECS: Final = (MSGPACK_ZSTD, JSON_ZSTD)
 ZSTD_LEVEL: Final = 3
 """zstd's own default level. Level 1 was no smaller nor measurably faster on Loom payloads (2.5 MB either way)."""
 
-MAX_DECODED_BYTES: Final = 1 << 34
-"""A frame that says it decodes to more than this (16 GiB) is refused as damaged, not allocated."""
+MAX_DECODED_BYTES: Final = 1 << 32
+"""A frame whose header says it decodes to more than this (4 GiB, far beyond a batch of
+:data:`tasks.prune.WRITE_AHEAD_BATCH` payloads) is refused as damaged, not allocated: zstandard allocates the size
+a frame header gives."""
 
 _encoder = msgspec.msgpack.Encoder()
 
@@ -63,7 +66,8 @@ def encode_payloads(payloads: Sequence[dict[str, Any]]) -> tuple[str, bytes]:
         codec, raw = MSGPACK_ZSTD, _encoder.encode(list(payloads))
     except UnicodeEncodeError:  # a lone surrogate: JSON writes it as an escape
         codec, raw = JSON_ZSTD, json.dumps(list(payloads), separators=(",", ":")).encode("ascii")
-    return codec, zstandard.ZstdCompressor(level=ZSTD_LEVEL).compress(raw)
+    return codec, zstandard.ZstdCompressor(level=ZSTD_LEVEL, write_checksum=True,
+                                           write_content_size=True).compress(raw)
 
 
 def decode_payloads(codec: str, value: bytes) -> list[dict[str, Any]]:
@@ -77,16 +81,22 @@ def decode_payloads(codec: str, value: bytes) -> list[dict[str, Any]]:
         The payloads, index ``undo_index`` for each action row of the log.
 
     Raises:
-        UndoLogError: an unknown codec, a damaged zstd frame or encoding, or a value that is not a list of
-            JSON objects.
+        UndoLogError: an unknown codec, a damaged zstd frame (its checksum, its header's size) or encoding, or a
+            value that is not a list of JSON objects.
     """
     if codec not in CODECS:
         raise UndoLogError(f"unknown undo log codec {codec!r} (this aml reads {', '.join(CODECS)})")
+    value = bytes(value)
     try:
-        raw = zstandard.ZstdDecompressor().decompress(bytes(value), max_output_size=MAX_DECODED_BYTES)
+        size = zstandard.frame_content_size(value)
+        if not 0 <= size <= MAX_DECODED_BYTES:  # -1: a frame without its size, which aml never writes
+            raise UndoLogError(f"undo log ({codec}) does not decode: its frame header gives a decoded size of {size}")
+        raw = zstandard.ZstdDecompressor().decompress(value, max_output_size=MAX_DECODED_BYTES)
         decoded = msgspec.msgpack.decode(raw) if codec == MSGPACK_ZSTD else json.loads(raw)
-    except (zstandard.ZstdError, msgspec.DecodeError, ValueError) as exc:
-        raise UndoLogError(f"undo log ({codec}) does not decode: {exc}") from exc
+    except (zstandard.ZstdError, msgspec.DecodeError, ValueError, MemoryError) as exc:
+        if isinstance(exc, UndoLogError):
+            raise
+        raise UndoLogError(f"undo log ({codec}) does not decode: {exc!r}") from exc
     if not isinstance(decoded, list) or not all(isinstance(p, dict) for p in decoded):
         raise UndoLogError(f"undo log ({codec}) is not a list of payload objects")
     return decoded

@@ -15,6 +15,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 import aml.store.rewrite as rewrite
 from aml.gcpause import gc_paused
@@ -29,7 +31,7 @@ from aml.prune import (
     undo_documents,
     undo_entries,
 )
-from aml.prune.archive import add_to_archive, canonical_item, remove_canonical_from_archive, remove_from_archive
+from aml.prune.archive import add_to_archive, remove_from_archive, remove_records_from_archive
 from aml.store.records import item_size
 from aml.store.rewrite import (
     Layout,
@@ -201,17 +203,72 @@ def test_undo_documents_reports_a_missing_document_and_goes_on(tmp_path: Path) -
 # ---------------------------------------------------------------------------------------- archives
 
 
+_json_scalars = (st.none() | st.booleans() | st.integers(-(2**70), 2**70) | st.floats()
+                 | st.text(max_size=4) | st.sampled_from(["\udcff", "a\ud800b"]))  # lone surrogates, often
+_json_items = st.recursive(_json_scalars, lambda inner: st.lists(inner, max_size=3)
+                           | st.dictionaries(st.text(max_size=3), inner, max_size=3), max_leaves=8)
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(archive=st.lists(_json_items, max_size=6), picks=st.lists(st.tuples(st.integers(0, 7), st.booleans()),
+                                                                 max_size=6),
+       extra=st.lists(_json_items, max_size=2), indent=st.sampled_from([None, 2]))
+def test_removing_records_by_text_matches_canonical_json(archive: list[Any], picks: list[tuple[int, bool]],
+                                                          extra: list[Any], indent: int | None, tmp_path: Path) -> None:
+    """Whether the archive and the texts are strict JSON (msgspec's comparison) or not (NaN, Infinity, numbers
+    beyond a double, lone surrogates: json.dumps's), the items removed are those whose canonical JSON
+    (:func:`canonical_item`) is that of a record given, however its text is laid out."""
+    from aml.prune.archive import _write, canonical_item, read_archive
+
+    path = tmp_path / "decisions_r.json.gz"
+    path.unlink(missing_ok=True)
+    _write(path, archive)
+    current = read_archive(path)  # as the archive holds them (a JSON round trip)
+    chosen = [current[i] for i, _ in picks if i < len(current)] + extra
+    texts = [json.dumps(x, indent=indent, sort_keys=flip) for x, (_, flip) in zip(chosen, picks + [(0, False)] * 2,
+                                                                                strict=False)]
+    drop = {canonical_item(json.loads(t)) for t in texts}
+    expected = [x for x in current if canonical_item(x) not in drop]
+    removed = remove_records_from_archive(path, texts=texts)
+    assert removed == len(current) - len(expected)
+    if removed and not expected:
+        assert not path.exists(), "an emptied archive is deleted"
+    else:  # compared as canonical JSON: NaN is not equal to itself
+        assert [canonical_item(x) for x in read_archive(path)] == [canonical_item(x) for x in expected]
+
+
+@pytest.mark.parametrize(("archive", "texts", "fast"), [
+    ([{"id": "a", "n": 1.5}, {"id": "b"}], ['{"n": 1.5, "id": "a"}'], True),
+    ([{"id": "a", "n": float("nan")}, {"id": "b"}], ['{"id": "b"}'], False),  # NaN in the archive
+    ([{"id": "a"}, {"id": "b"}], ['{"id": "b", "n": 1e400}', '{"id": "a"}'], False),  # beyond a double
+    ([{"id": "a\udcff"}, {"id": "b"}], ['{"id": "b"}'], False),  # a lone surrogate
+])
+def test_strict_json_is_compared_by_msgspec_and_the_rest_by_json(archive: list[Any], texts: list[str], fast: bool,
+                                                                  tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+                                                                  ) -> None:
+    import aml.prune.archive as arch
+
+    path = tmp_path / "decisions_r.json.gz"
+    arch._write(path, archive)
+    used: list[str] = []
+    sorted_json, canonical = arch._sorted_json, arch._canonical
+    monkeypatch.setattr(arch, "_sorted_json", lambda v: used.append("msgspec") or sorted_json(v))
+    monkeypatch.setattr(arch, "_canonical", lambda v: used.append("json") or canonical(v))
+    assert arch.remove_records_from_archive(path, texts=texts) == 1
+    assert set(used) == ({"msgspec"} if fast else {"json"})
+
+
 def test_archive_by_canonical_keys(tmp_path: Path) -> None:
     path = tmp_path / "a" / "decisions_r.json.gz"
     items = [{"id": "a", "n": 1}, {"n": 2, "id": "b"}, {"id": "c"}]
     assert add_to_archive(path, items) == 3
     assert add_to_archive(path, [{"n": 1, "id": "a"}, {"id": "d"}]) == 1, "known items are skipped"
     assert read_archive(path) == [*items, {"id": "d"}]
-    assert remove_canonical_from_archive(path, {canonical_item({"id": "b", "n": 2})}) == 1
+    assert remove_records_from_archive(path, texts=['{"id":"b",  "n": 2.0}', '{"id": "b", "n": 2}']) == 1
     assert [x["id"] for x in read_archive(path)] == ["a", "c", "d"]
     assert remove_from_archive(path, [{"id": "a", "n": 1}, {"id": "c"}, {"id": "d"}]) == 3
     assert not path.exists(), "an emptied archive is deleted"
-    assert remove_canonical_from_archive(path, {"x"}) == 0
+    assert remove_records_from_archive(path, texts=['"x"']) == 0
 
 
 # ---------------------------------------------------------------------------------------- the plan

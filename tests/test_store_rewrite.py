@@ -163,6 +163,12 @@ def test_writing_in_pieces_gives_the_bytes_of_the_whole_text(text: str, cuts: li
         sink.write(piece)
     assert sink.close() == hashlib.sha256(expected).hexdigest()
     assert again.getvalue() == expected and sink.bytes_written == len(expected)
+    # without a digest (write_text's sink): the same bytes, nothing hashed
+    bare = io.BytesIO()
+    sink = TextSink(bare, encoding, level, digest=False)
+    for piece in pieces:
+        sink.write(piece)
+    assert sink.close() == "" and bare.getvalue() == expected and sink.bytes_written == len(expected)
 
 
 def test_unchanged_elements_keep_their_exact_text() -> None:

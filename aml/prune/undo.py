@@ -48,11 +48,10 @@ from pathlib import Path
 from typing import Any, Final
 
 from aml.gcpause import gc_paused
-from aml.prune.archive import canonical_item, remove_canonical_from_archive
+from aml.prune.archive import remove_records_from_archive
 from aml.prune.locate import Located, located_ahead
 from aml.store.atomic import atomic_open
 from aml.store.documents import DocumentError
-from aml.store.jsontext import loads
 from aml.store.rewrite import (
     PIECE_CHARS,
     Layout,
@@ -199,7 +198,7 @@ def undo_documents(root: Path, documents: Iterable[tuple[str, Sequence[UndoEntry
         OSError: a write failed (documents rewritten before stay rewritten; rerunning undo is safe).
     """
     result = UndoResult()
-    archived: defaultdict[str, set[str]] = defaultdict(set)  # archive -> canonical JSON of its restored items
+    archived: defaultdict[str, _Restored] = defaultdict(_Restored)  # archive -> its records put back
     order = list(paths or ())
     with located_ahead(root, [(relpath, TOP_LEVEL_LIST, _disk_bytes(root, relpath)) for relpath in order]) as ahead:
         for n, (relpath, doc_entries) in enumerate(documents):
@@ -208,9 +207,9 @@ def undo_documents(root: Path, documents: Iterable[tuple[str, Sequence[UndoEntry
                 located = None
             _undo_one(root, relpath, doc_entries, result, archived, located)
     if archive_root is not None:
-        for archive, keys in sorted(archived.items()):
+        for archive, restored in sorted(archived.items()):
             path = archive_root / archive
-            if remove_canonical_from_archive(path, keys):
+            if remove_records_from_archive(path, texts=restored.texts, items=restored.items):
                 result.archives_updated.append(str(path))
     return result
 
@@ -227,10 +226,19 @@ def _disk_bytes(root: Path, relpath: str) -> int:
         return -1
 
 
+@dataclass(slots=True)
+class _Restored:
+    """The archived records of one archive file that undo put back: their exact texts, or (a version 1 row
+    without one) their parsed values."""
+
+    texts: list[str] = field(default_factory=list)
+    items: list[Any] = field(default_factory=list)
+
+
 def _undo_one(root: Path, relpath: str, doc_entries: Sequence[UndoEntry], result: UndoResult,
-              archived: defaultdict[str, set[str]], located: Located | None) -> None:
-    """Undo one document's entries into ``result``; the restored archived records' canonical JSON is added to
-    ``archived`` (by archive file). A document that is missing or cannot be read or spliced is reported; one with
+              archived: defaultdict[str, _Restored], located: Located | None) -> None:
+    """Undo one document's entries into ``result``; the restored archived records are added to ``archived`` (by
+    archive file). A document that is missing or cannot be read or spliced is reported; one with
     no entries (its rows' payloads could not be read: the caller reports them) is not read."""
     if not doc_entries:
         return
@@ -249,7 +257,10 @@ def _undo_one(root: Path, relpath: str, doc_entries: Sequence[UndoEntry], result
         if isinstance(archive, str) and archive:
             # the archive holds the record as its text reads (NaN included), not as the catalog's JSON keeps it
             text = e.payload.get("text")
-            archived[archive].add(canonical_item(loads(text) if isinstance(text, str) else e.payload.get("item")))
+            if isinstance(text, str):
+                archived[archive].texts.append(text)
+            else:
+                archived[archive].items.append(e.payload.get("item"))
 
 
 @dataclass(frozen=True, slots=True)
