@@ -790,16 +790,19 @@ def prune_action_payloads(session: Session, ids: Sequence[int]) -> Iterator[tupl
         models.undolog.UndoLogError: an undo log that does not decode (named by its id).
     """
     logs: dict[int, list[dict[str, Any]]] = {}
+    table = cast(Table, PruneAction.__table__)
     for start in range(0, len(ids), PRUNE_ID_BATCH):
         batch = ids[start:start + PRUNE_ID_BATCH]
-        found = {row[0]: row[1:] for row in select_in(
-            session, cast(Table, PruneAction.__table__), ("id", "record_id", "record", "undo_log_id", "undo_index"),
-            "id", batch)}
-        _load_logs(session, {row[2] for row in found.values() if row[2] is not None} - logs.keys(), logs)
+        found = {row[0]: row[1:] for row in select_in(session, table, ("id", "record_id", "undo_log_id", "undo_index"),
+                                                      "id", batch)}
+        _load_logs(session, {row[1] for row in found.values() if row[1] is not None} - logs.keys(), logs)
+        older = [action_id for action_id, row in found.items() if row[1] is None]  # rows written before undo logs
+        records = dict(select_in(session, table, ("id", "record"), "id", older)) if older else {}
         for action_id in batch:
             if action_id in found:
-                record_id, record, log_id, index = found.pop(action_id)
-                yield action_id, record_id, _payload(logs, action_id, record, log_id, index)
+                record_id, log_id, index = found.pop(action_id)
+                yield action_id, record_id, _payload(logs, action_id, records.get(action_id), log_id, index,
+                                                     copy=False)
 
 
 def prune_action_payload(session: Session, action: PruneAction) -> dict[str, Any]:
@@ -811,7 +814,7 @@ def prune_action_payload(session: Session, action: PruneAction) -> dict[str, Any
     logs: dict[int, list[dict[str, Any]]] = {}
     if action.undo_log_id is not None:
         _load_logs(session, {action.undo_log_id}, logs)
-    return _payload(logs, action.id, action.record, action.undo_log_id, action.undo_index)
+    return _payload(logs, action.id, action.record, action.undo_log_id, action.undo_index, copy=True)
 
 
 def _load_logs(session: Session, wanted: set[int], into: dict[int, list[dict[str, Any]]]) -> None:
@@ -827,14 +830,15 @@ def _load_logs(session: Session, wanted: set[int], into: dict[int, list[dict[str
 
 
 def _payload(logs: Mapping[int, list[dict[str, Any]]], action_id: int, record: Any, log_id: int | None,
-             index: int | None) -> dict[str, Any]:
-    """One action's payload: its log's entry ``index``, else its own ``record`` (a row older than undo logs)."""
+             index: int | None, *, copy: bool) -> dict[str, Any]:
+    """One action's payload: its log's entry ``index``, else its own ``record`` (a row older than undo logs);
+    ``copy``: a dict of its own, else possibly the decoded log's (which only this call's caller holds)."""
     if log_id is None:
         return dict(record or {})
     payloads = logs.get(log_id)
     if payloads is None or index is None or not 0 <= index < len(payloads):
         raise UndoLogError(f"prune action {action_id}: its undo log {log_id} is missing or has no entry {index}")
-    return dict(payloads[index])
+    return dict(payloads[index]) if copy else payloads[index]
 
 
 def delete_prune_actions(session: Session, run_id: str, ids: Iterable[int]) -> int:

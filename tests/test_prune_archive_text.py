@@ -68,3 +68,28 @@ def test_an_item_with_a_lone_surrogate_is_archived_escaped(tmp_path: Path) -> No
     assert read_archive(path) == items
     assert add_to_archive(path, items[:1]) == 0, "known by its canonical JSON"
     assert remove_from_archive(path, items[1:]) == 1 and read_archive(path) == items[:1]
+
+
+def test_a_new_archive_holds_the_records_own_texts(tmp_path: Path) -> None:
+    """Prune archives decisions by their exact texts: for a document written with indent 2 (Loom's
+    ``JSON.stringify(items, null, 2)``, Python's ``json.dumps(items, indent=2)``) the file is the one made from the
+    parsed items; other layouts keep the writer's own text; an existing archive is merged without duplicates."""
+    from aml.prune.archive import add_texts_to_archive
+    from aml.store.rewrite import find_list
+
+    items = PAYLOADS[:4]
+    document = json.dumps(items, indent=2, ensure_ascii=False)
+    span = find_list(document, "")
+    texts = [document[a:b] for a, b in zip(span.starts, span.ends, strict=True)]
+    path = tmp_path / "a" / "decisions_run.json.gz"
+    assert add_texts_to_archive(path, texts) == 4
+    assert gzip.decompress(path.read_bytes()) == archive_text(items).encode("utf-8")
+    assert add_texts_to_archive(path, [texts[1], json.dumps(PAYLOADS[5])]) == 1, "a retried run adds only new ones"
+    assert read_archive(path) == [*items, PAYLOADS[5]]
+
+    odd = tmp_path / "b" / "decisions_run.json.gz"
+    compact = ['{"id":"x","n":1.50}', '{ "id" : "y" }']
+    assert add_texts_to_archive(odd, compact) == 2
+    assert gzip.decompress(odd.read_bytes()).decode("utf-8") == '[\n  {"id":"x","n":1.50},\n  { "id" : "y" }\n]'
+    assert read_archive(odd) == [{"id": "x", "n": 1.5}, {"id": "y"}]
+    assert remove_from_archive(odd, [{"id": "y"}]) == 1 and read_archive(odd) == [{"id": "x", "n": 1.5}]

@@ -36,12 +36,11 @@ from pathlib import Path
 from typing import Any
 
 from aml.gcpause import gc_paused
-from aml.prune.archive import add_to_archive, archive_file
+from aml.prune.archive import add_texts_to_archive, archive_file
 from aml.prune.locate import Located, locate, located_ahead
 from aml.prune.plan import PlannedAction, PrunePlan
 from aml.store.atomic import atomic_open
 from aml.store.documents import DocumentError
-from aml.store.jsontext import loads
 from aml.store.loomlock import loom_lock_held
 from aml.store.rewrite import (
     Layout,
@@ -336,7 +335,7 @@ def _apply_document(plan: PrunePlan, relpath: str, actions: list[PlannedAction],
         pieces = (new_text,)
     for archive_rel, records in sorted(archived.items()):
         assert archive_root is not None
-        add_to_archive(archive_root / archive_rel, [loads(r.text) for r in records])
+        add_texts_to_archive(archive_root / archive_rel, [r.text for r in records])
         result.archives.append(str(archive_root / archive_rel))
     with atomic_open(path, mode=doc.mode) as fh:  # replaces the file only when the block ends without error
         written = write_text(fh, pieces, doc.encoding, doc.gzip_level)

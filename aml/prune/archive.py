@@ -5,7 +5,8 @@ Layout (DESIGN.md, "The backup repository"; the seeds' ``_archive_items`` writes
     <repository>/archives/<agent>/decisions_<run_id>.json.gz
 
 Each file is gzip-compressed JSON (isal's gzip, :func:`aml.store.codec.encode`): a list of the archived items
-exactly as they were (indent 2, UTF-8), one file per agent and prune run, so a retried run rewrites its own file
+exactly as they were (UTF-8; each item's own text as its document held it, one per line after two spaces:
+indent 2 for a Loom document; see :func:`add_texts_to_archive`), one file per agent and prune run, so a retried run rewrites its own file
 and ``prune undo`` knows which file to take its items back from. Every write is atomic (temp file, fsync, rename,
 fsync dir): a crash leaves the old archive or the new one. Prune writes the archive *before* it rewrites the
 agent's ``decisions.json``, so an archived decision exists in at least one of the two at every instant.
@@ -16,7 +17,7 @@ from __future__ import annotations
 import gzip
 import json
 import re
-from collections.abc import Collection, Iterable
+from collections.abc import Collection, Iterable, Sequence
 from pathlib import Path
 from typing import Any, Final
 
@@ -115,6 +116,39 @@ def add_to_archive(path: Path, items: Iterable[Any]) -> int:
     if new or not path.exists():
         _write(path, current + new)
     return len(new)
+
+
+def add_texts_to_archive(path: Path, texts: Sequence[str]) -> int:
+    """Add records given by their exact JSON texts (as prune cut them out of their document) to an archive file,
+    atomically.
+
+    A new archive file (the usual case: one per agent and run) holds the texts themselves, as a JSON list laid
+    out as :func:`archive_text` lays one out (``[``, each element on a line of its own after two spaces, ``]``):
+    the records exactly as their writer wrote them, without parsing and serialising each one again (for a
+    document Loom wrote with ``JSON.stringify(items, null, 2)`` that is the text :func:`archive_text` makes of
+    the parsed items). An archive that exists already (a retried run), or texts that cannot be written as UTF-8,
+    go through :func:`add_to_archive`.
+
+    Args:
+        path: the archive file.
+        texts: each record's JSON text, as in its document (each one JSON value).
+
+    Returns:
+        The number of records added.
+
+    Raises:
+        OSError: the archive cannot be written (then the caller must not remove the records).
+        ValueError: an existing archive file is not a JSON list, or a text is not JSON.
+    """
+    if path.exists() or not texts:
+        return add_to_archive(path, [loads(t) for t in texts])
+    try:
+        data = ("[\n  " + ",\n  ".join(texts) + "\n]").encode("utf-8")
+    except UnicodeEncodeError:  # not text a document holds: written by json instead
+        return add_to_archive(path, [loads(t) for t in texts])
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write(path, codec.encode(data, "gzip"))
+    return len(texts)
 
 
 def remove_from_archive(path: Path, items: Iterable[Any]) -> int:

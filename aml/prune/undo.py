@@ -106,8 +106,13 @@ def lean_payload(payload: dict[str, Any], shared: dict[Any, Any] | None = None) 
     lean = {**payload, "item": key_only(0, payload.get("item"))}
     layout = lean.get("layout")
     if shared is not None and isinstance(layout, dict) and all(isinstance(v, str | None) for v in layout.values()):
-        lean["layout"] = shared.setdefault(("layout", *sorted(layout.items())), layout)
+        key = (("layout", layout["lead"], layout["sep"], layout["trail"]) if layout.keys() == _LAYOUT_KEYS
+               else ("layout", *sorted(layout.items())))  # the usual dict keyed by its three values, in one order
+        lean["layout"] = shared.setdefault(key, layout)
     return lean
+
+
+_LAYOUT_KEYS: Final = frozenset({"lead", "sep", "trail"})
 
 
 @dataclass
