@@ -168,7 +168,10 @@ class ApplyResult:
 
 
 def _key_dict(span: ListSpan, text: str, index: int) -> dict[str, str]:
-    kind, value = element_key(span.items[index], span.element_text(text, index))
+    item = span.items[index]
+    if isinstance(item, dict) and isinstance(found := item.get("id"), str):  # element_key's id, without the text
+        return {"id": found}
+    kind, value = element_key(item, span.element_text(text, index))
     return {kind: value}
 
 

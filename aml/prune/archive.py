@@ -6,10 +6,11 @@ Layout (DESIGN.md, "The backup repository"; the seeds' ``_archive_items`` writes
 
 Each file is gzip-compressed JSON (isal's gzip, :func:`aml.store.codec.encode`): a list of the archived items
 exactly as they were (UTF-8; each item's own text as its document held it, one per line after two spaces:
-indent 2 for a Loom document; see :func:`add_texts_to_archive`), one file per agent and prune run, so a retried run rewrites its own file
-and ``prune undo`` knows which file to take its items back from. Every write is atomic (temp file, fsync, rename,
-fsync dir): a crash leaves the old archive or the new one. Prune writes the archive *before* it rewrites the
-agent's ``decisions.json``, so an archived decision exists in at least one of the two at every instant.
+indent 2 for a Loom document; see :func:`add_texts_to_archive`), one file per agent and prune run, so a
+retried run rewrites its own file and ``prune undo`` knows which file to take its items back from. Every
+write is atomic (temp file, fsync, rename, fsync dir): a crash leaves the old archive or the new one. Prune
+writes the archive *before* it rewrites the agent's ``decisions.json``, so an archived decision exists in at
+least one of the two at every instant.
 """
 
 from __future__ import annotations
