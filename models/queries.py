@@ -691,8 +691,8 @@ def add_prune_actions(
     backup_id: str | None = None,
     now: datetime | None = None,
 ) -> int:
-    """Record what prune run ``run_id`` did to one document: one row per record, their undo payloads together in one
-    :class:`PruneUndoLog` (:mod:`models.undolog`), in two statements.
+    """Record what prune run ``run_id`` did to one document: one row per record (one statement), their undo payloads
+    together in :class:`PruneUndoLog` rows (:mod:`models.undolog`) of about :data:`UNDO_LOG_BYTES` each.
 
     Args:
         records: the records, all of one document (the log is named after the first one's ``document_path``).
@@ -711,12 +711,16 @@ def add_prune_actions(
     records = list(records)
     if not records:
         return 0
-    # the payloads in one undo log (models.undolog), each row pointing at its entry; ``record`` holds JSON null
-    codec, value = encode_payloads([r.record for r in records])
-    inserted = cast(CursorResult[Any], session.execute(insert(PruneUndoLog).values(
-        run_id=run_id, store=store, document_path=_text(records[0].document_path), codec=codec,
-        entries=len(records), payloads=value, created_at=at)))
-    log_id = inserted.inserted_primary_key[0]  # type: ignore[index]  # always set for a single-row insert
+    # the payloads in undo logs (models.undolog) of about UNDO_LOG_BYTES each, each row pointing at its entry;
+    # ``record`` holds JSON null
+    places: list[tuple[int, int]] = []
+    for chunk in _log_chunks(records):
+        codec, value = encode_payloads([r.record for r in chunk])
+        inserted = cast(CursorResult[Any], session.execute(insert(PruneUndoLog).values(
+            run_id=run_id, store=store, document_path=_text(chunk[0].document_path), codec=codec,
+            entries=len(chunk), payloads=value, created_at=at)))
+        log_id = inserted.inserted_primary_key[0]  # type: ignore[index]  # always set for a single-row insert
+        places.extend((log_id, index) for index in range(len(chunk)))
     rows = [
         {
             "run_id": run_id,
@@ -736,11 +740,33 @@ def add_prune_actions(
             "undo_log_id": log_id,
             "undo_index": index,
         }
-        for index, r in enumerate(records)
+        for r, (log_id, index) in zip(records, places, strict=True)
     ]
     # not ORM objects (the ORM's bulk path costs ~15 µs a row): one executemany; on SQLite its values are converted
     # without SQLAlchemy's per-row work, a value repeated in consecutive rows once (models.bulk)
     return insert_rows(session, cast(Table, PruneAction.__table__), rows)
+
+
+UNDO_LOG_BYTES = 1 << 20
+"""About this many bytes of record text per undo log (a log is decoded whole when undo reads it). Logs of 5,000
+Loom records (6.5 MB) left a large document's undo 27 MB above the same undo with 1,000 (glibc keeps the heap
+pages of the freed multi-megabyte buffers); 1 MiB holds about 800 of them."""
+
+
+def _log_chunks(records: list[PrunedRecord]) -> Iterator[list[PrunedRecord]]:
+    """``records`` in runs of about :data:`UNDO_LOG_BYTES` of payload text (at least one record each)."""
+    chunk: list[PrunedRecord] = []
+    size = 0
+    for r in records:
+        text = r.record.get("text") if isinstance(r.record, dict) else None
+        weight = 256 + (len(text) if isinstance(text, str) else 0)
+        if chunk and size + weight > UNDO_LOG_BYTES:
+            yield chunk
+            chunk, size = [], 0
+        chunk.append(r)
+        size += weight
+    if chunk:
+        yield chunk
 
 
 def prune_actions_for_run(
@@ -782,9 +808,10 @@ def prune_action_payloads(session: Session, ids: Sequence[int]) -> Iterator[tupl
     for id order), read :data:`PRUNE_ID_BATCH` ids per query (``payload``: the action's entry of its undo log, or the
     ``record`` column of a row written before undo logs; ``{}`` when there is none). Rows are yielded as they are
     read: a caller that keeps less of each payload than the whole (undo: :func:`aml.prune.undo.lean_payload`)
-    never holds every payload of a large run at once; the logs of the rows read are held until the generator ends
-    (give the ids of one document at a time: a run writes a document's rows into its own logs). Consume it inside
-    the session's transaction.
+    never holds every payload of a large run at once. A log is held while the batch read reads it (ids in order:
+    a run writes a document's rows in id order, :data:`UNDO_LOG_BYTES` of them to a log; ids out of order
+    are read right, with logs decoded again). Each payload yielded is the caller's own (nothing else holds it; the
+    caller may change it). Consume it inside the session's transaction.
 
     Raises:
         models.undolog.UndoLogError: an undo log that does not decode (named by its id).
@@ -795,7 +822,10 @@ def prune_action_payloads(session: Session, ids: Sequence[int]) -> Iterator[tupl
         batch = ids[start:start + PRUNE_ID_BATCH]
         found = {row[0]: row[1:] for row in select_in(session, table, ("id", "record_id", "undo_log_id", "undo_index"),
                                                       "id", batch)}
-        _load_logs(session, {row[1] for row in found.values() if row[1] is not None} - logs.keys(), logs)
+        needed = {row[1] for row in found.values() if row[1] is not None}
+        for done in logs.keys() - needed:  # a log no row of this batch reads: ids in order never come back to it
+            del logs[done]
+        _load_logs(session, needed - logs.keys(), logs)
         older = [action_id for action_id, row in found.items() if row[1] is None]  # rows written before undo logs
         records = dict(select_in(session, table, ("id", "record"), "id", older)) if older else {}
         for action_id in batch:

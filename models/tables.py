@@ -303,8 +303,8 @@ class PruneAction(Base):
 class PruneUndoLog(Base):
     """The undo payloads of a batch of one prune run's actions in one document, stored together.
 
-    A run writes one log per document it rewrites (per :data:`tasks.prune.WRITE_AHEAD_BATCH` records of a
-    large one), ahead of the rewrite, in the same transaction as its :class:`PruneAction` rows; row
+    A run writes a document's logs (one per :data:`models.queries.UNDO_LOG_BYTES` of record text) ahead of its
+    rewrite, in the same transaction as its :class:`PruneAction` rows; row
     ``undo_index`` of the log is the payload of the action whose ``undo_index`` it is. ``payloads`` is a list
     of payloads encoded as ``codec`` says (:mod:`models.undolog`: MessagePack in a zstd frame, about a
     thirteenth of the JSON's bytes on Loom records); ``entries`` is its length. Logs are never rewritten.

@@ -40,7 +40,7 @@ ZSTD_LEVEL: Final = 3
 
 MAX_DECODED_BYTES: Final = 1 << 32
 """A frame whose header says it decodes to more than this (4 GiB, far beyond a batch of
-:data:`tasks.prune.WRITE_AHEAD_BATCH` payloads) is refused as damaged, not allocated: zstandard allocates the size
+:data:`models.queries.UNDO_LOG_BYTES` of payloads) is refused as damaged, not allocated: zstandard allocates the size
 a frame header gives."""
 
 _encoder = msgspec.msgpack.Encoder()

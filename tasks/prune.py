@@ -333,7 +333,7 @@ def _undo_documents(catalog: Catalog, pending: dict[str, list[int]],
     for relpath in sorted(pending):
         try:
             with catalog(write=False) as session:  # each payload made lean as it is read
-                entries = [UndoEntry(action_id, relpath, record_id, lean_payload(record, shared))
+                entries = [UndoEntry(action_id, relpath, record_id, lean_payload(record, shared, owned=True))
                            for action_id, record_id, record in queries.prune_action_payloads(session, pending[relpath])]
         except UndoLogError as exc:  # that document's records cannot be put back from the catalog; the others can
             log.error("prune undo: %s: %s", relpath, exc)

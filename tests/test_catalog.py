@@ -705,6 +705,24 @@ def test_prune_undo_logs_hold_each_documents_payloads(migrated: str) -> None:
         assert [p for _, _, p in q.prune_action_payloads(session, ids[::-1])] == expected[::-1]
 
 
+def test_a_documents_payloads_are_split_into_logs_of_bounded_size(migrated: str,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    from models import PruneUndoLog
+
+    monkeypatch.setattr(q, "UNDO_LOG_BYTES", 1200)
+    records = _pruned("a/patterns.json", 7, text="x" * 300)  # ~ 330 bytes of text + 256 each: two a log
+    records.insert(3, q.PrunedRecord("a", "patterns", "big", "old", "removed", "a/patterns.json",
+                                     {"text": "y" * 5000}))  # larger than a log: a log of its own
+    with catalog.session_scope(migrated) as session:
+        assert q.add_prune_actions(session, run_id="r", store="/s", records=records) == 8
+    with catalog.session_scope(migrated, write=False) as session:
+        sizes = list(session.scalars(sa.select(PruneUndoLog.entries).order_by(PruneUndoLog.id)))
+        actions = q.prune_actions_for_run(session, "r")
+        assert sizes == [2, 1, 1, 2, 2] and sum(sizes) == len(actions)
+        assert [p for _, _, p in q.prune_action_payloads(session, [a.id for a in actions])] == [
+            r.record for r in records]
+
+
 def test_deleting_prune_actions_drops_the_undo_logs_left_empty(migrated: str) -> None:
     from models import PruneUndoLog
 

@@ -75,9 +75,10 @@ def test_run_records_snapshot_and_one_row_per_record_then_undo(tmp_path: Path, a
             by_document.setdefault(r.document_path, set()).add(r.created_at)
             logs.setdefault(r.document_path, set()).add(r.undo_log_id)
         assert all(len(times) == 1 for times in by_document.values()), "one write-ahead instant per document"
-        # one undo log per document, or per WRITE_AHEAD_BATCH of its rows; no log shared by two documents
+        # undo logs of about UNDO_LOG_BYTES each, none across two WRITE_AHEAD_BATCH statements or two documents
         sizes = {d: sum(1 for r in rows if r.document_path == d) for d in logs}
-        assert all(len(ids) == -(-sizes[d] // (batch or 5000)) and None not in ids for d, ids in logs.items())
+        assert all(-(-sizes[d] // (batch or 5000)) <= len(ids) <= sizes[d] and None not in ids
+                   for d, ids in logs.items())
         assert len(set().union(*logs.values())) == sum(len(ids) for ids in logs.values())
         assert queries.get_backup(session, backup_id) is not None
         assert queries.get_task_run(session, run_id).status == "success"

@@ -86,16 +86,20 @@ class UndoEntry:
     payload: dict[str, Any]
 
 
-def lean_payload(payload: dict[str, Any], shared: dict[Any, Any] | None = None) -> dict[str, Any]:
+def lean_payload(payload: dict[str, Any], shared: dict[Any, Any] | None = None, *, owned: bool = False
+                 ) -> dict[str, Any]:
     """What undo reads of a row's payload, with less held: a version 1 row's parsed ``item`` is kept whole
     only when it must go back out of an archive (``archive`` set); otherwise only what
     :func:`aml.store.rewrite.element_key` reads of it (:func:`aml.store.rewrite.key_only`), which is all a
     version 2 row holds. Undo does the same with either (the record's exact ``text`` is what it puts back).
 
     Args:
-        payload: the row's undo payload (not changed).
+        payload: the row's undo payload (not changed, unless ``owned``).
         shared: a dict kept by the caller across the rows of a run: equal ``layout`` values (one per list,
             the same in every row of it) are then held once, not once per row.
+        owned: ``payload`` is the caller's own (decoded for this call, nothing else holds it): it is made lean in
+            place and returned, instead of a lean copy being made beside it (a large document's payloads are then
+            not held twice while its log is read).
 
     Returns:
         The payload to put in an :class:`UndoEntry` (its values are only read).
@@ -103,7 +107,8 @@ def lean_payload(payload: dict[str, Any], shared: dict[Any, Any] | None = None) 
     archive = payload.get("archive")
     if isinstance(archive, str) and archive:
         return payload
-    lean = {**payload, "item": key_only(0, payload.get("item"))}
+    lean = payload if owned else {**payload}
+    lean["item"] = key_only(0, payload.get("item"))
     layout = lean.get("layout")
     if shared is not None and isinstance(layout, dict) and all(isinstance(v, str | None) for v in layout.values()):
         key = (("layout", layout["lead"], layout["sep"], layout["trail"]) if layout.keys() == _LAYOUT_KEYS
