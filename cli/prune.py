@@ -219,4 +219,6 @@ def undo(
             console.print(f"  [yellow]not restored[/] {f['document']}: {f['reason']}")
         if result.get("restore_hint"):
             console.print(f"  {result['restore_hint']}")
+        for a in result.get("archive_errors") or []:
+            console.print(f"  [yellow]archive not updated[/] {a['archive']}: {a['reason']}")
     exit_for_status(result)

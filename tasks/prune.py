@@ -375,7 +375,7 @@ def undo_body(store_id: str, run_id: str) -> Any:
         result["backup_id"] = snapshot.backup_id
         if unreadable:
             result["restore_hint"] = _snapshot_hint(catalog, store_id, run_id)
-        if undone.failed:
+        if undone.failed or undone.archive_errors:
             result["status"] = "warning"
         return result
 
@@ -397,7 +397,8 @@ def undo(self: Task, store: str, run_id: str) -> dict[str, Any]:
         ``{"run_id", "records", "already_undone", "restored", "already_present", "failed": [...],
         "documents", "archives_updated", "backup_id", "status", ...}``; status ``warning`` when some
         records could not be put back (their document is missing or does not parse, or their undo log in the
-        catalog does not decode: then ``restore_hint`` names the run's pre-prune snapshot, which holds them).
+        catalog does not decode: then ``restore_hint`` names the run's pre-prune snapshot, which holds them), or
+        when an archive file could not be read or rewritten (``archive_errors``: its restored decisions stay in it).
 
     Raises:
         ValueError: no such run for this store.

@@ -520,3 +520,29 @@ def test_undo_task_with_a_damaged_undo_log_restores_the_other_documents(tmp_path
     assert {k for k in before if now.get(k) != before[k]} == {damaged}
     with session_scope(aml_settings.catalog_url, write=False) as session:
         assert sorted(r.id for r in queries.prune_actions_for_run(session, run_id)) == sorted(rows)
+
+
+def test_undo_task_with_a_damaged_archive_restores_and_marks_the_rows(tmp_path: Path, aml_settings: Any) -> None:
+    """A damaged archive file (cut short) does not undo the undo: the documents come back byte-identical, the rows
+    are marked undone, and the archive is named in ``archive_errors`` (status warning), left as it was."""
+    from models import queries
+    from tasks import prune
+    from workers.catalog import session_scope
+
+    store = extract_loom("loom-plain-v1.0", tmp_path)
+    before = files(store)
+    result = prune.run.apply(kwargs={"store": str(store), "strategies": RULES, "now": "2026-11-23T00:00:00Z",
+                                     "overrides": {"agent_limit_mib": 0.02}}, throw=True).get()
+    archives = sorted((store.parent / "memory-backup" / "archives").rglob("decisions_*.json.gz"))
+    assert result["applied"]["archived"] > 0 and archives
+    damaged = archives[0]
+    damaged.write_bytes(damaged.read_bytes()[:-6])
+    cut = damaged.read_bytes()
+    undone = prune.undo.apply(kwargs={"store": str(store), "run_id": result["run_id"]}, throw=True).get()
+    assert undone["status"] == "warning" and undone["failed"] == []
+    assert [a["archive"] for a in undone["archive_errors"]] == [str(damaged)]
+    assert files(store) == before
+    assert damaged.read_bytes() == cut
+    assert all(not p.exists() for p in archives[1:]), "the other archives are emptied and deleted"
+    with session_scope(aml_settings.catalog_url, write=False) as session:
+        assert queries.prune_actions_for_run(session, result["run_id"]) == []

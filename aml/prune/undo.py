@@ -41,6 +41,7 @@ nothing for them. :func:`present_entries` applies the same test without writing,
 
 from __future__ import annotations
 
+import zlib
 from collections import defaultdict
 from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -130,6 +131,8 @@ class UndoResult:
         failed: ``{"action_id", "document", "reason"}`` for records that could not be put back.
         documents: store-relative paths rewritten.
         archives_updated: archive files the restored decisions were removed from.
+        archive_errors: ``{"archive", "reason"}`` for archive files that could not be read or rewritten (damaged,
+            not a JSON list, a failed write): the decisions restored from them stay in them as well.
     """
 
     restored: list[int] = field(default_factory=list)
@@ -137,6 +140,7 @@ class UndoResult:
     failed: list[dict[str, Any]] = field(default_factory=list)
     documents: list[str] = field(default_factory=list)
     archives_updated: list[str] = field(default_factory=list)
+    archive_errors: list[dict[str, str]] = field(default_factory=list)
 
     @property
     def done(self) -> list[int]:
@@ -151,6 +155,7 @@ class UndoResult:
             "failed": self.failed,
             "documents": self.documents,
             "archives_updated": self.archives_updated,
+            "archive_errors": self.archive_errors,
         }
 
 
@@ -219,8 +224,11 @@ def undo_documents(root: Path, documents: Iterable[tuple[str, Sequence[UndoEntry
     if archive_root is not None:
         for archive, restored in sorted(archived.items()):
             path = archive_root / archive
-            if remove_records_from_archive(path, texts=restored.texts, items=restored.items):
-                result.archives_updated.append(str(path))
+            try:
+                if remove_records_from_archive(path, texts=restored.texts, items=restored.items):
+                    result.archives_updated.append(str(path))
+            except (OSError, EOFError, zlib.error, ValueError) as exc:  # the documents are restored: say, go on
+                result.archive_errors.append({"archive": str(path), "reason": f"{type(exc).__name__}: {exc}"})
     return result
 
 
