@@ -3,9 +3,9 @@
 A run follows DESIGN.md's order: the plan (record, collection, reason, value) -> ``dry_run`` stops
 there -> a pre-prune safety snapshot, whose id is recorded with the run -> atomic rewrites of the
 touched documents (decisions archived into the backup repository's ``archives/<agent>/``), with one
-``prune_actions`` row per removed or archived record and, per document, one undo log holding what undo needs
-of each (``prune_undo_logs``, :mod:`models.undolog`). Both tasks are
-destructive: they hold the store's lock (a dry run does not take it).
+``prune_actions`` row per removed or archived record and the document's undo logs holding what undo needs
+of each (``prune_undo_logs``, :mod:`models.undolog`). Both tasks are destructive: they hold the store's lock
+(a dry run does not take it).
 
 The run id users see (``aml <store> prune undo <run_id>``) is the Celery task id.
 
@@ -323,7 +323,7 @@ def _undo_documents(catalog: Catalog, pending: dict[str, list[int]],
     """``(document, its UndoEntry rows)`` in path order, each document's payloads read from the catalog
     only when undo reaches it (:func:`models.queries.prune_action_payloads`, a short read transaction), so
     that one document's rows are in memory at a time; each payload is made lean
-    (:func:`aml.prune.undo.lean_payload`). A document whose undo log does not decode is yielded with no entries
+    (:func:`aml.prune.undo.lean_payload`). A document one of whose undo logs does not decode is yielded with no entries
     and its rows added to ``unreadable`` (``{"action_id", "document", "reason"}``, the reason naming the log).
 
     Yields:

@@ -1,8 +1,8 @@
 """Undo of a prune run: put back exactly the records it removed or archived, and nothing else.
 
-Each ``prune_actions`` row has a payload written by :func:`aml.prune.apply.apply_plan`, kept in the catalog's
-undo log of its document (``prune_undo_logs``, :mod:`models.undolog`; in the row's ``record`` column for rows
-written before catalog revision 0006)::
+Each ``prune_actions`` row has a payload written by :func:`aml.prune.apply.apply_plan`, kept in one of the
+catalog's undo logs of its document (``prune_undo_logs``, :mod:`models.undolog`; in the row's ``record`` column
+for rows written before catalog revision 0006)::
 
     {
       "v": 2,
