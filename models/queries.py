@@ -711,6 +711,7 @@ def add_prune_actions(
     records = list(records)
     if not records:
         return 0
+    actions = [_choice(r.action, PruneActionKind, "action") for r in records]  # refused before anything is written
     # the payloads in undo logs (models.undolog) of about UNDO_LOG_BYTES each, each row pointing at its entry;
     # ``record`` holds JSON null
     places: list[tuple[int, int]] = []
@@ -732,7 +733,7 @@ def add_prune_actions(
             "record_id": _text(r.record_id),
             "reason": _text(r.reason),
             "score": r.score,
-            "action": _choice(r.action, PruneActionKind, "action"),
+            "action": action,
             "document_path": _text(r.document_path),
             "record": None,
             "created_at": at,
@@ -740,7 +741,7 @@ def add_prune_actions(
             "undo_log_id": log_id,
             "undo_index": index,
         }
-        for r, (log_id, index) in zip(records, places, strict=True)
+        for r, action, (log_id, index) in zip(records, actions, places, strict=True)
     ]
     # not ORM objects (the ORM's bulk path costs ~15 µs a row): one executemany; on SQLite its values are converted
     # without SQLAlchemy's per-row work, a value repeated in consecutive rows once (models.bulk)

@@ -101,7 +101,8 @@ def drop_unpublished(catalog: Catalog, root: Path, store_id: str, run_id: str,
                      documents: Collection[str] | None = None) -> dict[str, int]:
     """Reconcile run ``run_id``'s rows with the store: a row whose record is still in its document was
     written ahead of a rewrite that never happened (a killed attempt, a failed write) and is deleted;
-    the others, records that a rewrite did remove, are kept: the run owns them.
+    the others, records that a rewrite did remove, are kept: the run owns them. The rows of a document whose undo
+    log does not decode are kept unchecked (undo counts the records still present as such).
 
     Args:
         catalog: the operation's catalog opener.
@@ -114,16 +115,24 @@ def drop_unpublished(catalog: Catalog, root: Path, store_id: str, run_id: str,
         ``{"kept", "dropped"}``: rows kept and rows deleted.
     """
     wanted = None if documents is None else {text_name(d) for d in documents}  # the catalog keeps paths as text
+    entries: list[UndoEntry] = []
+    unchecked = 0
     with catalog(write=False) as session:
         _, pending = queries.prune_action_documents(session, run_id, store_id)
-        entries = [UndoEntry(action_id, resolve_text_path(root, document_path), record_id, payload)
-                   for document_path, ids in pending.items() if wanted is None or document_path in wanted
-                   for action_id, record_id, payload in queries.prune_action_payloads(session, ids)]
+        for document_path, ids in pending.items():
+            if wanted is not None and document_path not in wanted:
+                continue
+            try:
+                entries += [UndoEntry(action_id, resolve_text_path(root, document_path), record_id, payload)
+                            for action_id, record_id, payload in queries.prune_action_payloads(session, ids)]
+            except UndoLogError as exc:  # cannot tell which were removed: every row is kept (none is lost)
+                log.error("prune %s: %s: rows kept unchecked: %s", run_id, document_path, exc)
+                unchecked += len(ids)
     stale = present_entries(root, entries) if entries else []
     if stale:
         with catalog() as session:
             queries.delete_prune_actions(session, run_id, stale)
-    return {"kept": len(entries) - len(stale), "dropped": len(stale)}
+    return {"kept": len(entries) - len(stale) + unchecked, "dropped": len(stale)}
 
 
 def run_body(store_id: str, run_id: str, *, strategies: Sequence[str] | None, agents: Sequence[str] | None,

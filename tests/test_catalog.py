@@ -659,6 +659,9 @@ def test_prune_actions_record_and_undo(migrated: str) -> None:
                 records=[q.PrunedRecord("a", "c", "r", "why", "deleted", "a/c.json", {})],
             )
     with catalog.session_scope(migrated) as session:
+        from models import PruneUndoLog
+
+        assert set(session.scalars(sa.select(PruneUndoLog.run_id))) == {"prune-1"}, "a refused action writes nothing"
         actions = q.prune_actions_for_run(session, "prune-1")
         assert [a.record_id for a in actions] == ["p0", "p1", "p2"]
         assert q.prune_action_payload(session, actions[1]) == {"id": "p1", "metrics": {"successRate": 0.1}}

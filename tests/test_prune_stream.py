@@ -4,9 +4,11 @@ that a spliced document parses without parsing it again, each against the plain 
 
 from __future__ import annotations
 
+import functools
 import gc
 import gzip
 import json
+import os
 import pickle
 import weakref
 from collections.abc import Iterator, Sequence
@@ -546,3 +548,27 @@ def test_undo_task_with_a_damaged_archive_restores_and_marks_the_rows(tmp_path: 
     assert all(not p.exists() for p in archives[1:]), "the other archives are emptied and deleted"
     with session_scope(aml_settings.catalog_url, write=False) as session:
         assert queries.prune_actions_for_run(session, result["run_id"]) == []
+
+
+def test_a_resumed_run_keeps_the_rows_of_a_damaged_undo_log(tmp_path: Path, aml_settings: Any) -> None:
+    """drop_unpublished (a redelivered run's first step) cannot tell which records of a document whose undo log does
+    not decode were removed: it keeps every one of its rows (none deleted, no error), and checks the others."""
+    import sqlalchemy as sa
+
+    from models import PruneUndoLog, queries
+    from tasks import prune
+    from workers.catalog import session_scope
+
+    store = extract_loom("loom-plain-v1.0", tmp_path)
+    result = prune.run.apply(kwargs={"store": str(store), "strategies": RULES, "now": "2026-11-23T00:00:00Z"},
+                             throw=True).get()
+    run_id, documents = result["run_id"], result["applied"]["documents"]
+    with session_scope(aml_settings.catalog_url) as session:
+        log = session.scalars(sa.select(PruneUndoLog).where(PruneUndoLog.document_path == documents[0])).one()
+        log.payloads = log.payloads[:-8]
+        total = len(queries.prune_actions_for_run(session, run_id))
+    opener = functools.partial(session_scope, aml_settings.catalog_url)
+    kept = prune.drop_unpublished(opener, store, os.path.realpath(store), run_id)
+    assert kept == {"kept": total, "dropped": 0}
+    with session_scope(aml_settings.catalog_url, write=False) as session:
+        assert len(queries.prune_actions_for_run(session, run_id)) == total
