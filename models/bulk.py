@@ -3,11 +3,12 @@
 A Core ``insert(table)`` with a list of rows is one ``executemany``, but SQLAlchemy still builds and
 type-processes each row's parameters in Python (``construct_params``, then every column's bind processor),
 about 30 µs per row of ``prune_actions``: 0.8 s of a 27,000-row prune on SQLite, as long as SQLite's own work.
-On SQLite :func:`insert_rows` does the same conversion itself, with the same processors SQLAlchemy would
-call (:meth:`~sqlalchemy.types.TypeEngine.dialect_impl` and its ``bind_processor``: ``UTCDateTime``'s text,
-the engine's JSON serializer), once for a value that repeats in consecutive rows (the run id, the timestamp),
-and hands plain tuples to the driver's ``executemany``. The stored values are the ones the Core path stores
-(``tests/test_catalog_bulk.py`` compares both files).
+On SQLite :func:`insert_rows` (and :func:`insert_columns`, the same rows given column by column) does the same
+conversion itself, with the same processors SQLAlchemy would call
+(:meth:`~sqlalchemy.types.TypeEngine.dialect_impl` and its ``bind_processor``: ``UTCDateTime``'s text, the engine's
+JSON serializer), once for a value that repeats in consecutive rows (the run id, the timestamp) or is given once
+for every row, and hands plain tuples to the driver's ``executemany``. The stored values are the ones the Core path
+stores (``tests/test_catalog_bulk.py`` compares both files).
 
 Other databases keep the Core path: on PostgreSQL SQLAlchemy already batches the rows into multi-row
 ``INSERT ... VALUES`` statements ("insertmanyvalues"), which a plain driver ``executemany`` would lose.
@@ -19,7 +20,8 @@ for 27,000 undo payloads (0.18 against 0.31-0.47 s).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+import itertools
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 from sqlalchemy import Table, insert, select
@@ -66,25 +68,63 @@ def insert_rows(session: Session, table: Table, rows: Sequence[Mapping[str, Any]
     """
     if not rows:
         return 0
+    return insert_columns(session, table, {key: [row[key] for row in rows] for key in rows[0]})
+
+
+def insert_columns(session: Session, table: Table, columns: Mapping[str, Sequence[Any]],
+                   constants: Mapping[str, Any] | None = None) -> int:
+    """Insert rows given column by column: row ``i`` holds ``columns[key][i]`` for each key, and the value of
+    each key of ``constants`` (one value for every row, converted once). The same rows as :func:`insert_rows`
+    with those values, without a mapping per row (a prune run's actions: tens of thousands of rows, most of
+    whose columns hold one value for the whole run).
+
+    Args:
+        session, table: as in :func:`insert_rows`.
+        columns: column key -> one value per row; every list of the same length (at least one key).
+        constants: column key -> the value of every row.
+
+    Returns:
+        The number of rows inserted.
+
+    Raises:
+        ValueError: lists of different lengths, no ``columns``, or a key in both.
+        KeyError: a key that names no column of ``table``.
+        sqlalchemy.exc.DBAPIError, TypeError: as in :func:`insert_rows`.
+    """
+    if not columns:
+        raise ValueError("insert_columns needs at least one column given row by row")
+    lengths = {len(values) for values in columns.values()}
+    if len(lengths) != 1:
+        raise ValueError(f"columns of different lengths: {sorted(lengths)}")
+    count = lengths.pop()
+    if not count:
+        return 0
+    constants = dict(constants or {})
+    keys = [*columns, *constants]
+    if len(set(keys)) != len(keys):
+        raise ValueError(f"a column given both row by row and as a constant: {sorted(columns.keys() & constants)}")
+    for key in keys:
+        table.c[key]  # KeyError for a key that names no column, as the Core path would refuse it
     conn = session.connection()
     dialect = conn.dialect
-    keys = list(rows[0])
-    if (dialect.name != "sqlite" or dialect.paramstyle != "qmark"
-            or not _client_defaults(table) <= set(keys)):  # a default to fill: the Core path knows how
-        session.execute(insert(table), list(rows))
-        return len(rows)
-    columns = [table.c[k] for k in keys]
     compiled = insert(table).compile(dialect=dialect, column_keys=keys)
-    position = {key: i for i, key in enumerate(keys)}
-    order = [position[name] for name in compiled.positiontup or ()]
-    if sorted(order) != list(range(len(keys))):  # bind names other than the column keys: not expected
-        session.execute(insert(table), list(rows))
-        return len(rows)
-    converted = [_processed([row[key] for row in rows], column.type.dialect_impl(dialect).bind_processor(dialect))
-                 for key, column in zip(keys, columns, strict=True)]
-    params = list(zip(*(converted[i] for i in order), strict=True))
+    names = list(compiled.positiontup or ())
+    if (dialect.name != "sqlite" or dialect.paramstyle != "qmark"
+            or not _client_defaults(table) <= set(keys)  # a default to fill: the Core path knows how
+            or sorted(names) != sorted(keys)):  # bind names other than the column keys: not expected
+        by_row = [dict(zip(columns, values, strict=True)) | constants for values in zip(*columns.values(), strict=True)]
+        session.execute(insert(table), by_row)
+        return count
+
+    def converted(key: str) -> Iterable[Any]:
+        process = table.c[key].type.dialect_impl(dialect).bind_processor(dialect)
+        if key in constants:
+            return itertools.repeat(constants[key] if process is None else process(constants[key]), count)
+        return _processed(list(columns[key]), process)
+
+    params = list(zip(*(converted(name) for name in names), strict=True))
     conn.exec_driver_sql(str(compiled), params)
-    return len(rows)
+    return count
 
 
 def select_in(session: Session, table: Table, columns: Sequence[str], key: str, values: Sequence[Any]

@@ -23,7 +23,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from models.base import as_utc, iso_z, utcnow
-from models.bulk import insert_rows, select_in
+from models.bulk import insert_columns, select_in
 from models.tables import (
     SEVERITY_RANK,
     TERMINAL_STATUSES,
@@ -45,6 +45,7 @@ from models.tables import (
 from models.undolog import UndoLogError, decode_payloads, encode_payloads
 
 __all__ = [
+    "ActionRef",
     "PrunedRecord",
     "Sample",
     "add_metric_samples",
@@ -722,30 +723,23 @@ def add_prune_actions(
             entries=len(chunk), payloads=value, created_at=at)))
         log_id = inserted.inserted_primary_key[0]  # type: ignore[index]  # always set for a single-row insert
         places.extend((log_id, index) for index in range(len(chunk)))
-    rows = [
-        {
-            "run_id": run_id,
-            "task_run_id": task_run_id,
-            "backup_id": backup_id,
-            "store": store,
-            "agent": _text(r.agent),
-            "collection": r.collection,
-            "record_id": _text(r.record_id),
-            "reason": _text(r.reason),
-            "score": r.score,
-            "action": action,
-            "document_path": _text(r.document_path),
-            "record": None,
-            "created_at": at,
-            "undone_at": None,
-            "undo_log_id": log_id,
-            "undo_index": index,
-        }
-        for r, action, (log_id, index) in zip(records, actions, places, strict=True)
-    ]
-    # not ORM objects (the ORM's bulk path costs ~15 µs a row): one executemany; on SQLite its values are converted
-    # without SQLAlchemy's per-row work, a value repeated in consecutive rows once (models.bulk)
-    return insert_rows(session, cast(Table, PruneAction.__table__), rows)
+    # not ORM objects (the ORM's bulk path costs ~15 µs a row) nor a mapping per row: one executemany of the rows
+    # given column by column; on SQLite their values are converted without SQLAlchemy's per-row work, the values
+    # every row shares once (models.bulk)
+    columns: dict[str, list[Any]] = {
+        "agent": [_text(r.agent) for r in records],
+        "collection": [r.collection for r in records],
+        "record_id": [_text(r.record_id) for r in records],
+        "reason": [_text(r.reason) for r in records],
+        "score": [r.score for r in records],
+        "action": actions,
+        "document_path": [_text(r.document_path) for r in records],
+        "undo_log_id": [log_id for log_id, _ in places],
+        "undo_index": [index for _, index in places],
+    }
+    shared: dict[str, Any] = {"run_id": run_id, "task_run_id": task_run_id, "backup_id": backup_id, "store": store,
+                              "record": None, "created_at": at, "undone_at": None}
+    return insert_columns(session, cast(Table, PruneAction.__table__), columns, shared)
 
 
 UNDO_LOG_BYTES = 1 << 20
@@ -785,55 +779,77 @@ PRUNE_ID_BATCH = 500
 since 3.32 and 999 before)."""
 
 
-def prune_action_documents(session: Session, run_id: str, store: str) -> tuple[int, dict[str, list[int]]]:
-    """The actions of prune run ``run_id`` on ``store`` as undo needs them first, without their payloads.
+class ActionRef(NamedTuple):
+    """A prune action as undo first reads it: its row id, its record's id and where its payload is (entry
+    ``undo_index`` of undo log ``undo_log_id``; both ``None`` for a row written before undo logs, whose
+    ``record`` column holds it). Sorts by ``id``."""
+
+    id: int
+    record_id: str
+    undo_log_id: int | None
+    undo_index: int | None
+
+
+def prune_action_documents(session: Session, run_id: str, store: str) -> tuple[int, dict[str, list[ActionRef]]]:
+    """The actions of prune run ``run_id`` on ``store`` as undo needs them first, without their payloads (one
+    query; :func:`prune_action_payloads` then reads only the payloads).
 
     Returns:
-        ``(rows, pending)``: how many actions the run has on the store (undone or not), and the ids of those
-        not undone yet by recorded document path (as :attr:`PruneAction.document_path` holds it), each list in
-        id (recording) order.
+        ``(rows, pending)``: how many actions the run has on the store (undone or not), and those not undone yet
+        by recorded document path (as :attr:`PruneAction.document_path` holds it), each list in id (recording)
+        order.
     """
-    stmt = (select(PruneAction.id, PruneAction.document_path, PruneAction.undone_at)
-            .where(PruneAction.run_id == run_id, PruneAction.store == store).order_by(PruneAction.id))
-    pending: dict[str, list[int]] = {}
+    t = cast(Table, PruneAction.__table__).c  # a Core query: no ORM row processing for tens of thousands of rows
+    stmt = (select(t.id, t.document_path, t.undone_at.is_(None), t.record_id, t.undo_log_id, t.undo_index)
+            .where(t.run_id == run_id, t.store == store).order_by(t.id))
+    pending: dict[str, list[ActionRef]] = {}
     total = 0
-    for action_id, document_path, undone_at in session.execute(stmt):
+    for action_id, document_path, waiting, record_id, log_id, index in session.execute(stmt):
         total += 1
-        if undone_at is None:
-            pending.setdefault(document_path, []).append(action_id)
+        if waiting:
+            pending.setdefault(document_path, []).append(ActionRef(action_id, record_id, log_id, index))
     return total, pending
 
 
-def prune_action_payloads(session: Session, ids: Sequence[int]) -> Iterator[tuple[int, str, dict[str, Any]]]:
-    """``(id, record_id, payload)`` of the prune actions ``ids`` in the order of ``ids`` (give them sorted
-    for id order), read :data:`PRUNE_ID_BATCH` ids per query (``payload``: the action's entry of its undo log, or the
-    ``record`` column of a row written before undo logs; ``{}`` when there is none). Rows are yielded as they are
-    read: a caller that keeps less of each payload than the whole (undo: :func:`aml.prune.undo.lean_payload`)
-    never holds every payload of a large run at once. A log is held while the batch read reads it (ids in order:
-    a run writes a document's rows in id order, :data:`UNDO_LOG_BYTES` of them to a log; ids out of order
-    are read right, with logs decoded again). Each payload yielded is the caller's own (nothing else holds it; the
-    caller may change it). Consume it inside the session's transaction.
+def prune_action_payloads(session: Session, actions: Sequence[int] | Sequence[ActionRef]
+                          ) -> Iterator[tuple[int, str, dict[str, Any]]]:
+    """``(id, record_id, payload)`` of the prune actions ``actions`` in their order (give them sorted for id
+    order), read :data:`PRUNE_ID_BATCH` at a time (``payload``: the action's entry of its undo log, or the
+    ``record`` column of a row written before undo logs; ``{}`` when there is none).
+
+    Args:
+        actions: row ids (their record ids and log entries are read first), or the :class:`ActionRef` of
+            :func:`prune_action_documents` (only the logs, and the ``record`` of rows without one, are read);
+            an id with no row is left out.
+
+    Rows are yielded as they are read: a caller that keeps less of each payload than the whole (undo:
+    :func:`aml.prune.undo.lean_payload`) never holds every payload of a large run at once. A log is held while the
+    batch reading it needs it (ids in order: a run writes a document's rows in id order, :data:`UNDO_LOG_BYTES` of
+    them to a log; ids out of order are read right, with logs decoded again). Each payload yielded is the caller's
+    own (nothing else holds it; the caller may change it). Consume it inside the session's transaction.
 
     Raises:
         models.undolog.UndoLogError: an undo log that does not decode (named by its id).
     """
     logs: dict[int, list[dict[str, Any]]] = {}
     table = cast(Table, PruneAction.__table__)
-    for start in range(0, len(ids), PRUNE_ID_BATCH):
-        batch = ids[start:start + PRUNE_ID_BATCH]
-        found = {row[0]: row[1:] for row in select_in(session, table, ("id", "record_id", "undo_log_id", "undo_index"),
-                                                      "id", batch)}
-        needed = {row[1] for row in found.values() if row[1] is not None}
+    for start in range(0, len(actions), PRUNE_ID_BATCH):
+        batch = actions[start:start + PRUNE_ID_BATCH]
+        if batch and not isinstance(batch[0], ActionRef):
+            found = {row[0]: ActionRef(*row) for row in select_in(
+                session, table, ("id", "record_id", "undo_log_id", "undo_index"), "id", batch)}
+            refs = [found[i] for i in cast(Sequence[int], batch) if i in found]
+        else:
+            refs = cast(list[ActionRef], batch)
+        needed = {ref.undo_log_id for ref in refs if ref.undo_log_id is not None}
         for done in logs.keys() - needed:  # a log no row of this batch reads: ids in order never come back to it
             del logs[done]
         _load_logs(session, needed - logs.keys(), logs)
-        older = [action_id for action_id, row in found.items() if row[1] is None]  # rows written before undo logs
+        older = [ref.id for ref in refs if ref.undo_log_id is None]  # rows written before undo logs
         records = dict(select_in(session, table, ("id", "record"), "id", older)) if older else {}
-        for action_id in batch:
-            if action_id in found:
-                record_id, log_id, index = found.pop(action_id)
-                yield action_id, record_id, _payload(logs, action_id, records.get(action_id), log_id, index,
-                                                     copy=False)
+        for ref in refs:
+            yield ref.id, ref.record_id, _payload(logs, ref.id, records.get(ref.id), ref.undo_log_id, ref.undo_index,
+                                                  copy=False)
 
 
 def prune_action_payload(session: Session, action: PruneAction) -> dict[str, Any]:
@@ -897,19 +913,21 @@ def delete_prune_actions(session: Session, run_id: str, ids: Iterable[int]) -> i
 def mark_prune_actions_undone(
     session: Session, run_id: str, *, ids: Iterable[int] | None = None, now: datetime | None = None
 ) -> int:
-    """Mark the actions of ``run_id`` (all, or those in ``ids``) as undone; idempotent.
+    """Mark the actions of ``run_id`` (all, or those in ``ids``) as undone; idempotent. A Core statement (an undo
+    marks tens of thousands of rows, :data:`PRUNE_ID_BATCH` ids per statement): :class:`PruneAction` objects the
+    session already holds keep their ``undone_at`` until refreshed.
 
     Returns:
         The number of rows newly marked.
     """
-    stmt = (update(PruneAction).where(PruneAction.run_id == run_id, PruneAction.undone_at.is_(None))
-            .values(undone_at=_now(now)).execution_options(synchronize_session="evaluate"))
+    table = cast(Table, PruneAction.__table__)
+    stmt = update(table).where(table.c.run_id == run_id, table.c.undone_at.is_(None)).values(undone_at=_now(now))
     if ids is None:
         return int(getattr(session.execute(stmt), "rowcount", 0) or 0)
     wanted = list(ids)
     marked = 0
     for start in range(0, len(wanted), PRUNE_ID_BATCH):  # bounded IN lists (SQLite's variable limit)
-        result = session.execute(stmt.where(PruneAction.id.in_(wanted[start:start + PRUNE_ID_BATCH])))
+        result = session.execute(stmt.where(table.c.id.in_(wanted[start:start + PRUNE_ID_BATCH])))
         marked += int(getattr(result, "rowcount", 0) or 0)
     return marked
 

@@ -119,15 +119,15 @@ def drop_unpublished(catalog: Catalog, root: Path, store_id: str, run_id: str,
     unchecked = 0
     with catalog(write=False) as session:
         _, pending = queries.prune_action_documents(session, run_id, store_id)
-        for document_path, ids in pending.items():
+        for document_path, refs in pending.items():
             if wanted is not None and document_path not in wanted:
                 continue
             try:
                 entries += [UndoEntry(action_id, resolve_text_path(root, document_path), record_id, payload)
-                            for action_id, record_id, payload in queries.prune_action_payloads(session, ids)]
+                            for action_id, record_id, payload in queries.prune_action_payloads(session, refs)]
             except UndoLogError as exc:  # cannot tell which were removed: every row is kept (none is lost)
                 log.error("prune %s: %s: rows kept unchecked: %s", run_id, document_path, exc)
-                unchecked += len(ids)
+                unchecked += len(refs)
     stale = present_entries(root, entries) if entries else []
     if stale:
         with catalog() as session:
@@ -310,24 +310,25 @@ WRITE_AHEAD_BATCH = 5000
 """``prune_actions`` rows inserted per statement when a document's undo rows are written ahead of its rewrite."""
 
 
-def _undo_rows(catalog: Catalog, root: Path, store_id: str, run_id: str) -> tuple[int, dict[str, list[int]]]:
+def _undo_rows(catalog: Catalog, root: Path, store_id: str, run_id: str
+               ) -> tuple[int, dict[str, list[queries.ActionRef]]]:
     """The run's rows as undo needs them first, without their payloads
     (:func:`models.queries.prune_action_documents`).
 
     Returns:
-        ``(rows, pending)``: how many rows the run has for this store (undone or not), and the ids of
-        those not undone yet by store-relative document path, in id (recording) order. A document
+        ``(rows, pending)``: how many rows the run has for this store (undone or not), and the actions not undone
+        yet (ids and undo log entries) by store-relative document path, in id (recording) order. A document
         named with bytes that are not UTF-8 is recorded escaped: its file is found again here.
     """
     with catalog(write=False) as session:
         total, by_recorded = queries.prune_action_documents(session, run_id, store_id)
-    pending: dict[str, list[int]] = {}
-    for document_path, ids in by_recorded.items():
-        pending.setdefault(resolve_text_path(root, document_path), []).extend(ids)
-    return total, {relpath: sorted(ids) for relpath, ids in pending.items()}
+    pending: dict[str, list[queries.ActionRef]] = {}
+    for document_path, refs in by_recorded.items():
+        pending.setdefault(resolve_text_path(root, document_path), []).extend(refs)
+    return total, {relpath: sorted(refs) for relpath, refs in pending.items()}
 
 
-def _undo_documents(catalog: Catalog, pending: dict[str, list[int]],
+def _undo_documents(catalog: Catalog, pending: dict[str, list[queries.ActionRef]],
                     unreadable: list[dict[str, Any]]) -> Iterator[tuple[str, list[UndoEntry]]]:
     """``(document, its UndoEntry rows)`` in path order, each document's payloads read from the catalog
     only when undo reaches it (:func:`models.queries.prune_action_payloads`, a short read transaction), so
@@ -346,8 +347,8 @@ def _undo_documents(catalog: Catalog, pending: dict[str, list[int]],
                            for action_id, record_id, record in queries.prune_action_payloads(session, pending[relpath])]
         except UndoLogError as exc:  # that document's records cannot be put back from the catalog; the others can
             log.error("prune undo: %s: %s", relpath, exc)
-            unreadable.extend({"action_id": action_id, "document": relpath, "reason": str(exc)}
-                              for action_id in pending[relpath])
+            unreadable.extend({"action_id": ref.id, "document": relpath, "reason": str(exc)}
+                              for ref in pending[relpath])
             entries = []
         yield relpath, entries
 

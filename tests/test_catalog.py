@@ -706,6 +706,19 @@ def test_prune_undo_logs_hold_each_documents_payloads(migrated: str) -> None:
         ids = [a.id for a in actions]
         assert [p for _, _, p in q.prune_action_payloads(session, ids)] == expected
         assert [p for _, _, p in q.prune_action_payloads(session, ids[::-1])] == expected[::-1]
+        assert list(q.prune_action_payloads(session, [*ids, 10**9])) == list(q.prune_action_payloads(session, ids))
+        # the references undo reads first lead to the same payloads, without reading the rows again
+        total, pending = q.prune_action_documents(session, "r", "/s")
+        assert total == 5 and sorted(pending) == ["a/patterns.json", "b/patterns.json"]
+        refs = pending["a/patterns.json"] + pending["b/patterns.json"]
+        assert refs == [q.ActionRef(a.id, a.record_id, a.undo_log_id, a.undo_index) for a in actions]
+        assert [(i, r, p) for i, r, p in q.prune_action_payloads(session, refs)] == [
+            (a.id, a.record_id, p) for a, p in zip(actions, expected, strict=True)]
+    with catalog.session_scope(migrated) as session:
+        assert q.mark_prune_actions_undone(session, "r", ids=ids[:2]) == 2
+    with catalog.session_scope(migrated, write=False) as session:
+        total, pending = q.prune_action_documents(session, "r", "/s")
+        assert total == 5 and [ref.id for ref in pending["a/patterns.json"]] == ids[2:3]
 
 
 def test_a_documents_payloads_are_split_into_logs_of_bounded_size(migrated: str,

@@ -15,7 +15,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from models import Base, make_engine, session_factory
-from models.bulk import insert_rows, select_in
+from models.bulk import insert_columns, insert_rows, select_in
 from models.tables import MetricSample, PruneAction
 from tests.catalog_helpers import empty_catalog
 
@@ -168,3 +168,69 @@ def test_select_in_on_each_catalog(kind: str, tmp_path: Path) -> None:
     with _catalog(kind, tmp_path, rows) as engine, session_factory(engine, write=False)() as session:
         got = sorted(select_in(session, PRUNE, ("id", "record", "created_at"), "id", [2, 4, 99]))
     assert got == [(2, {"text": "t1"}, at), (4, {"text": "t3"}, at)]
+
+
+def _by_columns(rows: list[dict[str, Any]], shared: tuple[str, ...]) -> tuple[dict[str, list[Any]], dict[str, Any]]:
+    """``rows`` given column by column, the keys ``shared`` once (their value in the first row)."""
+    columns = {key: [row[key] for row in rows] for key in rows[0] if key not in shared}
+    return columns, {key: rows[0][key] for key in shared}
+
+
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(records=st.lists(json_values, min_size=1, max_size=6), shared_record=json_values)
+def test_rows_given_by_column_are_the_rows_a_core_insert_stores(records: list[Any], shared_record: Any,
+                                                                scratch: Path) -> None:
+    """insert_columns stores what a Core insert of the same rows stores: values given once for every row (a JSON
+    value, a timestamp, NULL) converted as each row's own would be."""
+    at = datetime(2026, 12, 3, 17, 4, 5, 123456, tzinfo=timezone(timedelta(hours=-3)))
+    for record_shared in (False, True):
+        rows = [_row(n, shared_record if record_shared else {"text": record}, at) for n, record in enumerate(records)]
+        shared = ("run_id", "store", "created_at", "undone_at", "task_run_id") + (("record",) if record_shared else ())
+        columns, constants = _by_columns(rows, shared)
+        by_column = scratch / "columns.db"
+        by_column.unlink(missing_ok=True)
+        engine = make_engine(f"sqlite:///{by_column}")
+        Base.metadata.create_all(engine)
+        with session_factory(engine)() as session, session.begin():
+            assert insert_columns(session, PRUNE, columns, constants) == len(rows)
+        engine.dispose()
+        _, core = _both(scratch, PRUNE, rows)
+        assert _stored(by_column, "prune_actions") == core
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "postgres"])
+def test_rows_given_by_column_read_back_through_the_models(kind: str, tmp_path: Path) -> None:
+    at = datetime(2026, 3, 4, 5, 6, 7, 890000, tzinfo=UTC)
+    rows = [_row(n, None, at) for n in range(4)]
+    columns, constants = _by_columns(rows, ("run_id", "record", "created_at", "undone_at"))
+    with empty_catalog(kind, tmp_path) as url:
+        engine = make_engine(url)
+        try:
+            Base.metadata.create_all(engine)
+            with session_factory(engine)() as session, session.begin():
+                assert insert_columns(session, PRUNE, columns, constants) == 4
+            with session_factory(engine, write=False)() as session:
+                got = list(session.scalars(sa.select(PruneAction).order_by(PruneAction.id)))
+        finally:
+            engine.dispose()
+    assert [(a.run_id, a.record_id, a.record, a.created_at, a.undone_at) for a in got] == [
+        ("run", f"p{n}", None, at, None) for n in range(4)]
+
+
+def test_columns_that_do_not_make_rows_are_refused(tmp_path: Path) -> None:
+    engine = make_engine(f"sqlite:///{tmp_path / 'c.db'}")
+    Base.metadata.create_all(engine)
+    at = datetime(2026, 1, 2, tzinfo=UTC)
+    columns, constants = _by_columns([_row(0, {}, at), _row(1, {}, at)], ("run_id", "created_at"))
+    with session_factory(engine)() as session, session.begin():
+        with pytest.raises(ValueError, match="different lengths"):
+            insert_columns(session, PRUNE, {**columns, "score": [0.5]}, constants)
+        with pytest.raises(ValueError, match="both row by row and as a constant"):
+            insert_columns(session, PRUNE, columns, {**constants, "store": "/t"})
+        with pytest.raises(ValueError, match="at least one column"):
+            insert_columns(session, PRUNE, {}, constants)
+        with pytest.raises(KeyError):
+            insert_columns(session, PRUNE, columns, {**constants, "no_such_column": 1})
+        assert insert_columns(session, PRUNE, {k: [] for k in columns}, constants) == 0
+        assert session.scalar(sa.select(sa.func.count()).select_from(PRUNE)) == 0
+    engine.dispose()
