@@ -6,17 +6,17 @@ from __future__ import annotations
 
 import contextlib
 import gzip
-import io
 import json
 import os
 import random
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, cast
 
 import pytest
 
@@ -183,7 +183,8 @@ def crash_at(monkeypatch: pytest.MonkeyPatch, n: int, when: str,
         # a document: its bytes are written and its rows written ahead inside the block; "before" dies
         # after that, before the rename (the file untouched), "after" once the file is published
         if not crashed and len(written) == n and when == "before":
-            yield io.BytesIO()
+            with tempfile.TemporaryFile() as scratch:  # a real file: the bytes are synced inside the block
+                yield cast(BinaryIO, scratch)
             crashed.append(True)
             raise error(f"killed before writing {path}")
         with atomic.atomic_open(path, **kwargs) as fh:

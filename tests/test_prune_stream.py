@@ -10,6 +10,8 @@ import gzip
 import json
 import os
 import pickle
+import threading
+import time
 import weakref
 from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime
@@ -34,6 +36,7 @@ from aml.prune import (
     undo_entries,
 )
 from aml.prune.archive import add_to_archive, remove_from_archive, remove_records_from_archive
+from aml.store import TMP_PREFIX
 from aml.store.records import item_size
 from aml.store.rewrite import (
     Layout,
@@ -85,6 +88,74 @@ def test_apply_can_keep_payloads_with_a_hook(tmp_path: Path) -> None:
     result = apply_plan(plan, run_id="r", archive_root=tmp_path / "archives",
                         before_publish=lambda document, records: None, keep_applied=True)
     assert len(result.applied) == len(plan.actions) == result.removed + result.archived > 0
+
+
+def test_the_write_ahead_runs_beside_the_write_and_before_the_rename(tmp_path: Path) -> None:
+    """The hook runs in a thread of its own while the new bytes are written, and always sees the document as it
+    was: the file is replaced only once the hook has returned."""
+    root = extract_loom("loom-plain-v1.0", tmp_path / "s")
+    before = files(root)
+    plan = build_plan(root, PruneConfig(now=NOW), RULES)
+    calls: list[tuple[str, bool, bool]] = []
+
+    def hook(document: str, records: list[AppliedRecord]) -> None:
+        time.sleep(0.05)  # the write is done by now; the file must still be the old one
+        calls.append((document, threading.current_thread() is not threading.main_thread(),
+                      (root / document).read_bytes() == before[document]))
+
+    result = apply_plan(plan, run_id="r", archive_root=tmp_path / "archives", before_publish=hook)
+    assert calls and [c[0] for c in calls] == result.documents
+    assert all(in_thread and unchanged for _, in_thread, unchanged in calls)
+    assert all(files(root)[d] != before[d] for d in result.documents)
+    assert not [p for p in root.rglob("*") if p.name.startswith(TMP_PREFIX)], "no temporary file left"
+
+
+def test_a_failed_write_ahead_leaves_its_document_as_it_was(tmp_path: Path) -> None:
+    root = extract_loom("loom-plain-v1.0", tmp_path / "s")
+    before = files(root)
+    plan = build_plan(root, PruneConfig(now=NOW), RULES)
+    documents = sorted({a.document for a in plan.actions})
+    assert len(documents) >= 2
+
+    def hook(document: str, records: list[AppliedRecord]) -> None:
+        if document == documents[1]:
+            raise RuntimeError("catalog down")
+
+    with pytest.raises(RuntimeError, match="catalog down"):
+        apply_plan(plan, run_id="r", archive_root=tmp_path / "archives", before_publish=hook)
+    after = files(root)
+    assert after[documents[0]] != before[documents[0]], "the document before it was rewritten"
+    assert all(after[d] == before[d] for d in documents[1:]), "that document and the later ones untouched"
+    assert not [p for p in root.rglob("*") if p.name.startswith(TMP_PREFIX)], "no temporary file left"
+
+
+def test_a_failed_write_waits_for_its_write_ahead_and_stops_the_run(tmp_path: Path,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """A disk that fills while a document's new bytes are written (a fault made here: ENOSPC cannot be caused
+    for real in a test) stops the run with the error; its write-ahead, still running, has ended (its rows
+    committed, for the caller to reconcile) before apply returns, and the document is left as it was."""
+    import aml.prune.apply as apply_module
+
+    root = extract_loom("loom-plain-v1.0", tmp_path / "s")
+    before = files(root)
+    plan = build_plan(root, PruneConfig(now=NOW), RULES)
+    first = sorted({a.document for a in plan.actions})[0]
+    finished: list[str] = []
+
+    def hook(document: str, records: list[AppliedRecord]) -> None:
+        time.sleep(0.2)  # still running when the write fails
+        finished.append(document)
+
+    def full_disk(fh: Any, pieces: Any, encoding: Any, level: Any) -> int:
+        fh.write(b"[")
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(apply_module, "write_text", full_disk)
+    result = apply_plan(plan, run_id="r", archive_root=tmp_path / "archives", before_publish=hook)
+    assert result.error is not None and "No space left" in result.error and first in result.error
+    assert finished == [first], "the write-ahead ended before apply returned"
+    assert result.documents == [] and files(root) == before
+    assert not [p for p in root.rglob("*") if p.name.startswith(TMP_PREFIX)], "no temporary file left"
 
 
 def test_apply_payloads_hold_exact_texts_keys_and_neighbour_keys(tmp_path: Path) -> None:
