@@ -139,7 +139,9 @@ def refresh_index(aml: list[str], store: Path, env: dict[str, str]) -> None:
     between prunes: after :data:`~aml.optimize.files.CHANGE_TICK_NS` (and a margin) since the last rewrite, so that
     no document is too recently changed to be taken from the index."""
     time.sleep(CHANGE_TICK_NS / 1e9 + 0.3)
-    subprocess.run([*aml, str(store), "optimize", "index"], env=env, cwd=REPO, check=True, capture_output=True)
+    proc = subprocess.run([*aml, str(store), "optimize", "index"], env=env, cwd=REPO, capture_output=True, text=True)
+    if proc.returncode:
+        raise RuntimeError(f"optimize index failed ({proc.returncode}):\n{proc.stdout[-2000:]}\n{proc.stderr[-4000:]}")
 
 
 SOURCES = ("aml", "cli", "models", "tasks", "workers", "config", "beat_schedule.py")

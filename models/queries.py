@@ -818,9 +818,10 @@ def prune_action_payloads(session: Session, actions: Sequence[int] | Sequence[Ac
     ``record`` column of a row written before undo logs; ``{}`` when there is none).
 
     Args:
-        actions: row ids (their record ids and log entries are read first), or the :class:`ActionRef` of
-            :func:`prune_action_documents` (only the logs, and the ``record`` of rows without one, are read);
-            an id with no row is left out.
+        actions: row ids (their record ids and log entries are read first; an id with no row is left out), or
+            the :class:`ActionRef` of :func:`prune_action_documents` (only the logs, and the ``record`` of rows
+            without one, are read: refs read in an earlier transaction must still have their rows, which only
+            :func:`delete_prune_actions` deletes, under the store's lock). Each is yielded as often as given.
 
     Rows are yielded as they are read: a caller that keeps less of each payload than the whole (undo:
     :func:`aml.prune.undo.lean_payload`) never holds every payload of a large run at once. A log is held while the

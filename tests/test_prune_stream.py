@@ -129,11 +129,14 @@ def test_a_failed_write_ahead_leaves_its_document_as_it_was(tmp_path: Path) -> N
     assert not [p for p in root.rglob("*") if p.name.startswith(TMP_PREFIX)], "no temporary file left"
 
 
-def test_a_failed_write_waits_for_its_write_ahead_and_stops_the_run(tmp_path: Path,
-                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize("hook_fails", [False, True])
+def test_a_failed_write_waits_for_its_write_ahead_and_stops_the_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                    caplog: pytest.LogCaptureFixture,
+                                                                    hook_fails: bool) -> None:
     """A disk that fills while a document's new bytes are written (a fault made here: ENOSPC cannot be caused
     for real in a test) stops the run with the error; its write-ahead, still running, has ended (its rows
-    committed, for the caller to reconcile) before apply returns, and the document is left as it was."""
+    committed, for the caller to reconcile) before apply returns, and the document is left as it was. A
+    write-ahead that failed as well is logged, not lost."""
     import aml.prune.apply as apply_module
 
     root = extract_loom("loom-plain-v1.0", tmp_path / "s")
@@ -145,6 +148,8 @@ def test_a_failed_write_waits_for_its_write_ahead_and_stops_the_run(tmp_path: Pa
     def hook(document: str, records: list[AppliedRecord]) -> None:
         time.sleep(0.2)  # still running when the write fails
         finished.append(document)
+        if hook_fails:
+            raise RuntimeError("catalog down")
 
     def full_disk(fh: Any, pieces: Any, encoding: Any, level: Any) -> int:
         fh.write(b"[")
@@ -156,6 +161,36 @@ def test_a_failed_write_waits_for_its_write_ahead_and_stops_the_run(tmp_path: Pa
     assert finished == [first], "the write-ahead ended before apply returned"
     assert result.documents == [] and files(root) == before
     assert not [p for p in root.rglob("*") if p.name.startswith(TMP_PREFIX)], "no temporary file left"
+    assert ("write-ahead failed as well: RuntimeError: catalog down" in caplog.text) == hook_fails
+
+
+def test_without_a_thread_the_write_ahead_runs_after_the_write(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                               caplog: pytest.LogCaptureFixture) -> None:
+    """A process that may start no more threads (a container's pids.max: CPython raises RuntimeError, made here)
+    still prunes: the write-ahead runs in the task's thread, after the write and before the rename."""
+    import concurrent.futures
+
+    import aml.prune.apply as apply_module
+
+    class NoThreads(concurrent.futures.ThreadPoolExecutor):
+        def _adjust_thread_count(self) -> None:
+            raise RuntimeError("can't start new thread")
+
+    monkeypatch.setattr(apply_module, "ThreadPoolExecutor", NoThreads)
+    root = extract_loom("loom-plain-v1.0", tmp_path / "s")
+    before = files(root)
+    plan = build_plan(root, PruneConfig(now=NOW), RULES)
+    calls: list[tuple[bool, bool]] = []
+
+    def hook(document: str, records: list[AppliedRecord]) -> None:
+        calls.append((threading.current_thread() is threading.main_thread(),
+                      (root / document).read_bytes() == before[document]))
+
+    result = apply_plan(plan, run_id="r", archive_root=tmp_path / "archives", before_publish=hook)
+    assert result.error is None and result.documents and len(calls) == len(result.documents)
+    assert all(here and unchanged for here, unchanged in calls)
+    assert all(files(root)[d] != before[d] for d in result.documents)
+    assert "no thread for the write-ahead" in caplog.text
 
 
 def test_apply_payloads_hold_exact_texts_keys_and_neighbour_keys(tmp_path: Path) -> None:

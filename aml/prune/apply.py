@@ -32,6 +32,7 @@ The caller takes the pre-prune snapshot before calling :func:`apply_plan`; the `
 from __future__ import annotations
 
 import functools
+import logging
 import os
 from collections import defaultdict
 from collections.abc import Callable, Iterable
@@ -58,6 +59,8 @@ from aml.store.rewrite import (
     removal_pieces,
     write_text,
 )
+
+log = logging.getLogger(__name__)
 
 PAYLOAD_VERSION = 2
 """Version of the undo payload written by :func:`apply_plan`: 2 holds the record's key as
@@ -360,27 +363,43 @@ def _write_beside(fh: BinaryIO, write: Callable[[], int], record: Callable[[], N
     document's ``prune_actions`` rows, committed) runs in a thread of its own; return what ``write`` returned once
     both are done. The catalog's work (SQLite's inserts, its commit's fsync) and the file's (its bytes, its
     fsync) mostly leave the GIL: run side by side they take about the longer of the two instead of their sum.
+    When no thread can be started (a process limit such as a container's ``pids.max``), ``record`` runs here
+    after the sync, as before there was a thread.
 
     Nothing is published here: the caller renames the file only after this returns, so the rows are still durable
     before the records leave the document. If ``write`` fails, the write-ahead is waited for (its rows committed
-    or not) before the error goes up: rows for records that are still in their document, which the caller
-    reconciles as after any failed write (:func:`tasks.prune.drop_unpublished`).
+    or not; its own error, if any, is logged) before the error goes up: rows for records that are still in their
+    document, which the caller reconciles as after any failed write (:func:`tasks.prune.drop_unpublished`).
 
     Raises:
         OSError: ``write`` or the sync failed (whatever ``record`` did).
         Exception: whatever ``record`` raised, once the bytes are written.
     """
-    if record is None:
+
+    def write_synced() -> int:
         written = write()
         fh.flush()
         os.fsync(fh.fileno())
         return written
-    # leaving the block waits for the thread, an error of the write's included: the rows are committed or not
-    # before anything else happens
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="aml-prune-write-ahead") as pool:
+
+    if record is None:
+        return write_synced()
+    pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="aml-prune-write-ahead")
+    try:
         recorded = pool.submit(record)
-        written = write()
-        fh.flush()
-        os.fsync(fh.fileno())
+    except RuntimeError as exc:  # "can't start new thread": one after the other
+        pool.shutdown()
+        log.warning("prune: no thread for the write-ahead (%s); it runs after the write", exc)
+        written = write_synced()
+        record()
+        return written
+    with pool:  # leaving the block waits for the thread: the rows are committed or not before anything else happens
+        try:
+            written = write_synced()
+        except BaseException:
+            failed = recorded.exception()
+            if failed is not None:  # the write's error goes up; this one is not lost
+                log.error("prune: the write-ahead failed as well: %s: %s", type(failed).__name__, failed)
+            raise
         recorded.result()  # its error, if any: the document is then not replaced
     return written
