@@ -228,14 +228,15 @@ def _pruned(tmp_path: Path, name: str) -> tuple[Path, dict[str, bytes], list[Und
 
 
 def _count_undo_finds(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Texts undo located in the task's own process."""
     calls: list[str] = []
-    real = undo_mod.find_list
+    real = undo_mod.locate
 
-    def counting(text: str, pointer: str, **kwargs: Any) -> Any:
+    def counting(text: str, lists: Any) -> Any:
         calls.append(text)
-        return real(text, pointer, **kwargs)
+        return real(text, lists)
 
-    monkeypatch.setattr(undo_mod, "find_list", counting)
+    monkeypatch.setattr(undo_mod, "locate", counting)
     return calls
 
 

@@ -50,7 +50,7 @@ from typing import Any, Final
 
 from aml.gcpause import gc_paused
 from aml.prune.archive import remove_records_from_archive
-from aml.prune.locate import Located, located_ahead
+from aml.prune.locate import Located, locate, located_ahead
 from aml.store.atomic import atomic_open
 from aml.store.documents import DocumentError
 from aml.store.rewrite import (
@@ -361,7 +361,7 @@ def _undo_document(root: Path, relpath: str, entries: list[UndoEntry], result: U
     if located is not None and located.found_in(text, by_list):
         spans = located.spans  # a worker found them in this very text
     else:
-        spans = {pointer: find_list(text, pointer, keep=key_only) for pointer in by_list}  # keys: all undo compares
+        spans, _ = locate(text, {pointer: () for pointer in by_list})  # keys: all undo compares
     done: list[UndoEntry] = []
     restored: list[int] = []
     present: list[int] = []
