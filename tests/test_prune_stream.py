@@ -454,6 +454,26 @@ def test_a_compacted_plan_is_the_same_plan(tmp_path: Path, monkeypatch: pytest.M
     assert plan_mod._compacted(made) is made  # a small plan is kept as it is
 
 
+def test_a_plan_made_document_by_document_is_compacted_only_after_a_large_document(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without space_based, planning holds one document's candidates at a time: the plan is compacted only when one
+    document alone held enough of them for their freed arenas to matter; with space_based, all of them count."""
+    import aml.prune.plan as plan_mod
+
+    root = extract_loom("loom-plain-v1.0", tmp_path / "s")
+    config = PruneConfig(now=NOW, agent_limit_mib=0.05, store_limit_mib=0.2)
+    lean = plan_mod._build_plan(root, config, RULES, agents=None)
+    spaced = plan_mod._build_plan(root, config, [*RULES, "space_based"], agents=None)
+    assert 0 < lean.candidates_held < spaced.candidates_held == spaced.records_scanned
+    assert len(lean.actions) > 1
+    monkeypatch.setattr(plan_mod, "_COMPACT_FROM", lean.candidates_held + 1)  # no document held that many
+    assert len(spaced.actions) >= plan_mod._COMPACT_FROM
+    assert plan_mod._compacted(lean) is lean
+    assert plan_mod._compacted(spaced) is not spaced
+    monkeypatch.setattr(plan_mod, "_COMPACT_FROM", min(lean.candidates_held, len(lean.actions)))
+    assert plan_mod._compacted(lean) is not lean
+
+
 # --------------------------------------------------------------------------------- rewrite helpers
 
 

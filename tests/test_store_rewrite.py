@@ -21,6 +21,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+import aml.store.jsontext
 import aml.store.rewrite
 from aml.store.rewrite import (
     LOOM_STYLE,
@@ -233,6 +234,14 @@ def test_is_json_value_answers_as_the_standard_library(value: Any, indent: int |
     for candidate in (text, before + text + after, text[: max(0, len(text) - cut)], text + noise,
                       noise + text, text[: len(text) // 2] + noise + text[len(text) // 2:]):
         assert aml.store.rewrite.is_json_value(candidate) == _one_value_reference(candidate), candidate
+
+
+@pytest.mark.parametrize("text", ['{"n": 1e400}', '[-1e999, 2]', '1E+400'])
+def test_a_number_beyond_a_double_is_a_json_value(text: str) -> None:
+    """msgspec's grammar check passes it (its decoding would not): the standard library reads it as infinity."""
+    assert _one_value_reference(text)
+    assert aml.store.rewrite.is_json_value(text) is True
+    assert aml.store.jsontext.is_strict_json(text) is True
 
 
 def test_a_value_nested_too_deeply_is_a_splice_error_not_a_crash() -> None:
