@@ -349,13 +349,13 @@ def test_without_a_thread_undo_writes_in_the_task_thread(tmp_path: Path, monkeyp
                                                          caplog: pytest.LogCaptureFixture) -> None:
     import concurrent.futures
 
-    import aml.prune.undo as undo_module
+    import aml.prune.writebehind as writebehind_module
 
     class NoThreads(concurrent.futures.ThreadPoolExecutor):
         def _adjust_thread_count(self) -> None:
             raise RuntimeError("can't start new thread")
 
-    monkeypatch.setattr(undo_module, "ThreadPoolExecutor", NoThreads)
+    monkeypatch.setattr(writebehind_module, "ThreadPoolExecutor", NoThreads)
     root, before, _, by_doc = _pruned_by_document(tmp_path)
     undone = undo_entries(root, [e for entries in by_doc.values() for e in entries], archive_root=tmp_path / "archives")
     assert undone.documents == sorted(by_doc) and files(root) == before

@@ -41,11 +41,10 @@ nothing for them. :func:`present_entries` applies the same test without writing,
 
 from __future__ import annotations
 
-import logging
+import functools
 import zlib
 from collections import defaultdict
 from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
@@ -53,6 +52,7 @@ from typing import Any, Final
 from aml.gcpause import gc_paused
 from aml.prune.archive import remove_records_from_archive
 from aml.prune.locate import Located, locate, located_ahead
+from aml.prune.writebehind import WriteBehind
 from aml.store.atomic import atomic_open
 from aml.store.documents import DocumentError
 from aml.store.rewrite import (
@@ -71,7 +71,6 @@ from aml.store.rewrite import (
     write_text,
 )
 
-log = logging.getLogger(__name__)
 
 @dataclass(frozen=True, slots=True)
 class UndoEntry:
@@ -196,8 +195,8 @@ def undo_entries(root: Path, entries: Iterable[UndoEntry], *, archive_root: Path
 def undo_documents(root: Path, documents: Iterable[tuple[str, Sequence[UndoEntry]]], *,
                    archive_root: Path | None = None, paths: Sequence[str] | None = None) -> UndoResult:
     """:func:`undo_entries` fed one document at a time, so that at most two documents' rows, texts and spans are in
-    memory at once: the one being written (in a thread: :class:`_Publisher`) and the next one, worked out meanwhile
-    (a caller reading the rows from the catalog can fetch them per document).
+    memory at once: the one being written (in a thread: :mod:`aml.prune.writebehind`) and the next one, worked out
+    meanwhile (a caller reading the rows from the catalog can fetch them per document).
 
     Args:
         root: the store directory.
@@ -219,15 +218,23 @@ def undo_documents(root: Path, documents: Iterable[tuple[str, Sequence[UndoEntry
     result = UndoResult()
     archived: defaultdict[str, _Restored] = defaultdict(_Restored)  # archive -> its records put back
     order = list(paths or ())
+    done = functools.partial(_record, result, archived)
+    # each document written in a thread while the next is worked out (aml.prune.writebehind): about 0.15 s of
+    # fsync for 24 documents overlaps the next document's catalog read, text read and splice
     with (located_ahead(root, [(relpath, TOP_LEVEL_LIST, _disk_bytes(root, relpath)) for relpath in order]) as ahead,
-          _Publisher(result, archived) as publisher):
+          WriteBehind[_Undone, None]("aml-undo-write", done) as writes):
         for n, (relpath, doc_entries) in enumerate(documents):
             located = next(ahead) if ahead is not None and n < len(order) else None
             if located is not None and order[n] != relpath:  # not the order announced: no use of the workers
                 located = None
             undone = _undo_one(root, relpath, doc_entries, result, located)
-            if undone is not None:
-                publisher.publish(undone)
+            if undone is None:
+                continue
+            if undone.write is None:  # nothing to write: recorded in document order all the same
+                writes.wait()
+                done(undone)
+            else:
+                writes.submit(relpath, undone.write, undone)
     if archive_root is not None:
         for archive, restored in sorted(archived.items()):
             path = archive_root / archive
@@ -293,82 +300,23 @@ class _Undone:
     write: Callable[[], None] | None
 
 
-class _Publisher:
-    """Writes each document's undo in a thread of its own while the next document is worked out, one document at
-    a time; what a document's undo did goes into the result only once its write is done.
-
-    A write is :func:`aml.store.atomic.atomic_open`'s, whole: new text, fsync, rename, fsync of the directory. Most
-    of it (the file's bytes, both fsyncs) leaves the GIL, so it overlaps the next document's catalog read, text
-    read and splice instead of adding to them (issue 12: about 0.15 s of fsync for 24 documents). A write's error
-    stops the run at the next document, which is never written, as it stopped the run before: documents written
-    before stay written, rerunning undo is safe. When no thread can be started, each write runs here.
-
-    Use as a context manager: leaving it waits for the last write (and raises its error, unless an error is
-    already on its way up, which the write's error is then logged beside).
-    """
-
-    def __init__(self, result: UndoResult, archived: defaultdict[str, _Restored]) -> None:
-        self._result, self._archived = result, archived
-        self._pool: ThreadPoolExecutor | None = None
-        self._pending: tuple[_Undone, Future[None]] | None = None
-
-    def __enter__(self) -> _Publisher:
-        return self
-
-    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: object) -> None:
-        try:
-            if kind is None:
-                self._wait()
-            elif self._pending is not None:
-                failed = self._pending[1].exception()  # waits: nothing is written once the run has returned
-                if failed is not None:
-                    log.error("prune undo: writing %s failed as well: %s: %s", self._pending[0].relpath,
-                              type(failed).__name__, failed)
-        finally:
-            if self._pool is not None:
-                self._pool.shutdown()
-
-    def publish(self, undone: _Undone) -> None:
-        """Write ``undone`` (after the write before it is done, whose error, if any, is raised here instead)."""
-        self._wait()
-        if undone.write is None:
-            self._record(undone)
-            return
-        try:
-            if self._pool is None:
-                self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="aml-undo-write")
-            written = self._pool.submit(undone.write)
-        except RuntimeError as exc:  # "can't start new thread": here, as before there was a thread
-            log.warning("prune undo: no thread for the writes (%s); they run in the task's thread", exc)
-            undone.write()
-            self._record(undone)
-            return
-        self._pending = (undone, written)
-
-    def _wait(self) -> None:
-        if self._pending is None:
-            return
-        undone, written = self._pending
-        self._pending = None
-        written.result()  # OSError, WriteRevoked: the document is as it was
-        self._record(undone)
-
-    def _record(self, undone: _Undone) -> None:
-        result = self._result
-        result.failed.extend(undone.failed)
-        if undone.write is not None:
-            result.documents.append(undone.relpath)
-        result.restored.extend(undone.restored)
-        result.already_present.extend(undone.present)
-        for e in undone.done:
-            archive = e.payload.get("archive")
-            if isinstance(archive, str) and archive:
-                # the archive holds the record as its text reads (NaN included), not as the catalog's JSON keeps it
-                text = e.payload.get("text")
-                if isinstance(text, str):
-                    self._archived[archive].texts.append(text)
-                else:
-                    self._archived[archive].items.append(e.payload.get("item"))
+def _record(result: UndoResult, archived: defaultdict[str, _Restored], undone: _Undone, _: object = None) -> None:
+    """Add what ``undone`` did to ``result`` (once its write, if any, is done), and its archived records to
+    ``archived`` (by archive file)."""
+    result.failed.extend(undone.failed)
+    if undone.write is not None:
+        result.documents.append(undone.relpath)
+    result.restored.extend(undone.restored)
+    result.already_present.extend(undone.present)
+    for e in undone.done:
+        archive = e.payload.get("archive")
+        if isinstance(archive, str) and archive:
+            # the archive holds the record as its text reads (NaN included), not as the catalog's JSON keeps it
+            text = e.payload.get("text")
+            if isinstance(text, str):
+                archived[archive].texts.append(text)
+            else:
+                archived[archive].items.append(e.payload.get("item"))
 
 
 @dataclass(frozen=True, slots=True)
@@ -438,8 +386,8 @@ def present_entries(root: Path, entries: Iterable[UndoEntry]) -> list[int]:
 
 
 def _undo_document(root: Path, relpath: str, entries: list[UndoEntry], located: Located | None = None) -> _Undone:
-    """Work out how to restore one document's records (read it, find them, splice), for :class:`_Publisher` to
-    write.
+    """Work out how to restore one document's records (read it, find them, splice), for
+    :class:`~aml.prune.writebehind.WriteBehind` to write.
 
     Raises:
         FileNotFoundError: the document is missing.
