@@ -14,10 +14,12 @@ import io
 import itertools
 import json
 import zlib
+from pathlib import Path
 from typing import Any
 from unittest import mock
 
 import pytest
+import zstandard
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -182,6 +184,19 @@ def test_unchanged_elements_keep_their_exact_text() -> None:
     replaced = replace_elements(text, span, {2: {"id": "c", "x": [1]}}, detect_json_style(text))
     assert replaced == ('[\n  {"id": "a", "n": 1.50, "s": "caf\\u00e9"},\n  {"id": "b",   "n": 1E3},\n'
                         '  {\n    "id": "c",\n    "x": [\n      1\n    ]\n  }\n]\n')
+
+
+@pytest.mark.parametrize("encode", [
+    lambda b: b, lambda b: b"\xef\xbb\xbf" + b, lambda b: zlib.compress(b, 6, wbits=31),
+    lambda b: zstandard.ZstdCompressor().compress(b)], ids=["plain", "bom", "gzip", "zstd"])
+def test_read_text_digests_the_text_as_utf8_without_encoding_it(tmp_path: Path, encode: Any) -> None:
+    """The digest a prune or undo compares with its workers' findings: the text's UTF-8, whatever the file's
+    encoding (a byte order mark is part of the text)."""
+    path = tmp_path / "patterns.json"
+    path.write_bytes(encode(json.dumps([{"id": "é😀", "n": 1}], ensure_ascii=False).encode("utf-8")))
+    doc = read_text(path, keep_raw=False, digest=True)
+    assert doc.digest == hashlib.sha256(doc.text.encode("utf-8")).digest()
+    assert read_text(path).digest is None
 
 
 def test_gzip_written_by_zlib_keeps_its_level(tmp_path) -> None:

@@ -286,7 +286,7 @@ def _apply_document(plan: PrunePlan, relpath: str, actions: list[PlannedAction],
     if loom_lock_held(path):
         result.conflicts.append({"document": relpath, "reason": "locked by Loom's runtime (<file>.lock)"})
         return None
-    doc = read_text(path, keep_raw=False)
+    doc = read_text(path, keep_raw=False, digest=located is not None)
     if (doc.size, doc.mtime_ns) != (state.size_bytes, state.mtime_ns):
         result.conflicts.append({"document": relpath, "reason": "changed since the plan was made"})
         return None
@@ -294,7 +294,7 @@ def _apply_document(plan: PrunePlan, relpath: str, actions: list[PlannedAction],
     lists: defaultdict[str, list[PlannedAction]] = defaultdict(list)
     for a in actions:
         lists[a.list_pointer].append(a)
-    if located is not None and located.found_in(text, lists):
+    if located is not None and located.found_in(doc.digest, lists):
         spans, seen = located.spans, located.seen  # a worker found them in this very text
     else:
         spans, seen = locate(text, {pointer: {a.index for a in acts} for pointer, acts in lists.items()})

@@ -31,12 +31,13 @@ from pathlib import Path
 from typing import Any
 
 from aml.procpool import PARALLEL_MIN_BYTES, ordered_map, worker_processes
+from aml.store.documents import decode_bytes, read_file_bytes
 from aml.store.filestore import PARALLEL_DOCUMENT_BYTES
 from aml.store.leanlist import find_top_list
 from aml.store.records import item_size
-from aml.store.rewrite import ItemFilter, ListSpan, find_list, key_only, read_text
+from aml.store.rewrite import ItemFilter, ListSpan, find_list, key_only
 
-__all__ = ["LOCATE_MAX_ELEMENTS", "LOCATE_WORKERS", "Located", "Seen", "locate", "located_ahead", "text_digest"]
+__all__ = ["LOCATE_MAX_ELEMENTS", "LOCATE_WORKERS", "Located", "Seen", "locate", "located_ahead"]
 
 log = logging.getLogger(__name__)
 
@@ -59,7 +60,7 @@ class Located:
     """The planned lists of one document as a worker found them.
 
     Attributes:
-        digest: SHA-256 of the decoded text the offsets refer to (:func:`text_digest`).
+        digest: SHA-256 of the decoded text the offsets refer to, as UTF-8 (its decoded bytes).
         spans: per list pointer, its :class:`~aml.store.rewrite.ListSpan` (``items``: each element's key,
             :func:`~aml.store.rewrite.key_only`).
         seen: what the planned elements are now (:data:`Seen`), for the plan's checks.
@@ -69,15 +70,11 @@ class Located:
     spans: dict[str, ListSpan]
     seen: Seen
 
-    def found_in(self, text: str, pointers: Collection[str]) -> bool:
-        """Whether these are the lists ``pointers`` of this very ``text`` (the same pointers, and a text of the
-        same SHA-256): the only case where the caller may use :attr:`spans`, whose offsets index that text."""
-        return self.spans.keys() == set(pointers) and self.digest == text_digest(text)
-
-
-def text_digest(text: str) -> bytes:
-    """SHA-256 of ``text`` as UTF-8 (a decoded document is valid UTF-8, so the encoding cannot fail)."""
-    return hashlib.sha256(text.encode("utf-8")).digest()
+    def found_in(self, digest: bytes | None, pointers: Collection[str]) -> bool:
+        """Whether these are the lists ``pointers`` of the very text whose SHA-256 is ``digest`` (the same pointers,
+        the same digest: :attr:`aml.store.rewrite.DocumentText.digest`; ``None`` never matches): the only case
+        where the caller may use :attr:`spans`, whose offsets index that text."""
+        return digest is not None and self.spans.keys() == set(pointers) and self.digest == digest
 
 
 def _keeper(planned: Collection[int], seen: dict[int, tuple[str | None, int]]) -> ItemFilter:
@@ -132,14 +129,15 @@ def _locate_file(job: tuple[str, Mapping[str, Collection[int]]]) -> Located | No
     (the task's process then does it again itself, and reports the reason)."""
     path, lists = job
     try:
-        text = read_text(path, keep_raw=False).text
-        encoded = text.encode("utf-8")  # what the digest hashes, and what msgspec reads
-        spans, seen = locate(text, lists, encoded=encoded)
+        decoded, _ = decode_bytes(read_file_bytes(path)[0], path)  # as read_text reads it
+        text = decoded.decode("utf-8")
+        # decoded is the text's UTF-8: what the digest hashes (as read_text(digest=True) does), and what msgspec reads
+        spans, seen = locate(text, lists, encoded=decoded)
     except Exception:  # nothing is decided here: the task's own path reads it again and names the error
         return None
     if sum(len(span) for span in spans.values()) > LOCATE_MAX_ELEMENTS:
         return None
-    return Located(hashlib.sha256(encoded).digest(), spans, seen)
+    return Located(hashlib.sha256(decoded).digest(), spans, seen)
 
 
 @contextlib.contextmanager

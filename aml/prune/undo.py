@@ -397,12 +397,12 @@ def _undo_document(root: Path, relpath: str, entries: list[UndoEntry], located: 
     path = root / relpath
     if not path.exists():
         raise FileNotFoundError(path)
-    doc = read_text(path, keep_raw=False)
+    doc = read_text(path, keep_raw=False, digest=located is not None)
     text = doc.text
     by_list: defaultdict[str, list[UndoEntry]] = defaultdict(list)
     for e in entries:
         by_list[str(e.payload.get("list", ""))].append(e)
-    if located is not None and located.found_in(text, by_list):
+    if located is not None and located.found_in(doc.digest, by_list):
         spans = located.spans  # a worker found them in this very text
     else:
         spans, _ = locate(text, {pointer: () for pointer in by_list})  # keys: all undo compares

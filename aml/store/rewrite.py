@@ -132,6 +132,8 @@ class DocumentText:
         mtime_ns: ``st_mtime_ns`` when read.
         mode: permission bits.
         ino: ``st_ino`` when read (an atomic rewrite by anyone changes it).
+        digest: the SHA-256 of ``text`` as UTF-8 (the decoded bytes) when read with ``read_text(..., digest=True)``,
+            else ``None``.
     """
 
     raw: bytes
@@ -142,6 +144,7 @@ class DocumentText:
     mtime_ns: int
     mode: int
     ino: int = 0
+    digest: bytes | None = None
 
     def unchanged_on_disk(self, path: str | os.PathLike[str]) -> bool:
         """True if ``path`` still has the size, mtime and inode it had when this text was read."""
@@ -169,7 +172,8 @@ def pointer_tokens(pointer: str) -> list[str]:
     return [t.replace("~1", "/").replace("~0", "~") for t in pointer[1:].split("/")]
 
 
-def read_text(path: str | os.PathLike[str], *, relpath: str | None = None, keep_raw: bool = True) -> DocumentText:
+def read_text(path: str | os.PathLike[str], *, relpath: str | None = None, keep_raw: bool = True,
+              digest: bool = False) -> DocumentText:
     """Read, decode and (for gzip) fingerprint a document for editing (never follows a symlink).
 
     Args:
@@ -177,6 +181,7 @@ def read_text(path: str | os.PathLike[str], *, relpath: str | None = None, keep_
         relpath: its store-relative path, for errors.
         keep_raw: keep the bytes on disk in :attr:`DocumentText.raw`; ``False`` leaves ``raw`` empty, so
             that a large document is held once (as its text), not twice.
+        digest: set :attr:`DocumentText.digest`, hashed from the decoded bytes (the text is not encoded again).
 
     Raises:
         aml.store.DocumentError: unreadable, symlink, oversize, or corrupt compression.
@@ -185,6 +190,8 @@ def read_text(path: str | os.PathLike[str], *, relpath: str | None = None, keep_
     raw, st = read_file_bytes(path, relpath=relpath)
     decoded, encoding = decode_bytes(raw, path, relpath=relpath)
     doc = document_text(raw, st, decoded, encoding, path)
+    if digest:  # decoded is valid UTF-8 (document_text decoded it): its bytes are those of the text
+        doc.digest = hashlib.sha256(decoded).digest()
     if not keep_raw:
         doc.raw = b""
     return doc
