@@ -376,8 +376,7 @@ def undo_body(store_id: str, run_id: str) -> Any:
         snapshot = safety_snapshot(catalog, store_id, root, settings, reason="pre-undo", tags=[f"undo:{run_id}"])
         unreadable: list[dict[str, Any]] = []
         undone = undo_documents(root, _undo_documents(catalog, pending, unreadable),
-                                archive_root=archive_root_of(root, settings),
-                                paths=sorted(pending))  # the order _undo_documents yields them in
+                                archive_root=archive_root_of(root, settings))
         with catalog() as session:
             queries.mark_prune_actions_undone(session, run_id, ids=undone.done)
         undone.failed.extend(unreadable)

@@ -1,4 +1,4 @@
-"""Prune's and undo's documents located ahead by worker processes (aml.prune.locate): the same rewrite as
+"""Prune's documents located ahead by worker processes (aml.prune.locate): the same rewrite as
 without them, and a worker's finding used only for the very text it was made from."""
 
 from __future__ import annotations
@@ -16,9 +16,8 @@ import pytest
 
 import aml.prune.apply as apply_mod
 import aml.prune.locate as locate_mod
-import aml.prune.undo as undo_mod
 from aml.procpool import worker_processes
-from aml.prune import AppliedRecord, PruneConfig, UndoEntry, apply_plan, build_plan, undo_entries
+from aml.prune import AppliedRecord, PruneConfig, apply_plan, build_plan
 from aml.prune.plan import PrunePlan
 from tests.realdata import extract_loom, snapshot_tree
 
@@ -215,58 +214,6 @@ def test_an_id_that_is_not_a_string_is_not_kept() -> None:
 
 
 # ------------------------------------------------------------------------------------------- undo
-
-
-def _pruned(tmp_path: Path, name: str) -> tuple[Path, dict[str, bytes], list[UndoEntry]]:
-    """A pruned store, its files before the prune, and the undo rows of the run."""
-    root = extract_loom("loom-plain-v2.0.0", tmp_path / name)
-    before = _files(root)
-    result, rows = _apply(build_plan(root, PruneConfig(now=NOW), RULES), tmp_path / f"a-{name}")
-    assert result.documents
-    entries = [UndoEntry(n, row.pop("document"), "", json.loads(json.dumps(row))) for n, row in enumerate(rows)]
-    return root, before, entries
-
-
-def _count_undo_finds(monkeypatch: pytest.MonkeyPatch) -> list[str]:
-    """Texts undo located in the task's own process."""
-    calls: list[str] = []
-    real = undo_mod.locate
-
-    def counting(text: str, lists: Any) -> Any:
-        calls.append(text)
-        return real(text, lists)
-
-    monkeypatch.setattr(undo_mod, "locate", counting)
-    return calls
-
-
-@needs_workers
-def test_undo_with_workers_puts_every_byte_back(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    root, before, entries = _pruned(tmp_path, "s")
-    monkeypatch.setattr(locate_mod, "PARALLEL_MIN_BYTES", 0)
-    local = _count_undo_finds(monkeypatch)
-    undone = undo_entries(root, entries, archive_root=tmp_path / "a-s" / "archives")
-    assert local == [], "every Loom collection's list was found by a worker"
-    assert sorted(undone.restored) == [e.action_id for e in entries] and not undone.failed
-    assert _files(root) == before
-
-
-def test_undo_does_not_use_a_finding_for_another_text(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    root, before, entries = _pruned(tmp_path, "s")
-    documents = sorted({e.document for e in entries})
-    stale = [locate_mod._locate_file((str(root / rel), undo_mod.TOP_LEVEL_LIST)) for rel in documents]
-    changed = documents[0]
-    _shift_layout(root / changed)
-    shifted = (root / changed).read_text("utf-8")
-    monkeypatch.setattr(undo_mod, "located_ahead", lambda *args: contextlib.nullcontext(iter(stale)))
-    local = _count_undo_finds(monkeypatch)
-    undone = undo_entries(root, entries, archive_root=tmp_path / "a-s" / "archives")
-    assert local == [shifted], "only the rewritten document was searched again, in its new text"
-    assert not undone.failed
-    after = _files(root)
-    assert {rel: data for rel, data in after.items() if rel != changed} == {
-        rel: data for rel, data in before.items() if rel != changed}
-    assert json.loads(after[changed]) == json.loads(before[changed]), "every record back in place"
 
 
 @needs_workers

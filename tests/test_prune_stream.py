@@ -91,21 +91,24 @@ def test_apply_can_keep_payloads_with_a_hook(tmp_path: Path) -> None:
 
 
 def test_the_write_ahead_runs_beside_the_write_and_before_the_rename(tmp_path: Path) -> None:
-    """The hook runs in a thread of its own while the new bytes are written, and always sees the document as it
-    was: the file is replaced only once the hook has returned."""
+    """The hook runs in a thread of its own while the new bytes are written (one thread for the run, started once),
+    and always sees the document as it was: the file is replaced only once the hook has returned."""
     root = extract_loom("loom-plain-v1.0", tmp_path / "s")
     before = files(root)
     plan = build_plan(root, PruneConfig(now=NOW), RULES)
     calls: list[tuple[str, bool, bool]] = []
+    threads: set[threading.Thread] = set()
 
     def hook(document: str, records: list[AppliedRecord]) -> None:
         time.sleep(0.05)  # the write is done by now; the file must still be the old one
+        threads.add(threading.current_thread())
         calls.append((document, threading.current_thread() is not threading.main_thread(),
                       (root / document).read_bytes() == before[document]))
 
     result = apply_plan(plan, run_id="r", archive_root=tmp_path / "archives", before_publish=hook)
-    assert calls and [c[0] for c in calls] == result.documents
+    assert calls and [c[0] for c in calls] == result.documents and len(calls) > 1
     assert all(in_thread and unchanged for _, in_thread, unchanged in calls)
+    assert len(threads) == 1, "one write-ahead thread for the whole run"
     assert all(files(root)[d] != before[d] for d in result.documents)
     assert not [p for p in root.rglob("*") if p.name.startswith(TMP_PREFIX)], "no temporary file left"
 

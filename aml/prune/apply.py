@@ -243,13 +243,15 @@ def apply_plan(
         by_doc[a.document].append(a)
     order = sorted(by_doc)
     jobs = [(relpath, _planned_lists(by_doc[relpath]), plan.documents[relpath].size_bytes) for relpath in order]
-    with located_ahead(plan.root, jobs) as ahead:
+    # one write-ahead thread for the run, started once: a thread started per document cost about 5 ms each
+    with (located_ahead(plan.root, jobs) as ahead,
+          ThreadPoolExecutor(max_workers=1, thread_name_prefix="aml-prune-write-ahead") as write_ahead_pool):
         for relpath in order:
             located = next(ahead) if ahead is not None else None  # the workers' finding, checked before use
             try:
                 with gc_paused():
                     applied = _apply_document(plan, relpath, by_doc.pop(relpath), run_id, archive_root, result,
-                                              before_publish, located)
+                                              before_publish, write_ahead_pool, located)
             except (DocumentError, SpliceError) as exc:
                 result.conflicts.append({"document": relpath, "reason": str(exc)})
                 continue
@@ -279,8 +281,8 @@ def _planned_lists(actions: Iterable[PlannedAction]) -> dict[str, frozenset[int]
 
 
 def _apply_document(plan: PrunePlan, relpath: str, actions: list[PlannedAction], run_id: str,
-                    archive_root: Path | None, result: ApplyResult,
-                    before_publish: BeforePublish | None, located: Located | None = None) -> list[AppliedRecord] | None:
+                    archive_root: Path | None, result: ApplyResult, before_publish: BeforePublish | None,
+                    write_ahead_pool: ThreadPoolExecutor, located: Located | None = None) -> list[AppliedRecord] | None:
     path = plan.root / relpath
     state = plan.documents[relpath]
     if loom_lock_held(path):
@@ -352,16 +354,18 @@ def _apply_document(plan: PrunePlan, relpath: str, actions: list[PlannedAction],
     # replaces the file only when the block ends without error, once the new bytes are synced here
     with atomic_open(path, mode=doc.mode, fsync=False) as fh:
         write_ahead = None if before_publish is None else functools.partial(before_publish, relpath, applied)
-        written = _write_beside(fh, lambda: write_text(fh, pieces, doc.encoding, doc.gzip_level), write_ahead)
+        written = _write_beside(fh, lambda: write_text(fh, pieces, doc.encoding, doc.gzip_level), write_ahead,
+                                write_ahead_pool)
     result.bytes_before += doc.size
     result.bytes_after += written
     return applied
 
 
-def _write_beside(fh: BinaryIO, write: Callable[[], int], record: Callable[[], None] | None) -> int:
+def _write_beside(fh: BinaryIO, write: Callable[[], int], record: Callable[[], None] | None,
+                  pool: ThreadPoolExecutor) -> int:
     """Write a document's new bytes with ``write`` and sync them (``fh``), while ``record`` (the write-ahead: the
-    document's ``prune_actions`` rows, committed) runs in a thread of its own; return what ``write`` returned once
-    both are done. The catalog's work (SQLite's inserts, its commit's fsync) and the file's (its bytes, its
+    document's ``prune_actions`` rows, committed) runs in ``pool``'s thread (one for the run); return what ``write``
+    returned once both are done. The catalog's work (SQLite's inserts and commit) and the file's (its bytes, its
     fsync) mostly leave the GIL: run side by side they take about the longer of the two instead of their sum.
     When no thread can be started (a process limit such as a container's ``pids.max``), ``record`` runs here
     after the sync, as before there was a thread.
@@ -384,22 +388,19 @@ def _write_beside(fh: BinaryIO, write: Callable[[], int], record: Callable[[], N
 
     if record is None:
         return write_synced()
-    pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="aml-prune-write-ahead")
     try:
         recorded = pool.submit(record)
     except RuntimeError as exc:  # "can't start new thread": one after the other
-        pool.shutdown()
         log.warning("prune: no thread for the write-ahead (%s); it runs after the write", exc)
         written = write_synced()
         record()
         return written
-    with pool:  # leaving the block waits for the thread: the rows are committed or not before anything else happens
-        try:
-            written = write_synced()
-        except BaseException:
-            failed = recorded.exception()
-            if failed is not None:  # the write's error goes up; this one is not lost
-                log.error("prune: the write-ahead failed as well: %s: %s", type(failed).__name__, failed)
-            raise
-        recorded.result()  # its error, if any: the document is then not replaced
+    try:
+        written = write_synced()
+    except BaseException:
+        failed = recorded.exception()  # waits: the rows are committed or not before anything else happens
+        if failed is not None:  # the write's error goes up; this one is not lost
+            log.error("prune: the write-ahead failed as well: %s: %s", type(failed).__name__, failed)
+        raise
+    recorded.result()  # its error, if any: the document is then not replaced
     return written

@@ -48,6 +48,10 @@ Seen = dict[str, dict[int, tuple[str | None, int]]]
 """Per list pointer, per planned index: the element's ``id`` (``None`` without a string one) and its compact size
 in bytes."""
 
+LEAN_MAX_CHARS = PARALLEL_DOCUMENT_BYTES
+"""A text of more characters is located by :func:`aml.store.rewrite.find_list` unless its UTF-8 is given: msgspec
+reads bytes, and encoding a larger text here would hold the document twice (the memory bound of issue 12)."""
+
 LOCATE_MAX_ELEMENTS = 32_768
 """A worker sends back nothing for a document whose lists hold more elements than this (the task's process then
 locates it): a finding holds each element's offsets and key, about 250 bytes each, and up to two per worker wait
@@ -96,8 +100,9 @@ def locate(text: str, lists: Mapping[str, Collection[int]], *, encoded: bytes | 
     only its key kept, and of the planned ones also their id and size.
 
     A document that is one array (``lists`` names only ``""``: a Loom collection) is located by msgspec when it
-    can vouch for it (:func:`aml.store.leanlist.find_top_list`, about a third of the time), else, as every
-    other list, by :func:`aml.store.rewrite.find_list`; both give the same spans and the same :data:`Seen`.
+    can vouch for it (:func:`aml.store.leanlist.find_top_list`, about a third of the time) and its UTF-8 is given
+    or it is at most :data:`LEAN_MAX_CHARS` long, else, as every other list, by :func:`aml.store.rewrite.find_list`;
+    both give the same spans and the same :data:`Seen`.
 
     Args:
         text: a decoded document.
@@ -111,13 +116,12 @@ def locate(text: str, lists: Mapping[str, Collection[int]], *, encoded: bytes | 
         aml.store.rewrite.SpliceError: a pointer leads nowhere or to no array, or the text is not valid JSON
             there.
     """
-    if lists.keys() == {""}:
-        planned = lists[""]
-        found = find_top_list(text.encode("utf-8") if encoded is None else encoded, planned)
+    if lists.keys() == {""} and (encoded is not None or len(text) <= LEAN_MAX_CHARS):
+        found = find_top_list(text.encode("utf-8") if encoded is None else encoded, lists[""], item_size)
         if found is not None:
-            span, values = found
+            span, sizes = found
             keys = span.items
-            return {"": span}, {"": {i: ((keys[i] or {}).get("id"), item_size(value)) for i, value in values.items()}}
+            return {"": span}, {"": {i: ((keys[i] or {}).get("id"), size) for i, size in sizes.items()}}
     seen: Seen = {pointer: {} for pointer in lists}
     spans = {pointer: find_list(text, pointer, keep=_keeper(frozenset(indexes), seen[pointer]))
              for pointer, indexes in lists.items()}

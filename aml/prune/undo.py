@@ -51,7 +51,7 @@ from typing import Any, Final
 
 from aml.gcpause import gc_paused
 from aml.prune.archive import remove_records_from_archive
-from aml.prune.locate import Located, locate, located_ahead
+from aml.prune.locate import locate
 from aml.prune.writebehind import WriteBehind
 from aml.store.atomic import atomic_open
 from aml.store.documents import DocumentError
@@ -188,15 +188,19 @@ def undo_entries(root: Path, entries: Iterable[UndoEntry], *, archive_root: Path
     for e in entries:
         by_doc[e.document].append(e)
     order = sorted(by_doc)
-    return undo_documents(root, ((relpath, by_doc.pop(relpath)) for relpath in order), archive_root=archive_root,
-                          paths=order)
+    return undo_documents(root, ((relpath, by_doc.pop(relpath)) for relpath in order), archive_root=archive_root)
 
 
 def undo_documents(root: Path, documents: Iterable[tuple[str, Sequence[UndoEntry]]], *,
-                   archive_root: Path | None = None, paths: Sequence[str] | None = None) -> UndoResult:
+                   archive_root: Path | None = None) -> UndoResult:
     """:func:`undo_entries` fed one document at a time, so that at most two documents' rows, texts and spans are in
     memory at once: the one being written (in a thread: :mod:`aml.prune.writebehind`) and the next one, worked out
     meanwhile (a caller reading the rows from the catalog can fetch them per document).
+
+    Each document's lists are found here (:func:`aml.prune.locate.locate`: a Loom collection's by msgspec), not by
+    worker processes as prune's apply does: with nothing planned to decode, finding them costs less than a worker's
+    second read of the document and the pickling of what it found (issue 12: 1.06-1.16 s against 1.13-1.30 s for
+    undo of 27,394 records in 24 documents, and a fifth less CPU, interleaved runs).
 
     Args:
         root: the store directory.
@@ -204,10 +208,6 @@ def undo_documents(root: Path, documents: Iterable[tuple[str, Sequence[UndoEntry
             once, in the order to restore them (:func:`undo_entries` uses path order); a lazy iterable
             is consumed one pair at a time.
         archive_root: as for :func:`undo_entries`.
-        paths: the paths ``documents`` yields, in the same order, when they are known before: worker
-            processes then find the documents' top-level lists (a Loom collection's) a few documents ahead,
-            as prune's apply does (:func:`aml.prune.locate.located_ahead`; a finding is used only for the
-            very text undo reads, and a document whose list is elsewhere is found here as without them).
 
     Returns:
         An :class:`UndoResult` (its lists in the order of ``documents``, archives in path order).
@@ -217,17 +217,12 @@ def undo_documents(root: Path, documents: Iterable[tuple[str, Sequence[UndoEntry
     """
     result = UndoResult()
     archived: defaultdict[str, _Restored] = defaultdict(_Restored)  # archive -> its records put back
-    order = list(paths or ())
     done = functools.partial(_record, result, archived)
     # each document written in a thread while the next is worked out (aml.prune.writebehind): about 0.15 s of
     # fsync for 24 documents overlaps the next document's catalog read, text read and splice
-    with (located_ahead(root, [(relpath, TOP_LEVEL_LIST, _disk_bytes(root, relpath)) for relpath in order]) as ahead,
-          WriteBehind[_Undone, None]("aml-undo-write", done) as writes):
-        for n, (relpath, doc_entries) in enumerate(documents):
-            located = next(ahead) if ahead is not None and n < len(order) else None
-            if located is not None and order[n] != relpath:  # not the order announced: no use of the workers
-                located = None
-            undone = _undo_one(root, relpath, doc_entries, result, located)
+    with WriteBehind[_Undone, None]("aml-undo-write", done) as writes:
+        for relpath, doc_entries in documents:
+            undone = _undo_one(root, relpath, doc_entries, result)
             if undone is None:
                 continue
             if undone.write is None:  # nothing to write: recorded in document order all the same
@@ -246,18 +241,6 @@ def undo_documents(root: Path, documents: Iterable[tuple[str, Sequence[UndoEntry
     return result
 
 
-TOP_LEVEL_LIST: Final[Mapping[str, Collection[int]]] = {"": frozenset()}
-"""What workers look for ahead of undo: the document's top-level array (a Loom collection), no planned elements."""
-
-
-def _disk_bytes(root: Path, relpath: str) -> int:
-    """Size on disk of the file ``relpath``, bytes; -1 when it cannot be seen (left to the task's process)."""
-    try:
-        return (root / relpath).lstat().st_size
-    except OSError:
-        return -1
-
-
 @dataclass(slots=True)
 class _Restored:
     """The archived records of one archive file that undo put back: their exact texts, or (a version 1 row
@@ -267,8 +250,7 @@ class _Restored:
     items: list[Any] = field(default_factory=list)
 
 
-def _undo_one(root: Path, relpath: str, doc_entries: Sequence[UndoEntry], result: UndoResult,
-              located: Located | None) -> _Undone | None:
+def _undo_one(root: Path, relpath: str, doc_entries: Sequence[UndoEntry], result: UndoResult) -> _Undone | None:
     """Work out the undo of one document's entries (nothing written yet); ``None`` when there is nothing to publish.
     A document that is missing or cannot be read or spliced is reported in ``result``; one with no entries (its
     rows' payloads could not be read: the caller reports them) is not read."""
@@ -276,7 +258,7 @@ def _undo_one(root: Path, relpath: str, doc_entries: Sequence[UndoEntry], result
         return None
     try:
         with gc_paused():
-            return _undo_document(root, relpath, list(doc_entries), located)
+            return _undo_document(root, relpath, list(doc_entries))
     except (DocumentError, SpliceError, FileNotFoundError) as exc:
         reason = "document is missing" if isinstance(exc, FileNotFoundError) else str(exc)
         if isinstance(exc, DocumentError) and exc.code == "unreadable" and not (root / relpath).exists():
@@ -385,7 +367,7 @@ def present_entries(root: Path, entries: Iterable[UndoEntry]) -> list[int]:
     return [e.action_id for docs in by_doc.values() for e in docs if e.action_id in present]
 
 
-def _undo_document(root: Path, relpath: str, entries: list[UndoEntry], located: Located | None = None) -> _Undone:
+def _undo_document(root: Path, relpath: str, entries: list[UndoEntry]) -> _Undone:
     """Work out how to restore one document's records (read it, find them, splice), for
     :class:`~aml.prune.writebehind.WriteBehind` to write.
 
@@ -397,15 +379,12 @@ def _undo_document(root: Path, relpath: str, entries: list[UndoEntry], located: 
     path = root / relpath
     if not path.exists():
         raise FileNotFoundError(path)
-    doc = read_text(path, keep_raw=False, digest=located is not None)
+    doc = read_text(path, keep_raw=False)
     text = doc.text
     by_list: defaultdict[str, list[UndoEntry]] = defaultdict(list)
     for e in entries:
         by_list[str(e.payload.get("list", ""))].append(e)
-    if located is not None and located.found_in(doc.digest, by_list):
-        spans = located.spans  # a worker found them in this very text
-    else:
-        spans, _ = locate(text, {pointer: () for pointer in by_list})  # keys: all undo compares
+    spans, _ = locate(text, {pointer: () for pointer in by_list})  # keys: all undo compares
     done: list[UndoEntry] = []
     restored: list[int] = []
     present: list[int] = []

@@ -25,14 +25,16 @@ construction).
 from __future__ import annotations
 
 import re
-from collections.abc import Collection
-from typing import Any, Final
+from collections.abc import Callable, Collection
+from typing import Any, Final, TypeVar
 
 import msgspec
 
 from aml.store.rewrite import ListSpan
 
 __all__ = ["find_top_list"]
+
+T = TypeVar("T")
 
 
 class _Key(msgspec.Struct, gc=False):
@@ -54,25 +56,28 @@ def _skip(data: bytes, at: int) -> int:
     return at if found is None else found.end()
 
 
-def find_top_list(data: bytes, decode: Collection[int] = ()) -> tuple[ListSpan, dict[int, Any]] | None:
+def find_top_list(data: bytes, decode: Collection[int], measure: Callable[[Any], T]
+                  ) -> tuple[ListSpan, dict[int, T]] | None:
     """Locate the elements of the array that is the whole document ``data``.
 
     Args:
         data: the document's decoded text encoded as UTF-8 (``text.encode("utf-8")``: valid UTF-8; a text that
             starts with a byte order mark gives ``None``).
         decode: indexes of the elements to decode whole; indexes past the end are ignored.
+        measure: what to keep of each of those elements, called with its decoded value, which is then freed (a
+            large document's planned elements are never all held as objects).
 
     Returns:
-        ``(span, values)``: the array's :class:`~aml.store.rewrite.ListSpan` with offsets in *characters* of the
+        ``(span, measured)``: the array's :class:`~aml.store.rewrite.ListSpan` with offsets in *characters* of the
         text (as :func:`aml.store.rewrite.find_list` gives them) and as ``items`` each element's key
-        (``{"id": <id>}`` for a string ``id``, else ``None``: :func:`aml.store.rewrite.key_only`), and the
-        decoded values of the elements of ``decode`` by index; or ``None`` when the caller must use
-        ``find_list`` (see the module docstring).
+        (``{"id": <id>}`` for a string ``id``, else ``None``: :func:`aml.store.rewrite.key_only`), and ``measure``
+        of each element of ``decode`` by index; or ``None`` when the caller must use ``find_list`` (see the module
+        docstring).
     """
     try:
         raws = _RAW_ELEMENTS.decode(data)
         keys = _KEYS.decode(data)
-        values = {i: _VALUE.decode(raws[i]) for i in decode if 0 <= i < len(raws)}
+        measured = {i: measure(_VALUE.decode(raws[i])) for i in decode if 0 <= i < len(raws)}
     except (msgspec.DecodeError, RecursionError):  # ValidationError (not an array, not objects) is a DecodeError
         return None
     found = _offsets(data, raws)
@@ -80,7 +85,7 @@ def find_top_list(data: bytes, decode: Collection[int] = ()) -> tuple[ListSpan, 
         return None
     opened, closed, starts, ends = found
     items = [{"id": k.id} if type(k.id) is str else None for k in keys]
-    return ListSpan(opened, closed, starts, ends, items), values
+    return ListSpan(opened, closed, starts, ends, items), measured
 
 
 def _offsets(data: bytes, raws: list[msgspec.Raw]) -> tuple[int, int, list[int], list[int]] | None:
