@@ -332,9 +332,10 @@ def _undo_documents(catalog: Catalog, pending: dict[str, list[queries.ActionRef]
                     unreadable: list[dict[str, Any]]) -> Iterator[tuple[str, list[UndoEntry]]]:
     """``(document, its UndoEntry rows)`` in path order, each document's payloads read from the catalog
     only when undo reaches it (:func:`models.queries.prune_action_payloads`, a short read transaction), so
-    that one document's rows are in memory at a time; each payload is made lean
-    (:func:`aml.prune.undo.lean_payload`). A document one of whose undo logs does not decode is yielded with no entries
-    and its rows added to ``unreadable`` (``{"action_id", "document", "reason"}``, the reason naming the log).
+    that at most two documents' rows are in memory at a time (the one being written, the next); each payload is
+    made lean (:func:`aml.prune.undo.lean_payload`). A document one of whose undo logs does not decode is yielded
+    with no entries and its rows added to ``unreadable`` (``{"action_id", "document", "reason"}``, the reason naming
+    the log).
 
     Yields:
         One ``(store-relative path, its entries in id order)`` per document.
@@ -357,7 +358,8 @@ def undo_body(store_id: str, run_id: str) -> Any:
     """Build the operation body of ``prune undo`` (see :func:`tasks.base.run_operation`).
 
     The rows' payloads are read one document at a time (:func:`aml.prune.undo.undo_documents`): undo
-    holds one document's text, spans and rows at once, whatever the size of the run."""
+    holds at most two documents' texts, spans and rows at once (one of them being written, never two large
+    ones), whatever the size of the run."""
     settings = get_settings()
 
     def body(catalog: Catalog) -> dict[str, Any]:

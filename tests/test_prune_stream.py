@@ -167,33 +167,42 @@ def test_a_failed_write_waits_for_its_write_ahead_and_stops_the_run(tmp_path: Pa
     assert ("write-ahead failed as well: RuntimeError: catalog down" in caplog.text) == hook_fails
 
 
+@pytest.mark.parametrize("failures", [1, 10**6])
 def test_without_a_thread_the_write_ahead_runs_after_the_write(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                                               caplog: pytest.LogCaptureFixture) -> None:
-    """A process that may start no more threads (a container's pids.max: CPython raises RuntimeError, made here)
-    still prunes: the write-ahead runs in the task's thread, after the write and before the rename."""
+                                                               caplog: pytest.LogCaptureFixture, failures: int) -> None:
+    """A process that may start no more threads (a container's pids.max: CPython raises RuntimeError, made here,
+    once or every time) still prunes: the write-ahead runs in the task's thread, after the write and before the
+    rename, for the rest of the run; each document's write-ahead runs once (the job a failed start left queued is
+    never run by a thread started later)."""
     import concurrent.futures
 
-    import aml.prune.apply as apply_module
+    import aml.prune.writebehind as writebehind_module
 
-    class NoThreads(concurrent.futures.ThreadPoolExecutor):
+    left = [failures]
+
+    class FailingThreads(concurrent.futures.ThreadPoolExecutor):
         def _adjust_thread_count(self) -> None:
-            raise RuntimeError("can't start new thread")
+            if left[0] > 0:
+                left[0] -= 1
+                raise RuntimeError("can't start new thread")
+            super()._adjust_thread_count()
 
-    monkeypatch.setattr(apply_module, "ThreadPoolExecutor", NoThreads)
+    monkeypatch.setattr(writebehind_module, "ThreadPoolExecutor", FailingThreads)
     root = extract_loom("loom-plain-v1.0", tmp_path / "s")
     before = files(root)
     plan = build_plan(root, PruneConfig(now=NOW), RULES)
-    calls: list[tuple[bool, bool]] = []
+    calls: list[tuple[str, bool, bool]] = []
 
     def hook(document: str, records: list[AppliedRecord]) -> None:
-        calls.append((threading.current_thread() is threading.main_thread(),
+        calls.append((document, threading.current_thread() is threading.main_thread(),
                       (root / document).read_bytes() == before[document]))
 
     result = apply_plan(plan, run_id="r", archive_root=tmp_path / "archives", before_publish=hook)
-    assert result.error is None and result.documents and len(calls) == len(result.documents)
-    assert all(here and unchanged for here, unchanged in calls)
+    assert result.error is None and len(result.documents) > 1
+    assert [document for document, _, _ in calls] == result.documents, "each document's write-ahead once"
+    assert all(here and unchanged for _, here, unchanged in calls)
     assert all(files(root)[d] != before[d] for d in result.documents)
-    assert "no thread for the write-ahead" in caplog.text
+    assert caplog.text.count("no thread for the write-ahead") == 1
 
 
 def test_apply_payloads_hold_exact_texts_keys_and_neighbour_keys(tmp_path: Path) -> None:
@@ -319,12 +328,12 @@ def test_a_failed_undo_write_stops_the_run_and_the_next_document_is_never_writte
 
 
 def test_an_error_while_working_out_a_document_lets_the_write_before_it_finish(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The caller's rows fail to come (the catalog went away, say) while the previous document is being written: the
     error goes up only once that write is done, so nothing is written after undo has returned."""
     import aml.prune.undo as undo_module
 
-    root, before, pruned, by_doc = _pruned_by_document(tmp_path)
+    root, before, _, by_doc = _pruned_by_document(tmp_path)
     order = sorted(by_doc)
     real = undo_module.write_text
     ended: list[float] = []
@@ -343,9 +352,54 @@ def test_an_error_while_working_out_a_document_lets_the_write_before_it_finish(
     monkeypatch.setattr(undo_module, "write_text", slow_write)
     with pytest.raises(ConnectionError):
         undo_documents(root, batches(), archive_root=tmp_path / "archives")
-    returned = time.monotonic()
-    assert ended and ended[0] <= returned
-    assert files(root)[order[0]] == before[order[0]] and files(root)[order[1]] == pruned[order[1]]
+    assert ended, "the write in flight ended before the error reached the caller"
+    assert files(root)[order[0]] == before[order[0]], "and its document was in place"
+
+
+def test_a_splice_found_impossible_while_writing_fails_that_document_only(tmp_path: Path) -> None:
+    """A record to put back beside the one element an agent left, from a list pruned down to none, has no separator
+    to go by: that shows only as the document's new text is made, in the writing thread. That document's entries
+    fail, it stays as it was, and the run goes on with the next document."""
+    root = tmp_path / "s"
+    (root / "a").mkdir(parents=True)
+    alone, fine = root / "a" / "decisions.json", root / "a" / "patterns.json"
+    alone.write_text('[\n  {"id": "b"}\n]\n')
+    fine.write_text('[\n  {"id": "c"},\n  {"id": "e"}\n]\n')
+
+    def entry(n: int, document: Path, text: str, prev: str | None, nxt: str | None, sep: str | None) -> UndoEntry:
+        return UndoEntry(n, document.relative_to(root).as_posix(), "", {
+            "v": 2, "item": {"id": json.loads(text)["id"]}, "text": text, "list": "", "index": 0 if prev is None else 1,
+            "prev": None if prev is None else {"id": prev}, "next": None if nxt is None else {"id": nxt},
+            "layout": {"lead": "\n  ", "sep": sep, "trail": "\n"}, "archive": None})
+
+    undone = undo_entries(root, [entry(1, alone, '{"id": "a"}', None, None, None),
+                                 entry(2, fine, '{"id": "d"}', "c", "e", ",\n  ")])
+    assert [f["action_id"] for f in undone.failed] == [1] and "separator" in undone.failed[0]["reason"]
+    assert undone.restored == [2] and undone.documents == ["a/patterns.json"]
+    assert alone.read_text() == '[\n  {"id": "b"}\n]\n'
+    assert json.loads(fine.read_text()) == [{"id": "c"}, {"id": "d"}, {"id": "e"}]
+    assert not [p for p in root.rglob("*") if p.name.startswith(TMP_PREFIX)], "no temporary file left"
+
+
+def test_a_large_document_is_written_before_the_next_one_is_asked_for(tmp_path: Path,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """Memory never holds a large document's text beside the next document's: its write is waited for."""
+    import aml.prune.undo as undo_module
+
+    root, before, _, by_doc = _pruned_by_document(tmp_path)
+    order = sorted(by_doc)
+    monkeypatch.setattr(undo_module, "PARALLEL_DOCUMENT_BYTES", 0)  # every document is "large"
+    handed: list[str] = []
+
+    def batches() -> Iterator[tuple[str, list[UndoEntry]]]:
+        for relpath in order:
+            for earlier in handed:
+                assert (root / earlier).read_bytes() == before[earlier], "written before the next was asked for"
+            handed.append(relpath)
+            yield relpath, by_doc[relpath]
+
+    undone = undo_documents(root, batches(), archive_root=tmp_path / "archives")
+    assert undone.documents == order and files(root) == before
 
 
 def test_without_a_thread_undo_writes_in_the_task_thread(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,

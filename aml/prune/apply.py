@@ -31,12 +31,12 @@ The caller takes the pre-prune snapshot before calling :func:`apply_plan`; the `
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import os
 from collections import defaultdict
 from collections.abc import Callable, Iterable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -45,6 +45,7 @@ from aml.gcpause import gc_paused
 from aml.prune.archive import add_texts_to_archive, archive_file
 from aml.prune.locate import Located, locate, located_ahead
 from aml.prune.plan import PlannedAction, PrunePlan
+from aml.prune.writebehind import OneThread
 from aml.store.atomic import atomic_open
 from aml.store.documents import DocumentError
 from aml.store.loomlock import loom_lock_held
@@ -244,14 +245,14 @@ def apply_plan(
     order = sorted(by_doc)
     jobs = [(relpath, _planned_lists(by_doc[relpath]), plan.documents[relpath].size_bytes) for relpath in order]
     # one write-ahead thread for the run, started once: a thread started per document cost about 5 ms each
-    with (located_ahead(plan.root, jobs) as ahead,
-          ThreadPoolExecutor(max_workers=1, thread_name_prefix="aml-prune-write-ahead") as write_ahead_pool):
+    write_ahead_thread = OneThread("aml-prune-write-ahead", "the write-ahead")
+    with located_ahead(plan.root, jobs) as ahead, contextlib.closing(write_ahead_thread):
         for relpath in order:
             located = next(ahead) if ahead is not None else None  # the workers' finding, checked before use
             try:
                 with gc_paused():
                     applied = _apply_document(plan, relpath, by_doc.pop(relpath), run_id, archive_root, result,
-                                              before_publish, write_ahead_pool, located)
+                                              before_publish, write_ahead_thread, located)
             except (DocumentError, SpliceError) as exc:
                 result.conflicts.append({"document": relpath, "reason": str(exc)})
                 continue
@@ -282,7 +283,7 @@ def _planned_lists(actions: Iterable[PlannedAction]) -> dict[str, frozenset[int]
 
 def _apply_document(plan: PrunePlan, relpath: str, actions: list[PlannedAction], run_id: str,
                     archive_root: Path | None, result: ApplyResult, before_publish: BeforePublish | None,
-                    write_ahead_pool: ThreadPoolExecutor, located: Located | None = None) -> list[AppliedRecord] | None:
+                    write_ahead_thread: OneThread, located: Located | None = None) -> list[AppliedRecord] | None:
     path = plan.root / relpath
     state = plan.documents[relpath]
     if loom_lock_held(path):
@@ -355,16 +356,16 @@ def _apply_document(plan: PrunePlan, relpath: str, actions: list[PlannedAction],
     with atomic_open(path, mode=doc.mode, fsync=False) as fh:
         write_ahead = None if before_publish is None else functools.partial(before_publish, relpath, applied)
         written = _write_beside(fh, lambda: write_text(fh, pieces, doc.encoding, doc.gzip_level), write_ahead,
-                                write_ahead_pool)
+                                write_ahead_thread)
     result.bytes_before += doc.size
     result.bytes_after += written
     return applied
 
 
 def _write_beside(fh: BinaryIO, write: Callable[[], int], record: Callable[[], None] | None,
-                  pool: ThreadPoolExecutor) -> int:
+                  thread: OneThread) -> int:
     """Write a document's new bytes with ``write`` and sync them (``fh``), while ``record`` (the write-ahead: the
-    document's ``prune_actions`` rows, committed) runs in ``pool``'s thread (one for the run); return what ``write``
+    document's ``prune_actions`` rows, committed) runs in ``thread`` (one for the run); return what ``write``
     returned once both are done. The catalog's work (SQLite's inserts and commit) and the file's (its bytes, its
     fsync) mostly leave the GIL: run side by side they take about the longer of the two instead of their sum.
     When no thread can be started (a process limit such as a container's ``pids.max``), ``record`` runs here
@@ -388,10 +389,8 @@ def _write_beside(fh: BinaryIO, write: Callable[[], int], record: Callable[[], N
 
     if record is None:
         return write_synced()
-    try:
-        recorded = pool.submit(record)
-    except RuntimeError as exc:  # "can't start new thread": one after the other
-        log.warning("prune: no thread for the write-ahead (%s); it runs after the write", exc)
+    recorded = thread.submit(record)
+    if recorded is None:  # no thread to be had: one after the other
         written = write_synced()
         record()
         return written

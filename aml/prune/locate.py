@@ -50,7 +50,8 @@ in bytes."""
 
 LEAN_MAX_CHARS = PARALLEL_DOCUMENT_BYTES
 """A text of more characters is located by :func:`aml.store.rewrite.find_list` unless its UTF-8 is given: msgspec
-reads bytes, and encoding a larger text here would hold the document twice (the memory bound of issue 12)."""
+reads bytes, and encoding a larger text here would hold the document twice (the memory bound of issue 12). The
+copy a shorter text's encoding makes is at most four times as many bytes (64 MiB), about 16 MiB for ASCII."""
 
 LOCATE_MAX_ELEMENTS = 32_768
 """A worker sends back nothing for a document whose lists hold more elements than this (the task's process then

@@ -55,6 +55,7 @@ from aml.prune.locate import locate
 from aml.prune.writebehind import WriteBehind
 from aml.store.atomic import atomic_open
 from aml.store.documents import DocumentError
+from aml.store.filestore import PARALLEL_DOCUMENT_BYTES
 from aml.store.rewrite import (
     PIECE_CHARS,
     Layout,
@@ -195,7 +196,9 @@ def undo_documents(root: Path, documents: Iterable[tuple[str, Sequence[UndoEntry
                    archive_root: Path | None = None) -> UndoResult:
     """:func:`undo_entries` fed one document at a time, so that at most two documents' rows, texts and spans are in
     memory at once: the one being written (in a thread: :mod:`aml.prune.writebehind`) and the next one, worked out
-    meanwhile (a caller reading the rows from the catalog can fetch them per document).
+    meanwhile (a caller reading the rows from the catalog can fetch them per document); a document larger than
+    :data:`~aml.store.filestore.PARALLEL_DOCUMENT_BYTES` is written before the next one is asked for, so that
+    memory never holds one beside another.
 
     Each document's lists are found here (:func:`aml.prune.locate.locate`: a Loom collection's by msgspec), not by
     worker processes as prune's apply does: with nothing planned to decode, finding them costs less than a worker's
@@ -220,7 +223,7 @@ def undo_documents(root: Path, documents: Iterable[tuple[str, Sequence[UndoEntry
     done = functools.partial(_record, result, archived)
     # each document written in a thread while the next is worked out (aml.prune.writebehind): about 0.15 s of
     # fsync for 24 documents overlaps the next document's catalog read, text read and splice
-    with WriteBehind[_Undone, None]("aml-undo-write", done) as writes:
+    with WriteBehind[_Undone, str | None]("aml-undo-write", done) as writes:
         for relpath, doc_entries in documents:
             undone = _undo_one(root, relpath, doc_entries, result)
             if undone is None:
@@ -228,8 +231,10 @@ def undo_documents(root: Path, documents: Iterable[tuple[str, Sequence[UndoEntry
             if undone.write is None:  # nothing to write: recorded in document order all the same
                 writes.wait()
                 done(undone)
-            else:
-                writes.submit(relpath, undone.write, undone)
+                continue
+            writes.submit(relpath, undone.write, undone)
+            if undone.size > PARALLEL_DOCUMENT_BYTES:  # never a large document's text beside the next document's
+                writes.wait()
     if archive_root is not None:
         for archive, restored in sorted(archived.items()):
             path = archive_root / archive
@@ -260,31 +265,46 @@ def _undo_one(root: Path, relpath: str, doc_entries: Sequence[UndoEntry], result
         with gc_paused():
             return _undo_document(root, relpath, list(doc_entries))
     except (DocumentError, SpliceError, FileNotFoundError) as exc:
-        reason = "document is missing" if isinstance(exc, FileNotFoundError) else str(exc)
-        if isinstance(exc, DocumentError) and exc.code == "unreadable" and not (root / relpath).exists():
-            reason = "document is missing"
-        for e in doc_entries:
-            result.failed.append({"action_id": e.action_id, "document": relpath, "reason": reason})
+        reason = _failure_reason(root, relpath, exc)
+        result.failed.extend({"action_id": e.action_id, "document": relpath, "reason": reason} for e in doc_entries)
         return None
+
+
+def _failure_reason(root: Path, relpath: str, exc: Exception) -> str:
+    """Why a document's records could not be put back, as :attr:`UndoResult.failed` says it."""
+    if isinstance(exc, FileNotFoundError):
+        return "document is missing"
+    if isinstance(exc, DocumentError) and exc.code == "unreadable" and not (root / relpath).exists():
+        return "document is missing"
+    return str(exc)
 
 
 @dataclass(slots=True)
 class _Undone:
-    """One document's undo, worked out: its entries restored or already present (``done``, in the order met; their
-    action ids in ``restored`` and ``present``), those that cannot be (``failed``: no record text), and the write that
-    puts the restored ones back (``None`` when there is nothing to write)."""
+    """One document's undo, worked out: all its ``entries``, its size on disk when read (bytes), those restored or
+    already present (``done``, in the order met; their action ids in ``restored`` and ``present``), those that cannot
+    be (``failed``: no record text), and the write that puts the restored ones back (``None`` when there is nothing
+    to write), which returns ``None``, or why the document could not be written (it is then as it was: a splice
+    that turns out impossible as the text is made, the document gone)."""
 
     relpath: str
+    entries: list[UndoEntry]
+    size: int
     done: list[UndoEntry]
     restored: list[int]
     present: list[int]
     failed: list[dict[str, Any]]
-    write: Callable[[], None] | None
+    write: Callable[[], str | None] | None
 
 
-def _record(result: UndoResult, archived: defaultdict[str, _Restored], undone: _Undone, _: object = None) -> None:
+def _record(result: UndoResult, archived: defaultdict[str, _Restored], undone: _Undone,
+            unwritten: str | None = None) -> None:
     """Add what ``undone`` did to ``result`` (once its write, if any, is done), and its archived records to
-    ``archived`` (by archive file)."""
+    ``archived`` (by archive file); ``unwritten``: why its write failed (then every entry of it failed)."""
+    if unwritten is not None:
+        result.failed.extend({"action_id": e.action_id, "document": undone.relpath, "reason": unwritten}
+                             for e in undone.entries)
+        return
     result.failed.extend(undone.failed)
     if undone.write is not None:
         result.documents.append(undone.relpath)
@@ -426,7 +446,7 @@ def _undo_document(root: Path, relpath: str, entries: list[UndoEntry]) -> _Undon
             done.append(e)
         if inserts:
             rebuilt.append((span, inserts, layout))
-    write: Callable[[], None] | None = None
+    write: Callable[[], str | None] | None = None
     if rebuilt:
         only, only_inserts, only_layout = rebuilt[0]
         inserted = [t for group in only_inserts.values() for t in group]
@@ -440,11 +460,15 @@ def _undo_document(root: Path, relpath: str, entries: list[UndoEntry]) -> _Undon
             check_parses(new_text, relpath)
             pieces = (new_text,)
 
-        def write() -> None:
-            with atomic_open(path, mode=doc.mode) as fh:
-                write_text(fh, pieces, doc.encoding, doc.gzip_level)
+        def write() -> str | None:
+            try:
+                with atomic_open(path, mode=doc.mode) as fh:  # the pieces are made as they are written
+                    write_text(fh, pieces, doc.encoding, doc.gzip_level)
+            except (DocumentError, SpliceError, FileNotFoundError) as exc:  # this document only; it is as it was
+                return _failure_reason(root, relpath, exc)
+            return None
 
-    return _Undone(relpath, done, restored, present, failed, write)
+    return _Undone(relpath, entries, doc.size, done, restored, present, failed, write)
 
 
 def _with_inserts(text: str, span: ListSpan, inserts: Mapping[int, list[str]]) -> Iterator[tuple[str, str | None]]:
