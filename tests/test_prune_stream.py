@@ -402,6 +402,19 @@ def test_a_large_document_is_written_before_the_next_one_is_asked_for(tmp_path: 
     assert undone.documents == order and files(root) == before
 
 
+def test_a_gzip_document_is_large_by_its_text_not_its_size_on_disk(tmp_path: Path) -> None:
+    """What memory holds of a document is its text: the large-document wait measures that, a gzip file included."""
+    import aml.prune.undo as undo_module
+
+    root = extract_loom("loom-gzip-v1.0", tmp_path / "s")
+    plan = build_plan(root, PruneConfig(now=NOW), RULES)
+    entries = entries_of(apply_plan(plan, run_id="r", archive_root=tmp_path / "archives").applied)
+    relpath = next(e.document for e in entries if (root / e.document).read_bytes()[:2] == b"\x1f\x8b")
+    undone = undo_module._undo_document(root, relpath, [e for e in entries if e.document == relpath])
+    text = rewrite.read_text(root / relpath).text
+    assert undone.size == len(text) > (root / relpath).stat().st_size
+
+
 def test_without_a_thread_undo_writes_in_the_task_thread(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                                          caplog: pytest.LogCaptureFixture) -> None:
     import concurrent.futures

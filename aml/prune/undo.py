@@ -196,9 +196,9 @@ def undo_documents(root: Path, documents: Iterable[tuple[str, Sequence[UndoEntry
                    archive_root: Path | None = None) -> UndoResult:
     """:func:`undo_entries` fed one document at a time, so that at most two documents' rows, texts and spans are in
     memory at once: the one being written (in a thread: :mod:`aml.prune.writebehind`) and the next one, worked out
-    meanwhile (a caller reading the rows from the catalog can fetch them per document); a document larger than
-    :data:`~aml.store.filestore.PARALLEL_DOCUMENT_BYTES` is written before the next one is asked for, so that
-    memory never holds one beside another.
+    meanwhile (a caller reading the rows from the catalog can fetch them per document); a document whose text is
+    longer than :data:`~aml.store.filestore.PARALLEL_DOCUMENT_BYTES` characters (a small gzip file may hold one) is
+    written before the next one is asked for, so that memory never holds one beside another.
 
     Each document's lists are found here (:func:`aml.prune.locate.locate`: a Loom collection's by msgspec), not by
     worker processes as prune's apply does: with nothing planned to decode, finding them costs less than a worker's
@@ -281,7 +281,8 @@ def _failure_reason(root: Path, relpath: str, exc: Exception) -> str:
 
 @dataclass(slots=True)
 class _Undone:
-    """One document's undo, worked out: all its ``entries``, its size on disk when read (bytes), those restored or
+    """One document's undo, worked out: all its ``entries``, the length of its text (characters: what memory holds,
+    whatever the file's size on disk, gzip included), those restored or
     already present (``done``, in the order met; their action ids in ``restored`` and ``present``), those that cannot
     be (``failed``: no record text), and the write that puts the restored ones back (``None`` when there is nothing
     to write), which returns ``None``, or why the document could not be written (it is then as it was: a splice
@@ -468,7 +469,7 @@ def _undo_document(root: Path, relpath: str, entries: list[UndoEntry]) -> _Undon
                 return _failure_reason(root, relpath, exc)
             return None
 
-    return _Undone(relpath, entries, doc.size, done, restored, present, failed, write)
+    return _Undone(relpath, entries, len(text), done, restored, present, failed, write)
 
 
 def _with_inserts(text: str, span: ListSpan, inserts: Mapping[int, list[str]]) -> Iterator[tuple[str, str | None]]:
