@@ -110,6 +110,18 @@ def test_timestamps_aml_cannot_read_are_not_clean(stamp: str | None) -> None:
     assert not acc.types_clean(json.dumps([{"id": "a", "timestamp": stamp}]).encode(), "patterns")
 
 
+def test_edge_days_are_looked_for_in_the_typed_fields_only() -> None:
+    """The edge days make a document unsure only where a typed field holds them (read after unescaping): the same
+    text in a field no accessor reads, or as a plain day, costs no per-item check; in an id (a typed string) it
+    does, to no harm."""
+    assert acc.types_clean(json.dumps([{"id": "a", "note": "0001-01-01T00:00:00+01:00",
+                                        "timestamp": "9999-12-30T23:59:59-01:00"}]).encode(), "patterns")
+    assert acc.types_clean(b'[{"id": "a", "note": "\\u0030001-01-01"}]', "patterns")
+    assert not acc.types_clean(b'[{"reviewedAt": "\\u0030001-01-01T00:00:00+01:00"}]', "decisions")
+    assert not acc.types_clean(json.dumps([{"id": "9999-12-31"}]).encode(), "solutions")
+    assert acc.types_clean(json.dumps([{"id": "9999-12-30"}]).encode(), "solutions")
+
+
 @pytest.mark.parametrize("item", [{"id": 5}, {"agent": None}, {"active": "true"}, {"verifiedCount": "3"},
                                   {"metrics": {"successRate": "0.9"}}, {"evolution": {"confidenceScore": True}},
                                   {"outcome": {"wouldRepeat": 1}}, {"metrics": {"executionCount": 10**400}}])

@@ -717,11 +717,12 @@ rounds to the largest double itself (``DOUBLE_MAX`` then only costs the per-item
 _C_TYPES: Final[dict[str, Any]] = {"timestamp": datetime, "number": _WHOLE_DOUBLE, "string": str, "boolean": bool}
 """What msgspec accepts for each expected kind: an RFC 3339 date-time, a JSON number strictly within a double's
 range (an integer too; ``true`` is not one), a string, ``true``/``false``. ``null`` is none of them."""
-_UNSURE: Final = (b"0001-01-01", b"9999-12-31", b"\\u002", b"\\u003")
-"""Bytes that send a document to the per-item check: the edge days of years 1 and 9999 (an offset can take such an
-instant outside ``datetime``, which msgspec does not check), and escapes of ``-``, ``:`` and digits, which could
-spell those days in a way no search of the bytes sees (msgspec reads the date after unescaping). Writers
-never escape these characters."""
+_EDGE_DAYS: Final = (b"0001-01-01", b"9999-12-31")
+"""The first and last days ``datetime`` holds: an offset can take an instant on them outside ``datetime``
+(``0001-01-01T00:00:00+01:00``), which msgspec does not check and :func:`parse_iso_timestamp` refuses. They are
+looked for in the typed fields as msgspec writes them back (:data:`_CANONICAL`), not in the document's bytes: there
+each date-time is unescaped and in one form, and the fields are a fraction of the document."""
+_CANONICAL: Final = msgspec.json.Encoder()
 
 
 def _clean_decoder(collection: str) -> msgspec.json.Decoder[Any]:
@@ -739,7 +740,7 @@ def _clean_decoder(collection: str) -> msgspec.json.Decoder[Any]:
         return msgspec.defstruct(name, [
             (f"f{i}", struct(sub, f"{name}_{i}") if isinstance(sub, dict) else _C_TYPES[sub],
              msgspec.field(name=key, default=None))
-            for i, (key, sub) in enumerate(sorted(node.items()))])
+            for i, (key, sub) in enumerate(sorted(node.items()))], omit_defaults=True)  # written back: fields present
 
     items = GenericAlias(list, (struct(tree, f"Typed_{collection}"),))  # list[<the struct>]
     return msgspec.json.Decoder(items)
@@ -761,10 +762,12 @@ def types_clean(body: bytes | memoryview, collection: str) -> bool:
     (numbers, numeric strings, surrounding blanks, impossible dates). It also fails, to no harm, on
     what :func:`wrong_types` accepts (a parent that is not an object, an ISO 8601 form outside RFC 3339, a
     non-object item). The one form msgspec reads and :func:`parse_iso_timestamp` does not is ruled out
-    before: the first and last days of years 1 and 9999, where an offset takes the instant outside
-    ``datetime`` (``0001-01-01T00:00:00+01:00``), by a search of the bytes that also refuses escaped digits,
-    ``-`` and ``:`` (:data:`_UNSURE`; about 1.5 ms per MB). A hypothesis test checks the implication on
-    timestamp-like strings around every edge, written with and without escapes (tests/test_store_types_clean.py).
+    after: the first and last days of years 1 and 9999, where an offset takes the instant outside
+    ``datetime`` (``0001-01-01T00:00:00+01:00``), looked for in the decoded fields as msgspec writes them back
+    (:data:`_EDGE_DAYS`), where escapes are resolved and every date-time has one form: a search of the
+    document's own bytes would have to refuse every escaped digit, ``-`` and ``:`` too, and cost four passes
+    over the whole document. A hypothesis test checks the implication on timestamp-like strings around every
+    edge, written with and without escapes (tests/test_store_types_clean.py).
 
     Args:
         body: a JSON document (UTF-8 bytes, no BOM) that should be a list of items.
@@ -775,14 +778,16 @@ def types_clean(body: bytes | memoryview, collection: str) -> bool:
     """
     if collection not in _TYPED_FIELDS:
         return False
-    data = bytes(body) if isinstance(body, memoryview) else body
-    if any(needle in data for needle in _UNSURE):
-        return False
     try:
-        _CLEAN_DECODERS[collection].decode(data)
+        typed = _CLEAN_DECODERS[collection].decode(body)
     except (msgspec.DecodeError, RecursionError):  # ValidationError is a DecodeError
         return False
-    return True
+    try:
+        canonical = _CANONICAL.encode(typed)
+    except (msgspec.EncodeError, OverflowError, TypeError, ValueError):  # not expected of decoded fields: unsure
+        return False
+    del typed
+    return not any(day in canonical for day in _EDGE_DAYS)
 
 
 # --------------------------------------------------------------------------- Loom: store files
