@@ -25,9 +25,17 @@ service_app.command("trace")(trace_rdb_command)
 
 
 def _catalog_url() -> str:
+    """The configured catalog URL; exits 2 with the reason when it names no lasting catalog."""
+    from workers import catalog
     from workers.app import get_settings
 
-    return get_settings().catalog_url
+    url = get_settings().catalog_url
+    try:
+        catalog.check_catalog_url(url)
+    except catalog.CatalogError as exc:
+        err_console.print(f"[red]error[/]: {exc}")
+        raise typer.Exit(2) from None
+    return url
 
 
 def _require_current_catalog() -> None:

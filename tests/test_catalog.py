@@ -817,3 +817,48 @@ def test_a_current_catalog_is_used_without_importing_alembic(tmp_path: Path) -> 
     catalog.downgrade(url, "0004")
     behind = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True)
     assert behind.stdout.strip() == "True" and catalog.current_revision(url) == catalog.head_revision()
+
+
+@pytest.mark.parametrize("url", ["sqlite://", "sqlite:///:memory:", "sqlite:///file::memory:?uri=true",
+                                 "sqlite:///file:shared?mode=memory&cache=shared&uri=true",
+                                 "sqlite:///ignored.db?mode=memory&uri=true"])
+def test_an_in_memory_catalog_is_refused(url: str) -> None:
+    """A catalog gone when the process ends would lose what prune undo puts back (and SQLAlchemy gives each thread
+    its own in-memory database): refused with the setting to change, before any engine is made."""
+    with pytest.raises(catalog.CatalogError, match=r"in-memory SQLite database.*AML_CATALOG_URL"):
+        catalog.get_engine(url)
+    with pytest.raises(catalog.CatalogError, match="in-memory"), catalog.session_scope(url):
+        pass
+
+
+@pytest.mark.parametrize("name", ["catalog.db", "file:catalog.db?uri=true", "memory.db"])
+def test_catalog_files_are_accepted(name: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)  # a relative URI filename lands here
+    url = f"sqlite:///{name}" if name.startswith("file:") else f"sqlite:///{tmp_path / name}"
+    assert catalog.check_catalog_url(url).get_backend_name() == "sqlite"
+    try:
+        with catalog.session_scope(url) as session:
+            assert session.execute(sa.text("SELECT count(*) FROM task_runs")).scalar() == 0
+    finally:
+        catalog.dispose_engines()
+    assert list(tmp_path.glob("catalog.db")) or name == "memory.db"
+
+
+def test_the_cli_names_an_in_memory_catalog_and_changes_nothing(tmp_path: Path) -> None:
+    store = tmp_path / "memory"
+    (store / "coder").mkdir(parents=True)
+    patterns = store / "coder" / "patterns.json"
+    patterns.write_text(json.dumps([{"id": "p1", "type": "x", "timestamp": "2020-01-01T00:00:00Z",
+                                     "metrics": {"successRate": 0.1}}], indent=2))
+    before = patterns.read_bytes()
+    env = dict(os.environ, AML_CATALOG_URL="sqlite://", AML_HOME=str(tmp_path / "home"), AML_LOCK_URL="none",
+               AML_BROKER_URL="redis://127.0.0.1:1/0", AML_REMEDIATE="off")
+    for argv in (["db", "upgrade"], [str(store), "prune", "--json"]):
+        proc = subprocess.run([sys.executable, "-m", "cli.main", *argv], cwd=REPO, env=env, capture_output=True,
+                              text=True, timeout=120)
+        assert proc.returncode == 2, (argv, proc.stdout, proc.stderr)
+        said = " ".join((proc.stdout + proc.stderr).split())
+        assert "in-memory SQLite database" in said and "AML_CATALOG_URL" in said, said
+        assert "Traceback" not in said
+    assert patterns.read_bytes() == before
+    assert not (tmp_path / "home" / "catalog.db").exists()

@@ -16,13 +16,13 @@ from __future__ import annotations
 import functools
 import os
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Engine, text
-from sqlalchemy.engine import make_url
+from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -37,6 +37,7 @@ __all__ = [
     "CatalogError",
     "alembic_config",
     "alembic_dir",
+    "check_catalog_url",
     "current_revision",
     "default_catalog_url",
     "dispose_engines",
@@ -50,7 +51,8 @@ __all__ = [
 
 
 class CatalogError(RuntimeError):
-    """The catalog cannot be used: its migrations are missing, or its schema is unknown to this aml."""
+    """The catalog cannot be used: its migrations are missing, its schema is unknown to this aml, or its URL names an
+    in-memory database."""
 
 
 class CatalogBehindError(CatalogError):
@@ -99,6 +101,19 @@ def _is_sqlite_file(backend: str, database: str | None) -> bool:
     return database != ":memory:" and not database.startswith("file:")
 
 
+def _is_sqlite_memory(backend: str, database: str | None, query: Mapping[str, Any]) -> bool:
+    """Whether a SQLite URL names an in-memory database: no file (``sqlite://``), ``:memory:``, or a URI filename
+    (``file:...``) or query with ``mode=memory`` (https://www.sqlite.org/inmemorydb.html)."""
+    if backend != "sqlite":
+        return False
+    if not database or database == ":memory:" or query.get("mode") == "memory":
+        return True
+    if database.startswith("file:"):
+        name, _, params = database[5:].partition("?")
+        return name in ("", ":memory:") or "mode=memory" in params.split("&")
+    return False
+
+
 def alembic_dir() -> Path:
     """The Alembic script directory (``env.py``, ``versions/``): ``models/migrations`` inside the
     installed package, so ``aml db upgrade`` works from any directory and from a wheel.
@@ -140,17 +155,36 @@ def head_revision() -> str:
     return head
 
 
+def check_catalog_url(url: str) -> URL:
+    """``url`` parsed, once it is known to name a catalog that outlives the process.
+
+    Raises:
+        CatalogError: ``url`` names an in-memory SQLite database (``sqlite://``, ``:memory:``, ``mode=memory``).
+        sqlalchemy.exc.ArgumentError: ``url`` is not a database URL.
+    """
+    parsed = make_url(url)
+    if _is_sqlite_memory(parsed.get_backend_name(), parsed.database, parsed.query):
+        raise CatalogError(
+            f"the catalog {url} is an in-memory SQLite database, gone when the process ends: task runs, alerts and "
+            "the records prune undo puts back must outlive the command; set AML_CATALOG_URL to a file "
+            "(sqlite:////path/to/catalog.db) or a PostgreSQL URL")
+    return parsed
+
+
 def get_engine(url: str | None = None) -> Engine:
     """The process-wide engine for ``url`` (default :func:`default_catalog_url`), created on first use.
 
     For a SQLite file, its parent directory is created. No schema check: see :func:`ensure_catalog`.
+
+    Raises:
+        CatalogError: ``url`` names an in-memory SQLite database (nothing would outlive the process).
     """
     url = url or default_catalog_url()
     key = _key(url)
     with _LOCK:
         engine = _ENGINES.get(key)
         if engine is None:
-            parsed = make_url(url)
+            parsed = check_catalog_url(url)
             if _is_sqlite_file(parsed.get_backend_name(), parsed.database):
                 Path(str(parsed.database)).expanduser().parent.mkdir(parents=True, exist_ok=True)
             engine = make_engine(parsed)
