@@ -381,6 +381,36 @@ def test_a_splice_found_impossible_while_writing_fails_that_document_only(tmp_pa
     assert not [p for p in root.rglob("*") if p.name.startswith(TMP_PREFIX)], "no temporary file left"
 
 
+def test_failures_are_listed_in_document_order_when_a_write_is_in_flight(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A document whose write fails in the writing thread (no separator known) is listed before the next document,
+    which is missing, though that one's failure is known while the write is still in flight."""
+    import aml.prune.undo as undo_module
+
+    root = tmp_path / "s"
+    (root / "a").mkdir(parents=True)
+    alone = root / "a" / "decisions.json"
+    alone.write_text('[\n  {"id": "b"}\n]\n')
+    real = undo_module.write_text
+
+    def slow_write(*args: Any) -> int:
+        time.sleep(0.3)
+        return real(*args)
+
+    def entry(n: int, relpath: str) -> UndoEntry:
+        return UndoEntry(n, relpath, "", {
+            "v": 2, "item": {"id": "a"}, "text": '{"id": "a"}', "list": "", "index": 0, "prev": None, "next": None,
+            "layout": {"lead": "\n  ", "sep": None, "trail": "\n"}, "archive": None})
+
+    monkeypatch.setattr(undo_module, "write_text", slow_write)
+    undone = undo_documents(root, iter([("a/decisions.json", [entry(1, "a/decisions.json")]),
+                                        ("a/patterns.json", [entry(2, "a/patterns.json")])]))
+    assert [(f["action_id"], f["document"]) for f in undone.failed] == [(1, "a/decisions.json"),
+                                                                         (2, "a/patterns.json")]
+    assert "separator" in undone.failed[0]["reason"] and undone.failed[1]["reason"] == "document is missing"
+    assert alone.read_text() == '[\n  {"id": "b"}\n]\n'
+
+
 def test_a_large_document_is_written_before_the_next_one_is_asked_for(tmp_path: Path,
                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
     """Memory never holds a large document's text beside the next document's: its write is waited for."""

@@ -225,8 +225,13 @@ def undo_documents(root: Path, documents: Iterable[tuple[str, Sequence[UndoEntry
     # fsync for 24 documents overlaps the next document's catalog read, text read and splice
     with WriteBehind[_Undone, str | None]("aml-undo-write", done) as writes:
         for relpath, doc_entries in documents:
-            undone = _undo_one(root, relpath, doc_entries, result)
+            undone = _undo_one(root, relpath, doc_entries)
             if undone is None:
+                continue
+            if isinstance(undone, str):  # reported after the document before it, whose write may be in flight
+                writes.wait()
+                result.failed.extend({"action_id": e.action_id, "document": relpath, "reason": undone}
+                                     for e in doc_entries)
                 continue
             if undone.write is None:  # nothing to write: recorded in document order all the same
                 writes.wait()
@@ -255,19 +260,17 @@ class _Restored:
     items: list[Any] = field(default_factory=list)
 
 
-def _undo_one(root: Path, relpath: str, doc_entries: Sequence[UndoEntry], result: UndoResult) -> _Undone | None:
-    """Work out the undo of one document's entries (nothing written yet); ``None`` when there is nothing to publish.
-    A document that is missing or cannot be read or spliced is reported in ``result``; one with no entries (its
-    rows' payloads could not be read: the caller reports them) is not read."""
+def _undo_one(root: Path, relpath: str, doc_entries: Sequence[UndoEntry]) -> _Undone | str | None:
+    """Work out the undo of one document's entries (nothing written yet); ``None`` when there is nothing to publish
+    (no entries: their rows' payloads could not be read, the caller reports them; the document is not read); why
+    every entry failed when the document is missing or cannot be read or spliced."""
     if not doc_entries:
         return None
     try:
         with gc_paused():
             return _undo_document(root, relpath, list(doc_entries))
     except (DocumentError, SpliceError, FileNotFoundError) as exc:
-        reason = _failure_reason(root, relpath, exc)
-        result.failed.extend({"action_id": e.action_id, "document": relpath, "reason": reason} for e in doc_entries)
-        return None
+        return _failure_reason(root, relpath, exc)
 
 
 def _failure_reason(root: Path, relpath: str, exc: Exception) -> str:
