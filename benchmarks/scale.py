@@ -32,6 +32,7 @@ Usage::
     .venv/bin/python -m benchmarks.scale                  # 75,000 records
     .venv/bin/python -m benchmarks.scale --agents 2       # a smoke run
     .venv/bin/python -m benchmarks.scale --big-document-mb 200   # and the one-large-document case
+    .venv/bin/python -m benchmarks.scale --big-document-mb 20 60 200   # mid-size documents too
     .venv/bin/python -m benchmarks.scale --big-gzip-document-mb 300   # one large gzip document (300 MB decoded)
 """
 
@@ -168,7 +169,7 @@ def big_document(work: Path, mb: float, aml: list[str], env: dict[str, str], con
     Returns:
         The names of the commands over the bound.
     """
-    store = work / ("big-gzip" if gzipped else "big") / ".loom" / "memory"
+    store = work / f"{'big-gzip' if gzipped else 'big'}-{mb:g}" / ".loom" / "memory"
     generate_loom_store(store, SampleSpec(agents=1, patterns=int(mb * PATTERNS_PER_MB), solutions=0, decisions=0,
                                           gzip_every=1 if gzipped else 0, days=365))
     path = max(store.rglob("patterns.json"), key=lambda p: p.stat().st_size)
@@ -259,11 +260,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--decisions", type=int, default=1875)
     ap.add_argument("--repeat", type=int, default=1)
     ap.add_argument("--workdir", type=Path, default=None)
-    ap.add_argument("--big-document-mb", type=float, default=0.0,
+    ap.add_argument("--big-document-mb", type=float, nargs="+", default=[], metavar="N",
                     help="also run health, prune (dry run, real, undo), optimize index and migrate (dry run, real) "
-                         "on a store of one ~N MB patterns.json (issue 12: 200) and check peak RSS against 3x the "
-                         "document plus the small-store constant")
-    ap.add_argument("--big-gzip-document-mb", type=float, default=0.0,
+                         "on a store of one ~N MB patterns.json, for each N given (issue 12: 200; 20 and 60 read a "
+                         "mid-size document item by item), and check peak RSS against 3x the document plus the "
+                         "small-store constant")
+    ap.add_argument("--big-gzip-document-mb", type=float, nargs="+", default=[], metavar="N",
                     help="the same on one gzip patterns.json of ~N MB decoded (issue 12: 300)")
     ap.add_argument("--check", action="store_true", help="exit 1 when a ratio misses its target")
     args = ap.parse_args(argv)
@@ -334,12 +336,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"\nindexed lookups: mean {perf['avg_query_time_ms']:.2f} ms, p95 {perf['p95_query_time_ms']:.2f} ms "
               f"(target p95 <= 5 ms); aml --help target <= 0.3 s; small-store health target <= 0.8 s")
         floor_table(work, store, aml, env, args.repeat, rows, parse_argv)
-        if args.big_document_mb > 0:
-            constant = next(r for r in rows if r.name == "monitor health (small store)").rss
-            missed += big_document(work, args.big_document_mb, aml, env, constant)
-        if args.big_gzip_document_mb > 0:
-            constant = next(r for r in rows if r.name == "monitor health (small store)").rss
-            missed += big_document(work, args.big_gzip_document_mb, aml, env, constant, gzipped=True)
+        constant = next(r for r in rows if r.name == "monitor health (small store)").rss
+        for mb in args.big_document_mb:
+            missed += big_document(work, mb, aml, env, constant)
+        for mb in args.big_gzip_document_mb:
+            missed += big_document(work, mb, aml, env, constant, gzipped=True)
         return 1 if args.check and missed else 0
     finally:
         if args.workdir is None:

@@ -407,7 +407,7 @@ def apply_gc(root: str | os.PathLike[str], plan: GcPlan, *, fsync: bool = True) 
     formats, indentation), so gc and prune removing the same records write the same bytes; the
     encoding is kept (gzip stays gzip, readable by Loom's runtime). The new text is read back before it
     is written: its list must hold exactly the other elements, each with its exact text, in order
-    (``RuntimeError`` otherwise). A document over ``LAZY_ITEMS_BYTES`` (64 MiB) whose list is the whole
+    (``RuntimeError`` otherwise). A document over ``LAZY_ITEMS_BYTES`` (16 MiB) whose list is the whole
     document is not read back but streamed to its temporary file, as prune writes it (it parses by
     construction, :func:`aml.store.rewrite.rebuilt_parses`): memory holds its text once. Applying the
     same plan twice removes nothing the second time.
