@@ -25,6 +25,7 @@ from sqlalchemy import Engine, text
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.util import asbool
 
 from models.base import SCHEMA_REVISION
 from models.engine import SQLITE_BEGIN_OPTION, make_engine, session_factory
@@ -102,16 +103,19 @@ def _is_sqlite_file(backend: str, database: str | None) -> bool:
 
 
 def _is_sqlite_memory(backend: str, database: str | None, query: Mapping[str, Any]) -> bool:
-    """Whether a SQLite URL names an in-memory database: no file (``sqlite://``), ``:memory:``, or a URI filename
-    (``file:...``) or query with ``mode=memory`` (https://www.sqlite.org/inmemorydb.html)."""
+    """Whether a SQLite URL names an in-memory database (https://www.sqlite.org/inmemorydb.html): no file
+    (``sqlite://``) or ``:memory:``; with ``uri=true``, a URI filename ``file::memory:``, or ``mode=memory`` or
+    ``vfs=memdb`` among its parameters (SQLAlchemy's pysqlite dialect passes them on only with ``uri=true``; without
+    it, it opens the name as a file and ignores them)."""
     if backend != "sqlite":
         return False
-    if not database or database == ":memory:" or query.get("mode") == "memory":
+    if not database or database == ":memory:":
         return True
-    if database.startswith("file:"):
-        name, _, params = database[5:].partition("?")
-        return name in ("", ":memory:") or "mode=memory" in params.split("&")
-    return False
+    uri = query.get("uri")
+    if not (isinstance(uri, str) and asbool(uri)):
+        return False
+    name = database[5:] if database.startswith("file:") else None
+    return name in ("", ":memory:") or query.get("mode") == "memory" or query.get("vfs") == "memdb"
 
 
 def alembic_dir() -> Path:

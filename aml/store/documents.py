@@ -591,10 +591,12 @@ read item by item by read-only scans that ask for it (:func:`read_document` ``la
 undecoded bytes until each is used, so memory holds the document's bytes and one item at a time, not every
 item's Python objects (5 to 7 times the document; issue 12, part 2: at most about 3 times the largest document).
 
-The same 16 MiB as :data:`aml.store.filestore.PARALLEL_DOCUMENT_BYTES`: a document worker processes read is read
-whole, a larger one item by item. At 64 MiB, a 60 MB document took ``monitor health`` to 398 MB, ``prune
---dry-run`` and ``optimize index`` to 386 MB (bound: 3 x 60 + 72 MB = 252 MB); read item by item they peak at 202,
-198 and 230 MB, 2-13 % slower (``benchmarks/scale.py`` ``--big-document-mb 60``)."""
+The same 16 MiB as :data:`aml.store.filestore.PARALLEL_DOCUMENT_BYTES`, which measures the size on disk (a small
+gzip file that decodes to more is read item by item, in a worker). At 64 MiB, a 60 MB document took ``monitor
+health`` to 398 MB, ``prune --dry-run`` and ``optimize index`` to 386 MB (bound: 3 x 60 + 72 MB = 252 MB); read item
+by item they peak at 202, 198 and 230 MB, 2-13 % slower (``benchmarks/scale.py`` ``--big-document-mb 60``). Without
+a record index, health times no lookup in such a document (it would time decoding): it says so, and that the index
+times them."""
 
 _split_items: Final = msgspec.json.Decoder(list[msgspec.Raw]).decode
 
