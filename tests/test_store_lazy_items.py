@@ -10,6 +10,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -232,3 +233,29 @@ def test_query_fetches_records_from_a_large_document_item_by_item(tmp_path: Path
             assert hit is not None and engine.item(hit) == item
     finally:
         engine.close()
+
+
+
+_ids = st.sampled_from(["a", "b", "\u00e9", "x\\y", "", "\ud800"]) | st.integers(0, 3) | st.none()
+_values = _ids | st.floats(allow_nan=False) | st.integers(2**70, 2**71) | st.lists(_ids, max_size=2)
+_objects = st.fixed_dictionaries({}, optional={"id": _ids, "n": _values, "tags": st.lists(_ids, max_size=2)})
+
+
+@settings(max_examples=150, deadline=None)
+@given(items=st.lists(_objects, max_size=8), wanted=st.sampled_from(["a", "b", "\u00e9", "x\\y", "", "\ud800"]),
+       duplicate=st.booleans())
+def test_find_id_is_the_first_object_a_scan_finds(items: list[Any], wanted: str, duplicate: bool) -> None:
+    """``LazyItems.find_id`` finds what a scan of the parsed list finds: the first object whose ``id`` equals, past
+    non-string ids, numbers beyond a double and a repeated ``id`` key (the last one counts, as for ``json.loads``)."""
+    items = [{**item, "at": i} for i, item in enumerate(items)]  # equal ids, told apart
+    body = json.dumps(items)  # infinities written as Infinity: the whole list is then not split, as read_document
+    if duplicate:  # an object with its "id" given twice
+        body = body[:-1] + (", " if items else "") + '{"id": "z", "id": "a"}]'
+    try:
+        raws = msgspec.json.decode(body.encode(), type=list[msgspec.Raw])
+    except msgspec.DecodeError:  # read_document reads such a document whole
+        return
+    lazy, parsed = LazyItems(raws), json.loads(body)
+    scan = next((x for x in parsed if isinstance(x, dict) and x.get("id") == wanted), None)
+    assert _same(lazy.find_id(wanted), scan)
+    assert _same(lazy.find_id(wanted), scan)  # from the positions kept

@@ -458,8 +458,11 @@ class QueryEngine:
             item = None
         if not _positional(hit) and not (isinstance(item, dict) and item.get("id") == hit.id):
             # the document changed since the index was built: find the record by its id instead
-            items = data if isinstance(data, list | LazyItems) else []
-            item = next((x for x in items if isinstance(x, dict) and x.get("id") == hit.id), None)
+            if isinstance(data, LazyItems):  # its ids read once, then one item decoded per lookup
+                item = data.find_id(hit.id)
+            else:
+                items = data if isinstance(data, list) else []
+                item = next((x for x in items if isinstance(x, dict) and x.get("id") == hit.id), None)
         return item
 
     # ------------------------------------------------------------------ measurement

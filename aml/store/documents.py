@@ -618,10 +618,11 @@ class LazyItems(Sequence[Any]):
     changes nothing here. ``len``, indexing, slicing and iteration work as on the list ``load_json`` returns.
     """
 
-    __slots__ = ("_raws",)
+    __slots__ = ("_first_of_id", "_raws")
 
     def __init__(self, raws: list[msgspec.Raw]) -> None:
         self._raws = raws
+        self._first_of_id: dict[str, int] | None = None
 
     def __len__(self) -> int:
         return len(self._raws)
@@ -640,6 +641,34 @@ class LazyItems(Sequence[Any]):
     def __iter__(self) -> Iterator[Any]:
         for raw in self._raws:
             yield _decode_item(raw)
+
+    def find_id(self, record_id: str) -> Any:
+        """The first item that is an object whose ``id`` is ``record_id`` (decoded), or ``None``: what a scan of the
+        list ``load_json`` returns finds, without decoding every item on every call. The first call reads each
+        item's ``id`` alone (msgspec skips the rest) and keeps the first position of each; a call decodes the one
+        item then."""
+        first = self._first_of_id
+        if first is None:
+            first = self._first_of_id = {}
+            for index, raw in enumerate(self._raws):
+                try:
+                    found = _decode_id(raw).id
+                except (msgspec.DecodeError, RecursionError):  # not expected (the split read it): as an item reads
+                    item = _decode_item(raw)
+                    found = item.get("id") if isinstance(item, dict) else None
+                if type(found) is str and found not in first:
+                    first[found] = index
+        position = first.get(record_id)
+        return None if position is None else _decode_item(self._raws[position])
+
+
+class _IdOnly(msgspec.Struct):
+    """An item's ``id`` alone (any JSON value; its other members skipped)."""
+
+    id: Any = None
+
+
+_decode_id: Final = msgspec.json.Decoder(_IdOnly).decode
 
 
 _UTF8_CHUNK: Final = 16 * 1024 * 1024
