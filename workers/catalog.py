@@ -163,7 +163,8 @@ def check_catalog_url(url: str) -> URL:
     """``url`` parsed, once it is known to name a catalog that outlives the process.
 
     Raises:
-        CatalogError: ``url`` names an in-memory SQLite database (``sqlite://``, ``:memory:``, ``mode=memory``).
+        CatalogError: ``url`` names an in-memory SQLite database (``sqlite://``, ``:memory:``; with ``uri=true``,
+            ``file::memory:``, ``mode=memory`` or ``vfs=memdb``).
         sqlalchemy.exc.ArgumentError: ``url`` is not a database URL.
     """
     parsed = make_url(url)
