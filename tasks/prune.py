@@ -41,6 +41,7 @@ from aml.prune import (
     undo_documents,
 )
 from aml.prune.sessions import parse_limits
+from aml.store.atomic import remove_stale_temp
 from aml.store.names import resolve_text_path, text_name
 from models import queries
 from models.undolog import UndoLogError
@@ -162,6 +163,7 @@ def run_body(store_id: str, run_id: str, *, strategies: Sequence[str] | None, ag
 
         snapshot = safety_snapshot(catalog, store_id, root, settings, reason="pre-prune", tags=[f"prune:{run_id}"])
         result["backup_id"] = snapshot.backup_id
+        _sweep_temp(root, {a.document for a in plan.actions}, result)
         archive_root = archive_root_of(root, settings)
         with catalog(write=False) as session:
             task_run = queries.get_task_run(session, run_id)
@@ -275,6 +277,17 @@ def run(
                                        dry_run=dry_run, use_index=use_index))
 
 
+def _sweep_temp(root: Path, documents: Collection[str], result: dict[str, Any]) -> None:
+    """Remove the temporary files a killed prune or undo left beside ``documents`` (store-relative paths), once
+    unchanged for :data:`aml.store.atomic.STALE_TEMP_S`; list them in ``result["temp_files_removed"]``
+    (store-relative paths) when there are any."""
+    removed = remove_stale_temp({(root / document).parent for document in documents})
+    if removed:
+        result["temp_files_removed"] = sorted(text_name(p.relative_to(root).as_posix()) for p in removed)
+        log.warning("removed %d temporary file(s) a killed run left: %s", len(removed),
+                    ", ".join(result["temp_files_removed"]))
+
+
 def _pre_prune_snapshot(catalog: Catalog, store_id: str, run_id: str) -> str | None:
     """The id of run ``run_id``'s pre-prune snapshot (tagged ``prune:<run_id>``), if the catalog has it."""
     with catalog(write=False) as session:
@@ -376,6 +389,7 @@ def undo_body(store_id: str, run_id: str) -> Any:
         from tasks.snapshots import safety_snapshot
 
         snapshot = safety_snapshot(catalog, store_id, root, settings, reason="pre-undo", tags=[f"undo:{run_id}"])
+        _sweep_temp(root, pending, result)
         unreadable: list[dict[str, Any]] = []
         undone = undo_documents(root, _undo_documents(catalog, pending, unreadable),
                                 archive_root=archive_root_of(root, settings))

@@ -915,3 +915,30 @@ def test_a_resumed_run_keeps_the_rows_of_a_damaged_undo_log(tmp_path: Path, aml_
     assert kept == {"kept": total, "dropped": 0}
     with session_scope(aml_settings.catalog_url, write=False) as session:
         assert len(queries.prune_actions_for_run(session, run_id)) == total
+
+
+def test_prune_and_undo_remove_the_temporary_files_a_killed_run_left(tmp_path: Path, aml_settings: Any,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """A ``kill -9`` during a write leaves its temporary file beside the document (the document itself whole): the
+    next prune, and the next undo, remove those beside the documents they change, once stale, and say so; one
+    elsewhere is left."""
+    import aml.store.atomic as atomic_mod
+    from tasks import prune
+
+    store = extract_loom("loom-plain-v1.0", tmp_path)
+    before = files(store)
+    monkeypatch.setattr(atomic_mod, "STALE_TEMP_S", 0.0)  # as if left long enough ago
+    kwargs = {"store": str(store), "strategies": RULES, "now": "2026-11-23T00:00:00Z"}
+    plan = prune.run.apply(kwargs={**kwargs, "dry_run": True}, throw=True).get()
+    agent = plan["plan"]["actions"][0]["document"].split("/")[0]
+    (store / agent / f"{TMP_PREFIX}killed").write_bytes(b'[\n  {"id": "half')
+    elsewhere = store / "not-an-agent-dir"
+    elsewhere.mkdir()
+    (elsewhere / f"{TMP_PREFIX}other").write_bytes(b"x")
+    result = prune.run.apply(kwargs=kwargs, throw=True).get()
+    assert result["temp_files_removed"] == [f"{agent}/{TMP_PREFIX}killed"]
+    assert not (store / agent / f"{TMP_PREFIX}killed").exists() and (elsewhere / f"{TMP_PREFIX}other").exists()
+    (store / agent / f"{TMP_PREFIX}killed-undo").write_bytes(b"[")
+    undone = prune.undo.apply(kwargs={"store": str(store), "run_id": result["run_id"]}, throw=True).get()
+    assert undone["temp_files_removed"] == [f"{agent}/{TMP_PREFIX}killed-undo"]
+    assert files(store) == before | {f"not-an-agent-dir/{TMP_PREFIX}other": b"x"}

@@ -57,3 +57,27 @@ def test_missing_directory_raises_without_residue(tmp_path: Path) -> None:
     with pytest.raises(OSError):
         atomic_write(tmp_path / "nope" / "x.json", b"{}")
     assert _temps(tmp_path) == []
+
+
+def test_stale_temporary_files_are_removed_and_fresh_ones_kept(tmp_path: Path) -> None:
+    """A killed writer's temporary file goes once unchanged for STALE_TEMP_S; one being written (recent ctime), a
+    document, a symlink and a directory with the prefix, and a directory that cannot be listed are left alone."""
+    import time
+
+    from aml.store.atomic import STALE_TEMP_S, remove_stale_temp
+
+    left = tmp_path / f"{TMP_PREFIX}killed"
+    left.write_bytes(b'[{"id": "half')
+    document = tmp_path / "patterns.json"
+    document.write_text("[]")
+    link = tmp_path / f"{TMP_PREFIX}link"
+    link.symlink_to(document)
+    (tmp_path / f"{TMP_PREFIX}dir").mkdir()
+    assert remove_stale_temp([tmp_path]) == []  # just written: a live writer's, as far as anyone can tell
+    later = time.time() + STALE_TEMP_S + 1
+    assert remove_stale_temp([tmp_path, tmp_path / "missing"], now=later) == [left]
+    assert not left.exists() and document.read_text() == "[]" and link.is_symlink()
+    assert (tmp_path / f"{TMP_PREFIX}dir").is_dir()
+    fresh = tmp_path / f"{TMP_PREFIX}fresh"
+    fresh.write_bytes(b"x")
+    assert remove_stale_temp([tmp_path], older_than_s=0, now=time.time() + 1) == [fresh]

@@ -25,7 +25,7 @@ from aml.migrate.files import SCHEMA_FILE, schema_bytes, sha256
 from aml.migrate.journal import AML_DIR, ORIG_DIR, Journal, JournalError, tidy
 from aml.migrate.plan import LOSSY_LISTED, FilePlan, Plan, build_plan, plan_file, problem_of, schema_sha
 from aml.migrate.steps import StepContext
-from aml.store.atomic import TMP_PREFIX, atomic_open, atomic_write, fsync_dir
+from aml.store.atomic import atomic_open, atomic_write, fsync_dir, remove_stale_temp
 from aml.store.documents import DocumentError
 from aml.store.filestore import FileStore
 from aml.store.guard import check_write
@@ -416,15 +416,7 @@ def _remove_stale_temp(root: Path, journal: Journal) -> None:
 
     Only called when a journal shows that a migration was interrupted; the store lock (taken by the
     task) keeps other aml writers out meanwhile."""
-    directories = {(root / rel).parent for rel in journal.files} | {root / "config"}
-    for directory in directories:
-        try:
-            names = os.listdir(directory)
-        except OSError:
-            continue
-        for name in names:
-            if name.startswith(TMP_PREFIX):
-                (directory / name).unlink(missing_ok=True)
+    remove_stale_temp({(root / rel).parent for rel in journal.files} | {root / "config"}, older_than_s=0)
 
 
 def _sha_or_empty(path: Path) -> str:

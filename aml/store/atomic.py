@@ -9,15 +9,57 @@ from __future__ import annotations
 
 import contextlib
 import os
+import stat
 import tempfile
-from collections.abc import Iterator
+import time
+from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, Final
 
 from aml.store.guard import check_write
 
 TMP_PREFIX = ".aml-tmp-"
 """Prefix of aml's temporary files; readers skip them and cleanup removes stale ones."""
+
+STALE_TEMP_S: Final = 600.0
+"""Seconds a temporary file must have been left unchanged (its ctime: a write, ``chmod`` or ``utime`` of it moves
+it) before :func:`remove_stale_temp` takes it for a killed writer's: a live write touches its file far more often,
+including writers outside the store lock (an agent's session files)."""
+
+
+def remove_stale_temp(directories: Iterable[Path], *, older_than_s: float | None = None,
+                      now: float | None = None) -> list[Path]:
+    """Remove the temporary files (:data:`TMP_PREFIX`) a killed writer left in ``directories``: regular files whose
+    ctime is at least ``older_than_s`` seconds before ``now``. A killed process cannot remove its own temporary
+    file (``kill -9`` mid-write); the target itself is whole, old or new, whatever the moment of the kill.
+
+    Args:
+        directories: where to look (not recursively); one that cannot be listed is skipped.
+        older_than_s: seconds (default :data:`STALE_TEMP_S`; 0: every one, for a caller that knows the writer is
+            gone).
+        now: the reference instant, seconds since the epoch (default: the current time).
+
+    Returns:
+        The paths removed. Symbolic links, directories and files that vanish or cannot be removed are left.
+    """
+    cutoff = (time.time() if now is None else now) - (STALE_TEMP_S if older_than_s is None else older_than_s)
+    removed: list[Path] = []
+    for directory in sorted(set(directories)):
+        try:
+            entries = list(os.scandir(directory))
+        except OSError:
+            continue
+        for entry in entries:
+            if not entry.name.startswith(TMP_PREFIX):
+                continue
+            try:
+                st = entry.stat(follow_symlinks=False)
+                if stat.S_ISREG(st.st_mode) and st.st_ctime <= cutoff:
+                    os.unlink(entry.path)
+                    removed.append(Path(entry.path))
+            except OSError:
+                continue
+    return removed
 
 
 def fsync_dir(path: str | os.PathLike[str]) -> None:
