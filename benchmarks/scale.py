@@ -50,9 +50,10 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from aml.optimize.files import CHANGE_TICK_NS
+from aml.optimize.files import CHANGE_TICK_NS, INDEX_FILE
 from aml.sample import SampleSpec, generate_loom_store
 from aml.store.codec import decode
+from benchmarks import index_floor
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -205,8 +206,11 @@ def floor_table(work: Path, store: Path, aml: list[str], env: dict[str, str], re
       the SQLAlchemy catalog; no Celery inline), the catalog's run record, the output;
     * **msgspec parse**: reading and decoding every document with the parser aml reads with, in one process,
       less the interpreter's start (``python -c pass``), which the empty-store run already holds;
-    * **floor** = empty store + msgspec parse: a command that read the store in its own process and did no work
-      per record at all would take this long.
+    * **index writes** (``optimize index`` only, added to its empty-store part): SQLite writing the built index's
+      rows into a new database as a build from scratch does, with the rows already made
+      (:func:`benchmarks.index_floor.write_seconds`);
+    * **floor** = empty store + msgspec parse (+ index writes): a command that read the store in its own process
+      and did no work per record at all would take this long.
 
     Each part is a ratio to the plain parse run right before each of its own runs (as the main table's rows are).
 
@@ -233,8 +237,13 @@ def floor_table(work: Path, store: Path, aml: list[str], env: dict[str, str], re
         timing = measure(name, [*aml, str(empty), *argv], env, times, parse_argv)
         fixed[name] = timing.seconds / _reference(timing)
     fixed["prune undo"] = fixed["prune"]
+    write_reference = min(_rss_of(parse_argv, env)[0] for _ in range(times))
+    writes, records = index_floor.write_seconds(store / INDEX_FILE, times)
+    fixed["optimize index"] += writes / write_reference
     print(f"\nfloors: msgspec parse of the store {fast.seconds - bare:.2f} s ({fast_x:.2f}x its parse, "
-          f"{_reference(fast):.2f} s), interpreter start {bare:.2f} s")
+          f"{_reference(fast):.2f} s), interpreter start {bare:.2f} s; optimize index's empty store x includes "
+          f"writing the index's {records:,} records again with no row to make, {writes:.2f} s "
+          f"({writes / write_reference:.2f}x its parse, {write_reference:.2f} s)")
     print(f"{'command':20} {'time x':>7} {'empty store x':>14} {'floor x':>8} {'target':>7} {'per-record x':>13}")
     for r in rows:
         target = TARGETS.get(r.name)
