@@ -24,11 +24,10 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
-    text,
 )
 from sqlalchemy.orm import Mapped, mapped_column
 
-from models.base import Base, BigIntPK, UTCDateTime, utcnow
+from models.base import Base, BigIntPK, UTCDateTime, partial_index, utcnow
 
 
 class TaskStatus(enum.StrEnum):
@@ -197,13 +196,7 @@ class Alert(Base):
 
     __table_args__ = (
         CheckConstraint(_in("severity", Severity), name="severity"),
-        Index(
-            "ux_alerts_fingerprint_open",
-            "fingerprint",
-            unique=True,
-            sqlite_where=text("resolved_at IS NULL"),
-            postgresql_where=text("resolved_at IS NULL"),
-        ),
+        partial_index("ux_alerts_fingerprint_open", "fingerprint", unique=True, where="resolved_at IS NULL"),
         Index("ix_alerts_store_resolved_at", "store", "resolved_at"),
     )
 
@@ -413,9 +406,8 @@ class Remediation(Base):
         Index("ix_remediations_store_rule_created_at", "store", "rule", "created_at"),
         Index("ix_remediations_task_id", "task_id"),
         # at most one chain in flight per store, enforced by the database (the policy's no-runaway rule)
-        Index("ux_remediations_store_in_flight", "store", unique=True,
-              sqlite_where=text("status IN ('queued', 'running')"),
-              postgresql_where=text("status IN ('queued', 'running')")),
+        partial_index("ux_remediations_store_in_flight", "store", unique=True,
+                      where="status IN ('queued', 'running')"),
     )
 
     def __repr__(self) -> str:
