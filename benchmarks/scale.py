@@ -212,7 +212,8 @@ def floor_table(work: Path, store: Path, aml: list[str], env: dict[str, str], re
     * **floor** = empty store + msgspec parse (+ index writes): a command that read the store in its own process
       and did no work per record at all would take this long.
 
-    Each part is a ratio to the plain parse run right before each of its own runs (as the main table's rows are).
+    Each part is a ratio to the plain parse run right before each of its own runs (as the main table's rows are);
+    the index writes' to the best of as many parse runs made right before them.
 
     Where the floor's ratio to the plain parse is above the target, the target cannot be met by making the
     per-record work faster in one process: only by importing less, parsing faster or reading in worker

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import sqlite3
 import subprocess
 import sys
@@ -25,9 +24,9 @@ from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from sqlalchemy.exc import IntegrityError
 
-from models import Alert, Backup, Base, MetricSample, TaskRun
+from models import Alert, Backup, Base, MetricSample, Remediation, TaskRun
 from models import queries as q
-from models.base import PARTIAL_WHERE
+from models.base import PARTIAL_WHERE, partial_index
 from tests.catalog_helpers import empty_catalog
 from workers import catalog
 
@@ -103,47 +102,66 @@ def test_migration_matches_models(migrated: str) -> None:
             }
             assert got_ix == want_ix, name
 
-    _assert_partial_indexes(engine)
 
 
-_SQL_NAMES = re.compile(r"'[^']*'|\b[a-z_]+\b")
-"""The lower-case names (columns) and string literals of an SQL condition."""
-
-
-def _partial_indexes() -> dict[tuple[str, str], str]:
-    """``(table, index) -> condition`` of the models' partial indexes (``models.base.partial_index``)."""
-    return {(t.name, str(i.name)): i.info[PARTIAL_WHERE] for t in Base.metadata.sorted_tables for i in t.indexes
-            if PARTIAL_WHERE in i.info}
-
-
-def _assert_partial_indexes(engine: sa.Engine) -> None:
-    """Each of the models' partial indexes exists in ``engine``'s database with the models' condition."""
-    wanted = _partial_indexes()
-    assert set(wanted) == {("alerts", "ux_alerts_fingerprint_open"),
-                           ("remediations", "ux_remediations_store_in_flight")}
+def _partial_conditions(engine: sa.Engine) -> dict[tuple[str, str], str]:
+    """``(table, index) -> condition`` of ``engine``'s unique partial indexes, as the database gives it back."""
+    found = {}
     with engine.connect() as conn:
         insp = sa.inspect(conn)
-        for (table, name), where in wanted.items():
-            (index,) = [i for i in insp.get_indexes(table) if i["name"] == name]
-            got = str(index["dialect_options"].get(f"{engine.dialect.name}_where"))
-            # PostgreSQL gives the condition back in its own words (IN (...) as = ANY (ARRAY[...])): its columns and
-            # literals are compared
-            assert set(_SQL_NAMES.findall(where)) <= set(_SQL_NAMES.findall(got)), (name, where, got)
-            assert index["unique"], name
+        for table in insp.get_table_names():
+            for index in insp.get_indexes(table):
+                where = index.get("dialect_options", {}).get(f"{engine.dialect.name}_where")
+                if where is not None:
+                    assert index["unique"], index["name"]
+                    found[table, str(index["name"])] = " ".join(str(where).split())
+    return found
 
 
-def test_create_all_makes_the_partial_indexes(db_url: str) -> None:
-    """``create_all`` (tests) writes the same partial indexes as the migrations, on either database; a partial
-    unique index refuses a second open alert of a fingerprint and takes any number of resolved ones."""
-    engine = catalog.get_engine(db_url)
-    Base.metadata.create_all(engine)
-    _assert_partial_indexes(engine)
-    with engine.begin() as conn:
-        row = {"fingerprint": "f", "store": "/s", "check": "c", "severity": "warning", "message": "m", "details": {},
-               "first_seen": T0, "last_seen": T0, "count": 1, "resolved_at": None}
-        conn.execute(sa.insert(Alert), [{**row, "resolved_at": T0}, {**row, "resolved_at": T0}, row])
-    with pytest.raises(IntegrityError), engine.begin() as conn:
-        conn.execute(sa.insert(Alert), [row])
+def test_create_all_makes_the_partial_indexes_of_the_migrations(migrated: str, tmp_path: Path) -> None:
+    """``create_all`` (tests) makes the migrations' partial indexes with the same conditions, as each database
+    gives them back (PostgreSQL in its own words: ``IN (...)`` as ``= ANY (ARRAY[...])``); on SQLite the text is the
+    models' own. Each acts partially: a second open alert of a fingerprint, or a second remediation in flight for a
+    store, is refused; any number of resolved alerts or finished remediations are not."""
+    wanted = {(t.name, str(i.name)): str(i.info[PARTIAL_WHERE]) for t in Base.metadata.sorted_tables
+              for i in t.indexes if PARTIAL_WHERE in i.info}
+    assert set(wanted) == {("alerts", "ux_alerts_fingerprint_open"),
+                           ("remediations", "ux_remediations_store_in_flight")}
+    from_migrations = _partial_conditions(catalog.get_engine(migrated))
+    kind = "sqlite" if migrated.startswith("sqlite") else "postgres"
+    (tmp_path / "other").mkdir()
+    with empty_catalog(kind, tmp_path / "other") as url:
+        engine = catalog.get_engine(url)
+        Base.metadata.create_all(engine)
+        assert _partial_conditions(engine) == from_migrations
+        if kind == "sqlite":
+            assert from_migrations == wanted
+        alert = {"fingerprint": "f", "store": "/s", "check": "c", "severity": "warning", "message": "m",
+                 "details": {}, "first_seen": T0, "last_seen": T0, "count": 1, "resolved_at": T0}
+        remediation = {"store": "/s", "rule": "r", "mode": "auto", "actions": [], "reason": "why", "status": "success"}
+        with engine.begin() as conn:
+            conn.execute(sa.insert(Alert), [alert, alert, {**alert, "resolved_at": None}])
+            conn.execute(sa.insert(Remediation), [remediation, {**remediation, "status": "failure"},
+                                                  {**remediation, "status": "queued"},
+                                                  {**remediation, "store": "/t", "status": "running"}])
+        second = ((Alert, {**alert, "resolved_at": None}), (Remediation, {**remediation, "status": "running"}))
+        for table, row in second:
+            with pytest.raises(IntegrityError), engine.begin() as conn:
+                conn.execute(sa.insert(table), [row])
+
+
+def test_partial_index_condition_is_compiled_for_the_driver() -> None:
+    """A condition with ``%`` is escaped for a driver of the ``format`` parameter style (psycopg2), as
+    ``postgresql_where=text(...)`` is."""
+    from sqlalchemy.dialects import postgresql, sqlite
+    from sqlalchemy.schema import CreateIndex
+
+    index = partial_index("ix_t_s", "s", where="s LIKE 'a%'")
+    sa.Table("t", sa.MetaData(), sa.Column("s", sa.Text), index)
+    assert str(CreateIndex(index).compile(dialect=postgresql.psycopg2.dialect())).strip().endswith(
+        "WHERE s LIKE 'a%%'")
+    assert str(CreateIndex(index).compile(dialect=sqlite.dialect())).strip() == (
+        "CREATE INDEX ix_t_s ON t (s) WHERE s LIKE 'a%'")
 
 
 def test_models_do_not_import_the_postgresql_dialect() -> None:

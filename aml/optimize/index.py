@@ -116,6 +116,10 @@ CREATE TABLE warm (
 );
 """
 
+WRITE_PRAGMAS: Final = ("PRAGMA journal_mode=OFF", "PRAGMA synchronous=OFF")
+"""How a build writes its temporary database: no rollback journal and no syncs (a failed build's file is removed,
+a finished one synced once before its rename)."""
+
 SECONDARY_INDEXES: Final = (
     "CREATE INDEX IF NOT EXISTS records_id ON records(id)",
     "CREATE INDEX IF NOT EXISTS records_agent ON records(agent, collection)",
@@ -370,8 +374,8 @@ def replace_index(root: Path, *, start_from_current: bool) -> Iterator[sqlite3.C
                     src.close()
             else:
                 conn.executescript(SCHEMA)  # secondary indexes: create_secondary_indexes, once the rows are in
-            conn.execute("PRAGMA journal_mode=OFF")
-            conn.execute("PRAGMA synchronous=OFF")
+            for pragma in WRITE_PRAGMAS:
+                conn.execute(pragma)
             yield conn
             conn.commit()
         finally:
