@@ -469,12 +469,34 @@ def test_done_when_an_agent_process_alert_shows_in_the_cli(tmp_path: Path) -> No
             a["store"], a["agent"], a["check"], a["severity"], a["message"], None)
 
 
-def test_an_unreachable_catalog_never_breaks_the_monitor(tmp_path: Path) -> None:
-    monitor = MemoryMonitor(catalog_url="nosuchdialect://nowhere/x", store="agent://x")
+@pytest.mark.parametrize(("url", "reason"), [("nosuchdialect://nowhere/x", "NoSuchModuleError"),
+                                           ("sqlite://", "in-memory SQLite database"),
+                                           ("not a url", "ArgumentError")])
+def test_a_catalog_url_that_can_never_work_is_reported_once(url: str, reason: str,
+                                                            caplog: pytest.LogCaptureFixture) -> None:
+    """A URL that can never work turns recording off at the first snapshot, with one warning; the monitor goes on."""
+    monitor = MemoryMonitor(catalog_url=url, store="agent://x")
     agent = FakePerson("Fay")
-    agent.set_size(5)
-    assert monitor.record_snapshot(agent)["memory_size"] == 5
-    assert monitor.catalog_errors
+    with caplog.at_level(logging.WARNING, logger="aml.agent.monitor"):
+        for size in (5, 6, 7):
+            agent.set_size(size)
+            assert monitor.record_snapshot(agent)["memory_size"] == size
+    assert monitor.catalog_off is not None and reason in monitor.catalog_off
+    assert len(monitor.catalog_errors) == 1 and reason in monitor.catalog_errors[0]
+    assert [r.getMessage() for r in caplog.records if "catalog" in r.getMessage()] == [
+        f"memory snapshots are not recorded in the catalog {url} (the monitor goes on in memory): "
+        f"{monitor.catalog_off}"]
+
+
+def test_a_catalog_failure_that_may_pass_is_met_at_every_snapshot(tmp_path: Path) -> None:
+    """A catalog that cannot be opened now (its directory is a file) is tried again at each snapshot."""
+    (tmp_path / "file").write_text("x")
+    monitor = MemoryMonitor(catalog_url=f"sqlite:///{tmp_path / 'file' / 'catalog.db'}", store="agent://x")
+    agent = FakePerson("Fay")
+    for size in (5, 6):
+        agent.set_size(size)
+        assert monitor.record_snapshot(agent)["memory_size"] == size
+    assert monitor.catalog_off is None and len(monitor.catalog_errors) == 2
 
 
 def test_the_monitor_modules_need_no_celery_or_catalog() -> None:

@@ -29,7 +29,9 @@ per agent and ``records`` per ``<agent>/<kind>``, the health task's names, plus 
 alert through ``observe_check`` with check ``monitor.<alert_type>`` (so one open alert per store + agent + check,
 resolved when the condition clears), under the store id ``store`` (default ``agent://<host>/<program>``).
 ``aml <store> monitor alerts`` then lists them. SQLAlchemy is imported only then: importing this module
-needs neither Celery nor the catalog.
+needs neither Celery nor the catalog. A catalog failure never reaches the agent: it is logged and kept in
+``catalog_errors``; a URL that can never work (an in-memory SQLite database, an unknown dialect) turns recording
+off at the first snapshot with one warning (``catalog_off``).
 """
 
 from __future__ import annotations
@@ -171,6 +173,10 @@ class MemoryMonitor:
         self.store = normalise_store_id(store) if store is not None else default_store_id()
         self.catalog_errors: deque[str] = deque(maxlen=100)
         """The last catalog failures (the monitor goes on in memory)."""
+        self.catalog_off: str | None = None
+        """Why snapshots are not recorded although a catalog URL is set: the URL can never work (checked once, at
+        the first snapshot: see :meth:`_catalog_usable`); ``None`` while recording is on."""
+        self._catalog_checked = False
         self._agents: dict[str, _AgentState] = {}
         self._callbacks: list[AlertCallback] = []
         self._lock = threading.RLock()
@@ -256,7 +262,7 @@ class MemoryMonitor:
                 state.total_alerts += 1
                 state.alerts_by_severity[alert.severity] = state.alerts_by_severity.get(alert.severity, 0) + 1
             callbacks = list(self._callbacks)
-        if self.catalog_url:
+        if self.catalog_url and self._catalog_usable(at):
             self._record_catalog(snap, m, alerts, resolved, at)
         for alert in alerts:
             for callback in callbacks:
@@ -342,6 +348,32 @@ class MemoryMonitor:
         return alerts, cleared
 
     # ------------------------------------------------------------------------------- catalog
+
+    def _catalog_usable(self, at: datetime) -> bool:
+        """Whether snapshots go to the catalog. Its URL is checked once, at the first snapshot: one that can never
+        work (not a database URL, an unknown dialect or driver, an in-memory SQLite database, which aml refuses:
+        :func:`workers.catalog.check_catalog_url`) turns recording off with one warning, kept in
+        :attr:`catalog_errors` and :attr:`catalog_off`, instead of a failure at every snapshot. Any other failure
+        (a database down or locked, a catalog behind its migrations) may pass: it is met snapshot by snapshot."""
+        with self._lock:
+            if not self._catalog_checked:
+                self._catalog_checked = True
+                try:
+                    from sqlalchemy.exc import ArgumentError  # lazy: SQLAlchemy only when a catalog is configured
+
+                    from workers.catalog import CatalogError, check_catalog_url
+
+                    try:
+                        check_catalog_url(str(self.catalog_url)).get_dialect()
+                    except (ArgumentError, CatalogError) as exc:  # NoSuchModuleError is an ArgumentError
+                        self.catalog_off = f"{type(exc).__name__}: {exc}"
+                except Exception as exc:  # the catalog is a copy: its failure must not stop the agent
+                    self.catalog_off = f"{type(exc).__name__}: {exc}"
+                if self.catalog_off is not None:
+                    self.catalog_errors.append(f"{at.isoformat()} {self.catalog_off}")
+                    log.warning("memory snapshots are not recorded in the catalog %s (the monitor goes on in "
+                                "memory): %s", self.catalog_url, self.catalog_off)
+            return self.catalog_off is None
 
     def _record_catalog(self, snap: dict[str, Any], m: MemoryMeasure, alerts: list[MemoryAlert],
                         cleared: list[str], at: datetime) -> None:
