@@ -469,12 +469,13 @@ def test_done_when_an_agent_process_alert_shows_in_the_cli(tmp_path: Path) -> No
             a["store"], a["agent"], a["check"], a["severity"], a["message"], None)
 
 
-@pytest.mark.parametrize(("url", "reason"), [("nosuchdialect://nowhere/x", "NoSuchModuleError"),
+@pytest.mark.parametrize(("url", "reason"), [("nosuchdialect://aml:s3cret@nowhere/x", "NoSuchModuleError"),
                                            ("sqlite://", "in-memory SQLite database"),
                                            ("not a url", "ArgumentError")])
 def test_a_catalog_url_that_can_never_work_is_reported_once(url: str, reason: str,
                                                             caplog: pytest.LogCaptureFixture) -> None:
-    """A URL that can never work turns recording off at the first snapshot, with one warning; the monitor goes on."""
+    """A URL that can never work turns recording off at the first snapshot, with one warning (no password in it);
+    the monitor goes on."""
     monitor = MemoryMonitor(catalog_url=url, store="agent://x")
     agent = FakePerson("Fay")
     with caplog.at_level(logging.WARNING, logger="aml.agent.monitor"):
@@ -483,9 +484,9 @@ def test_a_catalog_url_that_can_never_work_is_reported_once(url: str, reason: st
             assert monitor.record_snapshot(agent)["memory_size"] == size
     assert monitor.catalog_off is not None and reason in monitor.catalog_off
     assert len(monitor.catalog_errors) == 1 and reason in monitor.catalog_errors[0]
+    assert not [r for r in caplog.records if "s3cret" in r.getMessage()]  # a URL's password is never logged
     assert [r.getMessage() for r in caplog.records if "catalog" in r.getMessage()] == [
-        f"memory snapshots are not recorded in the catalog {url} (the monitor goes on in memory): "
-        f"{monitor.catalog_off}"]
+        f"memory snapshots are not recorded in the catalog (the monitor goes on in memory): {monitor.catalog_off}"]
 
 
 def test_a_catalog_failure_that_may_pass_is_met_at_every_snapshot(tmp_path: Path) -> None:

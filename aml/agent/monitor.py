@@ -358,21 +358,16 @@ class MemoryMonitor:
         with self._lock:
             if not self._catalog_checked:
                 self._catalog_checked = True
-                try:
-                    from sqlalchemy.exc import ArgumentError  # lazy: SQLAlchemy only when a catalog is configured
+                try:  # parsing and the dialect's class only: nothing here may pass by itself
+                    from workers.catalog import check_catalog_url  # lazy: SQLAlchemy only when a catalog is set
 
-                    from workers.catalog import CatalogError, check_catalog_url
-
-                    try:
-                        check_catalog_url(str(self.catalog_url)).get_dialect()
-                    except (ArgumentError, CatalogError) as exc:  # NoSuchModuleError is an ArgumentError
-                        self.catalog_off = f"{type(exc).__name__}: {exc}"
-                except Exception as exc:  # the catalog is a copy: its failure must not stop the agent
+                    check_catalog_url(str(self.catalog_url)).get_dialect()
+                except Exception as exc:  # ArgumentError (NoSuchModuleError too), CatalogError: never stops the agent
                     self.catalog_off = f"{type(exc).__name__}: {exc}"
-                if self.catalog_off is not None:
                     self.catalog_errors.append(f"{at.isoformat()} {self.catalog_off}")
-                    log.warning("memory snapshots are not recorded in the catalog %s (the monitor goes on in "
-                                "memory): %s", self.catalog_url, self.catalog_off)
+                    # the URL is not logged: it may hold a password
+                    log.warning("memory snapshots are not recorded in the catalog (the monitor goes on in memory): %s",
+                                self.catalog_off)
             return self.catalog_off is None
 
     def _record_catalog(self, snap: dict[str, Any], m: MemoryMeasure, alerts: list[MemoryAlert],
